@@ -1,0 +1,58 @@
+"""shredvault's cryptography: key hierarchy, AEAD envelopes, KDF, signing, keystore.
+
+This package knows nothing of customers' records, roles or the access log.
+"""
+
+from .envelope import Envelope, aad, dek_aad, kek_aad, record_aad, signing_seed_aad
+from .errors import (
+    DecryptionError,
+    InvalidKeyError,
+    KeysError,
+    KeystoreError,
+    UnsupportedFormatError,
+    WeakParametersError,
+    WrongKeyError,
+)
+from .kdf import (
+    FLOOR,
+    KdfParams,
+    derive_root_key,
+    generate_keyfile,
+    load_keyfile,
+    needs_rehash,
+    recommended_params,
+)
+from .keyring import CustomerKeys, KeyRing, fingerprint
+from .secret import SecretBytes
+from .signing import Signer, verify_signature
+from .store import KeyStore
+
+__all__ = [
+    "FLOOR",
+    "CustomerKeys",
+    "DecryptionError",
+    "Envelope",
+    "InvalidKeyError",
+    "KdfParams",
+    "KeyRing",
+    "KeyStore",
+    "KeysError",
+    "KeystoreError",
+    "SecretBytes",
+    "Signer",
+    "UnsupportedFormatError",
+    "WeakParametersError",
+    "WrongKeyError",
+    "aad",
+    "dek_aad",
+    "derive_root_key",
+    "fingerprint",
+    "generate_keyfile",
+    "kek_aad",
+    "load_keyfile",
+    "needs_rehash",
+    "recommended_params",
+    "record_aad",
+    "signing_seed_aad",
+    "verify_signature",
+]

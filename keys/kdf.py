@@ -1,0 +1,139 @@
+"""Root-key derivation: Argon2id from a passphrase, or a 32-byte keyfile; key-check values."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from argon2.low_level import Type, hash_secret_raw
+
+from .errors import InvalidKeyError, WeakParametersError, WrongKeyError
+from .secret import SecretBytes
+
+__all__ = [
+    "FLOOR",
+    "KEY_SIZE",
+    "SALT_SIZE",
+    "KdfParams",
+    "check_floor",
+    "check_key",
+    "derive_root_key",
+    "generate_keyfile",
+    "key_check_value",
+    "load_keyfile",
+    "needs_rehash",
+    "recommended_params",
+]
+
+KEY_SIZE = 32
+SALT_SIZE = 16
+_KEY_CHECK_LABEL = b"shredvault/key-check/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class KdfParams:
+    """Argon2id cost parameters (memory in KiB), as stored in the keystore header."""
+
+    time_cost: int
+    memory_kib: int
+    parallelism: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"t": self.time_cost, "m": self.memory_kib, "p": self.parallelism}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, int]) -> KdfParams:
+        return cls(time_cost=int(raw["t"]), memory_kib=int(raw["m"]), parallelism=int(raw["p"]))
+
+
+# RFC 9106 §4, second recommended option: t=3, m=64 MiB. p only splits the work into
+# lanes; it does not lower the attacker's memory-time cost, so its floor is 1.
+FLOOR = KdfParams(time_cost=3, memory_kib=64 * 1024, parallelism=1)
+
+
+def recommended_params() -> KdfParams:
+    """The floor with lanes tuned to this machine (at most 4, RFC 9106's choice)."""
+    return KdfParams(FLOOR.time_cost, FLOOR.memory_kib, max(1, min(4, os.cpu_count() or 1)))
+
+
+def check_floor(params: KdfParams) -> None:
+    """Raise :class:`WeakParametersError` when any parameter is below :data:`FLOOR`."""
+    if (
+        params.time_cost < FLOOR.time_cost
+        or params.memory_kib < FLOOR.memory_kib
+        or params.parallelism < FLOOR.parallelism
+    ):
+        raise WeakParametersError(
+            f"KDF parameters t={params.time_cost} m={params.memory_kib}KiB "
+            f"p={params.parallelism} are below the floor t={FLOOR.time_cost} "
+            f"m={FLOOR.memory_kib}KiB; refusing (a weakened header is treated as an attack)"
+        )
+
+
+def needs_rehash(params: KdfParams) -> bool:
+    """True when the stored parameters are weaker than today's recommendation."""
+    rec = recommended_params()
+    return params.time_cost < rec.time_cost or params.memory_kib < rec.memory_kib
+
+
+def derive_root_key(passphrase: bytes, salt: bytes, params: KdfParams) -> SecretBytes:
+    """Argon2id(passphrase, salt) -> 32-byte root key. Refuses parameters below the floor."""
+    if not isinstance(passphrase, bytes | bytearray):
+        raise InvalidKeyError("passphrase must be bytes")
+    if len(passphrase) == 0:
+        raise InvalidKeyError("passphrase must not be empty")
+    if len(salt) != SALT_SIZE:
+        raise InvalidKeyError(f"KDF salt must be {SALT_SIZE} bytes")
+    check_floor(params)
+    raw = hash_secret_raw(
+        bytes(passphrase),
+        salt,
+        time_cost=params.time_cost,
+        memory_cost=params.memory_kib,
+        parallelism=params.parallelism,
+        hash_len=KEY_SIZE,
+        type=Type.ID,
+    )
+    return SecretBytes(raw)
+
+
+def key_check_value(root: SecretBytes) -> bytes:
+    """HMAC-SHA256 of a fixed label under the root key: proves a key without using it."""
+    return hmac.new(root.reveal(), _KEY_CHECK_LABEL, hashlib.sha256).digest()
+
+
+def check_key(root: SecretBytes, expected: bytes) -> None:
+    """Raise :class:`WrongKeyError` unless ``root`` matches ``expected`` (constant time)."""
+    if not hmac.compare_digest(key_check_value(root), expected):
+        raise WrongKeyError("wrong passphrase or keyfile")
+
+
+def generate_keyfile(path: Path) -> None:
+    """Write 32 random bytes to a new file readable only by its owner (mode 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, os.urandom(KEY_SIZE))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_keyfile(path: Path) -> SecretBytes:
+    """Read a keyfile; refuse one that group or others can access, or of the wrong size."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InvalidKeyError(f"cannot read keyfile {path}: {exc.strerror}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise InvalidKeyError(
+            f"keyfile {path} is accessible by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
+        )
+    data = Path(path).read_bytes()
+    if len(data) != KEY_SIZE:
+        raise InvalidKeyError(f"keyfile {path} must hold exactly {KEY_SIZE} bytes")
+    return SecretBytes(data)

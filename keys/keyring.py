@@ -1,0 +1,300 @@
+"""The unlocked key hierarchy (DESIGN §3): root -> KEK epochs -> per-customer DEKs.
+
+A :class:`KeyRing` owns an open :class:`~keys.store.KeyStore` and the root key. It
+unwraps KEK epochs and the signing seed at unlock, and DEKs on demand, caching one
+:class:`~keys.envelope.Envelope` per customer and version so hot paths never unwrap
+per record. Dropping a customer from the cache (:meth:`KeyRing.forget`) is part of
+shredding and rotation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+from .envelope import Envelope, blob_key_version, dek_aad, kek_aad, signing_seed_aad
+from .errors import DecryptionError, InvalidKeyError, KeystoreError
+from .kdf import (
+    SALT_SIZE,
+    KdfParams,
+    check_floor,
+    check_key,
+    derive_root_key,
+    key_check_value,
+    recommended_params,
+)
+from .secret import SecretBytes
+from .signing import Signer
+from .store import DekRow, KeyStore, KeystoreHeader
+
+__all__ = ["SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing", "fingerprint"]
+
+SUBJECT_TAG_SIZE = 16
+_ROOT_VERSION = 0  # the root key has no versions; wrapped KEKs and seeds name version 0
+
+
+def fingerprint(wrapped: bytes) -> str:
+    """SHA-256 hex of a wrapped key: names a key in logs and receipts without revealing it."""
+    return hashlib.sha256(wrapped).hexdigest()
+
+
+@dataclass(slots=True)
+class CustomerKeys:
+    """A customer's unwrapped DEK versions and subject tag, as cached by the key ring."""
+
+    customer_id: str
+    current: Envelope
+    versions: dict[int, Envelope] = field(default_factory=dict)
+    subject_tag: bytes = b""
+
+    def __repr__(self) -> str:
+        return f"<CustomerKeys {self.customer_id} versions={sorted(self.versions)}, redacted>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("customer keys cannot be pickled")
+
+
+class KeyRing:
+    """An unlocked keystore. Not thread-safe; one per open vault."""
+
+    def __init__(self, store: KeyStore, root: SecretBytes, header: KeystoreHeader) -> None:
+        self.store = store
+        self.vault_id = header.vault_id
+        self._root = Envelope(root, _ROOT_VERSION)
+        self._header = header
+        self._keks: dict[int, Envelope] = {}
+        self._customers: dict[str, CustomerKeys] = {}
+        self._unwrap_keks()
+        generation, wrapped_seed, public = store.signing_seed()
+        seed = self._open_root(wrapped_seed, signing_seed_aad(self.vault_id, generation))
+        self.signer = Signer(seed)
+        seed.wipe()
+        if self.signer.public_key != public:
+            raise KeystoreError("the keystore's public key does not match its signing seed")
+        self.public_key = public
+
+    def __repr__(self) -> str:
+        return f"<KeyRing vault={self.vault_id} epochs={sorted(self._keks)}, keys redacted>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("key rings cannot be pickled")
+
+    # -- creation and unlocking --------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        vault_id: str,
+        *,
+        created: str,
+        passphrase: bytes | None = None,
+        keyfile_key: SecretBytes | None = None,
+        params: KdfParams | None = None,
+    ) -> KeyRing:
+        """Create ``keys.db`` with a first KEK epoch and a signing seed, and unlock it."""
+        if (passphrase is None) == (keyfile_key is None):
+            raise InvalidKeyError("give exactly one of a passphrase or a keyfile key")
+        if passphrase is not None:
+            params = params or recommended_params()
+            salt = os.urandom(SALT_SIZE)
+            root = derive_root_key(passphrase, salt, params)
+            source, kdf = "passphrase", json.dumps(params.to_dict(), sort_keys=True)
+        else:
+            assert keyfile_key is not None
+            root, salt, source, kdf = keyfile_key, b"", "keyfile", ""
+        header = KeystoreHeader(
+            vault_id=vault_id,
+            schema_version=1,
+            key_source=source,
+            kdf=kdf,
+            salt=salt,
+            key_check=key_check_value(root),
+            active_epoch=1,
+            created=created,
+        )
+        store = KeyStore.create(path, header)
+        try:
+            wrap = Envelope(root, _ROOT_VERSION)
+            seed = SecretBytes(os.urandom(32))
+            public = Signer(seed).public_key
+            with store.transaction() as conn:
+                store.add_epoch(conn, 1, wrap.seal(os.urandom(32), kek_aad(vault_id, 1)), created)
+                store.add_signing_seed(
+                    conn,
+                    1,
+                    wrap.seal(seed.reveal(), signing_seed_aad(vault_id, 1)),
+                    public,
+                    created,
+                )
+            seed.wipe()
+            return cls(store, root, header)
+        except BaseException:
+            store.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def unlock(
+        cls,
+        store: KeyStore,
+        *,
+        passphrase: bytes | None = None,
+        keyfile_key: SecretBytes | None = None,
+    ) -> KeyRing:
+        """Derive the root key, check it against the key-check value, unwrap the epochs.
+
+        Raises :class:`~keys.errors.WrongKeyError` for a wrong passphrase or keyfile and
+        :class:`~keys.errors.WeakParametersError` for a header below the KDF floor.
+        """
+        header = store.header()
+        root = cls._root_key(header, passphrase, keyfile_key)
+        check_key(root, header.key_check)
+        return cls(store, root, header)
+
+    @staticmethod
+    def _root_key(
+        header: KeystoreHeader, passphrase: bytes | None, keyfile_key: SecretBytes | None
+    ) -> SecretBytes:
+        if header.key_source == "passphrase":
+            if passphrase is None:
+                raise InvalidKeyError("this vault is unlocked with a passphrase")
+            params = KdfParams.from_dict(json.loads(header.kdf))
+            check_floor(params)
+            return derive_root_key(passphrase, header.salt, params)
+        if header.key_source == "keyfile":
+            if keyfile_key is None:
+                raise InvalidKeyError("this vault is unlocked with a keyfile")
+            return keyfile_key
+        raise KeystoreError(f"unknown key source {header.key_source!r} in keystore header")
+
+    @property
+    def kdf_params(self) -> KdfParams | None:
+        if self._header.key_source != "passphrase":
+            return None
+        return KdfParams.from_dict(json.loads(self._header.kdf))
+
+    @property
+    def key_source(self) -> str:
+        return self._header.key_source
+
+    def _open_root(self, blob: bytes, context: bytes) -> SecretBytes:
+        try:
+            return SecretBytes(self._root.open(blob, context))
+        except DecryptionError:
+            raise KeystoreError("a key wrapped by the root key failed to unwrap") from None
+
+    def _unwrap_keks(self) -> None:
+        for epoch, wrapped in self.store.epochs().items():
+            if epoch not in self._keks:
+                kek = self._open_root(wrapped, kek_aad(self.vault_id, epoch))
+                self._keks[epoch] = Envelope(kek, epoch)
+                kek.wipe()
+
+    @property
+    def active_epoch(self) -> int:
+        return int(self.store.get_meta("active_epoch") or self._header.active_epoch)
+
+    def _kek(self, epoch: int) -> Envelope:
+        if epoch not in self._keks:
+            self._unwrap_keks()  # another process may have rotated
+        try:
+            return self._keks[epoch]
+        except KeyError:
+            raise KeystoreError(f"KEK epoch {epoch} is not in the keystore") from None
+
+    # -- customers' keys ----------------------------------------------------------------
+
+    def create_customers(self, customer_ids: Sequence[str], created: str) -> dict[str, bytes]:
+        """Make DEK version 1 and a random subject tag for each new customer, in one
+        keystore transaction; returns the subject tags. Nothing is written on failure."""
+        epoch = self.active_epoch
+        kek = self._kek(epoch)
+        material = os.urandom(32 * len(customer_ids))
+        rows: list[DekRow] = []
+        tags: dict[str, bytes] = {}
+        fresh: dict[str, CustomerKeys] = {}
+        for i, cid in enumerate(customer_ids):
+            dek = SecretBytes(material[32 * i : 32 * (i + 1)])
+            rows.append(
+                DekRow(
+                    cid,
+                    1,
+                    epoch,
+                    kek.seal(dek.reveal(), dek_aad(self.vault_id, cid, 1, epoch)),
+                    created,
+                )
+            )
+            tags[cid] = os.urandom(SUBJECT_TAG_SIZE)
+            env = Envelope(dek, 1)
+            fresh[cid] = CustomerKeys(cid, env, {1: env}, tags[cid])
+        with self.store.transaction() as conn:
+            self.store.insert_deks(conn, rows)
+            self.store.insert_subject_tags(conn, tags)
+        self._customers.update(fresh)
+        return tags
+
+    def customer_keys(self, customer_ids: Sequence[str]) -> dict[str, CustomerKeys]:
+        """Unwrapped keys for the given customers (from cache, else one keystore read).
+
+        Customers with no keys (never created, or shredded) are absent from the result.
+        """
+        cache = self._customers
+        missing = [c for c in customer_ids if c not in cache]
+        if missing:
+            self._load(missing)
+        return {c: cache[c] for c in customer_ids if c in cache}
+
+    def _load(self, customer_ids: Sequence[str]) -> None:
+        tags = self.store.subject_tags(customer_ids)
+        by_customer: dict[str, dict[int, Envelope]] = {}
+        for row in self.store.deks(customer_ids):
+            kek = self._kek(row.epoch)
+            if blob_key_version(row.wrapped) != row.epoch:
+                raise KeystoreError(f"wrapped DEK of {row.customer_id} names the wrong epoch")
+            try:
+                raw = kek.open(
+                    row.wrapped, dek_aad(self.vault_id, row.customer_id, row.version, row.epoch)
+                )
+            except DecryptionError:
+                raise KeystoreError(
+                    f"the DEK of {row.customer_id} (version {row.version}) failed to unwrap"
+                ) from None
+            by_customer.setdefault(row.customer_id, {})[row.version] = Envelope(
+                SecretBytes(raw), row.version
+            )
+        for cid, versions in by_customer.items():
+            if cid in tags:
+                self._customers[cid] = CustomerKeys(
+                    cid, versions[max(versions)], versions, tags[cid]
+                )
+
+    def refresh(self, customer_id: str) -> None:
+        """Forget and reload one customer's keys (another process may have rotated them)."""
+        self.forget([customer_id])
+
+    def forget(self, customer_ids: Sequence[str]) -> None:
+        """Drop customers' unwrapped keys from memory."""
+        for cid in customer_ids:
+            self._customers.pop(cid, None)
+
+    def destroy_customer(self, customer_id: str) -> list[str]:
+        """Delete every DEK version and the subject tag of a customer, then truncate the
+        keystore WAL so the deleted bytes leave it. Returns fingerprints of what was
+        destroyed (SHA-256 of the wrapped bytes). Idempotent: a second call returns []."""
+        self.forget([customer_id])
+        with self.store.transaction() as conn:
+            rows = self.store.delete_customer(conn, customer_id)
+        self.store.checkpoint_truncate()
+        return [fingerprint(r.wrapped) for r in sorted(rows, key=lambda r: r.version)]
+
+    def close(self) -> None:
+        self._customers.clear()
+        self._keks.clear()
+        self.store.close()

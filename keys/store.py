@@ -1,0 +1,353 @@
+"""The keystore file ``keys.db``: wrapped keys, subject tags and the rollback anchor.
+
+Plain ``sqlite3`` rather than SQLAlchemy: the keystore's guarantees are pragmas
+(``secure_delete``, ``synchronous=FULL``, WAL checkpoints with TRUNCATE) that must be
+set and checked exactly. It stores only wrapped (encrypted) keys and knows nothing of
+what they protect. Every write is one ``BEGIN IMMEDIATE`` transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import KeystoreError
+
+__all__ = ["SCHEMA_VERSION", "DekRow", "KeyStore", "KeystoreHeader"]
+
+SCHEMA_VERSION = 1
+_BUSY_TIMEOUT_S = 30.0
+_CHUNK = 500  # stays under SQLite's host-parameter limit
+
+_SCHEMA = """
+CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE kek_epochs (
+    epoch INTEGER PRIMARY KEY,
+    wrapped BLOB NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE deks (
+    customer_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    epoch INTEGER NOT NULL REFERENCES kek_epochs(epoch),
+    wrapped BLOB NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (customer_id, version)
+);
+CREATE INDEX deks_by_epoch ON deks(epoch);
+CREATE TABLE subject_tags (customer_id TEXT PRIMARY KEY, tag BLOB NOT NULL UNIQUE);
+CREATE TABLE signing (
+    generation INTEGER PRIMARY KEY,
+    wrapped BLOB NOT NULL,
+    public_key BLOB NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE anchor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    signature BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class KeystoreHeader:
+    """The keystore's public header: identity, KDF settings and key-check value."""
+
+    vault_id: str
+    schema_version: int
+    key_source: str  # "passphrase" | "keyfile"
+    kdf: str  # JSON text of KdfParams.to_dict(), empty for keyfile vaults
+    salt: bytes
+    key_check: bytes
+    active_epoch: int
+    created: str
+
+
+@dataclass(frozen=True, slots=True)
+class DekRow:
+    """One wrapped DEK row as stored."""
+
+    customer_id: str
+    version: int
+    epoch: int
+    wrapped: bytes
+    created: str
+
+
+class KeyStore:
+    """A connection to ``keys.db``. Owns the file handle; close it when done."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self._conn = conn
+
+    def __repr__(self) -> str:
+        return f"<KeyStore {self.path}>"
+
+    # -- opening -------------------------------------------------------------------
+
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA secure_delete=ON")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    @classmethod
+    def create(cls, path: Path, header: KeystoreHeader) -> KeyStore:
+        """Create a new keystore file; refuses to touch an existing one."""
+        path = Path(path)
+        if path.exists():
+            raise KeystoreError(f"keystore {path} already exists")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        try:
+            conn = cls._connect(path)
+            store = cls(path, conn)
+            conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            with store.transaction() as c:
+                c.executemany(
+                    "INSERT INTO meta (k, v) VALUES (?, ?)",
+                    [
+                        ("vault_id", header.vault_id),
+                        ("schema_version", str(SCHEMA_VERSION)),
+                        ("key_source", header.key_source),
+                        ("kdf", header.kdf),
+                        ("salt", header.salt.hex()),
+                        ("key_check", header.key_check.hex()),
+                        ("active_epoch", str(header.active_epoch)),
+                        ("created", header.created),
+                    ],
+                )
+        except BaseException:
+            path.unlink(missing_ok=True)
+            for suffix in ("-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            raise
+        return store
+
+    @classmethod
+    def open(cls, path: Path) -> KeyStore:
+        """Open an existing keystore; refuses a missing file or a newer schema."""
+        path = Path(path)
+        if not path.is_file():
+            raise KeystoreError(f"keystore {path} not found")
+        try:
+            conn = cls._connect(path)
+            store = cls(path, conn)
+            version = int(store._meta("schema_version"))
+        except (sqlite3.DatabaseError, KeyError, ValueError) as exc:
+            raise KeystoreError(f"{path} is not a shredvault keystore ({exc})") from None
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise KeystoreError(
+                f"keystore schema version {version} is newer than this shredvault "
+                f"supports ({SCHEMA_VERSION}); upgrade shredvault"
+            )
+        if conn.execute("PRAGMA secure_delete").fetchone()[0] != 1:
+            conn.close()
+            raise KeystoreError("could not enable secure_delete on the keystore")
+        return store
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- transactions ----------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``); rolled back on any error."""
+        conn = self._conn
+        try:
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+                own = True
+            else:
+                own = False
+        except sqlite3.OperationalError as exc:
+            raise KeystoreError(f"keystore is busy or unwritable: {exc}") from None
+        try:
+            yield conn
+        except BaseException:
+            if own and conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        if own:
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise KeystoreError(f"keystore commit failed: {exc}") from None
+
+    def checkpoint_truncate(self, attempts: int = 50) -> None:
+        """Copy the WAL into the file and truncate it, so deleted key bytes leave the WAL.
+
+        A reader in another process can hold the WAL open; retry briefly, then raise
+        :class:`KeystoreError` rather than claim an erasure that did not reach disk.
+        """
+        for _ in range(attempts):
+            busy, _log, _done = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy == 0:
+                return
+            time.sleep(0.02)
+        raise KeystoreError("could not truncate the keystore WAL: another process holds it")
+
+    # -- header ----------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str:
+        row = self._conn.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return str(row[0])
+
+    def header(self) -> KeystoreHeader:
+        try:
+            return KeystoreHeader(
+                vault_id=self._meta("vault_id"),
+                schema_version=int(self._meta("schema_version")),
+                key_source=self._meta("key_source"),
+                kdf=self._meta("kdf"),
+                salt=bytes.fromhex(self._meta("salt")),
+                key_check=bytes.fromhex(self._meta("key_check")),
+                active_epoch=int(self._meta("active_epoch")),
+                created=self._meta("created"),
+            )
+        except (KeyError, ValueError) as exc:
+            raise KeystoreError(f"keystore header is damaged ({exc})") from None
+
+    def set_meta(self, conn: sqlite3.Connection, key: str, value: str) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
+
+    def get_meta(self, key: str) -> str | None:
+        try:
+            return self._meta(key)
+        except KeyError:
+            return None
+
+    # -- KEK epochs and signing seed -------------------------------------------------
+
+    def epochs(self) -> dict[int, bytes]:
+        rows = self._conn.execute("SELECT epoch, wrapped FROM kek_epochs ORDER BY epoch")
+        return {int(e): bytes(w) for e, w in rows}
+
+    def epoch_rows(self) -> list[tuple[int, str, int]]:
+        """(epoch, created, DEK count) for every epoch."""
+        rows = self._conn.execute(
+            "SELECT e.epoch, e.created, (SELECT COUNT(*) FROM deks d WHERE d.epoch = e.epoch) "
+            "FROM kek_epochs e ORDER BY e.epoch"
+        )
+        return [(int(e), str(c), int(n)) for e, c, n in rows]
+
+    def add_epoch(self, conn: sqlite3.Connection, epoch: int, wrapped: bytes, created: str) -> None:
+        conn.execute(
+            "INSERT INTO kek_epochs (epoch, wrapped, created) VALUES (?, ?, ?)",
+            (epoch, wrapped, created),
+        )
+
+    def signing_seed(self) -> tuple[int, bytes, bytes]:
+        """(generation, wrapped seed, public key) of the newest signing key."""
+        row = self._conn.execute(
+            "SELECT generation, wrapped, public_key FROM signing ORDER BY generation DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            raise KeystoreError("keystore holds no signing key")
+        return int(row[0]), bytes(row[1]), bytes(row[2])
+
+    def public_key(self) -> bytes:
+        """The vault's Ed25519 public key; readable without unlocking."""
+        return self.signing_seed()[2]
+
+    def add_signing_seed(
+        self, conn: sqlite3.Connection, generation: int, wrapped: bytes, public: bytes, created: str
+    ) -> None:
+        conn.execute(
+            "INSERT INTO signing (generation, wrapped, public_key, created) VALUES (?, ?, ?, ?)",
+            (generation, wrapped, public, created),
+        )
+
+    # -- DEKs and subject tags -------------------------------------------------------
+
+    def deks(self, customer_ids: Sequence[str]) -> list[DekRow]:
+        out: list[DekRow] = []
+        for chunk in _chunks(customer_ids):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                "SELECT customer_id, version, epoch, wrapped, created FROM deks "
+                f"WHERE customer_id IN ({marks})",
+                chunk,
+            )
+            out.extend(DekRow(str(c), int(v), int(e), bytes(w), str(t)) for c, v, e, w, t in rows)
+        return out
+
+    def insert_deks(self, conn: sqlite3.Connection, rows: Iterable[DekRow]) -> None:
+        conn.executemany(
+            "INSERT INTO deks (customer_id, version, epoch, wrapped, created) VALUES (?,?,?,?,?)",
+            [(r.customer_id, r.version, r.epoch, r.wrapped, r.created) for r in rows],
+        )
+
+    def subject_tags(self, customer_ids: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for chunk in _chunks(customer_ids):
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT customer_id, tag FROM subject_tags WHERE customer_id IN ({marks})", chunk
+            )
+            out.update((str(c), bytes(t)) for c, t in rows)
+        return out
+
+    def insert_subject_tags(self, conn: sqlite3.Connection, tags: dict[str, bytes]) -> None:
+        conn.executemany(
+            "INSERT INTO subject_tags (customer_id, tag) VALUES (?, ?)", list(tags.items())
+        )
+
+    def delete_customer(self, conn: sqlite3.Connection, customer_id: str) -> list[DekRow]:
+        """Delete every DEK version and the subject tag of one customer; return what went."""
+        rows = [
+            DekRow(str(c), int(v), int(e), bytes(w), str(t))
+            for c, v, e, w, t in conn.execute(
+                "SELECT customer_id, version, epoch, wrapped, created FROM deks "
+                "WHERE customer_id = ?",
+                (customer_id,),
+            )
+        ]
+        conn.execute("DELETE FROM deks WHERE customer_id = ?", (customer_id,))
+        conn.execute("DELETE FROM subject_tags WHERE customer_id = ?", (customer_id,))
+        return rows
+
+    def count_deks(self) -> int:
+        return int(self._conn.execute("SELECT COUNT(*) FROM deks").fetchone()[0])
+
+    # -- rollback anchor -------------------------------------------------------------
+
+    def anchor(self) -> tuple[int, bytes, bytes] | None:
+        """(seq, checkpoint body, signature) of the newest checkpoint the vault wrote."""
+        row = self._conn.execute("SELECT seq, body, signature FROM anchor WHERE id = 1").fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]), bytes(row[2]))
+
+    def advance_anchor(self, seq: int, body: bytes, signature: bytes) -> None:
+        """Record a newer checkpoint as the anchor; never moves it backwards."""
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO anchor (id, seq, body, signature) VALUES (1, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, body = excluded.body, "
+                "signature = excluded.signature WHERE excluded.seq > anchor.seq",
+                (seq, body, signature),
+            )
+
+
+def _chunks(items: Sequence[str]) -> Iterator[list[str]]:
+    items = list(items)
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
