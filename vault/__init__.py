@@ -1,0 +1,54 @@
+"""shredvault: per-customer encrypted records, a hash-chained access log, crypto-shredding.
+
+The public Python API. Everything not listed in ``__all__`` is private.
+"""
+
+from keys import DecryptionError, KdfParams, UnsupportedFormatError
+
+from .checkpoint import Checkpoint
+from .clock import Clock
+from .errors import (
+    AccessDeniedError,
+    AuditChainError,
+    NotFoundError,
+    PurposeError,
+    SchemaError,
+    ShreddedError,
+    StorageError,
+    UnlockError,
+    VaultBusyError,
+    VaultError,
+    VerificationError,
+)
+from .log import Event
+from .model import Customer, Record
+from .schema import KindSpec
+from .session import Session
+from .vault import Vault
+from .verify import VerifyReport
+
+__all__ = [
+    "AccessDeniedError",
+    "AuditChainError",
+    "Checkpoint",
+    "Clock",
+    "Customer",
+    "DecryptionError",
+    "Event",
+    "KdfParams",
+    "KindSpec",
+    "NotFoundError",
+    "PurposeError",
+    "Record",
+    "SchemaError",
+    "Session",
+    "ShreddedError",
+    "StorageError",
+    "UnlockError",
+    "UnsupportedFormatError",
+    "Vault",
+    "VaultBusyError",
+    "VaultError",
+    "VerificationError",
+    "VerifyReport",
+]

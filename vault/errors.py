@@ -1,0 +1,71 @@
+"""The vault package's error tree (DESIGN §8). Messages never hold secrets or field values."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDeniedError",
+    "AuditChainError",
+    "NotFoundError",
+    "PurposeError",
+    "SchemaError",
+    "ShreddedError",
+    "StorageError",
+    "UnlockError",
+    "VaultBusyError",
+    "VaultError",
+    "VerificationError",
+]
+
+
+class VaultError(Exception):
+    """Base of every error raised by ``vault``."""
+
+
+class UnlockError(VaultError):
+    """Wrong passphrase or keyfile, or a keystore header weakened below the KDF floor."""
+
+
+class AccessDeniedError(VaultError):
+    """The acting principal may not do this (role, purpose, field, expiry)."""
+
+
+class SchemaError(VaultError, ValueError):
+    """Undeclared kind or field, or a value of the wrong type or size: nothing was stored."""
+
+
+class PurposeError(AccessDeniedError, SchemaError):
+    """The purpose is not declared for this kind (minimal collection): access denied."""
+
+
+class NotFoundError(VaultError, LookupError):
+    """No such customer or record."""
+
+
+class ShreddedError(NotFoundError):
+    """The customer was crypto-shredded: its records are gone for good."""
+
+
+class VerificationError(VaultError):
+    """A log, receipt, checkpoint or backup failed verification.
+
+    ``reason`` is a short machine-readable word (``modified``, ``deleted``, ``inserted``,
+    ``reordered``, ``forked``, ``truncated``, ``rolled back``, ``bad signature``,
+    ``foreign vault``, ``malformed``); ``seq`` the first bad sequence number, if any.
+    """
+
+    def __init__(self, message: str, *, reason: str = "invalid", seq: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.seq = seq
+
+
+class AuditChainError(VerificationError):
+    """The vault's own access log is broken or rolled back: the vault refuses to serve."""
+
+
+class VaultBusyError(VaultError):
+    """Another writer held the vault longer than the timeout; nothing was changed."""
+
+
+class StorageError(VaultError):
+    """The data store or keystore failed (missing, unwritable, mismatched, too new)."""

@@ -1,0 +1,32 @@
+"""Random identifiers: a prefix and 26 base32 characters (130 bits, 128 of them random)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+
+__all__ = ["CUSTOMER", "RECORD", "VAULT", "is_id", "new_id", "new_ids"]
+
+CUSTOMER = "cus_"
+RECORD = "rec_"
+VAULT = "vlt_"
+_ID_RE = re.compile(r"^(cus|rec|vlt|bak|pkg)_[a-z2-7]{26}$")
+
+
+def new_ids(prefix: str, count: int) -> list[str]:
+    """``count`` fresh ids from one ``os.urandom`` call."""
+    raw = os.urandom(16 * count)
+    enc = base64.b32encode
+    return [
+        prefix + enc(raw[16 * i : 16 * (i + 1)]).decode("ascii")[:26].lower() for i in range(count)
+    ]
+
+
+def new_id(prefix: str) -> str:
+    return new_ids(prefix, 1)[0]
+
+
+def is_id(value: object, prefix: str) -> bool:
+    """True if ``value`` is a well-formed id with ``prefix``."""
+    return isinstance(value, str) and value.startswith(prefix) and _ID_RE.match(value) is not None

@@ -1,0 +1,70 @@
+"""Values the public API returns: customers and records. Reprs never show field values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .schema import FieldValue
+
+__all__ = ["Customer", "Record"]
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """A customer's metadata. Personal data lives only in encrypted records."""
+
+    id: str
+    ref: str | None
+    state: str  # "active" | "shredding" | "shredded"
+    consent: Mapping[str, bool]
+    retain_until: str | None
+    legal_hold: bool
+    created: str
+    shredded: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "ref": self.ref,
+            "state": self.state,
+            "consent": dict(self.consent),
+            "retain_until": self.retain_until,
+            "legal_hold": self.legal_hold,
+            "created": self.created,
+            "shredded": self.shredded,
+        }
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Record:
+    """A decrypted record. ``fields`` holds plaintext: its repr shows names only."""
+
+    id: str
+    customer: str
+    kind: str
+    fields: Mapping[str, FieldValue]
+    version: int
+    created: str
+    updated: str
+
+    def __repr__(self) -> str:
+        names = ",".join(sorted(self.fields))
+        return (
+            f"Record(id={self.id!r}, customer={self.customer!r}, kind={self.kind!r}, "
+            f"fields=[{names}] (values redacted), version={self.version})"
+        )
+
+    __str__ = __repr__
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "customer": self.customer,
+            "kind": self.kind,
+            "fields": dict(self.fields),
+            "version": self.version,
+            "created": self.created,
+            "updated": self.updated,
+        }

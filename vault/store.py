@@ -1,0 +1,313 @@
+"""The data store: tables, engines and the one-writer transaction (DESIGN §2, §5, §6).
+
+SQLAlchemy Core only. Every transaction that the log records runs through
+:meth:`DataStore.run`: on SQLite it begins with ``BEGIN IMMEDIATE``; on PostgreSQL it
+takes a row lock on the log-head row first. Either way exactly one writer appends to
+the log at a time, and ``UNIQUE(seq)``/``UNIQUE(prev)`` make a fork impossible to commit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    exc,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import make_url
+
+from .errors import StorageError, VaultBusyError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DataStore",
+    "LogHead",
+    "checkpoints",
+    "customers",
+    "kinds",
+    "log",
+    "log_head",
+    "meta",
+    "records",
+]
+
+SCHEMA_VERSION = 1
+GENESIS = "0" * 64
+
+metadata = MetaData()
+
+meta = Table(
+    "sv_meta",
+    metadata,
+    Column("k", String(64), primary_key=True),
+    Column("v", Text, nullable=False),
+)
+
+kinds = Table(
+    "sv_kinds",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("spec", Text, nullable=False),
+)
+
+customers = Table(
+    "sv_customers",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("ref", String(200), nullable=True, index=True),
+    Column("state", String(16), nullable=False),
+    Column("dek_version", Integer, nullable=False),
+    Column("retain_until", String(32), nullable=True),
+    Column("legal_hold", Boolean, nullable=False, default=False),
+    Column("consent", Text, nullable=False),
+    Column("created", String(32), nullable=False),
+    Column("shredded", String(32), nullable=True),
+)
+
+records = Table(
+    "sv_records",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("customer_id", String(32), ForeignKey("sv_customers.id"), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("dek_version", Integer, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("created", String(32), nullable=False),
+    Column("updated", String(32), nullable=False),
+    Index("ix_sv_records_customer", "customer_id", "kind"),
+)
+
+log = Table(
+    "sv_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("prev", String(64), nullable=False, unique=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("ts", String(32), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("subject", String(64), nullable=True),
+    Column("record", String(32), nullable=True),
+    Column("outcome", String(16), nullable=False),
+    # The exact bytes that were hashed: canonical JSON of the entry without "hash".
+    Column("body", LargeBinary, nullable=False),
+    Index("ix_sv_log_subject", "subject"),
+)
+
+log_head = Table(
+    "sv_log_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("ts", String(32), nullable=False),
+)
+
+checkpoints = Table(
+    "sv_checkpoints",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LogHead:
+    """The newest log entry: its seq (0 for an empty log), hash and timestamp."""
+
+    seq: int
+    hash: str
+    ts: str
+
+
+T = TypeVar("T")
+
+_RETRIES = 8
+
+
+def _is_sqlite_busy(error: BaseException) -> bool:
+    text = str(getattr(error, "orig", error)).lower()
+    return "database is locked" in text or "database is busy" in text
+
+
+def _pg_retryable(error: exc.DBAPIError) -> bool:
+    code = getattr(getattr(error, "orig", None), "sqlstate", None)
+    # serialization_failure, deadlock_detected, unique_violation (a racing fork)
+    return code in {"40001", "40P01", "23505"}
+
+
+class DataStore:
+    """An engine on the data store plus the vault's transaction discipline."""
+
+    def __init__(self, engine: Engine, *, busy_timeout: float) -> None:
+        self.engine = engine
+        self.is_sqlite = engine.dialect.name == "sqlite"
+        self.busy_timeout = busy_timeout
+
+    def __repr__(self) -> str:
+        return f"<DataStore {self.engine.dialect.name}>"
+
+    @classmethod
+    def connect(
+        cls, *, sqlite_path: Path | None = None, url: str | None = None, busy_timeout: float = 30.0
+    ) -> DataStore:
+        """An engine for a SQLite file or a SQLAlchemy URL (PostgreSQL via psycopg)."""
+        if url is not None:
+            parsed = make_url(url)
+            kwargs: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": True}
+            if parsed.get_backend_name() == "postgresql":
+                kwargs["isolation_level"] = "READ COMMITTED"
+                timeout_ms = int(busy_timeout * 1000)
+                kwargs["connect_args"] = {"options": f"-c lock_timeout={timeout_ms}"}
+                if "options" in parsed.query:
+                    extra = parsed.query["options"]
+                    extra_text = extra if isinstance(extra, str) else " ".join(extra)
+                    kwargs["connect_args"]["options"] += " " + extra_text
+                    parsed = parsed.difference_update_query(["options"])
+            engine = create_engine(parsed, **kwargs)
+        else:
+            assert sqlite_path is not None
+            engine = create_engine(
+                f"sqlite:///{sqlite_path}",
+                hide_parameters=True,
+                connect_args={"timeout": busy_timeout, "check_same_thread": False},
+            )
+            _sqlite_discipline(engine)
+        return cls(engine, busy_timeout=busy_timeout)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def create_schema(self) -> None:
+        try:
+            with self.engine.begin() as conn:
+                metadata.create_all(conn)
+        except exc.SQLAlchemyError as error:
+            raise StorageError(f"cannot create the data store: {_describe(error)}") from None
+
+    def has_schema(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                return self.engine.dialect.has_table(conn, "sv_meta")
+        except exc.SQLAlchemyError as error:
+            raise StorageError(f"cannot reach the data store: {_describe(error)}") from None
+
+    def run(self, work: Callable[[Connection, LogHead], T]) -> T:
+        """Run ``work`` in one transaction holding the log-head lock; commit or roll back.
+
+        Retries a bounded number of times when PostgreSQL reports a serialization
+        failure, deadlock or a unique violation from a racing writer. Raises
+        :class:`VaultBusyError` when the lock was not had in time and
+        :class:`StorageError` for any other database failure; either way nothing of
+        ``work`` was committed.
+        """
+        deadline = time.monotonic() + self.busy_timeout
+        for attempt in range(_RETRIES):
+            try:
+                with self.engine.begin() as conn:
+                    head = self._lock_head(conn)
+                    return work(conn, head)
+            except exc.OperationalError as error:
+                if self.is_sqlite and _is_sqlite_busy(error):
+                    raise VaultBusyError(
+                        "the vault is busy: another writer held it longer than "
+                        f"{self.busy_timeout:g}s; nothing was changed"
+                    ) from None
+                if not self.is_sqlite and _pg_retryable(error) and time.monotonic() < deadline:
+                    time.sleep(0.005 * (attempt + 1))
+                    continue
+                if not self.is_sqlite and getattr(error.orig, "sqlstate", None) == "55P03":
+                    raise VaultBusyError(
+                        "the vault is busy: the log lock was not had in time; nothing was changed"
+                    ) from None
+                raise StorageError(f"data store failure: {_describe(error)}") from None
+            except exc.IntegrityError as error:
+                if not self.is_sqlite and _pg_retryable(error) and time.monotonic() < deadline:
+                    continue
+                raise StorageError(f"data store refused a write: {_describe(error)}") from None
+            except exc.DBAPIError as error:
+                raise StorageError(f"data store failure: {_describe(error)}") from None
+        raise VaultBusyError("the vault is busy: too many conflicting writers; nothing was changed")
+
+    def read(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in a read-only transaction (used only for unlogged reads:
+        verification, export and status, which reveal no personal data)."""
+        try:
+            with self.engine.connect().execution_options(sv_readonly=True) as conn:
+                return work(conn)
+        except exc.OperationalError as error:
+            if self.is_sqlite and _is_sqlite_busy(error):
+                raise VaultBusyError("the vault is busy; try again") from None
+            raise StorageError(f"data store failure: {_describe(error)}") from None
+        except exc.DBAPIError as error:
+            raise StorageError(f"data store failure: {_describe(error)}") from None
+
+    def _lock_head(self, conn: Connection) -> LogHead:
+        stmt = select(log_head.c.seq, log_head.c.hash, log_head.c.ts).where(log_head.c.id == 1)
+        if not self.is_sqlite:
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).one_or_none()
+        if row is None:
+            raise StorageError("the data store has no log head row: not a shredvault data store")
+        return LogHead(int(row.seq), str(row.hash), str(row.ts))
+
+    def init_rows(self, conn: Connection, values: dict[str, str]) -> None:
+        conn.execute(insert(meta), [{"k": k, "v": v} for k, v in values.items()])
+        conn.execute(insert(log_head).values(id=1, seq=0, hash=GENESIS, ts=""))
+
+    @staticmethod
+    def set_head(conn: Connection, head: LogHead) -> None:
+        conn.execute(
+            update(log_head)
+            .where(log_head.c.id == 1)
+            .values(seq=head.seq, hash=head.hash, ts=head.ts)
+        )
+
+
+def _sqlite_discipline(engine: Engine) -> None:
+    """WAL, full fsync on commit, and ``BEGIN IMMEDIATE`` for every transaction."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event own BEGIN
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Readers that reveal no personal data (verify, export) take no write lock.
+        readonly = conn.get_execution_options().get("sv_readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+def _describe(error: exc.SQLAlchemyError) -> str:
+    """The driver's message without SQL parameters (engines hide them as well)."""
+    orig = getattr(error, "orig", None)
+    text = str(orig if orig is not None else error).strip().splitlines()
+    return text[0][:300] if text else type(error).__name__

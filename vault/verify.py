@@ -1,0 +1,215 @@
+"""Chain verification (DESIGN §6), shared by the live store and offline exports.
+
+Streams entries once, in seq order, with one entry of look-ahead (to tell a swap from a
+deletion), and checks: each entry's hash over its exact bytes; its seq and ``prev``
+link; every checkpoint's vault, signature and head; and that the log reaches the
+anchor. Stops at the first failure and names its seq and reason. docs/log-format.md
+specifies the same algorithm for independent verifiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .canonical import canonical
+from .checkpoint import Checkpoint
+from .log import GENESIS, HASH_PREFIX, LogEntry
+
+__all__ = ["VerifyReport", "verify_chain"]
+
+_PREV = b',"prev":"'
+_SEQ = b',"seq":'
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """What verification found. ``ok`` is False iff ``reason`` is set."""
+
+    entries: int = 0
+    first_seq: int | None = None
+    last_seq: int = 0
+    head: str = GENESIS
+    checkpoints: int = 0
+    last_checkpoint: int | None = None
+    anchor_seq: int | None = None
+    reason: str | None = None
+    bad_seq: int | None = None
+    message: str = "log verifies"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+    @property
+    def unsigned_tail(self) -> int:
+        return self.last_seq - (self.last_checkpoint or 0)
+
+    def fail(self, reason: str, seq: int | None, message: str) -> VerifyReport:
+        if self.reason is None:
+            self.reason, self.bad_seq, self.message = reason, seq, message
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "first_seq": self.first_seq,
+            "last_seq": self.last_seq,
+            "head": self.head,
+            "checkpoints": self.checkpoints,
+            "last_checkpoint": self.last_checkpoint,
+            "unsigned_tail": self.unsigned_tail,
+            "anchor_seq": self.anchor_seq,
+            "reason": self.reason,
+            "bad_seq": self.bad_seq,
+            "message": self.message,
+            "notes": list(self.notes),
+        }
+
+
+def _fields(body: bytes, strict: bool) -> tuple[int, str]:
+    """(seq, prev) of an entry body. ``prev`` and ``seq`` are the last keys of their
+    names in sorted order after the only nested object (``detail``), so the last
+    occurrence is the top-level one. ``strict`` also demands canonical bytes."""
+    if strict:
+        raw = json.loads(body)
+        if not isinstance(raw, dict) or canonical(raw) != body or raw.get("v") != 1:
+            raise ValueError("entry is not canonical v1 JSON")
+        seq, prev = raw["seq"], raw["prev"]
+        if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(prev, str):
+            raise ValueError("entry has a malformed seq or prev")
+        return seq, prev
+    i = body.rindex(_PREV)
+    j = body.rindex(_SEQ)
+    return int(body[j + 7 : body.index(b",", j + 7)]), body[i + 9 : i + 73].decode("ascii")
+
+
+def verify_chain(
+    entries: Iterable[LogEntry],
+    *,
+    vault_id: str,
+    public_key: bytes | None,
+    checkpoints: Sequence[Checkpoint] = (),
+    anchor: Checkpoint | None = None,
+    anchor_shortfall: str = "truncated",
+    from_genesis: bool = True,
+    strict: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Verify a stream of entries; never raises for bad input, returns a report.
+
+    ``anchor_shortfall`` names a log that ends before the anchor: ``"truncated"`` for an
+    auditor's anchor, ``"rolled back"`` for the keystore's. Without ``public_key``
+    signatures cannot be checked; the report says so in ``notes``.
+    """
+    report = VerifyReport()
+    by_seq: dict[int, Checkpoint] = {}
+    for cp in sorted(checkpoints, key=lambda c: c.seq):
+        if cp.vault != vault_id:
+            return report.fail(
+                "foreign vault", cp.seq, f"checkpoint at seq {cp.seq} names another vault"
+            )
+        if public_key is not None and not cp.verify(public_key):
+            return report.fail(
+                "bad signature", cp.seq, f"checkpoint at seq {cp.seq} has a bad signature"
+            )
+        by_seq[cp.seq] = cp
+    if anchor is not None:
+        report.anchor_seq = anchor.seq
+        if anchor.vault != vault_id:
+            return report.fail("foreign vault", anchor.seq, "the anchor names another vault")
+        if public_key is not None and not anchor.verify(public_key):
+            return report.fail("bad signature", anchor.seq, "the anchor has a bad signature")
+    if public_key is None:
+        report.notes.append("no public key: checkpoint signatures were not checked")
+
+    sha = hashlib.sha256(HASH_PREFIX).copy
+    expected = 1
+    prev = GENESIS
+    prev_of_last: str | None = None
+    stream: Iterator[LogEntry] = iter(entries)
+    pending = next(stream, None)
+    while pending is not None:
+        entry, pending = pending, next(stream, None)
+        if report.first_seq is None:
+            report.first_seq = entry.seq
+            if not from_genesis:
+                expected = entry.seq
+        hasher = sha()
+        hasher.update(entry.body)
+        if hasher.hexdigest() != entry.hash:
+            return report.fail("modified", entry.seq, f"entry {entry.seq} does not match its hash")
+        try:
+            seq, body_prev = _fields(entry.body, strict)
+        except (ValueError, KeyError, UnicodeDecodeError):
+            return report.fail("malformed", entry.seq, f"entry {entry.seq} is malformed")
+        if seq != entry.seq:
+            return report.fail("modified", entry.seq, f"entry stored at {entry.seq} says seq {seq}")
+        if seq != expected:
+            nxt = pending.seq if pending is not None else None
+            if seq > expected and nxt == expected:
+                return report.fail(
+                    "reordered", expected, f"entry {expected} appears after entry {seq}"
+                )
+            if seq > expected:
+                return report.fail("deleted", expected, f"entry {expected} is missing")
+            if seq == expected - 1 and body_prev == prev_of_last:
+                return report.fail(
+                    "inserted", seq, f"two entries claim seq {seq} after the same predecessor"
+                )
+            if nxt == expected:
+                return report.fail("inserted", seq, f"entry {seq} appears again out of place")
+            return report.fail("reordered", seq, f"entry {seq} appears after entry {expected - 1}")
+        if report.entries == 0 and not from_genesis:
+            prev = body_prev
+        if body_prev != prev:
+            return report.fail(
+                "modified",
+                seq - 1,
+                f"entry {seq - 1}'s hash does not match entry {seq}'s prev link",
+            )
+        at = by_seq.get(seq)
+        if at is not None:
+            if at.head != entry.hash:
+                return report.fail(
+                    "forked", seq, f"the log differs from the signed checkpoint at seq {seq}"
+                )
+            report.checkpoints += 1
+            if public_key is not None:
+                report.last_checkpoint = seq
+        if anchor is not None and anchor.seq == seq and anchor.head != entry.hash:
+            return report.fail("forked", seq, f"the log differs from the anchor at seq {seq}")
+        prev_of_last, prev = prev, entry.hash
+        report.entries += 1
+        report.last_seq, report.head = seq, entry.hash
+        expected = seq + 1
+        if progress is not None and report.entries % 10_000 == 0:
+            progress(10_000)
+    if progress is not None:
+        progress(report.entries % 10_000)
+
+    beyond = [s for s in by_seq if s > report.last_seq]
+    if beyond:
+        return report.fail(
+            "truncated",
+            report.last_seq + 1,
+            f"the log ends at seq {report.last_seq} but a signed checkpoint "
+            f"covers seq {max(beyond)}",
+        )
+    if anchor is not None and anchor.seq > report.last_seq:
+        return report.fail(
+            anchor_shortfall,
+            report.last_seq + 1,
+            f"the log ends at seq {report.last_seq}, before the anchor at seq {anchor.seq}",
+        )
+    if report.ok:
+        report.message = (
+            f"{report.entries} entries verify; last signed checkpoint at seq "
+            f"{report.last_checkpoint}; unsigned tail {report.unsigned_tail}"
+        )
+    return report
