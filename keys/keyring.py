@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
-from .envelope import Envelope, blob_key_version, dek_aad, kek_aad, signing_seed_aad
+from .envelope import (
+    Envelope,
+    blob_key_version,
+    dek_aad,
+    kek_aad,
+    record_aad_prefix,
+    signing_seed_aad,
+)
 from .errors import DecryptionError, InvalidKeyError, KeystoreError
 from .kdf import (
     SALT_SIZE,
@@ -51,6 +58,7 @@ class CustomerKeys:
     current: Envelope
     versions: dict[int, Envelope] = field(default_factory=dict)
     subject_tag: bytes = b""
+    record_prefix: bytes = b""  # record_aad_prefix(vault, customer), cached for hot paths
 
     def __repr__(self) -> str:
         return f"<CustomerKeys {self.customer_id} versions={sorted(self.versions)}, redacted>"
@@ -233,7 +241,9 @@ class KeyRing:
             )
             tags[cid] = os.urandom(SUBJECT_TAG_SIZE)
             env = Envelope(dek, 1)
-            fresh[cid] = CustomerKeys(cid, env, {1: env}, tags[cid])
+            fresh[cid] = CustomerKeys(
+                cid, env, {1: env}, tags[cid], record_aad_prefix(self.vault_id, cid)
+            )
         with self.store.transaction() as conn:
             self.store.insert_deks(conn, rows)
             self.store.insert_subject_tags(conn, tags)

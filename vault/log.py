@@ -16,11 +16,12 @@ import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from json.encoder import encode_basestring
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, select
 
-from .canonical import canonical
+from .canonical import canonical_text
 from .clock import format_ts, parse_ts
 from .store import DataStore, LogHead, log
 
@@ -31,6 +32,7 @@ __all__ = [
     "Event",
     "LogEntry",
     "append",
+    "encode_body",
     "entry_hash",
     "export_line",
     "iter_entries",
@@ -94,63 +96,77 @@ def _timestamp(head: LogHead, now: datetime) -> tuple[str, int]:
     return ts, 0
 
 
+_BODY = (
+    '{"action":%s,"actor":%s,"detail":%s,"outcome":%s,"prev":"%s","purpose":%s,'
+    '"record":%s,"role":%s,"seq":%d,"subject":%s,"ts":"%s","v":1}'
+)
+
+
+def encode_body(
+    ev: Event, seq: int, ts: str, prev: str, detail: Mapping[str, Any], text: dict[Any, str]
+) -> bytes:
+    """Canonical JSON of an entry without ``hash``, built from a template in sorted key
+    order (byte-identical to :func:`~vault.canonical.canonical` of the dict; tested).
+    ``text`` memoizes JSON string encodings across a batch."""
+
+    def enc(value: str | None) -> str:
+        out = text.get(value)
+        if out is None:
+            out = "null" if value is None else encode_basestring(value)
+            text[value] = out
+        return out
+
+    return (
+        _BODY
+        % (
+            enc(ev.action),
+            enc(ev.actor),
+            canonical_text(detail) if detail else "{}",
+            enc(ev.outcome),
+            prev,
+            enc(ev.purpose),
+            enc(ev.record),
+            enc(ev.role),
+            seq,
+            enc(ev.subject),
+            ts,
+        )
+    ).encode("utf-8")
+
+
 def append(
-    conn: Connection, head: LogHead, events: Sequence[Event], now: datetime
+    conn: Connection, store: DataStore, head: LogHead, events: Sequence[Event], now: datetime
 ) -> tuple[LogHead, list[LogEntry]]:
     """Chain ``events`` after ``head`` and insert them in one ``executemany``.
 
     Runs inside the caller's transaction (so the entries commit with the change they
     record) and updates the head row. Returns the new head and the entries written.
     """
+    if not events:
+        return head, []
     ts, clamped_us = _timestamp(head, now)
     seq, prev = head.seq, head.hash
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     written: list[LogEntry] = []
-    prefix_hash = hashlib.sha256(HASH_PREFIX)
+    base = hashlib.sha256(HASH_PREFIX)
+    text: dict[Any, str] = {}
     for ev in events:
         seq += 1
-        detail = dict(ev.detail)
+        detail: Mapping[str, Any] = ev.detail
         if clamped_us:
-            detail["clock_clamped_us"] = clamped_us
-        body = canonical(
-            {
-                "v": ENTRY_VERSION,
-                "seq": seq,
-                "ts": ts,
-                "actor": ev.actor,
-                "role": ev.role,
-                "action": ev.action,
-                "subject": ev.subject,
-                "record": ev.record,
-                "purpose": ev.purpose,
-                "outcome": ev.outcome,
-                "detail": detail,
-                "prev": prev,
-            }
-        )
-        hasher = prefix_hash.copy()
+            detail = {**detail, "clock_clamped_us": clamped_us}
+        body = encode_body(ev, seq, ts, prev, detail, text)
+        hasher = base.copy()
         hasher.update(body)
         digest = hasher.hexdigest()
         rows.append(
-            {
-                "seq": seq,
-                "prev": prev,
-                "hash": digest,
-                "ts": ts,
-                "actor": ev.actor,
-                "action": ev.action,
-                "subject": ev.subject,
-                "record": ev.record,
-                "outcome": ev.outcome,
-                "body": body,
-            }
+            (seq, prev, digest, ts, ev.actor, ev.action, ev.subject, ev.record, ev.outcome, body)
         )
         written.append(LogEntry(seq, digest, body))
         prev = digest
-    if rows:
-        conn.execute(insert(log), rows)
-        head = LogHead(seq, prev, ts)
-        DataStore.set_head(conn, head)
+    store.insert_many(conn, log, rows)
+    head = LogHead(seq, prev, ts)
+    DataStore.set_head(conn, head)
     return head, written
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, RowMapping, bindparam, delete, insert, select, update
 
 from keys import DecryptionError, Envelope, record_aad
+from keys.envelope import record_aad_suffix
 
 from . import ids
 from .clock import format_ts
@@ -144,11 +145,14 @@ class Session:
         kinds_of: list[str] = []
         field_names: list[list[str]] = []
         by_customer: dict[str, list[int]] = defaultdict(list)
+        checked: set[str] = set()
         for i, item in enumerate(items):
             customer_id, kind, fields = item
             _check_customer_id(customer_id)
             spec = vault.kind(kind)
-            self._check_purpose(spec.name, purpose, "record.put")
+            if kind not in checked:
+                self._check_purpose(spec.name, purpose, "record.put")
+                checked.add(kind)
             plaintexts.append(encode_fields(spec, fields))
             kinds_of.append(kind)
             field_names.append(sorted(fields))
@@ -160,14 +164,12 @@ class Session:
         def seal(keys: Mapping[str, CustomerKeys], only: Sequence[str]) -> dict[int, bytes]:
             out: dict[int, bytes] = {}
             for cid in only:
-                env = keys[cid].current
+                ck = keys[cid]
+                env, prefix, version = ck.current, ck.record_prefix, ck.current.version
                 idx = by_customer[cid]
                 blobs = env.seal_many(
                     [plaintexts[i] for i in idx],
-                    [
-                        record_aad(vault.vault_id, cid, rids[i], kinds_of[i], env.version)
-                        for i in idx
-                    ],
+                    [record_aad_suffix(prefix, rids[i], kinds_of[i], version) for i in idx],
                 )
                 out.update(zip(idx, blobs, strict=True))
             return out
@@ -184,34 +186,22 @@ class Session:
                 fresh = vault._keys.customer_keys(stale)
                 keys.update(fresh)
                 sealed.update(seal(fresh, stale))
-            tx.conn.execute(
-                insert(records),
-                [
-                    {
-                        "id": rids[i],
-                        "customer_id": items[i][0],
-                        "kind": kinds_of[i],
-                        "version": 1,
-                        "dek_version": keys[items[i][0]].current.version,
-                        "ciphertext": sealed[i],
-                        "created": now,
-                        "updated": now,
-                    }
-                    for i in range(len(items))
-                ],
-            )
-            tx.log(
-                *(
+            rows = []
+            events = []
+            for i, (cid, _kind, _fields) in enumerate(items):
+                ck = keys[cid]
+                rows.append((rids[i], cid, kinds_of[i], 1, ck.current.version, sealed[i], now, now))
+                events.append(
                     self._event(
                         "record.put",
-                        subject=keys[items[i][0]].subject_tag.hex(),
+                        subject=ck.subject_tag.hex(),
                         record=rids[i],
                         purpose=purpose,
                         detail={"kind": kinds_of[i], "fields": field_names[i]},
                     )
-                    for i in range(len(items))
                 )
-            )
+            vault._data.insert_many(tx.conn, records, rows)
+            tx.log(*events)
             return rids
 
         return vault._transact(work)
@@ -396,11 +386,14 @@ class Session:
             )
         }
         out = []
+        checked: set[str] = set()
         for cid, rid in pairs:
             row = rows.get(rid)
             if row is None or row["customer_id"] != cid:
                 raise self._not_found(action, rid, purpose=purpose)
-            self._check_purpose(str(row["kind"]), purpose, action)
+            if row["kind"] not in checked:
+                self._check_purpose(str(row["kind"]), purpose, action)
+                checked.add(row["kind"])
             out.append(row)
         return out
 
@@ -415,9 +408,8 @@ class Session:
         for (cid, rid), row in zip(pairs, rows, strict=True):
             env = _envelope(vault, keys, cid, int(row["dek_version"]))
             kind = str(row["kind"])
-            plaintext = env.open(
-                bytes(row["ciphertext"]), record_aad(vault.vault_id, cid, rid, kind, env.version)
-            )
+            context = record_aad_suffix(keys[cid].record_prefix, rid, kind, env.version)
+            plaintext = env.open(bytes(row["ciphertext"]), context)
             fields = json.loads(plaintext)
             result.append(
                 Record(

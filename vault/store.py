@@ -104,7 +104,7 @@ log = Table(
     metadata,
     Column("seq", BigInteger, primary_key=True, autoincrement=False),
     Column("prev", String(64), nullable=False, unique=True),
-    Column("hash", String(64), nullable=False, unique=True),
+    Column("hash", String(64), nullable=False),
     Column("ts", String(32), nullable=False),
     Column("actor", String(200), nullable=False),
     Column("action", String(64), nullable=False),
@@ -166,6 +166,19 @@ class DataStore:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         self.busy_timeout = busy_timeout
+        mark = "?" if self.is_sqlite else "%s"
+        # Prebuilt INSERTs for the hot paths, run as one DBAPI executemany of tuples:
+        # no per-row parameter processing (values are already str/int/bytes).
+        self._insert_sql = {
+            t.name: f"INSERT INTO {t.name} ({', '.join(c.name for c in t.columns)}) "
+            f"VALUES ({', '.join(mark for _ in t.columns)})"
+            for t in (records, log)
+        }
+
+    def insert_many(self, conn: Connection, table: Table, rows: list[tuple[Any, ...]]) -> None:
+        """Insert tuples in ``table``'s column order with one prebuilt ``executemany``."""
+        if rows:
+            conn.exec_driver_sql(self._insert_sql[table.name], rows)
 
     def __repr__(self) -> str:
         return f"<DataStore {self.engine.dialect.name}>"

@@ -354,7 +354,7 @@ class Vault:
     ) -> tuple[T, Checkpoint | None]:
         tx = Tx(conn, head, checkpoint=checkpoint)
         result = work(tx)
-        new_head, _ = append(conn, head, tx.events, self._clock())
+        new_head, _ = append(conn, self._data, head, tx.events, self._clock())
         crossed = new_head.seq // self._interval > head.seq // self._interval
         cp = None
         if new_head.seq > head.seq and (tx.checkpoint or crossed):
