@@ -5,6 +5,7 @@ The public Python API. Everything not listed in ``__all__`` is private.
 
 from keys import DecryptionError, KdfParams, UnsupportedFormatError
 
+from .audit import Auditor, format_public_key, parse_public_key, read_anchor, verify_export
 from .checkpoint import Checkpoint
 from .clock import Clock
 from .errors import (
@@ -30,6 +31,7 @@ from .verify import VerifyReport
 __all__ = [
     "AccessDeniedError",
     "AuditChainError",
+    "Auditor",
     "Checkpoint",
     "Clock",
     "Customer",
@@ -51,4 +53,8 @@ __all__ = [
     "VaultError",
     "VerificationError",
     "VerifyReport",
+    "format_public_key",
+    "parse_public_key",
+    "read_anchor",
+    "verify_export",
 ]

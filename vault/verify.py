@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,9 +134,19 @@ def verify_chain(
     prev = GENESIS
     prev_of_last: str | None = None
     stream: Iterator[LogEntry] = iter(entries)
-    pending = next(stream, None)
-    while pending is not None:
-        entry, pending = pending, next(stream, None)
+    ahead: deque[LogEntry] = deque()
+
+    def peek(k: int) -> int | None:
+        """Seq of the k-th entry after the current one (1-based), if any."""
+        while len(ahead) < k:
+            nxt = next(stream, None)
+            if nxt is None:
+                return None
+            ahead.append(nxt)
+        return ahead[k - 1].seq
+
+    while ahead or peek(1) is not None:
+        entry = ahead.popleft()
         if report.first_seq is None:
             report.first_seq = entry.seq
             if not from_genesis:
@@ -151,8 +162,12 @@ def verify_chain(
         if seq != entry.seq:
             return report.fail("modified", entry.seq, f"entry stored at {entry.seq} says seq {seq}")
         if seq != expected:
-            nxt = pending.seq if pending is not None else None
+            nxt = peek(1)
             if seq > expected and nxt == expected:
+                if peek(2) == expected + 1:
+                    return report.fail(
+                        "inserted", seq, f"entry {seq} appears out of place before {expected}"
+                    )
                 return report.fail(
                     "reordered", expected, f"entry {expected} appears after entry {seq}"
                 )

@@ -1,0 +1,326 @@
+"""Auditing without the passphrase: verify the live log, export it, verify an export.
+
+An auditor needs only ``data.db`` (or the data URL), and optionally ``keys.db`` for the
+public key and rollback anchor, which are readable without unlocking. Offline, an
+export plus a trusted public key (and optionally an anchor checkpoint seen earlier)
+is enough. Export format (JSON Lines, docs/log-format.md)::
+
+    {"format":"shredvault-log-export","v":1,"vault":...,"public_key":...,"since":N,...}
+    {"checkpoint":{...},"signature":"..."}      one per checkpoint, all before entries
+    {"action":...,"hash":...,...}              one per entry, in seq order
+
+Checkpoints come first so that cutting entries off the end of an export is caught
+by any checkpoint that covers them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import Connection, select
+
+from keys import KeyStore, KeystoreError
+
+from .canonical import canonical
+from .checkpoint import Checkpoint, checkpoint_from_json, parse_checkpoint
+from .errors import StorageError, VerificationError
+from .log import LogEntry, iter_entries
+from .store import DataStore, checkpoints, meta
+from .vault import DATA_FILE, KEYS_FILE, _read_head, verify_store
+from .verify import VerifyReport, verify_chain
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "Auditor",
+    "ExportHeader",
+    "format_public_key",
+    "parse_public_key",
+    "read_anchor",
+    "verify_export",
+]
+
+EXPORT_FORMAT = "shredvault-log-export"
+_PUBKEY_PREFIX = "ed25519:"
+_HASH_MEMBER = b',"hash":"'
+
+
+def format_public_key(public_key: bytes) -> str:
+    """The text form ``ed25519:<64 hex>`` that ``--pubkey`` files hold."""
+    return _PUBKEY_PREFIX + public_key.hex()
+
+
+def parse_public_key(text: str) -> bytes:
+    """Parse ``ed25519:<hex>`` (or bare hex); raises VerificationError if malformed."""
+    value = text.strip()
+    value = value.removeprefix(_PUBKEY_PREFIX)
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        raise VerificationError("public key is not hex", reason="malformed") from None
+    if len(key) != 32:
+        raise VerificationError("an Ed25519 public key is 32 bytes", reason="malformed")
+    return key
+
+
+def read_anchor(path: str | os.PathLike[str]) -> Checkpoint:
+    """Load a checkpoint an auditor kept (the JSON ``audit checkpoint`` prints)."""
+    try:
+        raw = json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError) as error:
+        raise VerificationError(f"cannot read anchor {path}: {error}", reason="malformed") from None
+    return checkpoint_from_json(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportHeader:
+    vault: str
+    public_key: bytes
+    since: int
+    head_seq: int
+    head: str
+
+
+class Auditor:
+    """Read-only access to a vault's log and public key, no passphrase needed."""
+
+    def __init__(
+        self, data: DataStore, vault_id: str, public_key: bytes, anchor: Checkpoint | None
+    ):
+        self._data = data
+        self.vault_id = vault_id
+        self.public_key = public_key
+        self.anchor = anchor
+
+    def __repr__(self) -> str:
+        return f"<Auditor vault={self.vault_id}>"
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, data_url: str | None = None) -> Auditor:
+        """Open a vault directory for auditing. The public key and the anchor come from
+        ``keys.db`` when present (they are stored unencrypted), else from the data store."""
+        root = Path(path)
+        public_key: bytes | None = None
+        anchor = None
+        keystore_vault = None
+        if (root / KEYS_FILE).is_file():
+            try:
+                store = KeyStore.open(root / KEYS_FILE)
+                try:
+                    public_key = store.public_key()
+                    keystore_vault = store.header().vault_id
+                    row = store.anchor()
+                    anchor = None if row is None else parse_checkpoint(row[1], row[2])
+                    if data_url is None and store.get_meta("data_location") == "external":
+                        raise StorageError(
+                            "this vault keeps its data in an external database: pass data_url"
+                        )
+                finally:
+                    store.close()
+            except KeystoreError as error:
+                raise StorageError(str(error)) from None
+        if data_url:
+            data = DataStore.connect(url=data_url)
+        elif (root / DATA_FILE).is_file():
+            data = DataStore.connect(sqlite_path=root / DATA_FILE)
+        else:
+            raise StorageError(f"no data store at {root / DATA_FILE}")
+        if not data.has_schema():
+            data.dispose()
+            raise StorageError("the data store holds no shredvault tables")
+
+        def read_meta(conn: Connection) -> dict[str, str]:
+            return {str(k): str(v) for k, v in conn.execute(select(meta.c.k, meta.c.v))}
+
+        values = data.read(read_meta)
+        vault_id = values.get("vault_id", "")
+        if keystore_vault is not None and keystore_vault != vault_id:
+            data.dispose()
+            raise StorageError("the data store and the keystore belong to different vaults")
+        if public_key is None:
+            public_key = bytes.fromhex(values["public_key"])
+        return cls(data, vault_id, public_key, anchor)
+
+    def close(self) -> None:
+        self._data.dispose()
+
+    def __enter__(self) -> Auditor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def verify(
+        self,
+        *,
+        public_key: bytes | None = None,
+        anchor: Checkpoint | None = None,
+        strict: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> VerifyReport:
+        """Verify the stored chain against its checkpoints and an anchor: the one given,
+        else the keystore's (a shortfall then reads as ``rolled back``)."""
+        use_anchor = anchor if anchor is not None else self.anchor
+        shortfall = "truncated" if anchor is not None else "rolled back"
+        return verify_store(
+            self._data,
+            vault_id=self.vault_id,
+            public_key=public_key or self.public_key,
+            anchor=use_anchor,
+            anchor_shortfall=shortfall,
+            strict=strict,
+            progress=progress,
+        )
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        def read(conn: Connection) -> Checkpoint | None:
+            row = conn.execute(
+                select(checkpoints.c.body, checkpoints.c.signature)
+                .order_by(checkpoints.c.seq.desc())
+                .limit(1)
+            ).first()
+            return None if row is None else parse_checkpoint(bytes(row.body), bytes(row.signature))
+
+        return self._data.read(read)
+
+    def export(
+        self, out: IO[bytes], *, since: int = 1, progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Write the log from ``since`` as JSON Lines (streaming, flat memory); returns
+        the number of entries written."""
+        head = self._data.read(_read_head)
+
+        def read_cps(conn: Connection) -> list[tuple[bytes, bytes]]:
+            rows = conn.execute(
+                select(checkpoints.c.body, checkpoints.c.signature)
+                .where(checkpoints.c.seq >= since, checkpoints.c.seq <= head.seq)
+                .order_by(checkpoints.c.seq)
+            )
+            return [(bytes(r.body), bytes(r.signature)) for r in rows]
+
+        header = {
+            "format": EXPORT_FORMAT,
+            "v": 1,
+            "vault": self.vault_id,
+            "public_key": format_public_key(self.public_key),
+            "since": since,
+            "head_seq": head.seq,
+            "head": head.hash,
+        }
+        out.write(canonical(header) + b"\n")
+        for body, signature in self._data.read(read_cps):
+            out.write(
+                canonical({"checkpoint": json.loads(body), "signature": signature.hex()}) + b"\n"
+            )
+        count = 0
+        for entry in iter_entries(self._data, since=since, until=head.seq):
+            out.write(entry.export_line() + b"\n")
+            count += 1
+            if progress is not None and count % 10_000 == 0:
+                progress(10_000)
+        if progress is not None:
+            progress(count % 10_000)
+        return count
+
+
+def _split_line(line: bytes, number: int) -> LogEntry:
+    """An export line -> (seq, hash, exact hashed body) without a full JSON parse."""
+    at = line.rfind(_HASH_MEMBER)
+    if at < 0 or len(line) < at + 75 or line[at + 73 : at + 74] != b'"':
+        raise VerificationError(f"line {number} has no hash member", reason="malformed")
+    digest = line[at + 9 : at + 73].decode("ascii", "replace")
+    body = line[:at] + line[at + 74 :]
+    j = body.rfind(b',"seq":')
+    try:
+        seq = int(body[j + 7 : body.index(b",", j + 7)]) if j >= 0 else -1
+    except ValueError:
+        seq = -1
+    return LogEntry(seq, digest, body)
+
+
+def _read_export(
+    lines: Iterator[bytes],
+) -> tuple[ExportHeader, list[Checkpoint], Iterator[LogEntry]]:
+    first = next(lines, b"")
+    try:
+        raw: dict[str, Any] = json.loads(first)
+        if raw.get("format") != EXPORT_FORMAT or raw.get("v") != 1:
+            raise ValueError("not a shredvault log export")
+        header = ExportHeader(
+            vault=str(raw["vault"]),
+            public_key=parse_public_key(str(raw["public_key"])),
+            since=int(raw["since"]),
+            head_seq=int(raw["head_seq"]),
+            head=str(raw["head"]),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise VerificationError(f"bad export header: {error}", reason="malformed") from None
+    cps: list[Checkpoint] = []
+    pending: bytes | None = None
+    number = 1
+    for line in lines:
+        number += 1
+        line = line.rstrip(b"\n")
+        if not line:
+            continue
+        if line.startswith(b'{"checkpoint":'):
+            try:
+                cps.append(checkpoint_from_json(json.loads(line)))
+            except ValueError:
+                raise VerificationError(f"line {number} is malformed", reason="malformed") from None
+            continue
+        pending = line
+        break
+
+    def entries() -> Iterator[LogEntry]:
+        n = number
+        if pending is not None:
+            yield _split_line(pending, n)
+        for line in lines:
+            n += 1
+            line = line.rstrip(b"\n")
+            if line:
+                yield _split_line(line, n)
+
+    return header, cps, entries()
+
+
+def verify_export(
+    path: str | os.PathLike[str],
+    *,
+    public_key: bytes | None = None,
+    anchor: Checkpoint | None = None,
+    strict: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Verify an exported log offline. Without ``public_key`` the key named in the
+    export is used and the report notes that it was not independently trusted."""
+    with open(path, "rb") as handle:
+        header, cps, entries = _read_export(iter(handle))
+        key = public_key if public_key is not None else header.public_key
+        report = verify_chain(
+            entries,
+            vault_id=header.vault,
+            public_key=key,
+            checkpoints=cps,
+            anchor=anchor,
+            anchor_shortfall="truncated",
+            from_genesis=header.since <= 1,
+            strict=strict,
+            progress=progress,
+        )
+    if public_key is None:
+        report.notes.append("public key taken from the export itself: pass --pubkey to trust it")
+    elif public_key != header.public_key and report.ok:
+        report.notes.append("the export names a different public key than the one given")
+    if report.ok and report.last_seq < header.head_seq:
+        report.fail(
+            "truncated",
+            report.last_seq + 1,
+            f"the export says its head is seq {header.head_seq} but ends at {report.last_seq}",
+        )
+    return report
