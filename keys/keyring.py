@@ -294,6 +294,11 @@ class KeyRing:
         for cid in customer_ids:
             self._customers.pop(cid, None)
 
+    def fingerprints(self, customer_id: str) -> list[str]:
+        """Fingerprints (SHA-256 of the wrapped bytes) of a customer's DEK versions."""
+        rows = sorted(self.store.deks([customer_id]), key=lambda r: r.version)
+        return [fingerprint(r.wrapped) for r in rows]
+
     def destroy_customer(self, customer_id: str) -> list[str]:
         """Delete every DEK version and the subject tag of a customer, then truncate the
         keystore WAL so the deleted bytes leave it. Returns fingerprints of what was

@@ -11,6 +11,7 @@ from .clock import Clock
 from .errors import (
     AccessDeniedError,
     AuditChainError,
+    LegalHoldError,
     NotFoundError,
     PurposeError,
     SchemaError,
@@ -22,7 +23,8 @@ from .errors import (
     VerificationError,
 )
 from .log import Event
-from .model import Customer, Record
+from .model import Customer, Record, ShredExpiredResult
+from .receipt import Receipt, ReceiptReport, load_receipt, verify_receipt
 from .schema import KindSpec
 from .session import Session
 from .vault import Vault
@@ -39,11 +41,15 @@ __all__ = [
     "Event",
     "KdfParams",
     "KindSpec",
+    "LegalHoldError",
     "NotFoundError",
     "PurposeError",
+    "Receipt",
+    "ReceiptReport",
     "Record",
     "SchemaError",
     "Session",
+    "ShredExpiredResult",
     "ShreddedError",
     "StorageError",
     "UnlockError",
@@ -54,7 +60,9 @@ __all__ = [
     "VerificationError",
     "VerifyReport",
     "format_public_key",
+    "load_receipt",
     "parse_public_key",
     "read_anchor",
     "verify_export",
+    "verify_receipt",
 ]

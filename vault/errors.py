@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AccessDeniedError",
     "AuditChainError",
+    "LegalHoldError",
     "NotFoundError",
     "PurposeError",
     "SchemaError",
@@ -35,6 +36,10 @@ class SchemaError(VaultError, ValueError):
 
 class PurposeError(AccessDeniedError, SchemaError):
     """The purpose is not declared for this kind (minimal collection): access denied."""
+
+
+class LegalHoldError(VaultError):
+    """The customer is under legal hold and cannot be shredded until released."""
 
 
 class NotFoundError(VaultError, LookupError):

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .receipt import Receipt
 from .schema import FieldValue
 
-__all__ = ["Customer", "Record"]
+__all__ = ["Customer", "Record", "ShredExpiredResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +69,12 @@ class Record:
             "created": self.created,
             "updated": self.updated,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ShredExpiredResult:
+    """What ``shred_expired`` did: a receipt per shredded customer, and the ids of
+    customers past retention that were kept because of a legal hold."""
+
+    receipts: list[Receipt]
+    held: list[str]

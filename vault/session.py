@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -15,10 +15,19 @@ from keys.envelope import record_aad_suffix
 
 from . import ids
 from .clock import format_ts
-from .errors import NotFoundError, PurposeError, SchemaError, ShreddedError
+from .errors import (
+    AccessDeniedError,
+    LegalHoldError,
+    NotFoundError,
+    PurposeError,
+    SchemaError,
+    ShreddedError,
+)
 from .log import Event
-from .model import Customer, Record
+from .model import Customer, Record, ShredExpiredResult
+from .receipt import Receipt
 from .schema import check_name, encode_fields
+from .shred import check_reason, compact, shred_customer
 from .store import customers, records
 
 if TYPE_CHECKING:
@@ -125,6 +134,92 @@ class Session:
             return out
 
         return self._vault._transact(work)
+
+    def hold(self, customer_id: str) -> None:
+        """Put a customer under legal hold: it cannot be shredded until released."""
+        self._set_hold(customer_id, True)
+
+    def release(self, customer_id: str) -> None:
+        """Release a customer's legal hold."""
+        self._set_hold(customer_id, False)
+
+    def _set_hold(self, customer_id: str, held: bool) -> None:
+        _check_customer_id(customer_id)
+        action = "customer.hold" if held else "customer.release"
+        self._require_admin(action)
+        vault = self._vault
+
+        def work(tx: Tx) -> None:
+            self._customer_states(tx.conn, [customer_id], action, None)
+            tx.conn.execute(
+                update(customers).where(customers.c.id == customer_id).values(legal_hold=held)
+            )
+            tag = vault._keys.customer_keys([customer_id])[customer_id].subject_tag.hex()
+            tx.log(self._event(action, subject=tag))
+
+        vault._transact(work)
+
+    # -- erasure -----------------------------------------------------------------------
+
+    def shred(self, customer_id: str, *, reason: str) -> Receipt:
+        """Crypto-shred a customer: destroy its keys so every copy of its records is
+        unreadable, in time independent of how many records it has. Returns a signed
+        erasure receipt. ``reason`` is logged: keep personal data out of it.
+
+        Raises :class:`NotFoundError`, :class:`ShreddedError` (already shredded) or
+        :class:`LegalHoldError`; each is logged and changes nothing."""
+        _check_customer_id(customer_id)
+        check_reason(reason)
+        self._require_admin("customer.shred")
+        return shred_customer(self._vault, self.actor, self.role, customer_id, reason)
+
+    def shred_expired(
+        self,
+        *,
+        reason: str = "retention period ended",
+        progress: Callable[[int], None] | None = None,
+    ) -> ShredExpiredResult:
+        """Shred every active customer whose ``retain_until`` has passed, except those
+        under legal hold (reported as ``held``)."""
+        check_reason(reason)
+        self._require_admin("customer.shred")
+        vault = self._vault
+        now = format_ts(vault._clock())
+        due = select(customers.c.id, customers.c.legal_hold).where(
+            customers.c.state == "active",
+            customers.c.retain_until.is_not(None),
+            customers.c.retain_until < now,
+        )
+        rows = vault._data.read(lambda conn: conn.execute(due).all())
+        receipts: list[Receipt] = []
+        held: list[str] = []
+        for row in rows:
+            if row.legal_hold:
+                held.append(str(row.id))
+                continue
+            try:
+                receipts.append(shred_customer(vault, self.actor, self.role, str(row.id), reason))
+            except (ShreddedError, LegalHoldError):
+                held.append(str(row.id))  # changed by another process meanwhile
+            if progress is not None:
+                progress(1)
+        return ShredExpiredResult(receipts, held)
+
+    def compact(self, *, progress: Callable[[int], None] | None = None) -> int:
+        """Delete ciphertext rows of shredded customers (unreadable junk); returns the
+        number removed. Each batch commits on its own: safe to interrupt."""
+        self._require_admin("vault.compact")
+        return compact(self._vault, self.actor, self.role, progress)
+
+    def _require_admin(self, action: str) -> None:
+        from .vault import Refusal
+
+        if self.role != "admin":
+            ev = self._event(action, outcome="denied", detail={"reason_code": "role"})
+            try:
+                raise Refusal(AccessDeniedError(f"role {self.role!r} may not {action}"), ev)
+            except Refusal as refusal:
+                self._vault._log_refusal(refusal)
 
     # -- records: write --------------------------------------------------------------
 

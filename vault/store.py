@@ -83,6 +83,9 @@ customers = Table(
     Column("consent", Text, nullable=False),
     Column("created", String(32), nullable=False),
     Column("shredded", String(32), nullable=True),
+    # Only while state is "shredding": where the intent entry is, for roll-forward.
+    Column("shred_intent_seq", BigInteger, nullable=True),
+    Index("ix_sv_customers_state", "state", "retain_until"),
 )
 
 records = Table(

@@ -36,7 +36,9 @@ from .errors import (
     VaultError,
 )
 from .log import Event, append, iter_entries
+from .receipt import Receipt
 from .schema import KindSpec
+from .shred import roll_forward
 from .store import SCHEMA_VERSION, DataStore, LogHead, checkpoints, kinds, meta
 from .verify import VerifyReport, verify_chain
 
@@ -98,6 +100,8 @@ class Vault:
         self._interval = checkpoint_interval
         self._kinds: dict[str, KindSpec] = {}
         self._closed = False
+        #: Receipts of shreds that a crash interrupted and this open finished.
+        self.recovered_receipts: list[Receipt] = []
 
     def __repr__(self) -> str:
         return f"<Vault {self.vault_id} at {self.path}>"
@@ -240,6 +244,7 @@ class Vault:
             vault = cls(root, keyring, data, clock=clock, checkpoint_interval=checkpoint_interval)
             vault._check_anchor()
             vault._transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
+            vault.recovered_receipts = roll_forward(vault)
             return vault
         except BaseException:
             if data is not None:
@@ -337,17 +342,21 @@ class Vault:
                 lambda conn, head: self._chain(conn, head, work, checkpoint)
             )
         except Refusal as refusal:
-            events = refusal.events
-
-            def log_only(tx: Tx) -> None:
-                tx.log(*events)
-
-            if events:
-                self._data.run(lambda conn, head: self._chain(conn, head, log_only, False))
-            raise refusal.error from None
+            self._log_refusal(refusal)
         if cp is not None:
             self._advance_anchor(cp)
         return result
+
+    def _log_refusal(self, refusal: Refusal) -> NoReturn:
+        """Commit a refusal's entries in a transaction of their own, then raise its error."""
+        events = refusal.events
+
+        def log_only(tx: Tx) -> None:
+            tx.log(*events)
+
+        if events:
+            self._data.run(lambda conn, head: self._chain(conn, head, log_only, False))
+        raise refusal.error from None
 
     def _chain(
         self, conn: Connection, head: LogHead, work: Callable[[Tx], T], checkpoint: bool

@@ -1,0 +1,246 @@
+"""Crypto-shredding (DESIGN §7): erase a customer by destroying its keys, in O(1).
+
+1. data txn: ``customer.shred-intent`` entry (with the key fingerprints, record count
+   and customer commitment), state ``shredding``;
+2. keystore txn: delete every DEK version and the subject tag, truncate the WAL;
+3. data txn: state ``shredded``, ``ref`` cleared, ``customer.shred`` entry, and a signed
+   checkpoint at exactly that entry.
+
+A crash between steps leaves the customer in ``shredding``; opening the vault runs the
+remaining steps (:func:`roll_forward`), so the result is that of an uninterrupted shred,
+logged once. Nothing here reads or rewrites the customer's records: cost does not grow
+with their number; :func:`compact` removes the unreadable rows later.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import delete, func, select, update
+
+from .clock import format_ts
+from .errors import LegalHoldError, NotFoundError, SchemaError, ShreddedError, StorageError
+from .faults import crash_point
+from .log import Event
+from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
+from .store import checkpoints, customers, log, records
+
+if TYPE_CHECKING:
+    from .vault import Tx, Vault
+
+__all__ = ["compact", "roll_forward", "shred_customer"]
+
+_MAX_REASON = 500
+_COMPACT_BATCH = 1000
+
+
+def check_reason(reason: object) -> str:
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > _MAX_REASON:
+        raise SchemaError(f"a shred reason is 1-{_MAX_REASON} characters (no personal data)")
+    return reason
+
+
+def shred_customer(vault: Vault, actor: str, role: str, customer_id: str, reason: str) -> Receipt:
+    """Run the three steps for one customer and return its erasure receipt.
+
+    Raises NotFoundError (unknown), ShreddedError (already shredded), LegalHoldError
+    (held); each is logged and changes nothing. A customer found half-shredded is
+    finished instead (the original reason stands)."""
+    from .vault import Refusal
+
+    check_reason(reason)
+
+    def begin(tx: Tx) -> None:
+        row = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
+        if row is None:
+            ev = Event(
+                actor,
+                role,
+                "customer.shred",
+                outcome="error",
+                detail={"reason_code": "customer_not_found"},
+            )
+            raise Refusal(NotFoundError(f"no customer {customer_id}"), ev)
+        if row.state == "shredded":
+            ev = Event(
+                actor,
+                role,
+                "customer.shred",
+                outcome="error",
+                detail={"reason_code": "already_shredded"},
+            )
+            raise Refusal(ShreddedError(f"customer {customer_id} is already shredded"), ev)
+        if row.state == "shredding":
+            return  # interrupted earlier: steps 2 and 3 finish it
+        ck = vault._keys.customer_keys([customer_id]).get(customer_id)
+        if ck is None:
+            raise StorageError(f"customer {customer_id} is active but has no keys in the keystore")
+        tag = ck.subject_tag.hex()
+        if row.legal_hold:
+            ev = Event(
+                actor,
+                role,
+                "customer.shred",
+                outcome="denied",
+                subject=tag,
+                detail={"reason_code": "legal_hold"},
+            )
+            raise Refusal(
+                LegalHoldError(f"customer {customer_id} is under legal hold; release it first"), ev
+            )
+        fingerprints = vault._keys.fingerprints(customer_id)
+        count = tx.conn.execute(
+            select(func.count()).select_from(records).where(records.c.customer_id == customer_id)
+        ).scalar_one()
+        tx.log(
+            Event(
+                actor,
+                role,
+                "customer.shred-intent",
+                subject=tag,
+                detail={
+                    "reason": reason,
+                    "records": int(count),
+                    "key_fingerprints": fingerprints,
+                    "customer_commitment": customer_commitment(
+                        vault.vault_id, customer_id, ck.subject_tag
+                    ),
+                },
+            )
+        )
+        intent_seq = tx.head.seq + len(tx.events)
+        tx.conn.execute(
+            update(customers)
+            .where(customers.c.id == customer_id)
+            .values(state="shredding", shred_intent_seq=intent_seq)
+        )
+
+    vault._transact(begin)
+    crash_point("shred:after-intent")
+    vault._keys.destroy_customer(customer_id)
+    crash_point("shred:after-keys")
+    receipt = _finish(vault, actor, role, customer_id)
+    if receipt is None:  # another process finished it between our steps
+        raise ShreddedError(f"customer {customer_id} is already shredded")
+    return receipt
+
+
+def _finish(vault: Vault, actor: str, role: str, customer_id: str) -> Receipt | None:
+    """Step 3; returns None if the customer is no longer in ``shredding``."""
+
+    def work(tx: Tx) -> tuple[int, dict[str, Any]] | None:
+        row = tx.conn.execute(
+            select(customers.c.state, customers.c.shred_intent_seq).where(
+                customers.c.id == customer_id
+            )
+        ).first()
+        if row is None or row.state != "shredding" or row.shred_intent_seq is None:
+            return None
+        body = tx.conn.execute(
+            select(log.c.body).where(log.c.seq == row.shred_intent_seq)
+        ).scalar_one()
+        intent = json.loads(body)
+        detail = dict(intent["detail"])
+        detail["intent_seq"] = int(row.shred_intent_seq)
+        now = vault._clock()
+        tx.conn.execute(
+            update(customers)
+            .where(customers.c.id == customer_id)
+            .values(
+                state="shredded",
+                ref=None,
+                legal_hold=False,
+                shredded=format_ts(now)[:10],  # a date, so it cannot be matched to an entry time
+                shred_intent_seq=None,
+            )
+        )
+        tx.log(Event(actor, role, "customer.shred", subject=intent["subject"], detail=detail))
+        tx.checkpoint = True
+        return tx.head.seq + len(tx.events), {"subject": intent["subject"]}
+
+    done = vault._transact(work)
+    if done is None:
+        return None
+    seq, info = done
+    return _receipt(vault, customer_id, seq, info["subject"])
+
+
+def _receipt(vault: Vault, customer_id: str, seq: int, subject: str) -> Receipt:
+    from .audit import format_public_key
+    from .checkpoint import parse_checkpoint
+    from .log import export_line
+
+    def read(conn: Any) -> tuple[bytes, str, bytes, bytes]:
+        entry = conn.execute(select(log.c.body, log.c.hash).where(log.c.seq == seq)).one()
+        cp = conn.execute(
+            select(checkpoints.c.body, checkpoints.c.signature).where(checkpoints.c.seq == seq)
+        ).one()
+        return bytes(entry.body), str(entry.hash), bytes(cp.body), bytes(cp.signature)
+
+    body, digest, cp_body, cp_sig = vault._data.read(read)
+    cp = parse_checkpoint(cp_body, cp_sig)
+    return Receipt(
+        {
+            "type": RECEIPT_TYPE,
+            "v": 1,
+            "vault": vault.vault_id,
+            "customer": customer_id,
+            "subject_tag": subject,
+            "entry": json.loads(export_line(body, digest)),
+            "checkpoint": cp.to_json(),
+            "public_key": format_public_key(vault.public_key),
+            "scope": SCOPE,
+        }
+    )
+
+
+def roll_forward(vault: Vault) -> list[Receipt]:
+    """Finish every shred a crash interrupted (called at open). Logged once each."""
+    stuck = vault._data.read(
+        lambda conn: [
+            str(r.id)
+            for r in conn.execute(select(customers.c.id).where(customers.c.state == "shredding"))
+        ]
+    )
+    receipts = []
+    for customer_id in stuck:
+        vault._keys.destroy_customer(customer_id)
+        receipt = _finish(vault, "vault", "system", customer_id)
+        if receipt is not None:
+            receipts.append(receipt)
+    return receipts
+
+
+def compact(
+    vault: Vault, actor: str, role: str, progress: Callable[[int], None] | None = None
+) -> int:
+    """Delete the ciphertext rows of shredded customers, a batch per transaction (safe to
+    interrupt: each batch commits with its own ``vault.compact`` entry). Returns rows removed."""
+    removed = 0
+    while True:
+
+        def work(tx: Tx) -> int:
+            shredded = select(customers.c.id).where(customers.c.state == "shredded")
+            ids = [
+                str(r.id)
+                for r in tx.conn.execute(
+                    select(records.c.id)
+                    .where(records.c.customer_id.in_(shredded))
+                    .limit(_COMPACT_BATCH)
+                )
+            ]
+            if not ids:
+                return 0
+            tx.conn.execute(delete(records).where(records.c.id.in_(ids)))
+            crash_point("compact:batch")
+            tx.log(Event(actor, role, "vault.compact", detail={"records": len(ids)}))
+            return len(ids)
+
+        n = vault._transact(work)
+        if n == 0:
+            return removed
+        removed += n
+        if progress is not None:
+            progress(n)
