@@ -5,6 +5,7 @@ The public Python API. Everything not listed in ``__all__`` is private.
 
 from keys import DecryptionError, KdfParams, UnsupportedFormatError
 
+from .access import ACTIONS, Role
 from .audit import Auditor, format_public_key, parse_public_key, read_anchor, verify_export
 from .checkpoint import Checkpoint
 from .clock import Clock
@@ -23,7 +24,7 @@ from .errors import (
     VerificationError,
 )
 from .log import Event
-from .model import Customer, Record, ShredExpiredResult
+from .model import Customer, Principal, Record, ShredExpiredResult
 from .receipt import Receipt, ReceiptReport, load_receipt, verify_receipt
 from .schema import KindSpec
 from .session import Session
@@ -31,6 +32,7 @@ from .vault import Vault
 from .verify import VerifyReport
 
 __all__ = [
+    "ACTIONS",
     "AccessDeniedError",
     "AuditChainError",
     "Auditor",
@@ -43,10 +45,12 @@ __all__ = [
     "KindSpec",
     "LegalHoldError",
     "NotFoundError",
+    "Principal",
     "PurposeError",
     "Receipt",
     "ReceiptReport",
     "Record",
+    "Role",
     "SchemaError",
     "Session",
     "ShredExpiredResult",

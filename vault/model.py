@@ -9,7 +9,7 @@ from typing import Any
 from .receipt import Receipt
 from .schema import FieldValue
 
-__all__ = ["Customer", "Record", "ShredExpiredResult"]
+__all__ = ["Customer", "Principal", "Record", "ShredExpiredResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +78,23 @@ class ShredExpiredResult:
 
     receipts: list[Receipt]
     held: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A principal as listed: never its token or the token's hash."""
+
+    name: str
+    role: str
+    expires: str | None
+    revoked: bool
+    created: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "expires": self.expires,
+            "revoked": self.revoked,
+            "created": self.created,
+        }

@@ -1,4 +1,11 @@
-"""Acting on the vault as a principal: customers and records, every access logged."""
+"""Acting on the vault as a principal: customers and records, every decision logged.
+
+Each public method is one logged transaction. Inside it the session re-reads its
+principal and role (so a revocation or an expiry in another process takes effect at
+once), asks the role about the action, kind and purpose, checks the purpose is declared
+for the kind (minimal collection), and only then touches data. A denial rolls the
+work back and commits a ``denied`` entry on its own.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +13,15 @@ import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import Connection, RowMapping, bindparam, delete, insert, select, update
 
-from keys import DecryptionError, Envelope, record_aad
+from keys import DecryptionError, Envelope
 from keys.envelope import record_aad_suffix
 
 from . import ids
+from .access import BUILTIN_ROLES, Role, new_token
 from .clock import format_ts
 from .errors import (
     AccessDeniedError,
@@ -24,11 +32,11 @@ from .errors import (
     ShreddedError,
 )
 from .log import Event
-from .model import Customer, Record, ShredExpiredResult
+from .model import Customer, Principal, Record, ShredExpiredResult
 from .receipt import Receipt
 from .schema import check_name, encode_fields
 from .shred import check_reason, compact, shred_customer
-from .store import customers, records
+from .store import customers, principals, records, roles
 
 if TYPE_CHECKING:
     from keys import CustomerKeys
@@ -44,18 +52,119 @@ PutItem = tuple[str, str, Mapping[str, Any]]
 
 
 class Session:
-    """The vault as seen by one principal. Every call is one logged transaction."""
+    """The vault as seen by one principal (or by the unlocking administrator)."""
 
-    def __init__(self, vault: Vault, *, actor: str, role: str) -> None:
+    def __init__(
+        self, vault: Vault, *, actor: str, role: Role, principal: str | None = None
+    ) -> None:
         self._vault = vault
         self.actor = actor
-        self.role = role
+        self.role = role.name
+        self._role = role
+        self._principal = principal  # lookup id; None for the unlocking administrator
 
     def __repr__(self) -> str:
         return f"<Session actor={self.actor!r} role={self.role!r}>"
 
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("sessions cannot be pickled")
+
     def _event(self, action: str, **kw: Any) -> Event:
         return Event(self.actor, self.role, action, **kw)
+
+    # -- authorization ------------------------------------------------------------------
+
+    def _current_role(self, conn: Connection, log_action: str) -> Role:
+        """This session's role as of now: re-read for token sessions, so revocation,
+        expiry and role changes in any process apply to the very next call."""
+        from .vault import Refusal
+
+        if self._principal is None:
+            return self._role
+        now = format_ts(self._vault._clock())
+        row = conn.execute(
+            select(principals.c.role, principals.c.expires, principals.c.revoked).where(
+                principals.c.lookup == self._principal
+            )
+        ).first()
+        reason = None
+        if row is None or row.revoked:
+            reason = "token_revoked"
+        elif row.expires is not None and now >= row.expires:
+            reason = "token_expired"
+        role = None if reason else load_role(conn, str(row.role))  # type: ignore[union-attr]
+        if role is None and reason is None:
+            reason = "role_missing"
+        if reason is not None or role is None:
+            ev = self._event(log_action, outcome="denied", detail={"reason_code": reason})
+            raise Refusal(AccessDeniedError(f"access denied: {reason}"), ev)
+        return role
+
+    def _gate(
+        self,
+        conn: Connection,
+        action: str,
+        log_action: str,
+        *,
+        kind: str | None = None,
+        purpose: str | None = None,
+        subject: str | None = None,
+    ) -> Role:
+        """Allow ``action`` or raise a Refusal that logs the denial with a reason code."""
+        from .vault import Refusal
+
+        role = self._current_role(conn, log_action)
+        now = format_ts(self._vault._clock())
+        reason = role.denial(action, now=now, kind=kind, purpose=purpose)
+        if reason is None and kind is not None and purpose is not None:
+            try:
+                self._vault.kind(kind).check_purpose(purpose)
+            except PurposeError as error:
+                ev = self._event(
+                    log_action,
+                    outcome="denied",
+                    subject=subject,
+                    purpose=purpose,
+                    detail={"kind": kind, "reason_code": "purpose_not_declared"},
+                )
+                raise Refusal(error, ev) from None
+        if reason is not None:
+            detail: dict[str, Any] = {"reason_code": reason}
+            if kind is not None:
+                detail["kind"] = kind
+            ev = self._event(
+                log_action, outcome="denied", subject=subject, purpose=purpose, detail=detail
+            )
+            raise Refusal(AccessDeniedError(f"role {self.role!r} may not {action}: {reason}"), ev)
+        return role
+
+    def _authorize(self, action: str, log_action: str) -> None:
+        """Check an action in a transaction of its own (for operations that log their
+        own entries in later transactions, such as shredding)."""
+        self._vault._transact(lambda tx: self._gate(tx.conn, action, log_action) and None)
+
+    def _deny_fields(
+        self, role: Role, kind: str, names: Sequence[str], log_action: str, purpose: str
+    ) -> None:
+        from .vault import Refusal
+
+        allowed = role.fields_for(kind)
+        if allowed is None:
+            return
+        outside = sorted(set(names) - allowed)
+        if outside:
+            ev = self._event(
+                log_action,
+                outcome="denied",
+                purpose=purpose,
+                detail={"kind": kind, "fields": outside, "reason_code": "field_not_allowed"},
+            )
+            raise Refusal(
+                AccessDeniedError(
+                    f"role {self.role!r} may not write field(s) {', '.join(outside)} of {kind}"
+                ),
+                ev,
+            )
 
     # -- customers -------------------------------------------------------------------
 
@@ -75,6 +184,7 @@ class Session:
             raise SchemaError("consent values must be True or False")
         until = format_ts(retain_until) if retain_until is not None else None
         vault = self._vault
+        self._authorize("write", "customer.add")
         cid = ids.new_id(ids.CUSTOMER)
         created = format_ts(vault._clock())
         tags = vault._keys.create_customers([cid], created)
@@ -91,6 +201,7 @@ class Session:
         }
 
         def work(tx: Tx) -> None:
+            self._gate(tx.conn, "write", "customer.add")
             tx.conn.execute(insert(customers).values(**row))
             tx.log(
                 self._event(
@@ -113,6 +224,7 @@ class Session:
         vault = self._vault
 
         def work(tx: Tx) -> Customer:
+            self._gate(tx.conn, "list", "customer.show")
             row = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
             if row is None:
                 raise self._not_found("customer.show", customer_id)
@@ -129,6 +241,7 @@ class Session:
             stmt = stmt.where(customers.c.state == state)
 
         def work(tx: Tx) -> list[Customer]:
+            self._gate(tx.conn, "list", "customer.list")
             out = [_customer(r._mapping) for r in tx.conn.execute(stmt)]
             tx.log(self._event("customer.list", detail={"count": len(out)}))
             return out
@@ -146,10 +259,10 @@ class Session:
     def _set_hold(self, customer_id: str, held: bool) -> None:
         _check_customer_id(customer_id)
         action = "customer.hold" if held else "customer.release"
-        self._require_admin(action)
         vault = self._vault
 
         def work(tx: Tx) -> None:
+            self._gate(tx.conn, "admin", action)
             self._customer_states(tx.conn, [customer_id], action, None)
             tx.conn.execute(
                 update(customers).where(customers.c.id == customer_id).values(legal_hold=held)
@@ -166,11 +279,12 @@ class Session:
         unreadable, in time independent of how many records it has. Returns a signed
         erasure receipt. ``reason`` is logged: keep personal data out of it.
 
-        Raises :class:`NotFoundError`, :class:`ShreddedError` (already shredded) or
-        :class:`LegalHoldError`; each is logged and changes nothing."""
+        Raises :class:`NotFoundError`, :class:`ShreddedError` (already shredded),
+        :class:`LegalHoldError` or :class:`AccessDeniedError`; each is logged and
+        changes nothing."""
         _check_customer_id(customer_id)
         check_reason(reason)
-        self._require_admin("customer.shred")
+        self._authorize("shred", "customer.shred")
         return shred_customer(self._vault, self.actor, self.role, customer_id, reason)
 
     def shred_expired(
@@ -182,7 +296,7 @@ class Session:
         """Shred every active customer whose ``retain_until`` has passed, except those
         under legal hold (reported as ``held``)."""
         check_reason(reason)
-        self._require_admin("customer.shred")
+        self._authorize("shred", "customer.shred")
         vault = self._vault
         now = format_ts(vault._clock())
         due = select(customers.c.id, customers.c.legal_hold).where(
@@ -196,11 +310,13 @@ class Session:
         for row in rows:
             if row.legal_hold:
                 held.append(str(row.id))
-                continue
-            try:
-                receipts.append(shred_customer(vault, self.actor, self.role, str(row.id), reason))
-            except (ShreddedError, LegalHoldError):
-                held.append(str(row.id))  # changed by another process meanwhile
+            else:
+                try:
+                    receipts.append(
+                        shred_customer(vault, self.actor, self.role, str(row.id), reason)
+                    )
+                except (ShreddedError, LegalHoldError):
+                    held.append(str(row.id))  # changed by another process meanwhile
             if progress is not None:
                 progress(1)
         return ShredExpiredResult(receipts, held)
@@ -208,18 +324,116 @@ class Session:
     def compact(self, *, progress: Callable[[int], None] | None = None) -> int:
         """Delete ciphertext rows of shredded customers (unreadable junk); returns the
         number removed. Each batch commits on its own: safe to interrupt."""
-        self._require_admin("vault.compact")
+        self._authorize("admin", "vault.compact")
         return compact(self._vault, self.actor, self.role, progress)
 
-    def _require_admin(self, action: str) -> None:
-        from .vault import Refusal
+    # -- principals and roles (admin only) -------------------------------------------
 
-        if self.role != "admin":
-            ev = self._event(action, outcome="denied", detail={"reason_code": "role"})
-            try:
-                raise Refusal(AccessDeniedError(f"role {self.role!r} may not {action}"), ev)
-            except Refusal as refusal:
-                self._vault._log_refusal(refusal)
+    def add_principal(self, name: str, *, role: str, expires: datetime | None = None) -> str:
+        """Create a principal and return its token: shown once, stored only as SHA-256."""
+        check_name("principal", name)
+        check_name("role", role)
+        until = format_ts(expires) if expires is not None else None
+        token, lookup = new_token()
+        from .access import hash_token
+
+        def work(tx: Tx) -> None:
+            self._gate(tx.conn, "admin", "principal.add")
+            if load_role(tx.conn, role) is None:
+                raise SchemaError(f"no role {role!r} (add it with add_role)")
+            exists = tx.conn.execute(
+                select(principals.c.name).where(principals.c.name == name)
+            ).first()
+            if exists is not None:
+                raise SchemaError(f"a principal named {name!r} already exists")
+            tx.conn.execute(
+                insert(principals).values(
+                    name=name,
+                    lookup=lookup,
+                    role=role,
+                    token_hash=hash_token(token),
+                    expires=until,
+                    revoked=False,
+                    created=format_ts(self._vault._clock()),
+                )
+            )
+            tx.log(
+                self._event(
+                    "principal.add", detail={"principal": name, "role": role, "expires": until}
+                )
+            )
+
+        self._vault._transact(work)
+        return token
+
+    def revoke_principal(self, name: str) -> None:
+        """Revoke a principal's token at once (in every process)."""
+        check_name("principal", name)
+
+        def work(tx: Tx) -> None:
+            self._gate(tx.conn, "admin", "principal.revoke")
+            done = tx.conn.execute(
+                update(principals).where(principals.c.name == name).values(revoked=True)
+            )
+            if done.rowcount == 0:
+                raise NotFoundError(f"no principal {name!r}")
+            tx.log(self._event("principal.revoke", detail={"principal": name}))
+
+        self._vault._transact(work)
+
+    def list_principals(self) -> list[Principal]:
+        """Every principal (never a token or its hash)."""
+
+        def work(tx: Tx) -> list[Principal]:
+            self._gate(tx.conn, "admin", "principal.list")
+            rows = tx.conn.execute(
+                select(
+                    principals.c.name,
+                    principals.c.role,
+                    principals.c.expires,
+                    principals.c.revoked,
+                    principals.c.created,
+                ).order_by(principals.c.name)
+            ).all()
+            tx.log(self._event("principal.list", detail={"count": len(rows)}))
+            return [
+                Principal(str(r.name), str(r.role), r.expires, bool(r.revoked), str(r.created))
+                for r in rows
+            ]
+
+        return self._vault._transact(work)
+
+    def add_role(self, role: Role) -> None:
+        """Add or replace a custom role (built from :meth:`Role.build`)."""
+        if role.name in BUILTIN_ROLES:
+            raise SchemaError(f"{role.name!r} is a built-in role")
+        spec = json.dumps(role.to_json(), sort_keys=True)
+
+        def work(tx: Tx) -> None:
+            self._gate(tx.conn, "admin", "role.add")
+            tx.conn.execute(delete(roles).where(roles.c.name == role.name))
+            tx.conn.execute(
+                insert(roles).values(
+                    name=role.name, spec=spec, created=format_ts(self._vault._clock())
+                )
+            )
+            tx.log(self._event("role.add", detail=role.to_json()))
+
+        self._vault._transact(work)
+
+    def list_roles(self) -> list[Role]:
+        """Built-in and custom roles."""
+
+        def work(tx: Tx) -> list[Role]:
+            self._gate(tx.conn, "admin", "role.list")
+            custom = [
+                Role.from_json(json.loads(r.spec))
+                for r in tx.conn.execute(select(roles.c.spec).order_by(roles.c.name))
+            ]
+            tx.log(self._event("role.list", detail={"count": len(custom) + len(BUILTIN_ROLES)}))
+            return list(BUILTIN_ROLES.values()) + custom
+
+        return self._vault._transact(work)
 
     # -- records: write --------------------------------------------------------------
 
@@ -229,8 +443,9 @@ class Session:
 
     def put_many(self, items: Sequence[PutItem], *, purpose: str) -> list[str]:
         """Store records ``(customer_id, kind, fields)`` in one transaction and one
-        ``executemany``; one log entry per record. All or nothing: any undeclared kind,
-        field or purpose (:class:`SchemaError`/:class:`PurposeError`), unknown or
+        ``executemany``; one log entry per record. All or nothing: an undeclared kind or
+        field (:class:`SchemaError`), a purpose not declared or not allowed, a field
+        outside the role's allow-list (:class:`AccessDeniedError`), or an unknown or
         shredded customer stores none of them."""
         if not 0 < len(items) <= _MAX_BATCH:
             raise SchemaError(f"a batch holds 1 to {_MAX_BATCH} records")
@@ -240,17 +455,16 @@ class Session:
         kinds_of: list[str] = []
         field_names: list[list[str]] = []
         by_customer: dict[str, list[int]] = defaultdict(list)
-        checked: set[str] = set()
+        fields_by_kind: dict[str, set[str]] = defaultdict(set)
         for i, item in enumerate(items):
             customer_id, kind, fields = item
             _check_customer_id(customer_id)
             spec = vault.kind(kind)
-            if kind not in checked:
-                self._check_purpose(spec.name, purpose, "record.put")
-                checked.add(kind)
             plaintexts.append(encode_fields(spec, fields))
             kinds_of.append(kind)
-            field_names.append(sorted(fields))
+            names = sorted(fields)
+            field_names.append(names)
+            fields_by_kind[kind].update(names)
             by_customer[customer_id].append(i)
         rids = ids.new_ids(ids.RECORD, len(items))
         cids = list(by_customer)
@@ -273,6 +487,12 @@ class Session:
         sealed = seal(keys, [c for c in cids if c in keys])
 
         def work(tx: Tx) -> list[str]:
+            only = keys.get(cids[0]) if len(cids) == 1 else None
+            for kind, names in fields_by_kind.items():
+                role = self._gate(
+                    tx.conn, "write", "record.put", kind=kind, purpose=purpose, subject=_tag(only)
+                )
+                self._deny_fields(role, kind, sorted(names), "record.put", purpose)
             states = self._customer_states(tx.conn, cids, "record.put", purpose)
             stale = [c for c in cids if c not in keys or keys[c].current.version != states[c]]
             if stale:
@@ -305,43 +525,48 @@ class Session:
         self, customer_id: str, record_id: str, fields: Mapping[str, Any], *, purpose: str
     ) -> Record:
         """Merge ``fields`` into a record (a ``None`` value is stored as null) and
-        re-encrypt it under the customer's current key; returns the new record."""
+        re-encrypt it under the customer's current key; returns the new record (with
+        the fields this role may see)."""
         _check_customer_id(customer_id)
         _check_record_id(record_id)
         check_name("purpose", purpose)
         vault = self._vault
 
         def work(tx: Tx) -> Record:
-            old = self._read_records(tx, [(customer_id, record_id)], purpose, "record.update")[0]
-            spec = vault.kind(old.kind)
-            merged = {**old.fields, **fields}
+            row = self._record_rows(
+                tx, [(customer_id, record_id)], purpose, "record.update", "write"
+            )[0]
+            kind = str(row["kind"])
+            role = self._current_role(tx.conn, "record.update")
+            self._deny_fields(role, kind, sorted(fields), "record.update", purpose)
+            keys = vault._keys.customer_keys([customer_id])
+            old = self._decrypt(keys, customer_id, record_id, row)
+            spec = vault.kind(kind)
+            merged = {**old, **fields}
             plaintext = encode_fields(spec, merged)
-            ck = vault._keys.customer_keys([customer_id])[customer_id]
+            ck = keys[customer_id]
             env = ck.current
             blob = env.seal(
-                plaintext, record_aad(vault.vault_id, customer_id, record_id, old.kind, env.version)
+                plaintext, record_aad_suffix(ck.record_prefix, record_id, kind, env.version)
             )
             now = format_ts(vault._clock())
+            version = int(row["version"]) + 1
             tx.conn.execute(
                 update(records)
                 .where(records.c.id == record_id)
-                .values(
-                    version=old.version + 1, dek_version=env.version, ciphertext=blob, updated=now
-                )
+                .values(version=version, dek_version=env.version, ciphertext=blob, updated=now)
             )
-            tx.events.clear()  # replace the read entry with the update entry
             tx.log(
                 self._event(
                     "record.update",
                     subject=ck.subject_tag.hex(),
                     record=record_id,
                     purpose=purpose,
-                    detail={"kind": old.kind, "fields": sorted(fields), "version": old.version + 1},
+                    detail={"kind": kind, "fields": sorted(fields), "version": version},
                 )
             )
-            return Record(
-                record_id, customer_id, old.kind, merged, old.version + 1, old.created, now
-            )
+            visible = _visible(role, kind, merged)
+            return Record(record_id, customer_id, kind, visible, version, str(row["created"]), now)
 
         return vault._transact(work)
 
@@ -353,7 +578,9 @@ class Session:
         vault = self._vault
 
         def work(tx: Tx) -> None:
-            row = self._record_rows(tx, [(customer_id, record_id)], purpose, "record.delete")[0]
+            row = self._record_rows(
+                tx, [(customer_id, record_id)], purpose, "record.delete", "delete"
+            )[0]
             tx.conn.execute(delete(records).where(records.c.id == record_id))
             tag = vault._keys.customer_keys([customer_id])[customer_id].subject_tag.hex()
             tx.log(
@@ -362,7 +589,7 @@ class Session:
                     subject=tag,
                     record=record_id,
                     purpose=purpose,
-                    detail={"kind": row["kind"]},
+                    detail={"kind": str(row["kind"])},
                 )
             )
 
@@ -376,7 +603,8 @@ class Session:
 
     def get_many(self, pairs: Sequence[tuple[str, str]], *, purpose: str) -> list[Record]:
         """Read records ``(customer_id, record_id)``, in order, in one transaction with
-        one log entry per record. No data is returned unless the entries commit."""
+        one log entry per record. No data is returned unless the entries commit. A role
+        with a field allow-list gets only those fields; the entry names them."""
         if not 0 < len(pairs) <= _MAX_BATCH:
             raise SchemaError(f"a batch holds 1 to {_MAX_BATCH} records")
         check_name("purpose", purpose)
@@ -396,16 +624,20 @@ class Session:
         check_name("purpose", purpose)
         vault = self._vault
         if kind is not None:
-            self._check_purpose(vault.kind(kind).name, purpose, "record.list")
+            vault.kind(kind)  # SchemaError for an undeclared kind
 
         def work(tx: Tx) -> list[Record]:
+            role = self._gate(tx.conn, "read", "record.list", kind=kind, purpose=purpose)
             self._customer_states(tx.conn, [customer_id], "record.list", purpose)
             stmt = select(records.c.id, records.c.kind).where(records.c.customer_id == customer_id)
             if kind is not None:
                 stmt = stmt.where(records.c.kind == kind)
             rows = tx.conn.execute(stmt.order_by(records.c.created, records.c.id)).all()
             usable = [
-                (customer_id, str(r.id)) for r in rows if purpose in vault.kind(r.kind).purposes
+                (customer_id, str(r.id))
+                for r in rows
+                if purpose in vault.kind(r.kind).purposes
+                and role.denial("read", now="", kind=r.kind, purpose=purpose) is None
             ]
             if not usable:
                 tag = vault._keys.customer_keys([customer_id])[customer_id].subject_tag.hex()
@@ -419,26 +651,12 @@ class Session:
 
     # -- internals --------------------------------------------------------------------
 
-    def _check_purpose(self, kind: str, purpose: str, action: str) -> None:
-        from .vault import Refusal
-
-        try:
-            self._vault.kind(kind).check_purpose(purpose)
-        except PurposeError as error:
-            denied = self._event(
-                action,
-                outcome="denied",
-                purpose=purpose,
-                detail={"kind": kind, "reason": "purpose_not_declared"},
-            )
-            raise Refusal(error, denied) from None
-
     def _not_found(self, action: str, what: str, *, purpose: str | None = None) -> Exception:
         from .vault import Refusal
 
         kind = "customer" if what.startswith(ids.CUSTOMER) else "record"
         ev = self._event(
-            action, outcome="error", purpose=purpose, detail={"reason": f"{kind}_not_found"}
+            action, outcome="error", purpose=purpose, detail={"reason_code": f"{kind}_not_found"}
         )
         return Refusal(NotFoundError(f"no {kind} {what}"), ev)
 
@@ -463,16 +681,26 @@ class Session:
             if found[cid][0] != "active":
                 self._vault._keys.forget([cid])
                 ev = self._event(
-                    action, outcome="error", purpose=purpose, detail={"reason": "customer_shredded"}
+                    action,
+                    outcome="error",
+                    purpose=purpose,
+                    detail={"reason_code": "customer_shredded"},
                 )
                 raise Refusal(ShreddedError(f"customer {cid} was shredded; its data is gone"), ev)
         return {cid: v for cid, (_s, v) in found.items()}
 
     def _record_rows(
-        self, tx: Tx, pairs: Sequence[tuple[str, str]], purpose: str, action: str
+        self,
+        tx: Tx,
+        pairs: Sequence[tuple[str, str]],
+        purpose: str,
+        log_action: str,
+        action: str = "read",
     ) -> list[RowMapping]:
+        """The rows for ``pairs``, after the customer, role and purpose checks."""
         cids = list(dict.fromkeys(c for c, _ in pairs))
-        self._customer_states(tx.conn, cids, action, purpose)
+        self._current_role(tx.conn, log_action)
+        self._customer_states(tx.conn, cids, log_action, purpose)
         rows = {
             str(r.id): r._mapping
             for r in tx.conn.execute(
@@ -485,27 +713,34 @@ class Session:
         for cid, rid in pairs:
             row = rows.get(rid)
             if row is None or row["customer_id"] != cid:
-                raise self._not_found(action, rid, purpose=purpose)
-            if row["kind"] not in checked:
-                self._check_purpose(str(row["kind"]), purpose, action)
-                checked.add(row["kind"])
+                raise self._not_found(log_action, rid, purpose=purpose)
+            kind = str(row["kind"])
+            if kind not in checked:
+                subject = _tag(self._vault._keys.customer_keys([cid]).get(cid))
+                self._gate(tx.conn, action, log_action, kind=kind, purpose=purpose, subject=subject)
+                checked.add(kind)
             out.append(row)
         return out
+
+    def _decrypt(
+        self, keys: dict[str, CustomerKeys], cid: str, rid: str, row: RowMapping
+    ) -> dict[str, Any]:
+        env = _envelope(self._vault, keys, cid, int(row["dek_version"]))
+        context = record_aad_suffix(keys[cid].record_prefix, rid, str(row["kind"]), env.version)
+        fields: dict[str, Any] = json.loads(env.open(bytes(row["ciphertext"]), context))
+        return fields
 
     def _read_records(
         self, tx: Tx, pairs: Sequence[tuple[str, str]], purpose: str, action: str
     ) -> list[Record]:
-        vault = self._vault
         rows = self._record_rows(tx, pairs, purpose, action)
-        keys = vault._keys.customer_keys(list(dict.fromkeys(c for c, _ in pairs)))
+        role = self._current_role(tx.conn, action)
+        keys = self._vault._keys.customer_keys(list(dict.fromkeys(c for c, _ in pairs)))
         result: list[Record] = []
         events: list[Event] = []
         for (cid, rid), row in zip(pairs, rows, strict=True):
-            env = _envelope(vault, keys, cid, int(row["dek_version"]))
             kind = str(row["kind"])
-            context = record_aad_suffix(keys[cid].record_prefix, rid, kind, env.version)
-            plaintext = env.open(bytes(row["ciphertext"]), context)
-            fields = json.loads(plaintext)
+            fields = _visible(role, kind, self._decrypt(keys, cid, rid, row))
             result.append(
                 Record(
                     rid,
@@ -528,6 +763,22 @@ class Session:
             )
         tx.log(*events)
         return result
+
+
+def load_role(conn: Connection, name: str) -> Role | None:
+    """A built-in role, or a custom one from the data store; None if there is none."""
+    builtin = BUILTIN_ROLES.get(name)
+    if builtin is not None:
+        return builtin
+    spec = conn.execute(select(roles.c.spec).where(roles.c.name == name)).scalar()
+    return None if spec is None else Role.from_json(json.loads(spec))
+
+
+def _visible(role: Role, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    allowed = role.fields_for(kind)
+    if allowed is None:
+        return fields
+    return {k: v for k, v in fields.items() if k in allowed}
 
 
 def _envelope(vault: Vault, keys: dict[str, CustomerKeys], cid: str, version: int) -> Envelope:

@@ -49,7 +49,9 @@ __all__ = [
     "log",
     "log_head",
     "meta",
+    "principals",
     "records",
+    "roles",
 ]
 
 SCHEMA_VERSION = 1
@@ -100,6 +102,26 @@ records = Table(
     Column("created", String(32), nullable=False),
     Column("updated", String(32), nullable=False),
     Index("ix_sv_records_customer", "customer_id", "kind"),
+)
+
+roles = Table(
+    "sv_roles",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("created", String(32), nullable=False),
+)
+
+principals = Table(
+    "sv_principals",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("lookup", String(16), nullable=False, unique=True),
+    Column("role", String(64), nullable=False),
+    Column("token_hash", String(64), nullable=False),
+    Column("expires", String(32), nullable=True),
+    Column("revoked", Boolean, nullable=False, default=False),
+    Column("created", String(32), nullable=False),
 )
 
 log = Table(

@@ -26,9 +26,11 @@ from keys import (
 )
 
 from . import ids
+from .access import BUILTIN_ROLES, split_token, token_matches
 from .checkpoint import Checkpoint, make_checkpoint, parse_checkpoint, store_checkpoint
 from .clock import Clock, format_ts, system_clock
 from .errors import (
+    AccessDeniedError,
     AuditChainError,
     SchemaError,
     StorageError,
@@ -39,7 +41,7 @@ from .log import Event, append, iter_entries
 from .receipt import Receipt
 from .schema import KindSpec
 from .shred import roll_forward
-from .store import SCHEMA_VERSION, DataStore, LogHead, checkpoints, kinds, meta
+from .store import SCHEMA_VERSION, DataStore, LogHead, checkpoints, kinds, meta, principals
 from .verify import VerifyReport, verify_chain
 
 __all__ = ["DATA_FILE", "KEYS_FILE", "Vault"]
@@ -286,7 +288,47 @@ class Vault:
     def admin(self) -> Session:
         """A session acting as the administrator who unlocked the vault."""
         self._require_open()
-        return Session(self, actor=ADMIN, role=ADMIN)
+        return Session(self, actor=ADMIN, role=BUILTIN_ROLES[ADMIN])
+
+    def login(self, token: str) -> Session:
+        """A session acting as the principal that ``token`` names.
+
+        Raises :class:`AccessDeniedError` (logged as a denied ``auth.login``, without
+        any token material) for an unknown, revoked or expired token or a missing role.
+        """
+        self._require_open()
+        lookup = split_token(token)
+
+        def work(tx: Tx) -> Session:
+            row = None
+            if lookup is not None:
+                row = tx.conn.execute(
+                    select(principals).where(principals.c.lookup == lookup)
+                ).first()
+            # Compare even when nothing matched, so timing does not tell the cases apart.
+            stored = str(row.token_hash) if row is not None else "0" * 64
+            matches = token_matches(token if isinstance(token, str) else "", stored)
+            now = format_ts(self._clock())
+            reason = None
+            if row is None or not matches:
+                reason = "unknown_token"
+            elif row.revoked:
+                reason = "token_revoked"
+            elif row.expires is not None and now >= row.expires:
+                reason = "token_expired"
+            role = None if reason else load_role(tx.conn, str(row.role))  # type: ignore[union-attr]
+            if reason is None and role is None:
+                reason = "role_missing"
+            if reason is not None or role is None or row is None:
+                actor = str(row.name) if row is not None and matches else "unknown"
+                ev = Event(
+                    actor, "none", "auth.login", outcome="denied", detail={"reason_code": reason}
+                )
+                raise Refusal(AccessDeniedError(f"access denied: {reason}"), ev)
+            tx.log(Event(str(row.name), role.name, "auth.login"))
+            return Session(self, actor=str(row.name), role=role, principal=lookup)
+
+        return self._transact(work)
 
     # -- schema -------------------------------------------------------------------------
 
@@ -554,4 +596,4 @@ def _drop_schema(data: DataStore) -> None:
 
 
 # Sessions import Vault's transaction types; keep the import at the bottom.
-from .session import Session  # noqa: E402
+from .session import Session, load_role  # noqa: E402
