@@ -136,6 +136,8 @@ class Envelope:
     def seal_many(self, plaintexts: Sequence[bytes], contexts: Sequence[bytes]) -> list[bytes]:
         """Encrypt a batch; nonces for the whole batch come from one ``os.urandom`` call."""
         n = len(plaintexts)
+        if len(contexts) != n:
+            raise ValueError("seal_many needs one context per plaintext")
         nonces = os.urandom(NONCE_SIZE * n)
         header = self._header
         encrypt = self._aead.encrypt

@@ -67,6 +67,13 @@ class CustomerKeys:
         raise TypeError("customer keys cannot be pickled")
 
 
+def _kdf_params(header: KeystoreHeader) -> KdfParams:
+    try:
+        return KdfParams.from_dict(json.loads(header.kdf))
+    except (ValueError, KeyError, TypeError):
+        raise KeystoreError("the keystore header holds damaged KDF parameters") from None
+
+
 class KeyRing:
     """An unlocked keystore. Not thread-safe; one per open vault."""
 
@@ -173,7 +180,7 @@ class KeyRing:
         if header.key_source == "passphrase":
             if passphrase is None:
                 raise InvalidKeyError("this vault is unlocked with a passphrase")
-            params = KdfParams.from_dict(json.loads(header.kdf))
+            params = _kdf_params(header)
             check_floor(params)
             return derive_root_key(passphrase, header.salt, params)
         if header.key_source == "keyfile":
@@ -186,7 +193,7 @@ class KeyRing:
     def kdf_params(self) -> KdfParams | None:
         if self._header.key_source != "passphrase":
             return None
-        return KdfParams.from_dict(json.loads(self._header.kdf))
+        return _kdf_params(self._header)
 
     @property
     def key_source(self) -> str:

@@ -23,6 +23,8 @@ __all__ = ["SCHEMA_VERSION", "DekRow", "KeyStore", "KeystoreHeader"]
 SCHEMA_VERSION = 1
 _BUSY_TIMEOUT_S = 30.0
 _CHUNK = 500  # stays under SQLite's host-parameter limit
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_TRUNCATE_DEADLINE_S = 10.0
 
 _SCHEMA = """
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -143,11 +145,19 @@ class KeyStore:
         path = Path(path)
         if not path.is_file():
             raise KeystoreError(f"keystore {path} not found")
+        with open(path, "rb") as handle:
+            magic = handle.read(len(_SQLITE_MAGIC))
+        if magic != _SQLITE_MAGIC:
+            # Checked before connecting: enabling WAL would otherwise write to the file.
+            raise KeystoreError(f"{path} is not a shredvault keystore (not an SQLite file)")
+        conn = None
         try:
             conn = cls._connect(path)
             store = cls(path, conn)
             version = int(store._meta("schema_version"))
         except (sqlite3.DatabaseError, KeyError, ValueError) as exc:
+            if conn is not None:
+                conn.close()
             raise KeystoreError(f"{path} is not a shredvault keystore ({exc})") from None
         if version > SCHEMA_VERSION:
             conn.close()
@@ -179,6 +189,10 @@ class KeyStore:
             raise KeystoreError(f"keystore is busy or unwritable: {exc}") from None
         try:
             yield conn
+        except sqlite3.DatabaseError as exc:
+            if own and conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise KeystoreError(f"keystore write failed: {exc}") from None
         except BaseException:
             if own and conn.in_transaction:
                 conn.execute("ROLLBACK")
@@ -191,18 +205,32 @@ class KeyStore:
                     conn.execute("ROLLBACK")
                 raise KeystoreError(f"keystore commit failed: {exc}") from None
 
-    def checkpoint_truncate(self, attempts: int = 50) -> None:
+    def checkpoint_truncate(self, deadline_s: float = _TRUNCATE_DEADLINE_S) -> None:
         """Copy the WAL into the file and truncate it, so deleted key bytes leave the WAL.
 
-        A reader in another process can hold the WAL open; retry briefly, then raise
-        :class:`KeystoreError` rather than claim an erasure that did not reach disk.
+        A reader in another process can hold the WAL open; retry with a short busy
+        wait until ``deadline_s``, then raise :class:`KeystoreError` rather than claim
+        an erasure that did not reach disk (the deleted rows stay deleted; a later
+        truncation finishes the job).
         """
-        for _ in range(attempts):
-            busy, _log, _done = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if busy == 0:
-                return
-            time.sleep(0.02)
-        raise KeystoreError("could not truncate the keystore WAL: another process holds it")
+        conn = self._conn
+        deadline = time.monotonic() + deadline_s
+        conn.execute("PRAGMA busy_timeout=200")
+        try:
+            while True:
+                try:
+                    busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                except sqlite3.OperationalError:
+                    busy = 1
+                if busy == 0:
+                    return
+                if time.monotonic() >= deadline:
+                    raise KeystoreError(
+                        "could not truncate the keystore WAL: another process holds it open"
+                    )
+                time.sleep(0.02)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
 
     # -- header ----------------------------------------------------------------------
 

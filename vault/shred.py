@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 
+from keys import KeystoreError
+
 from .clock import format_ts
 from .errors import LegalHoldError, NotFoundError, SchemaError, ShreddedError, StorageError
 from .faults import crash_point
@@ -119,12 +121,22 @@ def shred_customer(vault: Vault, actor: str, role: str, customer_id: str, reason
 
     vault._transact(begin)
     crash_point("shred:after-intent")
-    vault._keys.destroy_customer(customer_id)
+    _destroy_keys(vault, customer_id)
     crash_point("shred:after-keys")
     receipt = _finish(vault, actor, role, customer_id)
     if receipt is None:  # another process finished it between our steps
         raise ShreddedError(f"customer {customer_id} is already shredded")
     return receipt
+
+
+def _destroy_keys(vault: Vault, customer_id: str) -> None:
+    try:
+        vault._keys.destroy_customer(customer_id)
+    except KeystoreError as error:
+        raise StorageError(
+            f"the shred of {customer_id} is recorded but its keys could not be fully erased "
+            f"yet ({error}); run the shred again, or reopen the vault, to finish it"
+        ) from None
 
 
 def _finish(vault: Vault, actor: str, role: str, customer_id: str) -> Receipt | None:
@@ -206,7 +218,7 @@ def roll_forward(vault: Vault) -> list[Receipt]:
     )
     receipts = []
     for customer_id in stuck:
-        vault._keys.destroy_customer(customer_id)
+        _destroy_keys(vault, customer_id)
         receipt = _finish(vault, "vault", "system", customer_id)
         if receipt is not None:
             receipts.append(receipt)
