@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -56,9 +56,9 @@ class CustomerKeys:
 
     customer_id: str
     current: Envelope
-    versions: dict[int, Envelope] = field(default_factory=dict)
-    subject_tag: bytes = b""
-    record_prefix: bytes = b""  # record_aad_prefix(vault, customer), cached for hot paths
+    versions: dict[int, Envelope]
+    subject_tag: bytes
+    record_prefix: bytes  # record_aad_prefix(vault, customer), cached for hot paths
 
     def __repr__(self) -> str:
         return f"<CustomerKeys {self.customer_id} versions={sorted(self.versions)}, redacted>"
@@ -289,7 +289,11 @@ class KeyRing:
         for cid, versions in by_customer.items():
             if cid in tags:
                 self._customers[cid] = CustomerKeys(
-                    cid, versions[max(versions)], versions, tags[cid]
+                    cid,
+                    versions[max(versions)],
+                    versions,
+                    tags[cid],
+                    record_aad_prefix(self.vault_id, cid),
                 )
 
     def refresh(self, customer_id: str) -> None:
@@ -315,6 +319,141 @@ class KeyRing:
             rows = self.store.delete_customer(conn, customer_id)
         self.store.checkpoint_truncate()
         return [fingerprint(r.wrapped) for r in sorted(rows, key=lambda r: r.version)]
+
+    # -- rotation -----------------------------------------------------------------------
+
+    def begin_kek_rotation(self, created: str) -> tuple[int, bool]:
+        """Make a new active KEK epoch, unless DEKs still sit under older epochs (an
+        unfinished rotation), in which case the active epoch is kept. Returns
+        ``(active epoch, whether it is new)``."""
+        active = self.active_epoch
+        if self.store.deks_outside_epoch(active, 1):
+            return active, False
+        epoch = max(self.store.epochs()) + 1
+        kek = SecretBytes(os.urandom(32))
+        wrapped = self._root.seal(kek.reveal(), kek_aad(self.vault_id, epoch))
+        with self.store.transaction() as conn:
+            self.store.add_epoch(conn, epoch, wrapped, created)
+            self.store.set_meta(conn, "active_epoch", str(epoch))
+        self._keks[epoch] = Envelope(kek, epoch)
+        kek.wipe()
+        return epoch, True
+
+    def rewrap_batch(self, limit: int = 2000) -> int:
+        """Re-wrap up to ``limit`` DEKs that are not under the active epoch, in one
+        keystore transaction; returns how many. Every DEK stays readable throughout:
+        each row names the epoch that wraps it."""
+        active = self.active_epoch
+        kek = self._kek(active)
+        rows = self.store.deks_outside_epoch(active, limit)
+        updates: list[tuple[int, bytes, str, int, int]] = []
+        for row in rows:
+            old = self._kek(row.epoch)
+            try:
+                raw = old.open(
+                    row.wrapped, dek_aad(self.vault_id, row.customer_id, row.version, row.epoch)
+                )
+            except DecryptionError:
+                raise KeystoreError(f"the DEK of {row.customer_id} failed to unwrap") from None
+            new = kek.seal(raw, dek_aad(self.vault_id, row.customer_id, row.version, active))
+            updates.append((active, new, row.customer_id, row.version, row.epoch))
+        if updates:
+            with self.store.transaction() as conn:
+                self.store.rewrap_deks(conn, updates)
+        return len(updates)
+
+    def retire_epoch(self, epoch: int) -> str:
+        """Delete a KEK epoch no DEK uses any more, then truncate the WAL; returns the
+        fingerprint of what was deleted. Refuses the active epoch or one still in use."""
+        if epoch == self.active_epoch:
+            raise InvalidKeyError(f"epoch {epoch} is the active epoch")
+        in_use = self.store.dek_counts().get(epoch, 0)
+        if in_use:
+            raise InvalidKeyError(f"epoch {epoch} still wraps {in_use} DEK(s): finish the rotation")
+        with self.store.transaction() as conn:
+            wrapped = self.store.delete_epoch(conn, epoch)
+        if wrapped is None:
+            raise InvalidKeyError(f"there is no epoch {epoch}")
+        self._keks.pop(epoch, None)
+        self.store.checkpoint_truncate()
+        return fingerprint(wrapped)
+
+    def retirable_epochs(self) -> list[int]:
+        counts = self.store.dek_counts()
+        active = self.active_epoch
+        return [e for e in self.store.epochs() if e != active and not counts.get(e)]
+
+    def add_dek_version(self, customer_id: str, created: str, *, after: int) -> int:
+        """Ensure the customer has a DEK version newer than ``after`` and return the
+        newest: an unfinished rotation's version is reused rather than another made."""
+        rows = self.store.deks([customer_id])
+        if not rows:
+            raise KeystoreError(f"customer {customer_id} has no keys")
+        newest = max(r.version for r in rows)
+        if newest > after:
+            return newest
+        version = newest + 1
+        epoch = self.active_epoch
+        dek = os.urandom(32)
+        wrapped = self._kek(epoch).seal(dek, dek_aad(self.vault_id, customer_id, version, epoch))
+        with self.store.transaction() as conn:
+            self.store.insert_deks(conn, [DekRow(customer_id, version, epoch, wrapped, created)])
+        self.forget([customer_id])
+        return version
+
+    def drop_dek_versions(self, customer_id: str, below: int) -> list[str]:
+        """Delete a customer's DEK versions older than ``below``; truncate the WAL."""
+        with self.store.transaction() as conn:
+            rows = self.store.delete_dek_versions(conn, customer_id, below)
+        self.forget([customer_id])
+        if rows:
+            self.store.checkpoint_truncate()
+        return [fingerprint(r.wrapped) for r in rows]
+
+    def change_root(
+        self,
+        *,
+        passphrase: bytes | None = None,
+        keyfile_key: SecretBytes | None = None,
+        params: KdfParams | None = None,
+    ) -> None:
+        """Re-wrap every KEK epoch and the signing seed under a new root key, and swap
+        the header's salt, KDF parameters and key-check value, all in ONE keystore
+        transaction: afterwards exactly one of the old and new secrets works."""
+        if (passphrase is None) == (keyfile_key is None):
+            raise InvalidKeyError("give exactly one of a passphrase or a keyfile key")
+        if passphrase is not None:
+            params = params or recommended_params()
+            salt = os.urandom(SALT_SIZE)
+            root = derive_root_key(passphrase, salt, params)
+            meta = {
+                "key_source": "passphrase",
+                "kdf": json.dumps(params.to_dict(), sort_keys=True),
+                "salt": salt.hex(),
+            }
+        else:
+            assert keyfile_key is not None
+            root = keyfile_key
+            meta = {"key_source": "keyfile", "kdf": "", "salt": ""}
+        meta["key_check"] = key_check_value(root).hex()
+        new_root = Envelope(root, _ROOT_VERSION)
+        epochs: dict[int, bytes] = {}
+        for epoch, wrapped in self.store.epochs().items():
+            kek = self._open_root(wrapped, kek_aad(self.vault_id, epoch))
+            epochs[epoch] = new_root.seal(kek.reveal(), kek_aad(self.vault_id, epoch))
+            kek.wipe()
+        seeds: dict[int, bytes] = {}
+        for generation, wrapped in self.store.signing_seeds().items():
+            seed = self._open_root(wrapped, signing_seed_aad(self.vault_id, generation))
+            seeds[generation] = new_root.seal(
+                seed.reveal(), signing_seed_aad(self.vault_id, generation)
+            )
+            seed.wipe()
+        with self.store.transaction() as conn:
+            self.store.replace_root_wrapped(conn, epochs, seeds, meta)
+        self.store.checkpoint_truncate()  # old wrappings leave the WAL too
+        self._root = new_root
+        self._header = self.store.header()
 
     def close(self) -> None:
         self._customers.clear()

@@ -354,6 +354,77 @@ class KeyStore:
         conn.execute("DELETE FROM subject_tags WHERE customer_id = ?", (customer_id,))
         return rows
 
+    def deks_outside_epoch(self, epoch: int, limit: int) -> list[DekRow]:
+        rows = self._conn.execute(
+            "SELECT customer_id, version, epoch, wrapped, created FROM deks "
+            "WHERE epoch != ? LIMIT ?",
+            (epoch, limit),
+        )
+        return [DekRow(str(c), int(v), int(e), bytes(w), str(t)) for c, v, e, w, t in rows]
+
+    def rewrap_deks(
+        self, conn: sqlite3.Connection, updates: list[tuple[int, bytes, str, int, int]]
+    ) -> None:
+        """(new epoch, new wrapped, customer, version, old epoch) for each DEK."""
+        conn.executemany(
+            "UPDATE deks SET epoch = ?, wrapped = ? "
+            "WHERE customer_id = ? AND version = ? AND epoch = ?",
+            updates,
+        )
+
+    def delete_epoch(self, conn: sqlite3.Connection, epoch: int) -> bytes | None:
+        row = conn.execute("SELECT wrapped FROM kek_epochs WHERE epoch = ?", (epoch,)).fetchone()
+        conn.execute("DELETE FROM kek_epochs WHERE epoch = ?", (epoch,))
+        return None if row is None else bytes(row[0])
+
+    def dek_counts(self) -> dict[int, int]:
+        rows = self._conn.execute("SELECT epoch, COUNT(*) FROM deks GROUP BY epoch")
+        return {int(e): int(n) for e, n in rows}
+
+    def oldest_dek(self) -> str | None:
+        row = self._conn.execute("SELECT MIN(created) FROM deks").fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def deks_created_before(self, moment: str) -> list[str]:
+        rows = self._conn.execute(
+            "SELECT customer_id FROM deks GROUP BY customer_id HAVING MAX(created) < ?", (moment,)
+        )
+        return [str(r[0]) for r in rows]
+
+    def delete_dek_versions(
+        self, conn: sqlite3.Connection, customer_id: str, below: int
+    ) -> list[DekRow]:
+        rows = [
+            DekRow(str(c), int(v), int(e), bytes(w), str(t))
+            for c, v, e, w, t in conn.execute(
+                "SELECT customer_id, version, epoch, wrapped, created FROM deks "
+                "WHERE customer_id = ? AND version < ?",
+                (customer_id, below),
+            )
+        ]
+        conn.execute("DELETE FROM deks WHERE customer_id = ? AND version < ?", (customer_id, below))
+        return rows
+
+    def replace_root_wrapped(
+        self,
+        conn: sqlite3.Connection,
+        epochs: dict[int, bytes],
+        seeds: dict[int, bytes],
+        meta: dict[str, str],
+    ) -> None:
+        conn.executemany(
+            "UPDATE kek_epochs SET wrapped = ? WHERE epoch = ?", [(w, e) for e, w in epochs.items()]
+        )
+        conn.executemany(
+            "UPDATE signing SET wrapped = ? WHERE generation = ?",
+            [(w, g) for g, w in seeds.items()],
+        )
+        conn.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(meta.items()))
+
+    def signing_seeds(self) -> dict[int, bytes]:
+        rows = self._conn.execute("SELECT generation, wrapped FROM signing")
+        return {int(g): bytes(w) for g, w in rows}
+
     def count_deks(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM deks").fetchone()[0])
 

@@ -26,6 +26,7 @@ from .errors import (
 from .log import Event
 from .model import Customer, Principal, Record, ShredExpiredResult
 from .receipt import Receipt, ReceiptReport, load_receipt, verify_receipt
+from .rotate import KeyPolicy, KeyStatus
 from .schema import KindSpec
 from .session import Session
 from .vault import Vault
@@ -42,6 +43,8 @@ __all__ = [
     "DecryptionError",
     "Event",
     "KdfParams",
+    "KeyPolicy",
+    "KeyStatus",
     "KindSpec",
     "LegalHoldError",
     "NotFoundError",

@@ -41,6 +41,7 @@ from .store import customers, principals, records, roles
 if TYPE_CHECKING:
     from keys import CustomerKeys
 
+    from .rotate import KeyPolicy, KeyStatus
     from .vault import Tx, Vault
 
 __all__ = ["Session"]
@@ -326,6 +327,65 @@ class Session:
         number removed. Each batch commits on its own: safe to interrupt."""
         self._authorize("admin", "vault.compact")
         return compact(self._vault, self.actor, self.role, progress)
+
+    # -- keys (admin; status also for auditors) ---------------------------------------
+
+    def rotate_kek(
+        self, *, retire: bool = False, progress: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
+        """New KEK epoch; re-wrap every DEK under it in batches (resumable)."""
+        from .rotate import rotate_kek
+
+        return rotate_kek(self, retire=retire, progress=progress)
+
+    def retire_epoch(self, epoch: int) -> None:
+        """Delete a KEK epoch that no DEK uses any more."""
+        from .rotate import retire_epoch
+
+        retire_epoch(self, epoch)
+
+    def rotate_dek(self, customer_id: str) -> int:
+        """New DEK version for one customer, records re-encrypted, old version deleted."""
+        from .rotate import rotate_dek
+
+        _check_customer_id(customer_id)
+        return rotate_dek(self, customer_id)
+
+    def rotate_deks(
+        self,
+        *,
+        older_than_days: float | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[str]:
+        """Rotate the DEK of every active customer (or those older than N days)."""
+        from .rotate import customers_due, rotate_dek
+
+        self._authorize("admin", "keys.rotate-dek")
+        done = []
+        for customer_id in customers_due(self, older_than_days=older_than_days):
+            try:
+                rotate_dek(self, customer_id)
+                done.append(customer_id)
+            except ShreddedError:
+                pass  # shredded meanwhile: nothing left to rotate
+            if progress is not None:
+                progress(1)
+        return done
+
+    def change_passphrase(
+        self, *, passphrase: bytes | None = None, keyfile: str | None = None
+    ) -> None:
+        """Re-wrap the root-wrapped keys under a new passphrase or keyfile (O(epochs))."""
+        from .rotate import change_passphrase
+        from .vault import _load_keyfile
+
+        change_passphrase(self, passphrase=passphrase, keyfile_key=_load_keyfile(keyfile))
+
+    def key_status(self, policy: KeyPolicy | None = None) -> KeyStatus:
+        """Key ages, DEKs per epoch, KDF parameters vs recommendation, violations."""
+        from .rotate import key_status
+
+        return key_status(self, policy)
 
     # -- principals and roles (admin only) -------------------------------------------
 

@@ -1,0 +1,296 @@
+"""Key rotation (DESIGN §3): KEK epochs, per-customer DEK versions, passphrase change,
+and the key-age status report. Every step is logged, key events get a checkpoint, and
+each can be interrupted at any point and run again to finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select, update
+
+from keys import InvalidKeyError, KdfParams, KeystoreError, needs_rehash, recommended_params
+from keys.envelope import record_aad_suffix
+
+from .clock import format_ts, parse_ts
+from .errors import NotFoundError, ShreddedError, StorageError, UnlockError
+from .faults import crash_point
+from .log import Event
+from .store import customers, log, records
+
+if TYPE_CHECKING:
+    from keys import SecretBytes
+
+    from .session import Session
+    from .vault import Tx
+
+__all__ = [
+    "KeyPolicy",
+    "KeyStatus",
+    "change_passphrase",
+    "key_status",
+    "retire_epoch",
+    "rotate_dek",
+    "rotate_kek",
+]
+
+_BATCH = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    """Maximum key ages (days) that ``keys status`` checks."""
+
+    max_kek_age_days: int = 365
+    max_dek_age_days: int = 730
+
+
+@dataclass(frozen=True, slots=True)
+class KeyStatus:
+    active_epoch: int
+    active_epoch_created: str
+    active_epoch_age_days: float
+    deks_per_epoch: dict[int, int]
+    oldest_dek_created: str | None
+    oldest_dek_age_days: float | None
+    key_source: str
+    kdf: dict[str, int] | None
+    kdf_recommended: dict[str, int]
+    rehash_due: bool
+    last_rotation: str | None
+    violations: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "active_epoch": self.active_epoch,
+            "active_epoch_created": self.active_epoch_created,
+            "active_epoch_age_days": round(self.active_epoch_age_days, 2),
+            "deks_per_epoch": {str(k): v for k, v in self.deks_per_epoch.items()},
+            "oldest_dek_created": self.oldest_dek_created,
+            "oldest_dek_age_days": None
+            if self.oldest_dek_age_days is None
+            else round(self.oldest_dek_age_days, 2),
+            "key_source": self.key_source,
+            "kdf": self.kdf,
+            "kdf_recommended": self.kdf_recommended,
+            "rehash_due": self.rehash_due,
+            "last_rotation": self.last_rotation,
+            "violations": list(self.violations),
+        }
+
+
+def _days(delta: timedelta) -> float:
+    return delta.total_seconds() / 86400
+
+
+def rotate_kek(
+    session: Session, *, retire: bool = False, progress: Callable[[int], None] | None = None
+) -> dict[str, Any]:
+    """Make a new KEK epoch and re-wrap every DEK under it in batches (or finish an
+    interrupted rotation); with ``retire``, delete the epochs no DEK uses any more."""
+    session._authorize("admin", "keys.rotate-kek")
+    vault = session._vault
+    keyring = vault._keys
+    epoch, new = keyring.begin_kek_rotation(format_ts(vault._clock()))
+    _log(session, "keys.rotate-kek.start", {"epoch": epoch, "resumed": not new}, checkpoint=True)
+    total = 0
+    while True:
+        try:
+            n = keyring.rewrap_batch(_BATCH)
+        except KeystoreError as error:
+            raise StorageError(f"KEK rotation stopped ({error}); run it again to finish") from None
+        if n == 0:
+            break
+        total += n
+        _log(session, "keys.rotate-kek.batch", {"epoch": epoch, "deks": n})
+        crash_point("rotate-kek:batch")
+        if progress is not None:
+            progress(n)
+    _log(session, "keys.rotate-kek.done", {"epoch": epoch, "deks": total}, checkpoint=True)
+    retired = [retire_epoch(session, e) for e in keyring.retirable_epochs()] if retire else []
+    return {"epoch": epoch, "new_epoch": new, "rewrapped": total, "retired": retired}
+
+
+def retire_epoch(session: Session, epoch: int) -> int:
+    """Delete one unused, inactive KEK epoch (its bytes leave keys.db and its WAL)."""
+    session._authorize("admin", "keys.retire-epoch")
+    try:
+        fp = session._vault._keys.retire_epoch(epoch)
+    except InvalidKeyError as error:
+        raise StorageError(str(error)) from None
+    _log(session, "keys.retire-epoch", {"epoch": epoch, "key_fingerprint": fp}, checkpoint=True)
+    return epoch
+
+
+def rotate_dek(session: Session, customer_id: str) -> int:
+    """Give a customer a new DEK version, re-encrypt its records under it, then delete
+    the older versions. Crash-safe: reads accept any version still present, and a rerun
+    reuses the version an interrupted run made. Returns the new version."""
+    session._authorize("admin", "keys.rotate-dek")
+    vault = session._vault
+    row = vault._data.read(
+        lambda conn: conn.execute(
+            select(customers.c.state, customers.c.dek_version).where(customers.c.id == customer_id)
+        ).first()
+    )
+    if row is None:
+        raise NotFoundError(f"no customer {customer_id}")
+    if row.state != "active":
+        raise ShreddedError(f"customer {customer_id} is {row.state}; its keys are gone")
+    version = vault._keys.add_dek_version(
+        customer_id, format_ts(vault._clock()), after=int(row.dek_version)
+    )
+    crash_point("rotate-dek:after-key")
+
+    def work(tx: Tx) -> int:
+        session._gate(tx.conn, "admin", "keys.rotate-dek")
+        state = tx.conn.execute(
+            select(customers.c.state).where(customers.c.id == customer_id)
+        ).scalar_one()
+        if state != "active":
+            raise ShreddedError(f"customer {customer_id} was shredded meanwhile")
+        vault._keys.forget([customer_id])
+        ck = vault._keys.customer_keys([customer_id])[customer_id]
+        target = ck.versions[version]
+        rows = tx.conn.execute(
+            select(records.c.id, records.c.kind, records.c.dek_version, records.c.ciphertext).where(
+                records.c.customer_id == customer_id
+            )
+        ).all()
+        updates = []
+        for r in rows:
+            old = ck.versions[int(r.dek_version)]
+            plain = old.open(
+                bytes(r.ciphertext), record_aad_suffix(ck.record_prefix, r.id, r.kind, old.version)
+            )
+            blob = target.seal(plain, record_aad_suffix(ck.record_prefix, r.id, r.kind, version))
+            updates.append({"rid": r.id, "dv": version, "ct": blob})
+        if updates:
+            from sqlalchemy import bindparam
+
+            tx.conn.execute(
+                update(records)
+                .where(records.c.id == bindparam("rid"))
+                .values(dek_version=bindparam("dv"), ciphertext=bindparam("ct")),
+                updates,
+            )
+        tx.conn.execute(
+            update(customers).where(customers.c.id == customer_id).values(dek_version=version)
+        )
+        tx.log(
+            Event(
+                session.actor,
+                session.role,
+                "keys.rotate-dek",
+                subject=ck.subject_tag.hex(),
+                detail={"version": version, "records": len(updates)},
+            )
+        )
+        tx.checkpoint = True
+        return version
+
+    vault._transact(work)
+    crash_point("rotate-dek:after-data")
+    vault._keys.drop_dek_versions(customer_id, version)
+    return version
+
+
+def customers_due(session: Session, *, older_than_days: float | None) -> list[str]:
+    """Active customers, optionally only those whose newest DEK is older than N days."""
+    vault = session._vault
+    active = vault._data.read(
+        lambda conn: [
+            str(r.id)
+            for r in conn.execute(select(customers.c.id).where(customers.c.state == "active"))
+        ]
+    )
+    if older_than_days is None:
+        return active
+    cutoff = format_ts(vault._clock() - timedelta(days=older_than_days))
+    old = set(vault._keys.store.deks_created_before(cutoff))
+    return [c for c in active if c in old]
+
+
+def change_passphrase(
+    session: Session,
+    *,
+    passphrase: bytes | None = None,
+    keyfile_key: SecretBytes | None = None,
+    params: KdfParams | None = None,
+) -> None:
+    """Re-wrap the KEK epochs and signing seed under a new passphrase (or keyfile):
+    O(epochs). The old secret stops working at once; a crash leaves exactly one of
+    them working (one keystore transaction)."""
+    session._authorize("admin", "keys.change-passphrase")
+    try:
+        session._vault._keys.change_root(
+            passphrase=passphrase, keyfile_key=keyfile_key, params=params
+        )
+    except InvalidKeyError as error:
+        raise UnlockError(str(error)) from None
+    source = "passphrase" if passphrase is not None else "keyfile"
+    _log(session, "keys.change-passphrase", {"key_source": source}, checkpoint=True)
+
+
+def key_status(session: Session, policy: KeyPolicy | None = None) -> KeyStatus:
+    """Key ages, DEKs per epoch, KDF parameters against today's recommendation, the
+    last rotation and policy violations. Logged as ``keys.status``."""
+    policy = policy or KeyPolicy()
+    vault = session._vault
+    session._authorize("audit", "keys.status")
+    store = vault._keys.store
+    now = vault._clock()
+    active = vault._keys.active_epoch
+    created = {e: c for e, c, _n in store.epoch_rows()}
+    epoch_age = _days(now - parse_ts(created[active]))
+    oldest = store.oldest_dek()
+    oldest_age = None if oldest is None else _days(now - parse_ts(oldest))
+    kdf = vault._keys.kdf_params
+    rec = recommended_params()
+    last = vault._data.read(
+        lambda conn: conn.execute(
+            select(log.c.ts)
+            .where(log.c.action.in_(["keys.rotate-kek.done", "keys.rotate-dek"]))
+            .order_by(log.c.seq.desc())
+            .limit(1)
+        ).scalar()
+    )
+    violations = []
+    if epoch_age > policy.max_kek_age_days:
+        violations.append(
+            f"active KEK epoch is {epoch_age:.0f} days old (policy {policy.max_kek_age_days})"
+        )
+    if oldest_age is not None and oldest_age > policy.max_dek_age_days:
+        violations.append(
+            f"oldest DEK is {oldest_age:.0f} days old (policy {policy.max_dek_age_days})"
+        )
+    rehash = kdf is not None and needs_rehash(kdf)
+    if rehash:
+        violations.append("KDF parameters are below today's recommendation: change the passphrase")
+    _log(session, "keys.status", {"violations": len(violations)})
+    return KeyStatus(
+        active_epoch=active,
+        active_epoch_created=created[active],
+        active_epoch_age_days=epoch_age,
+        deks_per_epoch=store.dek_counts(),
+        oldest_dek_created=oldest,
+        oldest_dek_age_days=oldest_age,
+        key_source=vault._keys.key_source,
+        kdf=None if kdf is None else kdf.to_dict(),
+        kdf_recommended=rec.to_dict(),
+        rehash_due=rehash,
+        last_rotation=last,
+        violations=violations,
+    )
+
+
+def _log(
+    session: Session, action: str, detail: dict[str, Any], *, checkpoint: bool = False
+) -> None:
+    def work(tx: Tx) -> None:
+        tx.log(Event(session.actor, session.role, action, detail=detail))
+
+    session._vault._transact(work, checkpoint=checkpoint)
