@@ -76,14 +76,22 @@ def record_aad_suffix(prefix: bytes, record_id: str, kind: str, version: int) ->
     )
 
 
+_DEK_LABEL = aad(b"shredvault/dek/v1")
+_TWO_U32_PARTS = struct.Struct(">IIII")  # (4, version, 4, epoch): two length-prefixed u32s
+
+
 def dek_aad(vault_id: str, customer_id: str, version: int, epoch: int) -> bytes:
     """AAD binding a wrapped DEK to its vault, customer, DEK version and KEK epoch."""
-    return aad(
-        b"shredvault/dek/v1",
-        vault_id.encode(),
-        customer_id.encode(),
-        _U32.pack(version),
-        _U32.pack(epoch),
+    vid, cid = vault_id.encode(), customer_id.encode()
+    return b"".join(
+        (
+            _DEK_LABEL,
+            _U32.pack(len(vid)),
+            vid,
+            _U32.pack(len(cid)),
+            cid,
+            _TWO_U32_PARTS.pack(4, version, 4, epoch),
+        )
     )
 
 

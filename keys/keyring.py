@@ -346,17 +346,24 @@ class KeyRing:
         active = self.active_epoch
         kek = self._kek(active)
         rows = self.store.deks_outside_epoch(active, limit)
-        updates: list[tuple[int, bytes, str, int, int]] = []
+        raws: list[bytes] = []
+        contexts: list[bytes] = []
+        vid = self.vault_id
         for row in rows:
-            old = self._kek(row.epoch)
             try:
-                raw = old.open(
-                    row.wrapped, dek_aad(self.vault_id, row.customer_id, row.version, row.epoch)
+                raws.append(
+                    self._kek(row.epoch).open(
+                        row.wrapped, dek_aad(vid, row.customer_id, row.version, row.epoch)
+                    )
                 )
             except DecryptionError:
                 raise KeystoreError(f"the DEK of {row.customer_id} failed to unwrap") from None
-            new = kek.seal(raw, dek_aad(self.vault_id, row.customer_id, row.version, active))
-            updates.append((active, new, row.customer_id, row.version, row.epoch))
+            contexts.append(dek_aad(vid, row.customer_id, row.version, active))
+        sealed = kek.seal_many(raws, contexts)
+        updates = [
+            (active, new, row.customer_id, row.version, row.epoch)
+            for row, new in zip(rows, sealed, strict=True)
+        ]
         if updates:
             with self.store.transaction() as conn:
                 self.store.rewrap_deks(conn, updates)

@@ -355,9 +355,11 @@ class KeyStore:
         return rows
 
     def deks_outside_epoch(self, epoch: int, limit: int) -> list[DekRow]:
+        """DEKs wrapped by an epoch older than ``epoch`` (the active one is the newest),
+        found through the epoch index rather than a scan."""
         rows = self._conn.execute(
             "SELECT customer_id, version, epoch, wrapped, created FROM deks "
-            "WHERE epoch != ? LIMIT ?",
+            "WHERE epoch < ? LIMIT ?",
             (epoch, limit),
         )
         return [DekRow(str(c), int(v), int(e), bytes(w), str(t)) for c, v, e, w, t in rows]
