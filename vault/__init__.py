@@ -3,7 +3,7 @@
 The public Python API. Everything not listed in ``__all__`` is private.
 """
 
-from keys import DecryptionError, KdfParams, UnsupportedFormatError
+from keys import DecryptionError, KdfParams, KeysError, UnsupportedFormatError, generate_keyfile
 
 from .access import ACTIONS, Role
 from .audit import Auditor, format_public_key, parse_public_key, read_anchor, verify_export
@@ -29,6 +29,7 @@ from .receipt import Receipt, ReceiptReport, load_receipt, verify_receipt
 from .rotate import KeyPolicy, KeyStatus
 from .schema import KindSpec
 from .session import Session
+from .store import LogHead
 from .vault import Vault
 from .verify import VerifyReport
 
@@ -45,8 +46,10 @@ __all__ = [
     "KdfParams",
     "KeyPolicy",
     "KeyStatus",
+    "KeysError",
     "KindSpec",
     "LegalHoldError",
+    "LogHead",
     "NotFoundError",
     "Principal",
     "PurposeError",
@@ -67,6 +70,7 @@ __all__ = [
     "VerificationError",
     "VerifyReport",
     "format_public_key",
+    "generate_keyfile",
     "load_receipt",
     "parse_public_key",
     "read_anchor",

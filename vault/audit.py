@@ -30,7 +30,7 @@ from .canonical import canonical
 from .checkpoint import Checkpoint, checkpoint_from_json, parse_checkpoint
 from .errors import StorageError, VerificationError
 from .log import LogEntry, iter_entries
-from .store import DataStore, checkpoints, meta
+from .store import DataStore, LogHead, checkpoints, meta
 from .vault import DATA_FILE, KEYS_FILE, _read_head, verify_store
 from .verify import VerifyReport, verify_chain
 
@@ -175,6 +175,11 @@ class Auditor:
             strict=strict,
             progress=progress,
         )
+
+    @property
+    def head(self) -> LogHead:
+        """The newest log entry's seq, hash and time (no passphrase needed)."""
+        return self._data.read(_read_head)
 
     def latest_checkpoint(self) -> Checkpoint | None:
         def read(conn: Connection) -> Checkpoint | None:

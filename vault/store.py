@@ -214,7 +214,11 @@ class DataStore:
     ) -> DataStore:
         """An engine for a SQLite file or a SQLAlchemy URL (PostgreSQL via psycopg)."""
         if url is not None:
-            parsed = make_url(url)
+            try:
+                parsed = make_url(url)
+            except exc.ArgumentError:
+                # The message would echo the URL, password included: say less.
+                raise StorageError("the data URL is not a valid SQLAlchemy URL") from None
             kwargs: dict[str, Any] = {"hide_parameters": True, "pool_pre_ping": True}
             if parsed.get_backend_name() == "postgresql":
                 kwargs["isolation_level"] = "READ COMMITTED"
@@ -225,7 +229,14 @@ class DataStore:
                     extra_text = extra if isinstance(extra, str) else " ".join(extra)
                     kwargs["connect_args"]["options"] += " " + extra_text
                     parsed = parsed.difference_update_query(["options"])
-            engine = create_engine(parsed, **kwargs)
+            try:
+                engine = create_engine(parsed, **kwargs)
+            except (exc.ArgumentError, exc.NoSuchModuleError, ImportError):
+                raise StorageError(
+                    f"cannot use the data URL (backend {parsed.get_backend_name()!r}, driver "
+                    f"{parsed.get_driver_name()!r}): install its driver, e.g. "
+                    "pip install 'shredvault[postgres]'"
+                ) from None
         else:
             assert sqlite_path is not None
             engine = create_engine(

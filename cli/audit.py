@@ -1,0 +1,219 @@
+"""``audit verify|export|checkpoint|pubkey``: checking the access log, mostly without keys.
+
+Only ``audit checkpoint`` unlocks the vault (it signs); the others need no passphrase:
+an auditor reads ``data.db`` (or the data URL) and the public parts of ``keys.db``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vault import (
+    Checkpoint,
+    VerificationError,
+    VerifyReport,
+    format_public_key,
+    parse_public_key,
+    read_anchor,
+    verify_export,
+)
+
+from .context import open_auditor, open_vault, store_options, unlock_options
+from .output import json_option, note, print_json, print_pairs
+from .progress import LazyProgress
+
+__all__ = ["audit_group"]
+
+_READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """Verify, export and checkpoint the hash-chained access log."""
+
+
+def _export_head(path: Path) -> int | None:
+    """The head seq an export's header line announces (only to size the progress bar)."""
+    try:
+        with path.open("rb") as handle:
+            header = json.loads(handle.readline())
+        return int(header["head_seq"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _print_report(report: VerifyReport, source: str) -> None:
+    if report.ok:
+        click.echo(f"valid: {source}")
+    else:
+        click.echo(f"INVALID: {source}")
+        click.echo(f"  first bad seq {report.bad_seq}: {report.reason}: {report.message}")
+    span = f" (seq {report.first_seq}-{report.last_seq})" if report.entries else ""
+    pairs: list[tuple[str, Any]] = [
+        ("entries checked", f"{report.entries}{span}"),
+        ("signed checkpoints", report.checkpoints),
+        ("last signed checkpoint", report.last_checkpoint),
+        ("unsigned tail", report.unsigned_tail),
+    ]
+    if report.anchor_seq is not None:
+        pairs.append(("anchor", f"seq {report.anchor_seq}"))
+    if report.ok:
+        pairs.append(("head", report.head))
+    print_pairs(pairs, indent="  ")
+    for text in report.notes:
+        click.echo(f"  note: {text}")
+
+
+@audit_group.command("verify")
+@click.option(
+    "--pubkey",
+    "pubkey_file",
+    metavar="FILE",
+    type=_READABLE_FILE,
+    help="Trust this public key (as `audit pubkey` prints it), not the vault's own copy.",
+)
+@click.option(
+    "--anchor",
+    "anchor_file",
+    metavar="CHECKPOINT.json",
+    type=_READABLE_FILE,
+    help="A checkpoint saved earlier (`audit checkpoint`): the log must still reach it.",
+)
+@click.option(
+    "--from-export",
+    "export_file",
+    metavar="LOG.jsonl",
+    type=_READABLE_FILE,
+    help="Verify an exported log offline instead of the vault's data store.",
+)
+@click.option(
+    "--strict/--no-strict",
+    default=None,
+    help="Also require every entry to be canonical v1 JSON "
+    "(default: on for exports, off for the live store).",
+)
+@json_option
+@store_options
+@click.pass_context
+def verify_command(
+    ctx: click.Context,
+    pubkey_file: Path | None,
+    anchor_file: Path | None,
+    export_file: Path | None,
+    strict: bool | None,
+    as_json: bool,
+) -> None:
+    """Verify the access log's hash chain and signed checkpoints. No passphrase needed.
+
+    Exits 0 when the log verifies and 5 when it does not, naming the first bad seq
+    and why (modified, deleted, reordered, forked, truncated, bad signature, ...).
+    """
+    public_key = (
+        parse_public_key(pubkey_file.read_text("utf-8", errors="replace")) if pubkey_file else None
+    )
+    anchor: Checkpoint | None = read_anchor(anchor_file) if anchor_file else None
+    result: dict[str, Any]
+    if export_file is not None:
+        source = f"export {export_file}"
+        result = {"source": "export", "path": str(export_file)}
+        with LazyProgress("verifying export", _export_head(export_file)) as progress:
+            report = verify_export(
+                export_file,
+                public_key=public_key,
+                anchor=anchor,
+                strict=True if strict is None else strict,
+                progress=progress,
+            )
+    else:
+        with open_auditor(ctx) as auditor:
+            source = f"access log of {auditor.vault_id}"
+            result = {"source": "vault", "vault": auditor.vault_id}
+            latest = auditor.latest_checkpoint()
+            expected = max(latest.seq if latest else 0, anchor.seq if anchor else 0)
+            with LazyProgress("verifying access log", expected or None) as progress:
+                report = auditor.verify(
+                    public_key=public_key, anchor=anchor, strict=bool(strict), progress=progress
+                )
+    if as_json:
+        print_json({**result, **report.to_json()})
+    else:
+        _print_report(report, source)
+    if not report.ok:
+        raise VerificationError(
+            f"{source} fails verification: {report.reason} at seq {report.bad_seq}",
+            reason=report.reason or "invalid",
+            seq=report.bad_seq,
+        )
+
+
+@audit_group.command("export")
+@click.option(
+    "--since",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="SEQ",
+    help="First entry to export.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    default="-",
+    help="Write here (replaced atomically when done) instead of stdout.",
+)
+@store_options
+@click.pass_context
+def export_command(ctx: click.Context, since: int, out_path: Path) -> None:
+    """Export the access log as JSON Lines (header, checkpoints, entries), streaming.
+
+    No passphrase needed. Verify the file anywhere with
+    `shredvault audit verify --from-export FILE --pubkey KEY`.
+    """
+    target = str(out_path)
+    with open_auditor(ctx) as auditor:
+        latest = auditor.latest_checkpoint()
+        expected = (latest.seq - since + 1) if latest and latest.seq >= since else None
+        with (
+            LazyProgress("exporting", expected) as progress,
+            click.open_file(target, "wb", atomic=target != "-") as out,
+        ):
+            count = auditor.export(out, since=since, progress=progress)
+    if target != "-":
+        note(f"exported {count} entries to {target}")
+
+
+@audit_group.command("checkpoint")
+@store_options
+@unlock_options
+@click.pass_context
+def checkpoint_command(ctx: click.Context) -> None:
+    """Sign a checkpoint at the log head now and print it as JSON.
+
+    Save it: `audit verify --anchor FILE` later proves the log still reaches it
+    (nothing was cut off or rewritten since).
+    """
+    with open_vault(ctx) as vault:
+        checkpoint = vault.checkpoint()
+    print_json(checkpoint.to_json())
+    note(f"signed checkpoint at seq {checkpoint.seq}")
+
+
+@audit_group.command("pubkey")
+@json_option
+@store_options
+@click.pass_context
+def pubkey_command(ctx: click.Context, as_json: bool) -> None:
+    """Print the vault's Ed25519 public key (for `audit verify --pubkey`). No passphrase."""
+    with open_auditor(ctx) as auditor:
+        text = format_public_key(auditor.public_key)
+        vault_id = auditor.vault_id
+    if as_json:
+        print_json({"vault": vault_id, "public_key": text})
+    else:
+        click.echo(text)

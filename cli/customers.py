@@ -1,0 +1,129 @@
+"""``customer add|list|show``: customers' metadata. Personal data lives only in records."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import click
+
+from vault import Customer
+
+from .context import open_vault, store_options, unlock_options
+from .output import json_option, print_json, print_pairs, print_table
+from .params import ISO_MOMENT, KEY_VALUE, consent_flags
+
+__all__ = ["customer_group"]
+
+STATES = ("active", "shredding", "shredded")
+
+
+def _consent_text(customer: Customer) -> str:
+    return ",".join(f"{k}={'yes' if v else 'no'}" for k, v in sorted(customer.consent.items()))
+
+
+@click.group("customer")
+def customer_group() -> None:
+    """Add, list and show customers."""
+
+
+@customer_group.command("add")
+@click.option(
+    "--ref",
+    metavar="R",
+    help="An application reference, e.g. a CRM id. Not personal data: it is stored in clear.",
+)
+@click.option(
+    "--consent",
+    "consent",
+    multiple=True,
+    type=KEY_VALUE,
+    metavar="NAME=yes|no",
+    help="A consent flag, e.g. transfer=yes (repeatable).",
+)
+@click.option(
+    "--retain-until",
+    type=ISO_MOMENT,
+    metavar="ISO-DATE",
+    help="Keep the data at least until then (a date means 00:00 UTC; no offset means UTC).",
+)
+@json_option
+@store_options
+@unlock_options
+@click.pass_context
+def add_command(
+    ctx: click.Context,
+    ref: str | None,
+    consent: tuple[tuple[str, str], ...],
+    retain_until: datetime | None,
+    as_json: bool,
+) -> None:
+    """Add a customer with fresh keys and print its id."""
+    flags = consent_flags(consent)
+    with open_vault(ctx) as vault:
+        session = vault.admin()
+        customer_id = session.add_customer(ref=ref, consent=flags, retain_until=retain_until)
+        customer = session.customer(customer_id) if as_json else None
+    if customer is not None:
+        print_json(customer.to_json())
+    else:
+        click.echo(customer_id)
+
+
+@customer_group.command("list")
+@click.option("--state", type=click.Choice(STATES), help="Only customers in this state.")
+@json_option
+@store_options
+@unlock_options
+@click.pass_context
+def list_command(ctx: click.Context, state: str | None, as_json: bool) -> None:
+    """List customers (oldest first)."""
+    with open_vault(ctx) as vault:
+        found = vault.admin().list_customers(state=state)
+    if as_json:
+        print_json([c.to_json() for c in found])
+        return
+    if not found:
+        click.echo("no customers" + (f" in state {state}" if state else ""))
+        return
+    print_table(
+        ["ID", "STATE", "REF", "CREATED", "RETAIN UNTIL", "HOLD", "CONSENT"],
+        [
+            [
+                c.id,
+                c.state,
+                c.ref,
+                c.created,
+                c.retain_until,
+                "yes" if c.legal_hold else "no",
+                _consent_text(c) or None,
+            ]
+            for c in found
+        ],
+    )
+
+
+@customer_group.command("show")
+@click.argument("customer_id", metavar="ID")
+@json_option
+@store_options
+@unlock_options
+@click.pass_context
+def show_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
+    """Show one customer's metadata (also for a shredded customer)."""
+    with open_vault(ctx) as vault:
+        customer = vault.admin().customer(customer_id)
+    if as_json:
+        print_json(customer.to_json())
+        return
+    print_pairs(
+        [
+            ("id", customer.id),
+            ("state", customer.state),
+            ("ref", customer.ref),
+            ("created", customer.created),
+            ("retain until", customer.retain_until),
+            ("legal hold", "yes" if customer.legal_hold else "no"),
+            ("consent", _consent_text(customer) or None),
+            ("shredded", customer.shredded),
+        ]
+    )

@@ -1,0 +1,101 @@
+"""``init DIR``: create a vault, unlocked by a passphrase or a keyfile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from vault import Vault, format_public_key, generate_keyfile
+
+from .context import (
+    Credential,
+    data_url_option,
+    resolve_credential,
+    settings_of,
+    unlock_options,
+)
+from .output import json_option, note, print_json, print_pairs
+
+__all__ = ["init_command"]
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return path.resolve().is_relative_to(directory.resolve())
+
+
+def _new_keyfile(path: Path, vault_dir: Path) -> Credential:
+    if _inside(path, vault_dir):
+        raise click.BadParameter(
+            "keep the keyfile outside the vault directory: whoever copies the directory "
+            "would get the key with it",
+            param_hint="'--new-keyfile'",
+        )
+    if path.exists():
+        raise click.BadParameter(
+            f"{path} already exists; refusing to overwrite a key", param_hint="'--new-keyfile'"
+        )
+    generate_keyfile(path)
+    return Credential(keyfile=path)
+
+
+@click.command("init")
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--new-keyfile",
+    metavar="PATH",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Generate a new 32-byte keyfile at PATH (mode 0600) and use it instead of a passphrase.",
+)
+@json_option
+@data_url_option
+@unlock_options
+@click.pass_context
+def init_command(
+    ctx: click.Context, directory: Path, new_keyfile: Path | None, as_json: bool
+) -> None:
+    """Create a vault in DIR (new or empty).
+
+    Unlocked by a passphrase (asked twice on a terminal, or --passphrase-file /
+    SHREDVAULT_PASSPHRASE), by an existing --keyfile, or by a keyfile made with
+    --new-keyfile. With --data-url the data lives in PostgreSQL; the keystore stays in DIR.
+    """
+    settings = settings_of(ctx)
+    if new_keyfile is not None:
+        if settings.keyfile is not None or settings.passphrase_file is not None:
+            raise click.UsageError("--new-keyfile replaces --keyfile and --passphrase-file")
+        credential = _new_keyfile(new_keyfile, directory)
+    else:
+        credential = resolve_credential(settings, confirm=True)
+    try:
+        vault = Vault.create(directory, data_url=settings.data_url, **credential.kwargs())
+    except BaseException:
+        if new_keyfile is not None:
+            new_keyfile.unlink(missing_ok=True)  # a key to no vault is only a liability
+        raise
+    with vault:
+        summary = {
+            "vault": vault.vault_id,
+            "path": str(directory),
+            "public_key": format_public_key(vault.public_key),
+            "data": "external" if settings.data_url else "sqlite",
+            "unlock": "keyfile" if credential.keyfile is not None else "passphrase",
+            "keyfile": str(credential.keyfile) if credential.keyfile is not None else None,
+        }
+    if as_json:
+        print_json(summary)
+    else:
+        print_pairs(
+            [
+                ("vault", summary["vault"]),
+                ("path", summary["path"]),
+                ("public key", summary["public_key"]),
+                ("data", "PostgreSQL (--data-url)" if settings.data_url else "data.db"),
+                ("unlock", summary["unlock"]),
+            ]
+        )
+    if new_keyfile is not None:
+        note(
+            f"new keyfile written to {new_keyfile}: it unlocks the vault. Keep it safe and "
+            "apart from the vault directory; without it the vault cannot be opened."
+        )

@@ -1,0 +1,84 @@
+"""``kind declare|list``: the record kinds the vault may hold (minimal collection)."""
+
+from __future__ import annotations
+
+import click
+
+from vault import KindSpec
+
+from .context import open_vault, store_options, unlock_options
+from .output import json_option, print_json, print_table
+from .params import comma_list
+
+__all__ = ["kind_group"]
+
+
+def _spec_json(spec: KindSpec) -> dict[str, object]:
+    return {"kind": spec.name, **spec.to_json()}
+
+
+@click.group("kind")
+def kind_group() -> None:
+    """Declare and list record kinds: their fields and the purposes they serve."""
+
+
+@kind_group.command("declare")
+@click.argument("name")
+@click.option(
+    "--fields",
+    "fields",
+    multiple=True,
+    required=True,
+    metavar="A,B,...",
+    help="Fields the kind may hold (comma-separated; repeatable).",
+)
+@click.option(
+    "--purposes",
+    "purposes",
+    multiple=True,
+    required=True,
+    metavar="X,Y,...",
+    help="Purposes the kind may be used for (comma-separated; repeatable).",
+)
+@json_option
+@store_options
+@unlock_options
+@click.pass_context
+def declare_command(
+    ctx: click.Context,
+    name: str,
+    fields: tuple[str, ...],
+    purposes: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Declare (or redeclare) kind NAME. Storing anything undeclared is refused."""
+    with open_vault(ctx) as vault:
+        vault.declare_kind(name, fields=comma_list(fields), purposes=comma_list(purposes))
+        spec = vault.kinds()[name]
+    if as_json:
+        print_json(_spec_json(spec))
+    else:
+        click.echo(
+            f"declared kind {spec.name}: fields {', '.join(sorted(spec.fields))}; "
+            f"purposes {', '.join(sorted(spec.purposes))}"
+        )
+
+
+@kind_group.command("list")
+@json_option
+@store_options
+@unlock_options
+@click.pass_context
+def list_command(ctx: click.Context, as_json: bool) -> None:
+    """List the declared kinds."""
+    with open_vault(ctx) as vault:
+        specs = sorted(vault.kinds().values(), key=lambda s: s.name)
+    if as_json:
+        print_json([_spec_json(s) for s in specs])
+    elif not specs:
+        click.echo("no kinds declared (add one with: shredvault kind declare)")
+    else:
+        print_table(
+            ["KIND", "FIELDS", "PURPOSES"],
+            [[s.name, ",".join(sorted(s.fields)), ",".join(sorted(s.purposes))] for s in specs],
+        )

@@ -1,0 +1,111 @@
+"""The ``shredvault`` command group: global options, error-to-exit-code mapping, entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from vault import KeysError, VaultError
+
+from . import audit, customers, demo, init, kinds, records
+from .context import (
+    DATA_URL_ENV,
+    DATA_URL_HELP,
+    KEYFILE_ENV,
+    KEYFILE_HELP,
+    PASSPHRASE_FILE_HELP,
+    VAULT_ENV,
+    VAULT_HELP,
+    Settings,
+    check_data_url,
+)
+from .exit_codes import CommandError, describe, exit_code_for
+
+__all__ = ["cli", "main"]
+
+
+class VaultGroup(click.Group):
+    """A group that turns the library's errors into ``error: ...`` and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            raise  # the reader went away (``| head``): click ends quietly
+        except (CommandError, VaultError, KeysError, OSError) as error:
+            # Expected failures: one line on stderr and the exit code, no traceback.
+            click.echo(f"error: {describe(error)}", err=True)
+            ctx.exit(exit_code_for(error))
+
+
+@click.group(
+    cls=VaultGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--vault",
+    "vault_dir",
+    metavar="DIR",
+    envvar=VAULT_ENV,
+    type=click.Path(file_okay=False, path_type=Path),
+    help=VAULT_HELP,
+)
+@click.option("--data-url", metavar="URL", envvar=DATA_URL_ENV, help=DATA_URL_HELP)
+@click.option(
+    "--passphrase-file",
+    metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help=PASSPHRASE_FILE_HELP,
+)
+@click.option(
+    "--keyfile",
+    metavar="FILE",
+    envvar=KEYFILE_ENV,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=KEYFILE_HELP,
+)
+@click.version_option(package_name="shredvault", prog_name="shredvault")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    vault_dir: Path | None,
+    data_url: str | None,
+    passphrase_file: Path | None,
+    keyfile: Path | None,
+) -> None:
+    """Customer records encrypted under one key per customer, every access in a
+    hash-chained log, erasure by destroying keys.
+
+    Exit codes: 0 ok, 1 error, 2 usage, 3 access denied, 4 not found or shredded,
+    5 verification failed, 6 unlock failed.
+
+    Try `shredvault demo` for a tour in a throw-away vault.
+    """
+    ctx.obj = Settings(
+        vault=vault_dir,
+        data_url=check_data_url(data_url),
+        keyfile=keyfile,
+        keyfile_from_env=ctx.get_parameter_source("keyfile") is ParameterSource.ENVIRONMENT,
+        passphrase_file=passphrase_file,
+    )
+
+
+cli.add_command(init.init_command)
+cli.add_command(demo.demo_command)
+cli.add_command(kinds.kind_group)
+cli.add_command(customers.customer_group)
+cli.add_command(records.record_group)
+cli.add_command(audit.audit_group)
+
+
+def main() -> None:
+    """Console-script entry point (click's standalone mode also ends quietly, exit 1,
+    when the reader of stdout goes away)."""
+    cli.main(prog_name="shredvault")
+
+
+if __name__ == "__main__":
+    main()

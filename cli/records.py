@@ -1,0 +1,168 @@
+"""``record put|get|list|delete``: encrypted records, each access with a purpose and logged."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from vault import Record
+
+from .context import open_vault, store_options, unlock_options
+from .output import json_option, print_json, print_pairs
+from .params import KEY_VALUE, field_values
+
+__all__ = ["record_group"]
+
+# The library refuses records over 1 MiB; read a little more so that it can say so.
+_MAX_STDIN = 4 * 1024 * 1024
+
+purpose_option = click.option(
+    "--purpose",
+    required=True,
+    metavar="P",
+    help="Why you access the data; must be declared for the record's kind.",
+)
+
+
+def _print_record(record: Record) -> None:
+    click.echo(
+        f"{record.id}  {record.kind} v{record.version}  "
+        f"customer {record.customer}  updated {record.updated}"
+    )
+    print_pairs(sorted(record.fields.items()), indent="  ")
+
+
+def _read_stdin_object() -> dict[str, Any]:
+    text = sys.stdin.read(_MAX_STDIN + 1)
+    if len(text) > _MAX_STDIN:
+        raise click.UsageError("the JSON on stdin is too large for one record")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        # The decoder's message gives only a position, never the text.
+        raise click.UsageError(
+            f"stdin is not valid JSON (line {error.lineno}, column {error.colno})"
+        ) from None
+    if not isinstance(value, dict):
+        raise click.UsageError("stdin must hold a JSON object of field names to values")
+    return value
+
+
+@click.group("record")
+def record_group() -> None:
+    """Store, read, list and delete a customer's encrypted records."""
+
+
+@record_group.command("put")
+@click.argument("customer_id", metavar="CUSTOMER")
+@click.argument("kind")
+@click.argument("source", metavar="[-]", required=False)
+@purpose_option
+@click.option(
+    "--field",
+    "field_pairs",
+    multiple=True,
+    type=KEY_VALUE,
+    help="A field value (a string; repeatable). Wins over the same field from stdin.",
+)
+@click.option(
+    "--stdin", "from_stdin", is_flag=True, help="Read a JSON object of fields from stdin (or -)."
+)
+@json_option
+@store_options
+@unlock_options
+@click.pass_context
+def put_command(
+    ctx: click.Context,
+    customer_id: str,
+    kind: str,
+    source: str | None,
+    purpose: str,
+    field_pairs: tuple[tuple[str, str], ...],
+    from_stdin: bool,
+    as_json: bool,
+) -> None:
+    """Store a record of KIND for CUSTOMER and print its id.
+
+    Fields come from --field NAME=VALUE and/or a JSON object on stdin (give - or
+    --stdin); both are merged.
+    """
+    if source is not None and source != "-":
+        raise click.BadParameter("only - (read stdin) may follow KIND", param_hint="'[-]'")
+    fields: dict[str, Any] = _read_stdin_object() if from_stdin or source == "-" else {}
+    fields.update(field_values(field_pairs, "--field"))
+    if not fields:
+        raise click.UsageError("no fields: give --field NAME=VALUE or a JSON object on stdin (-)")
+    with open_vault(ctx) as vault:
+        record_id = vault.admin().put(customer_id, kind, fields, purpose=purpose)
+    if as_json:
+        print_json({"id": record_id, "customer": customer_id, "kind": kind})
+    else:
+        click.echo(record_id)
+
+
+@record_group.command("get")
+@click.argument("customer_id", metavar="CUSTOMER")
+@click.argument("record_id", metavar="RECORD")
+@purpose_option
+@json_option
+@store_options
+@unlock_options
+@click.pass_context
+def get_command(
+    ctx: click.Context, customer_id: str, record_id: str, purpose: str, as_json: bool
+) -> None:
+    """Decrypt and print one record (the read is logged with its purpose)."""
+    with open_vault(ctx) as vault:
+        record = vault.admin().get(customer_id, record_id, purpose=purpose)
+    if as_json:
+        print_json(record.to_json())
+    else:
+        _print_record(record)
+
+
+@record_group.command("list")
+@click.argument("customer_id", metavar="CUSTOMER")
+@purpose_option
+@click.option("--kind", metavar="K", help="Only records of this kind.")
+@json_option
+@store_options
+@unlock_options
+@click.pass_context
+def list_command(
+    ctx: click.Context, customer_id: str, purpose: str, kind: str | None, as_json: bool
+) -> None:
+    """Print every record of CUSTOMER usable for the purpose (each read is logged)."""
+    with open_vault(ctx) as vault:
+        found = vault.admin().list_records(customer_id, purpose=purpose, kind=kind)
+    if as_json:
+        print_json([r.to_json() for r in found])
+        return
+    if not found:
+        click.echo(f"no records usable for purpose {purpose}")
+    for i, record in enumerate(found):
+        if i:
+            click.echo()
+        _print_record(record)
+
+
+@record_group.command("delete")
+@click.argument("customer_id", metavar="CUSTOMER")
+@click.argument("record_id", metavar="RECORD")
+@purpose_option
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@store_options
+@unlock_options
+@click.pass_context
+def delete_command(
+    ctx: click.Context, customer_id: str, record_id: str, purpose: str, yes: bool
+) -> None:
+    """Delete one record of CUSTOMER (logged). Asks first unless --yes."""
+    if not yes:
+        click.confirm(f"Delete record {record_id} of {customer_id}?", abort=True, err=True)
+    with open_vault(ctx) as vault:
+        vault.admin().delete(customer_id, record_id, purpose=purpose)
+    click.echo(f"deleted {record_id}")
