@@ -41,7 +41,9 @@ SCOPE = (
     "Not covered: a copy of keys.db made before the shred (for example a backup) still "
     "holds the key until that copy is destroyed or expires; restoring a backup replays "
     "this shred before the vault serves. Plaintext the business exported or printed "
-    "before the shred is outside the vault."
+    "before the shred is outside the vault. Until `shredvault compact` runs, the "
+    "customer's unreadable ciphertext rows still carry its id and the record ids that "
+    "older log entries name; compaction removes them."
 )
 
 
@@ -125,6 +127,8 @@ def verify_receipt(document: dict[str, Any], *, public_key: bytes | None = None)
         embedded = bytes.fromhex(str(document["public_key"]).removeprefix("ed25519:"))
     except (KeyError, TypeError, ValueError, VerificationError) as error:
         return fail("malformed", f"receipt is malformed: {error}")
+    if document.get("scope") != SCOPE:
+        return fail("modified", "the scope statement was altered")
     key = public_key if public_key is not None else embedded
     claimed_hash = entry.pop("hash", None)
     body = canonical(entry)

@@ -161,10 +161,16 @@ def _finish(vault: Vault, actor: str, role: str, customer_id: str) -> Receipt | 
             update(customers)
             .where(customers.c.id == customer_id)
             .values(
+                # Nothing that was logged exactly (retention, consent, the creation
+                # time) may stay: it would lead from the customer id back to its old
+                # entries. Dates only, so they cannot be matched to an entry time.
                 state="shredded",
                 ref=None,
                 legal_hold=False,
-                shredded=format_ts(now)[:10],  # a date, so it cannot be matched to an entry time
+                retain_until=None,
+                consent="{}",
+                created=func.substr(customers.c.created, 1, 10),
+                shredded=format_ts(now)[:10],
                 shred_intent_seq=None,
             )
         )
