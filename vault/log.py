@@ -197,5 +197,8 @@ def iter_entries(
             cursor = int(rest)
             continue
         for row in rows:
-            yield LogEntry(int(row.seq), str(row.hash), bytes(row.body))
+            body = row.body
+            # A tampered SQLite row can hold TEXT where bytes belong: verify it as bytes.
+            raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
+            yield LogEntry(int(row.seq), str(row.hash), raw)
         cursor = upper + 1

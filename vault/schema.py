@@ -107,7 +107,9 @@ def encode_fields(spec: KindSpec, fields: Mapping[str, object]) -> bytes:
         raise SchemaError(f"field(s) {shown} not declared for kind {spec.name!r}")
     for name, value in fields.items():
         _check_value(spec.name, name, value)
-        big = (isinstance(value, str) and len(value) > MAX_FIELD_BYTES // 4) or isinstance(
+        # JSON escaping can take 6 bytes per character (\u0001), so measure any string
+        # that could reach the limit once escaped.
+        big = (isinstance(value, str) and len(value) > MAX_FIELD_BYTES // 6) or isinstance(
             value, list
         )
         if big and len(canonical(value)) > MAX_FIELD_BYTES:

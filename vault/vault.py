@@ -41,7 +41,7 @@ from .log import Event, append, iter_entries
 from .receipt import Receipt
 from .schema import KindSpec
 from .shred import roll_forward
-from .store import SCHEMA_VERSION, DataStore, LogHead, checkpoints, kinds, meta, principals
+from .store import SCHEMA_VERSION, DataStore, LogHead, checkpoints, kinds, log, meta, principals
 from .verify import VerifyReport, verify_chain
 
 __all__ = ["DATA_FILE", "KEYS_FILE", "Vault"]
@@ -142,6 +142,7 @@ class Vault:
         root.mkdir(parents=True, exist_ok=True)
         data: DataStore | None = None
         keyring: KeyRing | None = None
+        made_schema = False
         try:
             try:
                 keyring = KeyRing.create(
@@ -162,6 +163,7 @@ class Vault:
             if data.has_schema():
                 raise StorageError("the data store already holds a vault; refusing to overwrite it")
             data.create_schema()
+            made_schema = True
             data.read(lambda c: None)
             with data.engine.begin() as conn:
                 data.init_rows(
@@ -183,8 +185,8 @@ class Vault:
             return vault
         except BaseException:
             if data is not None:
-                if data_url:
-                    _drop_schema(data)
+                if data_url and made_schema:
+                    _drop_schema(data)  # only tables this call created; never a vault's
                 data.dispose()
             if keyring is not None:
                 keyring.close()
@@ -241,6 +243,8 @@ class Vault:
                     "this vault keeps its data in an external database: pass data_url "
                     "(CLI: --data-url or SHREDVAULT_DATA_URL)"
                 )
+            if data_url is None and not (root / DATA_FILE).is_file():
+                raise StorageError(f"the data store {root / DATA_FILE} is missing")
             data = _connect_data(root, data_url, busy_timeout)
             _check_data_store(data, keyring.vault_id)
             vault = cls(root, keyring, data, clock=clock, checkpoint_interval=checkpoint_interval)
@@ -517,12 +521,14 @@ def verify_store(
         ).all()
         return [parse_checkpoint(bytes(r.body), bytes(r.signature)) for r in rows]
 
-    try:
-        cps = data.read(read_cps)
-    except VaultError:
-        raise
+    # Order matters with writers running: a checkpoint commits with the head row that
+    # covers it, so checkpoints read *before* the head are all at or below it, and every
+    # entry up to that head has committed. Entries appended after we read the head are
+    # simply not part of this verification.
+    cps = data.read(read_cps)
+    head = data.read(_read_head)
     report = verify_chain(
-        iter_entries(data, since=since),
+        iter_entries(data, since=since, until=head.seq),
         vault_id=vault_id,
         public_key=public_key,
         checkpoints=cps,
@@ -531,15 +537,26 @@ def verify_store(
         from_genesis=since <= 1,
         strict=strict,
         progress=progress,
+        last_seq_before=min(head.seq, since - 1),
     )
+    if report.ok and (head.seq != report.last_seq or head.hash != report.head):
+        reason = "truncated" if head.seq > report.last_seq else "modified"
+        report.fail(
+            reason,
+            min(head.seq, report.last_seq) + 1,
+            f"the log head row says seq {head.seq} but the log ends at {report.last_seq}",
+        )
     if report.ok:
-        head = data.read(_read_head)
-        if head.seq != report.last_seq or head.hash != report.head:
-            reason = "truncated" if head.seq > report.last_seq else "inserted"
+        # Rows past the head row: read the highest seq first, then the head. A real
+        # entry commits together with a head at least as high, so a later head read
+        # covers it; a row beyond that head was slipped in without one.
+        highest = data.read(lambda conn: conn.execute(select(func.max(log.c.seq))).scalar())
+        latest = data.read(_read_head)
+        if highest is not None and int(highest) > latest.seq:
             report.fail(
-                reason,
-                min(head.seq, report.last_seq) + 1,
-                f"the log head row says seq {head.seq} but the log ends at {report.last_seq}",
+                "inserted",
+                latest.seq + 1,
+                f"entries up to seq {highest} lie beyond the head row (seq {latest.seq})",
             )
     return report
 

@@ -101,14 +101,18 @@ def verify_chain(
     from_genesis: bool = True,
     strict: bool = False,
     progress: Callable[[int], None] | None = None,
+    last_seq_before: int = 0,
 ) -> VerifyReport:
     """Verify a stream of entries; never raises for bad input, returns a report.
+
+    ``last_seq_before`` is the seq known to precede the stream (for a stream that
+    starts after genesis and turns out empty, where the log is known to end).
 
     ``anchor_shortfall`` names a log that ends before the anchor: ``"truncated"`` for an
     auditor's anchor, ``"rolled back"`` for the keystore's. Without ``public_key``
     signatures cannot be checked; the report says so in ``notes``.
     """
-    report = VerifyReport()
+    report = VerifyReport(last_seq=last_seq_before)
     by_seq: dict[int, Checkpoint] = {}
     for cp in sorted(checkpoints, key=lambda c: c.seq):
         if cp.vault != vault_id:
@@ -160,6 +164,17 @@ def verify_chain(
         except (ValueError, KeyError, UnicodeDecodeError):
             return report.fail("malformed", entry.seq, f"entry {entry.seq} is malformed")
         if seq != entry.seq:
+            if peek(1) is not None:
+                try:
+                    next_seq = _fields(ahead[0].body, strict)[0]
+                except (ValueError, KeyError, UnicodeDecodeError):
+                    next_seq = None
+                if next_seq == entry.seq and seq == entry.seq + 1:
+                    return report.fail(
+                        "reordered",
+                        entry.seq,
+                        f"entries {entry.seq} and {seq} are stored in each other's place",
+                    )
             return report.fail("modified", entry.seq, f"entry stored at {entry.seq} says seq {seq}")
         if seq != expected:
             nxt = peek(1)

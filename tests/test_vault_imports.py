@@ -1,0 +1,97 @@
+"""One-way imports (DESIGN §1): keys imports no vault/cli; vault imports no cli and no
+click. Checked on the source with ast, so lazy imports inside functions count too."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import vault
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported_packages(path: Path) -> set[str]:
+    """Top-level names of every absolute import in a file (relative imports stay inside
+    the file's own package)."""
+    tree = ast.parse(path.read_text("utf-8"), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name | ast.Attribute)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.add(node.args[0].value.split(".")[0])
+    return found
+
+
+def sources(package: str) -> list[Path]:
+    files = sorted((ROOT / package).rglob("*.py"))
+    assert files, f"no sources under {package}/"
+    return files
+
+
+@pytest.mark.parametrize("path", sources("keys"), ids=lambda p: p.name)
+def test_keys_modules_import_neither_vault_nor_cli(path: Path) -> None:
+    assert not imported_packages(path) & {"vault", "cli"}
+
+
+@pytest.mark.parametrize("path", sources("vault"), ids=lambda p: p.name)
+def test_vault_modules_import_neither_cli_nor_click(path: Path) -> None:
+    assert not imported_packages(path) & {"cli", "click"}
+
+
+def test_the_import_scanner_sees_lazy_and_from_imports(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import os.path\n"
+        "from . import sibling\n"
+        "def f():\n"
+        "    from cli.main import main\n"
+        "    import click as c\n"
+        "    importlib.import_module('vault.log')\n"
+    )
+    assert imported_packages(probe) == {"os", "cli", "click", "vault"}
+
+
+def test_every_name_in_vault_all_exists() -> None:
+    missing = [name for name in vault.__all__ if not hasattr(vault, name)]
+    assert missing == []
+    assert len(set(vault.__all__)) == len(vault.__all__)
+
+
+def test_vault_all_covers_the_documented_error_tree() -> None:
+    for name in (
+        "VaultError",
+        "UnlockError",
+        "AccessDeniedError",
+        "SchemaError",
+        "NotFoundError",
+        "ShreddedError",
+        "VerificationError",
+        "AuditChainError",
+        "VaultBusyError",
+        "StorageError",
+        "DecryptionError",
+        "UnsupportedFormatError",
+    ):
+        assert name in vault.__all__
+    assert issubclass(vault.ShreddedError, vault.NotFoundError)
+    assert issubclass(vault.AuditChainError, vault.VerificationError)
+    assert issubclass(vault.NotFoundError, LookupError)
+    assert issubclass(vault.SchemaError, ValueError)
+
+
+def test_vault_all_names_the_public_entry_points() -> None:
+    for name in ("Vault", "Session", "Auditor", "Record", "Customer", "verify_export"):
+        assert name in vault.__all__
