@@ -14,8 +14,10 @@ import hmac
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from .clock import format_ts, parse_ts
 from .errors import SchemaError
 from .schema import check_name
 
@@ -25,6 +27,7 @@ __all__ = [
     "Role",
     "hash_token",
     "new_token",
+    "normalize_expiry",
     "split_token",
     "token_matches",
 ]
@@ -91,7 +94,7 @@ class Role:
             purposes=None
             if purposes is None
             else frozenset(check_name("purpose", p) for p in purposes),
-            expires=expires,
+            expires=normalize_expiry(expires),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -122,7 +125,7 @@ class Role:
             kinds=None if raw.get("kinds") is None else frozenset(raw["kinds"]),
             fields=None if field_map is None else {k: frozenset(v) for k, v in field_map.items()},
             purposes=None if raw.get("purposes") is None else frozenset(raw["purposes"]),
-            expires=raw.get("expires"),
+            expires=normalize_expiry(raw.get("expires")),
         )
 
     def denial(
@@ -145,6 +148,21 @@ class Role:
         if self.fields is None:
             return None
         return self.fields.get(kind)  # kinds the map does not name keep every field
+
+
+def normalize_expiry(value: object) -> str | None:
+    """An expiry as fixed-width RFC 3339 UTC (so text order is time order), or None.
+    Accepts a timezone-aware datetime or an RFC 3339 / ISO 8601 text with an offset."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, datetime):
+            return format_ts(value)
+        if isinstance(value, str):
+            return format_ts(parse_ts(value))
+    except ValueError:
+        pass
+    raise SchemaError("an expiry must be a timezone-aware time, e.g. 2027-01-31T00:00:00Z")
 
 
 BUILTIN_ROLES: dict[str, Role] = {

@@ -21,7 +21,7 @@ from keys import DecryptionError, Envelope
 from keys.envelope import record_aad_suffix
 
 from . import ids
-from .access import BUILTIN_ROLES, Role, new_token
+from .access import BUILTIN_ROLES, Role, new_token, normalize_expiry
 from .clock import format_ts
 from .errors import (
     AccessDeniedError,
@@ -145,7 +145,13 @@ class Session:
         self._vault._transact(lambda tx: self._gate(tx.conn, action, log_action) and None)
 
     def _deny_fields(
-        self, role: Role, kind: str, names: Sequence[str], log_action: str, purpose: str
+        self,
+        role: Role,
+        kind: str,
+        names: Sequence[str],
+        log_action: str,
+        purpose: str,
+        subject: str | None = None,
     ) -> None:
         from .vault import Refusal
 
@@ -157,6 +163,7 @@ class Session:
             ev = self._event(
                 log_action,
                 outcome="denied",
+                subject=subject,
                 purpose=purpose,
                 detail={"kind": kind, "fields": outside, "reason_code": "field_not_allowed"},
             )
@@ -183,7 +190,7 @@ class Session:
         consent_map = {check_name("consent", k): v for k, v in (consent or {}).items()}
         if not all(isinstance(v, bool) for v in consent_map.values()):
             raise SchemaError("consent values must be True or False")
-        until = format_ts(retain_until) if retain_until is not None else None
+        until = normalize_expiry(retain_until)
         vault = self._vault
         self._authorize("write", "customer.add")
         cid = ids.new_id(ids.CUSTOMER)
@@ -393,7 +400,7 @@ class Session:
         """Create a principal and return its token: shown once, stored only as SHA-256."""
         check_name("principal", name)
         check_name("role", role)
-        until = format_ts(expires) if expires is not None else None
+        until = normalize_expiry(expires)
         token, lookup = new_token()
         from .access import hash_token
 
@@ -552,7 +559,7 @@ class Session:
                 role = self._gate(
                     tx.conn, "write", "record.put", kind=kind, purpose=purpose, subject=_tag(only)
                 )
-                self._deny_fields(role, kind, sorted(names), "record.put", purpose)
+                self._deny_fields(role, kind, sorted(names), "record.put", purpose, _tag(only))
             states = self._customer_states(tx.conn, cids, "record.put", purpose)
             stale = [c for c in cids if c not in keys or keys[c].current.version != states[c]]
             if stale:
@@ -598,7 +605,8 @@ class Session:
             )[0]
             kind = str(row["kind"])
             role = self._current_role(tx.conn, "record.update")
-            self._deny_fields(role, kind, sorted(fields), "record.update", purpose)
+            subject = _tag(vault._keys.customer_keys([customer_id]).get(customer_id))
+            self._deny_fields(role, kind, sorted(fields), "record.update", purpose, subject)
             keys = vault._keys.customer_keys([customer_id])
             old = self._decrypt(keys, customer_id, record_id, row)
             spec = vault.kind(kind)
@@ -687,7 +695,12 @@ class Session:
             vault.kind(kind)  # SchemaError for an undeclared kind
 
         def work(tx: Tx) -> list[Record]:
-            role = self._gate(tx.conn, "read", "record.list", kind=kind, purpose=purpose)
+            subject = _tag(vault._keys.customer_keys([customer_id]).get(customer_id))
+            if kind is None and not any(purpose in k.purposes for k in vault.kinds().values()):
+                raise self._purpose_refusal(purpose, "record.list", subject)
+            role = self._gate(
+                tx.conn, "read", "record.list", kind=kind, purpose=purpose, subject=subject
+            )
             self._customer_states(tx.conn, [customer_id], "record.list", purpose)
             stmt = select(records.c.id, records.c.kind).where(records.c.customer_id == customer_id)
             if kind is not None:
@@ -710,6 +723,18 @@ class Session:
         return vault._transact(work)
 
     # -- internals --------------------------------------------------------------------
+
+    def _purpose_refusal(self, purpose: str, action: str, subject: str | None) -> Exception:
+        from .vault import Refusal
+
+        ev = self._event(
+            action,
+            outcome="denied",
+            subject=subject,
+            purpose=purpose,
+            detail={"reason_code": "purpose_not_declared"},
+        )
+        return Refusal(PurposeError(f"purpose {purpose!r} is declared for no kind"), ev)
 
     def _not_found(self, action: str, what: str, *, purpose: str | None = None) -> Exception:
         from .vault import Refusal

@@ -239,7 +239,7 @@ def compact(
     removed = 0
     while True:
 
-        def work(tx: Tx) -> int:
+        def work(tx: Tx, first: bool = removed == 0) -> int:
             shredded = select(customers.c.id).where(customers.c.state == "shredded")
             ids = [
                 str(r.id)
@@ -250,6 +250,8 @@ def compact(
                 )
             ]
             if not ids:
+                if first:  # log an empty run too: every decision is logged
+                    tx.log(Event(actor, role, "vault.compact", detail={"records": 0}))
                 return 0
             tx.conn.execute(delete(records).where(records.c.id.in_(ids)))
             crash_point("compact:batch")
