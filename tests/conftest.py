@@ -81,8 +81,6 @@ def make_vault(tmp_path: Path, keyfile: Path, backend: str | None) -> Iterator[V
 def sqlite_vault(tmp_path: Path, keyfile: Path) -> Iterator[Vault]:
     """One SQLite vault with a declared ``profile`` kind."""
     v = Vault.create(tmp_path / "vault", keyfile=keyfile)
-    v.declare_kind(
-        "profile", fields=["name", "phone", "address"], purposes=["service", "billing"]
-    )
+    v.declare_kind("profile", fields=["name", "phone", "address"], purposes=["service", "billing"])
     yield v
     v.close()
