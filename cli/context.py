@@ -1,8 +1,11 @@
-"""Where the vault is and how to unlock it: global options, environment and prompts.
+"""Where the vault is, how to unlock it and who acts in it: global options, environment
+and prompts.
 
 Options given on the command line beat the environment; the vault location and data
 URL may be given before the command (``shredvault --vault DIR record get ...``) or
-after it (``shredvault record get --vault DIR ...``).
+after it (``shredvault record get --vault DIR ...``). Data commands act as the unlocking
+administrator, or as the principal ``--token``/``SHREDVAULT_TOKEN`` names; the token
+is kept out of every repr and message.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from typing import Any, TypeVar
 
 import click
 
-from vault import Auditor, Vault
+from vault import Auditor, Session, Vault
+
+from .receipts import save_recovered_receipts
 
 __all__ = [
     "DATA_URL_ENV",
@@ -26,17 +31,24 @@ __all__ = [
     "KEYFILE_HELP",
     "PASSPHRASE_ENV",
     "PASSPHRASE_FILE_HELP",
+    "TOKEN_ENV",
+    "TOKEN_HELP",
     "VAULT_ENV",
     "VAULT_HELP",
     "Credential",
     "Settings",
+    "acting_session",
     "check_data_url",
+    "clean_token",
     "data_url_option",
     "open_auditor",
+    "open_session",
     "open_vault",
+    "read_secret_file",
     "resolve_credential",
     "settings_of",
     "store_options",
+    "token_option",
     "unlock_options",
 ]
 
@@ -44,6 +56,7 @@ VAULT_ENV = "SHREDVAULT_VAULT"
 DATA_URL_ENV = "SHREDVAULT_DATA_URL"
 KEYFILE_ENV = "SHREDVAULT_KEYFILE"
 PASSPHRASE_ENV = "SHREDVAULT_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
+TOKEN_ENV = "SHREDVAULT_TOKEN"  # noqa: S105 (a variable name, not a secret)
 
 _MAX_PASSPHRASE_FILE = 64 * 1024
 
@@ -59,6 +72,7 @@ class Settings:
     keyfile: Path | None = None
     keyfile_from_env: bool = False
     passphrase_file: Path | None = None
+    token: str | None = field(default=None, repr=False)
 
     def require_vault(self) -> Path:
         """The vault directory; a usage error (exit 2) when none was given."""
@@ -121,12 +135,28 @@ def _set_passphrase_file(ctx: click.Context, _param: click.Parameter, value: Pat
         settings_of(ctx).passphrase_file = value
 
 
+def clean_token(value: str | None) -> str | None:
+    """A token as given, without surrounding whitespace (an env file's newline); None
+    when empty. Never validated here: the vault decides, and says nothing of it."""
+    return (value or "").strip() or None
+
+
+def _set_token(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    token = clean_token(value)
+    if token is not None:
+        settings_of(ctx).token = token
+
+
 VAULT_HELP = f"The vault directory [env: {VAULT_ENV}]."
 DATA_URL_HELP = f"Data store URL, for PostgreSQL (never printed) [env: {DATA_URL_ENV}]."
 KEYFILE_HELP = f"Unlock with this 32-byte keyfile (mode 0600) [env: {KEYFILE_ENV}]."
 PASSPHRASE_FILE_HELP = (
     f"Read the passphrase from FILE (one trailing newline is dropped); or set {PASSPHRASE_ENV}, "
     "or be prompted on a terminal."
+)
+TOKEN_HELP = (
+    "Act as the principal this token names (from `principal add`) instead of as the "
+    f"administrator; prefer the environment, which other users cannot see [env: {TOKEN_ENV}]."
 )
 
 
@@ -174,6 +204,17 @@ def unlock_options(command: F) -> F:
     )(command)
 
 
+def token_option(command: F) -> F:
+    """``--token`` on a command that acts on the vault's data as a principal."""
+    return click.option(
+        "--token",
+        metavar="TOKEN",
+        expose_value=False,
+        callback=_set_token,
+        help=TOKEN_HELP,
+    )(command)
+
+
 # -- credentials ------------------------------------------------------------------------
 
 
@@ -183,25 +224,22 @@ def _strip_newline(text: str) -> str:
     return text.removesuffix("\n")
 
 
-def _read_passphrase_file(path: Path) -> bytes:
+def read_secret_file(path: Path, option: str = "--passphrase-file") -> bytes:
+    """A passphrase from a file (UTF-8, one trailing newline dropped). Errors are usage
+    errors naming ``option`` and the file, never a byte of its content."""
+    hint = f"'{option}'"
     try:
         with path.open("rb") as handle:
             raw = handle.read(_MAX_PASSPHRASE_FILE + 1)
     except OSError as error:
-        raise click.BadParameter(
-            f"cannot read {path}: {error.strerror}", param_hint="'--passphrase-file'"
-        ) from None
+        raise click.BadParameter(f"cannot read {path}: {error.strerror}", param_hint=hint) from None
     if len(raw) > _MAX_PASSPHRASE_FILE:
-        raise click.BadParameter(
-            f"{path} is too large for a passphrase file", param_hint="'--passphrase-file'"
-        )
+        raise click.BadParameter(f"{path} is too large for a passphrase file", param_hint=hint)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         # The codec's message quotes a byte of the passphrase: say nothing of it.
-        raise click.BadParameter(
-            f"{path} is not UTF-8 text", param_hint="'--passphrase-file'"
-        ) from None
+        raise click.BadParameter(f"{path} is not UTF-8 text", param_hint=hint) from None
     return _strip_newline(text).encode("utf-8")
 
 
@@ -232,7 +270,7 @@ def resolve_credential(settings: Settings, *, confirm: bool = False) -> Credenti
     if explicit == ["--keyfile"]:
         return Credential(keyfile=settings.keyfile)
     if settings.passphrase_file is not None:
-        return Credential(passphrase=_read_passphrase_file(settings.passphrase_file))
+        return Credential(passphrase=read_secret_file(settings.passphrase_file))
 
     env_passphrase = os.environ.get(PASSPHRASE_ENV) or None
     if settings.keyfile is not None and env_passphrase is not None:
@@ -262,7 +300,24 @@ def open_vault(ctx: click.Context) -> Iterator[Vault]:
     root = settings.require_vault()
     credential = resolve_credential(settings)
     with Vault.open(root, data_url=settings.data_url, **credential.kwargs()) as vault:
+        if vault.recovered_receipts:
+            save_recovered_receipts(vault)
         yield vault
+
+
+def acting_session(ctx: click.Context, vault: Vault) -> Session:
+    """The session data commands act in: the principal ``--token`` names, else the
+    administrator who unlocked the vault. A bad, revoked or expired token raises
+    ``AccessDeniedError`` (exit 3); the token itself is never printed."""
+    token = settings_of(ctx).token
+    return vault.admin() if token is None else vault.login(token)
+
+
+@contextmanager
+def open_session(ctx: click.Context) -> Iterator[Session]:
+    """Unlock the vault and act in it as :func:`acting_session` says."""
+    with open_vault(ctx) as vault:
+        yield acting_session(ctx, vault)
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""``customer add|list|show``: customers' metadata. Personal data lives only in records."""
+"""``customer add|list|show|hold|release``: customers' metadata and legal holds.
+Personal data lives only in records."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import click
 
 from vault import Customer
 
-from .context import open_vault, store_options, unlock_options
+from .context import open_session, store_options, token_option, unlock_options
 from .output import json_option, print_json, print_pairs, print_table
 from .params import ISO_MOMENT, KEY_VALUE, consent_flags
 
@@ -23,7 +24,7 @@ def _consent_text(customer: Customer) -> str:
 
 @click.group("customer")
 def customer_group() -> None:
-    """Add, list and show customers."""
+    """Add, list and show customers; put them under legal hold and release them."""
 
 
 @customer_group.command("add")
@@ -49,6 +50,7 @@ def customer_group() -> None:
 @json_option
 @store_options
 @unlock_options
+@token_option
 @click.pass_context
 def add_command(
     ctx: click.Context,
@@ -59,8 +61,7 @@ def add_command(
 ) -> None:
     """Add a customer with fresh keys and print its id."""
     flags = consent_flags(consent)
-    with open_vault(ctx) as vault:
-        session = vault.admin()
+    with open_session(ctx) as session:
         customer_id = session.add_customer(ref=ref, consent=flags, retain_until=retain_until)
         customer = session.customer(customer_id) if as_json else None
     if customer is not None:
@@ -74,11 +75,12 @@ def add_command(
 @json_option
 @store_options
 @unlock_options
+@token_option
 @click.pass_context
 def list_command(ctx: click.Context, state: str | None, as_json: bool) -> None:
     """List customers (oldest first)."""
-    with open_vault(ctx) as vault:
-        found = vault.admin().list_customers(state=state)
+    with open_session(ctx) as session:
+        found = session.list_customers(state=state)
     if as_json:
         print_json([c.to_json() for c in found])
         return
@@ -107,11 +109,12 @@ def list_command(ctx: click.Context, state: str | None, as_json: bool) -> None:
 @json_option
 @store_options
 @unlock_options
+@token_option
 @click.pass_context
 def show_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
     """Show one customer's metadata (also for a shredded customer)."""
-    with open_vault(ctx) as vault:
-        customer = vault.admin().customer(customer_id)
+    with open_session(ctx) as session:
+        customer = session.customer(customer_id)
     if as_json:
         print_json(customer.to_json())
         return
@@ -127,3 +130,30 @@ def show_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
             ("shredded", customer.shredded),
         ]
     )
+
+
+@customer_group.command("hold")
+@click.argument("customer_id", metavar="CUSTOMER")
+@store_options
+@unlock_options
+@token_option
+@click.pass_context
+def hold_command(ctx: click.Context, customer_id: str) -> None:
+    """Put CUSTOMER under legal hold: it cannot be shredded, not even by
+    `shred --expired`, until released."""
+    with open_session(ctx) as session:
+        session.hold(customer_id)
+    click.echo(f"customer {customer_id} is under legal hold")
+
+
+@customer_group.command("release")
+@click.argument("customer_id", metavar="CUSTOMER")
+@store_options
+@unlock_options
+@token_option
+@click.pass_context
+def release_command(ctx: click.Context, customer_id: str) -> None:
+    """Release CUSTOMER's legal hold: it may be shredded again."""
+    with open_session(ctx) as session:
+        session.release(customer_id)
+    click.echo(f"released the legal hold on customer {customer_id}")

@@ -1,8 +1,9 @@
 """``demo``: a guided tour in a throw-away vault, end to end, in a second or two.
 
 Creates a vault unlocked by a fresh keyfile, stores three cleaning-service customers'
-profiles, shows that no field value is anywhere in the files, then audits the log
-without the key: live, and again from an export verified offline.
+profiles, shows that no field value is anywhere in the files, crypto-shreds one customer
+and checks its erasure receipt offline, then audits the log without the key: live, and
+again from an export verified offline.
 """
 
 from __future__ import annotations
@@ -16,10 +17,21 @@ from typing import Any
 
 import click
 
-from vault import Auditor, PurposeError, Vault, format_public_key, generate_keyfile, verify_export
+from vault import (
+    Auditor,
+    PurposeError,
+    ShreddedError,
+    Vault,
+    format_public_key,
+    generate_keyfile,
+    load_receipt,
+    verify_export,
+    verify_receipt,
+)
 
 from .exit_codes import CommandError
 from .output import json_option, print_json
+from .receipts import write_receipt
 
 __all__ = ["demo_command"]
 
@@ -54,6 +66,8 @@ CUSTOMERS: tuple[tuple[str, Mapping[str, str]], ...] = (
 KIND = "profile"
 FIELDS = ("name", "phone", "address")
 PURPOSES = ("service", "billing")
+SHRED_INDEX = 1  # the customer who asks to be forgotten
+SHRED_REASON = "customer asked to be forgotten (demo)"
 
 
 @dataclass(slots=True)
@@ -71,6 +85,11 @@ class DemoSummary:
     files_scanned: dict[str, int] = field(default_factory=dict)
     plaintext_hits: list[str] = field(default_factory=list)
     refs_found: int = 0
+    shredded: str = ""
+    shred_seq: int | None = None
+    shred_records: int = 0
+    read_after_shred: str = ""
+    receipt_verified: bool = False
     log_entries: int = 0
     checkpoint_seq: int | None = None
     unsigned_tail: int = 0
@@ -99,6 +118,14 @@ class DemoSummary:
                 "entries": self.log_entries,
                 "last_checkpoint": self.checkpoint_seq,
                 "unsigned_tail": self.unsigned_tail,
+            },
+            "shred": {
+                "customer": self.shredded,
+                "reason": SHRED_REASON,
+                "seq": self.shred_seq,
+                "records_unreadable": self.shred_records,
+                "read_after_shred": self.read_after_shred,
+                "receipt_verified": self.receipt_verified,
             },
             "export": {"entries": self.export_entries, "verified": self.export_verified},
             "kept": self.kept,
@@ -156,6 +183,8 @@ def run_demo(workdir: Path) -> DemoSummary:
             # A control: refs are stored in clear, so the same scan must find them.
             summary.refs_found = len(_found(blob, [ref for ref, _profile in CUSTOMERS]))
 
+    _shred_one(summary, vault_dir, keyfile, workdir / "receipt.json")
+
     with Auditor.open(vault_dir) as auditor:
         report = auditor.verify()
         public_key = auditor.public_key
@@ -167,6 +196,28 @@ def run_demo(workdir: Path) -> DemoSummary:
     summary.unsigned_tail = report.unsigned_tail
     summary.export_verified = verify_export(export_file, public_key=public_key).ok
     return summary
+
+
+def _shred_one(summary: DemoSummary, vault_dir: Path, keyfile: Path, receipt_file: Path) -> None:
+    """Shred one customer, show its record is gone, and check the receipt offline."""
+    customer, record = summary.customers[SHRED_INDEX], summary.records[SHRED_INDEX]
+    with Vault.open(vault_dir, keyfile=keyfile) as vault:
+        public_key = vault.public_key
+        session = vault.admin()
+        receipt = session.shred(customer, reason=SHRED_REASON)
+        write_receipt(receipt, receipt_file)
+        try:
+            session.get(customer, record, purpose="service")
+        except ShreddedError:
+            summary.read_after_shred = "ShreddedError"  # refused, and logged
+        else:
+            raise CommandError("demo: a shredded customer's record could still be read")
+    entry = receipt.to_json()["entry"]
+    summary.shredded = customer
+    summary.shred_seq = int(entry["seq"])
+    summary.shred_records = int(entry["detail"]["records"])
+    # Offline: only the file and the public key, as the customer would check it.
+    summary.receipt_verified = verify_receipt(load_receipt(receipt_file), public_key=public_key).ok
 
 
 def _narrate(s: DemoSummary) -> None:
@@ -194,11 +245,23 @@ def _narrate(s: DemoSummary) -> None:
     found = len(s.plaintext_hits)
     echo(f"6. Scanned the bytes of {files} for the {s.values_checked} field values: {found} found.")
     echo(
-        f"7. Verified the access log without the key: {s.log_entries} entries, last signed "
+        f"7. Customer {s.shredded} (ref {CUSTOMERS[SHRED_INDEX][0]}) asked to be forgotten: "
+        f"shredded by destroying its key (log seq {s.shred_seq}, signed checkpoint at it)."
+    )
+    echo(
+        f"   Reading its profile now fails ({s.read_after_shred}); its {s.shred_records} "
+        "ciphertext row(s) are unreadable junk until `compact` removes them."
+    )
+    echo(
+        "   Its erasure receipt, checked offline with only the public key: "
+        f"{'valid' if s.receipt_verified else 'INVALID'}."
+    )
+    echo(
+        f"8. Verified the access log without the key: {s.log_entries} entries, last signed "
         f"checkpoint at seq {s.checkpoint_seq}, unsigned tail {s.unsigned_tail}."
     )
     echo(
-        f"8. Exported the log ({s.export_entries} entries) and verified the export offline "
+        f"9. Exported the log ({s.export_entries} entries) and verified the export offline "
         f"with only the public key: {'valid' if s.export_verified else 'INVALID'}."
     )
 
@@ -207,7 +270,7 @@ def _narrate(s: DemoSummary) -> None:
 @click.option("--keep", is_flag=True, help="Keep the temporary vault (and its keyfile) afterwards.")
 @json_option
 def demo_command(keep: bool, as_json: bool) -> None:
-    """Tour shredvault in a throw-away vault: encrypt, read, scan the files, audit the log.
+    """Tour shredvault in a throw-away vault: encrypt, read, scan, shred, audit the log.
 
     Takes no passphrase and touches nothing outside a new temporary directory,
     which is removed afterwards unless --keep.
@@ -237,3 +300,5 @@ def demo_command(keep: bool, as_json: bool) -> None:
         )
     if not (summary.log_ok and summary.export_verified):
         raise CommandError("the access log did not verify", exit_code=5)
+    if not summary.receipt_verified:
+        raise CommandError("the erasure receipt did not verify", exit_code=5)

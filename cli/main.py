@@ -10,17 +10,20 @@ from click.core import ParameterSource
 
 from vault import KeysError, VaultError
 
-from . import audit, customers, demo, init, kinds, records
+from . import access, audit, customers, demo, init, key_management, kinds, receipts, records, shred
 from .context import (
     DATA_URL_ENV,
     DATA_URL_HELP,
     KEYFILE_ENV,
     KEYFILE_HELP,
     PASSPHRASE_FILE_HELP,
+    TOKEN_ENV,
+    TOKEN_HELP,
     VAULT_ENV,
     VAULT_HELP,
     Settings,
     check_data_url,
+    clean_token,
 )
 from .exit_codes import CommandError, describe, exit_code_for
 
@@ -67,6 +70,7 @@ class VaultGroup(click.Group):
     type=click.Path(dir_okay=False, path_type=Path),
     help=KEYFILE_HELP,
 )
+@click.option("--token", metavar="TOKEN", envvar=TOKEN_ENV, help=TOKEN_HELP)
 @click.version_option(package_name="shredvault", prog_name="shredvault")
 @click.pass_context
 def cli(
@@ -75,12 +79,16 @@ def cli(
     data_url: str | None,
     passphrase_file: Path | None,
     keyfile: Path | None,
+    token: str | None,
 ) -> None:
     """Customer records encrypted under one key per customer, every access in a
     hash-chained log, erasure by destroying keys.
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 access denied, 4 not found or shredded,
     5 verification failed, 6 unlock failed.
+
+    Unlocking acts as the administrator; with --token (or SHREDVAULT_TOKEN) data
+    commands act as that principal, with its role.
 
     Try `shredvault demo` for a tour in a throw-away vault.
     """
@@ -90,6 +98,7 @@ def cli(
         keyfile=keyfile,
         keyfile_from_env=ctx.get_parameter_source("keyfile") is ParameterSource.ENVIRONMENT,
         passphrase_file=passphrase_file,
+        token=clean_token(token),
     )
 
 
@@ -98,6 +107,12 @@ cli.add_command(demo.demo_command)
 cli.add_command(kinds.kind_group)
 cli.add_command(customers.customer_group)
 cli.add_command(records.record_group)
+cli.add_command(shred.shred_command)
+cli.add_command(shred.compact_command)
+cli.add_command(receipts.receipt_group)
+cli.add_command(access.principal_group)
+cli.add_command(access.role_group)
+cli.add_command(key_management.key_group)
 cli.add_command(audit.audit_group)
 
 

@@ -10,7 +10,7 @@ import click
 
 from vault import Record
 
-from .context import open_vault, store_options, unlock_options
+from .context import open_session, store_options, token_option, unlock_options
 from .output import json_option, print_json, print_pairs
 from .params import KEY_VALUE, field_values
 
@@ -74,6 +74,7 @@ def record_group() -> None:
 @json_option
 @store_options
 @unlock_options
+@token_option
 @click.pass_context
 def put_command(
     ctx: click.Context,
@@ -96,8 +97,8 @@ def put_command(
     fields.update(field_values(field_pairs, "--field"))
     if not fields:
         raise click.UsageError("no fields: give --field NAME=VALUE or a JSON object on stdin (-)")
-    with open_vault(ctx) as vault:
-        record_id = vault.admin().put(customer_id, kind, fields, purpose=purpose)
+    with open_session(ctx) as session:
+        record_id = session.put(customer_id, kind, fields, purpose=purpose)
     if as_json:
         print_json({"id": record_id, "customer": customer_id, "kind": kind})
     else:
@@ -111,13 +112,14 @@ def put_command(
 @json_option
 @store_options
 @unlock_options
+@token_option
 @click.pass_context
 def get_command(
     ctx: click.Context, customer_id: str, record_id: str, purpose: str, as_json: bool
 ) -> None:
     """Decrypt and print one record (the read is logged with its purpose)."""
-    with open_vault(ctx) as vault:
-        record = vault.admin().get(customer_id, record_id, purpose=purpose)
+    with open_session(ctx) as session:
+        record = session.get(customer_id, record_id, purpose=purpose)
     if as_json:
         print_json(record.to_json())
     else:
@@ -131,13 +133,14 @@ def get_command(
 @json_option
 @store_options
 @unlock_options
+@token_option
 @click.pass_context
 def list_command(
     ctx: click.Context, customer_id: str, purpose: str, kind: str | None, as_json: bool
 ) -> None:
     """Print every record of CUSTOMER usable for the purpose (each read is logged)."""
-    with open_vault(ctx) as vault:
-        found = vault.admin().list_records(customer_id, purpose=purpose, kind=kind)
+    with open_session(ctx) as session:
+        found = session.list_records(customer_id, purpose=purpose, kind=kind)
     if as_json:
         print_json([r.to_json() for r in found])
         return
@@ -156,6 +159,7 @@ def list_command(
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @store_options
 @unlock_options
+@token_option
 @click.pass_context
 def delete_command(
     ctx: click.Context, customer_id: str, record_id: str, purpose: str, yes: bool
@@ -163,6 +167,6 @@ def delete_command(
     """Delete one record of CUSTOMER (logged). Asks first unless --yes."""
     if not yes:
         click.confirm(f"Delete record {record_id} of {customer_id}?", abort=True, err=True)
-    with open_vault(ctx) as vault:
-        vault.admin().delete(customer_id, record_id, purpose=purpose)
+    with open_session(ctx) as session:
+        session.delete(customer_id, record_id, purpose=purpose)
     click.echo(f"deleted {record_id}")

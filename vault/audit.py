@@ -27,10 +27,16 @@ from sqlalchemy import Connection, select
 from keys import KeyStore, KeystoreError
 
 from .canonical import canonical
-from .checkpoint import Checkpoint, checkpoint_from_json, parse_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    checkpoint_from_json,
+    latest_checkpoint,
+    load_checkpoints,
+    parse_checkpoint,
+)
 from .errors import StorageError, VerificationError
 from .log import LogEntry, iter_entries
-from .store import DataStore, LogHead, checkpoints, meta
+from .store import DataStore, LogHead, meta
 from .vault import DATA_FILE, KEYS_FILE, _read_head, verify_store
 from .verify import VerifyReport, verify_chain
 
@@ -182,15 +188,8 @@ class Auditor:
         return self._data.read(_read_head)
 
     def latest_checkpoint(self) -> Checkpoint | None:
-        def read(conn: Connection) -> Checkpoint | None:
-            row = conn.execute(
-                select(checkpoints.c.body, checkpoints.c.signature)
-                .order_by(checkpoints.c.seq.desc())
-                .limit(1)
-            ).first()
-            return None if row is None else parse_checkpoint(bytes(row.body), bytes(row.signature))
-
-        return self._data.read(read)
+        """The newest stored checkpoint, if any."""
+        return self._data.read(latest_checkpoint)
 
     def export(
         self, out: IO[bytes], *, since: int = 1, progress: Callable[[int], None] | None = None
@@ -198,14 +197,6 @@ class Auditor:
         """Write the log from ``since`` as JSON Lines (streaming, flat memory); returns
         the number of entries written."""
         head = self._data.read(_read_head)
-
-        def read_cps(conn: Connection) -> list[tuple[bytes, bytes]]:
-            rows = conn.execute(
-                select(checkpoints.c.body, checkpoints.c.signature)
-                .where(checkpoints.c.seq >= since, checkpoints.c.seq <= head.seq)
-                .order_by(checkpoints.c.seq)
-            )
-            return [(bytes(r.body), bytes(r.signature)) for r in rows]
 
         header = {
             "format": EXPORT_FORMAT,
@@ -217,10 +208,9 @@ class Auditor:
             "head": head.hash,
         }
         out.write(canonical(header) + b"\n")
-        for body, signature in self._data.read(read_cps):
-            out.write(
-                canonical({"checkpoint": json.loads(body), "signature": signature.hex()}) + b"\n"
-            )
+        stored = self._data.read(lambda conn: load_checkpoints(conn, since=since, until=head.seq))
+        for cp in stored:
+            out.write(canonical(cp.to_json()) + b"\n")
         count = 0
         for entry in iter_entries(self._data, since=since, until=head.seq):
             out.write(entry.export_line() + b"\n")

@@ -16,7 +16,14 @@ from .canonical import canonical
 from .errors import VerificationError
 from .store import LogHead, checkpoints
 
-__all__ = ["Checkpoint", "make_checkpoint", "parse_checkpoint", "store_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "latest_checkpoint",
+    "load_checkpoints",
+    "make_checkpoint",
+    "parse_checkpoint",
+    "store_checkpoint",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +85,24 @@ def store_checkpoint(conn: Connection, cp: Checkpoint) -> None:
     exists = conn.execute(select(checkpoints.c.seq).where(checkpoints.c.seq == cp.seq)).first()
     if exists is None:
         conn.execute(insert(checkpoints).values(seq=cp.seq, body=cp.body, signature=cp.signature))
+
+
+def load_checkpoints(
+    conn: Connection, *, since: int = 1, until: int | None = None
+) -> list[Checkpoint]:
+    """Stored checkpoints with ``since <= seq (<= until)``, in seq order."""
+    stmt = select(checkpoints.c.body, checkpoints.c.signature).where(checkpoints.c.seq >= since)
+    if until is not None:
+        stmt = stmt.where(checkpoints.c.seq <= until)
+    rows = conn.execute(stmt.order_by(checkpoints.c.seq)).all()
+    return [parse_checkpoint(bytes(r.body), bytes(r.signature)) for r in rows]
+
+
+def latest_checkpoint(conn: Connection) -> Checkpoint | None:
+    """The stored checkpoint with the highest seq, if any."""
+    row = conn.execute(
+        select(checkpoints.c.body, checkpoints.c.signature)
+        .order_by(checkpoints.c.seq.desc())
+        .limit(1)
+    ).first()
+    return None if row is None else parse_checkpoint(bytes(row.body), bytes(row.signature))

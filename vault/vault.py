@@ -27,7 +27,14 @@ from keys import (
 
 from . import ids
 from .access import BUILTIN_ROLES, split_token, token_matches
-from .checkpoint import Checkpoint, make_checkpoint, parse_checkpoint, store_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    load_checkpoints,
+    make_checkpoint,
+    parse_checkpoint,
+    store_checkpoint,
+)
 from .clock import Clock, format_ts, system_clock
 from .errors import (
     AccessDeniedError,
@@ -438,15 +445,8 @@ class Vault:
         return result
 
     def latest_checkpoint(self) -> Checkpoint | None:
-        def read(conn: Connection) -> Checkpoint | None:
-            row = conn.execute(
-                select(checkpoints.c.body, checkpoints.c.signature)
-                .order_by(checkpoints.c.seq.desc())
-                .limit(1)
-            ).first()
-            return None if row is None else parse_checkpoint(bytes(row.body), bytes(row.signature))
-
-        return self._data.read(read)
+        """The newest stored checkpoint (an auditor's anchor), if any."""
+        return self._data.read(latest_checkpoint)
 
     def _checkpoint_head(self) -> None:
         def work(conn: Connection, head: LogHead) -> Checkpoint | None:
@@ -515,17 +515,11 @@ def verify_store(
 ) -> VerifyReport:
     """Verify a data store's chain, its checkpoints and its head row."""
 
-    def read_cps(conn: Connection) -> list[Checkpoint]:
-        rows = conn.execute(
-            select(checkpoints.c.body, checkpoints.c.signature).where(checkpoints.c.seq >= since)
-        ).all()
-        return [parse_checkpoint(bytes(r.body), bytes(r.signature)) for r in rows]
-
     # Order matters with writers running: a checkpoint commits with the head row that
     # covers it, so checkpoints read *before* the head are all at or below it, and every
     # entry up to that head has committed. Entries appended after we read the head are
     # simply not part of this verification.
-    cps = data.read(read_cps)
+    cps = data.read(lambda conn: load_checkpoints(conn, since=since))
     head = data.read(_read_head)
     report = verify_chain(
         iter_entries(data, since=since, until=head.seq),

@@ -1,0 +1,68 @@
+"""Benchmark fixtures: real vaults next to baseline data stores with the same tables.
+
+Kept apart from ``tests/conftest.py`` on purpose (benchmarks build bigger vaults and
+label every result for ``report.py``); the helpers live in :mod:`benchmarks.harness`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+from keys import generate_keyfile
+from vault import ids
+
+from .harness import (
+    BACKENDS,
+    CUSTOMERS,
+    Baseline,
+    Workload,
+    make_baseline,
+    make_workload,
+    pg_schema,
+)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Parametrizes a benchmark over both data stores."""
+    return str(request.param)
+
+
+@pytest.fixture
+def keyfile(tmp_path: Path) -> Path:
+    """A 32-byte keyfile: vaults for record benchmarks unlock without Argon2id."""
+    path = tmp_path / "vault.key"
+    generate_keyfile(path)
+    return path
+
+
+@pytest.fixture
+def pg_schemas() -> Iterator[Callable[[], str]]:
+    """Make as many fresh PostgreSQL schemas as a benchmark needs; drop them after.
+    Calling it skips the benchmark when SHREDVAULT_TEST_POSTGRES_URL is not set."""
+    with ExitStack() as stack:
+        yield lambda: stack.enter_context(pg_schema())
+
+
+@pytest.fixture
+def workload(
+    tmp_path: Path, keyfile: Path, backend: str, pg_schemas: Callable[[], str]
+) -> Iterator[Workload]:
+    """An open vault (keyfile-unlocked) on ``backend`` with customers and a 1 KiB kind."""
+    url = pg_schemas() if backend == "postgres" else None
+    w = make_workload(tmp_path / "vault", keyfile, url, backend)
+    yield w
+    w.vault.close()
+
+
+@pytest.fixture
+def baseline(tmp_path: Path, backend: str, pg_schemas: Callable[[], str]) -> Iterator[Baseline]:
+    """A baseline data store on ``backend`` (own file or schema) with customer rows."""
+    url = pg_schemas() if backend == "postgres" else None
+    b = make_baseline(tmp_path / "baseline.db", url, backend, ids.new_ids(ids.CUSTOMER, CUSTOMERS))
+    yield b
+    b.store.dispose()

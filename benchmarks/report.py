@@ -1,0 +1,324 @@
+"""Summarise a pytest-benchmark JSON file: each vault operation against its baselines.
+
+Usage::
+
+    .venv/bin/python benchmarks/report.py bench.json [more.json ...]
+
+With several files (repeated runs), the tables describe the first one and a last table
+gives, for every target, its value in each run and their median: on a shared machine
+one run can land on either side of a target.
+
+Ratios are ``baseline time / vault time`` (1.0 = as fast as the baseline, 0.5 = twice
+as slow), from medians; ``best`` uses each side's fastest round instead, which is less
+disturbed by other load on the machine. Targets come from DESIGN.md §10 and the brief.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# (op, baseline role) -> least acceptable ratio baseline/vault.
+RATIO_TARGETS = {
+    ("put_many", "core"): 0.35,
+    ("put_many", "floor"): 0.60,
+    ("get_many", "floor"): 0.50,
+}
+CPU_TARGET_US = 12.0  # put_many CPU outside the database per 1 KiB record
+VERIFY_GOAL = 800_000  # entries per second
+UNLOCK_TARGET_MS = 250.0
+BASELINE_NAMES = {"core": "Core insert/select", "floor": "floor (DB work, no crypto)"}
+
+
+@dataclass(frozen=True)
+class Result:
+    op: str
+    role: str
+    backend: str
+    units: int
+    unit: str
+    median: float
+    best: float
+    cpu: list[float]
+    extra: dict[str, Any]
+
+
+def load(path: Path) -> list[Result]:
+    raw = json.loads(path.read_text("utf-8"))
+    out = []
+    for bench in raw["benchmarks"]:
+        info = bench.get("extra_info", {})
+        if "op" not in info:
+            continue
+        out.append(
+            Result(
+                op=info["op"],
+                role=info["role"],
+                backend=info["backend"],
+                units=int(info["units"]),
+                unit=info.get("unit", "record"),
+                median=float(bench["stats"]["median"]),
+                best=float(bench["stats"]["min"]),
+                cpu=[float(c) for c in info.get("cpu_s", [])],
+                extra=info,
+            )
+        )
+    return out
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def find(results: list[Result], op: str, role: str, backend: str) -> Result | None:
+    for r in results:
+        if (r.op, r.role, r.backend) == (op, role, backend):
+            return r
+    return None
+
+
+def backends(results: list[Result]) -> list[str]:
+    return sorted({r.backend for r in results}, key=lambda b: (b != "sqlite", b))
+
+
+def records_table(results: list[Result]) -> list[str]:
+    lines = [
+        "## Records: vault vs baselines (ratio = baseline / vault, medians; best = fastest rounds)",
+        "",
+        "| op | backend | vault ms | µs/record | baseline | baseline ms | ratio | best | target |",
+        "|---|---|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for op in ("put", "put_many", "get_many"):
+        for backend in backends(results):
+            vault = find(results, op, "vault", backend)
+            if vault is None:
+                continue
+            for role in ("core", "floor"):
+                base = find(results, op, role, backend)
+                if base is None:
+                    continue
+                ratio = base.median / vault.median
+                best = base.best / vault.best
+                target = RATIO_TARGETS.get((op, role))
+                goal = "—" if target is None else f"≥ {target:.2f} {verdict(ratio >= target)}"
+                lines.append(
+                    f"| {op} | {backend} | {vault.median * 1e3:.2f} | "
+                    f"{vault.median / vault.units * 1e6:.1f} | {BASELINE_NAMES[role]} | "
+                    f"{base.median * 1e3:.2f} | {ratio:.2f} | {best:.2f} | {goal} |"
+                )
+    return lines
+
+
+def cpu_table(results: list[Result]) -> list[str]:
+    lines = [
+        "",
+        "## CPU outside the database per record (process time: vault - floor; medians, "
+        "best = fastest rounds)",
+        "",
+        "| op | backend | vault CPU ms | floor CPU ms | µs/record outside DB | best | target |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for op in ("put_many", "get_many"):
+        for backend in backends(results):
+            vault = find(results, op, "vault", backend)
+            floor = find(results, op, "floor", backend)
+            if vault is None or floor is None or not vault.cpu or not floor.cpu:
+                continue
+            per = (median(vault.cpu) - median(floor.cpu)) / vault.units * 1e6
+            best = (min(vault.cpu) - min(floor.cpu)) / vault.units * 1e6
+            goal = (
+                f"≤ {CPU_TARGET_US:g} {verdict(per <= CPU_TARGET_US)}" if op == "put_many" else "—"
+            )
+            lines.append(
+                f"| {op} | {backend} | {median(vault.cpu) * 1e3:.1f} | "
+                f"{median(floor.cpu) * 1e3:.1f} | {per:.1f} | {best:.1f} | {goal} |"
+            )
+    return lines
+
+
+def verify_table(results: list[Result]) -> list[str]:
+    names = {
+        "vault": "Vault.verify_log",
+        "read": "read rows only (iter_entries)",
+        "sha256": "raw SHA-256, bytes in memory",
+    }
+    lines = [
+        "",
+        "## Chain verification (entries/s, medians)",
+        "",
+        "| backend | what | entries | ms | entries/s | µs/entry | goal |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for backend in backends(results):
+        for role, name in names.items():
+            r = find(results, "verify", role, backend)
+            if r is None:
+                continue
+            rate = r.units / r.median
+            goal = f"≥ 0.8 M/s {verdict(rate >= VERIFY_GOAL)}" if role == "vault" else "—"
+            lines.append(
+                f"| {backend} | {name} | {r.units} | {r.median * 1e3:.0f} | {rate:,.0f} | "
+                f"{r.median / r.units * 1e6:.2f} | {goal} |"
+            )
+    return lines
+
+
+def unlock_table(results: list[Result]) -> list[str]:
+    names = {
+        "vault": "Vault.open, passphrase, floor KDF",
+        "vault_recommended": "Vault.open, passphrase, recommended KDF",
+        "argon2id": "Argon2id alone, floor",
+        "keyfile": "Vault.open, keyfile (no KDF)",
+    }
+    lines = [
+        "",
+        "## Unlock (ms)",
+        "",
+        "| what | KDF (t, m KiB, p) | median ms | best ms | target |",
+        "|---|---|---:|---:|---|",
+    ]
+    for role, name in names.items():
+        r = find(results, "unlock", role, "sqlite")
+        if r is None:
+            continue
+        kdf = r.extra.get("kdf")
+        params = f"{kdf['t']}, {kdf['m']}, {kdf['p']}" if kdf else "—"
+        ms = r.median * 1e3
+        goal = (
+            f"≤ {UNLOCK_TARGET_MS:g} {verdict(ms <= UNLOCK_TARGET_MS)}" if role == "vault" else "—"
+        )
+        lines.append(f"| {name} | {params} | {ms:.0f} | {r.best * 1e3:.0f} | {goal} |")
+    return lines
+
+
+def export_table(results: list[Result]) -> list[str]:
+    names = {
+        "export": "Auditor.export",
+        "verify_export": "verify_export (strict, default)",
+        "verify_export_fast": "verify_export (strict=False)",
+    }
+    lines = [
+        "",
+        "## Export and offline verification",
+        "",
+        "| backend | what | entries | s | entries/s |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for backend in backends(results):
+        for role, name in names.items():
+            r = find(results, "export", role, backend)
+            if r is not None:
+                lines.append(
+                    f"| {backend} | {name} | {r.units} | {r.median:.2f} | "
+                    f"{r.units / r.median:,.0f} |"
+                )
+    lines += [
+        "",
+        "Peak memory in a fresh process (peak RSS - RSS after imports, MiB):",
+        "",
+        "| backend | what | last quarter of the log | whole log | flat? |",
+        "|---|---|---:|---:|---|",
+    ]
+    for backend in backends(results):
+        r = find(results, "export", "memory", backend)
+        if r is None:
+            continue
+        probes = r.extra["probes"]
+        for what in ("export", "verify"):
+            if f"{what}_full" not in probes:
+                continue
+            q, f = probes[f"{what}_quarter"], probes[f"{what}_full"]
+            dq = (q["rss_peak_kib"] - q["rss_start_kib"]) / 1024
+            df = (f["rss_peak_kib"] - f["rss_start_kib"]) / 1024
+            lines.append(
+                f"| {backend} | {what} | {dq:.1f} ({q['entries']} entries) | "
+                f"{df:.1f} ({f['entries']} entries) | {'yes' if df - dq < 16 else 'NO'} "
+                f"(peak RSS {f['rss_peak_kib'] / 1024:.0f} MiB) |"
+            )
+    return lines
+
+
+def targets(results: list[Result]) -> dict[str, tuple[float, str, float]]:
+    """Every targeted figure in one run: name -> (value, comparison, target)."""
+    out: dict[str, tuple[float, str, float]] = {}
+    for backend in backends(results):
+        for (op, role), target in RATIO_TARGETS.items():
+            vault, base = find(results, op, "vault", backend), find(results, op, role, backend)
+            if vault is not None and base is not None:
+                out[f"{op} vs {role} ratio [{backend}]"] = (
+                    base.median / vault.median,
+                    ">=",
+                    target,
+                )
+        vault = find(results, "put_many", "vault", backend)
+        floor = find(results, "put_many", "floor", backend)
+        if vault is not None and floor is not None and vault.cpu and floor.cpu:
+            per = (median(vault.cpu) - median(floor.cpu)) / vault.units * 1e6
+            out[f"put_many CPU µs/record outside DB [{backend}]"] = (per, "<=", CPU_TARGET_US)
+        verify = find(results, "verify", "vault", backend)
+        if verify is not None:
+            rate = verify.units / verify.median
+            out[f"verify_log entries/s [{backend}]"] = (rate, ">=", float(VERIFY_GOAL))
+    unlock = find(results, "unlock", "vault", "sqlite")
+    if unlock is not None:
+        out["unlock ms at the KDF floor"] = (unlock.median * 1e3, "<=", UNLOCK_TARGET_MS)
+    return out
+
+
+def spread_table(runs: list[list[Result]]) -> list[str]:
+    per_run = [targets(results) for results in runs]
+    header = " | ".join(f"run {i + 1}" for i in range(len(runs)))
+    lines = [
+        "",
+        f"## Targets across {len(runs)} runs (each run's median; then their median)",
+        "",
+        f"| figure | target | {header} | median | verdict |",
+        "|---|---|" + "---:|" * len(runs) + "---:|---|",
+    ]
+    for name in per_run[0]:
+        values = [run[name][0] for run in per_run if name in run]
+        _, comparison, goal = per_run[0][name]
+        mid = median(values)
+        ok = mid >= goal if comparison == ">=" else mid <= goal
+        fmt = "{:,.0f}" if goal >= 100 else "{:.2f}"
+        cells = " | ".join(fmt.format(run[name][0]) if name in run else "—" for run in per_run)
+        lines.append(
+            f"| {name} | {comparison.replace('>=', '≥').replace('<=', '≤')} "
+            f"{fmt.format(goal)} | {cells} | {fmt.format(mid)} | {verdict(ok)} |"
+        )
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 2:
+        print(__doc__)
+        return 2
+    runs = [load(Path(arg)) for arg in argv[1:]]
+    if not all(runs):
+        print("no labelled benchmarks in a file (was the suite run with --benchmark-enable?)")
+        return 1
+    results = runs[0]
+    lines = (
+        records_table(results)
+        + cpu_table(results)
+        + verify_table(results)
+        + unlock_table(results)
+        + export_table(results)
+    )
+    if len(runs) > 1:
+        lines += spread_table(runs)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,183 @@
+"""Erasure receipts on disk: writing them safely, keeping those a crash recovery issued,
+and ``receipt verify``, which checks one offline with no vault, passphrase or network.
+
+A receipt names the customer next to the subject tag of its old log entries, so it is
+written owner-only and replaced atomically: half a receipt is no proof, and a copy left
+lying around re-links a shredded customer to its history.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vault import (
+    Receipt,
+    ReceiptReport,
+    Vault,
+    VerificationError,
+    format_public_key,
+    load_receipt,
+    parse_public_key,
+    verify_receipt,
+)
+
+from .exit_codes import describe
+from .output import json_option, note, print_json, print_pairs
+
+__all__ = [
+    "RECOVERED_DIR",
+    "receipt_group",
+    "save_recovered_receipts",
+    "write_receipt",
+]
+
+RECOVERED_DIR = "recovered-receipts"
+_MAX_PUBKEY_FILE = 4096
+_READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+def write_receipt(receipt: Receipt, path: Path) -> None:
+    """Write ``receipt`` as JSON to ``path``: mode 0600, replaced atomically (a reader
+    sees the old file or the whole new one). Raises ``OSError``; leaves no temp file."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(receipt.dumps())
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def save_recovered_receipts(vault: Vault) -> Path | None:
+    """Keep the receipts of shreds that opening ``vault`` finished after a crash, in
+    ``<vault>/recovered-receipts/<customer>.json``, and tell the person at the terminal.
+    They cannot be issued again, so a failure to write them is reported, not raised:
+    the command the user asked for still runs."""
+    target = vault.path / RECOVERED_DIR
+    count = len(vault.recovered_receipts)
+    try:
+        target.mkdir(mode=0o700, exist_ok=True)
+        for receipt in vault.recovered_receipts:
+            write_receipt(receipt, target / f"{receipt.customer}.json")
+    except OSError as error:
+        note(
+            f"warning: opening the vault finished {count} interrupted shred(s), but their "
+            f"erasure receipts could not be saved in {target}: {describe(error)}"
+        )
+        return None
+    note(
+        f"note: opening the vault finished {count} shred(s) a crash had interrupted; their "
+        f"erasure receipts are in {target}. Hand them to whoever asked for the erasure, "
+        "then delete the copies there: each ties a customer id to its old log entries."
+    )
+    return target
+
+
+def _read_pubkey(path: Path) -> bytes:
+    try:
+        with path.open("rb") as handle:
+            text = handle.read(_MAX_PUBKEY_FILE).decode("utf-8", errors="replace")
+        return parse_public_key(text)
+    except OSError as error:
+        raise click.BadParameter(
+            f"cannot read {path}: {describe(error)}", param_hint="'--pubkey'"
+        ) from None
+    except VerificationError as error:
+        raise click.BadParameter(f"{path}: {error}", param_hint="'--pubkey'") from None
+
+
+def _print_report(
+    report: ReceiptReport, path: Path, key_text: str | None, trusted_key: bool
+) -> None:
+    if not report.ok:
+        click.echo(f"INVALID: erasure receipt {path}")
+        click.echo(f"  {report.reason}: {report.message}")
+        return
+    click.echo(f"valid: erasure receipt {path}")
+    key_note = "given with --pubkey" if trusted_key else "the receipt's own copy"
+    pairs: list[tuple[str, Any]] = [
+        ("customer", report.customer),
+        ("vault", report.vault),
+        ("shred entry", f"seq {report.seq}"),
+        ("shredded at", report.shredded_at),
+        ("signed by", f"{key_text} ({key_note})"),
+    ]
+    print_pairs(pairs, indent="  ")
+
+
+@click.group("receipt")
+def receipt_group() -> None:
+    """Check erasure receipts (from `shredvault shred`) offline."""
+
+
+@receipt_group.command("verify")
+@click.argument("receipt_file", metavar="FILE", type=_READABLE_FILE)
+@click.option(
+    "--pubkey",
+    "pubkey_file",
+    metavar="FILE",
+    type=_READABLE_FILE,
+    help="Trust this vault public key (as `audit pubkey` prints it), not the receipt's copy.",
+)
+@json_option
+def verify_command(receipt_file: Path, pubkey_file: Path | None, as_json: bool) -> None:
+    """Verify the erasure receipt in FILE. Needs no vault, passphrase or network.
+
+    Checks that the shred entry matches its hash, that the vault's signed checkpoint
+    stands at exactly that entry, and that the entry commits to the customer the
+    receipt names. Exits 0 when valid and 5 when not, saying why.
+
+    Without --pubkey the key inside the receipt is used: that shows the receipt is
+    whole, not that your vault signed it. Get the vault's key from its owner
+    (`shredvault audit pubkey`) and pass it with --pubkey.
+    """
+    public_key = _read_pubkey(pubkey_file) if pubkey_file is not None else None
+    document: dict[str, Any] | None = None
+    try:
+        document = load_receipt(receipt_file)
+    except VerificationError as error:
+        report = ReceiptReport(False, error.reason, str(error))
+    else:
+        report = verify_receipt(document, public_key=public_key)
+    if public_key is not None:
+        key_text: str | None = format_public_key(public_key)
+    else:
+        embedded = document.get("public_key") if document is not None else None
+        key_text = embedded if isinstance(embedded, str) else None
+    if as_json:
+        print_json(
+            {
+                "path": str(receipt_file),
+                "public_key": key_text,
+                "public_key_source": "pubkey" if public_key is not None else "receipt",
+                **report.to_json(),
+            }
+        )
+    else:
+        _print_report(report, receipt_file, key_text, public_key is not None)
+        if report.ok:
+            scope = document.get("scope") if document is not None else None
+            if isinstance(scope, str):
+                click.echo("  scope:")
+                click.echo(
+                    textwrap.fill(scope, width=88, initial_indent="    ", subsequent_indent="    ")
+                )
+    if report.ok and public_key is None:
+        note(
+            "note: checked against the key inside the receipt; pass --pubkey FILE with the "
+            "vault's key (`shredvault audit pubkey`) to prove the vault signed it"
+        )
+    if not report.ok:
+        raise VerificationError(
+            f"receipt {receipt_file} fails verification: {report.reason}",
+            reason=report.reason or "invalid",
+        )
