@@ -305,6 +305,24 @@ class KeyRing:
         for cid in customer_ids:
             self._customers.pop(cid, None)
 
+    def receipt_salt(self, customer_id: str, *, create: bool = False) -> bytes | None:
+        """The random salt of a customer's erasure receipt, made on first use when
+        ``create``. It lives only here (and in the receipt) while a shred is under way,
+        so no one holding the data store can test a guessed customer id against it."""
+        salt = self.store.receipt_salt(customer_id)
+        if salt is None and create:
+            with self.store.transaction() as conn:
+                self.store.put_receipt_salt(conn, customer_id, os.urandom(32))
+            salt = self.store.receipt_salt(customer_id)
+        return salt
+
+    def drop_receipt_salt(self, customer_id: str) -> None:
+        """Delete a customer's receipt salt once its receipt exists; truncate the WAL."""
+        with self.store.transaction() as conn:
+            gone = self.store.delete_receipt_salt(conn, customer_id)
+        if gone:
+            self.store.checkpoint_truncate()
+
     def fingerprints(self, customer_id: str) -> list[str]:
         """Fingerprints (SHA-256 of the wrapped bytes) of a customer's DEK versions."""
         rows = sorted(self.store.deks([customer_id]), key=lambda r: r.version)

@@ -49,6 +49,7 @@ CREATE TABLE signing (
     public_key BLOB NOT NULL,
     created TEXT NOT NULL
 );
+CREATE TABLE receipt_salts (customer_id TEXT PRIMARY KEY, salt BLOB NOT NULL);
 CREATE TABLE anchor (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     seq INTEGER NOT NULL,
@@ -426,6 +427,25 @@ class KeyStore:
     def signing_seeds(self) -> dict[int, bytes]:
         rows = self._conn.execute("SELECT generation, wrapped FROM signing")
         return {int(g): bytes(w) for g, w in rows}
+
+    def receipt_salt(self, customer_id: str) -> bytes | None:
+        row = self._conn.execute(
+            "SELECT salt FROM receipt_salts WHERE customer_id = ?", (customer_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_receipt_salt(self, conn: sqlite3.Connection, customer_id: str, salt: bytes) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO receipt_salts (customer_id, salt) VALUES (?, ?)",
+            (customer_id, salt),
+        )
+
+    def delete_receipt_salt(self, conn: sqlite3.Connection, customer_id: str) -> bool:
+        done = conn.execute("DELETE FROM receipt_salts WHERE customer_id = ?", (customer_id,))
+        return done.rowcount > 0
+
+    def receipt_salt_customers(self) -> list[str]:
+        return [str(r[0]) for r in self._conn.execute("SELECT customer_id FROM receipt_salts")]
 
     def count_deks(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM deks").fetchone()[0])

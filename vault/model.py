@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .receipt import Receipt
@@ -73,11 +73,12 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class ShredExpiredResult:
-    """What ``shred_expired`` did: a receipt per shredded customer, and the ids of
-    customers past retention that were kept because of a legal hold."""
+    """What ``shred_expired`` did: a receipt per shredded customer, the ids of customers
+    past retention kept because of a legal hold, and any that failed (with why)."""
 
     receipts: list[Receipt]
     held: list[str]
+    failed: dict[str, str] = field(default_factory=dict)  # customer id -> error message
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,10 +47,12 @@ SCOPE = (
 )
 
 
-def customer_commitment(vault_id: str, customer_id: str, subject_tag: bytes) -> str:
-    """SHA-256 hex binding a shred entry to one customer, checkable only with the tag."""
+def customer_commitment(vault_id: str, customer_id: str, subject_tag: bytes, salt: bytes) -> str:
+    """SHA-256 hex binding a shred entry to one customer. The 256-bit ``salt`` exists
+    only in the receipt once the shred is done, so the entry (which also names the
+    subject tag) cannot be tested against guessed customer ids."""
     h = hashlib.sha256(_COMMIT_LABEL)
-    for part in (vault_id.encode(), customer_id.encode(), subject_tag):
+    for part in (vault_id.encode(), customer_id.encode(), subject_tag, salt):
         h.update(len(part).to_bytes(4, "big") + part)
     return h.hexdigest()
 
@@ -72,7 +74,22 @@ class Receipt:
         return json.dumps(self.document, indent=2, sort_keys=True) + "\n"
 
     def write(self, path: str | os.PathLike[str]) -> None:
-        Path(path).write_text(self.dumps(), encoding="utf-8")
+        """Write owner-only (0600) and atomically: a receipt links a customer to its
+        history. Refuses to replace an existing file."""
+        target = Path(path)
+        if target.exists():
+            raise FileExistsError(f"{target} exists; not replacing a receipt")
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(self.dumps())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +139,7 @@ def verify_receipt(document: dict[str, Any], *, public_key: bytes | None = None)
         vault_id = str(document["vault"])
         customer = str(document["customer"])
         tag = bytes.fromhex(str(document["subject_tag"]))
+        salt = bytes.fromhex(str(document["salt"]))
         entry = dict(document["entry"])
         cp = checkpoint_from_json(document["checkpoint"])
         embedded = bytes.fromhex(str(document["public_key"]).removeprefix("ed25519:"))
@@ -146,7 +164,7 @@ def verify_receipt(document: dict[str, Any], *, public_key: bytes | None = None)
     if entry.get("subject") != tag.hex():
         return fail("wrong customer", "the entry names another subject tag")
     detail = entry.get("detail") or {}
-    if detail.get("customer_commitment") != customer_commitment(vault_id, customer, tag):
+    if detail.get("customer_commitment") != customer_commitment(vault_id, customer, tag, salt):
         return fail("wrong customer", "the entry does not commit to this customer")
     note = "" if public_key is not None else " (public key taken from the receipt itself)"
     return ReceiptReport(

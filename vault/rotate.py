@@ -16,7 +16,7 @@ from keys import InvalidKeyError, KdfParams, KeystoreError, needs_rehash, recomm
 from keys.envelope import record_aad_suffix
 
 from .clock import format_ts, parse_ts
-from .errors import NotFoundError, ShreddedError, StorageError, UnlockError
+from .errors import NotFoundError, SchemaError, ShreddedError, StorageError
 from .faults import crash_point
 from .log import Event
 from .store import customers, log, records
@@ -230,7 +230,8 @@ def change_passphrase(
             passphrase=passphrase, keyfile_key=keyfile_key, params=params
         )
     except InvalidKeyError as error:
-        raise UnlockError(str(error)) from None
+        # A new secret that cannot be used (e.g. empty) is bad input, not a failed unlock.
+        raise SchemaError(f"the new passphrase or keyfile cannot be used: {error}") from None
     source = "passphrase" if passphrase is not None else "keyfile"
     _log(session, "keys.change-passphrase", {"key_source": source}, checkpoint=True)
 

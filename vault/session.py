@@ -30,6 +30,7 @@ from .errors import (
     PurposeError,
     SchemaError,
     ShreddedError,
+    VaultError,
 )
 from .log import Event
 from .model import Customer, Principal, Record, ShredExpiredResult
@@ -315,6 +316,7 @@ class Session:
         rows = vault._data.read(lambda conn: conn.execute(due).all())
         receipts: list[Receipt] = []
         held: list[str] = []
+        failed: dict[str, str] = {}
         for row in rows:
             if row.legal_hold:
                 held.append(str(row.id))
@@ -323,11 +325,16 @@ class Session:
                     receipts.append(
                         shred_customer(vault, self.actor, self.role, str(row.id), reason)
                     )
-                except (ShreddedError, LegalHoldError):
-                    held.append(str(row.id))  # changed by another process meanwhile
+                except LegalHoldError:
+                    held.append(str(row.id))  # held by another process meanwhile
+                except ShreddedError:
+                    pass  # shredded by another process meanwhile
+                except VaultError as error:
+                    # Keep going: the receipts already issued must reach the caller.
+                    failed[str(row.id)] = str(error)
             if progress is not None:
                 progress(1)
-        return ShredExpiredResult(receipts, held)
+        return ShredExpiredResult(receipts, held, failed)
 
     def compact(self, *, progress: Callable[[int], None] | None = None) -> int:
         """Delete ciphertext rows of shredded customers (unreadable junk); returns the

@@ -23,7 +23,14 @@ from sqlalchemy import delete, func, select, update
 from keys import KeystoreError
 
 from .clock import format_ts
-from .errors import LegalHoldError, NotFoundError, SchemaError, ShreddedError, StorageError
+from .errors import (
+    LegalHoldError,
+    NotFoundError,
+    SchemaError,
+    ShreddedError,
+    StorageError,
+    VaultError,
+)
 from .faults import crash_point
 from .log import Event
 from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
@@ -107,7 +114,7 @@ def shred_customer(vault: Vault, actor: str, role: str, customer_id: str, reason
                     "records": int(count),
                     "key_fingerprints": fingerprints,
                     "customer_commitment": customer_commitment(
-                        vault.vault_id, customer_id, ck.subject_tag
+                        vault.vault_id, customer_id, ck.subject_tag, salt
                     ),
                 },
             )
@@ -119,14 +126,42 @@ def shred_customer(vault: Vault, actor: str, role: str, customer_id: str, reason
             .values(state="shredding", shred_intent_seq=intent_seq)
         )
 
-    vault._transact(begin)
+    # The receipt's salt goes to the keystore first, so a crash at any later point
+    # can still issue a receipt that proves which customer was shredded.
+    salt = _salt(vault, customer_id, create=True)
+    try:
+        vault._transact(begin)
+    except VaultError:
+        if _state(vault, customer_id) != "shredding":
+            vault._keys.drop_receipt_salt(customer_id)  # nothing began: leave nothing
+        raise
     crash_point("shred:after-intent")
     _destroy_keys(vault, customer_id)
     crash_point("shred:after-keys")
-    receipt = _finish(vault, actor, role, customer_id)
+    receipt = _finish(vault, actor, role, customer_id, salt)
     if receipt is None:  # another process finished it between our steps
         raise ShreddedError(f"customer {customer_id} is already shredded")
+    crash_point("shred:after-finish")
+    vault._keys.drop_receipt_salt(customer_id)
     return receipt
+
+
+def _salt(vault: Vault, customer_id: str, *, create: bool = False) -> bytes:
+    try:
+        salt = vault._keys.receipt_salt(customer_id, create=create)
+    except KeystoreError as error:
+        raise StorageError(f"cannot prepare the erasure receipt: {error}") from None
+    if salt is None:
+        raise StorageError(f"the receipt salt of {customer_id} is missing from the keystore")
+    return salt
+
+
+def _state(vault: Vault, customer_id: str) -> str | None:
+    return vault._data.read(
+        lambda conn: conn.execute(
+            select(customers.c.state).where(customers.c.id == customer_id)
+        ).scalar()
+    )
 
 
 def _destroy_keys(vault: Vault, customer_id: str) -> None:
@@ -139,7 +174,7 @@ def _destroy_keys(vault: Vault, customer_id: str) -> None:
         ) from None
 
 
-def _finish(vault: Vault, actor: str, role: str, customer_id: str) -> Receipt | None:
+def _finish(vault: Vault, actor: str, role: str, customer_id: str, salt: bytes) -> Receipt | None:
     """Step 3; returns None if the customer is no longer in ``shredding``."""
 
     def work(tx: Tx) -> tuple[int, dict[str, Any]] | None:
@@ -182,10 +217,10 @@ def _finish(vault: Vault, actor: str, role: str, customer_id: str) -> Receipt | 
     if done is None:
         return None
     seq, info = done
-    return _receipt(vault, customer_id, seq, info["subject"])
+    return _receipt(vault, customer_id, seq, info["subject"], salt)
 
 
-def _receipt(vault: Vault, customer_id: str, seq: int, subject: str) -> Receipt:
+def _receipt(vault: Vault, customer_id: str, seq: int, subject: str, salt: bytes) -> Receipt:
     from .audit import format_public_key
     from .checkpoint import parse_checkpoint
     from .log import export_line
@@ -206,6 +241,7 @@ def _receipt(vault: Vault, customer_id: str, seq: int, subject: str) -> Receipt:
             "vault": vault.vault_id,
             "customer": customer_id,
             "subject_tag": subject,
+            "salt": salt.hex(),
             "entry": json.loads(export_line(body, digest)),
             "checkpoint": cp.to_json(),
             "public_key": format_public_key(vault.public_key),
@@ -215,7 +251,8 @@ def _receipt(vault: Vault, customer_id: str, seq: int, subject: str) -> Receipt:
 
 
 def roll_forward(vault: Vault) -> list[Receipt]:
-    """Finish every shred a crash interrupted (called at open). Logged once each."""
+    """Finish every shred a crash interrupted (called at open), logged once each, and
+    issue the receipts that the interrupted callers never got."""
     stuck = vault._data.read(
         lambda conn: [
             str(r.id)
@@ -224,11 +261,41 @@ def roll_forward(vault: Vault) -> list[Receipt]:
     )
     receipts = []
     for customer_id in stuck:
+        salt = _salt(vault, customer_id)
         _destroy_keys(vault, customer_id)
-        receipt = _finish(vault, "vault", "system", customer_id)
+        receipt = _finish(vault, "vault", "system", customer_id, salt)
         if receipt is not None:
             receipts.append(receipt)
+        vault._keys.drop_receipt_salt(customer_id)
+    # Salts left by a crash after the shred committed (receipt not yet handed out) or
+    # before its intent (nothing began).
+    for customer_id in vault._keys.store.receipt_salt_customers():
+        if _state(vault, customer_id) == "shredding":
+            continue  # another process is shredding it right now
+        if _state(vault, customer_id) == "shredded":
+            found = _find_shred(vault, customer_id, _salt(vault, customer_id))
+            if found is not None:
+                receipts.append(found)
+        vault._keys.drop_receipt_salt(customer_id)
     return receipts
+
+
+def _find_shred(vault: Vault, customer_id: str, salt: bytes) -> Receipt | None:
+    """The receipt of a finished shred, found by its commitment (rare: crash recovery)."""
+    rows = vault._data.read(
+        lambda conn: conn.execute(
+            select(log.c.seq, log.c.subject, log.c.body)
+            .where(log.c.action == "customer.shred", log.c.outcome == "ok")
+            .order_by(log.c.seq.desc())
+        ).all()
+    )
+    for row in rows:
+        subject = str(row.subject)
+        detail = json.loads(row.body)["detail"]
+        expected = customer_commitment(vault.vault_id, customer_id, bytes.fromhex(subject), salt)
+        if detail.get("customer_commitment") == expected:
+            return _receipt(vault, customer_id, int(row.seq), subject, salt)
+    return None
 
 
 def compact(

@@ -330,6 +330,8 @@ class Vault:
             role = None if reason else load_role(tx.conn, str(row.role))  # type: ignore[union-attr]
             if reason is None and role is None:
                 reason = "role_missing"
+            elif role is not None and role.expires is not None and now >= role.expires:
+                reason = "role_expired"
             if reason is not None or role is None or row is None:
                 actor = str(row.name) if row is not None and matches else "unknown"
                 ev = Event(
