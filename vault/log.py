@@ -171,7 +171,7 @@ def append(
 
 
 def iter_entries(
-    store: DataStore, *, since: int = 1, until: int | None = None, batch: int = 5000
+    store: DataStore, *, since: int = 1, until: int | None = None, batch: int = 20000
 ) -> Iterator[LogEntry]:
     """Stream stored entries in seq order, ``batch`` rows per read (flat memory)."""
     cursor = since
@@ -196,9 +196,8 @@ def iter_entries(
                 return
             cursor = int(rest)
             continue
-        for row in rows:
-            body = row.body
+        for seq, digest, body in rows:
             # A tampered SQLite row can hold TEXT where bytes belong: verify it as bytes.
             raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
-            yield LogEntry(int(row.seq), str(row.hash), raw)
+            yield LogEntry(int(seq), str(digest), raw)
         cursor = upper + 1

@@ -149,8 +149,12 @@ def verify_chain(
             ahead.append(nxt)
         return ahead[k - 1].seq
 
-    while ahead or peek(1) is not None:
-        entry = ahead.popleft()
+    while True:
+        # Look-ahead is filled only when an entry is out of place; the common path
+        # takes entries straight from the stream.
+        entry = ahead.popleft() if ahead else next(stream, None)
+        if entry is None:
+            break
         if report.first_seq is None:
             report.first_seq = entry.seq
             if not from_genesis:
