@@ -247,6 +247,60 @@ def export_table(results: list[Result]) -> list[str]:
     return lines
 
 
+def keys_table(results: list[Result]) -> list[str]:
+    lines = [
+        "",
+        "## Shredding and key rotation",
+        "",
+        "| backend | what | median | vs baseline | goal |",
+        "|---|---|---:|---|---|",
+    ]
+    for backend in backends(results):
+        lines += _keys_rows(results, backend)
+    return lines
+
+
+def _keys_rows(results: list[Result], backend: str) -> list[str]:
+    rows = []
+    shred = find(results, "shred", "vault", backend)
+    small = find(results, "shred", "vault_small", backend)
+    delete = find(results, "shred", "delete", backend)
+    if shred is not None:
+        ratio = delete.median / shred.median if delete is not None else 0.0
+        goal = f"≤ 1 ms {verdict(shred.median <= 1e-3)}; ≥ 50x {verdict(ratio >= 50)}"
+        rows.append(
+            f"| {backend} | shred, 1,000 records | {shred.median * 1e3:.1f} ms | "
+            f"{ratio:.1f}x the row delete's speed | {goal} |"
+        )
+        if small is not None:
+            rows.append(
+                f"| {backend} | shred, 10 records | {small.median * 1e3:.1f} ms | "
+                f"1,000-record shred takes {shred.median / small.median:.2f}x (flat: O(1)) | — |"
+            )
+    if delete is not None:
+        rows.append(f"| {backend} | delete 1,000 rows | {delete.median * 1e3:.1f} ms | — | — |")
+    expired = find(results, "shred_expired", "vault", backend)
+    if expired is not None:
+        rate = expired.units / expired.median
+        rows.append(f"| {backend} | shred --expired | {rate:,.0f} customers/s | — | — |")
+    kek = find(results, "rotate_kek", "vault", backend)
+    if kek is not None:
+        rate = kek.units / kek.median
+        rows.append(
+            f"| {backend} | rotate-kek re-wrap | {rate:,.0f} DEKs/s | — | "
+            f"≥ 20,000/s {verdict(rate >= 20_000)} |"
+        )
+    dek = find(results, "rotate_dek", "vault", backend)
+    put = find(results, "rotate_dek", "put_many", backend)
+    if dek is not None:
+        vs = f"{put.median / dek.median:.2f}x put_many's speed" if put is not None else "—"
+        rows.append(
+            f"| {backend} | rotate-dek, 1,000 records | "
+            f"{dek.median / dek.units * 1e6:.1f} µs/record | {vs} | — |"
+        )
+    return rows
+
+
 def targets(results: list[Result]) -> dict[str, tuple[float, str, float]]:
     """Every targeted figure in one run: name -> (value, comparison, target)."""
     out: dict[str, tuple[float, str, float]] = {}
@@ -313,6 +367,7 @@ def main(argv: list[str]) -> int:
         + verify_table(results)
         + unlock_table(results)
         + export_table(results)
+        + keys_table(results)
     )
     if len(runs) > 1:
         lines += spread_table(runs)
