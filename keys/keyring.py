@@ -345,7 +345,11 @@ class KeyRing:
         unfinished rotation), in which case the active epoch is kept. Returns
         ``(active epoch, whether it is new)``."""
         active = self.active_epoch
-        if self.store.deks_outside_epoch(active, 1):
+        # Unfinished: marked as such (a crash after the last batch leaves no DEK
+        # outside the epoch, yet the rotation never finished), or DEKs still outside.
+        if self.store.get_meta("rotating_to") == str(active) or self.store.deks_outside_epoch(
+            active, 1
+        ):
             return active, False
         epoch = max(self.store.epochs()) + 1
         kek = SecretBytes(os.urandom(32))
@@ -353,9 +357,15 @@ class KeyRing:
         with self.store.transaction() as conn:
             self.store.add_epoch(conn, epoch, wrapped, created)
             self.store.set_meta(conn, "active_epoch", str(epoch))
+            self.store.set_meta(conn, "rotating_to", str(epoch))
         self._keks[epoch] = Envelope(kek, epoch)
         kek.wipe()
         return epoch, True
+
+    def finish_kek_rotation(self) -> None:
+        """Clear the in-progress mark once every DEK is under the active epoch."""
+        with self.store.transaction() as conn:
+            self.store.delete_meta(conn, "rotating_to")
 
     def rewrap_batch(self, limit: int = 2000) -> int:
         """Re-wrap up to ``limit`` DEKs that are not under the active epoch, in one
@@ -388,8 +398,9 @@ class KeyRing:
         return len(updates)
 
     def retire_epoch(self, epoch: int) -> str:
-        """Delete a KEK epoch no DEK uses any more, then truncate the WAL; returns the
-        fingerprint of what was deleted. Refuses the active epoch or one still in use."""
+        """Delete a KEK epoch no DEK uses any more; returns the fingerprint of what was
+        deleted. Refuses the active epoch or one still in use. The caller truncates the
+        WAL (``store.checkpoint_truncate``) once the deletion is recorded."""
         if epoch == self.active_epoch:
             raise InvalidKeyError(f"epoch {epoch} is the active epoch")
         in_use = self.store.dek_counts().get(epoch, 0)
@@ -400,7 +411,6 @@ class KeyRing:
         if wrapped is None:
             raise InvalidKeyError(f"there is no epoch {epoch}")
         self._keks.pop(epoch, None)
-        self.store.checkpoint_truncate()
         return fingerprint(wrapped)
 
     def retirable_epochs(self) -> list[int]:

@@ -259,6 +259,9 @@ class KeyStore:
     def set_meta(self, conn: sqlite3.Connection, key: str, value: str) -> None:
         conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
 
+    def delete_meta(self, conn: sqlite3.Connection, key: str) -> None:
+        conn.execute("DELETE FROM meta WHERE k = ?", (key,))
+
     def get_meta(self, key: str) -> str | None:
         try:
             return self._meta(key)

@@ -7,6 +7,7 @@ from keys import DecryptionError, KdfParams, KeysError, UnsupportedFormatError, 
 
 from .access import ACTIONS, Role
 from .audit import Auditor, format_public_key, parse_public_key, read_anchor, verify_export
+from .backup import BackupInfo, BackupReport, ShredSource, restore_backup, verify_backup
 from .checkpoint import Checkpoint
 from .clock import Clock
 from .errors import (
@@ -38,6 +39,8 @@ __all__ = [
     "AccessDeniedError",
     "AuditChainError",
     "Auditor",
+    "BackupInfo",
+    "BackupReport",
     "Checkpoint",
     "Clock",
     "Customer",
@@ -60,6 +63,7 @@ __all__ = [
     "SchemaError",
     "Session",
     "ShredExpiredResult",
+    "ShredSource",
     "ShreddedError",
     "StorageError",
     "UnlockError",
@@ -74,6 +78,8 @@ __all__ = [
     "load_receipt",
     "parse_public_key",
     "read_anchor",
+    "restore_backup",
+    "verify_backup",
     "verify_export",
     "verify_receipt",
 ]

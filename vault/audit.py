@@ -47,6 +47,7 @@ __all__ = [
     "format_public_key",
     "parse_public_key",
     "read_anchor",
+    "read_export_entries",
     "verify_export",
 ]
 
@@ -182,6 +183,13 @@ class Auditor:
             progress=progress,
         )
 
+    def entries(self, *, since: int = 1) -> Iterator[dict[str, Any]]:
+        """Stored entries from ``since`` as parsed objects with ``hash`` (streaming)."""
+        for entry in iter_entries(self._data, since=since):
+            parsed: dict[str, Any] = json.loads(entry.body)
+            parsed["hash"] = entry.hash
+            yield parsed
+
     @property
     def head(self) -> LogHead:
         """The newest log entry's seq, hash and time (no passphrase needed)."""
@@ -282,6 +290,20 @@ def _read_export(
                 yield _split_line(line, n)
 
     return header, cps, entries()
+
+
+def read_export_entries(
+    path: str | os.PathLike[str], *, since: int = 1
+) -> Iterator[dict[str, Any]]:
+    """Entries of an export from ``since`` as parsed objects with ``hash`` (streaming;
+    verify the export first with :func:`verify_export`)."""
+    with open(path, "rb") as handle:
+        _header, _cps, entries = _read_export(iter(handle))
+        for entry in entries:
+            if entry.seq >= since:
+                parsed: dict[str, Any] = json.loads(entry.body)
+                parsed["hash"] = entry.hash
+                yield parsed
 
 
 def verify_export(

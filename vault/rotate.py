@@ -110,6 +110,7 @@ def rotate_kek(
         if progress is not None:
             progress(n)
     _log(session, "keys.rotate-kek.done", {"epoch": epoch, "deks": total}, checkpoint=True)
+    keyring.finish_kek_rotation()
     retired = [retire_epoch(session, e) for e in keyring.retirable_epochs()] if retire else []
     return {"epoch": epoch, "new_epoch": new, "rewrapped": total, "retired": retired}
 
@@ -117,12 +118,29 @@ def rotate_kek(
 def retire_epoch(session: Session, epoch: int) -> int:
     """Delete one unused, inactive KEK epoch (its bytes leave keys.db and its WAL)."""
     session._authorize("admin", "keys.retire-epoch")
+    keyring = session._vault._keys
     try:
-        fp = session._vault._keys.retire_epoch(epoch)
-    except InvalidKeyError as error:
+        fp = keyring.retire_epoch(epoch)
+    except (InvalidKeyError, KeystoreError) as error:
         raise StorageError(str(error)) from None
-    _log(session, "keys.retire-epoch", {"epoch": epoch, "key_fingerprint": fp}, checkpoint=True)
+    # The deletion is committed: record it before anything else can fail.
+    truncated = _truncate(keyring)
+    detail = {"epoch": epoch, "key_fingerprint": fp, "wal_truncated": truncated}
+    _log(session, "keys.retire-epoch", detail, checkpoint=True)
+    if not truncated:
+        raise StorageError(
+            f"epoch {epoch} is deleted but the keystore WAL could not be truncated yet "
+            "(another process holds it open); its bytes leave the WAL at the next truncation"
+        )
     return epoch
+
+
+def _truncate(keyring: Any) -> bool:
+    try:
+        keyring.store.checkpoint_truncate()
+    except KeystoreError:
+        return False
+    return True
 
 
 def rotate_dek(session: Session, customer_id: str) -> int:
@@ -140,6 +158,13 @@ def rotate_dek(session: Session, customer_id: str) -> int:
         raise NotFoundError(f"no customer {customer_id}")
     if row.state != "active":
         raise ShreddedError(f"customer {customer_id} is {row.state}; its keys are gone")
+    current = int(row.dek_version)
+    versions = {r.version for r in vault._keys.store.deks([customer_id])}
+    if versions and max(versions) == current and min(versions) < current:
+        # An earlier run re-encrypted the records but died before deleting the old
+        # version: finishing is deleting it, not making yet another version.
+        _drop_old_versions(vault, customer_id, current)
+        return current
     version = vault._keys.add_dek_version(
         customer_id, format_ts(vault._clock()), after=int(row.dek_version)
     )
@@ -194,8 +219,18 @@ def rotate_dek(session: Session, customer_id: str) -> int:
 
     vault._transact(work)
     crash_point("rotate-dek:after-data")
-    vault._keys.drop_dek_versions(customer_id, version)
+    _drop_old_versions(vault, customer_id, version)
     return version
+
+
+def _drop_old_versions(vault: Any, customer_id: str, version: int) -> None:
+    try:
+        vault._keys.drop_dek_versions(customer_id, version)
+    except KeystoreError as error:
+        raise StorageError(
+            f"the records of {customer_id} are re-keyed but older key versions could not be "
+            f"fully erased yet ({error}); run the rotation again to finish"
+        ) from None
 
 
 def customers_due(session: Session, *, older_than_days: float | None) -> list[str]:

@@ -42,6 +42,7 @@ from .store import customers, principals, records, roles
 if TYPE_CHECKING:
     from keys import CustomerKeys
 
+    from .backup import BackupInfo
     from .rotate import KeyPolicy, KeyStatus
     from .vault import Tx, Vault
 
@@ -400,6 +401,27 @@ class Session:
         from .rotate import key_status
 
         return key_status(self, policy)
+
+    # -- backups -------------------------------------------------------------------------
+
+    def backup(
+        self,
+        out: str,
+        *,
+        expires_days: float | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, Any]:
+        """Write a signed backup archive (a consistent snapshot of both stores) and
+        return its manifest. Logged as ``backup.create``; counts on the key-copy clock."""
+        from .backup import create_backup
+
+        return create_backup(self, out, expires_days=expires_days, progress=progress)
+
+    def backups(self) -> list[BackupInfo]:
+        """Recorded backups with how many customers were shredded since each."""
+        from .backup import backup_list
+
+        return backup_list(self)
 
     # -- principals and roles (admin only) -------------------------------------------
 

@@ -43,6 +43,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "DataStore",
     "LogHead",
+    "backups",
     "checkpoints",
     "customers",
     "kinds",
@@ -122,6 +123,16 @@ principals = Table(
     Column("expires", String(32), nullable=True),
     Column("revoked", Boolean, nullable=False, default=False),
     Column("created", String(32), nullable=False),
+)
+
+backups = Table(
+    "sv_backups",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("head", String(64), nullable=False),
+    Column("created", String(32), nullable=False),
+    Column("expires", String(32), nullable=True),
 )
 
 log = Table(

@@ -51,10 +51,11 @@ from .shred import roll_forward
 from .store import SCHEMA_VERSION, DataStore, LogHead, checkpoints, kinds, log, meta, principals
 from .verify import VerifyReport, verify_chain
 
-__all__ = ["DATA_FILE", "KEYS_FILE", "Vault"]
+__all__ = ["DATA_FILE", "KEYS_FILE", "RESTORE_MARKER", "Vault"]
 
 KEYS_FILE = "keys.db"
 DATA_FILE = "data.db"
+RESTORE_MARKER = "RESTORE-INCOMPLETE"
 ADMIN = "admin"
 
 T = TypeVar("T")
@@ -215,6 +216,7 @@ class Vault:
         clock: Clock = system_clock,
         checkpoint_interval: int = 1000,
         busy_timeout: float = 30.0,
+        _restoring: bool = False,
     ) -> Vault:
         """Unlock an existing vault.
 
@@ -224,6 +226,11 @@ class Vault:
         anchor: the vault refuses to serve). Nothing is changed when it raises.
         """
         root = Path(path)
+        if (root / RESTORE_MARKER).exists() and not _restoring:
+            raise StorageError(
+                f"{root} holds an unfinished restore: it will not serve until the restore "
+                "completes (run `shredvault backup restore` again into an empty directory)"
+            )
         keyfile_key = _load_keyfile(keyfile)
         try:
             store = KeyStore.open(root / KEYS_FILE)
