@@ -70,6 +70,11 @@ def _print_status(status: KeyStatus, policy: KeyPolicy) -> None:
             ("unlocked by", unlock),
             ("last rotation", status.last_rotation or "never"),
             (
+                "backup key copies",
+                f"{status.backup_key_copies} (shredded customers whose keys unexpired "
+                "backups still hold)",
+            ),
+            (
                 "policy",
                 f"KEK at most {policy.max_kek_age_days} days, "
                 f"DEK at most {policy.max_dek_age_days} days",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, func, select, update
 
 from keys import InvalidKeyError, KdfParams, KeystoreError, needs_rehash, recommended_params
 from keys.envelope import record_aad_suffix
@@ -19,7 +19,7 @@ from .clock import format_ts, parse_ts
 from .errors import NotFoundError, SchemaError, ShreddedError, StorageError
 from .faults import crash_point
 from .log import Event
-from .store import customers, log, records
+from .store import backups, customers, log, records
 
 if TYPE_CHECKING:
     from keys import SecretBytes
@@ -62,6 +62,9 @@ class KeyStatus:
     rehash_due: bool
     last_rotation: str | None
     violations: list[str] = field(default_factory=list)
+    #: The key-copy clock: over unexpired recorded backups, customers shredded after
+    #: the backup was taken whose keys that copy still holds.
+    backup_key_copies: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,6 +81,7 @@ class KeyStatus:
             "kdf_recommended": self.kdf_recommended,
             "rehash_due": self.rehash_due,
             "last_rotation": self.last_rotation,
+            "backup_key_copies": self.backup_key_copies,
             "violations": list(self.violations),
         }
 
@@ -306,6 +310,7 @@ def key_status(session: Session, policy: KeyPolicy | None = None) -> KeyStatus:
     rehash = kdf is not None and needs_rehash(kdf)
     if rehash:
         violations.append("KDF parameters are below today's recommendation: change the passphrase")
+    copies = vault._data.read(lambda conn: _backup_key_copies(conn, format_ts(now)))
     _log(session, "keys.status", {"violations": len(violations)})
     return KeyStatus(
         active_epoch=active,
@@ -320,7 +325,21 @@ def key_status(session: Session, policy: KeyPolicy | None = None) -> KeyStatus:
         rehash_due=rehash,
         last_rotation=last,
         violations=violations,
+        backup_key_copies=copies,
     )
+
+
+def _backup_key_copies(conn: Connection, now: str) -> int:
+    """Sum over unexpired backups of the customers shredded after each was taken."""
+    total = 0
+    live = select(backups.c.seq).where((backups.c.expires.is_(None)) | (backups.c.expires > now))
+    for (seq,) in conn.execute(live):
+        total += conn.execute(
+            select(func.count())
+            .select_from(log)
+            .where(log.c.seq > seq, log.c.action == "customer.shred", log.c.outcome == "ok")
+        ).scalar_one()
+    return int(total)
 
 
 def _log(
