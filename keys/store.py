@@ -339,6 +339,20 @@ class KeyStore:
             out.update((str(c), bytes(t)) for c, t in rows)
         return out
 
+    def customers_for_tags(self, tags: Sequence[bytes]) -> dict[bytes, str]:
+        """Reverse lookup: subject tag -> customer id, for tags still in the keystore
+        (a shredded customer's tag is gone, so its old entries stay unlinked)."""
+        out: dict[bytes, str] = {}
+        items = list(tags)
+        for i in range(0, len(items), _CHUNK):
+            chunk = items[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT tag, customer_id FROM subject_tags WHERE tag IN ({marks})", chunk
+            )
+            out.update((bytes(t), str(c)) for t, c in rows)
+        return out
+
     def insert_subject_tags(self, conn: sqlite3.Connection, tags: dict[str, bytes]) -> None:
         conn.executemany(
             "INSERT INTO subject_tags (customer_id, tag) VALUES (?, ?)", list(tags.items())

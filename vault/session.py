@@ -402,6 +402,29 @@ class Session:
 
         return key_status(self, policy)
 
+    # -- reports ---------------------------------------------------------------------------
+
+    def customer_report(self, customer_id: str) -> dict[str, Any]:
+        """Everything held about a customer, decrypted, with its access history and a
+        signed checkpoint (the subject access report). Admin or a role with export."""
+        from .reports import customer_report
+
+        _check_customer_id(customer_id)
+        return customer_report(self, customer_id)
+
+    def audit_query(self, **filters: str | None) -> dict[str, Any]:
+        """Which customers and records were touched (actor, role, action, outcome,
+        since, until): the breach-scope question. Ids only, never plaintext."""
+        from .reports import audit_query
+
+        return audit_query(self, **filters)
+
+    def audit_report(self) -> dict[str, Any]:
+        """The inspector's one-page report (see :func:`vault.reports.audit_report`)."""
+        from .reports import audit_report
+
+        return audit_report(self)
+
     # -- backups -------------------------------------------------------------------------
 
     def backup(

@@ -149,7 +149,10 @@ log = Table(
     Column("outcome", String(16), nullable=False),
     # The exact bytes that were hashed: canonical JSON of the entry without "hash".
     Column("body", LargeBinary, nullable=False),
+    # Reports: a subject's entries, and an actor's or a time window's (breach scope).
     Index("ix_sv_log_subject", "subject"),
+    Index("ix_sv_log_actor_ts", "actor", "ts"),
+    Index("ix_sv_log_ts", "ts"),
 )
 
 log_head = Table(

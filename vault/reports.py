@@ -1,0 +1,515 @@
+"""Answering customers and inspectors: the subject access report, the breach-scope
+query and the audit report. Each runs on the vault and its log and is logged itself.
+
+* :func:`customer_report` — everything the vault holds about one customer, decrypted,
+  with every log entry about them and a signed checkpoint covering the report's own
+  entries (admin, or a role with ``export``).
+* :func:`audit_query` — which customers and records an actor (or a role, an action, a
+  window) touched, for notifying the people affected (admin or auditor; ids and
+  metadata only, never plaintext).
+* :func:`audit_report` — one page for an inspector: principals and roles, keys against
+  policy, backups and the key-copy clock, checkpoints, chain verification, shreds,
+  holds, retention, denials.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from .audit import format_public_key
+from .clock import format_ts
+from .errors import SchemaError, ShreddedError
+from .log import export_line
+from .store import checkpoints, customers, log, principals, records, roles
+
+if TYPE_CHECKING:
+    from .session import Session
+    from .vault import Tx
+
+__all__ = ["audit_query", "audit_report", "customer_report", "render_markdown"]
+
+SUBJECT_ACCESS = "subject-access"
+_QUERY_LIMIT = 100_000
+
+
+def customer_report(session: Session, customer_id: str) -> dict[str, Any]:
+    """Everything the vault holds about ``customer_id``, for the customer.
+
+    The right of access overrides the purposes declared for kinds, so records are read
+    for the purpose ``subject-access``; each read is logged (one entry per record), and
+    a checkpoint is signed over the report's own entries. Raises NotFoundError, or
+    ShreddedError (a shredded customer is answered by its erasure receipt).
+    """
+    from .vault import Refusal
+
+    vault = session._vault
+    keys_of = vault._keys
+
+    def work(tx: Tx) -> dict[str, Any]:
+        session._gate(tx.conn, "export", "customer.report")
+        row = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
+        if row is None:
+            raise session._not_found("customer.report", customer_id)
+        if row.state != "active":
+            ev = session._event(
+                "customer.report", outcome="error", detail={"reason_code": "customer_shredded"}
+            )
+            raise Refusal(
+                ShreddedError(
+                    f"customer {customer_id} was shredded: its erasure receipt is the answer"
+                ),
+                ev,
+            )
+        ck = keys_of.customer_keys([customer_id])[customer_id]
+        tag = ck.subject_tag.hex()
+        rows = tx.conn.execute(
+            select(records).where(records.c.customer_id == customer_id).order_by(records.c.created)
+        ).all()
+        held = []
+        for r in rows:
+            fields = session._decrypt({customer_id: ck}, customer_id, str(r.id), r._mapping)
+            held.append(
+                {
+                    "id": r.id,
+                    "kind": r.kind,
+                    "fields": fields,
+                    "version": r.version,
+                    "created": r.created,
+                    "updated": r.updated,
+                }
+            )
+        history = [
+            _entry_view(body, digest)
+            for body, digest in tx.conn.execute(
+                select(log.c.body, log.c.hash).where(log.c.subject == tag).order_by(log.c.seq)
+            )
+        ]
+        for item in held:
+            tx.log(
+                session._event(
+                    "customer.report",
+                    subject=tag,
+                    record=str(item["id"]),
+                    purpose=SUBJECT_ACCESS,
+                    detail={"kind": item["kind"], "fields": sorted(item["fields"])},
+                )
+            )
+        if not held:
+            tx.log(
+                session._event(
+                    "customer.report", subject=tag, purpose=SUBJECT_ACCESS, detail={"records": 0}
+                )
+            )
+        tx.checkpoint = True
+        return {
+            "customer": {
+                "id": row.id,
+                "ref": row.ref,
+                "state": row.state,
+                "consent": json.loads(row.consent),
+                "retain_until": row.retain_until,
+                "legal_hold": bool(row.legal_hold),
+                "created": row.created,
+            },
+            "subject_tag": tag,
+            "records": held,
+            "history": history,
+            "report_entries": len(tx.events),
+            "first_report_seq": tx.head.seq + 1,
+        }
+
+    report = vault._transact(work)
+    first = int(report.pop("first_report_seq"))
+    count = int(report.pop("report_entries"))
+    own = vault._data.read(
+        lambda conn: [
+            _entry_view(body, digest)
+            for body, digest in conn.execute(
+                select(log.c.body, log.c.hash)
+                .where(log.c.seq >= first, log.c.seq < first + count)
+                .order_by(log.c.seq)
+            )
+        ]
+    )
+    checkpoint = vault.latest_checkpoint()
+    report["history"] += own
+    report.update(
+        {
+            "type": "shredvault-subject-access-report",
+            "v": 1,
+            "vault": vault.vault_id,
+            "generated": format_ts(vault._clock()),
+            "checkpoint": None if checkpoint is None else checkpoint.to_json(),
+            "public_key": format_public_key(vault.public_key),
+            "how_to_check": (
+                "Each history entry carries its exact log line: its SHA-256 (with the "
+                "prefix 'shredvault/log/v1\\n' over the line without 'hash') must equal "
+                "'hash'. The checkpoint is signed with the vault's public key and covers "
+                "the log up to its seq, which includes this report's own entries; an "
+                "auditor can confirm the entries sit in that chain from the vault's log "
+                "export (docs/log-format.md)."
+            ),
+        }
+    )
+    return report
+
+
+def _entry_view(body: bytes, digest: str) -> dict[str, Any]:
+    entry = json.loads(body)
+    detail = entry.get("detail") or {}
+    return {
+        "seq": entry["seq"],
+        "ts": entry["ts"],
+        "actor": entry["actor"],
+        "role": entry["role"],
+        "action": entry["action"],
+        "purpose": entry["purpose"],
+        "outcome": entry["outcome"],
+        "record": entry["record"],
+        "fields": detail.get("fields"),
+        "line": export_line(bytes(body), digest).decode("utf-8"),
+    }
+
+
+def audit_query(
+    session: Session,
+    *,
+    actor: str | None = None,
+    role: str | None = None,
+    action: str | None = None,
+    outcome: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> dict[str, Any]:
+    """The breach-scope question: which customers and records were touched (by an
+    actor, a role, an action, an outcome, in a time window ``[since, until)``), with
+    counts per action. Ids and metadata only. Logged as ``audit.query``."""
+    if outcome is not None and outcome not in {"ok", "denied", "error"}:
+        raise SchemaError("outcome is one of ok, denied, error")
+    vault = session._vault
+    filters = {
+        k: v
+        for k, v in {
+            "actor": actor,
+            "role": role,
+            "action": action,
+            "outcome": outcome,
+            "since": since,
+            "until": until,
+        }.items()
+        if v is not None
+    }
+    stmt = select(log.c.seq, log.c.subject, log.c.record, log.c.action, log.c.ts, log.c.body)
+    if actor is not None:
+        stmt = stmt.where(log.c.actor == actor)
+    if action is not None:
+        stmt = stmt.where(log.c.action == action)
+    if outcome is not None:
+        stmt = stmt.where(log.c.outcome == outcome)
+    if since is not None:
+        stmt = stmt.where(log.c.ts >= since)
+    if until is not None:
+        stmt = stmt.where(log.c.ts < until)
+    stmt = stmt.order_by(log.c.seq).limit(_QUERY_LIMIT + 1)
+
+    def work(tx: Tx) -> list[Any]:
+        session._gate(tx.conn, "audit", "audit.query")
+        rows = tx.conn.execute(stmt).all()
+        tx.log(session._event("audit.query", detail={"filters": filters}))
+        return list(rows)
+
+    rows = vault._transact(work)
+    if role is not None:
+        rows = [r for r in rows if json.loads(r.body)["role"] == role]
+    truncated = len(rows) > _QUERY_LIMIT
+    rows = rows[:_QUERY_LIMIT]
+    per_action = Counter(str(r.action) for r in rows)
+    tags = {str(r.subject) for r in rows if r.subject}
+    known = vault._keys.store.customers_for_tags([bytes.fromhex(t) for t in tags])
+    by_tag = {tag.hex(): cid for tag, cid in known.items()}
+    touched: dict[str, dict[str, Any]] = {}
+    unlinked = 0
+    for r in rows:
+        if not r.subject:
+            continue
+        cid = by_tag.get(str(r.subject))
+        if cid is None:
+            unlinked += 1
+            continue
+        item = touched.setdefault(cid, {"customer": cid, "records": set(), "actions": Counter()})
+        if r.record:
+            item["records"].add(str(r.record))
+        item["actions"][str(r.action)] += 1
+    return {
+        "filters": filters,
+        "entries": len(rows),
+        "truncated": truncated,
+        "first_seq": rows[0].seq if rows else None,
+        "last_seq": rows[-1].seq if rows else None,
+        "per_action": dict(sorted(per_action.items())),
+        "customers": [
+            {
+                "customer": v["customer"],
+                "records": sorted(v["records"]),
+                "actions": dict(sorted(v["actions"].items())),
+            }
+            for v in sorted(touched.values(), key=lambda x: str(x["customer"]))
+        ],
+        "entries_about_shredded_customers": unlinked,
+    }
+
+
+def audit_report(session: Session, *, expiring_days: int = 30) -> dict[str, Any]:
+    """One page for an inspector. Logged as ``audit.report``."""
+    from .backup import backup_list
+
+    vault = session._vault
+    now_dt = vault._clock()
+    now = format_ts(now_dt)
+    soon = format_ts(now_dt + timedelta(days=expiring_days))
+    status = session.key_status()
+    backup_rows = backup_list(session)
+    verification = vault.verify_log()
+
+    def work(tx: Tx) -> dict[str, Any]:
+        session._gate(tx.conn, "audit", "audit.report")
+        conn = tx.conn
+        last_use = dict(
+            conn.execute(
+                select(log.c.actor, func.max(log.c.ts))
+                .where(log.c.action == "auth.login", log.c.outcome == "ok")
+                .group_by(log.c.actor)
+            ).all()
+        )
+        people = []
+        for p in conn.execute(select(principals).order_by(principals.c.name)):
+            state = "revoked" if p.revoked else "active"
+            if not p.revoked and p.expires is not None:
+                state = (
+                    "expired" if now >= p.expires else ("expiring" if soon >= p.expires else state)
+                )
+            people.append(
+                {
+                    "name": p.name,
+                    "role": p.role,
+                    "expires": p.expires,
+                    "state": state,
+                    "last_login": last_use.get(p.name),
+                }
+            )
+        custom_roles = []
+        for r in conn.execute(select(roles.c.spec).order_by(roles.c.name)):
+            spec = json.loads(r.spec)
+            expires = spec.get("expires")
+            spec["state"] = (
+                "expired"
+                if expires and now >= expires
+                else "expiring"
+                if expires and soon >= expires
+                else "active"
+            )
+            custom_roles.append(spec)
+        counts: dict[Any, Any] = dict(
+            conn.execute(select(customers.c.state, func.count()).group_by(customers.c.state)).all()
+        )
+        held = conn.execute(
+            select(func.count()).select_from(customers).where(customers.c.legal_hold.is_(True))
+        ).scalar_one()
+        past = conn.execute(
+            select(func.count())
+            .select_from(customers)
+            .where(customers.c.state == "active", customers.c.retain_until < now)
+        ).scalar_one()
+        shreds = conn.execute(
+            select(func.count())
+            .select_from(log)
+            .where(log.c.action == "customer.shred", log.c.outcome == "ok")
+        ).scalar_one()
+        denials: dict[Any, Any] = dict(
+            conn.execute(
+                select(log.c.actor, func.count())
+                .where(log.c.outcome == "denied")
+                .group_by(log.c.actor)
+            ).all()
+        )
+        n_checkpoints = conn.execute(select(func.count()).select_from(checkpoints)).scalar_one()
+        tx.log(session._event("audit.report"))
+        return {
+            "principals": people,
+            "roles": custom_roles,
+            "customers": {
+                "active": int(counts.get("active", 0)),
+                "shredding": int(counts.get("shredding", 0)),
+                "shredded": int(counts.get("shredded", 0)),
+                "legal_hold": int(held),
+                "past_retention": int(past),
+            },
+            "shreds": int(shreds),
+            "denials_by_actor": {str(k): int(v) for k, v in sorted(denials.items())},
+            "checkpoints": int(n_checkpoints),
+        }
+
+    body = vault._transact(work)
+    latest = vault.latest_checkpoint()
+    return {
+        "type": "shredvault-audit-report",
+        "v": 1,
+        "vault": vault.vault_id,
+        "generated": now,
+        **body,
+        "keys": status.to_json(),
+        "backups": [b.to_json() for b in backup_rows],
+        "log": {
+            **verification.to_json(),
+            "latest_checkpoint": None if latest is None else latest.to_json(),
+            "public_key": format_public_key(vault.public_key),
+        },
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A human-readable page for either report type."""
+    if report.get("type") == "shredvault-subject-access-report":
+        return _render_subject(report)
+    return _render_audit(report)
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
+    head = list(header)
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        out.append(
+            "| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |"
+        )
+    return out
+
+
+def _render_subject(r: dict[str, Any]) -> str:
+    c = r["customer"]
+    lines = [
+        f"# What we hold about you — customer {c['id']}",
+        "",
+        f"Vault `{r['vault']}`, generated {r['generated']}.",
+        "",
+        "## Your details",
+        "",
+    ]
+    lines += _table(
+        ["field", "value"],
+        [
+            ("reference", c["ref"]),
+            ("consent", json.dumps(c["consent"])),
+            ("kept until", c["retain_until"]),
+            ("since", c["created"]),
+        ],
+    )
+    lines += ["", "## Records", ""]
+    for rec in r["records"]:
+        lines += [f"### {rec['kind']} ({rec['id']}, version {rec['version']})", ""]
+        lines += _table(["field", "value"], sorted(rec["fields"].items()))
+        lines.append("")
+    lines += ["## Who accessed your data", ""]
+    lines += _table(
+        ["seq", "when", "who", "role", "action", "purpose", "outcome", "fields"],
+        [
+            (
+                h["seq"],
+                h["ts"],
+                h["actor"],
+                h["role"],
+                h["action"],
+                h["purpose"],
+                h["outcome"],
+                ", ".join(h["fields"] or []),
+            )
+            for h in r["history"]
+        ],
+    )
+    lines += ["", "## How to check this report", "", r["how_to_check"], ""]
+    return "\n".join(lines)
+
+
+def _render_audit(r: dict[str, Any]) -> str:
+    log_state = r["log"]
+    keys = r["keys"]
+    lines = [
+        f"# Audit report — vault {r['vault']}",
+        "",
+        f"Generated {r['generated']}.",
+        "",
+        "## Access log",
+        "",
+        f"- chain: **{'verifies' if log_state['ok'] else 'FAILS: ' + str(log_state['reason'])}** — "
+        f"{log_state['entries']} entries, last signed checkpoint at seq "
+        f"{log_state['last_checkpoint']}, "
+        f"unsigned tail {log_state['unsigned_tail']}; {r['checkpoints']} checkpoints stored",
+        f"- public key: `{log_state['public_key']}`",
+        "",
+        "## Principals",
+        "",
+    ]
+    lines += _table(
+        ["name", "role", "state", "expires", "last login"],
+        [
+            (p["name"], p["role"], p["state"], p["expires"], p["last_login"])
+            for p in r["principals"]
+        ],
+    )
+    lines += ["", "## Custom roles", ""]
+    lines += _table(
+        ["name", "actions", "kinds", "purposes", "state", "expires"],
+        [
+            (
+                x["name"],
+                ",".join(x["actions"]),
+                ",".join(x["kinds"] or ["all"]),
+                ",".join(x["purposes"] or ["all"]),
+                x["state"],
+                x["expires"],
+            )
+            for x in r["roles"]
+        ],
+    )
+    lines += [
+        "",
+        "## Keys",
+        "",
+        f"- active KEK epoch {keys['active_epoch']}, {keys['active_epoch_age_days']} days old; "
+        f"oldest DEK {keys['oldest_dek_age_days']} days; "
+        f"last rotation {keys['last_rotation'] or 'never'}",
+        f"- unlock: {keys['key_source']} {keys['kdf'] or ''}; re-hash due: {keys['rehash_due']}",
+        f"- policy violations: {', '.join(keys['violations']) or 'none'}",
+        "- backup key copies (shredded customers whose keys unexpired backups hold): "
+        f"{keys['backup_key_copies']}",
+        "",
+        "## Backups",
+        "",
+    ]
+    lines += _table(
+        ["id", "created", "expires", "expired", "shredded since"],
+        [
+            (b["id"], b["created"], b["expires"], b["expired"], b["shredded_since"])
+            for b in r["backups"]
+        ],
+    )
+    c = r["customers"]
+    lines += [
+        "",
+        "## Customers",
+        "",
+        f"- active {c['active']}, shredded {c['shredded']} (in progress {c['shredding']}), "
+        f"under legal hold {c['legal_hold']}, past retention {c['past_retention']}; "
+        f"shreds logged {r['shreds']}",
+        "",
+        "## Denied accesses by actor",
+        "",
+    ]
+    lines += _table(["actor", "denials"], sorted(r["denials_by_actor"].items()))
+    lines.append("")
+    return "\n".join(lines)
