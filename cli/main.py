@@ -10,7 +10,19 @@ from click.core import ParameterSource
 
 from vault import KeysError, VaultError
 
-from . import access, audit, customers, demo, init, key_management, kinds, receipts, records, shred
+from . import (
+    access,
+    audit,
+    customers,
+    demo,
+    init,
+    key_management,
+    kinds,
+    receipts,
+    records,
+    reports,
+    shred,
+)
 from .context import (
     DATA_URL_ENV,
     DATA_URL_HELP,
@@ -114,6 +126,7 @@ cli.add_command(access.principal_group)
 cli.add_command(access.role_group)
 cli.add_command(key_management.key_group)
 cli.add_command(audit.audit_group)
+_ = reports  # registers `customer report`, `audit query` and `audit report`
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from .errors import (
 from .log import Event
 from .model import Customer, Principal, Record, ShredExpiredResult
 from .receipt import Receipt, ReceiptReport, load_receipt, verify_receipt
+from .reports import render_markdown
 from .rotate import KeyPolicy, KeyStatus
 from .schema import KindSpec
 from .session import Session
@@ -78,6 +79,7 @@ __all__ = [
     "load_receipt",
     "parse_public_key",
     "read_anchor",
+    "render_markdown",
     "restore_backup",
     "verify_backup",
     "verify_export",

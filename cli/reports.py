@@ -1,0 +1,142 @@
+"""Reports: `customer report`, `audit query`, `audit report` (thin layers over vault)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vault import render_markdown
+
+from .audit import audit_group
+from .context import open_session, store_options, token_option, unlock_options
+from .customers import customer_group
+from .output import note, print_json, print_pairs, print_table
+
+
+def _deliver(report: dict[str, Any], fmt: str, out: Path | None) -> None:
+    import json
+
+    text = (
+        render_markdown(report)
+        if fmt == "md"
+        else json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    )
+    if out is None:
+        click.echo(text, nl=False)
+        return
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    note(f"report written to {out} (owner-only: it holds personal data)")
+
+
+_format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "md"]),
+    default="json",
+    show_default=True,
+    help="JSON for machines, Markdown for people.",
+)
+_json_flag = click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+_out_option = click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write to a new file (mode 0600) instead of stdout.",
+)
+
+
+@customer_group.command("report")
+@click.argument("customer_id", metavar="CUSTOMER")
+@_format_option
+@_json_flag
+@_out_option
+@store_options
+@unlock_options
+@token_option
+@click.pass_context
+def customer_report_command(
+    ctx: click.Context, customer_id: str, fmt: str, as_json: bool, out: Path | None
+) -> None:
+    """Everything the vault holds about CUSTOMER, decrypted, with every access to it
+    and a signed checkpoint: the answer to a subject access request (logged)."""
+    with open_session(ctx) as session:
+        report = session.customer_report(customer_id)
+    _deliver(report, "json" if as_json else fmt, out)
+
+
+@audit_group.command("query")
+@click.option("--actor", help="Principal name (admin for the unlocking administrator).")
+@click.option("--role", help="Role name.")
+@click.option("--action", help="Log action, e.g. record.get.")
+@click.option("--outcome", type=click.Choice(["ok", "denied", "error"]))
+@click.option("--since", help="From this RFC 3339 time (inclusive).")
+@click.option("--until", help="Up to this RFC 3339 time (exclusive).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@store_options
+@unlock_options
+@token_option
+@click.pass_context
+def query_command(
+    ctx: click.Context,
+    actor: str | None,
+    role: str | None,
+    action: str | None,
+    outcome: str | None,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+) -> None:
+    """Which customers and records were touched, by whom, in a window: the
+    breach-scope question. Ids and counts only, never record contents."""
+    with open_session(ctx) as session:
+        result = session.audit_query(
+            actor=actor, role=role, action=action, outcome=outcome, since=since, until=until
+        )
+    if as_json:
+        print_json(result)
+        return
+    print_pairs(
+        [
+            ("entries", result["entries"]),
+            (
+                "seq range",
+                f"{result['first_seq']}-{result['last_seq']}" if result["entries"] else "—",
+            ),
+            ("per action", ", ".join(f"{k} {v}" for k, v in result["per_action"].items()) or "—"),
+            ("customers touched", len(result["customers"])),
+            ("entries about shredded customers", result["entries_about_shredded_customers"]),
+        ]
+    )
+    if result["customers"]:
+        print_table(
+            ["customer", "records", "actions"],
+            [
+                [
+                    c["customer"],
+                    len(c["records"]),
+                    ", ".join(f"{k} {v}" for k, v in c["actions"].items()),
+                ]
+                for c in result["customers"]
+            ],
+        )
+
+
+@audit_group.command("report")
+@_format_option
+@_json_flag
+@_out_option
+@store_options
+@unlock_options
+@token_option
+@click.pass_context
+def report_command(ctx: click.Context, fmt: str, as_json: bool, out: Path | None) -> None:
+    """One page for an inspector: principals and roles, keys against policy, backups
+    and the key-copy clock, checkpoints, chain verification, shreds, holds, denials."""
+    with open_session(ctx) as session:
+        report = session.audit_report()
+    _deliver(report, "json" if as_json else fmt, out)
