@@ -65,6 +65,9 @@ class Session:
         self.role = role.name
         self._role = role
         self._principal = principal  # lookup id; None for the unlocking administrator
+        # (transaction, role): the role as re-read in the current transaction. Holding
+        # the transaction object keeps its identity unique while it is cached.
+        self._role_cache: tuple[object, Role] | None = None
 
     def __repr__(self) -> str:
         return f"<Session actor={self.actor!r} role={self.role!r}>"
@@ -84,6 +87,10 @@ class Session:
 
         if self._principal is None:
             return self._role
+        txn = conn.get_transaction()
+        cached = self._role_cache
+        if cached is not None and txn is not None and cached[0] is txn:
+            return cached[1]  # already re-read in this transaction
         now = format_ts(self._vault._clock())
         row = conn.execute(
             select(principals.c.role, principals.c.expires, principals.c.revoked).where(
@@ -101,6 +108,7 @@ class Session:
         if reason is not None or role is None:
             ev = self._event(log_action, outcome="denied", detail={"reason_code": reason})
             raise Refusal(AccessDeniedError(f"access denied: {reason}"), ev)
+        self._role_cache = (txn, role)
         return role
 
     def _gate(

@@ -442,16 +442,16 @@ class Vault:
     # -- checkpoints and the anchor -----------------------------------------------------
 
     def checkpoint(self) -> Checkpoint:
-        """Sign a checkpoint at the current head now (logged as ``audit.checkpoint``)."""
-        result: Checkpoint | None = None
+        """Sign a checkpoint at the current head now (logged as ``audit.checkpoint``) and
+        return it: exactly the checkpoint at that entry, even with other writers."""
 
-        def work(tx: Tx) -> None:
+        def work(tx: Tx) -> int:
             tx.log(Event(ADMIN, ADMIN, "audit.checkpoint"))
+            return tx.head.seq + 1
 
-        self._transact(work, checkpoint=True)
-        result = self.latest_checkpoint()
-        assert result is not None
-        return result
+        seq = self._transact(work, checkpoint=True)
+        (signed,) = self._data.read(lambda conn: load_checkpoints(conn, since=seq, until=seq))
+        return signed
 
     def latest_checkpoint(self) -> Checkpoint | None:
         """The newest stored checkpoint (an auditor's anchor), if any."""
