@@ -102,3 +102,15 @@ def test_a_refused_shred_leaves_no_salt_behind(tmp_path: Path, keyfile: Path) ->
         s.shred(cid, reason="erasure request")
     assert v._keys.store.receipt_salt_customers() == []
     v.close()
+
+
+def test_a_receipts_repr_shows_neither_its_salt_nor_its_subject_tag(
+    tmp_path: Path, keyfile: Path
+) -> None:
+    v, cid = _vault(tmp_path, keyfile)
+    receipt = v.admin().shred(cid, reason="erasure request")
+    v.close()
+    shown = repr(receipt) + str(receipt)
+    assert cid in shown
+    assert receipt.to_json()["salt"] not in shown
+    assert receipt.to_json()["subject_tag"] not in shown

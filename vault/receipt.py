@@ -57,11 +57,16 @@ def customer_commitment(vault_id: str, customer_id: str, subject_tag: bytes, sal
     return h.hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Receipt:
-    """A receipt as issued: ``to_json`` is the portable document."""
+    """A receipt as issued: ``to_json`` is the portable document. Its salt and subject
+    tag link the customer to its old log entries, so the repr shows neither."""
 
     document: dict[str, Any]
+
+    def __repr__(self) -> str:
+        seq = self.document.get("checkpoint", {}).get("checkpoint", {}).get("seq")
+        return f"<Receipt customer={self.document.get('customer')} seq={seq}, salt redacted>"
 
     @property
     def customer(self) -> str:
