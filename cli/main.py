@@ -13,6 +13,7 @@ from vault import KeysError, VaultError
 from . import (
     access,
     audit,
+    backups,
     customers,
     demo,
     init,
@@ -126,6 +127,7 @@ cli.add_command(access.principal_group)
 cli.add_command(access.role_group)
 cli.add_command(key_management.key_group)
 cli.add_command(audit.audit_group)
+cli.add_command(backups.backup_group)
 _ = reports  # registers `customer report`, `audit query` and `audit report`
 
 

@@ -1,0 +1,294 @@
+"""``shredvault customer report``, ``audit query`` and ``audit report``: through CliRunner
+and once as the installed console script in a real process.
+
+The vault is made with the library (a keyfile vault with an operator, an auditor and a
+``dpo`` principal holding ``export``; alice with two records, dan shredded); the
+commands then unlock it from SHREDVAULT_KEYFILE and act as the token given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from cli.main import cli
+from vault import Role, Vault, ids
+from vault.checkpoint import checkpoint_from_json
+
+ALICE = {"name": "Alice Liddell", "phone": "+44 7700 900001"}
+ALICE_NOTE = {"name": "Alice L.", "phone": "+44 7700 900002"}
+DAN = {"name": "Daniel Gone", "phone": "+49 30 901820"}
+
+Run = Callable[..., Result]
+
+
+@dataclass
+class Setup:
+    root: Path
+    keyfile: Path
+    public_key: bytes
+    tokens: dict[str, str]  # olga (operator), ada (auditor), dora (dpo)
+    alice: str
+    alice_records: list[str]
+    dan: str
+
+
+@pytest.fixture
+def setup(tmp_path: Path, keyfile: Path) -> Setup:
+    root = tmp_path / "vault"
+    with Vault.create(root, keyfile=keyfile) as vault:
+        admin = vault.admin()
+        vault.declare_kind("profile", fields=["name", "phone"], purposes=["service"])
+        admin.add_role(Role.build("dpo", actions=["export"]))
+        tokens = {
+            name: admin.add_principal(name, role=role)
+            for name, role in (("olga", "operator"), ("ada", "auditor"), ("dora", "dpo"))
+        }
+        olga = vault.login(tokens["olga"])
+        alice, dan = olga.add_customer(ref="A-1"), olga.add_customer()
+        records = olga.put_many(
+            [(alice, "profile", ALICE), (alice, "profile", ALICE_NOTE), (dan, "profile", DAN)],
+            purpose="service",
+        )
+        olga.get(alice, records[0], purpose="service")
+        admin.shred(dan, reason="customer request")
+        public_key = vault.public_key
+    return Setup(root, keyfile, public_key, tokens, alice, records[:2], dan)
+
+
+@pytest.fixture
+def run(setup: Setup) -> Run:
+    """Invoke the CLI on the vault, unlocked with the keyfile; ``token=`` acts as a
+    principal (through SHREDVAULT_TOKEN, as the help recommends)."""
+    runner = CliRunner()
+
+    def invoke(*args: str, token: str | None = None) -> Result:
+        env = {
+            "SHREDVAULT_VAULT": str(setup.root),
+            "SHREDVAULT_KEYFILE": str(setup.keyfile),
+            "SHREDVAULT_PASSPHRASE": None,
+            "SHREDVAULT_DATA_URL": None,
+            "SHREDVAULT_TOKEN": token,
+        }
+        return runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def ok_json(result: Result) -> Any:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+# -- customer report -----------------------------------------------------------------------------
+
+
+def test_customer_report_prints_json_by_default(run: Run, setup: Setup) -> None:
+    report = ok_json(run("customer", "report", setup.alice))
+    assert report["type"] == "shredvault-subject-access-report"
+    assert [(r["id"], r["fields"]) for r in report["records"]] == list(
+        zip(setup.alice_records, [ALICE, ALICE_NOTE], strict=True)
+    )
+    assert checkpoint_from_json(report["checkpoint"]).verify(setup.public_key)
+    assert report["history"][-1]["action"] == "customer.report"
+
+
+def test_customer_report_as_a_principal_with_export(run: Run, setup: Setup) -> None:
+    report = ok_json(run("customer", "report", setup.alice, token=setup.tokens["dora"]))
+    own = [h for h in report["history"] if h["action"] == "customer.report"]
+    assert [(h["actor"], h["role"], h["purpose"]) for h in own] == [
+        ("dora", "dpo", "subject-access")
+    ] * 2
+
+
+def test_customer_report_in_markdown(run: Run, setup: Setup) -> None:
+    result = run("customer", "report", setup.alice, "--format", "md")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"# What we hold about you — customer {setup.alice}")
+    assert f"| phone | {ALICE['phone']} |" in result.stdout
+    assert DAN["name"] not in result.stdout
+
+
+def test_json_flag_beats_format_md(run: Run, setup: Setup) -> None:
+    report = ok_json(run("customer", "report", setup.alice, "--format", "md", "--json"))
+    assert report["customer"]["id"] == setup.alice
+
+
+def test_customer_report_out_writes_an_owner_only_file(
+    run: Run, setup: Setup, tmp_path: Path
+) -> None:
+    out = tmp_path / "alice.json"
+    result = run("customer", "report", setup.alice, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.stdout == ""
+    assert "report written to" in result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert json.loads(out.read_text("utf-8"))["customer"]["id"] == setup.alice
+
+
+def test_out_refuses_an_existing_path_and_leaves_it_alone(
+    run: Run, setup: Setup, tmp_path: Path
+) -> None:
+    out = tmp_path / "taken.md"
+    out.write_text("someone else's file\n")
+    os.chmod(out, 0o644)
+    result = run("customer", "report", setup.alice, "--format", "md", "--out", str(out))
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and str(out) in result.stderr
+    assert out.read_text() == "someone else's file\n"
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert ALICE["name"] not in result.output
+
+
+def test_customer_report_of_a_shredded_customer_exits_4(run: Run, setup: Setup) -> None:
+    result = run("customer", "report", setup.dan)
+    assert result.exit_code == 4
+    assert "shredded" in result.stderr and result.stdout == ""
+
+
+def test_customer_report_of_an_unknown_customer_exits_4(run: Run) -> None:
+    assert run("customer", "report", ids.new_id(ids.CUSTOMER)).exit_code == 4
+
+
+@pytest.mark.parametrize("who", ["olga", "ada"])
+def test_customer_report_without_export_exits_3(run: Run, setup: Setup, who: str) -> None:
+    result = run("customer", "report", setup.alice, token=setup.tokens[who])
+    assert result.exit_code == 3
+    assert result.stdout == "" and ALICE["name"] not in result.output
+
+
+def test_an_unknown_token_exits_3_and_is_not_echoed(run: Run, setup: Setup) -> None:
+    bogus = "svp_000000000000_definitely-not-a-token"
+    result = run("customer", "report", setup.alice, token=bogus)
+    assert result.exit_code == 3
+    assert bogus not in result.output
+
+
+# -- audit query -------------------------------------------------------------------------------
+
+
+def test_audit_query_json_names_customers_and_records(run: Run, setup: Setup) -> None:
+    result = ok_json(run("audit", "query", "--actor", "olga", "--json", token=setup.tokens["ada"]))
+    assert result["filters"] == {"actor": "olga"}
+    assert result["customers"] == [
+        {
+            "customer": setup.alice,
+            "records": sorted(setup.alice_records),
+            "actions": {"customer.add": 1, "record.get": 1, "record.put": 2},
+        }
+    ]
+    assert result["entries_about_shredded_customers"] == 2  # dan's customer.add and put
+    text = json.dumps(result, ensure_ascii=False)
+    assert setup.dan not in text
+    assert [v for v in [*ALICE.values(), *DAN.values()] if v in text] == []
+
+
+def test_audit_query_text_output(run: Run, setup: Setup) -> None:
+    result = run("audit", "query", "--action", "record.get", token=setup.tokens["ada"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["entries", "1"]
+    pairs = {line.rsplit(maxsplit=1)[0].strip(): line.split()[-1] for line in lines[:5]}
+    assert pairs["customers touched"] == "1"
+    assert pairs["entries about shredded customers"] == "0"
+    assert any(line.startswith(setup.alice) and "record.get 1" in line for line in lines)
+
+
+def test_audit_query_empty_window(run: Run) -> None:
+    result = ok_json(
+        run("audit", "query", "--since", "2000-01-01T00:00:00.000000Z", "--until",
+            "2000-01-02T00:00:00.000000Z", "--json")
+    )  # fmt: skip
+    assert result["entries"] == 0 and result["customers"] == []
+
+
+def test_audit_query_by_outcome_and_role(run: Run, setup: Setup) -> None:
+    assert run("customer", "report", setup.alice, token=setup.tokens["olga"]).exit_code == 3
+    result = ok_json(run("audit", "query", "--outcome", "denied", "--role", "operator", "--json"))
+    assert result["per_action"] == {"customer.report": 1}
+
+
+def test_audit_query_rejects_an_unknown_outcome_as_usage(run: Run) -> None:
+    assert run("audit", "query", "--outcome", "perhaps").exit_code == 2
+
+
+def test_audit_query_as_operator_exits_3(run: Run, setup: Setup) -> None:
+    assert run("audit", "query", "--json", token=setup.tokens["olga"]).exit_code == 3
+
+
+# -- audit report ------------------------------------------------------------------------------
+
+
+def test_audit_report_json(run: Run, setup: Setup) -> None:
+    report = ok_json(run("audit", "report", token=setup.tokens["ada"]))
+    assert report["type"] == "shredvault-audit-report"
+    assert report["customers"]["shredded"] == 1 and report["shreds"] == 1
+    assert [p["name"] for p in report["principals"]] == ["ada", "dora", "olga"]
+    assert report["log"]["ok"] is True
+    text = json.dumps(report)
+    assert [t for t in setup.tokens.values() if t in text] == []
+
+
+def test_audit_report_markdown_to_an_owner_only_file(
+    run: Run, setup: Setup, tmp_path: Path
+) -> None:
+    out = tmp_path / "inspector.md"
+    result = run("audit", "report", "--format", "md", "--out", str(out), token=setup.tokens["ada"])
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    md = out.read_text("utf-8")
+    assert md.startswith("# Audit report — vault ")
+    assert "- chain: **verifies**" in md
+    assert "| olga | operator | active |" in md
+    assert run("audit", "report", "--out", str(out)).exit_code == 1  # exists now
+    assert out.read_text("utf-8") == md
+
+
+def test_audit_report_as_operator_exits_3(run: Run, setup: Setup) -> None:
+    result = run("audit", "report", "--format", "md", token=setup.tokens["olga"])
+    assert result.exit_code == 3 and result.stdout == ""
+
+
+# -- the console script in a real process -------------------------------------------------------
+
+
+def shredvault(
+    setup: Setup, *args: str, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("shredvault")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHREDVAULT_")}
+    env.update(SHREDVAULT_VAULT=str(setup.root), SHREDVAULT_KEYFILE=str(setup.keyfile))
+    if token is not None:
+        env["SHREDVAULT_TOKEN"] = token
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+def test_console_script_reports_and_exit_codes(setup: Setup, tmp_path: Path) -> None:
+    out = tmp_path / "subject.md"
+    made = shredvault(
+        setup, "customer", "report", setup.alice, "--format", "md", "--out", str(out),
+        token=setup.tokens["dora"],
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert f"| name | {ALICE['name']} |" in out.read_text("utf-8")
+
+    denied = shredvault(setup, "audit", "report", "--json", token=setup.tokens["olga"])
+    assert denied.returncode == 3, denied.stderr
+    assert setup.tokens["olga"] not in denied.stdout + denied.stderr
+
+    gone = shredvault(setup, "customer", "report", setup.dan, token=setup.tokens["dora"])
+    assert gone.returncode == 4 and gone.stdout == ""
