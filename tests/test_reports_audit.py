@@ -352,12 +352,6 @@ def test_operator_is_denied(history: History) -> None:
     assert logged == [("olga", "denied")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: vault/reports.py audit_report calls session.key_status() before its own "
-    "gate, so an operator's refused audit report is logged as a denied keys.status, "
-    "never as audit.report",
-)
 def test_operator_denial_is_logged_as_audit_report(history: History) -> None:
     before = history.vault.head.seq
     with pytest.raises(AccessDeniedError):

@@ -435,22 +435,11 @@ def test_operator_may_not_query_and_the_denial_is_logged(history: History) -> No
 # -- known defects -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: vault/reports.py audit_query compares since/until to the stored ts as raw "
-    "text; an RFC 3339 time without microseconds ('...08:10:00Z') sorts after "
-    "'...08:10:00.000000Z', so entries in that second are dropped",
-)
 def test_since_in_whole_seconds_includes_entries_at_that_second(history: History) -> None:
     result = history.ada.audit_query(since="2026-04-06T08:10:00Z", until="2026-04-06T08:10:01Z")
     assert result["entries"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: vault/reports.py audit_query does not normalize since/until, so a time "
-    "with an offset is compared as text (10:10+02:00 sorts after 08:10Z)",
-)
 def test_since_with_an_offset_means_the_same_instant(history: History) -> None:
     result = history.ada.audit_query(
         since="2026-04-06T10:10:00.000000+02:00", until="2026-04-06T10:10:01.000000+02:00"
@@ -458,11 +447,6 @@ def test_since_with_an_offset_means_the_same_instant(history: History) -> None:
     assert result["entries"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: vault/reports.py audit_query accepts any text as since/until; a malformed "
-    "time silently selects an arbitrary part of the log instead of raising SchemaError",
-)
 def test_malformed_time_is_a_schema_error(history: History) -> None:
     with pytest.raises(SchemaError):
         history.ada.audit_query(since="last tuesday")
@@ -482,12 +466,6 @@ def _append_bulk(vault: Vault, count: int, now: datetime) -> None:
     vault._data.run(work)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: vault/reports.py audit_query applies the role filter in Python after "
-    "LIMIT 100001; past 100,000 entries the role's later entries are dropped and "
-    "truncated stays False",
-)
 def test_role_filter_finds_entries_beyond_the_first_hundred_thousand(history: History) -> None:
     _append_bulk(history.vault, 100_000, at(65))
     history.clock.at(66)

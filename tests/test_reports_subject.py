@@ -443,12 +443,6 @@ def test_malformed_customer_id_is_not_found_before_anything_is_logged(history: H
 # -- known defects ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: vault/reports.py customer_report calls session._gate(tx.conn, 'export', "
-    "'customer.report') without subject=, so a refused report on a customer is logged "
-    "with no subject tag and never shows in that customer's history",
-)
 def test_a_refused_report_attempt_shows_in_the_customers_history(history: History) -> None:
     with pytest.raises(AccessDeniedError):
         history.olga.customer_report(history.alice)
@@ -458,11 +452,6 @@ def test_a_refused_report_attempt_shows_in_the_customers_history(history: Histor
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: vault/reports.py _table escapes '|' but not line breaks, so a multi-line "
-    "field value (an address) splits its Markdown table row",
-)
 def test_a_multi_line_value_stays_in_its_table_row(history: History) -> None:
     address = "1 Rabbit Hole\nWonderland"
     history.olga.update(history.alice, history.rec_profile, {"address": address}, purpose="service")

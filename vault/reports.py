@@ -22,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
+from .access import normalize_expiry
 from .audit import format_public_key
+from .canonical import canonical
 from .clock import format_ts
 from .errors import SchemaError, ShreddedError
 from .log import export_line
@@ -52,8 +54,17 @@ def customer_report(session: Session, customer_id: str) -> dict[str, Any]:
     keys_of = vault._keys
 
     def work(tx: Tx) -> dict[str, Any]:
-        session._gate(tx.conn, "export", "customer.report")
         row = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
+        # The subject tag (when the customer still has one) goes on a refusal too, so a
+        # refused report attempt shows in that customer's own history.
+        tags = keys_of.store.subject_tags([customer_id]) if row is not None else {}
+        tag_bytes = tags.get(customer_id)
+        session._gate(
+            tx.conn,
+            "export",
+            "customer.report",
+            subject=None if tag_bytes is None else tag_bytes.hex(),
+        )
         if row is None:
             raise session._not_found("customer.report", customer_id)
         if row.state != "active":
@@ -193,6 +204,8 @@ def audit_query(
     if outcome is not None and outcome not in {"ok", "denied", "error"}:
         raise SchemaError("outcome is one of ok, denied, error")
     vault = session._vault
+    since_ts = normalize_time("since", since)
+    until_ts = normalize_time("until", until)
     filters = {
         k: v
         for k, v in {
@@ -200,8 +213,8 @@ def audit_query(
             "role": role,
             "action": action,
             "outcome": outcome,
-            "since": since,
-            "until": until,
+            "since": since_ts,
+            "until": until_ts,
         }.items()
         if v is not None
     }
@@ -212,21 +225,36 @@ def audit_query(
         stmt = stmt.where(log.c.action == action)
     if outcome is not None:
         stmt = stmt.where(log.c.outcome == outcome)
-    if since is not None:
-        stmt = stmt.where(log.c.ts >= since)
-    if until is not None:
-        stmt = stmt.where(log.c.ts < until)
-    stmt = stmt.order_by(log.c.seq).limit(_QUERY_LIMIT + 1)
+    if since_ts is not None:
+        stmt = stmt.where(log.c.ts >= since_ts)
+    if until_ts is not None:
+        stmt = stmt.where(log.c.ts < until_ts)
+    stmt = stmt.order_by(log.c.seq)
+    if role is None:
+        stmt = stmt.limit(_QUERY_LIMIT + 1)
+    # The role is inside the hashed body, not a column: stream the candidates and keep
+    # those whose entry names the role, up to the limit (a cheap byte test first, then
+    # the parsed field, since a detail could hold the same text).
+    needle = None if role is None else b'"role":' + canonical({"r": role})[5:-1]
 
     def work(tx: Tx) -> list[Any]:
         session._gate(tx.conn, "audit", "audit.query")
-        rows = tx.conn.execute(stmt).all()
+        kept: list[Any] = []
+        result = tx.conn.execute(stmt, execution_options={"stream_results": True})
+        for batch in result.partitions(5_000):
+            for r in batch:
+                if needle is not None and (
+                    needle not in r.body or json.loads(r.body)["role"] != role
+                ):
+                    continue
+                kept.append(r)
+            if len(kept) > _QUERY_LIMIT:
+                result.close()
+                break
         tx.log(session._event("audit.query", detail={"filters": filters}))
-        return list(rows)
+        return kept
 
     rows = vault._transact(work)
-    if role is not None:
-        rows = [r for r in rows if json.loads(r.body)["role"] == role]
     truncated = len(rows) > _QUERY_LIMIT
     rows = rows[:_QUERY_LIMIT]
     per_action = Counter(str(r.action) for r in rows)
@@ -269,6 +297,9 @@ def audit_report(session: Session, *, expiring_days: int = 30) -> dict[str, Any]
     """One page for an inspector. Logged as ``audit.report``."""
     from .backup import backup_list
 
+    # The report's own gate comes first: a refused report is logged as ``audit.report``,
+    # not as whichever part of it (key status, backups) happened to be asked for first.
+    session._authorize("audit", "audit.report")
     vault = session._vault
     now_dt = vault._clock()
     now = format_ts(now_dt)
@@ -384,10 +415,25 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
     head = list(header)
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        out.append(
-            "| " + " | ".join("" if v is None else str(v).replace("|", "\\|") for v in row) + " |"
-        )
+        out.append("| " + " | ".join("" if v is None else _cell(v) for v in row) + " |")
     return out
+
+
+def _cell(value: Any) -> str:
+    """A table cell: pipes escaped and line breaks as <br>, so one value stays in its row."""
+    text = str(value).replace("\\", "\\\\").replace("|", "\\|")
+    return text.replace("\r\n", "<br>").replace("\r", "<br>").replace("\n", "<br>")
+
+
+def normalize_time(name: str, value: str | None) -> str | None:
+    """A window bound as the log stores times (fixed-width RFC 3339 UTC), so text
+    comparison is time comparison; garbage is a SchemaError, never a silent filter."""
+    if value is None:
+        return None
+    try:
+        return normalize_expiry(value)
+    except SchemaError:
+        raise SchemaError(f"--{name} must be an RFC 3339 time, e.g. 2027-01-31T00:00:00Z") from None
 
 
 def _render_subject(r: dict[str, Any]) -> str:
