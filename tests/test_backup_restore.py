@@ -48,28 +48,6 @@ PURPOSE = "service"
 KEYSTORE_FILES = ("keys.db", "keys.db-wal", "keys.db-shm", "keys.db-journal")
 PASSPHRASE = b"restore me with care 4471"
 
-BUG_PG_BACKUP = (
-    "BUG vault/backup.py:194 _copy_data: conn.execution_options(stream_results=True) "
-    "mutates the locked transaction's connection in place (SQLAlchemy 2.x), so the "
-    "following INSERT INTO sv_backups runs through a server-side cursor and PostgreSQL "
-    "fails with 'syntax error at or near INSERT'"
-)
-BUG_EXTERNAL_VERIFY = (
-    "BUG vault/backup.py:348 verify_backup: Auditor.open(where) refuses a keystore snapshot "
-    "whose data_location is 'external' ('pass data_url'), so every backup of a vault with "
-    "external data is reported malformed"
-)
-BUG_CLOCK_OVERCOUNTS = (
-    "BUG vault/backup.py:252-261 backup_list counts every customer.shred after the backup's "
-    "seq, including customers created after the backup, whose keys the archive never held; "
-    "the clock is 'customers shredded since, whose keys the copy still holds'"
-)
-BUG_EXTERNAL_RESTORE = (
-    "BUG vault/backup.py:559 restore_backup: data_location stays 'external' when the "
-    "target is a directory (data_url None), so the restore's own Vault.open refuses it"
-)
-
-
 # -- a live vault with a backup taken before a shred ---------------------------------------
 
 
@@ -615,8 +593,26 @@ def test_restore_into_a_database_that_holds_a_vault_refuses(
             data_url=pg_url,
             source=SOURCES["live vault"](live),
         )
+    # Nothing was restored, so nothing is left behind: the same command can run again.
+    assert not (tmp_path / "restored").exists()
     with Vault.open(tmp_path / "occupant", keyfile=live.keyfile, data_url=pg_url) as v:
         assert v.verify_log().ok
+
+
+def test_a_damaged_archive_leaves_an_empty_target_as_it_was(live: Live, tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.tar"
+    data = bytearray(live.archive.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    damaged.write_bytes(bytes(data))
+    target = tmp_path / "empty-target"
+    target.mkdir()
+    with pytest.raises(VerificationError):
+        restore_backup(damaged, target, keyfile=live.keyfile, source=SOURCES["live vault"](live))
+    assert list(target.iterdir()) == []
+    result = restore_backup(
+        live.archive, target, keyfile=live.keyfile, source=SOURCES["live vault"](live)
+    )
+    assert result["replayed"] == [live.shredded]
 
 
 @pytest.mark.parametrize(
@@ -625,14 +621,7 @@ def test_restore_into_a_database_that_holds_a_vault_refuses(
         "sqlite",
         pytest.param(
             "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.xfail(
-                    strict=True,
-                    reason=f"{BUG_PG_BACKUP}; then {BUG_EXTERNAL_VERIFY}; then "
-                    f"{BUG_EXTERNAL_RESTORE}",
-                ),
-            ],
+            marks=pytest.mark.postgres,
         ),
     ],
     indirect=True,
@@ -663,7 +652,6 @@ def test_backup_of_a_vault_on_either_backend_restores_to_sqlite(
         assert restored.verify_log().ok
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_EXTERNAL_VERIFY)
 def test_an_archive_of_a_vault_whose_data_is_external_verifies(
     tmp_path: Path, keyfile: Path
 ) -> None:
@@ -676,7 +664,6 @@ def test_an_archive_of_a_vault_whose_data_is_external_verifies(
     assert report.ok, report.message
 
 
-@pytest.mark.xfail(strict=True, reason=f"{BUG_EXTERNAL_VERIFY}; then {BUG_EXTERNAL_RESTORE}")
 def test_an_archive_of_a_vault_whose_data_is_external_restores_into_a_directory(
     tmp_path: Path, keyfile: Path
 ) -> None:
@@ -705,7 +692,6 @@ def test_backups_count_the_customers_shredded_since_each(tmp_path: Path, keyfile
         assert [b.shredded_since for b in s.backups()] == [3, 1]
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_CLOCK_OVERCOUNTS)
 def test_customers_created_after_a_backup_do_not_count_on_its_clock(
     tmp_path: Path, keyfile: Path
 ) -> None:

@@ -18,6 +18,7 @@ serves. Without a newer source it refuses unless told to accept the risk, and lo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -45,7 +46,7 @@ from .faults import crash_point
 from .log import Event
 from .receipt import load_receipt, verify_receipt
 from .store import DataStore, backups, customers, log, metadata
-from .vault import DATA_FILE, KEYS_FILE, RESTORE_MARKER, Vault
+from .vault import DATA_FILE, KEYS_FILE, RESTORE_MARKER, Vault, _drop_schema
 
 if TYPE_CHECKING:
     from .session import Session
@@ -191,7 +192,9 @@ def _copy_data(
         metadata.create_all(engine)
         with engine.begin() as out:
             for table in metadata.sorted_tables:
-                result = conn.execution_options(stream_results=True).execute(select(table))
+                # Per statement: Connection.execution_options() would switch the locked
+                # connection itself to server-side cursors for everything after.
+                result = conn.execute(select(table), execution_options={"stream_results": True})
                 while True:
                     rows = result.fetchmany(_COPY_BATCH)
                     if not rows:
@@ -248,16 +251,8 @@ def backup_list(session: Session) -> list[BackupInfo]:
     def work(tx: Tx) -> list[BackupInfo]:
         session._gate(tx.conn, "audit", "backup.list")
         out = []
-        for row in tx.conn.execute(select(backups).order_by(backups.c.seq)):
-            since = tx.conn.execute(
-                select(func.count())
-                .select_from(log)
-                .where(
-                    log.c.seq > row.seq,
-                    log.c.action == "customer.shred",
-                    log.c.outcome == "ok",
-                )
-            ).scalar_one()
+        for row in tx.conn.execute(select(backups).order_by(backups.c.seq)).all():
+            since = shredded_since(tx.conn, int(row.seq))
             expired = row.expires is not None and now >= row.expires
             out.append(
                 BackupInfo(
@@ -268,6 +263,30 @@ def backup_list(session: Session) -> list[BackupInfo]:
         return out
 
     return vault._transact(work)
+
+
+def shredded_since(conn: Connection, seq: int) -> int:
+    """Customers shredded after seq ``seq`` whose keys a copy taken at ``seq`` holds:
+    those with a log entry at or before ``seq`` (a customer is created with one), so
+    customers created after the copy do not count."""
+    before = log.alias("before")
+    held_then = (
+        select(before.c.seq)
+        .where(before.c.subject == log.c.subject, before.c.seq <= seq)
+        .limit(1)
+        .exists()
+    )
+    count = conn.execute(
+        select(func.count())
+        .select_from(log)
+        .where(
+            log.c.seq > seq,
+            log.c.action == "customer.shred",
+            log.c.outcome == "ok",
+            held_then,
+        )
+    ).scalar_one()
+    return int(count)
 
 
 # -- verify ---------------------------------------------------------------------------------
@@ -345,7 +364,9 @@ def verify_backup(
                     return BackupReport(
                         False, "bad signature", "the manifest signature does not verify", manifest
                     )
-                with Auditor.open(where) as auditor:
+                # The snapshot's data is always the SQLite file beside it, wherever the
+                # live vault kept its data (its keystore may say "external").
+                with Auditor.open(where, data_url=f"sqlite:///{where / DATA_FILE}") as auditor:
                     if auditor.vault_id != manifest["vault"]:
                         return BackupReport(
                             False,
@@ -538,26 +559,36 @@ def restore_backup(
             "restoring could bring back customers shredded after this backup; pass "
             "--accept-unreplayed-shreds only if you are sure none were"
         )
+    created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     (root / RESTORE_MARKER).write_text("restore in progress\n", encoding="utf-8")
     staged = root / ".restore-staging"
     staged.mkdir()
-    report = verify_backup(archive, public_key=public_key, extract_to=staged)
-    if not report.ok or report.manifest is None:
-        shutil.rmtree(staged)
-        raise VerificationError(
-            f"the backup fails verification: {report.message}", reason=report.reason or "invalid"
-        )
-    manifest = report.manifest
-    key = public_key if public_key is not None else _keystore_public_key(staged / KEYS_FILE)
-    if data_url is not None:
-        _load_into(staged / DATA_FILE, data_url)
-    else:
+    try:
+        report = verify_backup(archive, public_key=public_key, extract_to=staged)
+        if not report.ok or report.manifest is None:
+            raise VerificationError(
+                f"the backup fails verification: {report.message}",
+                reason=report.reason or "invalid",
+            )
+        manifest = report.manifest
+        key = public_key if public_key is not None else _keystore_public_key(staged / KEYS_FILE)
+        if data_url is not None:
+            _load_into(staged / DATA_FILE, data_url)
+    except BaseException:
+        # Nothing was restored yet: leave the target as it was found (empty or absent),
+        # so the same command can simply be run again.
+        shutil.rmtree(staged, ignore_errors=True)
+        (root / RESTORE_MARKER).unlink(missing_ok=True)
+        if created_root:
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        raise
+    if data_url is None:
         os.replace(staged / DATA_FILE, root / DATA_FILE)
     os.replace(staged / KEYS_FILE, root / KEYS_FILE)
     shutil.rmtree(staged)
-    if data_url is not None:
-        _mark_external(root / KEYS_FILE)
+    _set_data_location(root / KEYS_FILE, "external" if data_url is not None else "sqlite")
     crash_point("restore:after-files")
     shreds, source_seq = _newer_shreds(manifest, source, key)
     vault = Vault.open(
@@ -629,19 +660,24 @@ def _load_into(snapshot: Path, data_url: str) -> None:
         try:
             with source.connect() as src, target.engine.begin() as dst:
                 for table in metadata.sorted_tables:
-                    result = src.execution_options(stream_results=True).execute(select(table))
+                    result = src.execute(select(table), execution_options={"stream_results": True})
                     while rows := result.fetchmany(_COPY_BATCH):
                         dst.execute(insert(table), [dict(r._mapping) for r in rows])
+        except BaseException:
+            _drop_schema(target)  # the tables this call created, so a rerun finds it empty
+            raise
         finally:
             source.dispose()
     finally:
         target.dispose()
 
 
-def _mark_external(keys_path: Path) -> None:
+def _set_data_location(keys_path: Path, where: str) -> None:
+    """Where the restored vault's data lives: the backup's keystore says where the
+    source vault kept it, which is not where the restore put it."""
     conn = sqlite3.connect(keys_path)
     try:
         with conn:
-            conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('data_location', 'external')")
+            conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('data_location', ?)", (where,))
     finally:
         conn.close()

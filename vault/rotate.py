@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, select, update
 
 from keys import InvalidKeyError, KdfParams, KeystoreError, needs_rehash, recommended_params
 from keys.envelope import record_aad_suffix
@@ -331,15 +331,13 @@ def key_status(session: Session, policy: KeyPolicy | None = None) -> KeyStatus:
 
 def _backup_key_copies(conn: Connection, now: str) -> int:
     """Sum over unexpired backups of the customers shredded after each was taken."""
+    from .backup import shredded_since
+
     total = 0
     live = select(backups.c.seq).where((backups.c.expires.is_(None)) | (backups.c.expires > now))
-    for (seq,) in conn.execute(live):
-        total += conn.execute(
-            select(func.count())
-            .select_from(log)
-            .where(log.c.seq > seq, log.c.action == "customer.shred", log.c.outcome == "ok")
-        ).scalar_one()
-    return int(total)
+    for (seq,) in conn.execute(live).all():
+        total += shredded_since(conn, int(seq))
+    return total
 
 
 def _log(
