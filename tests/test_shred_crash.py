@@ -388,3 +388,85 @@ def test_interrupted_compact_loses_no_active_rows_and_a_rerun_finishes(
         assert sum(e["detail"]["records"] for e in compacts) == 1500
         assert_bystanders_untouched(v, setup)
         assert_verifies(v, None)
+
+
+# -- a live shred is not a crash ------------------------------------------------------
+
+
+_SHRED_AND_REPORT = r"""
+import json, sys
+from vault import Vault
+
+path, keyfile, data_url, customer = sys.argv[1:5]
+vault = Vault.open(path, keyfile=keyfile, data_url=data_url or None)
+receipt = vault.admin().shred(customer, reason="erasure request")
+print(json.dumps(receipt.to_json()))
+vault.close()
+"""
+
+
+@pytest.mark.parametrize("pause_at", ["shred:after-intent", "shred:after-keys"])
+def test_opening_while_another_process_shreds_waits_instead_of_finishing_its_shred(
+    tmp_path: Path, keyfile: Path, pause_at: str
+) -> None:
+    """A customer in ``shredding`` because a live process is mid-shred is not a crash
+    leftover: an open in another process waits for the shred lock, and the shredder
+    finishes its own shred and gets its receipt (before the lock, the opener rolled it
+    forward and the shredder failed, or the opener failed on the dropped salt)."""
+    import threading
+
+    s = build(tmp_path / "v", keyfile, None)
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "SHREDVAULT_CRASH_AT"}
+    env.update(SHREDVAULT_PAUSE_AT=pause_at, SHREDVAULT_PAUSE_DIR=str(pause))
+    shredder = subprocess.Popen(
+        [sys.executable, "-c", _SHRED_AND_REPORT, *s.args(), s.target],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(3000):
+            if (pause / "reached").exists() or shredder.poll() is not None:
+                break
+            threading.Event().wait(0.01)
+        assert (pause / "reached").exists(), shredder.communicate()[1]
+        opened: list[Vault] = []
+        failed: list[BaseException] = []
+
+        def open_vault() -> None:
+            try:
+                opened.append(s.open())
+            except BaseException as error:  # reported below
+                failed.append(error)
+
+        opener = threading.Thread(target=open_vault)
+        opener.start()
+        opener.join(0.5)
+        assert opener.is_alive(), "the open did not wait for the live shred"
+        (pause / "go").touch()
+        out, err = shredder.communicate(timeout=60)
+        opener.join(60)
+    finally:
+        (pause / "go").touch()
+        if shredder.poll() is None:
+            shredder.kill()
+    assert shredder.returncode == 0, err
+    assert not failed, failed
+    v = opened[0]
+    try:
+        assert v.recovered_receipts == []
+        receipt = json.loads(out)
+        assert receipt["customer"] == s.target
+        assert receipt["entry"]["actor"] == "admin"
+        assert verify_receipt(receipt).ok
+        with pytest.raises(ShreddedError):
+            v.admin().list_records(s.target, purpose=PURPOSE)
+        assert v.verify_log().ok
+        shreds = [e for e in log_entries(v) if e["action"] == "customer.shred"]
+        assert len(shreds) == 1
+    finally:
+        v.close()

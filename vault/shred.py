@@ -8,14 +8,23 @@
 
 A crash between steps leaves the customer in ``shredding``; opening the vault runs the
 remaining steps (:func:`roll_forward`), so the result is that of an uninterrupted shred,
-logged once. Nothing here reads or rewrites the customer's records: cost does not grow
+logged once. Every shred holds the vault's shred lock (``shred.lock`` beside the
+keystore, an ``flock`` the kernel releases when its process dies) from its salt to its
+receipt, and roll-forward takes the same lock: so a customer found in ``shredding``
+under the lock was left by a crash, never by a shred still running in another process.
+
+Nothing here reads or rewrites the customer's records: cost does not grow
 with their number; :func:`compact` removes the unreadable rows later.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
@@ -29,6 +38,7 @@ from .errors import (
     SchemaError,
     ShreddedError,
     StorageError,
+    VaultBusyError,
     VaultError,
 )
 from .faults import crash_point
@@ -43,6 +53,34 @@ __all__ = ["compact", "roll_forward", "shred_customer"]
 
 _MAX_REASON = 500
 _COMPACT_BATCH = 1000
+SHRED_LOCK = "shred.lock"
+_LOCK_POLL_S = 0.005
+
+
+@contextmanager
+def shred_lock(vault: Vault) -> Iterator[None]:
+    """Hold the vault's shred lock (all processes sharing this keystore are on this
+    host, DESIGN §2). Raises VaultBusyError after the vault's busy timeout."""
+    try:
+        fd = os.open(vault.path / SHRED_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise StorageError(f"cannot open the shred lock: {error.strerror}") from None
+    try:
+        deadline = time.monotonic() + vault._data.busy_timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise VaultBusyError(
+                        "another process has been shredding for longer than "
+                        f"{vault._data.busy_timeout:g}s; nothing was changed"
+                    ) from None
+                time.sleep(_LOCK_POLL_S)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def check_reason(reason: object) -> str:
@@ -57,9 +95,13 @@ def shred_customer(vault: Vault, actor: str, role: str, customer_id: str, reason
     Raises NotFoundError (unknown), ShreddedError (already shredded), LegalHoldError
     (held); each is logged and changes nothing. A customer found half-shredded is
     finished instead (the original reason stands)."""
-    from .vault import Refusal
-
     check_reason(reason)
+    with shred_lock(vault):
+        return _shred_locked(vault, actor, role, customer_id, reason)
+
+
+def _shred_locked(vault: Vault, actor: str, role: str, customer_id: str, reason: str) -> Receipt:
+    from .vault import Refusal
 
     def begin(tx: Tx) -> None:
         row = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
@@ -253,6 +295,11 @@ def _receipt(vault: Vault, customer_id: str, seq: int, subject: str, salt: bytes
 def roll_forward(vault: Vault) -> list[Receipt]:
     """Finish every shred a crash interrupted (called at open), logged once each, and
     issue the receipts that the interrupted callers never got."""
+    with shred_lock(vault):
+        return _roll_forward_locked(vault)
+
+
+def _roll_forward_locked(vault: Vault) -> list[Receipt]:
     stuck = vault._data.read(
         lambda conn: [
             str(r.id)
@@ -270,8 +317,6 @@ def roll_forward(vault: Vault) -> list[Receipt]:
     # Salts left by a crash after the shred committed (receipt not yet handed out) or
     # before its intent (nothing began).
     for customer_id in vault._keys.store.receipt_salt_customers():
-        if _state(vault, customer_id) == "shredding":
-            continue  # another process is shredding it right now
         if _state(vault, customer_id) == "shredded":
             found = _find_shred(vault, customer_id, _salt(vault, customer_id))
             if found is not None:
