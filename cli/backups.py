@@ -392,9 +392,10 @@ def restore_command(
 
     The archive is verified, both stores are written into DIR (marked incomplete), and
     every customer shredded after the backup, as the replay source shows, is shredded
-    again before the marker goes: a restore never brings back an erased customer. An
-    interrupted or failed restore leaves DIR refusing to open; restore again into a new
-    empty directory.
+    again before the marker goes: a restore never brings back an erased customer. A
+    restore refused before writing (bad archive, occupied database) leaves DIR as it was;
+    one interrupted later leaves DIR refusing to open: restore again into a new empty
+    directory.
 
     Unlock with the passphrase or keyfile the vault had when the backup was made
     (--passphrase-file, --keyfile or the environment). The global --vault/--data-url are
