@@ -13,6 +13,7 @@ from .clock import Clock
 from .errors import (
     AccessDeniedError,
     AuditChainError,
+    HandoverConflictError,
     LegalHoldError,
     NotFoundError,
     PurposeError,
@@ -23,6 +24,17 @@ from .errors import (
     VaultBusyError,
     VaultError,
     VerificationError,
+)
+from .handover import (
+    HandoverCompletion,
+    HandoverExport,
+    HandoverImport,
+    HandoverKey,
+    handover_keygen,
+    open_handover_key,
+    read_handover_public_key,
+    read_manifest,
+    verify_completion,
 )
 from .log import Event
 from .model import Customer, Principal, Record, ShredExpiredResult
@@ -47,6 +59,11 @@ __all__ = [
     "Customer",
     "DecryptionError",
     "Event",
+    "HandoverCompletion",
+    "HandoverConflictError",
+    "HandoverExport",
+    "HandoverImport",
+    "HandoverKey",
     "KdfParams",
     "KeyPolicy",
     "KeyStatus",
@@ -76,12 +93,17 @@ __all__ = [
     "VerifyReport",
     "format_public_key",
     "generate_keyfile",
+    "handover_keygen",
     "load_receipt",
+    "open_handover_key",
     "parse_public_key",
     "read_anchor",
+    "read_handover_public_key",
+    "read_manifest",
     "render_markdown",
     "restore_backup",
     "verify_backup",
+    "verify_completion",
     "verify_export",
     "verify_receipt",
 ]

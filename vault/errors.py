@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AccessDeniedError",
     "AuditChainError",
+    "HandoverConflictError",
     "LegalHoldError",
     "NotFoundError",
     "PurposeError",
@@ -66,6 +67,11 @@ class VerificationError(VaultError):
 
 class AuditChainError(VerificationError):
     """The vault's own access log is broken or rolled back: the vault refuses to serve."""
+
+
+class HandoverConflictError(VaultError):
+    """A handover package names customers the receiving vault already holds: nothing
+    was imported."""
 
 
 class VaultBusyError(VaultError):

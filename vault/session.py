@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from keys import CustomerKeys
 
     from .backup import BackupInfo
+    from .handover import HandoverCompletion, HandoverExport, HandoverImport, HandoverKey
     from .rotate import KeyPolicy, KeyStatus
     from .vault import Tx, Vault
 
@@ -453,6 +454,60 @@ class Session:
         from .backup import backup_list
 
         return backup_list(self)
+
+    # -- business handover ---------------------------------------------------------------
+
+    def handover_export(
+        self,
+        recipient_public_key: bytes,
+        out: str,
+        *,
+        customers: Sequence[str] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> HandoverExport:
+        """Write a handover package for an acquirer (see :mod:`vault.handover`): only
+        active customers whose consent has ``transfer: True``; one ``customer.handover``
+        entry each, committed only once the package is complete. Admin or ``export``."""
+        from .handover import export_package
+
+        return export_package(
+            self, recipient_public_key, out, customer_ids=customers, progress=progress
+        )
+
+    def handover_import(
+        self,
+        package: str,
+        key: HandoverKey,
+        *,
+        seller_public_key: bytes | None = None,
+        declare_kinds: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> HandoverImport:
+        """Verify a handover package completely, then import its customers and records
+        in one transaction (admin). Nothing is written when anything fails."""
+        from .handover import import_package
+
+        return import_package(
+            self,
+            package,
+            key,
+            seller_public_key=seller_public_key,
+            declare_kinds=declare_kinds,
+            progress=progress,
+        )
+
+    def handover_complete(
+        self,
+        package: str,
+        *,
+        receipts_dir: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> HandoverCompletion:
+        """Shred every customer a package this vault exported transferred (admin), one
+        receipt each, and return a signed summary. Resumable."""
+        from .handover import complete_package
+
+        return complete_package(self, package, receipts_dir=receipts_dir, progress=progress)
 
     # -- principals and roles (admin only) -------------------------------------------
 

@@ -46,6 +46,7 @@ __all__ = [
     "backups",
     "checkpoints",
     "customers",
+    "handover_imports",
     "kinds",
     "log",
     "log_head",
@@ -133,6 +134,20 @@ backups = Table(
     Column("head", String(64), nullable=False),
     Column("created", String(32), nullable=False),
     Column("expires", String(32), nullable=True),
+)
+
+# Handover packages this vault imported: a package id is accepted once (replay
+# protection). Added after schema version 1 shipped; ensure_additive_tables() creates it
+# in older data stores (older code simply ignores the extra table).
+handover_imports = Table(
+    "sv_handover_imports",
+    metadata,
+    Column("package", String(32), primary_key=True),
+    Column("seller_vault", String(32), nullable=False),
+    Column("manifest_sha256", String(64), nullable=False),
+    Column("customers", Integer, nullable=False),
+    Column("records", BigInteger, nullable=False),
+    Column("imported", String(32), nullable=False),
 )
 
 log = Table(
@@ -270,6 +285,11 @@ class DataStore:
                 metadata.create_all(conn)
         except exc.SQLAlchemyError as error:
             raise StorageError(f"cannot create the data store: {_describe(error)}") from None
+
+    def ensure_additive_tables(self, conn: Connection) -> None:
+        """Create tables added since schema version 1 (only new tables, no changed ones,
+        so the version stays 1) when an older data store lacks them."""
+        handover_imports.create(conn, checkfirst=True)
 
     def has_schema(self) -> bool:
         try:
