@@ -16,6 +16,7 @@ from . import (
     backups,
     customers,
     demo,
+    handover,
     init,
     key_management,
     kinds,
@@ -128,6 +129,7 @@ cli.add_command(access.role_group)
 cli.add_command(key_management.key_group)
 cli.add_command(audit.audit_group)
 cli.add_command(backups.backup_group)
+cli.add_command(handover.handover_group)
 _ = reports  # registers `customer report`, `audit query` and `audit report`
 
 
