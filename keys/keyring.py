@@ -338,6 +338,15 @@ class KeyRing:
         self.store.checkpoint_truncate()
         return [fingerprint(r.wrapped) for r in sorted(rows, key=lambda r: r.version)]
 
+    def destroy_customers(self, customer_ids: Sequence[str]) -> None:
+        """:meth:`destroy_customer` for many customers: ONE keystore transaction and
+        one WAL truncation, however many there are. Idempotent."""
+        self.forget(customer_ids)
+        with self.store.transaction() as conn:
+            for cid in customer_ids:
+                self.store.delete_customer(conn, cid)
+        self.store.checkpoint_truncate()
+
     # -- rotation -----------------------------------------------------------------------
 
     def begin_kek_rotation(self, created: str) -> tuple[int, bool]:
@@ -490,7 +499,61 @@ class KeyRing:
         self._root = new_root
         self._header = self.store.header()
 
+    # -- decommission -----------------------------------------------------------------
+
+    def destroy_all_keys(self, *, record_as: str) -> dict[str, object]:
+        """Delete every KEK epoch, DEK, subject tag and receipt salt in ONE keystore
+        transaction, then truncate the WAL. What went (epoch fingerprints, counts) is
+        stored in the same transaction under meta ``record_as`` and returned, so a rerun
+        after a crash returns the same summary and deletes nothing more."""
+        self._customers.clear()
+        self._keks.clear()
+        with self.store.transaction() as conn:
+            kept = conn.execute("SELECT v FROM meta WHERE k = ?", (record_as,)).fetchone()
+            if kept is None:
+                epochs, deks, tags = self.store.delete_all_keys(conn)
+                summary: dict[str, object] = {
+                    "kek_epochs": [
+                        {"epoch": e, "fingerprint": fingerprint(w)}
+                        for e, w in sorted(epochs.items())
+                    ],
+                    "deks": deks,
+                    "subject_tags": tags,
+                }
+                self.store.set_meta(conn, record_as, json.dumps(summary, sort_keys=True))
+            else:
+                self.store.delete_all_keys(conn)  # anything made since (nothing, normally)
+                summary = json.loads(kept[0])
+        self.store.checkpoint_truncate()
+        return summary
+
+    def destroy_signing_key(self, meta: dict[str, str]) -> None:
+        """Delete the wrapped signing seed, keeping the public key in meta for
+        verifiers, and set ``meta`` in the same transaction. Afterwards this key ring
+        (and any unlock of this keystore) can sign nothing. The caller truncates the
+        WAL (``store.checkpoint_truncate``) once this commits."""
+        with self.store.transaction() as conn:
+            self.store.set_meta(conn, "public_key", self.public_key.hex())
+            for key, value in meta.items():
+                self.store.set_meta(conn, key, value)
+            self.store.delete_signing_seeds(conn)
+        self.signer = _DestroyedSigner(self.public_key)
+
     def close(self) -> None:
         self._customers.clear()
         self._keks.clear()
         self.store.close()
+
+
+class _DestroyedSigner(Signer):
+    """Stands in for a signer whose seed was destroyed: it has a public key, and
+    refuses to sign."""
+
+    def __init__(self, public_key: bytes) -> None:  # no seed: nothing to build
+        self.public_key = public_key
+
+    def __repr__(self) -> str:
+        return f"<Signer public_key={self.public_key.hex()[:16]}..., seed destroyed>"
+
+    def sign(self, message: bytes) -> bytes:
+        raise KeystoreError("the signing key was destroyed (the vault is decommissioned)")

@@ -298,8 +298,18 @@ class KeyStore:
         return int(row[0]), bytes(row[1]), bytes(row[2])
 
     def public_key(self) -> bytes:
-        """The vault's Ed25519 public key; readable without unlocking."""
-        return self.signing_seed()[2]
+        """The vault's Ed25519 public key; readable without unlocking. Once the signing
+        seed is destroyed (decommission) the key survives in ``meta`` so that auditors
+        can still check checkpoints."""
+        row = self._conn.execute(
+            "SELECT public_key FROM signing ORDER BY generation DESC LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            return bytes(row[0])
+        kept = self.get_meta("public_key")
+        if kept is None:
+            raise KeystoreError("keystore holds no signing key")
+        return bytes.fromhex(kept)
 
     def add_signing_seed(
         self, conn: sqlite3.Connection, generation: int, wrapped: bytes, public: bytes, created: str
@@ -466,6 +476,22 @@ class KeyStore:
 
     def count_deks(self) -> int:
         return int(self._conn.execute("SELECT COUNT(*) FROM deks").fetchone()[0])
+
+    def delete_all_keys(self, conn: sqlite3.Connection) -> tuple[dict[int, bytes], int, int]:
+        """Delete every DEK, subject tag, receipt salt and KEK epoch (decommission);
+        returns (the wrapped epochs deleted, DEKs deleted, subject tags deleted)."""
+        rows = conn.execute("SELECT epoch, wrapped FROM kek_epochs")
+        epochs = {int(e): bytes(w) for e, w in rows}
+        deks = conn.execute("DELETE FROM deks").rowcount
+        tags = conn.execute("DELETE FROM subject_tags").rowcount
+        conn.execute("DELETE FROM receipt_salts")
+        conn.execute("DELETE FROM kek_epochs")
+        return epochs, int(deks), int(tags)
+
+    def delete_signing_seeds(self, conn: sqlite3.Connection) -> int:
+        """Delete every wrapped signing seed (the public key must be kept in ``meta``
+        first, see :meth:`public_key`); returns how many rows went."""
+        return int(conn.execute("DELETE FROM signing").rowcount)
 
     # -- rollback anchor -------------------------------------------------------------
 

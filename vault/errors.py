@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "AccessDeniedError",
     "AuditChainError",
+    "DecommissionHoldError",
     "HandoverConflictError",
     "LegalHoldError",
     "NotFoundError",
@@ -14,6 +15,7 @@ __all__ = [
     "StorageError",
     "UnlockError",
     "VaultBusyError",
+    "VaultDecommissionedError",
     "VaultError",
     "VerificationError",
 ]
@@ -49,6 +51,20 @@ class NotFoundError(VaultError, LookupError):
 
 class ShreddedError(NotFoundError):
     """The customer was crypto-shredded: its records are gone for good."""
+
+
+class VaultDecommissionedError(ShreddedError):
+    """The vault is decommissioned (or a decommission is under way): it serves no data.
+    Only finishing the decommission and auditing (verify, export) still work."""
+
+
+class DecommissionHoldError(LegalHoldError):
+    """Customers are under legal hold, so the vault is not decommissioned (nothing was
+    destroyed) unless holds are explicitly overridden. ``held`` is how many."""
+
+    def __init__(self, message: str, *, held: int) -> None:
+        super().__init__(message)
+        self.held = held
 
 
 class VerificationError(VaultError):

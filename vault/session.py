@@ -30,8 +30,10 @@ from .errors import (
     PurposeError,
     SchemaError,
     ShreddedError,
+    VaultDecommissionedError,
     VaultError,
 )
+from .lifecycle import DECOMMISSION_ACTION
 from .log import Event
 from .model import Customer, Principal, Record, ShredExpiredResult
 from .receipt import Receipt
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from keys import CustomerKeys
 
     from .backup import BackupInfo
+    from .certificate import Certificate
     from .handover import HandoverCompletion, HandoverExport, HandoverImport, HandoverKey
     from .rotate import KeyPolicy, KeyStatus
     from .vault import Tx, Vault
@@ -86,6 +89,17 @@ class Session:
         expiry and role changes in any process apply to the very next call."""
         from .vault import Refusal
 
+        if self._vault.lifecycle is not None and log_action != DECOMMISSION_ACTION:
+            ev = self._event(
+                log_action, outcome="denied", detail={"reason_code": "vault_decommissioned"}
+            )
+            raise Refusal(
+                VaultDecommissionedError(
+                    f"the vault is {self._vault.lifecycle}: it serves no data "
+                    "(only finishing the decommission and auditing work)"
+                ),
+                ev,
+            )
         if self._principal is None:
             return self._role
         txn = conn.get_transaction()
@@ -351,6 +365,29 @@ class Session:
         number removed. Each batch commits on its own: safe to interrupt."""
         self._authorize("admin", "vault.compact")
         return compact(self._vault, self.actor, self.role, progress)
+
+    def decommission(
+        self,
+        *,
+        reason: str,
+        override_holds: bool = False,
+        progress: Callable[[int], None] | None = None,
+        on_certificate: Callable[[Certificate], None] | None = None,
+    ) -> Certificate:
+        """Destroy everything the vault holds and return a signed certificate of
+        destruction (admin only; see :mod:`vault.decommission`). Refused, with nothing
+        changed, while customers are under legal hold (:class:`DecommissionHoldError`)
+        unless ``override_holds``. Resumable: after a crash, run it again. Afterwards
+        the vault serves no data and can sign nothing."""
+        from .decommission import decommission
+
+        return decommission(
+            self,
+            reason=reason,
+            override_holds=override_holds,
+            progress=progress,
+            on_certificate=on_certificate,
+        )
 
     # -- keys (admin; status also for auditors) ---------------------------------------
 

@@ -42,7 +42,15 @@ from .errors import (
     SchemaError,
     StorageError,
     UnlockError,
+    VaultDecommissionedError,
     VaultError,
+)
+from .lifecycle import (
+    DECOMMISSION_ACTION,
+    DECOMMISSIONED,
+    INTENT_SEQ_KEY,
+    LIFECYCLE_KEY,
+    final_entry_seq,
 )
 from .log import Event, append, iter_entries
 from .receipt import Receipt
@@ -112,6 +120,10 @@ class Vault:
         self._closed = False
         #: Receipts of shreds that a crash interrupted and this open finished.
         self.recovered_receipts: list[Receipt] = []
+        #: None while the vault serves; "decommissioning" / "decommissioned" (lifecycle.py)
+        self.lifecycle: str | None = keyring.store.get_meta(LIFECYCLE_KEY)
+        # Seq of the final vault.decommission entry once written: nothing may follow it.
+        self._final_seq: int | None = None
 
     def __repr__(self) -> str:
         return f"<Vault {self.vault_id} at {self.path}>"
@@ -236,6 +248,13 @@ class Vault:
             store = KeyStore.open(root / KEYS_FILE)
         except KeystoreError as error:
             raise StorageError(str(error)) from None
+        if store.get_meta(LIFECYCLE_KEY) == DECOMMISSIONED:
+            store.close()
+            raise VaultDecommissionedError(
+                f"{root} is decommissioned: it holds no keys and serves no data. "
+                "`audit verify`, `audit export`, `receipt verify` and `certificate verify` "
+                "still work; `shredvault decommission` re-emits its certificate"
+            )
         try:
             try:
                 keyring = KeyRing.unlock(store, passphrase=passphrase, keyfile_key=keyfile_key)
@@ -263,8 +282,16 @@ class Vault:
             _check_data_store(data, keyring.vault_id)
             vault = cls(root, keyring, data, clock=clock, checkpoint_interval=checkpoint_interval)
             vault._check_anchor()
+            if vault.lifecycle is not None:
+                # Decommissioning: the decommission itself finishes interrupted shreds,
+                # and once its final entry exists nothing more may be logged.
+                intent_seq = int(keyring.store.get_meta(INTENT_SEQ_KEY) or 0)
+                vault._final_seq = final_entry_seq(data, intent_seq)
+                if vault._final_seq is not None:
+                    return vault
             vault._transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
-            vault.recovered_receipts = roll_forward(vault)
+            if vault.lifecycle is None:
+                vault.recovered_receipts = roll_forward(vault)
             return vault
         except BaseException:
             if data is not None:
@@ -290,7 +317,8 @@ class Vault:
             return
         self._closed = True
         try:
-            self._checkpoint_head()
+            if self._final_seq is None:  # after the final entry there is nothing to sign
+                self._checkpoint_head()
         except VaultError:
             pass  # closing must release the stores even when the data store is gone
         finally:
@@ -304,8 +332,12 @@ class Vault:
     # -- sessions -----------------------------------------------------------------------
 
     def admin(self) -> Session:
-        """A session acting as the administrator who unlocked the vault."""
+        """A session acting as the administrator who unlocked the vault. While a
+        decommission is under way it can only finish it (data calls raise
+        :class:`VaultDecommissionedError`)."""
         self._require_open()
+        if self.lifecycle == DECOMMISSIONED:
+            raise VaultDecommissionedError("the vault is decommissioned: it serves no data")
         return Session(self, actor=ADMIN, role=BUILTIN_ROLES[ADMIN])
 
     def login(self, token: str) -> Session:
@@ -318,6 +350,20 @@ class Vault:
         lookup = split_token(token)
 
         def work(tx: Tx) -> Session:
+            if self.lifecycle is not None:
+                ev = Event(
+                    "unknown",
+                    "none",
+                    "auth.login",
+                    outcome="denied",
+                    detail={"reason_code": "vault_decommissioned"},
+                )
+                raise Refusal(
+                    VaultDecommissionedError(
+                        f"the vault is {self.lifecycle}: it serves no data and takes no logins"
+                    ),
+                    ev,
+                )
             row = None
             if lookup is not None:
                 row = tx.conn.execute(
@@ -356,6 +402,8 @@ class Vault:
         """Declare (or redeclare) a record kind: the fields it may hold and the purposes
         it may be used for. Logged as ``schema.declare``."""
         self._require_open()
+        if self.lifecycle is not None:
+            raise VaultDecommissionedError(f"the vault is {self.lifecycle}: its schema is closed")
         spec = KindSpec.build(name, fields, purposes)
         text = json.dumps(spec.to_json(), sort_keys=True)
 
@@ -416,7 +464,7 @@ class Vault:
         def log_only(tx: Tx) -> None:
             tx.log(*events)
 
-        if events:
+        if events and self._final_seq is None:  # nothing is logged after the final entry
             self._data.run(lambda conn, head: self._chain(conn, head, log_only, False))
         raise refusal.error from None
 
@@ -425,6 +473,11 @@ class Vault:
     ) -> tuple[T, Checkpoint | None]:
         tx = Tx(conn, head, checkpoint=checkpoint)
         result = work(tx)
+        if self._final_seq is not None and tx.events:
+            raise VaultDecommissionedError(
+                f"the vault's log ended with its {DECOMMISSION_ACTION} entry: nothing more "
+                "is logged (finish the decommission)"
+            )
         new_head, _ = append(conn, self._data, head, tx.events, self._clock())
         crossed = new_head.seq // self._interval > head.seq // self._interval
         cp = None
