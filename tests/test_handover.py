@@ -643,3 +643,34 @@ def test_complete_refuses_an_altered_package_and_shreds_nothing(
     with pytest.raises(VerificationError):
         seller.vault.admin().handover_complete(str(bad))
     assert seller.vault.admin().list_records(seller.consenting[0], purpose=PURPOSE)
+
+
+def test_complete_lists_a_held_customer_as_failed_and_shreds_the_others(
+    seller: Seller, package: Path, tmp_path: Path
+) -> None:
+    s = seller.vault.admin()
+    held, other = seller.consenting
+    s.hold(held)
+    done = s.handover_complete(str(package), receipts_dir=str(tmp_path / "receipts"))
+    assert list(done.failed) == [held]
+    assert [r.customer for r in done.receipts] == [other]
+    assert s.list_records(held, purpose=PURPOSE)  # held: not shredded
+    assert done.summary["summary"]["counts"]["failed"] == 1
+
+
+def test_a_role_that_sees_only_some_fields_may_not_export(
+    seller: Seller, acquirer_key: AcquirerKey, tmp_path: Path
+) -> None:
+    s = seller.vault.admin()
+    s.add_role(
+        Role.build(
+            "partial", actions=["export"], kinds=["profile", "booking"], fields=["profile.name"]
+        )
+    )
+    token = s.add_principal("partial-officer", role="partial")
+    with pytest.raises(AccessDeniedError):
+        seller.vault.login(token).handover_export(
+            read_handover_public_key(acquirer_key.pub), str(tmp_path / "p.svho")
+        )
+    assert not (tmp_path / "p.svho").exists()
+    assert entries(seller.vault, "customer.handover") == []
