@@ -38,7 +38,7 @@ UNLOCK_FAILED = 6
 _CODES: tuple[tuple[type[BaseException], int], ...] = (
     (UnlockError, UNLOCK_FAILED),
     (AccessDeniedError, ACCESS_DENIED),
-    (NotFoundError, NOT_FOUND),  # includes ShreddedError
+    (NotFoundError, NOT_FOUND),  # includes ShreddedError and VaultDecommissionedError
     (VerificationError, VERIFICATION_FAILED),  # includes AuditChainError
     (SchemaError, ERROR),
     (VaultError, ERROR),

@@ -14,7 +14,9 @@ from . import (
     access,
     audit,
     backups,
+    certificates,
     customers,
+    decommission,
     demo,
     handover,
     init,
@@ -130,6 +132,8 @@ cli.add_command(key_management.key_group)
 cli.add_command(audit.audit_group)
 cli.add_command(backups.backup_group)
 cli.add_command(handover.handover_group)
+cli.add_command(decommission.decommission_command)
+cli.add_command(certificates.certificate_group)
 _ = reports  # registers `customer report`, `audit query` and `audit report`
 
 
