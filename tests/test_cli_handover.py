@@ -490,3 +490,17 @@ def test_an_interrupted_import_writes_nothing_and_can_be_run_again(world: World)
     assert set(after["customers"]) == set(before["customers"]) | {world.ana, world.bo}
     listing = sh(world, "record", "list", world.ana, "--purpose", PURPOSE, vault=world.acquirer)
     assert NAMES["ana"] in ok(listing).stdout
+
+
+def test_a_crash_between_the_log_and_the_rename_over_reports_and_a_rerun_recovers(
+    world: World,
+) -> None:
+    """The one-link window: entries committed, no package at OUT (the log says more was
+    disclosed than was, never less). Exporting again cleans up and works."""
+    crashed = export(world, SHREDVAULT_CRASH_AT="handover:after-log")
+    assert crashed.returncode == CRASH_EXIT
+    assert not (world.base / "package.svho").exists()
+    assert state(world.seller)["actions"].count("handover.export") == 1
+    again = json.loads(ok(export(world)).stdout)
+    assert (world.base / "package.svho").exists() and again["customers"] == 2
+    assert [p.name for p in world.base.glob(".package.svho*")] == []

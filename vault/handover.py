@@ -375,10 +375,13 @@ def _check_signature(package: _Package, public_key: bytes) -> None:
         )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class _Customer:
     entry: dict[str, Any]
     records: list[tuple[str, str, bytes]]  # (record id, kind, plaintext) when decrypting
+
+    def __repr__(self) -> str:  # the records are plaintext: never show them
+        return f"<_Customer {self.entry.get('customer')} records={len(self.records)}, redacted>"
 
     @property
     def id(self) -> str:
@@ -762,6 +765,11 @@ def _link_into_place(partial: Path, target: Path) -> None:
     except FileExistsError:
         raise StorageError(
             f"{target} appeared during the export; the package is at {partial}"
+        ) from None
+    except FileNotFoundError:
+        raise StorageError(
+            f"the finished package vanished before it could be named {target} (another "
+            "export to the same path?); its handover entries are logged: export again"
         ) from None
     partial.unlink()
     _fsync_dir(target.parent)
