@@ -61,7 +61,7 @@ from .lifecycle import (
     LIFECYCLE_KEY,
 )
 from .log import Event, export_line
-from .shred import check_reason, compact, shred_customer
+from .shred import check_reason, compact, shred_customer, shred_lock
 from .store import backups, checkpoints, customers, log, records
 from .vault import KEYS_FILE
 
@@ -272,32 +272,35 @@ def _shred_all(
         return vault._data.read(lambda conn: [str(r.id) for r in conn.execute(stmt)])
 
     while True:
-        stuck = ids_in("shredding")
-        done = len(stuck)
-        if stuck:
-            # A shred a crash interrupted. One begun by `shred` (it has a receipt salt)
-            # is finished by the shred protocol, which issues its receipt.
-            for cid in (c for c in stuck if c in salted):
-                with contextlib.suppress(ShreddedError):  # finished elsewhere meanwhile
-                    vault.recovered_receipts.append(
-                        shred_customer(vault, session.actor, session.role, cid, reason)
-                    )
+        # The shred lock (shred.py) is held per batch, as by `shred`: a customer found
+        # in `shredding` under it was left by a crash, and a roll-forward in a process
+        # opening meanwhile never sees a batch half-done.
+        with shred_lock(vault):
+            stuck = ids_in("shredding")
+            begun_by_shred = [c for c in stuck if c in salted]
             batch = [c for c in stuck if c not in salted]
-            _destroy_keys(vault, batch)
-            _finish_batch(session, batch)
-            salted -= set(stuck)
-        else:
-            batch = ids_in(ACTIVE)
-            if not batch:
-                return
-            _begin_batch(session, batch, reason, intent_seq, override)
-            crash_point("decommission:batch-intent")
-            _destroy_keys(vault, batch)
-            crash_point("decommission:batch-keys")
-            _finish_batch(session, batch)
-            done = len(batch)
+            if batch:
+                _destroy_keys(vault, batch)
+                _finish_batch(session, batch)
+            elif not begun_by_shred:
+                batch = ids_in(ACTIVE)
+                if not batch:
+                    return
+                _begin_batch(session, batch, reason, intent_seq, override)
+                crash_point("decommission:batch-intent")
+                _destroy_keys(vault, batch)
+                crash_point("decommission:batch-keys")
+                _finish_batch(session, batch)
+        # A shred that `shred` began (it has a receipt salt) and a crash interrupted is
+        # finished by the shred protocol (which takes the lock), issuing its receipt.
+        for cid in begun_by_shred:
+            with contextlib.suppress(ShreddedError):  # finished elsewhere meanwhile
+                vault.recovered_receipts.append(
+                    shred_customer(vault, session.actor, session.role, cid, reason)
+                )
+        salted -= set(begun_by_shred)
         if progress is not None:
-            progress(done)
+            progress(len(batch) + len(begun_by_shred))
 
 
 def _begin_batch(
