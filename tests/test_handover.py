@@ -674,3 +674,61 @@ def test_a_role_that_sees_only_some_fields_may_not_export(
         )
     assert not (tmp_path / "p.svho").exists()
     assert entries(seller.vault, "customer.handover") == []
+
+
+def forge(package: Path, out: Path, edit_entry: Any) -> tuple[Path, SigningKey]:
+    """Edit the first customer entry, fix the index hash and re-sign with a new key that
+    the manifest then names: well-formed, but self-asserted by someone else."""
+    frames = read_frames(package)
+    first = next(i for i, f in enumerate(frames) if f.type == 3)
+    entry = json.loads(frames[first].payload)
+    edit_entry(entry)
+    frames[first] = Frame(3, canonical(entry))
+    index = hashlib.sha256()
+    for f in frames:
+        if f.type == 3:
+            index.update(struct.pack(">I", len(f.payload)) + f.payload)
+    forger = SigningKey.generate()
+    edit = {
+        "customer_index_sha256": index.hexdigest(),
+        "seller_public_key": "ed25519:" + bytes(forger.verify_key).hex(),
+    }
+    return _resign_frames(frames, out, edit, forger), forger
+
+
+def _resign_frames(
+    frames: list[Frame], out: Path, edit: dict[str, Any], signer: SigningKey
+) -> Path:
+    idx = next(i for i, f in enumerate(frames) if f.type == 4)
+    manifest = json.loads(frames[idx].payload)
+    manifest.update(edit)
+    body = canonical(manifest)
+    frames[idx] = Frame(4, body)
+    frames[idx + 1] = Frame(5, bytes(signer.sign(body).signature))
+    write_frames(out, frames)
+    return out
+
+
+def test_a_forged_package_passes_only_as_self_asserted_and_fails_with_the_seller_key(
+    seller: Seller, package: Path, acquirer: Vault, acquirer_key: AcquirerKey, tmp_path: Path
+) -> None:
+    def extend(entry: dict[str, Any]) -> None:
+        entry["retain_until"] = "2099-01-01T00:00:00Z"
+
+    forged, _forger = forge(package, tmp_path / "forged.svho", extend)
+    error = refused(acquirer, forged, acquirer_key.key, seller_public_key=seller.vault.public_key)
+    assert error.reason == "bad signature"
+    # Without the trusted key the forger's own key verifies: reported, never hidden.
+    result = acquirer.admin().handover_import(str(forged), acquirer_key.key)
+    assert result.seller_key_trusted is False
+    assert result.seller_public_key != "ed25519:" + seller.vault.public_key.hex()
+
+
+def test_a_signed_package_with_a_malformed_consent_map_is_refused(
+    package: Path, acquirer: Vault, acquirer_key: AcquirerKey, tmp_path: Path
+) -> None:
+    def spoil(entry: dict[str, Any]) -> None:
+        entry["consent"] = {"transfer": "yes please"}
+
+    forged, _forger = forge(package, tmp_path / "forged.svho", spoil)
+    assert refused(acquirer, forged, acquirer_key.key).reason == "malformed"

@@ -60,6 +60,7 @@ from keys.sealed import (
 )
 
 from . import ids
+from .access import normalize_expiry
 from .canonical import canonical
 from .clock import format_ts
 from .errors import (
@@ -75,7 +76,7 @@ from .errors import (
 )
 from .faults import crash_point
 from .receipt import Receipt
-from .schema import KindSpec, encode_fields
+from .schema import KindSpec, check_name, encode_fields
 from .store import customers, handover_imports, kinds, log, records
 
 if TYPE_CHECKING:
@@ -852,9 +853,9 @@ def import_package(
 
     def check(customer: _Customer) -> None:
         cids.append(customer.id)
+        _customer_metadata(customer.entry)
         for _rid, kind, text in customer.records:
-            fields = json.loads(text)
-            used.setdefault(kind, set()).update(fields)
+            used.setdefault(kind, set()).update(_fields(text))
 
     _stream(package, cipher, check)
     declared = vault.kinds()
@@ -906,14 +907,14 @@ def import_package(
             ck = keys[cid]
             env = ck.current
             entry = customer.entry
-            consent = {str(k): bool(v) for k, v in dict(entry.get("consent") or {}).items()}
+            consent, retain_until = _customer_metadata(entry)
             tx.conn.execute(
                 insert(customers).values(
                     id=cid,
                     ref=None,
                     state="active",
                     dek_version=env.version,
-                    retain_until=entry.get("retain_until"),
+                    retain_until=retain_until,
                     legal_hold=False,
                     consent=json.dumps(consent, sort_keys=True),
                     created=created,
@@ -929,7 +930,7 @@ def import_package(
                     detail={
                         "package": package.id,
                         "consent": consent,
-                        "retain_until": entry.get("retain_until"),
+                        "retain_until": retain_until,
                     },
                 )
             )
@@ -938,7 +939,7 @@ def import_package(
             plaintexts, contexts = [], []
             for rid, kind, text in customer.records:
                 spec = declared.get(kind) or specs[kind]
-                fields = json.loads(text)
+                fields = _fields(text)
                 plaintexts.append(encode_fields(spec, fields))
                 contexts.append(record_aad_suffix(ck.record_prefix, rid, kind, env.version))
                 events.append(
@@ -1006,6 +1007,35 @@ def import_package(
         written["records"],
         missing,
     )
+
+
+def _customer_metadata(entry: dict[str, Any]) -> tuple[dict[str, bool], str | None]:
+    """A customer entry's consent map and retention date, checked as ``add_customer``
+    checks them (a signed package may still come from a careless or hostile seller)."""
+    consent = entry.get("consent")
+    if not isinstance(consent, dict) or not all(
+        isinstance(k, str) and isinstance(v, bool) for k, v in consent.items()
+    ):
+        raise _malformed(f"customer {entry.get('customer')} has a malformed consent map")
+    try:
+        for name in consent:
+            check_name("consent", name)
+        retain_until = normalize_expiry(entry.get("retain_until"))
+    except SchemaError:
+        raise _malformed(
+            f"customer {entry.get('customer')} has a malformed consent or retention date"
+        ) from None
+    return dict(consent), retain_until
+
+
+def _fields(text: bytes) -> dict[str, Any]:
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict):
+        raise _malformed("a record's plaintext is not a JSON object")
+    return fields
 
 
 def _seller(package: _Package) -> bytes:
