@@ -732,3 +732,14 @@ def test_a_signed_package_with_a_malformed_consent_map_is_refused(
 
     forged, _forger = forge(package, tmp_path / "forged.svho", spoil)
     assert refused(acquirer, forged, acquirer_key.key).reason == "malformed"
+
+
+def test_a_data_store_from_before_the_imports_table_gets_it_at_its_first_import(
+    seller: Seller, acquirer: Vault, acquirer_key: AcquirerKey, tmp_path: Path
+) -> None:
+    with acquirer._data.engine.begin() as conn:
+        conn.execute(text("DROP TABLE sv_handover_imports"))
+    package = export(seller, acquirer_key, tmp_path / "p.svho")
+    acquirer.admin().handover_import(str(package), acquirer_key.key)
+    with pytest.raises(VerificationError):
+        acquirer.admin().handover_import(str(package), acquirer_key.key)
