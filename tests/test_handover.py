@@ -743,3 +743,20 @@ def test_a_data_store_from_before_the_imports_table_gets_it_at_its_first_import(
     acquirer.admin().handover_import(str(package), acquirer_key.key)
     with pytest.raises(VerificationError):
         acquirer.admin().handover_import(str(package), acquirer_key.key)
+
+
+def test_an_import_that_fails_inside_its_transaction_leaves_no_keys_behind(
+    seller: Seller, acquirer: Vault, acquirer_key: AcquirerKey, tmp_path: Path
+) -> None:
+    package = export(seller, acquirer_key, tmp_path / "p.svho")
+    before = snapshot(acquirer)
+
+    def interrupt(_count: int) -> None:
+        raise KeyboardInterrupt  # e.g. Ctrl-C after the first customer was written
+
+    with pytest.raises(KeyboardInterrupt):
+        acquirer.admin().handover_import(str(package), acquirer_key.key, progress=interrupt)
+    assert snapshot(acquirer) == before
+    assert acquirer._keys.store.subject_tags(seller.consenting) == {}
+    result = acquirer.admin().handover_import(str(package), acquirer_key.key)
+    assert result.records == 3

@@ -878,13 +878,16 @@ def import_package(
     # Pass 2: one transaction; the stream is verified again as it is written (the file
     # could change between passes), and any mismatch rolls everything back.
     created = format_ts(vault._clock())
-    orphans = list(vault._keys.store.subject_tags(cids))
-    for cid in orphans:  # keys left by an import that crashed before its commit
-        vault._keys.destroy_customer(cid)
-    tags = vault._keys.create_customers(cids, created)
-    written = {"records": 0}
+    # Keys an import of this package made before crashing are reused: no customer row
+    # exists for them (checked above), so nothing was ever encrypted under them.
+    tags = vault._keys.store.subject_tags(cids)
+    fresh = [c for c in cids if c not in tags]
+    if fresh:
+        tags.update(vault._keys.create_customers(fresh, created))
 
-    def work(tx: Tx) -> None:
+    def work(tx: Tx) -> int:
+        # May run more than once (PostgreSQL retries a serialization failure): keep
+        # every counter inside.
         session._gate(tx.conn, "admin", "handover.import")
         vault._data.ensure_additive_tables(tx.conn)
         seen = tx.conn.execute(
@@ -900,7 +903,7 @@ def import_package(
             )
             tx.log(session._event("schema.declare", detail={"kind": kind, **spec.to_json()}))
         keys = vault._keys.customer_keys(cids)
-        first = [True]
+        written: list[int] = []
 
         def write(customer: _Customer) -> None:
             cid = customer.id
@@ -956,11 +959,10 @@ def import_package(
                 rows.append((rid, cid, kind, 1, env.version, blob, created, created))
             vault._data.insert_many(tx.conn, records, rows)
             tx.log(*events)
-            written["records"] += len(rows)
+            written.append(len(rows))
             if progress is not None:
                 progress(len(rows))
-            if first[0]:
-                first[0] = False
+            if len(written) == 1:
                 crash_point("handover:import-customer")
 
         _stream(package, cipher, write)
@@ -970,7 +972,7 @@ def import_package(
                 seller_vault=str(manifest["seller_vault"]),
                 manifest_sha256=package.manifest_sha256,
                 customers=len(cids),
-                records=written["records"],
+                records=sum(written),
                 imported=created,
             )
         )
@@ -985,18 +987,20 @@ def import_package(
                     "seller_key_trusted": trusted,
                     "manifest_sha256": package.manifest_sha256,
                     "customers": len(cids),
-                    "records": written["records"],
+                    "records": sum(written),
                     "kinds_declared": missing,
                 },
             )
         )
         tx.checkpoint = True
+        return sum(written)
 
     try:
-        vault._transact(work)
+        imported = vault._transact(work)
     except BaseException:
-        for cid in cids:
-            vault._keys.destroy_customer(cid)
+        if not _maybe_imported(vault, package.id):
+            for cid in fresh:  # nothing committed: the keys this call made must go
+                vault._keys.destroy_customer(cid)
         raise
     return HandoverImport(
         package.id,
@@ -1004,7 +1008,7 @@ def import_package(
         str(manifest["seller_public_key"]),
         trusted,
         cids,
-        written["records"],
+        imported,
         missing,
     )
 
@@ -1072,6 +1076,15 @@ def _already_imported(vault: Vault, package_id: str) -> bool:
         return row is not None
 
     return vault._data.read(read)
+
+
+def _maybe_imported(vault: Vault, package_id: str) -> bool:
+    """Whether the package may have been imported (True when that cannot be read: then
+    its keys are kept, since destroying them could orphan committed customers)."""
+    try:
+        return _already_imported(vault, package_id)
+    except VaultError:
+        return True
 
 
 def _check_no_collision(vault: Vault, cids: list[str]) -> None:
