@@ -760,3 +760,17 @@ def test_an_import_that_fails_inside_its_transaction_leaves_no_keys_behind(
     assert acquirer._keys.store.subject_tags(seller.consenting) == {}
     result = acquirer.admin().handover_import(str(package), acquirer_key.key)
     assert result.records == 3
+
+
+def test_export_reads_records_re_keyed_by_another_process_since_it_cached_the_keys(
+    seller: Seller, acquirer_key: AcquirerKey, keyfile: Path, backend: str | None, tmp_path: Path
+) -> None:
+    s = seller.vault.admin()
+    s.list_records(seller.consenting[0], purpose=PURPOSE)  # caches DEK version 1
+    other = Vault.open(seller.vault.path, keyfile=keyfile, data_url=backend)
+    try:
+        assert other.admin().rotate_dek(seller.consenting[0]) == 2
+    finally:
+        other.close()
+    result = export(seller, acquirer_key, tmp_path / "p.svho")
+    assert read_manifest(result)["records"] == 3

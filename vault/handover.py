@@ -675,7 +675,11 @@ def _sealed_customers(
         listed = []
         for row in by_customer[cid]:
             rid, kind = str(row.id), str(row.kind)
-            plaintext = _open_record(ck, rid, kind, int(row.dek_version), bytes(row.ciphertext))
+            version = int(row.dek_version)
+            if version not in ck.versions:  # rotated by another process since cached
+                vault._keys.forget([cid])
+                ck = vault._keys.customer_keys([cid]).get(cid, ck)
+            plaintext = _open_record(ck, rid, kind, version, bytes(row.ciphertext))
             blob = cipher.seal(plaintext, _record_aad(package_id, cid, rid, kind))
             payload = _parts(cid.encode(), rid.encode(), kind.encode()) + blob
             writer.frame(RECORD, payload)
@@ -695,7 +699,10 @@ def _sealed_customers(
 def _open_record(ck: CustomerKeys, rid: str, kind: str, version: int, blob: bytes) -> bytes:
     env = ck.versions.get(version)
     if env is None:
-        raise StorageError(f"no key version {version} for customer {ck.customer_id}; run again")
+        raise StorageError(
+            f"no key version {version} for customer {ck.customer_id} (rotated during the "
+            "export?); run the export again"
+        )
     return env.open(blob, record_aad_suffix(ck.record_prefix, rid, kind, env.version))
 
 
