@@ -774,3 +774,21 @@ def test_export_reads_records_re_keyed_by_another_process_since_it_cached_the_ke
         other.close()
     result = export(seller, acquirer_key, tmp_path / "p.svho")
     assert read_manifest(result)["records"] == 3
+
+
+def test_a_customer_shredded_during_the_export_fails_it_leaving_no_package_or_entries(
+    seller: Seller, acquirer_key: AcquirerKey, keyfile: Path, backend: str | None, tmp_path: Path
+) -> None:
+    other = Vault.open(seller.vault.path, keyfile=keyfile, data_url=backend)
+
+    def shred_elsewhere(_count: int) -> None:
+        if other.admin().customer(seller.consenting[1]).state == "active":
+            other.admin().shred(seller.consenting[1], reason="customer request")
+
+    try:
+        with pytest.raises(ShreddedError):
+            export(seller, acquirer_key, tmp_path / "p.svho", progress=shred_elsewhere)
+    finally:
+        other.close()
+    assert list(tmp_path.glob("*p.svho*")) == []
+    assert entries(seller.vault, "customer.handover") == []
