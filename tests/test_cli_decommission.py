@@ -298,6 +298,8 @@ def test_audit_verify_and_receipt_verify_still_work(done: Done) -> None:
     assert from_export.returncode == 0, from_export.stdout
     receipt = done.sh("receipt", "verify", str(done.receipt), "--pubkey", "vault.pub")
     assert receipt.returncode == 0, receipt.stdout + receipt.stderr
+    pubkey = done.sh("audit", "pubkey")
+    assert pubkey.returncode == 0 and pubkey.stdout == done.pubkey.read_text()
 
 
 def test_decommission_again_re_emits_the_same_certificate(done: Done) -> None:

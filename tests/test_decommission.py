@@ -30,6 +30,7 @@ from vault import (
     verify_certificate,
 )
 from vault.certificate import signed_bytes
+from vault.ids import CUSTOMER, new_ids
 from vault.store import customers, log, records
 
 PURPOSE = "service"
@@ -139,6 +140,7 @@ def test_the_certificate_verifies_under_the_vault_key_and_against_an_export(
         report = auditor.verify()  # keystore anchor and public key, seed gone
         assert report.ok, report.message
         assert report.last_checkpoint == report.last_seq == cert.document["log"]["last_seq"]
+        assert report.anchor_seq == report.last_seq  # the rollback anchor stays
         assert auditor.public_key == public_key
         with open(tmp_path / "log.jsonl", "wb") as out:
             auditor.export(out)
@@ -147,6 +149,16 @@ def test_the_certificate_verifies_under_the_vault_key_and_against_an_export(
     )
     assert checked.ok and checked.log_checked, checked.message
     assert checked.notes == []
+
+
+def test_keys_of_no_customer_are_destroyed_and_counted(make_vault: MakeVault) -> None:
+    b = build(make_vault)
+    # Keys left by a crash between the keystore and data transactions of add_customer.
+    b.vault._keys.create_customers(new_ids(CUSTOMER, 2), "2026-01-01T00:00:00.000000Z")
+    cert = b.vault.admin().decommission(reason=REASON)
+    assert cert.document["counts"]["stray_deks_destroyed"] == 2
+    assert cert.document["counts"]["customers_shredded"] == len(b.customers)
+    assert keystore_rows(b.vault.path)["deks"] == 0
 
 
 def test_the_certificate_lists_unexpired_backups_only(tmp_path: Path, keyfile: Path) -> None:

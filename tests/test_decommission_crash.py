@@ -253,3 +253,24 @@ def test_a_failing_certificate_handler_keeps_the_seed_so_a_rerun_can_finish(
     done = run(setup)
     assert done.returncode == 0, done.stderr
     assert_finished(setup)
+
+
+def test_a_vault_opened_before_another_process_decommissioned_it_logs_nothing_more(
+    setup: Setup,
+) -> None:
+    with setup.open() as stale:
+        crashed = run(setup, crash_at="decommission:after-final")
+        assert crashed.returncode == CRASH_EXIT_CODE, crashed.stderr
+        cert = stale.admin().decommission(reason="deregistered")
+        with pytest.raises(VaultDecommissionedError):
+            stale.admin().decommission(reason="deregistered")
+    assert assert_finished(setup).document == cert.document
+
+
+def test_a_vault_opened_before_the_decommission_refuses_to_start_another(setup: Setup) -> None:
+    with setup.open() as stale:
+        done = run(setup)
+        assert done.returncode == 0, done.stderr
+        with pytest.raises(VaultDecommissionedError):
+            stale.admin().decommission(reason="deregistered")
+    assert_finished(setup)

@@ -59,6 +59,8 @@ from .lifecycle import (
     DECOMMISSIONING,
     INTENT_SEQ_KEY,
     LIFECYCLE_KEY,
+    final_entry_query,
+    final_entry_seq,
 )
 from .log import Event, export_line
 from .shred import check_reason, compact, shred_customer, shred_lock
@@ -134,13 +136,17 @@ def decommission(
     """
     check_reason(reason)
     vault = session._vault
+    store = vault._keys.store
+    # Another process may have begun (or even finished) it since this vault opened.
+    vault.lifecycle = store.get_meta(LIFECYCLE_KEY)
     if vault.lifecycle == DECOMMISSIONED:
         raise VaultDecommissionedError("the vault is already decommissioned")
+    if vault.lifecycle is not None and vault._final_seq is None:
+        vault._final_seq = final_entry_seq(vault._data, int(store.get_meta(INTENT_SEQ_KEY) or 0))
     if vault._final_seq is None:
         session._authorize("admin", DECOMMISSION_ACTION)
     elif session._principal is not None or session.role != "admin":
         raise AccessDeniedError("only the administrator who unlocked the vault may finish this")
-    store = vault._keys.store
     if vault.lifecycle is None:
         _begin(session, reason, override_holds)
     intent_seq = int(store.get_meta(INTENT_SEQ_KEY) or 0)
@@ -165,7 +171,13 @@ def decommission(
     crash_point("decommission:after-certificate")
     if on_certificate is not None:
         on_certificate(certificate)
-    vault._keys.destroy_signing_key({LIFECYCLE_KEY: DECOMMISSIONED})
+    try:
+        vault._keys.destroy_signing_key({LIFECYCLE_KEY: DECOMMISSIONED})
+    except KeystoreError as error:
+        raise StorageError(
+            f"the signing key could not be destroyed yet ({error}); run the decommission "
+            "again to finish it"
+        ) from None
     vault.lifecycle = DECOMMISSIONED
     crash_point("decommission:after-seed")
     try:
@@ -450,6 +462,9 @@ def _final_entry(session: Session, reason: str, intent_seq: int, destroyed: dict
     now = format_ts(vault._clock())
 
     def work(tx: Tx) -> int:
+        done = tx.conn.execute(final_entry_query(intent_seq)).scalar()
+        if done is not None:
+            return int(done)  # written by another run: there is only one final entry
         left = tx.conn.execute(
             select(func.count()).select_from(customers).where(customers.c.state != "shredded")
         ).scalar_one()

@@ -10,7 +10,9 @@ seed: the vault cannot be unlocked any more.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import Select, select
 
 from .store import DataStore, log
 
@@ -20,6 +22,7 @@ __all__ = [
     "DECOMMISSION_ACTION",
     "INTENT_SEQ_KEY",
     "LIFECYCLE_KEY",
+    "final_entry_query",
     "final_entry_seq",
 ]
 
@@ -32,19 +35,22 @@ INTENT_SEQ_KEY = "decommission_intent_seq"
 DECOMMISSION_ACTION = "vault.decommission"
 
 
-def final_entry_seq(data: DataStore, intent_seq: int) -> int | None:
-    """The seq of the final ``vault.decommission`` entry after ``intent_seq``, if it
-    was written (nothing may follow it in the log)."""
-    found = data.read(
-        lambda conn: conn.execute(
-            select(log.c.seq)
-            .where(
-                log.c.seq > intent_seq,
-                log.c.action == DECOMMISSION_ACTION,
-                log.c.outcome == "ok",
-            )
-            .order_by(log.c.seq)
-            .limit(1)
-        ).scalar()
+def final_entry_query(intent_seq: int) -> Select[Any]:
+    """The seq of the final ``vault.decommission`` entry after ``intent_seq`` (none
+    until it is written; nothing may follow it in the log)."""
+    return (
+        select(log.c.seq)
+        .where(
+            log.c.seq > intent_seq,
+            log.c.action == DECOMMISSION_ACTION,
+            log.c.outcome == "ok",
+        )
+        .order_by(log.c.seq)
+        .limit(1)
     )
+
+
+def final_entry_seq(data: DataStore, intent_seq: int) -> int | None:
+    """:func:`final_entry_query`, read from the data store."""
+    found = data.read(lambda conn: conn.execute(final_entry_query(intent_seq)).scalar())
     return None if found is None else int(found)
