@@ -461,6 +461,8 @@ def test_another_vaults_key_fails_and_a_malformed_document_says_so(
     doc = cert.to_json()
     del doc["log"]
     assert verify_certificate(doc).reason == "malformed"
+    not_json = altered(cert.to_json(), ("final_entry", "detail", "records_deleted"), float("nan"))
+    assert verify_certificate(not_json).reason == "malformed"
 
 
 def test_a_log_export_that_does_not_end_in_the_certified_head_fails(

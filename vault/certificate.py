@@ -253,13 +253,16 @@ def verify_certificate(
     if public_key is not None and public_key != cert.embedded_key:
         return fail("wrong key", "the certificate names another public key than the one given")
     key = public_key if public_key is not None else cert.embedded_key
-    if not verify_signature(key, signed_bytes(document), cert.signature):
+    entry = dict(cert.entry)
+    claimed = entry.pop("hash", None)
+    try:
+        signed, digest = signed_bytes(document), entry_hash(canonical(entry))
+    except (TypeError, ValueError) as error:  # e.g. NaN: not canonical JSON
+        return fail("malformed", f"certificate is malformed: {error}")
+    if not verify_signature(key, signed, cert.signature):
         return fail("bad signature", "the certificate's signature does not verify (altered?)")
     if document.get("scope") != CERTIFICATE_SCOPE:
         return fail("modified", "the scope statement was altered")
-    entry = dict(cert.entry)
-    claimed = entry.pop("hash", None)
-    digest = entry_hash(canonical(entry))
     if claimed != digest or digest != cert.head:
         return fail("modified", "the final entry does not hash to the certified head")
     cp = cert.checkpoint
@@ -330,6 +333,32 @@ def _check_log(
     if chain.first_seq != 1:
         fail("log mismatch", "the export starts after seq 1: export the whole log")
         return
+    try:
+        before, shredded, records, overridden, intent_ok = _recount(path, cert)
+    except (KeyError, TypeError, ValueError) as error:
+        fail("malformed", f"the log export's entries are malformed: {error}")
+        return
+    implied = {
+        "customers_shredded": shredded,
+        "customers_shredded_before": before,
+        "records_deleted": records,
+        "legal_holds_overridden": overridden,
+    }
+    if not intent_ok:
+        fail("log mismatch", f"seq {cert.first_seq} of the log is not the decommission intent")
+        return
+    for name, value in implied.items():
+        if cert.counts[name] != value:
+            fail(
+                "log mismatch",
+                f"the log implies {name} = {value}, the certificate says {cert.counts[name]}",
+            )
+            return
+
+
+def _recount(path: str | os.PathLike[str], cert: _Parsed) -> tuple[int, int, int, int, bool]:
+    """(shredded before, shredded by it, records deleted, holds overridden, whether the
+    entry at ``first_seq`` is the intent), counted from a verified export."""
     before = shredded = records = overridden = 0
     intent_ok = False
     for entry in read_export_entries(path):
@@ -349,22 +378,7 @@ def _check_log(
                 records += int(detail.get("records", 0))
             elif action == "customer.shred-intent" and detail.get("legal_hold_overridden"):
                 overridden += 1
-    implied = {
-        "customers_shredded": shredded,
-        "customers_shredded_before": before,
-        "records_deleted": records,
-        "legal_holds_overridden": overridden,
-    }
-    if not intent_ok:
-        fail("log mismatch", f"seq {cert.first_seq} of the log is not the decommission intent")
-        return
-    for name, value in implied.items():
-        if cert.counts[name] != value:
-            fail(
-                "log mismatch",
-                f"the log implies {name} = {value}, the certificate says {cert.counts[name]}",
-            )
-            return
+    return before, shredded, records, overridden, intent_ok
 
 
 def render_certificate_markdown(document: dict[str, Any]) -> str:
