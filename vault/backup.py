@@ -33,7 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, create_engine, func, insert, select
+from sqlalchemy import Connection, create_engine, func, insert, inspect, select
 
 from keys import verify_signature
 
@@ -190,8 +190,11 @@ def _copy_data(
     engine = create_engine(f"sqlite:///{dest}")
     try:
         metadata.create_all(engine)
+        present = _tables_in(conn)
         with engine.begin() as out:
             for table in metadata.sorted_tables:
+                if table.name not in present:
+                    continue  # an additive table this older data store does not have yet
                 # Per statement: Connection.execution_options() would switch the locked
                 # connection itself to server-side cursors for everything after.
                 result = conn.execute(select(table), execution_options={"stream_results": True})
@@ -204,6 +207,10 @@ def _copy_data(
                         progress(len(rows))
     finally:
         engine.dispose()
+
+
+def _tables_in(conn: Connection) -> set[str]:
+    return set(inspect(conn).get_table_names())
 
 
 def _file_digest(path: Path) -> dict[str, Any]:
@@ -659,7 +666,10 @@ def _load_into(snapshot: Path, data_url: str) -> None:
         source = create_engine(f"sqlite:///{snapshot}")
         try:
             with source.connect() as src, target.engine.begin() as dst:
+                present = _tables_in(src)
                 for table in metadata.sorted_tables:
+                    if table.name not in present:
+                        continue  # a snapshot made before this table was added
                     result = src.execute(select(table), execution_options={"stream_results": True})
                     while rows := result.fetchmany(_COPY_BATCH):
                         dst.execute(insert(table), [dict(r._mapping) for r in rows])
