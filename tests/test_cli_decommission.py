@@ -387,3 +387,42 @@ def test_an_interrupted_decommission_finishes_when_run_again(fresh: Built, point
     assert finished.returncode == 0, finished.stderr
     assert fresh.sh("certificate", "verify", "cert.json").returncode == 0
     assert fresh.sh("audit", "verify").returncode == 0
+
+
+@pytest.mark.postgres
+def test_a_postgresql_vault_is_decommissioned_and_audited_the_same_way(
+    tmp_path: Path, pg_url: str
+) -> None:
+    keyfile = tmp_path / "vault.key"
+    generate_keyfile(keyfile)
+    root = tmp_path / "vault"
+    sh = make_shell(
+        tmp_path,
+        SHREDVAULT_KEYFILE=str(keyfile),
+        SHREDVAULT_VAULT=str(root),
+        SHREDVAULT_DATA_URL=pg_url,
+    )
+    assert sh("init", str(root)).returncode == 0
+    assert (
+        sh("kind", "declare", "profile", "--fields", "name", "--purposes", "service").returncode
+        == 0
+    )
+    cid = sh("customer", "add").stdout.strip()
+    put = sh("record", "put", cid, "profile", "--purpose", "service", "--field", "name=P")
+    assert put.returncode == 0, put.stderr
+    rid = put.stdout.strip()
+    assert sh("record", "get", cid, rid, "--purpose", "service").returncode == 0
+    (tmp_path / "vault.pub").write_text(sh("audit", "pubkey").stdout)
+    args = ("decommission", "--reason", REASON, "--yes", "--certificate", "cert.json")
+    assert sh(*args, crash_at="decommission:batch-keys").returncode == 97
+    assert sh("customer", "list").returncode == 4
+    finished = sh(*args)
+    assert finished.returncode == 0, finished.stderr
+    (tmp_path / "log.jsonl").write_text(sh("audit", "export").stdout)
+    checked = sh(
+        "certificate", "verify", "cert.json", "--pubkey", "vault.pub", "--log", "log.jsonl"
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert sh("audit", "verify").returncode == 0
+    refused = sh("record", "get", cid, rid, "--purpose", "service")
+    assert refused.returncode == 4 and "is decommissioned" in refused.stderr
