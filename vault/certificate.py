@@ -27,6 +27,7 @@ from .canonical import canonical
 from .checkpoint import Checkpoint, checkpoint_from_json
 from .errors import VerificationError
 from .log import entry_hash
+from .receipt import load_json_document
 
 __all__ = [
     "CERTIFICATE_SCOPE",
@@ -181,15 +182,7 @@ class CertificateReport:
 
 def load_certificate(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a certificate file; raises VerificationError (``malformed``) if unreadable."""
-    try:
-        raw = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, ValueError) as error:
-        raise VerificationError(
-            f"cannot read certificate {path}: {error}", reason="malformed"
-        ) from None
-    if not isinstance(raw, dict):
-        raise VerificationError("a certificate is a JSON object", reason="malformed")
-    return raw
+    return load_json_document(path, "certificate")
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,7 +63,7 @@ from .lifecycle import (
     final_entry_seq,
 )
 from .log import Event, export_line
-from .shred import check_reason, compact, shred_customer, shred_lock
+from .shred import check_reason, compact, shred_customer, shred_lock, shredded_row_values
 from .store import backups, checkpoints, customers, log, records
 from .vault import KEYS_FILE
 
@@ -424,22 +424,10 @@ def _finish_batch(session: Session, ids: Sequence[str]) -> None:
                 {"seqs": seqs},
             )
         }
-        now = vault._clock()
-        # The same columns shred._finish clears: nothing logged exactly (retention,
-        # consent, creation time) may stay to lead from the id back to old entries.
         tx.conn.execute(
             update(customers)
             .where(customers.c.id.in_(bindparam("done", expanding=True)))
-            .values(
-                state="shredded",
-                ref=None,
-                legal_hold=False,
-                retain_until=None,
-                consent="{}",
-                created=func.substr(customers.c.created, 1, 10),
-                shredded=format_ts(now)[:10],
-                shred_intent_seq=None,
-            ),
+            .values(shredded_row_values(vault._clock())),
             {"done": [str(r.id) for r in rows]},
         )
         for row in rows:

@@ -119,16 +119,20 @@ class ReceiptReport:
         }
 
 
-def load_receipt(path: str | os.PathLike[str]) -> dict[str, Any]:
+def load_json_document(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """Read a JSON object (a receipt, a certificate) from a file; raises
+    VerificationError (``malformed``) if it cannot be read or is not an object."""
     try:
         raw = json.loads(Path(path).read_text("utf-8"))
     except (OSError, ValueError) as error:
-        raise VerificationError(
-            f"cannot read receipt {path}: {error}", reason="malformed"
-        ) from None
+        raise VerificationError(f"cannot read {what} {path}: {error}", reason="malformed") from None
     if not isinstance(raw, dict):
-        raise VerificationError("a receipt is a JSON object", reason="malformed")
+        raise VerificationError(f"a {what} is a JSON object", reason="malformed")
     return raw
+
+
+def load_receipt(path: str | os.PathLike[str]) -> dict[str, Any]:
+    return load_json_document(path, "receipt")
 
 
 def verify_receipt(document: dict[str, Any], *, public_key: bytes | None = None) -> ReceiptReport:

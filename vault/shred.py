@@ -25,6 +25,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
@@ -233,23 +234,10 @@ def _finish(vault: Vault, actor: str, role: str, customer_id: str, salt: bytes) 
         intent = json.loads(body)
         detail = dict(intent["detail"])
         detail["intent_seq"] = int(row.shred_intent_seq)
-        now = vault._clock()
         tx.conn.execute(
             update(customers)
             .where(customers.c.id == customer_id)
-            .values(
-                # Nothing that was logged exactly (retention, consent, the creation
-                # time) may stay: it would lead from the customer id back to its old
-                # entries. Dates only, so they cannot be matched to an entry time.
-                state="shredded",
-                ref=None,
-                legal_hold=False,
-                retain_until=None,
-                consent="{}",
-                created=func.substr(customers.c.created, 1, 10),
-                shredded=format_ts(now)[:10],
-                shred_intent_seq=None,
-            )
+            .values(shredded_row_values(vault._clock()))
         )
         tx.log(Event(actor, role, "customer.shred", subject=intent["subject"], detail=detail))
         tx.checkpoint = True
@@ -260,6 +248,22 @@ def _finish(vault: Vault, actor: str, role: str, customer_id: str, salt: bytes) 
         return None
     seq, info = done
     return _receipt(vault, customer_id, seq, info["subject"], salt)
+
+
+def shredded_row_values(now: datetime) -> dict[str, Any]:
+    """What a shredded customer's row keeps. Nothing that was logged exactly
+    (retention, consent, the creation time) may stay: it would lead from the customer
+    id back to its old entries. Dates only, so they cannot be matched to an entry time."""
+    return {
+        "state": "shredded",
+        "ref": None,
+        "legal_hold": False,
+        "retain_until": None,
+        "consent": "{}",
+        "created": func.substr(customers.c.created, 1, 10),
+        "shredded": format_ts(now)[:10],
+        "shred_intent_seq": None,
+    }
 
 
 def _receipt(vault: Vault, customer_id: str, seq: int, subject: str, salt: bytes) -> Receipt:
