@@ -317,11 +317,11 @@ class KeyRing:
         return salt
 
     def drop_receipt_salt(self, customer_id: str) -> None:
-        """Delete a customer's receipt salt once its receipt exists; truncate the WAL."""
+        """Delete a customer's receipt salt once its receipt exists; scrub the keystore."""
         with self.store.transaction() as conn:
             gone = self.store.delete_receipt_salt(conn, customer_id)
         if gone:
-            self.store.checkpoint_truncate()
+            self.store.scrub()
 
     def fingerprints(self, customer_id: str) -> list[str]:
         """Fingerprints (SHA-256 of the wrapped bytes) of a customer's DEK versions."""
@@ -329,23 +329,24 @@ class KeyRing:
         return [fingerprint(r.wrapped) for r in rows]
 
     def destroy_customer(self, customer_id: str) -> list[str]:
-        """Delete every DEK version and the subject tag of a customer, then truncate the
-        keystore WAL so the deleted bytes leave it. Returns fingerprints of what was
-        destroyed (SHA-256 of the wrapped bytes). Idempotent: a second call returns []."""
+        """Delete every DEK version and the subject tag of a customer, then scrub the
+        keystore (``store.scrub``) so the deleted bytes leave its files. Returns
+        fingerprints of what was destroyed (SHA-256 of the wrapped bytes). Idempotent:
+        a second call returns []."""
         self.forget([customer_id])
         with self.store.transaction() as conn:
             rows = self.store.delete_customer(conn, customer_id)
-        self.store.checkpoint_truncate()
+        self.store.scrub()
         return [fingerprint(r.wrapped) for r in sorted(rows, key=lambda r: r.version)]
 
     def destroy_customers(self, customer_ids: Sequence[str]) -> None:
         """:meth:`destroy_customer` for many customers: ONE keystore transaction and
-        one WAL truncation, however many there are. Idempotent."""
+        one scrub, however many there are. Idempotent."""
         self.forget(customer_ids)
         with self.store.transaction() as conn:
             for cid in customer_ids:
                 self.store.delete_customer(conn, cid)
-        self.store.checkpoint_truncate()
+        self.store.scrub()
 
     # -- rotation -----------------------------------------------------------------------
 
@@ -408,8 +409,8 @@ class KeyRing:
 
     def retire_epoch(self, epoch: int) -> str:
         """Delete a KEK epoch no DEK uses any more; returns the fingerprint of what was
-        deleted. Refuses the active epoch or one still in use. The caller truncates the
-        WAL (``store.checkpoint_truncate``) once the deletion is recorded."""
+        deleted. Refuses the active epoch or one still in use. The caller scrubs the
+        keystore (``store.scrub``) once the deletion is recorded."""
         if epoch == self.active_epoch:
             raise InvalidKeyError(f"epoch {epoch} is the active epoch")
         in_use = self.store.dek_counts().get(epoch, 0)
@@ -446,12 +447,12 @@ class KeyRing:
         return version
 
     def drop_dek_versions(self, customer_id: str, below: int) -> list[str]:
-        """Delete a customer's DEK versions older than ``below``; truncate the WAL."""
+        """Delete a customer's DEK versions older than ``below``; scrub the keystore."""
         with self.store.transaction() as conn:
             rows = self.store.delete_dek_versions(conn, customer_id, below)
         self.forget([customer_id])
         if rows:
-            self.store.checkpoint_truncate()
+            self.store.scrub()
         return [fingerprint(r.wrapped) for r in rows]
 
     def change_root(
@@ -495,7 +496,7 @@ class KeyRing:
             seed.wipe()
         with self.store.transaction() as conn:
             self.store.replace_root_wrapped(conn, epochs, seeds, meta)
-        self.store.checkpoint_truncate()  # old wrappings leave the WAL too
+        self.store.scrub()  # old wrappings leave the file and the WAL too
         self._root = new_root
         self._header = self.store.header()
 
@@ -503,7 +504,7 @@ class KeyRing:
 
     def destroy_all_keys(self, *, record_as: str) -> dict[str, object]:
         """Delete every KEK epoch, DEK, subject tag and receipt salt in ONE keystore
-        transaction, then truncate the WAL. What went (epoch fingerprints, counts) is
+        transaction, then scrub the keystore. What went (epoch fingerprints, counts) is
         stored in the same transaction under meta ``record_as`` and returned, so a rerun
         after a crash returns the same summary and deletes nothing more."""
         self._customers.clear()
@@ -524,14 +525,14 @@ class KeyRing:
             else:
                 self.store.delete_all_keys(conn)  # anything made since (nothing, normally)
                 summary = json.loads(kept[0])
-        self.store.checkpoint_truncate()
+        self.store.scrub()
         return summary
 
     def destroy_signing_key(self, meta: dict[str, str]) -> None:
         """Delete the wrapped signing seed, keeping the public key in meta for
         verifiers, and set ``meta`` in the same transaction. Afterwards this key ring
-        (and any unlock of this keystore) can sign nothing. The caller truncates the
-        WAL (``store.checkpoint_truncate``) once this commits."""
+        (and any unlock of this keystore) can sign nothing. The caller scrubs the
+        keystore (``store.scrub``) once this commits."""
         with self.store.transaction() as conn:
             self.store.set_meta(conn, "public_key", self.public_key.hex())
             for key, value in meta.items():

@@ -579,6 +579,47 @@ def test_destroyed_keys_leave_no_bytes_in_keys_db_or_its_wal_and_shm_among_2000_
     assert residue == []
 
 
+def test_stale_copies_sqlite_leaves_when_it_moves_rows_are_erased_too(
+    ring: KeyRing, keys_db: Path
+) -> None:
+    """secure_delete zeroes a deleted row's cell, but a B-tree split moves rows to a new
+    page and leaves their old bytes in the unallocated space of the page they left. A
+    customer whose key bytes sit in the file more often than its live rows explain has
+    such a stale copy; destroying it must erase that copy too (the keystore is rebuilt
+    from live rows). Without the rebuild every one of these customers left residue."""
+    ids: list[str] = []
+    stale: dict[str, tuple[bytes, bytes]] = {}
+    for batch in range(60):  # grow until a few customers have stale copies
+        new = [customer(i) for i in range(batch * 100, (batch + 1) * 100)]
+        ring.create_customers(new, CREATED)
+        ids += new
+        ring.store.checkpoint_truncate()
+        data = keys_db.read_bytes()
+        tags = ring.store.subject_tags(ids)
+        wrapped = {r.customer_id: r.wrapped for r in ring.store.deks(ids)}
+        # Live: a tag is in its row and in the tag index; a wrapped DEK in its row.
+        stale = {
+            c: (tags[c], wrapped[c])
+            for c in ids
+            if data.count(tags[c]) > 2 or data.count(wrapped[c]) > 1
+        }
+        if len(stale) >= 3:
+            break
+    assert stale, "no stale copy arose, so this test would prove nothing"
+    for cid in stale:
+        ring.destroy_customer(cid)
+    files = keystore_files(keys_db)
+    residue = [
+        (cid, name)
+        for cid, values in stale.items()
+        for name, content in files.items()
+        if any(value in content for value in values)
+    ]
+    assert residue == []
+    survivors = [c for c in ids if c not in stale]
+    assert len(ring.customer_keys(survivors)) == len(survivors)
+
+
 def test_the_residue_search_sees_survivors_stored_bytes(
     ring: KeyRing, keys_db: Path, keyfile_key: SecretBytes
 ) -> None:
@@ -591,12 +632,14 @@ def test_the_residue_search_sees_survivors_stored_bytes(
         assert evidence[cid]["subject tag"] in stored
 
 
-def test_the_residue_search_finds_destroyed_keys_when_secure_delete_is_off(
-    ring: KeyRing, keys_db: Path, keyfile_key: SecretBytes
+def test_the_residue_search_finds_destroyed_keys_when_secure_delete_is_off_and_no_rebuild(
+    ring: KeyRing, keys_db: Path, keyfile_key: SecretBytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Control: without secure_delete, SQLite leaves deleted cells in place, and the search
-    # above must notice. (This machine's SQLite may default secure_delete on; the library
-    # sets it explicitly so builds without that default are covered too.)
+    # Control: without secure_delete and without the rebuild (scrub reduced to the WAL
+    # truncation), SQLite leaves deleted cells in place, and the search above must
+    # notice. (This machine's SQLite may default secure_delete on; the library sets it
+    # explicitly so builds without that default are covered too.)
+    monkeypatch.setattr(KeyStore, "scrub", KeyStore.checkpoint_truncate)
     with ring.store.transaction() as conn:
         conn.execute("PRAGMA secure_delete = OFF")
     residue, _evidence, _survivors = destroy_and_search_residue(
@@ -604,6 +647,17 @@ def test_the_residue_search_finds_destroyed_keys_when_secure_delete_is_off(
     )
     assert {what for _cid, what, _name in residue} >= {"wrapped DEK", "subject tag"}
     assert {cid for cid, _what, _name in residue} == {customer(i) for i in range(0, 200, 100)}
+
+
+def test_the_rebuild_alone_erases_deleted_cells_when_secure_delete_is_off(
+    ring: KeyRing, keys_db: Path, keyfile_key: SecretBytes
+) -> None:
+    with ring.store.transaction() as conn:
+        conn.execute("PRAGMA secure_delete = OFF")
+    residue, _evidence, _survivors = destroy_and_search_residue(
+        ring, keys_db, keyfile_key, count=200
+    )
+    assert residue == []
 
 
 def test_destroy_customer_raises_rather_than_claim_erasure_while_a_reader_pins_the_wal(

@@ -102,7 +102,7 @@ def decommissioned_certificate(path: str | os.PathLike[str]) -> Certificate:
         text = store.get_meta(CERTIFICATE_KEY)
         if text is None:
             raise StorageError("the keystore of this decommissioned vault holds no certificate")
-        store.checkpoint_truncate()
+        store.scrub()
         return Certificate(json.loads(text))
     except KeystoreError as error:
         raise StorageError(str(error)) from None
@@ -181,7 +181,7 @@ def decommission(
     vault.lifecycle = DECOMMISSIONED
     crash_point("decommission:after-seed")
     try:
-        store.checkpoint_truncate()
+        store.scrub()
     except KeystoreError as error:
         raise StorageError(
             f"the vault is decommissioned, but the keystore WAL could not be truncated yet "

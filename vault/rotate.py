@@ -141,7 +141,7 @@ def retire_epoch(session: Session, epoch: int) -> int:
 
 def _truncate(keyring: Any) -> bool:
     try:
-        keyring.store.checkpoint_truncate()
+        keyring.store.scrub()
     except KeystoreError:
         return False
     return True
