@@ -100,6 +100,11 @@ def _save(receipts: list[Receipt], paths: list[Path]) -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="With --expired: write one receipt per customer here, as CUSTOMER.json.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="With --expired: list who would be shredded and who a legal hold keeps; change nothing.",
+)
 @yes_option
 @json_option
 @store_options
@@ -113,6 +118,7 @@ def shred_command(
     expired: bool,
     receipt_file: Path | None,
     receipt_dir: Path | None,
+    dry_run: bool,
     yes: bool,
     as_json: bool,
 ) -> None:
@@ -121,7 +127,8 @@ def shred_command(
     Takes the same time however many records the customer has, and issues a signed
     erasure receipt (check it with `shredvault receipt verify`). A customer under
     legal hold is refused. With --expired, shreds every customer whose retain-until
-    date has passed and reports those kept by a legal hold.
+    date has passed and reports those kept by a legal hold; --expired --dry-run only
+    lists them.
 
     Asks first unless --yes (without a terminal, --yes is required). The receipt goes
     to --receipt FILE (or --receipt-dir DIR); without one it is printed as JSON on
@@ -129,6 +136,11 @@ def shred_command(
     """
     if expired == (customer_id is not None):
         raise click.UsageError("give either CUSTOMER or --expired (exactly one)")
+    if dry_run:
+        if not expired:
+            raise click.UsageError("--dry-run goes with --expired")
+        _preview_expired(ctx, as_json)
+        return
     if expired:
         if receipt_file is not None:
             raise click.UsageError("--receipt is for one customer; use --receipt-dir")
@@ -178,6 +190,24 @@ def shred_command(
             note(f"  {name}: {value}")
 
 
+def _preview_expired(ctx: click.Context, as_json: bool) -> None:
+    with open_session(ctx) as session:
+        preview = session.expired_customers()
+    if as_json:
+        print_json(preview.to_json())
+        return
+    if not preview.due and not preview.held:
+        click.echo("no customer is past its retention date")
+        return
+    click.echo(f"would shred {len(preview.due)} customer(s) past retention (dry run):")
+    for cid, until in preview.due.items():
+        click.echo(f"  {cid}  retain until {until}")
+    if preview.held:
+        click.echo(f"would keep {len(preview.held)} under legal hold:")
+        for cid, until in preview.held.items():
+            click.echo(f"  {cid}  retain until {until}")
+
+
 def _shred_expired(
     ctx: click.Context, reason: str, receipt_dir: Path | None, yes: bool, as_json: bool
 ) -> None:
@@ -202,10 +232,12 @@ def _shred_expired(
             {
                 "shredded": [_summary(r) for r in receipts],
                 "held": list(result.held),
+                "failed": dict(result.failed),
                 "receipt_files": [str(p) for p in paths] if receipt_dir is not None else None,
                 "receipts": [r.to_json() for r in receipts],
             }
         )
+        _fail_if_any(result.failed)
         return
     if receipt_dir is None:
         print_json([r.to_json() for r in receipts])
@@ -222,6 +254,17 @@ def _shred_expired(
         echo(f"kept {len(result.held)} under legal hold (release them to shred):")
         for held in result.held:
             echo(f"  {held}")
+    _fail_if_any(result.failed)
+
+
+def _fail_if_any(failed: dict[str, str]) -> None:
+    """Customers that could not be shredded (the others' receipts are out): exit 1."""
+    if failed:
+        lines = "; ".join(f"{cid}: {why}" for cid, why in sorted(failed.items()))
+        raise CommandError(
+            f"{len(failed)} customer(s) past retention could not be shredded ({lines}); "
+            "run `shredvault shred --expired` again to retry them"
+        )
 
 
 @click.command("compact")

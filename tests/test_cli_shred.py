@@ -252,6 +252,24 @@ def test_shred_expired_json_lists_shredded_and_held(run: Run) -> None:
     assert summary["held"] == [] and summary["receipts"][0]["customer"] == past
 
 
+def test_shred_expired_dry_run_lists_and_changes_nothing(run: Run, setup: Setup) -> None:
+    past = run("customer", "add", "--retain-until", "2000-01-01").stdout.strip()
+    held = run("customer", "add", "--retain-until", "2000-01-02").stdout.strip()
+    assert run("customer", "hold", held).exit_code == 0
+    result = run("shred", "--expired", "--dry-run")  # no --yes needed: nothing happens
+    assert result.exit_code == 0, result.output
+    assert "would shred 1" in result.stdout and past in result.stdout
+    assert "legal hold" in result.stdout and held in result.stdout
+    as_json = run("shred", "--expired", "--dry-run", "--json")
+    assert json.loads(as_json.stdout) == {
+        "due": {past: "2000-01-01T00:00:00.000000Z"},
+        "held": {held: "2000-01-02T00:00:00.000000Z"},
+    }
+    states = {c["id"]: c["state"] for c in json.loads(run("customer", "list", "--json").stdout)}
+    assert states == {setup.customer: "active", past: "active", held: "active"}
+    assert run("shred", setup.customer, "--dry-run", "--yes").exit_code == 2
+
+
 def test_shred_expired_without_yes_and_without_a_terminal_exits_2(run: Run) -> None:
     past = run("customer", "add", "--retain-until", "2000-01-01").stdout.strip()
     assert run("shred", "--expired").exit_code == 2

@@ -434,6 +434,47 @@ def test_shred_expired_shreds_only_customers_past_retention_and_not_held(
     assert_log_verifies(v, backend)
 
 
+def test_the_dry_run_lists_who_is_due_and_who_is_held_and_changes_nothing(
+    make_vault: Callable[..., Vault], backend: str | None
+) -> None:
+    clock = ManualClock(datetime(2030, 1, 1, 9, 0, tzinfo=UTC))
+    v = open_profile_vault(make_vault, clock=clock)
+    s = v.admin()
+    due = s.add_customer(retain_until=clock.now + timedelta(days=1))
+    held = s.add_customer(retain_until=clock.now + timedelta(hours=1))
+    later = s.add_customer(retain_until=clock.now + timedelta(days=30))
+    s.hold(held)
+    assert s.expired_customers().to_json() == {"due": {}, "held": {}}
+    clock.advance(days=2)
+    before = {c: customer_row(v, c) for c in (due, held, later)}
+    preview = s.expired_customers()
+    assert preview.due == {due: "2030-01-02T09:00:00.000000Z"}
+    assert preview.held == {held: "2030-01-01T10:00:00.000000Z"}
+    assert {c: customer_row(v, c) for c in (due, held, later)} == before
+    assert keystore_has(v, due) == (True, True)
+    last = log_entries(v)[-1]
+    assert (last["action"], last["outcome"]) == ("customer.list", "ok")
+    assert last["detail"] == {"dry_run": True, "expired": 1, "held": 1}
+    # What the dry run listed is what the real run does.
+    result = s.shred_expired()
+    assert [r.customer for r in result.receipts] == list(preview.due)
+    assert result.held == list(preview.held)
+    assert_log_verifies(v, backend)
+
+
+def test_the_dry_run_needs_the_shred_action(
+    make_vault: Callable[..., Vault], backend: str | None
+) -> None:
+    v = open_profile_vault(make_vault)
+    admin = v.admin()
+    admin.add_customer(retain_until=datetime(2000, 1, 1, tzinfo=UTC))
+    token = admin.add_principal("olga", role="operator")
+    with pytest.raises(AccessDeniedError):
+        v.login(token).expired_customers()
+    last = log_entries(v)[-1]
+    assert (last["action"], last["outcome"], last["actor"]) == ("customer.list", "denied", "olga")
+
+
 # -- cost ----------------------------------------------------------------------------
 
 

@@ -47,7 +47,7 @@ from .handover import (
     verify_completion,
 )
 from .log import Event
-from .model import Customer, Principal, Record, ShredExpiredResult
+from .model import Customer, ExpiredCustomers, Principal, Record, ShredExpiredResult
 from .receipt import Receipt, ReceiptReport, load_receipt, verify_receipt
 from .reports import render_markdown
 from .rotate import KeyPolicy, KeyStatus
@@ -72,6 +72,7 @@ __all__ = [
     "DecommissionHoldError",
     "DecryptionError",
     "Event",
+    "ExpiredCustomers",
     "HandoverCompletion",
     "HandoverConflictError",
     "HandoverExport",

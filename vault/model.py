@@ -9,7 +9,7 @@ from typing import Any
 from .receipt import Receipt
 from .schema import FieldValue
 
-__all__ = ["Customer", "Principal", "Record", "ShredExpiredResult"]
+__all__ = ["Customer", "ExpiredCustomers", "Principal", "Record", "ShredExpiredResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +69,18 @@ class Record:
             "created": self.created,
             "updated": self.updated,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredCustomers:
+    """Who ``shred_expired`` would shred now (``due``, with each one's retain-until
+    time) and who it would keep because of a legal hold (``held``)."""
+
+    due: dict[str, str]
+    held: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"due": dict(self.due), "held": dict(self.held)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .lifecycle import DECOMMISSION_ACTION
 from .log import Event
-from .model import Customer, Principal, Record, ShredExpiredResult
+from .model import Customer, ExpiredCustomers, Principal, Record, ShredExpiredResult
 from .receipt import Receipt
 from .schema import check_name, encode_fields
 from .shred import check_reason, compact, shred_customer
@@ -331,12 +331,7 @@ class Session:
         check_reason(reason)
         self._authorize("shred", "customer.shred")
         vault = self._vault
-        now = format_ts(vault._clock())
-        due = select(customers.c.id, customers.c.legal_hold).where(
-            customers.c.state == "active",
-            customers.c.retain_until.is_not(None),
-            customers.c.retain_until < now,
-        )
+        due = _expired(format_ts(vault._clock()))
         rows = vault._data.read(lambda conn: conn.execute(due).all())
         receipts: list[Receipt] = []
         held: list[str] = []
@@ -359,6 +354,28 @@ class Session:
             if progress is not None:
                 progress(1)
         return ShredExpiredResult(receipts, held, failed)
+
+    def expired_customers(self) -> ExpiredCustomers:
+        """Who :meth:`shred_expired` would shred now, and who a legal hold keeps: a dry
+        run that changes nothing. Needs the ``shred`` action; logged as one
+        ``customer.list`` entry (counts only)."""
+        stmt = _expired(format_ts(self._vault._clock()))
+
+        def work(tx: Tx) -> ExpiredCustomers:
+            self._gate(tx.conn, "shred", "customer.list")
+            due: dict[str, str] = {}
+            held: dict[str, str] = {}
+            for row in tx.conn.execute(stmt):
+                (held if row.legal_hold else due)[str(row.id)] = str(row.retain_until)
+            tx.log(
+                self._event(
+                    "customer.list",
+                    detail={"expired": len(due), "held": len(held), "dry_run": True},
+                )
+            )
+            return ExpiredCustomers(due, held)
+
+        return self._vault._transact(work)
 
     def compact(self, *, progress: Callable[[int], None] | None = None) -> int:
         """Delete ciphertext rows of shredded customers (unreadable junk); returns the
@@ -1043,6 +1060,19 @@ def _customer(row: RowMapping) -> Customer:
         legal_hold=bool(row["legal_hold"]),
         created=str(row["created"]),
         shredded=row["shredded"],
+    )
+
+
+def _expired(now: str) -> Any:
+    """Active customers whose retain-until time has passed, oldest first."""
+    return (
+        select(customers.c.id, customers.c.legal_hold, customers.c.retain_until)
+        .where(
+            customers.c.state == "active",
+            customers.c.retain_until.is_not(None),
+            customers.c.retain_until < now,
+        )
+        .order_by(customers.c.retain_until, customers.c.id)
     )
 
 
