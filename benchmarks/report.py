@@ -30,6 +30,7 @@ RATIO_TARGETS = {
 CPU_TARGET_US = 12.0  # put_many CPU outside the database per 1 KiB record
 VERIFY_GOAL = 800_000  # entries per second
 UNLOCK_TARGET_MS = 250.0
+ACCESS_TARGET = 0.95  # get_many as operator / allow-list role vs as admin
 BASELINE_NAMES = {"core": "Core insert/select", "floor": "floor (DB work, no crypto)"}
 
 
@@ -115,6 +116,33 @@ def records_table(results: list[Result]) -> list[str]:
                     f"{vault.median / vault.units * 1e6:.1f} | {BASELINE_NAMES[role]} | "
                     f"{base.median * 1e3:.2f} | {ratio:.2f} | {best:.2f} | {goal} |"
                 )
+    return lines
+
+
+def access_table(results: list[Result]) -> list[str]:
+    names = {"operator": "operator (token session)", "allow_list": "custom role, field allow-list"}
+    lines = [
+        "",
+        "## Access check: get_many(1,000) as another role vs as admin (ratio = admin / role)",
+        "",
+        "| backend | role | ms | admin ms | µs/record extra | ratio | best | target |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for backend in backends(results):
+        admin = find(results, "access", "admin", backend)
+        if admin is None:
+            continue
+        for role, name in names.items():
+            r = find(results, "access", role, backend)
+            if r is None:
+                continue
+            ratio = admin.median / r.median
+            extra = (r.median - admin.median) / r.units * 1e6
+            lines.append(
+                f"| {backend} | {name} | {r.median * 1e3:.2f} | {admin.median * 1e3:.2f} | "
+                f"{extra:.2f} | {ratio:.2f} | {admin.best / r.best:.2f} | "
+                f"≥ {ACCESS_TARGET} {verdict(ratio >= ACCESS_TARGET)} |"
+            )
     return lines
 
 
@@ -364,6 +392,7 @@ def main(argv: list[str]) -> int:
     lines = (
         records_table(results)
         + cpu_table(results)
+        + access_table(results)
         + verify_table(results)
         + unlock_table(results)
         + export_table(results)

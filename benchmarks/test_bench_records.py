@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from vault import Role
+
 from .harness import BATCH, FIELDS, KIND, PURPOSE, Baseline, Workload, measure
 
 PUT_ROUNDS = 60
@@ -149,6 +151,50 @@ def test_get_many_vault(benchmark: Any, workload: Workload) -> None:
         setup=lambda: ((pairs,), {"purpose": PURPOSE}),
         op="get_many",
         role="vault",
+        backend=workload.backend,
+        units=BATCH,
+        rounds=BATCH_ROUNDS,
+    )
+    assert [r.fields for r in got] == workload.fields[:BATCH]
+
+
+# -- the access check: the same get_many as admin, operator, and a field allow-list ------
+
+ACCESS_ROLES = ("admin", "operator", "allow_list")
+
+
+@pytest.mark.benchmark(group="access")
+@pytest.mark.parametrize("who", ACCESS_ROLES)
+def test_get_many_access_check(benchmark: Any, workload: Workload, who: str) -> None:
+    """Issue 5: the role/purpose/field check must cost <= 1 us per record, i.e. an
+    operator's get_many (token session, principal re-read per transaction) and a custom
+    role with a field allow-list (every returned record filtered) run at >= 0.95x the
+    administrator's. Each case gets its own vault on the same backend in the same run."""
+    admin = workload.session
+    session = admin
+    if who != "admin":
+        role = "operator"
+        if who == "allow_list":
+            role = "clerk"
+            admin.add_role(
+                Role.build(
+                    role,
+                    actions=["read", "list"],
+                    kinds=[KIND],
+                    fields=[f"{KIND}.{f}" for f in FIELDS],
+                    purposes=[PURPOSE],
+                )
+            )
+        session = workload.vault.login(admin.add_principal(f"bench-{who}", role=role))
+    items = workload.items(BATCH)
+    rids = admin.put_many(items, purpose=PURPOSE)
+    pairs = [(cid, rid) for (cid, _kind, _fields), rid in zip(items, rids, strict=True)]
+    got = measure(
+        benchmark,
+        session.get_many,
+        setup=lambda: ((pairs,), {"purpose": PURPOSE}),
+        op="access",
+        role=who,
         backend=workload.backend,
         units=BATCH,
         rounds=BATCH_ROUNDS,
