@@ -10,6 +10,7 @@ shredding and rotation.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from .envelope import (
     record_aad_prefix,
     signing_seed_aad,
 )
-from .errors import DecryptionError, InvalidKeyError, KeystoreError
+from .errors import DecryptionError, InvalidKeyError, KeystoreError, WrongKeyError
 from .kdf import (
     SALT_SIZE,
     KdfParams,
@@ -354,23 +355,40 @@ class KeyRing:
         """Make a new active KEK epoch, unless DEKs still sit under older epochs (an
         unfinished rotation), in which case the active epoch is kept. Returns
         ``(active epoch, whether it is new)``."""
-        active = self.active_epoch
-        # Unfinished: marked as such (a crash after the last batch leaves no DEK
-        # outside the epoch, yet the rotation never finished), or DEKs still outside.
-        if self.store.get_meta("rotating_to") == str(active) or self.store.deks_outside_epoch(
-            active, 1
-        ):
-            return active, False
-        epoch = max(self.store.epochs()) + 1
         kek = SecretBytes(os.urandom(32))
-        wrapped = self._root.seal(kek.reveal(), kek_aad(self.vault_id, epoch))
-        with self.store.transaction() as conn:
-            self.store.add_epoch(conn, epoch, wrapped, created)
-            self.store.set_meta(conn, "active_epoch", str(epoch))
-            self.store.set_meta(conn, "rotating_to", str(epoch))
-        self._keks[epoch] = Envelope(kek, epoch)
-        kek.wipe()
-        return epoch, True
+        try:
+            # Decide and write in one transaction: another process may be rotating or
+            # changing the passphrase at the same moment.
+            with self.store.transaction() as conn:
+                self._check_root_unchanged()
+                active = self.active_epoch
+                # Unfinished: marked as such (a crash after the last batch leaves no
+                # DEK outside the epoch, yet the rotation never finished), or DEKs
+                # still outside.
+                if self.store.get_meta("rotating_to") == str(
+                    active
+                ) or self.store.deks_outside_epoch(active, 1):
+                    return active, False
+                epoch = max(self.store.epochs()) + 1
+                wrapped = self._root.seal(kek.reveal(), kek_aad(self.vault_id, epoch))
+                self.store.add_epoch(conn, epoch, wrapped, created)
+                self.store.set_meta(conn, "active_epoch", str(epoch))
+                self.store.set_meta(conn, "rotating_to", str(epoch))
+            self._keks[epoch] = Envelope(kek, epoch)
+            return epoch, True
+        finally:
+            kek.wipe()
+
+    def _check_root_unchanged(self) -> None:
+        """Inside a keystore write transaction, before wrapping anything under the root
+        key: refuse if another process changed the passphrase or keyfile since this
+        key ring unlocked (what it wrapped would open with neither secret)."""
+        current = self.store.header().key_check
+        if not hmac.compare_digest(current, self._header.key_check):
+            raise WrongKeyError(
+                "the vault's passphrase or keyfile was changed by another process since "
+                "this one unlocked it; open the vault again with the new one"
+            )
 
     def finish_kek_rotation(self) -> None:
         """Clear the in-progress mark once every DEK is under the active epoch."""
@@ -482,19 +500,22 @@ class KeyRing:
             meta = {"key_source": "keyfile", "kdf": "", "salt": ""}
         meta["key_check"] = key_check_value(root).hex()
         new_root = Envelope(root, _ROOT_VERSION)
-        epochs: dict[int, bytes] = {}
-        for epoch, wrapped in self.store.epochs().items():
-            kek = self._open_root(wrapped, kek_aad(self.vault_id, epoch))
-            epochs[epoch] = new_root.seal(kek.reveal(), kek_aad(self.vault_id, epoch))
-            kek.wipe()
-        seeds: dict[int, bytes] = {}
-        for generation, wrapped in self.store.signing_seeds().items():
-            seed = self._open_root(wrapped, signing_seed_aad(self.vault_id, generation))
-            seeds[generation] = new_root.seal(
-                seed.reveal(), signing_seed_aad(self.vault_id, generation)
-            )
-            seed.wipe()
+        # Read and re-wrap inside the write transaction, so an epoch another process
+        # adds meanwhile cannot be left wrapped under the old root.
         with self.store.transaction() as conn:
+            self._check_root_unchanged()
+            epochs: dict[int, bytes] = {}
+            for epoch, wrapped in self.store.epochs().items():
+                kek = self._open_root(wrapped, kek_aad(self.vault_id, epoch))
+                epochs[epoch] = new_root.seal(kek.reveal(), kek_aad(self.vault_id, epoch))
+                kek.wipe()
+            seeds: dict[int, bytes] = {}
+            for generation, wrapped in self.store.signing_seeds().items():
+                seed = self._open_root(wrapped, signing_seed_aad(self.vault_id, generation))
+                seeds[generation] = new_root.seal(
+                    seed.reveal(), signing_seed_aad(self.vault_id, generation)
+                )
+                seed.wipe()
             self.store.replace_root_wrapped(conn, epochs, seeds, meta)
         self.store.scrub()  # old wrappings leave the file and the WAL too
         self._root = new_root

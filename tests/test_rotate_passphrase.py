@@ -225,3 +225,34 @@ def test_only_an_admin_may_change_the_passphrase(keyfile_setup: Setup) -> None:
         if e["action"] == "keys.change-passphrase" and e["outcome"] == "denied"
     ]
     assert [e["actor"] for e in denied] == ["p-operator", "p-auditor"]
+
+
+# -- another process holds the vault open -----------------------------------------------
+
+
+def test_a_process_unlocked_before_a_passphrase_change_cannot_wrap_under_the_old_root(
+    keyfile_setup: Setup, tmp_path: Path, keyfile: Path
+) -> None:
+    """Process B unlocked with the old keyfile; A switches to a new one. Before the check,
+    B's KEK rotation sealed a new epoch under the old root: afterwards neither secret
+    opened the vault. Now B is refused (UnlockError) and nothing changes."""
+    setup = keyfile_setup
+    other = Vault.open(setup.path, keyfile=keyfile)  # "process B", opened before
+    try:
+        new_keyfile = tmp_path / "new.key"
+        generate_keyfile(new_keyfile)
+        setup.vault.admin().change_passphrase(keyfile=str(new_keyfile))
+        epochs_before = root_wrapped(setup.path)
+        with pytest.raises(UnlockError, match="changed by another process"):
+            other.admin().rotate_kek()
+        with pytest.raises(UnlockError, match="changed by another process"):
+            other.admin().change_passphrase(passphrase=NEW)
+        assert root_wrapped(setup.path) == epochs_before
+    finally:
+        other.close()
+    with Vault.open(setup.path, keyfile=new_keyfile) as v:
+        setup.assert_readable(v)
+        v.admin().rotate_kek()  # the new secret can still rotate
+        setup.assert_readable(v)
+    with pytest.raises(UnlockError):
+        Vault.open(setup.path, keyfile=keyfile)

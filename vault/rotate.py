@@ -12,11 +12,18 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select, update
 
-from keys import InvalidKeyError, KdfParams, KeystoreError, needs_rehash, recommended_params
+from keys import (
+    InvalidKeyError,
+    KdfParams,
+    KeystoreError,
+    WrongKeyError,
+    needs_rehash,
+    recommended_params,
+)
 from keys.envelope import record_aad_suffix
 
 from .clock import format_ts, parse_ts
-from .errors import NotFoundError, SchemaError, ShreddedError, StorageError
+from .errors import NotFoundError, SchemaError, ShreddedError, StorageError, UnlockError
 from .faults import crash_point
 from .log import Event
 from .store import backups, customers, log, records
@@ -98,7 +105,12 @@ def rotate_kek(
     session._authorize("admin", "keys.rotate-kek")
     vault = session._vault
     keyring = vault._keys
-    epoch, new = keyring.begin_kek_rotation(format_ts(vault._clock()))
+    try:
+        epoch, new = keyring.begin_kek_rotation(format_ts(vault._clock()))
+    except WrongKeyError as error:
+        raise UnlockError(str(error)) from None
+    except KeystoreError as error:
+        raise StorageError(f"KEK rotation could not start ({error})") from None
     _log(session, "keys.rotate-kek.start", {"epoch": epoch, "resumed": not new}, checkpoint=True)
     total = 0
     while True:
@@ -268,6 +280,10 @@ def change_passphrase(
         session._vault._keys.change_root(
             passphrase=passphrase, keyfile_key=keyfile_key, params=params
         )
+    except WrongKeyError as error:
+        raise UnlockError(str(error)) from None  # changed meanwhile by another process
+    except KeystoreError as error:
+        raise StorageError(f"the passphrase could not be changed ({error})") from None
     except InvalidKeyError as error:
         # A new secret that cannot be used (e.g. empty) is bad input, not a failed unlock.
         raise SchemaError(f"the new passphrase or keyfile cannot be used: {error}") from None
