@@ -141,11 +141,16 @@ def decommission_command(
             )
             if vault.recovered_receipts:
                 save_recovered_receipts(vault)
-    _report(certificate, certificate_file, reason, as_json)
+    _report(certificate, certificate_file, reason, as_json, earlier=state != "active")
 
 
 def _report(
-    certificate: Certificate, certificate_file: Path | None, reason: str, as_json: bool
+    certificate: Certificate,
+    certificate_file: Path | None,
+    reason: str,
+    as_json: bool,
+    *,
+    earlier: bool,
 ) -> None:
     summary = _summary(certificate)
     md = markdown_path(certificate_file) if certificate_file is not None else None
@@ -184,8 +189,8 @@ def _report(
     else:
         for name, value in pairs:
             note(f"  {name}: {value}")
-    if summary["reason"] != reason:
-        note(f"note: the interrupted run's reason stands: {summary['reason']!r}")
+    if earlier and summary["reason"] != reason:
+        note(f"note: the first run's reason stands: {summary['reason']!r}")
     if summary["backups_outstanding"]:
         note(
             f"warning: {len(summary['backups_outstanding'])} unexpired backup(s) still hold "
