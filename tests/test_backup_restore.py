@@ -39,7 +39,7 @@ from vault import (
     restore_backup,
     verify_backup,
 )
-from vault.store import customers
+from vault.store import customers, log
 from vault.vault import RESTORE_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,6 +232,13 @@ def test_restore_logs_which_source_it_replayed_from(live: Live, restored: Restor
     assert entry["detail"]["shreds_replayed"] == 1
     assert entry["detail"]["unreplayed_shreds_accepted"] is False
     assert entry["detail"]["snapshot_seq"] == live.manifest["seq"]
+    # The head replayed from: its seq and hash as the live vault's log has them.
+    source_seq = entry["detail"]["source_seq"]
+    assert source_seq > live.manifest["seq"]
+    stored = live.vault._data.read(
+        lambda conn: conn.execute(select(log.c.hash).where(log.c.seq == source_seq)).scalar()
+    )
+    assert entry["detail"]["source_head"] == stored
     assert not (restored.root / RESTORE_MARKER).exists()
 
 
@@ -773,3 +780,24 @@ def test_a_snapshot_without_an_additive_table_restores_into_postgres(
         got = restored.admin().get_many([(cid, rid) for rid in recs], purpose=PURPOSE)
         assert {r.id: r.fields for r in got} == recs
         assert restored.verify_log().ok
+
+
+def test_backup_progress_counts_up_to_the_snapshot_seq(
+    make_vault: Callable[..., Vault], backend: str | None, tmp_path: Path
+) -> None:
+    """The progress callback (the CLI's bar) moves during the copy on either backend and
+    adds up to the log entries in the snapshot."""
+    v = make_vault("big")
+    v.declare_kind("profile", fields=["name"], purposes=[PURPOSE])
+    s = v.admin()
+    customers_ = [s.add_customer() for _ in range(20)]
+    s.put_many(
+        [(customers_[i % 20], "profile", {"name": "x" * 900}) for i in range(3000)],
+        purpose=PURPOSE,
+    )
+    steps: list[int] = []
+    manifest = s.backup(str(tmp_path / "big.tar"), progress=steps.append)
+    assert steps and all(n > 0 for n in steps)
+    assert sum(steps) == manifest["seq"]
+    if backend is None:  # the page copy reports between steps, not once at the end
+        assert len(steps) > 1

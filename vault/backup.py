@@ -66,6 +66,7 @@ MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 MEMBERS = (DATA_FILE, KEYS_FILE)
 _CHUNK = 1 << 20
+_BACKUP_PAGES = 256  # pages per step of the SQLite backup API (progress between steps)
 _COPY_BATCH = 5000
 
 
@@ -118,7 +119,7 @@ def create_backup(
             # Holding the log head: no writer can commit while both stores are copied.
             session._gate(tx.conn, "export", "backup.create")
             _copy_keystore(vault._keys.store.path, work_dir / KEYS_FILE)
-            _copy_data(vault._data, tx.conn, work_dir / DATA_FILE, progress)
+            _copy_data(vault._data, tx.conn, work_dir / DATA_FILE, progress, tx.head.seq)
             manifest = {
                 "v": 1,
                 "type": "backup",
@@ -168,11 +169,18 @@ def _copy_keystore(source: Path, dest: Path) -> None:
 
 
 def _copy_data(
-    data: DataStore, conn: Connection, dest: Path, progress: Callable[[int], None] | None
+    data: DataStore,
+    conn: Connection,
+    dest: Path,
+    progress: Callable[[int], None] | None,
+    entries: int,
 ) -> None:
     """A SQLite snapshot of the data store, read through ``conn`` (which holds the log
     head, so the tables do not move). From SQLite: the online backup API; from any
-    other database: the vault's tables streamed in batches into a SQLite file."""
+    other database: the vault's tables streamed in batches into a SQLite file.
+
+    ``progress`` counts log entries (``entries`` in all): rows as they are streamed,
+    or, for the SQLite page copy, the share of pages copied scaled to ``entries``."""
     if data.is_sqlite:
         # The backup API cannot read through the connection holding the write lock; a
         # second connection can (WAL readers never wait) and, since nobody else may
@@ -181,8 +189,18 @@ def _copy_data(
         assert source is not None
         src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
         dst = sqlite3.connect(dest)
+        reported = 0
+
+        def pages_done(_status: int, remaining: int, total: int) -> None:
+            nonlocal reported
+            if progress is not None and total:
+                now = entries * (total - remaining) // total
+                if now > reported:
+                    progress(now - reported)
+                    reported = now
+
         try:
-            src.backup(dst)
+            src.backup(dst, pages=_BACKUP_PAGES, progress=pages_done)
         finally:
             dst.close()
             src.close()
@@ -468,8 +486,9 @@ class ShredSource:
 
 def _newer_shreds(
     manifest: dict[str, Any], source: ShredSource, public_key: bytes
-) -> tuple[dict[str, str], int]:
-    """Shreds after the snapshot: ``({subject tag: reason}, head seq of the source)``,
+) -> tuple[dict[str, str], int, str]:
+    """Shreds after the snapshot: ``({subject tag: reason}, seq and hash of the head
+    replayed from)``,
     plus customer ids from receipts keyed as ``"id:<customer>"``. The source must
     continue the snapshot's history (same hash at the snapshot's seq)."""
     seq, head = int(manifest["seq"]), str(manifest["head"])
@@ -487,7 +506,7 @@ def _newer_shreds(
                     reason=report.reason or "invalid",
                 )
             entries = auditor.entries(since=seq)
-            return _collect(entries, seq, head), report.last_seq
+            return _collect(entries, seq, head), report.last_seq, report.head
     if source.log_export is not None:
         from .audit import verify_export
 
@@ -496,11 +515,10 @@ def _newer_shreds(
             raise VerificationError(
                 f"the exported log fails: {report.message}", reason=report.reason or "invalid"
             )
-        return _collect(
-            read_export_entries(source.log_export, since=seq), seq, head
-        ), report.last_seq
+        found = _collect(read_export_entries(source.log_export, since=seq), seq, head)
+        return found, report.last_seq, report.head
     if source.receipts_dir is not None:
-        last = seq
+        last, last_head = seq, head
         for path in sorted(Path(source.receipts_dir).glob("*.json")):
             document = load_receipt(path)
             checked = verify_receipt(document, public_key=public_key)
@@ -514,9 +532,10 @@ def _newer_shreds(
             found["id:" + str(document["customer"])] = str(
                 document["entry"]["detail"].get("reason", "")
             )
-            last = max(last, int(checked.seq or 0))
-        return found, last
-    return found, seq
+            if int(checked.seq or 0) > last:
+                last, last_head = int(checked.seq or 0), str(document["entry"]["hash"])
+        return found, last, last_head
+    return found, seq, head
 
 
 def _collect(entries: Iterator[dict[str, Any]], seq: int, head: str) -> dict[str, str]:
@@ -597,7 +616,7 @@ def restore_backup(
     shutil.rmtree(staged)
     _set_data_location(root / KEYS_FILE, "external" if data_url is not None else "sqlite")
     crash_point("restore:after-files")
-    shreds, source_seq = _newer_shreds(manifest, source, key)
+    shreds, source_seq, source_head = _newer_shreds(manifest, source, key)
     vault = Vault.open(
         root, passphrase=passphrase, keyfile=keyfile, data_url=data_url, _restoring=True
     )
@@ -609,6 +628,7 @@ def restore_backup(
             "snapshot_seq": manifest["seq"],
             "replayed_from": source.describe(),
             "source_seq": source_seq,
+            "source_head": source_head,
             "shreds_replayed": len(replayed),
             "unreplayed_shreds_accepted": not source.given,
         }
