@@ -22,7 +22,7 @@ from vault import (
     verify_export,
 )
 
-from .context import open_auditor, open_vault, store_options, unlock_options
+from .context import open_auditor, open_session, store_options, token_option, unlock_options
 from .output import json_option, note, print_json, print_pairs
 from .progress import LazyProgress
 
@@ -191,15 +191,17 @@ def export_command(ctx: click.Context, since: int, out_path: Path) -> None:
 @audit_group.command("checkpoint")
 @store_options
 @unlock_options
+@token_option
 @click.pass_context
 def checkpoint_command(ctx: click.Context) -> None:
-    """Sign a checkpoint at the log head now and print it as JSON.
+    """Sign a checkpoint at the log head now and print it as JSON (needs the audit
+    action: admin or auditor).
 
     Save it: `audit verify --anchor FILE` later proves the log still reaches it
     (nothing was cut off or rewritten since).
     """
-    with open_vault(ctx) as vault:
-        checkpoint = vault.checkpoint()
+    with open_session(ctx) as session:
+        checkpoint = session.checkpoint()
     print_json(checkpoint.to_json())
     note(f"signed checkpoint at seq {checkpoint.seq}")
 

@@ -6,7 +6,7 @@ import click
 
 from vault import KindSpec
 
-from .context import open_vault, store_options, unlock_options
+from .context import open_session, store_options, token_option, unlock_options
 from .output import json_option, print_json, print_table
 from .params import comma_list
 
@@ -43,6 +43,7 @@ def kind_group() -> None:
 @json_option
 @store_options
 @unlock_options
+@token_option
 @click.pass_context
 def declare_command(
     ctx: click.Context,
@@ -51,10 +52,9 @@ def declare_command(
     purposes: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Declare (or redeclare) kind NAME. Storing anything undeclared is refused."""
-    with open_vault(ctx) as vault:
-        vault.declare_kind(name, fields=comma_list(fields), purposes=comma_list(purposes))
-        spec = vault.kinds()[name]
+    """Declare (or redeclare) kind NAME (admin). Storing anything undeclared is refused."""
+    with open_session(ctx) as session:
+        spec = session.declare_kind(name, fields=comma_list(fields), purposes=comma_list(purposes))
     if as_json:
         print_json(_spec_json(spec))
     else:
@@ -68,11 +68,12 @@ def declare_command(
 @json_option
 @store_options
 @unlock_options
+@token_option
 @click.pass_context
 def list_command(ctx: click.Context, as_json: bool) -> None:
-    """List the declared kinds."""
-    with open_vault(ctx) as vault:
-        specs = sorted(vault.kinds().values(), key=lambda s: s.name)
+    """List the declared kinds (needs the list action; logged)."""
+    with open_session(ctx) as session:
+        specs = sorted(session.kinds().values(), key=lambda s: s.name)
     if as_json:
         print_json([_spec_json(s) for s in specs])
     elif not specs:

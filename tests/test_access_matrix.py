@@ -633,6 +633,66 @@ def test_add_role(world: World, role: str) -> None:
         assert new.name not in {r.name for r in world.admin.list_roles()}
 
 
+# -- schema and checkpoints -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", cases())
+def test_declare_kind(world: World, role: str) -> None:
+    kind = world.unique(f"kind-{role}")
+    reason = decide(role, "admin")
+    mark = world.head()
+    declare = world.sessions[role].declare_kind
+    if reason is None:
+        spec = declare(kind, fields=["a", "b"], purposes=["service"])
+        assert (spec.name, spec.fields) == (kind, frozenset({"a", "b"}))
+        entries = world.entries_after(mark)
+        assert_allowed(entries, world, role, "schema.declare")
+        assert entries[0]["detail"] == {"kind": kind, "fields": ["a", "b"], "purposes": ["service"]}
+    else:
+        refused(reason, lambda: declare(kind, fields=["a"], purposes=["service"]))
+        assert_denied(world.entries_after(mark), world, role, "schema.declare", reason)
+    stored = world.scalar("SELECT COUNT(*) FROM sv_kinds WHERE name = ?", kind)
+    assert stored == (1 if reason is None else 0)
+
+
+@pytest.mark.parametrize("role", cases())
+def test_list_kinds(world: World, role: str) -> None:
+    reason = decide(role, "list")
+    mark = world.head()
+    if reason is None:
+        found = world.sessions[role].kinds()
+        assert {"profile", "note", "secret"} <= set(found)
+        assert found["profile"].fields == PROFILE_FIELDS
+        entries = world.entries_after(mark)
+        assert_allowed(entries, world, role, "schema.list")
+        assert entries[0]["detail"] == {"count": world.scalar("SELECT COUNT(*) FROM sv_kinds")}
+    else:
+        refused(reason, lambda: world.sessions[role].kinds())
+        assert_denied(world.entries_after(mark), world, role, "schema.list", reason)
+
+
+@pytest.mark.parametrize("role", cases())
+def test_checkpoint(world: World, role: str) -> None:
+    reason = decide(role, "audit")
+    mark = world.head()
+    signed_before = world.scalar("SELECT COUNT(*) FROM sv_checkpoints")
+    if reason is None:
+        checkpoint = world.sessions[role].checkpoint()
+        entries = world.entries_after(mark)
+        assert_allowed(entries, world, role, "audit.checkpoint")
+        seq = entries[0]["seq"]
+        assert checkpoint.seq == seq and checkpoint.verify(world.vault.public_key)
+        assert checkpoint.head == world.scalar("SELECT hash FROM sv_log WHERE seq = ?", seq)
+        assert world.scalar("SELECT COUNT(*) FROM sv_checkpoints") == signed_before + 1
+    else:
+        refused(reason, lambda: world.sessions[role].checkpoint())
+        entries = world.entries_after(mark)
+        assert_denied(entries, world, role, "audit.checkpoint", reason)
+        # Only the every-1000-entries rule may sign at the denial's entry.
+        periodic = 1 if entries[0]["seq"] % 1000 == 0 else 0
+        assert world.scalar("SELECT COUNT(*) FROM sv_checkpoints") == signed_before + periodic
+
+
 ADMIN_ONLY: dict[str, tuple[str, Callable[[Session, str], object]]] = {
     "revoke_principal": ("principal.revoke", lambda s, name: s.revoke_principal(name)),
     "list_principals": ("principal.list", lambda s, name: s.list_principals()),

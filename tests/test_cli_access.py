@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -101,6 +103,28 @@ def get_record(run: Run, setup: Setup, token: str, *extra: str) -> Result:
 
 def store_bytes(root: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(root.iterdir()) if p.is_file())
+
+
+def query(setup: Setup, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Rows straight from the vault's data.db (read-only)."""
+    conn = sqlite3.connect(f"file:{setup.root / 'data.db'}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def log_head(setup: Setup) -> int:
+    return int(query(setup, "SELECT COALESCE(MAX(seq), 0) FROM sv_log")[0][0])
+
+
+def entries_after(setup: Setup, seq: int) -> list[dict[str, Any]]:
+    rows = query(setup, "SELECT body FROM sv_log WHERE seq > ? ORDER BY seq", seq)
+    return [json.loads(bytes(body)) for (body,) in rows]
+
+
+def declared_kinds(setup: Setup) -> list[tuple[str, str]]:
+    return [(str(n), str(t)) for n, t in query(setup, "SELECT name, spec FROM sv_kinds")]
 
 
 # -- principal add / list / revoke -------------------------------------------------------
@@ -240,6 +264,127 @@ def test_an_operator_token_may_not_add_principals(run: Run) -> None:
     result = run("principal", "add", "ops-2", "--role", "admin", SHREDVAULT_TOKEN=token)
     assert result.exit_code == 3
     assert result.stdout == ""
+
+
+# -- schema and checkpoints act as the principal ------------------------------------------
+
+FORGED = "svp_0123456789ab_" + "Q" * 43
+DECLARE_PET = ("kind", "declare", "pet", "--fields", "name", "--purposes", "service")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [DECLARE_PET, ("kind", "list", "--json"), ("audit", "checkpoint")],
+    ids=["kind declare", "kind list", "audit checkpoint"],
+)
+def test_a_bogus_token_is_refused_by_schema_and_checkpoint_commands(
+    run: Run, setup: Setup, command: tuple[str, ...]
+) -> None:
+    kinds_before = declared_kinds(setup)
+    mark = log_head(setup)
+    result = run(*command, SHREDVAULT_TOKEN=FORGED)
+    assert result.exit_code == 3, result.output
+    assert result.stdout == "" and "QQQQ" not in result.output
+    assert declared_kinds(setup) == kinds_before
+    # Only the unlock itself and the logged denial of the login: nothing acted.
+    entries = entries_after(setup, mark)
+    assert [(e["action"], e["outcome"]) for e in entries] == [
+        ("vault.unlock", "ok"),
+        ("auth.login", "denied"),
+    ]
+    assert entries[1]["detail"] == {"reason_code": "unknown_token"}
+
+
+def test_an_operator_token_may_not_declare_a_kind(run: Run, setup: Setup) -> None:
+    token = add_principal(run, "ops-1", "operator")
+    kinds_before = declared_kinds(setup)
+    mark = log_head(setup)
+    result = run(*DECLARE_PET, "--token", token)
+    assert result.exit_code == 3, result.output
+    assert result.stdout == ""
+    assert declared_kinds(setup) == kinds_before
+    denied = [e for e in entries_after(setup, mark) if e["outcome"] == "denied"]
+    assert [(e["action"], e["actor"], e["role"], e["detail"]) for e in denied] == [
+        ("schema.declare", "ops-1", "operator", {"reason_code": "action_not_allowed"})
+    ]
+
+
+def test_an_admin_token_declares_a_kind_as_its_principal(run: Run, setup: Setup) -> None:
+    token = add_principal(run, "boss", "admin")
+    mark = log_head(setup)
+    result = run(*DECLARE_PET, "--json", SHREDVAULT_TOKEN=token)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"kind": "pet", "fields": ["name"], "purposes": ["service"]}
+    (entry,) = [e for e in entries_after(setup, mark) if e["action"] == "schema.declare"]
+    assert (entry["actor"], entry["role"], entry["outcome"]) == ("boss", "admin", "ok")
+
+
+def test_kind_list_with_a_token_is_logged_as_its_principal(run: Run, setup: Setup) -> None:
+    token = add_principal(run, "aud-1", "auditor")
+    mark = log_head(setup)
+    result = run("kind", "list", "--json", SHREDVAULT_TOKEN=token)
+    assert result.exit_code == 0, result.output
+    assert [k["kind"] for k in json.loads(result.stdout)] == ["profile"]
+    (entry,) = [e for e in entries_after(setup, mark) if e["action"] == "schema.list"]
+    assert (entry["actor"], entry["role"], entry["detail"]) == ("aud-1", "auditor", {"count": 1})
+
+
+def test_kind_list_is_refused_to_a_role_without_list(run: Run, setup: Setup) -> None:
+    assert run("role", "add", "reader", "--actions", "read").exit_code == 0
+    token = add_principal(run, "r-1", "reader")
+    mark = log_head(setup)
+    result = run("kind", "list", SHREDVAULT_TOKEN=token)
+    assert result.exit_code == 3
+    assert "profile" not in result.stdout
+    (entry,) = [e for e in entries_after(setup, mark) if e["action"] == "schema.list"]
+    assert (entry["outcome"], entry["actor"]) == ("denied", "r-1")
+    assert entry["detail"] == {"reason_code": "action_not_allowed"}
+
+
+def test_an_auditor_token_signs_a_checkpoint_as_itself(run: Run, setup: Setup) -> None:
+    token = add_principal(run, "aud-1", "auditor")
+    mark = log_head(setup)
+    result = run("audit", "checkpoint", SHREDVAULT_TOKEN=token)
+    assert result.exit_code == 0, result.output
+    signed = json.loads(result.stdout)["checkpoint"]
+    (entry,) = [e for e in entries_after(setup, mark) if e["action"] == "audit.checkpoint"]
+    assert (entry["actor"], entry["role"], entry["outcome"]) == ("aud-1", "auditor", "ok")
+    assert signed["seq"] == entry["seq"]
+    assert query(setup, "SELECT hash FROM sv_log WHERE seq = ?", entry["seq"]) == [
+        (signed["head"],)
+    ]
+
+
+def test_an_operator_token_may_not_sign_a_checkpoint(run: Run, setup: Setup) -> None:
+    token = add_principal(run, "ops-1", "operator")
+    mark = log_head(setup)
+    result = run("audit", "checkpoint", SHREDVAULT_TOKEN=token)
+    assert result.exit_code == 3
+    assert result.stdout == ""
+    entries = entries_after(setup, mark)
+    assert [e["outcome"] for e in entries if e["action"] == "audit.checkpoint"] == ["denied"]
+
+
+def test_without_a_token_schema_and_checkpoints_act_as_the_administrator(
+    run: Run, setup: Setup
+) -> None:
+    mark = log_head(setup)
+    assert run(*DECLARE_PET).exit_code == 0
+    assert "pet" in run("kind", "list").stdout
+    assert run("audit", "checkpoint").exit_code == 0
+    acted = [
+        (e["action"], e["actor"], e["role"], e["outcome"])
+        for e in entries_after(setup, mark)
+        if e["action"] in {"schema.declare", "schema.list", "audit.checkpoint"}
+    ]
+    assert acted == [
+        ("schema.declare", "admin", "admin", "ok"),
+        ("schema.list", "admin", "admin", "ok"),
+        ("audit.checkpoint", "admin", "admin", "ok"),
+    ]
+    assert ("pet", json.dumps({"fields": ["name"], "purposes": ["service"]})) in [
+        (n, json.dumps(json.loads(t))) for n, t in declared_kinds(setup)
+    ]
 
 
 # -- roles ------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -37,15 +37,16 @@ from .lifecycle import DECOMMISSION_ACTION
 from .log import Event
 from .model import Customer, ExpiredCustomers, Principal, Record, ShredExpiredResult
 from .receipt import Receipt
-from .schema import check_name, encode_fields
+from .schema import KindSpec, check_name, encode_fields
 from .shred import check_reason, compact, shred_customer
-from .store import customers, principals, records, roles
+from .store import customers, kinds, principals, records, roles
 
 if TYPE_CHECKING:
     from keys import CustomerKeys
 
     from .backup import BackupInfo
     from .certificate import Certificate
+    from .checkpoint import Checkpoint
     from .handover import HandoverCompletion, HandoverExport, HandoverImport, HandoverKey
     from .rotate import KeyPolicy, KeyStatus
     from .vault import Tx, Vault
@@ -198,6 +199,53 @@ class Session:
                 ),
                 ev,
             )
+
+    # -- schema and checkpoints -------------------------------------------------------
+
+    def declare_kind(
+        self, name: str, *, fields: Iterable[str], purposes: Iterable[str]
+    ) -> KindSpec:
+        """Declare (or redeclare) a record kind: the fields it may hold and the purposes
+        it may be used for; returns it. Needs ``admin``; logged as ``schema.declare``.
+
+        Raises :class:`SchemaError` for a bad name (nothing logged) or
+        :class:`AccessDeniedError` (logged as denied); either way nothing changes."""
+        spec = KindSpec.build(name, fields, purposes)
+        text = json.dumps(spec.to_json(), sort_keys=True)
+
+        def work(tx: Tx) -> None:
+            self._gate(tx.conn, "admin", "schema.declare")
+            tx.conn.execute(delete(kinds).where(kinds.c.name == spec.name))
+            tx.conn.execute(insert(kinds).values(name=spec.name, spec=text))
+            tx.log(self._event("schema.declare", detail={"kind": spec.name, **spec.to_json()}))
+
+        self._vault._transact(work)
+        self._vault._kinds[spec.name] = spec
+        return spec
+
+    def kinds(self) -> dict[str, KindSpec]:
+        """Every declared kind (names, fields, purposes: schema, no personal data).
+        Needs ``list``; logged as one ``schema.list`` entry."""
+        from .vault import _read_kinds
+
+        def work(tx: Tx) -> list[tuple[str, str]]:
+            self._gate(tx.conn, "list", "schema.list")
+            rows = _read_kinds(tx.conn)
+            tx.log(self._event("schema.list", detail={"count": len(rows)}))
+            return rows
+
+        return self._vault._remember_kinds(self._vault._transact(work))
+
+    def checkpoint(self) -> Checkpoint:
+        """Sign a checkpoint at the log head now and return it (see
+        :meth:`Vault.checkpoint`). Needs ``audit``; logged as ``audit.checkpoint``.
+        A denial is logged and signs nothing new."""
+
+        def entry(tx: Tx) -> Event:
+            self._gate(tx.conn, "audit", "audit.checkpoint")
+            return self._event("audit.checkpoint")
+
+        return self._vault._sign_checkpoint(entry)
 
     # -- customers -------------------------------------------------------------------
 
@@ -474,6 +522,14 @@ class Session:
 
         _check_customer_id(customer_id)
         return customer_report(self, customer_id)
+
+    def customer_report_from_receipt(self, receipt: dict[str, Any]) -> dict[str, Any]:
+        """The subject access report of a shredded customer, through its erasure receipt
+        (see :func:`vault.reports.customer_report_from_receipt`). VerificationError if
+        the receipt does not verify against this vault. Admin or a role with export."""
+        from .reports import customer_report_from_receipt
+
+        return customer_report_from_receipt(self, receipt)
 
     def audit_query(self, **filters: str | None) -> dict[str, Any]:
         """Which customers and records were touched (actor, role, action, outcome,

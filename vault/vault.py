@@ -11,7 +11,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import NoReturn, TypeVar
 
-from sqlalchemy import Connection, delete, exc, func, insert, select
+from sqlalchemy import Connection, exc, func, select
 
 from keys import (
     InvalidKeyError,
@@ -399,23 +399,13 @@ class Vault:
     # -- schema -------------------------------------------------------------------------
 
     def declare_kind(self, name: str, *, fields: Iterable[str], purposes: Iterable[str]) -> None:
-        """Declare (or redeclare) a record kind: the fields it may hold and the purposes
-        it may be used for. Logged as ``schema.declare``."""
+        """Declare (or redeclare) a record kind as the unlocking administrator: the fields
+        it may hold and the purposes it may be used for. Logged as ``schema.declare``.
+        A principal declares with :meth:`Session.declare_kind` (needs ``admin``)."""
         self._require_open()
         if self.lifecycle is not None:
             raise VaultDecommissionedError(f"the vault is {self.lifecycle}: its schema is closed")
-        spec = KindSpec.build(name, fields, purposes)
-        text = json.dumps(spec.to_json(), sort_keys=True)
-
-        def work(tx: Tx) -> None:
-            tx.conn.execute(delete(kinds).where(kinds.c.name == spec.name))
-            tx.conn.execute(insert(kinds).values(name=spec.name, spec=text))
-            tx.log(
-                Event(ADMIN, ADMIN, "schema.declare", detail={"kind": spec.name, **spec.to_json()})
-            )
-
-        self._transact(work)
-        self._kinds[spec.name] = spec
+        self.admin().declare_kind(name, fields=fields, purposes=purposes)
 
     def kinds(self) -> dict[str, KindSpec]:
         """Every declared kind."""
@@ -432,10 +422,16 @@ class Vault:
         return spec
 
     def _reload_kinds(self) -> None:
-        rows = self._data.read(lambda c: c.execute(select(kinds.c.name, kinds.c.spec)).all())
+        self._remember_kinds(self._data.read(_read_kinds))
+
+    def _remember_kinds(self, rows: Iterable[tuple[str, str]]) -> dict[str, KindSpec]:
+        """Cache the kinds ``(name, spec JSON)`` read from the data store; returns them."""
+        found = {}
         for name, text in rows:
             raw = json.loads(text)
-            self._kinds[name] = KindSpec(name, frozenset(raw["fields"]), frozenset(raw["purposes"]))
+            found[name] = KindSpec(name, frozenset(raw["fields"]), frozenset(raw["purposes"]))
+        self._kinds.update(found)
+        return found
 
     # -- the logged transaction ------------------------------------------------------
 
@@ -496,10 +492,16 @@ class Vault:
 
     def checkpoint(self) -> Checkpoint:
         """Sign a checkpoint at the current head now (logged as ``audit.checkpoint``) and
-        return it: exactly the checkpoint at that entry, even with other writers."""
+        return it: exactly the checkpoint at that entry, even with other writers.
+        Acts as the unlocking administrator; a principal uses :meth:`Session.checkpoint`."""
+        return self._sign_checkpoint(lambda tx: Event(ADMIN, ADMIN, "audit.checkpoint"))
+
+    def _sign_checkpoint(self, entry: Callable[[Tx], Event]) -> Checkpoint:
+        """Log ``entry(tx)`` (which may raise a :class:`Refusal`) and sign a checkpoint
+        at exactly that entry."""
 
         def work(tx: Tx) -> int:
-            tx.log(Event(ADMIN, ADMIN, "audit.checkpoint"))
+            tx.log(entry(tx))
             return tx.head.seq + 1
 
         seq = self._transact(work, checkpoint=True)
@@ -615,6 +617,11 @@ def verify_store(
                 f"entries up to seq {highest} lie beyond the head row (seq {latest.seq})",
             )
     return report
+
+
+def _read_kinds(conn: Connection) -> list[tuple[str, str]]:
+    """Every declared kind as ``(name, spec JSON)``."""
+    return [(str(n), str(t)) for n, t in conn.execute(select(kinds.c.name, kinds.c.spec))]
 
 
 def _read_head(conn: Connection) -> LogHead:
