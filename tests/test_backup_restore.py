@@ -39,7 +39,7 @@ from vault import (
     restore_backup,
     verify_backup,
 )
-from vault.store import customers, log
+from vault.store import DataStore, customers, log
 from vault.vault import RESTORE_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -468,6 +468,41 @@ def test_a_restore_killed_midway_leaves_a_target_that_refuses_to_open(
     with Vault.open(retry, keyfile=live.keyfile) as v:
         with pytest.raises(ShreddedError):
             v.admin().get(live.shredded, next(iter(live.shredded_records)), purpose=PURPOSE)
+        assert v.verify_log().ok
+
+
+_RESTORE_TO_URL = r"""
+import sys
+from pathlib import Path
+from vault import ShredSource, restore_backup
+
+archive, target, keyfile, live, url = sys.argv[1:6]
+restore_backup(
+    archive, target, keyfile=keyfile, data_url=url, source=ShredSource(vault_dir=Path(live))
+)
+"""
+
+
+def test_a_restore_killed_while_loading_into_postgres_leaves_the_database_empty(
+    live: Live, tmp_path: Path, pg_url: str
+) -> None:
+    """Tables and rows go in one transaction: a kill mid-load leaves no half schema, so
+    the same database takes the retry (before, it refused: 'already holds a vault')."""
+    args = [str(live.archive), "", str(live.keyfile), str(live.root), pg_url]
+    args[1] = str(tmp_path / "killed")
+    done = run_python(_RESTORE_TO_URL, *args, crash_at="restore:load-table")
+    assert done.returncode == CRASH_EXIT_CODE, done.stderr
+    probe = DataStore.connect(url=pg_url)
+    try:
+        assert not probe.has_schema()
+    finally:
+        probe.dispose()
+    args[1] = str(tmp_path / "retry")
+    done = run_python(_RESTORE_TO_URL, *args)
+    assert done.returncode == 0, done.stderr
+    with Vault.open(tmp_path / "retry", keyfile=live.keyfile, data_url=pg_url) as v:
+        got = v.admin().get_many([(live.kept, r) for r in live.kept_records], purpose=PURPOSE)
+        assert {r.id: r.fields for r in got} == live.kept_records
         assert v.verify_log().ok
 
 

@@ -33,7 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, create_engine, func, insert, inspect, select
+from sqlalchemy import Connection, create_engine, exc, func, insert, inspect, select
 
 from keys import verify_signature
 
@@ -45,8 +45,8 @@ from .errors import StorageError, VaultError, VerificationError
 from .faults import crash_point
 from .log import Event
 from .receipt import load_receipt, verify_receipt
-from .store import DataStore, backups, customers, log, metadata
-from .vault import DATA_FILE, KEYS_FILE, RESTORE_MARKER, Vault, _drop_schema
+from .store import DataStore, backups, customers, describe_error, log, metadata
+from .vault import DATA_FILE, KEYS_FILE, RESTORE_MARKER, Vault
 
 if TYPE_CHECKING:
     from .session import Session
@@ -682,10 +682,12 @@ def _load_into(snapshot: Path, data_url: str) -> None:
             raise StorageError(
                 "the target database already holds a vault; restore only into an empty one"
             )
-        target.create_schema()
         source = create_engine(f"sqlite:///{snapshot}")
         try:
+            # Tables and rows in ONE transaction (both databases have transactional DDL):
+            # a failure or a kill mid-load leaves the target empty, so a rerun works.
             with source.connect() as src, target.engine.begin() as dst:
+                metadata.create_all(dst)
                 present = _tables_in(src)
                 for table in metadata.sorted_tables:
                     if table.name not in present:
@@ -693,9 +695,11 @@ def _load_into(snapshot: Path, data_url: str) -> None:
                     result = src.execute(select(table), execution_options={"stream_results": True})
                     while rows := result.fetchmany(_COPY_BATCH):
                         dst.execute(insert(table), [dict(r._mapping) for r in rows])
-        except BaseException:
-            _drop_schema(target)  # the tables this call created, so a rerun finds it empty
-            raise
+                    crash_point("restore:load-table")
+        except exc.SQLAlchemyError as error:
+            raise StorageError(
+                f"cannot load the snapshot into the target: {describe_error(error)}"
+            ) from None
         finally:
             source.dispose()
     finally:

@@ -284,7 +284,7 @@ class DataStore:
             with self.engine.begin() as conn:
                 metadata.create_all(conn)
         except exc.SQLAlchemyError as error:
-            raise StorageError(f"cannot create the data store: {_describe(error)}") from None
+            raise StorageError(f"cannot create the data store: {describe_error(error)}") from None
 
     def ensure_additive_tables(self, conn: Connection) -> None:
         """Create tables added since schema version 1 (only new tables, no changed ones,
@@ -296,7 +296,7 @@ class DataStore:
             with self.engine.connect() as conn:
                 return self.engine.dialect.has_table(conn, "sv_meta")
         except exc.SQLAlchemyError as error:
-            raise StorageError(f"cannot reach the data store: {_describe(error)}") from None
+            raise StorageError(f"cannot reach the data store: {describe_error(error)}") from None
 
     def run(self, work: Callable[[Connection, LogHead], T]) -> T:
         """Run ``work`` in one transaction holding the log-head lock; commit or roll back.
@@ -326,13 +326,13 @@ class DataStore:
                     raise VaultBusyError(
                         "the vault is busy: the log lock was not had in time; nothing was changed"
                     ) from None
-                raise StorageError(f"data store failure: {_describe(error)}") from None
+                raise StorageError(f"data store failure: {describe_error(error)}") from None
             except exc.IntegrityError as error:
                 if not self.is_sqlite and _pg_retryable(error) and time.monotonic() < deadline:
                     continue
-                raise StorageError(f"data store refused a write: {_describe(error)}") from None
+                raise StorageError(f"data store refused a write: {describe_error(error)}") from None
             except exc.DBAPIError as error:
-                raise StorageError(f"data store failure: {_describe(error)}") from None
+                raise StorageError(f"data store failure: {describe_error(error)}") from None
         raise VaultBusyError("the vault is busy: too many conflicting writers; nothing was changed")
 
     def read(self, work: Callable[[Connection], T]) -> T:
@@ -344,9 +344,9 @@ class DataStore:
         except exc.OperationalError as error:
             if self.is_sqlite and _is_sqlite_busy(error):
                 raise VaultBusyError("the vault is busy; try again") from None
-            raise StorageError(f"data store failure: {_describe(error)}") from None
+            raise StorageError(f"data store failure: {describe_error(error)}") from None
         except exc.DBAPIError as error:
-            raise StorageError(f"data store failure: {_describe(error)}") from None
+            raise StorageError(f"data store failure: {describe_error(error)}") from None
 
     def _lock_head(self, conn: Connection) -> LogHead:
         stmt = select(log_head.c.seq, log_head.c.hash, log_head.c.ts).where(log_head.c.id == 1)
@@ -389,7 +389,7 @@ def _sqlite_discipline(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
-def _describe(error: exc.SQLAlchemyError) -> str:
+def describe_error(error: exc.SQLAlchemyError) -> str:
     """The driver's message without SQL parameters (engines hide them as well)."""
     orig = getattr(error, "orig", None)
     text = str(orig if orig is not None else error).strip().splitlines()
