@@ -32,6 +32,7 @@ from vault import (
     parse_public_key,
     render_markdown,
 )
+from vault.canonical import canonical
 from vault.checkpoint import checkpoint_from_json
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -330,6 +331,66 @@ def test_a_tampered_checkpoint_does_not_verify(history: History) -> None:
     forged = json.loads(json.dumps(report["checkpoint"]))
     forged["checkpoint"]["seq"] += 1
     assert not checkpoint_from_json(forged).verify(history.vault.public_key)
+
+
+def test_chain_names_the_head_and_the_checkpoint_included(history: History) -> None:
+    report = history.dora.customer_report(history.alice)
+    head = history.vault.head
+    checkpoint = checkpoint_from_json(report["checkpoint"])
+    assert report["chain"] == {
+        "last_seq": head.seq,
+        "head": head.hash,
+        "checkpoint_seq": checkpoint.seq,
+    }
+    assert checkpoint.seq >= report["history"][-1]["seq"]
+    assert json.loads(export_lines(history.vault)[head.seq])["hash"] == head.hash
+
+
+def _fenced_blocks(md: str) -> list[str]:
+    """The contents of the Markdown's fenced blocks, in order."""
+    blocks, current, fence = [], [], None
+    for line in md.splitlines():
+        if fence is None and line.startswith("```"):
+            fence = line[: len(line) - len(line.lstrip("`"))]
+            current = []
+        elif fence is not None and line == fence:
+            blocks.append("\n".join(current))
+            fence = None
+        elif fence is not None:
+            current.append(line)
+    return blocks
+
+
+def _check_markdown_offline(md: str, report: dict[str, Any]) -> None:
+    """What a customer holding only the Markdown can check: the signed checkpoint
+    bytes against the public key printed in it, and every history line's hash."""
+    key_line = next(line for line in md.splitlines() if line.startswith("- vault public key:"))
+    public_key = parse_public_key(key_line.split("`")[1])
+    sig_line = next(line for line in md.splitlines() if line.startswith("- signature"))
+    signature = sig_line.split("`")[1]
+    blocks = _fenced_blocks(md)
+    body = json.loads(blocks[0])
+    assert canonical(body).decode("utf-8") == blocks[0]
+    cp = checkpoint_from_json({"checkpoint": body, "signature": signature})
+    assert cp.verify(public_key)
+    lines = [b for b in blocks[1:] if b.startswith('{"action":')]
+    assert lines == [h["line"] for h in report["history"]]
+    for line in lines:
+        digest = json.loads(line)["hash"]
+        hashed = line.replace(f',"hash":"{digest}"', "").encode("utf-8")
+        assert hashlib.sha256(b"shredvault/log/v1\n" + hashed).hexdigest() == digest
+    assert cp.seq >= json.loads(lines[-1])["seq"]
+
+
+def test_markdown_carries_the_checkpoint_key_and_exact_lines(history: History) -> None:
+    report = history.dora.customer_report(history.alice)
+    md = render_markdown(report)
+    checkpoint = report["checkpoint"]
+    assert report["public_key"] in md
+    assert checkpoint["signature"] in md
+    assert f"seq {checkpoint['checkpoint']['seq']}" in md
+    assert checkpoint["checkpoint"]["head"] in md
+    _check_markdown_offline(md, report)
 
 
 # -- isolation -----------------------------------------------------------------------------

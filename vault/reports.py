@@ -20,15 +20,17 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from .access import normalize_expiry
 from .audit import format_public_key
 from .canonical import canonical
+from .checkpoint import Checkpoint, latest_checkpoint
 from .clock import format_ts
 from .errors import SchemaError, ShreddedError
 from .log import export_line
-from .store import checkpoints, customers, log, principals, records, roles
+from .store import LogHead, checkpoints, customers, log, principals, records, roles
+from .vault import _read_head
 
 if TYPE_CHECKING:
     from .session import Session
@@ -135,11 +137,18 @@ def customer_report(session: Session, customer_id: str) -> dict[str, Any]:
             "first_report_seq": tx.head.seq + 1,
         }
 
-    report = vault._transact(work)
+    return _complete(session, vault._transact(work))
+
+
+def _complete(session: Session, report: dict[str, Any]) -> dict[str, Any]:
+    """Add the report's own log entries (their seq range was left in ``report``), the
+    chain state and the signed checkpoint covering them, read together."""
+    vault = session._vault
     first = int(report.pop("first_report_seq"))
     count = int(report.pop("report_entries"))
-    own = vault._data.read(
-        lambda conn: [
+
+    def read(conn: Connection) -> tuple[list[dict[str, Any]], LogHead, Checkpoint | None]:
+        own = [
             _entry_view(body, digest)
             for body, digest in conn.execute(
                 select(log.c.body, log.c.hash)
@@ -147,8 +156,9 @@ def customer_report(session: Session, customer_id: str) -> dict[str, Any]:
                 .order_by(log.c.seq)
             )
         ]
-    )
-    checkpoint = vault.latest_checkpoint()
+        return own, _read_head(conn), latest_checkpoint(conn)
+
+    own, head, checkpoint = vault._data.read(read)
     report["history"] += own
     report.update(
         {
@@ -157,6 +167,11 @@ def customer_report(session: Session, customer_id: str) -> dict[str, Any]:
             "vault": vault.vault_id,
             "generated": format_ts(vault._clock()),
             "checkpoint": None if checkpoint is None else checkpoint.to_json(),
+            "chain": {
+                "last_seq": head.seq,
+                "head": head.hash,
+                "checkpoint_seq": None if checkpoint is None else checkpoint.seq,
+            },
             "public_key": format_public_key(vault.public_key),
             "how_to_check": (
                 "Each history entry carries its exact log line: its SHA-256 (with the "
@@ -443,9 +458,8 @@ def _render_subject(r: dict[str, Any]) -> str:
         "",
         f"Vault `{r['vault']}`, generated {r['generated']}.",
         "",
-        "## Your details",
-        "",
     ]
+    lines += ["## Your details", ""]
     lines += _table(
         ["field", "value"],
         [
@@ -477,8 +491,45 @@ def _render_subject(r: dict[str, Any]) -> str:
             for h in r["history"]
         ],
     )
-    lines += ["", "## How to check this report", "", r["how_to_check"], ""]
+    chain = r["chain"]
+    lines += [
+        "",
+        "## How to check this report",
+        "",
+        r["how_to_check"],
+        "",
+        f"- vault public key: `{r['public_key']}`",
+        f"- the log at report time: last seq {chain['last_seq']}, head `{chain['head']}`",
+    ]
+    cp = r["checkpoint"]
+    if cp is None:
+        lines += ["- no signed checkpoint yet", ""]
+    else:
+        body = cp["checkpoint"]
+        lines += [
+            f"- signed checkpoint: seq {body['seq']}, head `{body['head']}`, time {body['ts']}",
+            f"- signature (Ed25519 over the exact checkpoint bytes below): `{cp['signature']}`",
+            "",
+            "Checkpoint bytes (signed exactly as shown, without a line break):",
+            "",
+            *_fenced(canonical(body).decode("utf-8"), "json"),
+            "",
+        ]
+    lines += ["## Appendix: the exact log lines", ""]
+    for h in r["history"]:
+        lines += [f"### Entry {h['seq']}", "", *_fenced(h["line"], "json"), ""]
     return "\n".join(lines)
+
+
+def _fenced(text: str, info: str) -> list[str]:
+    """A fenced code block that ``text`` cannot close early: the fence is longer than
+    any run of backticks inside it."""
+    longest = run = 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * max(3, longest + 1)
+    return [fence + info, text, fence]
 
 
 def _render_audit(r: dict[str, Any]) -> str:
