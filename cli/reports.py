@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from vault import render_markdown
+from vault import load_receipt, render_markdown
 
 from .audit import audit_group
 from .context import open_session, store_options, token_option, unlock_options
@@ -51,7 +51,14 @@ _out_option = click.option(
 
 
 @customer_group.command("report")
-@click.argument("customer_id", metavar="CUSTOMER")
+@click.argument("customer_id", metavar="[CUSTOMER]", required=False)
+@click.option(
+    "--receipt",
+    "receipt_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Report on a shredded customer through its erasure receipt (instead of CUSTOMER).",
+)
 @_format_option
 @_json_flag
 @_out_option
@@ -60,12 +67,28 @@ _out_option = click.option(
 @token_option
 @click.pass_context
 def customer_report_command(
-    ctx: click.Context, customer_id: str, fmt: str, as_json: bool, out: Path | None
+    ctx: click.Context,
+    customer_id: str | None,
+    receipt_file: Path | None,
+    fmt: str,
+    as_json: bool,
+    out: Path | None,
 ) -> None:
     """Everything the vault holds about CUSTOMER, decrypted, with every access to it
-    and a signed checkpoint: the answer to a subject access request (logged)."""
+    and a signed checkpoint: the answer to a subject access request (logged).
+
+    A shredded customer is answered through its erasure receipt (--receipt FILE, no
+    CUSTOMER): the receipt must verify against this vault's key (else exit 5); the
+    report holds it, every log entry about the customer and a signed checkpoint."""
+    if (customer_id is None) == (receipt_file is None):
+        raise click.UsageError("give exactly one of CUSTOMER and --receipt FILE")
+    receipt = None if receipt_file is None else load_receipt(receipt_file)
     with open_session(ctx) as session:
-        report = session.customer_report(customer_id)
+        if receipt is not None:
+            report = session.customer_report_from_receipt(receipt)
+        else:
+            assert customer_id is not None
+            report = session.customer_report(customer_id)
     _deliver(report, "json" if as_json else fmt, out)
 
 

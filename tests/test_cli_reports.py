@@ -41,6 +41,7 @@ class Setup:
     alice: str
     alice_records: list[str]
     dan: str
+    dan_receipt: Path
 
 
 @pytest.fixture
@@ -61,9 +62,10 @@ def setup(tmp_path: Path, keyfile: Path) -> Setup:
             purpose="service",
         )
         olga.get(alice, records[0], purpose="service")
-        admin.shred(dan, reason="customer request")
+        receipt = tmp_path / "dan-receipt.json"
+        admin.shred(dan, reason="customer request").write(receipt)
         public_key = vault.public_key
-    return Setup(root, keyfile, public_key, tokens, alice, records[:2], dan)
+    return Setup(root, keyfile, public_key, tokens, alice, records[:2], dan, receipt)
 
 
 @pytest.fixture
@@ -172,6 +174,82 @@ def test_an_unknown_token_exits_3_and_is_not_echoed(run: Run, setup: Setup) -> N
     result = run("customer", "report", setup.alice, token=bogus)
     assert result.exit_code == 3
     assert bogus not in result.output
+
+
+def test_customer_report_through_a_receipt(run: Run, setup: Setup) -> None:
+    receipt = json.loads(setup.dan_receipt.read_text("utf-8"))
+    report = ok_json(
+        run("customer", "report", "--receipt", str(setup.dan_receipt), token=setup.tokens["dora"])
+    )
+    assert report["customer"]["id"] == setup.dan and report["customer"]["state"] == "shredded"
+    assert report["records"] == [] and report["receipt"] == receipt
+    assert [h["action"] for h in report["history"]] == [
+        "customer.add",
+        "record.put",
+        "customer.shred-intent",
+        "customer.shred",
+        "customer.report",
+    ]
+    assert report["history"][-1]["actor"] == "dora"
+    assert checkpoint_from_json(report["checkpoint"]).verify(setup.public_key)
+    assert DAN["name"] not in json.dumps(report, ensure_ascii=False)
+
+
+def test_customer_report_through_a_receipt_in_markdown(run: Run, setup: Setup) -> None:
+    result = run("customer", "report", "--receipt", str(setup.dan_receipt), "--format", "md")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"# What we hold about you — customer {setup.dan}")
+    assert "## Your data was erased" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("CUSTOMER", "--receipt", "RECEIPT")],
+    ids=["neither", "both"],
+)
+def test_customer_report_needs_exactly_one_of_customer_and_receipt(
+    run: Run, setup: Setup, args: tuple[str, ...]
+) -> None:
+    given = [{"CUSTOMER": setup.dan, "RECEIPT": str(setup.dan_receipt)}.get(a, a) for a in args]
+    result = run("customer", "report", *given)
+    assert result.exit_code == 2
+    assert "exactly one of CUSTOMER and --receipt" in result.stderr
+
+
+def test_an_altered_receipt_exits_5_and_prints_nothing(
+    run: Run, setup: Setup, tmp_path: Path
+) -> None:
+    receipt = json.loads(setup.dan_receipt.read_text("utf-8"))
+    receipt["customer"] = setup.alice
+    altered = tmp_path / "altered.json"
+    altered.write_text(json.dumps(receipt))
+    result = run("customer", "report", "--receipt", str(altered), token=setup.tokens["dora"])
+    assert result.exit_code == 5
+    assert result.stdout == "" and "receipt does not verify" in result.stderr
+
+
+@pytest.mark.parametrize("content", ["not json {", "[1, 2]"])
+def test_an_unreadable_receipt_exits_5(
+    run: Run, setup: Setup, tmp_path: Path, content: str
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    assert run("customer", "report", "--receipt", str(bad)).exit_code == 5
+
+
+def test_a_receipt_from_another_vault_exits_5(run: Run, tmp_path: Path, keyfile: Path) -> None:
+    with Vault.create(tmp_path / "other", keyfile=keyfile) as other:
+        admin = other.admin()
+        foreign = tmp_path / "foreign.json"
+        admin.shred(admin.add_customer(), reason="elsewhere").write(foreign)
+    assert run("customer", "report", "--receipt", str(foreign)).exit_code == 5
+
+
+def test_customer_report_through_a_receipt_without_export_exits_3(run: Run, setup: Setup) -> None:
+    result = run(
+        "customer", "report", "--receipt", str(setup.dan_receipt), token=setup.tokens["olga"]
+    )
+    assert result.exit_code == 3 and result.stdout == ""
 
 
 # -- audit query -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from vault import (
     Session,
     ShreddedError,
     Vault,
+    VerificationError,
     ids,
     parse_public_key,
     render_markdown,
@@ -393,6 +394,160 @@ def test_markdown_carries_the_checkpoint_key_and_exact_lines(history: History) -
     _check_markdown_offline(md, report)
 
 
+# -- a shredded customer, through its receipt -------------------------------------------------
+
+
+def _shred_alice(history: History, reason: str = "customer asked") -> dict[str, Any]:
+    receipt = history.admin.shred(history.alice, reason=reason)
+    history.clock.advance(minutes=1)
+    return receipt.to_json()
+
+
+def _shred_entries(history: History) -> list[Seen]:
+    return [
+        ("admin", "admin", "customer.shred-intent", None, "ok", None, None),
+        ("admin", "admin", "customer.shred", None, "ok", None, None),
+    ]
+
+
+def test_receipt_report_holds_every_entry_about_the_shredded_customer(
+    history: History,
+) -> None:
+    receipt = _shred_alice(history)
+    report = history.dora.customer_report_from_receipt(receipt)
+    assert [seen(h) for h in report["history"]] == [
+        *history.about[history.alice],
+        *_shred_entries(history),
+        ("dora", "dpo", "customer.report", "subject-access", "ok", None, None),
+    ]
+    assert report["records"] == []
+    assert report["receipt"] == receipt
+    assert report["subject_tag"] == receipt["subject_tag"]
+    shred_seq = receipt["checkpoint"]["checkpoint"]["seq"]
+    assert report["customer"] == {
+        "id": history.alice,
+        "state": "shredded",
+        "shredded_at": receipt["entry"]["ts"],
+        "shred_seq": shred_seq,
+    }
+    assert report["type"] == "shredvault-subject-access-report"
+    assert report["vault"] == history.vault.vault_id
+
+
+def test_receipt_report_lines_and_checkpoint_verify(history: History) -> None:
+    report = history.dora.customer_report_from_receipt(_shred_alice(history))
+    exported = export_lines(history.vault)
+    assert [exported[h["seq"]] for h in report["history"]] == [h["line"] for h in report["history"]]
+    checkpoint = checkpoint_from_json(report["checkpoint"])
+    assert checkpoint.verify(history.vault.public_key)
+    assert checkpoint.seq >= report["history"][-1]["seq"]
+    head = history.vault.head
+    assert report["chain"] == {
+        "last_seq": head.seq,
+        "head": head.hash,
+        "checkpoint_seq": checkpoint.seq,
+    }
+
+
+def test_receipt_report_is_logged_under_the_tag_never_the_customer_id(history: History) -> None:
+    receipt = _shred_alice(history)
+    before = history.vault.head.seq
+    history.dora.customer_report_from_receipt(receipt)
+    logged = entries_after(history.vault, before)
+    assert [(e["actor"], e["action"], e["outcome"], e["purpose"], e["record"]) for e in logged] == [
+        ("dora", "customer.report", "ok", "subject-access", None)
+    ]
+    assert logged[0]["subject"] == receipt["subject_tag"]
+    assert logged[0]["detail"] == {
+        "records": 0,
+        "receipt_seq": receipt["checkpoint"]["checkpoint"]["seq"],
+    }
+    assert history.alice not in json.dumps(logged)
+
+
+def test_receipt_report_markdown_checks_offline(history: History) -> None:
+    receipt = _shred_alice(history, reason="asked twice ``` and ```` fences")
+    report = history.admin.customer_report_from_receipt(receipt)
+    md = render_markdown(report)
+    assert md.startswith(f"# What we hold about you — customer {history.alice}")
+    assert "## Your data was erased" in md and "## Records" not in md
+    assert "| admin | admin | customer.shred | " in md
+    _check_markdown_offline(md, report)
+    assert json.loads(_fenced_blocks(md)[-1]) == receipt
+
+
+def _refused(history: History, session: Session, receipt: dict[str, Any]) -> dict[str, Any]:
+    before = history.vault.head.seq
+    with pytest.raises(VerificationError):
+        session.customer_report_from_receipt(receipt)
+    logged = entries_after(history.vault, before)
+    assert [(e["actor"], e["action"], e["outcome"], e["subject"]) for e in logged] == [
+        (session.actor, "customer.report", "error", None)
+    ]
+    assert logged[0]["detail"]["reason_code"] == "receipt_not_verified"
+    return dict(logged[0]["detail"])
+
+
+def test_an_altered_receipt_is_refused_and_logged(history: History) -> None:
+    receipt = _shred_alice(history)
+    renamed = {**receipt, "customer": history.bob}
+    assert _refused(history, history.dora, renamed)["verification"] == "wrong customer"
+    moved = json.loads(json.dumps(receipt))
+    moved["entry"]["ts"] = "2026-03-02T09:00:00.000000Z"
+    assert _refused(history, history.dora, moved)["verification"] == "modified"
+    other_tag = {**receipt, "subject_tag": "00" * 32}
+    assert _refused(history, history.dora, other_tag)["verification"] == "wrong customer"
+    assert _refused(history, history.dora, {"type": "nothing"})["verification"] == "malformed"
+
+
+def test_a_forged_signature_is_refused(history: History) -> None:
+    receipt = json.loads(json.dumps(_shred_alice(history)))
+    signature = receipt["checkpoint"]["signature"]
+    receipt["checkpoint"]["signature"] = ("0" if signature[0] != "0" else "1") + signature[1:]
+    assert _refused(history, history.dora, receipt)["verification"] == "bad signature"
+
+
+def test_a_receipt_from_another_vault_is_refused(
+    history: History, tmp_path: Path, keyfile: Path
+) -> None:
+    with Vault.create(tmp_path / "other", keyfile=keyfile) as other:
+        admin = other.admin()
+        stranger = admin.add_customer()
+        receipt = admin.shred(stranger, reason="elsewhere").to_json()
+    assert _refused(history, history.dora, receipt)["verification"] == "bad signature"
+    # Even with this vault's key inside, the receipt is checked against this vault's.
+    receipt["public_key"] = f"ed25519:{history.vault.public_key.hex()}"
+    assert _refused(history, history.dora, receipt)["verification"] == "bad signature"
+
+
+@pytest.mark.parametrize("who", ["olga", "ada", "carl"])
+def test_receipt_report_needs_export_and_the_denial_shows_under_the_tag(
+    history: History, who: str
+) -> None:
+    receipt = _shred_alice(history)
+    session = getattr(history, who)
+    before = history.vault.head.seq
+    with pytest.raises(AccessDeniedError):
+        session.customer_report_from_receipt(receipt)
+    logged = entries_after(history.vault, before)
+    assert [(e["actor"], e["action"], e["outcome"], e["subject"]) for e in logged] == [
+        (who, "customer.report", "denied", receipt["subject_tag"])
+    ]
+    report = history.dora.customer_report_from_receipt(receipt)
+    assert (who, session.role, "customer.report", None, "denied", None, None) in [
+        seen(h) for h in report["history"]
+    ]
+
+
+def test_without_export_a_forged_receipt_is_denied_naming_no_subject(history: History) -> None:
+    receipt = {**_shred_alice(history), "customer": history.bob}
+    before = history.vault.head.seq
+    with pytest.raises(AccessDeniedError):
+        history.olga.customer_report_from_receipt(receipt)
+    logged = entries_after(history.vault, before)
+    assert [(e["outcome"], e["subject"]) for e in logged] == [("denied", None)]
+
+
 # -- isolation -----------------------------------------------------------------------------
 
 
@@ -540,3 +695,14 @@ def test_report_on_either_data_store_matches_the_script(
         member = f',"hash":"{entry["hash"]}"'
         body = item["line"].replace(member, "").encode("utf-8")
         assert hashlib.sha256(b"shredvault/log/v1\n" + body).hexdigest() == entry["hash"]
+    h.clock.advance(minutes=1)
+    receipt = h.admin.shred(h.alice, reason="customer asked").to_json()
+    gone = h.dora.customer_report_from_receipt(receipt)
+    assert [seen(item) for item in gone["history"]] == [
+        *h.about[h.alice],
+        *h.report_entries("dora", "dpo"),
+        *_shred_entries(h),
+        ("dora", "dpo", "customer.report", "subject-access", "ok", None, None),
+    ]
+    assert checkpoint_from_json(gone["checkpoint"]).verify(h.vault.public_key)
+    assert gone["chain"]["last_seq"] == h.vault.head.seq

@@ -3,7 +3,8 @@ query and the audit report. Each runs on the vault and its log and is logged its
 
 * :func:`customer_report` — everything the vault holds about one customer, decrypted,
   with every log entry about them and a signed checkpoint covering the report's own
-  entries (admin, or a role with ``export``).
+  entries (admin, or a role with ``export``); :func:`customer_report_from_receipt`
+  the same for a shredded customer, through its erasure receipt.
 * :func:`audit_query` — which customers and records an actor (or a role, an action, a
   window) touched, for notifying the people affected (admin or auditor; ids and
   metadata only, never plaintext).
@@ -25,10 +26,11 @@ from sqlalchemy import Connection, func, select
 from .access import normalize_expiry
 from .audit import format_public_key
 from .canonical import canonical
-from .checkpoint import Checkpoint, latest_checkpoint
+from .checkpoint import Checkpoint, checkpoint_from_json, latest_checkpoint
 from .clock import format_ts
-from .errors import SchemaError, ShreddedError
+from .errors import SchemaError, ShreddedError, VerificationError
 from .log import export_line
+from .receipt import ReceiptReport, verify_receipt
 from .store import LogHead, checkpoints, customers, log, principals, records, roles
 from .vault import _read_head
 
@@ -36,7 +38,13 @@ if TYPE_CHECKING:
     from .session import Session
     from .vault import Tx
 
-__all__ = ["audit_query", "audit_report", "customer_report", "render_markdown"]
+__all__ = [
+    "audit_query",
+    "audit_report",
+    "customer_report",
+    "customer_report_from_receipt",
+    "render_markdown",
+]
 
 SUBJECT_ACCESS = "subject-access"
 _QUERY_LIMIT = 100_000
@@ -75,7 +83,7 @@ def customer_report(session: Session, customer_id: str) -> dict[str, Any]:
             )
             raise Refusal(
                 ShreddedError(
-                    f"customer {customer_id} was shredded: its erasure receipt is the answer"
+                    f"customer {customer_id} was shredded: report through its erasure receipt"
                 ),
                 ev,
             )
@@ -132,6 +140,79 @@ def customer_report(session: Session, customer_id: str) -> dict[str, Any]:
             },
             "subject_tag": tag,
             "records": held,
+            "history": history,
+            "report_entries": len(tx.events),
+            "first_report_seq": tx.head.seq + 1,
+        }
+
+    return _complete(session, vault._transact(work))
+
+
+def customer_report_from_receipt(session: Session, receipt: dict[str, Any]) -> dict[str, Any]:
+    """The subject access report of a shredded customer, through its erasure receipt.
+
+    Once shredded, the vault can no longer link the customer to its log entries: the
+    receipt's subject tag does. The receipt must verify against this vault's public key
+    and its shred entry must be the one in this vault's log (else VerificationError,
+    logged). The report holds the receipt, every log entry with the receipt's subject
+    tag (with its exact line), no records (they are unreadable), and a signed checkpoint
+    covering the report's own ``customer.report`` entry (subject: the tag; the customer
+    id is never logged). Admin, or a role with ``export``.
+    """
+    from .vault import Refusal
+
+    vault = session._vault
+    checked = verify_receipt(receipt, public_key=vault.public_key)
+    if checked.ok and checked.vault != vault.vault_id:
+        checked = ReceiptReport(False, "foreign vault", "the receipt is from another vault")
+    tag = str(receipt["subject_tag"]) if checked.ok else None
+
+    def refuse(reason: str, message: str) -> Refusal:
+        ev = session._event(
+            "customer.report",
+            outcome="error",
+            subject=tag,
+            detail={"reason_code": "receipt_not_verified", "verification": reason},
+        )
+        return Refusal(
+            VerificationError(f"the receipt does not verify: {message}", reason=reason), ev
+        )
+
+    def work(tx: Tx) -> dict[str, Any]:
+        # An unverified receipt's tag is unauthenticated: its refusal names no subject.
+        session._gate(tx.conn, "export", "customer.report", subject=tag)
+        if not checked.ok or tag is None or checked.seq is None:
+            raise refuse(str(checked.reason), checked.message)
+        seq = checked.seq
+        head = checkpoint_from_json(receipt["checkpoint"]).head
+        stored = tx.conn.execute(select(log.c.hash).where(log.c.seq == seq)).scalar()
+        if stored != head:
+            raise refuse("forked", f"this vault's log does not hold its shred entry at seq {seq}")
+        history = [
+            _entry_view(body, digest)
+            for body, digest in tx.conn.execute(
+                select(log.c.body, log.c.hash).where(log.c.subject == tag).order_by(log.c.seq)
+            )
+        ]
+        tx.log(
+            session._event(
+                "customer.report",
+                subject=tag,
+                purpose=SUBJECT_ACCESS,
+                detail={"records": 0, "receipt_seq": seq},
+            )
+        )
+        tx.checkpoint = True
+        return {
+            "customer": {
+                "id": checked.customer,
+                "state": "shredded",
+                "shredded_at": checked.shredded_at,
+                "shred_seq": seq,
+            },
+            "subject_tag": tag,
+            "records": [],
+            "receipt": dict(receipt),
             "history": history,
             "report_entries": len(tx.events),
             "first_report_seq": tx.head.seq + 1,
@@ -459,21 +540,33 @@ def _render_subject(r: dict[str, Any]) -> str:
         f"Vault `{r['vault']}`, generated {r['generated']}.",
         "",
     ]
-    lines += ["## Your details", ""]
-    lines += _table(
-        ["field", "value"],
-        [
-            ("reference", c["ref"]),
-            ("consent", json.dumps(c["consent"])),
-            ("kept until", c["retain_until"]),
-            ("since", c["created"]),
-        ],
-    )
-    lines += ["", "## Records", ""]
-    for rec in r["records"]:
-        lines += [f"### {rec['kind']} ({rec['id']}, version {rec['version']})", ""]
-        lines += _table(["field", "value"], sorted(rec["fields"].items()))
-        lines.append("")
+    if c["state"] == "shredded":
+        lines += [
+            "## Your data was erased",
+            "",
+            f"Your data was crypto-shredded on {c['shredded_at']} (log entry {c['shred_seq']}): "
+            "the keys that could decrypt it were destroyed, so the vault can no longer read "
+            "any of your records and holds none of your details. This report was made from "
+            "your erasure receipt (in the appendix), which links you to the log entries "
+            "below.",
+            "",
+        ]
+    else:
+        lines += ["## Your details", ""]
+        lines += _table(
+            ["field", "value"],
+            [
+                ("reference", c["ref"]),
+                ("consent", json.dumps(c["consent"])),
+                ("kept until", c["retain_until"]),
+                ("since", c["created"]),
+            ],
+        )
+        lines += ["", "## Records", ""]
+        for rec in r["records"]:
+            lines += [f"### {rec['kind']} ({rec['id']}, version {rec['version']})", ""]
+            lines += _table(["field", "value"], sorted(rec["fields"].items()))
+            lines.append("")
     lines += ["## Who accessed your data", ""]
     lines += _table(
         ["seq", "when", "who", "role", "action", "purpose", "outcome", "fields"],
@@ -518,6 +611,9 @@ def _render_subject(r: dict[str, Any]) -> str:
     lines += ["## Appendix: the exact log lines", ""]
     for h in r["history"]:
         lines += [f"### Entry {h['seq']}", "", *_fenced(h["line"], "json"), ""]
+    if "receipt" in r:
+        receipt = json.dumps(r["receipt"], indent=2, sort_keys=True, ensure_ascii=False)
+        lines += ["## Appendix: your erasure receipt", "", *_fenced(receipt, "json"), ""]
     return "\n".join(lines)
 
 

@@ -523,6 +523,14 @@ class Session:
         _check_customer_id(customer_id)
         return customer_report(self, customer_id)
 
+    def customer_report_from_receipt(self, receipt: dict[str, Any]) -> dict[str, Any]:
+        """The subject access report of a shredded customer, through its erasure receipt
+        (see :func:`vault.reports.customer_report_from_receipt`). VerificationError if
+        the receipt does not verify against this vault. Admin or a role with export."""
+        from .reports import customer_report_from_receipt
+
+        return customer_report_from_receipt(self, receipt)
+
     def audit_query(self, **filters: str | None) -> dict[str, Any]:
         """Which customers and records were touched (actor, role, action, outcome,
         since, until): the breach-scope question. Ids only, never plaintext."""
