@@ -181,6 +181,11 @@ def role_group() -> None:
     metavar="ISO-DATE",
     help="The role allows nothing after then, e.g. the end of a handover.",
 )
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace the role of that name if it exists (its principals get the new spec).",
+)
 @json_option
 @store_options
 @unlock_options
@@ -194,9 +199,14 @@ def role_add_command(
     fields: tuple[str, ...],
     purposes: tuple[str, ...],
     expires: datetime | None,
+    replace: bool,
     as_json: bool,
 ) -> None:
-    """Add (or replace) custom role NAME. Anything not allowed is denied."""
+    """Add custom role NAME. Anything not allowed is denied.
+
+    A role of that name is changed only with --replace: its principals get the new
+    allowances from their next call.
+    """
     role = Role.build(
         name,
         actions=_actions(actions),
@@ -206,7 +216,7 @@ def role_add_command(
         expires=rfc3339(expires) if expires is not None else None,
     )
     with open_session(ctx) as session:
-        session.add_role(role)
+        session.add_role(role, replace=replace)
     if as_json:
         print_json(role.to_json())
     else:

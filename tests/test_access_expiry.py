@@ -164,7 +164,7 @@ def test_narrowing_a_role_applies_to_a_session_already_logged_in(
     add_temporary_role(clocked, expires="2099-01-01T00:00:00.000000Z")
     session = login_as(clocked, "acq-1", "temp")
     session.get(*stored, purpose="service")
-    clocked.admin().add_role(Role.build("temp", actions=["list"]))
+    clocked.admin().add_role(Role.build("temp", actions=["list"]), replace=True)
     with pytest.raises(AccessDeniedError, match="action_not_allowed"):
         session.get(*stored, purpose="service")
 

@@ -417,6 +417,43 @@ def test_role_list_shows_built_in_and_custom_roles(run: Run) -> None:
     assert "reader" in run("role", "list").stdout
 
 
+NAME_ONLY = ("role", "add", "p1", "--actions", "read", "--fields", "profile.name",
+             "--kinds", "profile", "--purposes", "service")  # fmt: skip
+EVERY_FIELD = ("role", "add", "p1", "--actions", "read,list", "--purposes", "service")
+
+
+def test_role_add_of_an_existing_role_exits_1_and_its_principals_see_no_change(
+    run: Run, setup: Setup
+) -> None:
+    assert run(*NAME_ONLY).exit_code == 0
+    token = add_principal(run, "p1-holder", "p1")
+    roles_before = query(setup, "SELECT name, spec FROM sv_roles")
+    mark = log_head(setup)
+    result = run(*EVERY_FIELD)
+    assert result.exit_code == 1
+    assert "role p1 exists" in result.stderr and "--replace" in result.stderr
+    assert query(setup, "SELECT name, spec FROM sv_roles") == roles_before
+    assert [e["action"] for e in entries_after(setup, mark)] == ["vault.unlock"]
+    got = get_record(run, setup, token, "--json")
+    assert json.loads(got.stdout)["fields"] == {"name": NAME}
+
+
+def test_role_add_replace_changes_what_its_principals_see_and_is_logged(
+    run: Run, setup: Setup
+) -> None:
+    assert run(*NAME_ONLY).exit_code == 0
+    token = add_principal(run, "p1-holder", "p1")
+    mark = log_head(setup)
+    result = run(*EVERY_FIELD, "--replace", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["fields"] is None
+    (entry,) = [e for e in entries_after(setup, mark) if e["action"] == "role.add"]
+    assert entry["outcome"] == "ok" and entry["detail"]["replaced"] is True
+    assert entry["detail"]["actions"] == ["list", "read"] and entry["detail"]["fields"] is None
+    got = get_record(run, setup, token, "--json")
+    assert json.loads(got.stdout)["fields"] == {"name": NAME, "phone": PHONE}
+
+
 def test_role_add_with_an_unknown_action_is_a_usage_error(run: Run) -> None:
     result = run("role", "add", "r", "--actions", "read,teleport")
     assert result.exit_code == 2

@@ -695,21 +695,37 @@ class Session:
 
         return self._vault._transact(work)
 
-    def add_role(self, role: Role) -> None:
-        """Add or replace a custom role (built from :meth:`Role.build`)."""
-        if role.name in BUILTIN_ROLES:
-            raise SchemaError(f"{role.name!r} is a built-in role")
+    def add_role(self, role: Role, *, replace: bool = False) -> None:
+        """Add a custom role (built from :meth:`Role.build`).
+
+        A role of that name that exists already raises :class:`SchemaError` and nothing
+        changes, unless ``replace``: then the new spec takes its place for its
+        principals' very next call, logged as ``role.add`` with ``detail.replaced``."""
+        if not isinstance(role, Role):
+            raise SchemaError("add_role takes a Role (build one with Role.build)")
+        role = _rebuilt(role)
         spec = json.dumps(role.to_json(), sort_keys=True)
 
         def work(tx: Tx) -> None:
             self._gate(tx.conn, "admin", "role.add")
+            exists = (
+                tx.conn.execute(select(roles.c.name).where(roles.c.name == role.name)).first()
+                is not None
+            )
+            if exists and not replace:
+                raise SchemaError(
+                    f"role {role.name} exists; pass replace=True / --replace to change it"
+                )
             tx.conn.execute(delete(roles).where(roles.c.name == role.name))
             tx.conn.execute(
                 insert(roles).values(
                     name=role.name, spec=spec, created=format_ts(self._vault._clock())
                 )
             )
-            tx.log(self._event("role.add", detail=role.to_json()))
+            detail = role.to_json()
+            if exists:
+                detail["replaced"] = True
+            tx.log(self._event("role.add", detail=detail))
 
         self._vault._transact(work)
 
@@ -1082,6 +1098,20 @@ def load_role(conn: Connection, name: str) -> Role | None:
         return builtin
     spec = conn.execute(select(roles.c.spec).where(roles.c.name == name)).scalar()
     return None if spec is None else Role.from_json(json.loads(spec))
+
+
+def _rebuilt(role: Role) -> Role:
+    """``role`` through :meth:`Role.build`'s checks (names, actions, no ``admin``, not a
+    built-in name), however it was made."""
+    raw = role.to_json()
+    return Role.build(
+        raw["name"],
+        actions=raw["actions"],
+        kinds=raw["kinds"],
+        fields=raw["fields"],
+        purposes=raw["purposes"],
+        expires=raw["expires"],
+    )
 
 
 def _visible(role: Role, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
