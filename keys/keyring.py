@@ -43,6 +43,7 @@ from .store import DekRow, KeyStore, KeystoreHeader
 __all__ = ["SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing", "fingerprint"]
 
 SUBJECT_TAG_SIZE = 16
+PENDING_EVENT = "pending_event"  # keystore meta: a key event not yet logged
 _ROOT_VERSION = 0  # the root key has no versions; wrapped KEKs and seeds name version 0
 
 
@@ -425,10 +426,11 @@ class KeyRing:
                 self.store.rewrap_deks(conn, updates)
         return len(updates)
 
-    def retire_epoch(self, epoch: int) -> str:
+    def retire_epoch(self, epoch: int, *, pending_event: str | None = None) -> str:
         """Delete a KEK epoch no DEK uses any more; returns the fingerprint of what was
         deleted. Refuses the active epoch or one still in use. The caller scrubs the
-        keystore (``store.scrub``) once the deletion is recorded."""
+        keystore (``store.scrub``) once the deletion is recorded. ``pending_event`` is
+        kept in the same transaction (see :meth:`pending_event`)."""
         if epoch == self.active_epoch:
             raise InvalidKeyError(f"epoch {epoch} is the active epoch")
         in_use = self.store.dek_counts().get(epoch, 0)
@@ -436,10 +438,22 @@ class KeyRing:
             raise InvalidKeyError(f"epoch {epoch} still wraps {in_use} DEK(s): finish the rotation")
         with self.store.transaction() as conn:
             wrapped = self.store.delete_epoch(conn, epoch)
+            if wrapped is not None and pending_event is not None:
+                self.store.set_meta(conn, PENDING_EVENT, pending_event)
         if wrapped is None:
             raise InvalidKeyError(f"there is no epoch {epoch}")
         self._keks.pop(epoch, None)
         return fingerprint(wrapped)
+
+    def pending_event(self) -> str | None:
+        """A key event committed in the keystore whose log entry may not be written yet
+        (the caller logs it, then :meth:`clear_pending_event`; a crash in between is
+        finished at the next open). Opaque text for the caller."""
+        return self.store.get_meta(PENDING_EVENT)
+
+    def clear_pending_event(self) -> None:
+        with self.store.transaction() as conn:
+            self.store.delete_meta(conn, PENDING_EVENT)
 
     def retirable_epochs(self) -> list[int]:
         counts = self.store.dek_counts()
@@ -479,10 +493,12 @@ class KeyRing:
         passphrase: bytes | None = None,
         keyfile_key: SecretBytes | None = None,
         params: KdfParams | None = None,
+        pending_event: str | None = None,
     ) -> None:
         """Re-wrap every KEK epoch and the signing seed under a new root key, and swap
         the header's salt, KDF parameters and key-check value, all in ONE keystore
-        transaction: afterwards exactly one of the old and new secrets works."""
+        transaction: afterwards exactly one of the old and new secrets works.
+        ``pending_event`` is kept in the same transaction (see :meth:`pending_event`)."""
         if (passphrase is None) == (keyfile_key is None):
             raise InvalidKeyError("give exactly one of a passphrase or a keyfile key")
         if passphrase is not None:
@@ -517,6 +533,8 @@ class KeyRing:
                 )
                 seed.wipe()
             self.store.replace_root_wrapped(conn, epochs, seeds, meta)
+            if pending_event is not None:
+                self.store.set_meta(conn, PENDING_EVENT, pending_event)
         self.store.scrub()  # old wrappings leave the file and the WAL too
         self._root = new_root
         self._header = self.store.header()

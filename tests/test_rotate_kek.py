@@ -272,7 +272,9 @@ def test_rotation_logs_start_batches_done_and_retire_with_checkpoints(
         "epoch": 1,
         "key_fingerprint": fingerprint(old_wrapped),
         "wal_truncated": True,
+        "event": retire["detail"]["event"],  # its id for crash recovery (16 hex digits)
     }
+    assert len(retire["detail"]["event"]) == 16
     assert all(e["outcome"] == "ok" and e["actor"] == "admin" for e in entries)
 
     cps = stored_checkpoints(sqlite_vault)

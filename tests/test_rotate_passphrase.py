@@ -192,10 +192,10 @@ def test_switching_to_a_keyfile_and_back(passphrase_setup: Setup, tmp_path: Path
         assert status.key_source == "passphrase"
         assert status.kdf == recommended_params().to_dict()
         changes = [e for e in log_entries(v) if e["action"] == "keys.change-passphrase"]
-        assert [e["detail"] for e in changes] == [
-            {"key_source": "keyfile"},
-            {"key_source": "passphrase"},
-        ]
+        # Each names its source and a distinct event id (for crash recovery).
+        assert [e["detail"]["key_source"] for e in changes] == ["keyfile", "passphrase"]
+        assert [sorted(e["detail"]) for e in changes] == [["event", "key_source"]] * 2
+        assert len({e["detail"]["event"] for e in changes}) == 2
         cps = set(v._data.read(lambda c: c.execute(select(checkpoints.c.seq)).scalars().all()))
         assert {e["seq"] for e in changes} <= cps
         report = v.verify_log()

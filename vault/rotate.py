@@ -5,6 +5,9 @@ each can be interrupted at any point and run again to finish.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
     from keys import SecretBytes
 
     from .session import Session
-    from .vault import Tx
+    from .vault import Tx, Vault
 
 __all__ = [
     "KeyPolicy",
@@ -135,14 +138,17 @@ def retire_epoch(session: Session, epoch: int) -> int:
     """Delete one unused, inactive KEK epoch (its bytes leave keys.db and its WAL)."""
     session._authorize("admin", "keys.retire-epoch")
     keyring = session._vault._keys
+    pending, event_id = _pending(session, "keys.retire-epoch", {"epoch": epoch})
     try:
-        fp = keyring.retire_epoch(epoch)
+        fp = keyring.retire_epoch(epoch, pending_event=pending)
     except (InvalidKeyError, KeystoreError) as error:
         raise StorageError(str(error)) from None
+    crash_point("retire-epoch:after-keys")
     # The deletion is committed: record it before anything else can fail.
     truncated = _truncate(keyring)
-    detail = {"epoch": epoch, "key_fingerprint": fp, "wal_truncated": truncated}
+    detail = {"epoch": epoch, "key_fingerprint": fp, "wal_truncated": truncated, "event": event_id}
     _log(session, "keys.retire-epoch", detail, checkpoint=True)
+    _clear_pending(keyring)
     if not truncated:
         raise StorageError(
             f"epoch {epoch} is deleted but the keystore WAL could not be truncated yet "
@@ -276,9 +282,12 @@ def change_passphrase(
     O(epochs). The old secret stops working at once; a crash leaves exactly one of
     them working (one keystore transaction)."""
     session._authorize("admin", "keys.change-passphrase")
+    source = "passphrase" if passphrase is not None else "keyfile"
+    detail = {"key_source": source}
+    pending, event_id = _pending(session, "keys.change-passphrase", detail)
     try:
         session._vault._keys.change_root(
-            passphrase=passphrase, keyfile_key=keyfile_key, params=params
+            passphrase=passphrase, keyfile_key=keyfile_key, params=params, pending_event=pending
         )
     except WrongKeyError as error:
         raise UnlockError(str(error)) from None  # changed meanwhile by another process
@@ -287,8 +296,9 @@ def change_passphrase(
     except InvalidKeyError as error:
         # A new secret that cannot be used (e.g. empty) is bad input, not a failed unlock.
         raise SchemaError(f"the new passphrase or keyfile cannot be used: {error}") from None
-    source = "passphrase" if passphrase is not None else "keyfile"
-    _log(session, "keys.change-passphrase", {"key_source": source}, checkpoint=True)
+    crash_point("change-passphrase:after-keys")
+    _log(session, "keys.change-passphrase", {**detail, "event": event_id}, checkpoint=True)
+    _clear_pending(session._vault._keys)
 
 
 def key_status(session: Session, policy: KeyPolicy | None = None) -> KeyStatus:
@@ -363,3 +373,61 @@ def _log(
         tx.log(Event(session.actor, session.role, action, detail=detail))
 
     session._vault._transact(work, checkpoint=checkpoint)
+
+
+# -- key events the keystore committed but the log may not have --------------------------
+
+
+def _pending(session: Session, action: str, detail: dict[str, Any]) -> tuple[str, str]:
+    """The log entry a keystore change owes, kept in the keystore in the same
+    transaction as the change: if the process dies before logging it, the next open
+    logs it (:func:`log_pending_key_event`). Returns (its text, its event id)."""
+    event_id = secrets.token_hex(8)
+    text = json.dumps(
+        {
+            "action": action,
+            "actor": session.actor,
+            "role": session.role,
+            "after": session._vault.head.seq,
+            "detail": {**detail, "event": event_id},
+        },
+        sort_keys=True,
+    )
+    return text, event_id
+
+
+def _clear_pending(keyring: Any) -> None:
+    # Logged already: if clearing fails, the next open finds the entry and clears it.
+    with contextlib.suppress(KeystoreError):
+        keyring.clear_pending_event()
+
+
+def log_pending_key_event(vault: Vault) -> bool:
+    """At open: log a key event whose keystore change committed but whose log entry a
+    crash prevented (once: an entry with its event id after its seq counts as logged).
+    Returns whether an entry was written."""
+    raw = vault._keys.pending_event()
+    if raw is None:
+        return False
+    pending = json.loads(raw)
+    event_id = pending["detail"]["event"]
+
+    def logged(conn: Connection) -> bool:
+        rows = conn.execute(
+            select(log.c.body).where(
+                log.c.seq > int(pending["after"]), log.c.action == pending["action"]
+            )
+        )
+        return any(json.loads(body)["detail"].get("event") == event_id for (body,) in rows)
+
+    wrote = False
+    if not vault._data.read(logged):
+
+        def work(tx: Tx) -> None:
+            detail = {**pending["detail"], "recovered": True}
+            tx.log(Event(pending["actor"], pending["role"], pending["action"], detail=detail))
+
+        vault._transact(work, checkpoint=True)
+        wrote = True
+    _clear_pending(vault._keys)
+    return wrote

@@ -54,6 +54,7 @@ from .lifecycle import (
 )
 from .log import Event, append, iter_entries
 from .receipt import Receipt
+from .rotate import log_pending_key_event
 from .schema import KindSpec
 from .shred import roll_forward
 from .store import SCHEMA_VERSION, DataStore, LogHead, checkpoints, kinds, log, meta, principals
@@ -292,6 +293,7 @@ class Vault:
             vault._transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
             if vault.lifecycle is None:
                 vault.recovered_receipts = roll_forward(vault)
+                log_pending_key_event(vault)
             return vault
         except BaseException:
             if data is not None:
