@@ -8,6 +8,7 @@ commands then unlock it from SHREDVAULT_KEYFILE and act as the token given.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -22,6 +23,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import cli
+from keys import Envelope, KeyStore, SecretBytes, load_keyfile
+from keys.envelope import dek_aad, kek_aad, signing_seed_aad
 from vault import Role, Vault, ids
 from vault.checkpoint import checkpoint_from_json
 
@@ -250,6 +253,109 @@ def test_customer_report_through_a_receipt_without_export_exits_3(run: Run, setu
         "customer", "report", "--receipt", str(setup.dan_receipt), token=setup.tokens["olga"]
     )
     assert result.exit_code == 3 and result.stdout == ""
+
+
+# -- no secrets in a subject report file -------------------------------------------------------
+
+PASSPHRASE = "lantern orbit 7731 copper"
+ROOT_KEY_VERSION = 0  # the root key wraps KEKs and signing seeds as version 0
+
+
+def renderings(secret: bytes) -> list[str]:
+    """The ways key bytes usually leak into text, for the key and its first 8 bytes."""
+    out = []
+    for part in (secret, secret[:8]):
+        out += [
+            part.hex(),
+            part.hex().upper(),
+            repr(part)[2:-1],
+            part.decode("latin-1"),
+            base64.b64encode(part).decode(),
+        ]
+    return out
+
+
+def key_material(setup: Setup, vault_id: str, customers: list[str]) -> list[bytes]:
+    """The keyfile's key, every KEK, the signing seed and the customers' DEKs, unwrapped
+    by hand from keys.db."""
+    root = load_keyfile(setup.keyfile)
+    store = KeyStore.open(setup.root / "keys.db")
+    try:
+        unwrap_root = Envelope(root, ROOT_KEY_VERSION)
+        keks = {
+            epoch: unwrap_root.open(wrapped, kek_aad(vault_id, epoch))
+            for epoch, wrapped in store.epochs().items()
+        }
+        generation, wrapped_seed, _public = store.signing_seed()
+        seed = unwrap_root.open(wrapped_seed, signing_seed_aad(vault_id, generation))
+        deks = [
+            Envelope(SecretBytes(keks[row.epoch]), row.epoch).open(
+                row.wrapped, dek_aad(vault_id, row.customer_id, row.version, row.epoch)
+            )
+            for row in store.deks(customers)
+        ]
+    finally:
+        store.close()
+    assert deks, "the customer has DEKs to look for"
+    return [root.reveal(), *keks.values(), seed, *deks]
+
+
+def leaks(path: Path, secrets: list[bytes], texts: list[str]) -> list[str]:
+    raw = path.read_bytes()
+    text = raw.decode("utf-8")
+    found = [s.hex() for s in secrets if s in raw]
+    found += [r for s in secrets for r in renderings(s) if r in text]
+    return found + [t for t in texts if t in text]
+
+
+def test_subject_report_files_hold_no_secrets(run: Run, setup: Setup, tmp_path: Path) -> None:
+    dora = setup.tokens["dora"]
+    files = []
+    for name, args in [
+        ("alice.json", [setup.alice]),
+        ("alice.md", [setup.alice, "--format", "md"]),
+        ("dan.json", ["--receipt", str(setup.dan_receipt)]),
+        ("dan.md", ["--receipt", str(setup.dan_receipt), "--format", "md"]),
+    ]:
+        out = tmp_path / name
+        result = run("customer", "report", *args, "--out", str(out), token=dora)
+        assert result.exit_code == 0, result.output
+        files.append(out)
+    vault_id = json.loads(files[0].read_text("utf-8"))["vault"]
+    secrets = key_material(setup, vault_id, [setup.alice])
+    tokens = [*setup.tokens.values(), *(t.rsplit("_", 1)[1] for t in setup.tokens.values())]
+    for out in files:
+        assert leaks(out, secrets, [*tokens, "token_hash"]) == [], out.name
+    # The scan finds what is there: the report does carry alice's phone and the key.
+    assert ALICE["phone"] in files[1].read_text("utf-8")
+    assert leaks(files[0], [setup.public_key], []) != []
+
+
+def test_a_passphrase_vaults_subject_report_files_hold_no_passphrase(tmp_path: Path) -> None:
+    root = tmp_path / "pvault"
+    with Vault.create(root, passphrase=PASSPHRASE.encode()) as vault:
+        admin = vault.admin()
+        vault.declare_kind("profile", fields=["name", "phone"], purposes=["service"])
+        carol = admin.add_customer(ref="C-3")
+        admin.put(carol, "profile", ALICE, purpose="service")
+    env = {
+        "SHREDVAULT_VAULT": str(root),
+        "SHREDVAULT_PASSPHRASE": PASSPHRASE,
+        "SHREDVAULT_KEYFILE": None,
+        "SHREDVAULT_DATA_URL": None,
+        "SHREDVAULT_TOKEN": None,
+    }
+    runner = CliRunner()
+    for name, fmt in (("carol.json", "json"), ("carol.md", "md")):
+        out = tmp_path / name
+        args = ["customer", "report", carol, "--format", fmt, "--out", str(out)]
+        result = runner.invoke(cli, args, env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        text = out.read_text("utf-8")
+        assert ALICE["name"] in text  # the report itself is there
+        secret = PASSPHRASE.encode()
+        assert [r for r in renderings(secret) if r in text] == [], name
+        assert PASSPHRASE not in result.output
 
 
 # -- audit query -------------------------------------------------------------------------------
