@@ -110,15 +110,19 @@ def principal_list_command(ctx: click.Context, as_json: bool) -> None:
 
 @principal_group.command("revoke")
 @click.argument("name")
+@json_option
 @store_options
 @unlock_options
 @token_option
 @click.pass_context
-def principal_revoke_command(ctx: click.Context, name: str) -> None:
+def principal_revoke_command(ctx: click.Context, name: str, as_json: bool) -> None:
     """Revoke principal NAME's token, at once and in every process."""
     with open_session(ctx) as session:
         session.revoke_principal(name)
-    click.echo(f"revoked principal {name}")
+    if as_json:
+        print_json({"principal": name, "revoked": True})
+    else:
+        click.echo(f"revoked principal {name}")
 
 
 # -- roles ------------------------------------------------------------------------------

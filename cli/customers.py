@@ -134,26 +134,34 @@ def show_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
 
 @customer_group.command("hold")
 @click.argument("customer_id", metavar="CUSTOMER")
+@json_option
 @store_options
 @unlock_options
 @token_option
 @click.pass_context
-def hold_command(ctx: click.Context, customer_id: str) -> None:
+def hold_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
     """Put CUSTOMER under legal hold: it cannot be shredded, not even by
     `shred --expired`, until released."""
     with open_session(ctx) as session:
         session.hold(customer_id)
-    click.echo(f"customer {customer_id} is under legal hold")
+    if as_json:
+        print_json({"customer": customer_id, "legal_hold": True})
+    else:
+        click.echo(f"customer {customer_id} is under legal hold")
 
 
 @customer_group.command("release")
 @click.argument("customer_id", metavar="CUSTOMER")
+@json_option
 @store_options
 @unlock_options
 @token_option
 @click.pass_context
-def release_command(ctx: click.Context, customer_id: str) -> None:
+def release_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
     """Release CUSTOMER's legal hold: it may be shredded again."""
     with open_session(ctx) as session:
         session.release(customer_id)
-    click.echo(f"released the legal hold on customer {customer_id}")
+    if as_json:
+        print_json({"customer": customer_id, "legal_hold": False})
+    else:
+        click.echo(f"released the legal hold on customer {customer_id}")

@@ -172,15 +172,19 @@ def rotate_kek_command(ctx: click.Context, retire: bool, yes: bool, as_json: boo
 
 @key_group.command("retire-epoch")
 @click.argument("epoch", type=click.IntRange(min=1))
+@json_option
 @store_options
 @unlock_options
 @token_option
 @click.pass_context
-def retire_epoch_command(ctx: click.Context, epoch: int) -> None:
+def retire_epoch_command(ctx: click.Context, epoch: int, as_json: bool) -> None:
     """Delete KEK EPOCH from keys.db: refused while it is active or still wraps a DEK."""
     with open_session(ctx) as session:
         session.retire_epoch(epoch)
-    click.echo(f"retired KEK epoch {epoch}")
+    if as_json:
+        print_json({"epoch": epoch, "retired": True})
+    else:
+        click.echo(f"retired KEK epoch {epoch}")
     note("note: copies of keys.db made earlier (backups) still hold it")
 
 

@@ -157,16 +157,20 @@ def list_command(
 @click.argument("record_id", metavar="RECORD")
 @purpose_option
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
 @store_options
 @unlock_options
 @token_option
 @click.pass_context
 def delete_command(
-    ctx: click.Context, customer_id: str, record_id: str, purpose: str, yes: bool
+    ctx: click.Context, customer_id: str, record_id: str, purpose: str, yes: bool, as_json: bool
 ) -> None:
     """Delete one record of CUSTOMER (logged). Asks first unless --yes."""
     if not yes:
         click.confirm(f"Delete record {record_id} of {customer_id}?", abort=True, err=True)
     with open_session(ctx) as session:
         session.delete(customer_id, record_id, purpose=purpose)
-    click.echo(f"deleted {record_id}")
+    if as_json:
+        print_json({"customer": customer_id, "record": record_id, "deleted": True})
+    else:
+        click.echo(f"deleted {record_id}")

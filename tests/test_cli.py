@@ -456,6 +456,14 @@ def test_record_delete_with_yes_deletes(run: Run, customer: str) -> None:
     assert run("record", "get", customer, record, "--purpose", "service").exit_code == 4
 
 
+def test_record_delete_json_names_what_was_deleted(run: Run, customer: str) -> None:
+    record = put_profile(run, customer)
+    result = run("record", "delete", customer, record, "--purpose", "service", "--yes", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"customer": customer, "record": record, "deleted": True}
+    assert run("record", "get", customer, record, "--purpose", "service").exit_code == 4
+
+
 def test_record_delete_after_confirmation_deletes(run: Run, customer: str) -> None:
     record = put_profile(run, customer)
     result = run("record", "delete", customer, record, "--purpose", "service", input="y\n")

@@ -192,6 +192,14 @@ def test_principal_add_with_an_unknown_role_exits_1(run: Run) -> None:
     assert "janitor" in result.stderr
 
 
+def test_principal_revoke_json_names_the_revoked_principal(run: Run, setup: Setup) -> None:
+    token = add_principal(run, "ops-1", "operator")
+    result = run("principal", "revoke", "ops-1", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"principal": "ops-1", "revoked": True}
+    assert get_record(run, setup, token).exit_code == 3
+
+
 def test_principal_revoke_of_an_unknown_name_exits_4(run: Run) -> None:
     assert run("principal", "revoke", "nobody").exit_code == 4
 

@@ -152,6 +152,14 @@ def test_rotate_kek_prints_the_rate_and_the_old_epoch_can_be_retired_after(run: 
     assert status(run)["deks_per_epoch"] == {"2": 2}
 
 
+def test_retire_epoch_json_names_the_retired_epoch(run: Run) -> None:
+    assert run("keys", "rotate-kek", "--yes").exit_code == 0
+    result = run("keys", "retire-epoch", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"epoch": 1, "retired": True}
+    assert status(run)["deks_per_epoch"] == {"2": 2}
+
+
 def test_retiring_the_active_epoch_is_refused(run: Run) -> None:
     result = run("keys", "retire-epoch", "1")
     assert result.exit_code == 1

@@ -214,6 +214,18 @@ def test_after_release_the_customer_can_be_shredded(run: Run, setup: Setup) -> N
     assert run("shred", setup.customer, "--reason", REASON, "--yes").exit_code == 0
 
 
+def test_hold_and_release_json_state_the_legal_hold(run: Run, setup: Setup) -> None:
+    held = run("customer", "hold", setup.customer, "--json")
+    assert held.exit_code == 0, held.output
+    assert json.loads(held.stdout) == {"customer": setup.customer, "legal_hold": True}
+    assert json.loads(run("customer", "show", setup.customer, "--json").stdout)["legal_hold"]
+    released = run("customer", "release", setup.customer, "--json")
+    assert released.exit_code == 0, released.output
+    assert json.loads(released.stdout) == {"customer": setup.customer, "legal_hold": False}
+    shown = json.loads(run("customer", "show", setup.customer, "--json").stdout)
+    assert shown["legal_hold"] is False
+
+
 def test_hold_of_an_unknown_customer_exits_4(run: Run, setup: Setup) -> None:
     assert run("customer", "hold", "cus_" + "a" * 26).exit_code == 4
 
