@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from vault import load_receipt, render_markdown
+from vault import SchemaError, load_receipt, render_markdown
+from vault.reports import normalize_time
 
 from .audit import audit_group
 from .context import open_session, store_options, token_option, unlock_options
@@ -92,13 +93,36 @@ def customer_report_command(
     _deliver(report, "json" if as_json else fmt, out)
 
 
+def _check_time(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A malformed window bound is a usage error (exit 2), caught before unlocking."""
+    try:
+        normalize_time(str(param.name), value)
+    except SchemaError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
+def _print_records_by_customer(customers: list[dict[str, Any]]) -> None:
+    """Each customer's record ids, a few to a line under the customer's id."""
+    click.echo("")
+    click.echo("records touched, by customer:")
+    for c in customers:
+        click.echo(f"  {c['customer']}")
+        ids = c["records"] or ["(no record: customer-level entries only)"]
+        for start in range(0, len(ids), _IDS_PER_LINE):
+            click.echo("    " + "  ".join(ids[start : start + _IDS_PER_LINE]))
+
+
+_IDS_PER_LINE = 3
+
+
 @audit_group.command("query")
 @click.option("--actor", help="Principal name (admin for the unlocking administrator).")
 @click.option("--role", help="Role name.")
 @click.option("--action", help="Log action, e.g. record.get.")
 @click.option("--outcome", type=click.Choice(["ok", "denied", "error"]))
-@click.option("--since", help="From this RFC 3339 time (inclusive).")
-@click.option("--until", help="Up to this RFC 3339 time (exclusive).")
+@click.option("--since", callback=_check_time, help="From this RFC 3339 time (inclusive).")
+@click.option("--until", callback=_check_time, help="Up to this RFC 3339 time (exclusive).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @store_options
 @unlock_options
@@ -123,6 +147,14 @@ def query_command(
     if as_json:
         print_json(result)
         return
+    if result["truncated"]:
+        warning = (
+            f"WARNING: truncated: the query stopped at {result['entries']:,} entries "
+            f"(seq {result['first_seq']}-{result['last_seq']}); later matching entries "
+            "are not counted below. Narrow the window (--since/--until) or add filters."
+        )
+        click.echo(warning)
+        note(warning)
     print_pairs(
         [
             ("entries", result["entries"]),
@@ -147,6 +179,7 @@ def query_command(
                 for c in result["customers"]
             ],
         )
+        _print_records_by_customer(result["customers"])
 
 
 @audit_group.command("report")

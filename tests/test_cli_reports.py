@@ -25,8 +25,9 @@ from click.testing import CliRunner, Result
 from cli.main import cli
 from keys import Envelope, KeyStore, SecretBytes, load_keyfile
 from keys.envelope import dek_aad, kek_aad, signing_seed_aad
-from vault import Role, Vault, ids
+from vault import Auditor, Role, Vault, ids
 from vault.checkpoint import checkpoint_from_json
+from vault.log import Event, append
 
 ALICE = {"name": "Alice Liddell", "phone": "+44 7700 900001"}
 ALICE_NOTE = {"name": "Alice L.", "phone": "+44 7700 900002"}
@@ -404,6 +405,58 @@ def test_audit_query_by_outcome_and_role(run: Run, setup: Setup) -> None:
 
 def test_audit_query_rejects_an_unknown_outcome_as_usage(run: Run) -> None:
     assert run("audit", "query", "--outcome", "perhaps").exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--since", "yesterday"), ("--until", "2027-13-01T00:00:00Z"), ("--since", "")],
+)
+def test_audit_query_rejects_a_malformed_time_as_usage(
+    run: Run, setup: Setup, option: str, value: str
+) -> None:
+    before = _log_length(setup)
+    result = run("audit", "query", option, value, "--json")
+    assert result.exit_code == 2, result.output
+    assert option in result.stderr and "RFC 3339" in result.stderr
+    assert result.stdout == ""
+    assert _log_length(setup) == before  # refused before the vault was opened
+
+
+def _log_length(setup: Setup) -> int:
+    with Auditor.open(setup.root) as auditor:
+        return len(list(auditor.entries()))
+
+
+def test_audit_query_text_lists_the_record_ids_per_customer(run: Run, setup: Setup) -> None:
+    result = run("audit", "query", "--actor", "olga", token=setup.tokens["ada"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    start = lines.index("records touched, by customer:")
+    assert lines[start + 1].strip() == setup.alice
+    listed = " ".join(lines[start + 2 :]).split()
+    assert sorted(listed) == sorted(setup.alice_records)
+    assert setup.dan not in result.stdout
+
+
+def test_audit_query_text_warns_when_truncated(run: Run, setup: Setup) -> None:
+    event = Event("bulk", "operator", "record.get", purpose="service", detail={"kind": "profile"})
+    with Vault.open(setup.root, keyfile=setup.keyfile) as vault:
+
+        def work(conn: Any, head: Any) -> None:
+            for _ in range(11):
+                head, _ = append(conn, vault._data, head, [event] * 10_000, vault._clock())
+
+        vault._data.run(work)
+    result = run("audit", "query", "--actor", "bulk", token=setup.tokens["ada"])
+    assert result.exit_code == 0, result.output
+    first = result.stdout.splitlines()[0]
+    assert first.startswith("WARNING: truncated")
+    assert "100,000 entries" in first and "Narrow the window" in first
+    assert "WARNING: truncated" in result.stderr
+    as_json = ok_json(run("audit", "query", "--actor", "bulk", "--json"))
+    assert as_json["truncated"] is True and as_json["entries"] == 100_000
+    untruncated = run("audit", "query", "--actor", "olga")
+    assert "WARNING" not in untruncated.output
 
 
 def test_audit_query_as_operator_exits_3(run: Run, setup: Setup) -> None:
