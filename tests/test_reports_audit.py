@@ -306,6 +306,40 @@ def test_markdown_carries_the_key_figures(history: History, report: dict[str, An
         assert manifest["backup"] in md
 
 
+def test_key_ages_come_with_the_policy_limits(history: History, report: dict[str, Any]) -> None:
+    keys = report["keys"]
+    assert keys["policy"] == {"max_kek_age_days": 365, "max_dek_age_days": 730}
+    md = render_markdown(report)
+    kek_line = next(line for line in md.splitlines() if line.startswith("- active KEK epoch"))
+    assert f"{keys['active_epoch_age_days']} days old" in kek_line
+    assert kek_line.endswith("(policy: at most 365 days)")
+    dek_line = next(line for line in md.splitlines() if line.startswith("- oldest DEK"))
+    assert f"{keys['oldest_dek_age_days']} days old" in dek_line
+    assert dek_line.endswith("(policy: at most 730 days)")
+    assert "- unlock: keyfile (a 32-byte key file: no key derivation); re-hash due: no" in md
+
+
+def test_customers_held_and_past_retention_are_named_by_id(
+    history: History, report: dict[str, Any]
+) -> None:
+    cids = history.customers
+    assert report["legal_hold_ids"] == [cids["erin"]]
+    assert report["past_retention_ids"] == [cids["cara"]]
+    md = render_markdown(report)
+    assert f"- under legal hold: {cids['erin']}" in md
+    assert f"- past retention (active, kept-until date passed): {cids['cara']}" in md
+
+
+def test_no_customer_held_or_past_retention_reads_none(tmp_path: Path, keyfile: Path) -> None:
+    with Vault.create(tmp_path / "empty", keyfile=keyfile, clock=SteppedClock()) as vault:
+        vault.admin().add_customer()
+        report = vault.admin().audit_report()
+    assert report["legal_hold_ids"] == [] and report["past_retention_ids"] == []
+    md = render_markdown(report)
+    assert "- under legal hold: none" in md
+    assert "- past retention (active, kept-until date passed): none" in md
+
+
 # -- what it never holds ------------------------------------------------------------------------
 
 
@@ -332,6 +366,24 @@ def test_no_passphrase_in_a_passphrase_vaults_report(tmp_path: Path) -> None:
     assert report["keys"]["key_source"] == "passphrase"
     assert report["keys"]["kdf"] is not None
     assert PASSPHRASE.decode() not in text and PASSPHRASE.hex() not in text
+
+
+def test_markdown_gives_the_kdf_parameters_in_words(tmp_path: Path) -> None:
+    with Vault.create(tmp_path / "vault", passphrase=PASSPHRASE, clock=SteppedClock()) as vault:
+        report = vault.admin().audit_report()
+    kdf, recommended = report["keys"]["kdf"], report["keys"]["kdf_recommended"]
+    md = render_markdown(report)
+    unlock = next(line for line in md.splitlines() if line.startswith("- unlock:"))
+
+    def words(p: dict[str, int]) -> str:
+        memory = f"{p['m'] // 1024} MiB" if p["m"] % 1024 == 0 else f"{p['m']} KiB"
+        return f"time cost {p['t']}, memory {memory}, parallelism {p['p']}"
+
+    assert unlock == (
+        f"- unlock: passphrase, Argon2id {words(kdf)} (recommended: {words(recommended)}); "
+        f"re-hash due: {'yes' if report['keys']['rehash_due'] else 'no'}"
+    )
+    assert "{" not in unlock and "'t'" not in unlock
 
 
 # -- who may ask ----------------------------------------------------------------------------------
@@ -372,6 +424,8 @@ def test_audit_report_on_either_data_store(make_vault: Callable[..., Vault]) -> 
         "active": 5, "shredding": 0, "shredded": 2, "legal_hold": 1, "past_retention": 1
     }  # fmt: skip
     assert report["backups"] == [] and report["keys"]["backup_key_copies"] == 0
+    assert report["legal_hold_ids"] == [h.customers["erin"]]
+    assert report["past_retention_ids"] == [h.customers["cara"]]
     assert report["denials_by_actor"] == {"ada": 1, "carl": 2, "eve": 1, "rob": 1, "unknown": 1}
     assert [p["state"] for p in report["principals"]] == [
         "active", "expiring", "active", "expired", "active", "active", "revoked", "active",

@@ -392,6 +392,7 @@ def audit_query(
 def audit_report(session: Session, *, expiring_days: int = 30) -> dict[str, Any]:
     """One page for an inspector. Logged as ``audit.report``."""
     from .backup import backup_list
+    from .rotate import KeyPolicy
 
     # The report's own gate comes first: a refused report is logged as ``audit.report``,
     # not as whichever part of it (key status, backups) happened to be asked for first.
@@ -400,7 +401,8 @@ def audit_report(session: Session, *, expiring_days: int = 30) -> dict[str, Any]
     now_dt = vault._clock()
     now = format_ts(now_dt)
     soon = format_ts(now_dt + timedelta(days=expiring_days))
-    status = session.key_status()
+    policy = KeyPolicy()
+    status = session.key_status(policy)
     backup_rows = backup_list(session)
     verification = vault.verify_log()
 
@@ -445,14 +447,23 @@ def audit_report(session: Session, *, expiring_days: int = 30) -> dict[str, Any]
         counts: dict[Any, Any] = dict(
             conn.execute(select(customers.c.state, func.count()).group_by(customers.c.state)).all()
         )
-        held = conn.execute(
-            select(func.count()).select_from(customers).where(customers.c.legal_hold.is_(True))
-        ).scalar_one()
-        past = conn.execute(
-            select(func.count())
-            .select_from(customers)
-            .where(customers.c.state == "active", customers.c.retain_until < now)
-        ).scalar_one()
+        # Ids only: the inspector sees who is held or overdue, never their details.
+        held = [
+            str(cid)
+            for cid in conn.execute(
+                select(customers.c.id)
+                .where(customers.c.legal_hold.is_(True))
+                .order_by(customers.c.id)
+            ).scalars()
+        ]
+        past = [
+            str(cid)
+            for cid in conn.execute(
+                select(customers.c.id)
+                .where(customers.c.state == "active", customers.c.retain_until < now)
+                .order_by(customers.c.id)
+            ).scalars()
+        ]
         shreds = conn.execute(
             select(func.count())
             .select_from(log)
@@ -474,9 +485,11 @@ def audit_report(session: Session, *, expiring_days: int = 30) -> dict[str, Any]
                 "active": int(counts.get("active", 0)),
                 "shredding": int(counts.get("shredding", 0)),
                 "shredded": int(counts.get("shredded", 0)),
-                "legal_hold": int(held),
-                "past_retention": int(past),
+                "legal_hold": len(held),
+                "past_retention": len(past),
             },
+            "legal_hold_ids": held,
+            "past_retention_ids": past,
             "shreds": int(shreds),
             "denials_by_actor": {str(k): int(v) for k, v in sorted(denials.items())},
             "checkpoints": int(n_checkpoints),
@@ -490,7 +503,13 @@ def audit_report(session: Session, *, expiring_days: int = 30) -> dict[str, Any]
         "vault": vault.vault_id,
         "generated": now,
         **body,
-        "keys": status.to_json(),
+        "keys": {
+            **status.to_json(),
+            "policy": {
+                "max_kek_age_days": policy.max_kek_age_days,
+                "max_dek_age_days": policy.max_dek_age_days,
+            },
+        },
         "backups": [b.to_json() for b in backup_rows],
         "log": {
             **verification.to_json(),
@@ -631,6 +650,7 @@ def _fenced(text: str, info: str) -> list[str]:
 def _render_audit(r: dict[str, Any]) -> str:
     log_state = r["log"]
     keys = r["keys"]
+    policy = keys["policy"]
     lines = [
         f"# Audit report — vault {r['vault']}",
         "",
@@ -673,10 +693,12 @@ def _render_audit(r: dict[str, Any]) -> str:
         "",
         "## Keys",
         "",
-        f"- active KEK epoch {keys['active_epoch']}, {keys['active_epoch_age_days']} days old; "
-        f"oldest DEK {keys['oldest_dek_age_days']} days; "
-        f"last rotation {keys['last_rotation'] or 'never'}",
-        f"- unlock: {keys['key_source']} {keys['kdf'] or ''}; re-hash due: {keys['rehash_due']}",
+        f"- active KEK epoch {keys['active_epoch']}, {keys['active_epoch_age_days']} days old "
+        f"(policy: at most {policy['max_kek_age_days']} days)",
+        f"- oldest DEK {_days_text(keys['oldest_dek_age_days'])} "
+        f"(policy: at most {policy['max_dek_age_days']} days)",
+        f"- last rotation {keys['last_rotation'] or 'never'}",
+        f"- unlock: {_unlock_text(keys)}; re-hash due: {'yes' if keys['rehash_due'] else 'no'}",
         f"- policy violations: {', '.join(keys['violations']) or 'none'}",
         "- backup key copies (shredded customers whose keys unexpired backups hold): "
         f"{keys['backup_key_copies']}",
@@ -699,6 +721,8 @@ def _render_audit(r: dict[str, Any]) -> str:
         f"- active {c['active']}, shredded {c['shredded']} (in progress {c['shredding']}), "
         f"under legal hold {c['legal_hold']}, past retention {c['past_retention']}; "
         f"shreds logged {r['shreds']}",
+        f"- under legal hold: {_ids_text(r['legal_hold_ids'])}",
+        f"- past retention (active, kept-until date passed): {_ids_text(r['past_retention_ids'])}",
         "",
         "## Denied accesses by actor",
         "",
@@ -706,3 +730,28 @@ def _render_audit(r: dict[str, Any]) -> str:
     lines += _table(["actor", "denials"], sorted(r["denials_by_actor"].items()))
     lines.append("")
     return "\n".join(lines)
+
+
+def _days_text(days: float | None) -> str:
+    return "none yet" if days is None else f"{days} days old"
+
+
+def _kdf_text(params: dict[str, int]) -> str:
+    memory = params["m"]
+    size = f"{memory // 1024} MiB" if memory % 1024 == 0 else f"{memory} KiB"
+    return f"time cost {params['t']}, memory {size}, parallelism {params['p']}"
+
+
+def _unlock_text(keys: dict[str, Any]) -> str:
+    """How the vault unlocks, with its Argon2id parameters in words."""
+    kdf = keys["kdf"]
+    if kdf is None:
+        return f"{keys['key_source']} (a 32-byte key file: no key derivation)"
+    return (
+        f"{keys['key_source']}, Argon2id {_kdf_text(kdf)} "
+        f"(recommended: {_kdf_text(keys['kdf_recommended'])})"
+    )
+
+
+def _ids_text(ids: list[str]) -> str:
+    return ", ".join(ids) if ids else "none"
