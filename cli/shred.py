@@ -233,11 +233,12 @@ def _shred_expired(
                 "shredded": [_summary(r) for r in receipts],
                 "held": list(result.held),
                 "failed": dict(result.failed),
+                "scrub_pending": result.scrub_pending,
                 "receipt_files": [str(p) for p in paths] if receipt_dir is not None else None,
                 "receipts": [r.to_json() for r in receipts],
             }
         )
-        _fail_if_any(result.failed)
+        _fail_if_any(result.failed, scrub_pending=result.scrub_pending)
         return
     if receipt_dir is None:
         print_json([r.to_json() for r in receipts])
@@ -254,17 +255,26 @@ def _shred_expired(
         echo(f"kept {len(result.held)} under legal hold (release them to shred):")
         for held in result.held:
             echo(f"  {held}")
-    _fail_if_any(result.failed)
+    _fail_if_any(result.failed, scrub_pending=result.scrub_pending)
 
 
-def _fail_if_any(failed: dict[str, str]) -> None:
-    """Customers that could not be shredded (the others' receipts are out): exit 1."""
+def _fail_if_any(failed: dict[str, str], *, scrub_pending: bool = False) -> None:
+    """Customers that could not be shredded (the others' receipts are out), or a keystore
+    not yet rebuilt after the deletions: exit 1."""
+    problems = []
     if failed:
         lines = "; ".join(f"{cid}: {why}" for cid, why in sorted(failed.items()))
-        raise CommandError(
+        problems.append(
             f"{len(failed)} customer(s) past retention could not be shredded ({lines}); "
             "run `shredvault shred --expired` again to retry them"
         )
+    if scrub_pending:
+        problems.append(
+            "keys deleted, but the keystore could not be rebuilt yet to erase every copy "
+            "(another process holds it open); the next open of the vault finishes it"
+        )
+    if problems:
+        raise CommandError("; ".join(problems))
 
 
 @click.command("compact")

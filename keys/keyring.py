@@ -13,7 +13,8 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -44,6 +45,16 @@ __all__ = ["SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing", "fingerprint"]
 
 SUBJECT_TAG_SIZE = 16
 PENDING_EVENT = "pending_event"  # keystore meta: a key event not yet logged
+SCRUB_DUE = "scrub_due"  # keystore meta: deletions made that a scrub has not yet erased
+
+
+@dataclass(slots=True)
+class ScrubOutcome:
+    """Set when :meth:`KeyRing.scrub_once` ends: whether its scrub was done."""
+
+    done: bool = False
+
+
 _ROOT_VERSION = 0  # the root key has no versions; wrapped KEKs and seeds name version 0
 
 
@@ -86,6 +97,7 @@ class KeyRing:
         self._header = header
         self._keks: dict[int, Envelope] = {}
         self._customers: dict[str, CustomerKeys] = {}
+        self._deferring = False
         self._unwrap_keks()
         generation, wrapped_seed, public = store.signing_seed()
         seed = self._open_root(wrapped_seed, signing_seed_aad(self.vault_id, generation))
@@ -323,7 +335,47 @@ class KeyRing:
         with self.store.transaction() as conn:
             gone = self.store.delete_receipt_salt(conn, customer_id)
         if gone:
+            self._scrub()
+
+    # -- scrubbing ---------------------------------------------------------------------
+
+    def _scrub(self) -> None:
+        if not self._deferring:  # inside scrub_once, its end scrubs once for all
             self.store.scrub()
+
+    @contextmanager
+    def scrub_once(self) -> Iterator[ScrubOutcome]:
+        """Many deletions, one scrub: inside, shredding customers and dropping DEK
+        versions do not rebuild the keystore each time; leaving scrubs once (its cost
+        grows with the keystore, so per customer it would dominate a bulk shred). A mark
+        set first stays until that scrub is done, so after a crash the next unlock's
+        :meth:`finish_pending_scrub` does it. ``outcome.done`` says whether it was done
+        here (False if the WAL stayed pinned; the mark then stays too)."""
+        outcome = ScrubOutcome()
+        if self._deferring:  # nested: the outer one scrubs
+            yield outcome
+            outcome.done = True
+            return
+        with self.store.transaction() as conn:
+            self.store.set_meta(conn, SCRUB_DUE, "1")
+        self._deferring = True
+        try:
+            yield outcome
+        finally:
+            self._deferring = False
+            outcome.done = self.finish_pending_scrub()
+
+    def finish_pending_scrub(self) -> bool:
+        """Scrub if a bulk deletion left the mark; True when no scrub is owed after."""
+        if self.store.get_meta(SCRUB_DUE) is None:
+            return True
+        try:
+            self.store.scrub()
+            with self.store.transaction() as conn:
+                self.store.delete_meta(conn, SCRUB_DUE)
+        except KeystoreError:
+            return False
+        return True
 
     def fingerprints(self, customer_id: str) -> list[str]:
         """Fingerprints (SHA-256 of the wrapped bytes) of a customer's DEK versions."""
@@ -338,7 +390,7 @@ class KeyRing:
         self.forget([customer_id])
         with self.store.transaction() as conn:
             rows = self.store.delete_customer(conn, customer_id)
-        self.store.scrub()
+        self._scrub()
         return [fingerprint(r.wrapped) for r in sorted(rows, key=lambda r: r.version)]
 
     def destroy_customers(self, customer_ids: Sequence[str]) -> None:
@@ -348,7 +400,7 @@ class KeyRing:
         with self.store.transaction() as conn:
             for cid in customer_ids:
                 self.store.delete_customer(conn, cid)
-        self.store.scrub()
+        self._scrub()
 
     # -- rotation -----------------------------------------------------------------------
 
@@ -484,7 +536,7 @@ class KeyRing:
             rows = self.store.delete_dek_versions(conn, customer_id, below)
         self.forget([customer_id])
         if rows:
-            self.store.scrub()
+            self._scrub()
         return [fingerprint(r.wrapped) for r in rows]
 
     def change_root(

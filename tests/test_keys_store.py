@@ -620,6 +620,52 @@ def test_stale_copies_sqlite_leaves_when_it_moves_rows_are_erased_too(
     assert len(ring.customer_keys(survivors)) == len(survivors)
 
 
+def test_a_bulk_deletion_scrubs_once_at_its_end_and_leaves_no_stale_copy(
+    ring: KeyRing, keys_db: Path
+) -> None:
+    ids = [customer(i) for i in range(1500)]
+    for start in range(0, len(ids), 100):
+        ring.create_customers(ids[start : start + 100], CREATED)
+    ring.store.checkpoint_truncate()
+    data = keys_db.read_bytes()
+    tags = ring.store.subject_tags(ids)
+    wrapped = {r.customer_id: r.wrapped for r in ring.store.deks(ids)}
+    victims = [c for c in ids if data.count(tags[c]) > 2 or data.count(wrapped[c]) > 1]
+    victims += ids[::50]  # and some without stale copies
+    with ring.scrub_once() as outcome:
+        assert ring.store.get_meta("scrub_due") == "1"
+        for cid in victims:
+            ring.destroy_customer(cid)
+    assert outcome.done and ring.store.get_meta("scrub_due") is None
+    files = keystore_files(keys_db)
+    residue = [
+        cid
+        for cid in victims
+        for content in files.values()
+        if tags[cid] in content or wrapped[cid] in content
+    ]
+    assert residue == []
+
+
+def test_a_scrub_owed_after_a_crash_is_done_by_the_next_unlock(
+    ring: KeyRing, keys_db: Path, keyfile_key: SecretBytes
+) -> None:
+    ring.create_customers([customer(1), customer(2)], CREATED)
+    with ring.store.transaction() as conn:  # as scrub_once leaves it when killed inside
+        ring.store.set_meta(conn, "scrub_due", "1")
+    ring.close()
+    reopened = KeyRing.unlock(KeyStore.open(keys_db), keyfile_key=keyfile_key)
+    try:
+        assert reopened.finish_pending_scrub()
+        assert reopened.store.get_meta("scrub_due") is None
+        assert set(reopened.customer_keys([customer(1), customer(2)])) == {
+            customer(1),
+            customer(2),
+        }
+    finally:
+        reopened.close()
+
+
 def test_the_residue_search_sees_survivors_stored_bytes(
     ring: KeyRing, keys_db: Path, keyfile_key: SecretBytes
 ) -> None:

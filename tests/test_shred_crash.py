@@ -470,3 +470,41 @@ def test_opening_while_another_process_shreds_waits_instead_of_finishing_its_shr
         assert len(shreds) == 1
     finally:
         v.close()
+
+
+_SHRED_EXPIRED = r"""
+import sys
+from vault import Vault
+
+path, keyfile, data_url = sys.argv[1:4]
+with Vault.open(path, keyfile=keyfile, data_url=data_url or None) as vault:
+    vault.admin().shred_expired()
+"""
+
+
+def test_a_bulk_shred_killed_midway_leaves_a_scrub_that_the_next_open_does(
+    tmp_path: Path, keyfile: Path
+) -> None:
+    """shred --expired rebuilds the keystore once at its end; killed before that, the
+    keystore keeps a mark and the next open rebuilds it (and finishes the receipts)."""
+    from datetime import UTC, datetime
+
+    path = tmp_path / "v"
+    with Vault.create(path, keyfile=keyfile) as v:
+        s = v.admin()
+        due = [s.add_customer(retain_until=datetime(2000, 1, 1, tzinfo=UTC)) for _ in range(3)]
+    done = run_python(_SHRED_EXPIRED, str(path), str(keyfile), "", crash_at="shred:after-finish")
+    assert done.returncode == CRASH_EXIT_CODE, done.stderr
+    store = KeyStore.open(path / "keys.db")
+    try:
+        assert store.get_meta("scrub_due") == "1"
+    finally:
+        store.close()
+    with Vault.open(path, keyfile=keyfile) as v:
+        (first,) = [r.customer for r in v.recovered_receipts]
+        assert first in due
+        assert v._keys.store.get_meta("scrub_due") is None
+        result = v.admin().shred_expired()
+        assert sorted(r.customer for r in result.receipts) == sorted(set(due) - {first})
+        assert not result.scrub_pending
+        assert v.verify_log().ok

@@ -662,15 +662,21 @@ def _replay(vault: Vault, shreds: dict[str, str]) -> list[str]:
         if cid is not None and cid in active:
             targets[cid] = reason
     done = []
-    for cid, reason in targets.items():
-        shred_customer(
-            vault,
-            "vault",
-            "system",
-            cid,
-            f"replayed on restore: {reason}"[:500] or "replayed on restore",
+    with vault._keys.scrub_once() as scrubbed:  # one keystore rebuild for all of them
+        for cid, reason in targets.items():
+            shred_customer(
+                vault,
+                "vault",
+                "system",
+                cid,
+                f"replayed on restore: {reason}"[:500] or "replayed on restore",
+            )
+            done.append(cid)
+    if not scrubbed.done:
+        raise StorageError(
+            "the replayed shreds are recorded, but the restored keystore could not be "
+            "rebuilt yet (another process holds it open); restore again into a new directory"
         )
-        done.append(cid)
     return done
 
 

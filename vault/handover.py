@@ -1164,39 +1164,46 @@ def complete_package(
     skipped: list[str] = []
     failed: dict[str, str] = {}
     listed: list[dict[str, Any]] = []
-    for cid in cids:
-        item: dict[str, Any] = {"customer": cid}
-        if states.get(cid) == "shredded":
-            skipped.append(cid)
-            item["state"] = "already-shredded"
-            old = where / f"{cid}.json" if where is not None else None
-            item["receipt_sha256"] = (
-                hashlib.sha256(old.read_bytes()).hexdigest()
-                if old is not None and old.is_file()
-                else None
-            )
-        else:
-            try:
-                receipt = session.shred(cid, reason=PURPOSE)
-            except ShreddedError:  # shredded by another process meanwhile
+    # One keystore scrub for the whole package, not one per customer.
+    with vault._keys.scrub_once() as scrubbed:
+        for cid in cids:
+            item: dict[str, Any] = {"customer": cid}
+            if states.get(cid) == "shredded":
                 skipped.append(cid)
-                item.update(state="already-shredded", receipt_sha256=None)
-            except VaultError as error:
-                failed[cid] = str(error)
-                item.update(state="failed", error=type(error).__name__)
-            else:
-                receipts.append(receipt)
-                text = receipt.dumps().encode("utf-8")
-                if where is not None:
-                    _write_new_file(where / f"{cid}.json", text)
-                item.update(
-                    state="shredded",
-                    receipt_sha256=hashlib.sha256(text).hexdigest(),
-                    seq=receipt.document["entry"]["seq"],
+                item["state"] = "already-shredded"
+                old = where / f"{cid}.json" if where is not None else None
+                item["receipt_sha256"] = (
+                    hashlib.sha256(old.read_bytes()).hexdigest()
+                    if old is not None and old.is_file()
+                    else None
                 )
-        listed.append(item)
-        if progress is not None:
-            progress(1)
+            else:
+                try:
+                    receipt = session.shred(cid, reason=PURPOSE)
+                except ShreddedError:  # shredded by another process meanwhile
+                    skipped.append(cid)
+                    item.update(state="already-shredded", receipt_sha256=None)
+                except VaultError as error:
+                    failed[cid] = str(error)
+                    item.update(state="failed", error=type(error).__name__)
+                else:
+                    receipts.append(receipt)
+                    text = receipt.dumps().encode("utf-8")
+                    if where is not None:
+                        _write_new_file(where / f"{cid}.json", text)
+                    item.update(
+                        state="shredded",
+                        receipt_sha256=hashlib.sha256(text).hexdigest(),
+                        seq=receipt.document["entry"]["seq"],
+                    )
+            listed.append(item)
+            if progress is not None:
+                progress(1)
+    if not scrubbed.done:
+        failed["keystore"] = (
+            "keys deleted, but the keystore could not be rebuilt yet (another process "
+            "holds it open); the next open of the vault finishes it"
+        )
     now = format_ts(vault._clock())
     counts = {
         "customers": len(cids),

@@ -91,6 +91,9 @@ class ShredExpiredResult:
     receipts: list[Receipt]
     held: list[str]
     failed: dict[str, str] = field(default_factory=dict)  # customer id -> error message
+    #: Keys were deleted but the keystore is not yet rebuilt (another process held it
+    #: open); the next open of the vault finishes the scrub.
+    scrub_pending: bool = False
 
 
 @dataclass(frozen=True, slots=True)

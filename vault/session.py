@@ -384,24 +384,26 @@ class Session:
         receipts: list[Receipt] = []
         held: list[str] = []
         failed: dict[str, str] = {}
-        for row in rows:
-            if row.legal_hold:
-                held.append(str(row.id))
-            else:
-                try:
-                    receipts.append(
-                        shred_customer(vault, self.actor, self.role, str(row.id), reason)
-                    )
-                except LegalHoldError:
-                    held.append(str(row.id))  # held by another process meanwhile
-                except ShreddedError:
-                    pass  # shredded by another process meanwhile
-                except VaultError as error:
-                    # Keep going: the receipts already issued must reach the caller.
-                    failed[str(row.id)] = str(error)
-            if progress is not None:
-                progress(1)
-        return ShredExpiredResult(receipts, held, failed)
+        # One keystore scrub for the whole run (its cost grows with the keystore).
+        with vault._keys.scrub_once() as scrubbed:
+            for row in rows:
+                if row.legal_hold:
+                    held.append(str(row.id))
+                else:
+                    try:
+                        receipts.append(
+                            shred_customer(vault, self.actor, self.role, str(row.id), reason)
+                        )
+                    except LegalHoldError:
+                        held.append(str(row.id))  # held by another process meanwhile
+                    except ShreddedError:
+                        pass  # shredded by another process meanwhile
+                    except VaultError as error:
+                        # Keep going: the receipts already issued must reach the caller.
+                        failed[str(row.id)] = str(error)
+                if progress is not None:
+                    progress(1)
+        return ShredExpiredResult(receipts, held, failed, scrub_pending=not scrubbed.done)
 
     def expired_customers(self) -> ExpiredCustomers:
         """Who :meth:`shred_expired` would shred now, and who a legal hold keeps: a dry
@@ -488,14 +490,15 @@ class Session:
 
         self._authorize("admin", "keys.rotate-dek")
         done = []
-        for customer_id in customers_due(self, older_than_days=older_than_days):
-            try:
-                rotate_dek(self, customer_id)
-                done.append(customer_id)
-            except ShreddedError:
-                pass  # shredded meanwhile: nothing left to rotate
-            if progress is not None:
-                progress(1)
+        with self._vault._keys.scrub_once():  # old versions leave keys.db at the end
+            for customer_id in customers_due(self, older_than_days=older_than_days):
+                try:
+                    rotate_dek(self, customer_id)
+                    done.append(customer_id)
+                except ShreddedError:
+                    pass  # shredded meanwhile: nothing left to rotate
+                if progress is not None:
+                    progress(1)
         return done
 
     def change_passphrase(

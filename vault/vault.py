@@ -294,6 +294,7 @@ class Vault:
             if vault.lifecycle is None:
                 vault.recovered_receipts = roll_forward(vault)
                 log_pending_key_event(vault)
+                keyring.finish_pending_scrub()  # a bulk shred cut short before its scrub
             return vault
         except BaseException:
             if data is not None:
