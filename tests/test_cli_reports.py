@@ -232,13 +232,19 @@ def test_an_altered_receipt_exits_5_and_prints_nothing(
     assert result.stdout == "" and "receipt does not verify" in result.stderr
 
 
-@pytest.mark.parametrize("content", ["not json {", "[1, 2]"])
+@pytest.mark.parametrize("content", ["not json {", "[1, 2]", "NAN_SEQ"])
 def test_an_unreadable_receipt_exits_5(
     run: Run, setup: Setup, tmp_path: Path, content: str
 ) -> None:
+    if content == "NAN_SEQ":  # valid to json.loads, not canonical JSON
+        receipt = json.loads(setup.dan_receipt.read_text("utf-8"))
+        receipt["entry"]["seq"] = float("nan")
+        content = json.dumps(receipt)
     bad = tmp_path / "bad.json"
     bad.write_text(content)
-    assert run("customer", "report", "--receipt", str(bad)).exit_code == 5
+    result = run("customer", "report", "--receipt", str(bad))
+    assert result.exit_code == 5, result.output
+    assert result.stderr.startswith("error: ") and result.stdout == ""
 
 
 def test_a_receipt_from_another_vault_exits_5(run: Run, tmp_path: Path, keyfile: Path) -> None:

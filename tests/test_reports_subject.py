@@ -32,6 +32,7 @@ from vault import (
     ids,
     parse_public_key,
     render_markdown,
+    verify_receipt,
 )
 from vault.canonical import canonical
 from vault.checkpoint import checkpoint_from_json
@@ -498,6 +499,15 @@ def test_an_altered_receipt_is_refused_and_logged(history: History) -> None:
     other_tag = {**receipt, "subject_tag": "00" * 32}
     assert _refused(history, history.dora, other_tag)["verification"] == "wrong customer"
     assert _refused(history, history.dora, {"type": "nothing"})["verification"] == "malformed"
+
+
+def test_a_receipt_that_is_not_canonical_json_is_malformed(history: History) -> None:
+    receipt = json.loads(json.dumps(_shred_alice(history)))
+    receipt["entry"]["seq"] = float("nan")
+    assert verify_receipt(receipt, public_key=history.vault.public_key).reason == "malformed"
+    assert _refused(history, history.dora, receipt)["verification"] == "malformed"
+    not_an_object: Any = [receipt]
+    assert _refused(history, history.dora, not_an_object)["verification"] == "malformed"
 
 
 def test_a_forged_signature_is_refused(history: History) -> None:

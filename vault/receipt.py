@@ -158,7 +158,10 @@ def verify_receipt(document: dict[str, Any], *, public_key: bytes | None = None)
         return fail("modified", "the scope statement was altered")
     key = public_key if public_key is not None else embedded
     claimed_hash = entry.pop("hash", None)
-    body = canonical(entry)
+    try:
+        body = canonical(entry)
+    except (TypeError, ValueError) as error:  # NaN, a non-JSON value: not canonical
+        return fail("malformed", f"receipt is malformed: {error}")
     digest = entry_hash(body)
     if claimed_hash != digest:
         return fail("modified", "the shred entry does not match its hash (altered)")

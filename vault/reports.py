@@ -162,7 +162,10 @@ def customer_report_from_receipt(session: Session, receipt: dict[str, Any]) -> d
     from .vault import Refusal
 
     vault = session._vault
-    checked = verify_receipt(receipt, public_key=vault.public_key)
+    if isinstance(receipt, dict):
+        checked = verify_receipt(receipt, public_key=vault.public_key)
+    else:
+        checked = ReceiptReport(False, "malformed", "a receipt is a JSON object")
     if checked.ok and checked.vault != vault.vault_id:
         checked = ReceiptReport(False, "foreign vault", "the receipt is from another vault")
     tag = str(receipt["subject_tag"]) if checked.ok else None
