@@ -21,6 +21,7 @@ from vault import (
     Auditor,
     LegalHoldError,
     NotFoundError,
+    SchemaError,
     Session,
     ShreddedError,
     Vault,
@@ -583,3 +584,53 @@ def test_compact_removes_exactly_the_shredded_customers_rows(
     assert all(e["outcome"] == "ok" and e["subject"] is None for e in compacts)
     assert s.compact() == 0
     assert_log_verifies(vault, backend)
+
+
+def test_retention_can_be_changed_and_the_next_expiry_run_follows_it(
+    make_vault: Callable[..., Vault], backend: str | None
+) -> None:
+    clock = ManualClock(datetime(2030, 1, 1, 9, 0, tzinfo=UTC))
+    v = open_profile_vault(make_vault, clock=clock)
+    s = v.admin()
+    renewed = s.add_customer(retain_until=clock.now + timedelta(days=1))
+    ended = s.add_customer()
+    year = clock.now + timedelta(days=365)
+    assert s.set_retention(renewed, year) == "2031-01-01T09:00:00.000000Z"
+    assert s.set_retention(ended, "2030-01-01T10:00:00+00:00") == "2030-01-01T10:00:00.000000Z"
+    last = log_entries(v)[-1]
+    assert (last["action"], last["detail"]) == (
+        "customer.retain",
+        {"retain_until": "2030-01-01T10:00:00.000000Z"},
+    )
+    assert last["subject"] is not None
+    clock.advance(days=2)
+    result = s.shred_expired()
+    assert [r.customer for r in result.receipts] == [ended]
+    assert customer_row(v, renewed)["state"] == "active"
+    assert s.set_retention(renewed, None) is None
+    assert customer_row(v, renewed)["retain_until"] is None
+    assert_log_verifies(v, backend)
+
+
+def test_bad_retention_changes_are_refused_and_change_nothing(
+    make_vault: Callable[..., Vault], backend: str | None
+) -> None:
+    v = open_profile_vault(make_vault)
+    s = v.admin()
+    cid = s.add_customer(retain_until=datetime(2031, 1, 1, tzinfo=UTC))
+    gone = s.add_customer()
+    s.shred(gone, reason="erasure request")
+    before = customer_row(v, cid)
+    with pytest.raises(SchemaError):
+        s.set_retention(cid, "next tuesday")
+    with pytest.raises(NotFoundError):
+        s.set_retention("cus_" + "a" * 26, None)
+    with pytest.raises(ShreddedError):
+        s.set_retention(gone, None)
+    operator = v.login(s.add_principal("olga", role="operator"))
+    with pytest.raises(AccessDeniedError):
+        operator.set_retention(cid, None)
+    last = log_entries(v)[-1]
+    assert (last["action"], last["outcome"], last["actor"]) == ("customer.retain", "denied", "olga")
+    assert customer_row(v, cid) == before
+    assert_log_verifies(v, backend)

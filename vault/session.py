@@ -337,6 +337,26 @@ class Session:
         """Release a customer's legal hold."""
         self._set_hold(customer_id, False)
 
+    def set_retention(self, customer_id: str, retain_until: datetime | str | None) -> str | None:
+        """Change when a customer's data is due for erasure (``None``: keep until
+        shredded on request). Admin only; logged as ``customer.retain`` with the new
+        time. Returns it, normalized (RFC 3339 UTC). The next ``shred_expired`` uses it."""
+        _check_customer_id(customer_id)
+        until = normalize_expiry(retain_until)
+        vault = self._vault
+
+        def work(tx: Tx) -> None:
+            self._gate(tx.conn, "admin", "customer.retain")
+            self._customer_states(tx.conn, [customer_id], "customer.retain", None)
+            tx.conn.execute(
+                update(customers).where(customers.c.id == customer_id).values(retain_until=until)
+            )
+            tag = vault._keys.customer_keys([customer_id])[customer_id].subject_tag.hex()
+            tx.log(self._event("customer.retain", subject=tag, detail={"retain_until": until}))
+
+        vault._transact(work)
+        return until
+
     def _set_hold(self, customer_id: str, held: bool) -> None:
         _check_customer_id(customer_id)
         action = "customer.hold" if held else "customer.release"
