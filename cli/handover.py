@@ -15,6 +15,7 @@ another recipient, replayed, not exported by this vault), 6 for a wrong passphra
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -341,15 +342,18 @@ def complete_command(
 
     One erasure receipt each goes to --receipts DIR (check them with `shredvault
     receipt verify`) and a summary signed by this vault, listing every customer and its
-    receipt's SHA-256, to --summary FILE. Safe to run again after an interruption:
-    customers already shredded are skipped and their receipts kept. Asks first unless
-    --yes.
+    receipt's SHA-256, to --summary FILE. Safe to run again, after an interruption or
+    not: customers already shredded are skipped and their receipts kept, and the summary
+    of the same package is replaced by one covering everyone. Asks first unless --yes.
     """
-    if summary_file.exists():
-        raise click.BadParameter(
-            f"{summary_file} already exists; refusing to overwrite it", param_hint="'--summary'"
-        )
     manifest = read_manifest(package)
+    rerun = summary_file.exists()
+    if rerun and _summary_package(summary_file) != manifest.get("package"):
+        raise click.BadParameter(
+            f"{summary_file} already exists and is not the summary of this package; "
+            "refusing to overwrite it",
+            param_hint="'--summary'",
+        )
     confirm_or_stop(
         f"Shred the {manifest.get('customers')} customer(s) handed over in package "
         f"{manifest.get('package')}? Their records here can never be read again.",
@@ -362,7 +366,7 @@ def complete_command(
                 str(package), receipts_dir=str(receipts_dir), progress=meter
             )
     try:
-        done.write(summary_file)
+        done.write(summary_file, replace=rerun)  # a rerun's summary covers everyone
     except OSError as error:
         click.echo(done.dumps())
         raise CommandError(
@@ -399,3 +403,12 @@ def complete_command(
             f"{len(done.failed)} customer(s) could not be shredded (see above); fix that and "
             "run `handover complete` again"
         )
+
+
+def _summary_package(path: Path) -> object:
+    """The package a completion summary file names, or None if it is not one."""
+    try:
+        document = json.loads(path.read_text("utf-8"))
+        return document["summary"]["package"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

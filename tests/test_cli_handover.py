@@ -22,6 +22,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from keys import generate_keyfile
+from vault import parse_public_key, verify_completion
 from vault.canonical import canonical
 
 PURPOSE = "service"
@@ -312,6 +313,28 @@ def test_complete_runs_again_after_an_interruption_keeping_the_receipts(world: W
     # The receipt the crash kept from the first customer was recovered at open.
     recovered = list((world.seller / "recovered-receipts").glob("*.json"))
     assert len(recovered) == 1
+
+
+def test_complete_runs_again_when_done_and_replaces_only_its_own_summary(
+    world: World,
+) -> None:
+    ok(export(world))
+    package = str(world.base / "package.svho")
+    args = ["handover", "complete", package, "--receipts", "receipts", "--yes", "--json"]
+    ok(sh(world, *args, "--summary", "summary.json", vault=world.seller))
+    again = json.loads(ok(sh(world, *args, "--summary", "summary.json", vault=world.seller)).stdout)
+    assert (again["counts"]["shredded"], again["counts"]["already_shredded"]) == (0, 2)
+    summary = json.loads((world.base / "summary.json").read_text())
+    key = parse_public_key((world.base / "seller.pub").read_text().strip())
+    assert verify_completion(summary, key)
+    assert sorted(c["customer"] for c in summary["summary"]["customers"]) == sorted(
+        [world.ana, world.bo]
+    )
+    # A file that is not this package's summary is never replaced.
+    other = world.base / "notes.json"
+    other.write_text('{"mine": true}\n')
+    refused = sh(world, *args, "--summary", str(other), vault=world.seller)
+    assert refused.returncode == 2 and other.read_text() == '{"mine": true}\n'
 
 
 def test_complete_without_yes_and_without_a_terminal_does_nothing(world: World) -> None:

@@ -222,9 +222,10 @@ class HandoverCompletion:
     def dumps(self) -> str:
         return json.dumps(self.summary, indent=2, sort_keys=True) + "\n"
 
-    def write(self, path: str | os.PathLike[str]) -> None:
-        """Write the signed summary (0600, atomically); refuses to replace a file."""
-        _write_new_file(Path(path), self.dumps().encode("utf-8"))
+    def write(self, path: str | os.PathLike[str], *, replace: bool = False) -> None:
+        """Write the signed summary (0600, atomically). Refuses to replace a file unless
+        ``replace`` (a rerun replacing the summary of the same package)."""
+        _write_new_file(Path(path), self.dumps().encode("utf-8"), replace=replace)
 
 
 # -- the container ---------------------------------------------------------------------------
@@ -791,8 +792,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_new_file(path: Path, data: bytes) -> None:
-    if path.exists():
+def _write_new_file(path: Path, data: bytes, *, replace: bool = False) -> None:
+    if path.exists() and not replace:
         raise FileExistsError(f"{path} exists; not replacing it")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -801,7 +802,10 @@ def _write_new_file(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.link(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
