@@ -272,6 +272,42 @@ def test_consenting_customers_move_to_the_acquirer_and_are_then_shredded_at_the_
         assert KEY_PASSPHRASE not in json.dumps(step)
 
 
+def test_the_seller_sells_then_deregisters_and_keeps_proof(world: World) -> None:
+    """The whole story: export, import, complete, then decommission the seller; the
+    acquirer keeps serving the transferred customers, the seller's keystore keeps no key
+    and its certificate and receipts verify offline."""
+    ok(export(world))
+    package = world.base / "package.svho"
+    pub = str(world.base / "seller.pub")
+    ok(import_(world, package, "--seller-pubkey", pub))
+    complete = ["handover", "complete", str(package), "--receipts", "receipts", "--yes"]
+    ok(sh(world, *complete, "--summary", "summary.json", vault=world.seller))
+    cert = world.base / "cert.json"
+    decommission = ["decommission", "--reason", "business sold", "--yes"]
+    ok(sh(world, *decommission, "--certificate", str(cert), vault=world.seller))
+    log_file = world.base / "log.jsonl"
+    log_file.write_text(ok(sh(None, "audit", "export", vault=world.seller)).stdout)
+    ok(sh(None, "certificate", "verify", str(cert), "--pubkey", pub, "--log", str(log_file)))
+    for cid in (world.ana, world.bo):
+        receipt = world.base / "receipts" / f"{cid}.json"
+        ok(sh(None, "receipt", "verify", str(receipt), "--pubkey", pub))
+    conn = sqlite3.connect(world.seller / "keys.db")
+    try:
+        counts = [
+            conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for t in ("deks", "kek_epochs", "signing")
+        ]
+    finally:
+        conn.close()
+    assert counts == [0, 0, 0]
+    refused = sh(world, "customer", "list", vault=world.seller)
+    assert refused.returncode == 4
+    # The acquirer still serves what it bought; the seller's third customer never left.
+    bought = sh(world, "record", "list", world.ana, "--purpose", PURPOSE, vault=world.acquirer)
+    assert NAMES["ana"] in ok(bought).stdout
+    assert world.cy not in ok(sh(world, "customer", "list", vault=world.acquirer)).stdout
+
+
 def test_import_without_a_trusted_seller_key_says_it_is_self_asserted(world: World) -> None:
     ok(export(world))
     imported = ok(import_(world, world.base / "package.svho"))
