@@ -1,4 +1,5 @@
-"""``customer add|list|show|hold|release``: customers' metadata and legal holds.
+"""``customer add|list|show|retain|hold|release``: customers' metadata, retention and
+legal holds.
 Personal data lives only in records."""
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def _consent_text(customer: Customer) -> str:
 
 @click.group("customer")
 def customer_group() -> None:
-    """Add, list and show customers; put them under legal hold and release them."""
+    """Add, list and show customers; change their retention; put them under legal hold
+    and release them."""
 
 
 @customer_group.command("add")
@@ -130,6 +132,36 @@ def show_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
             ("shredded", customer.shredded),
         ]
     )
+
+
+@customer_group.command("retain")
+@click.argument("customer_id", metavar="CUSTOMER")
+@click.option(
+    "--until",
+    "until",
+    type=ISO_MOMENT,
+    metavar="ISO-DATE",
+    help="The new retention date (a date means 00:00 UTC; no offset means UTC).",
+)
+@click.option("--forever", is_flag=True, help="No retention date: keep until shredded.")
+@json_option
+@store_options
+@unlock_options
+@token_option
+@click.pass_context
+def retain_command(
+    ctx: click.Context, customer_id: str, until: datetime | None, forever: bool, as_json: bool
+) -> None:
+    """Change when CUSTOMER's data is due for erasure by `shred --expired` (admin;
+    logged). Give exactly one of --until and --forever."""
+    if (until is None) == (not forever):
+        raise click.UsageError("give exactly one of --until ISO-DATE and --forever")
+    with open_session(ctx) as session:
+        stored = session.set_retention(customer_id, until)
+    if as_json:
+        print_json({"customer": customer_id, "retain_until": stored})
+    else:
+        click.echo(f"customer {customer_id}: kept until {stored or 'shredded on request'}")
 
 
 @customer_group.command("hold")

@@ -226,6 +226,25 @@ def test_hold_and_release_json_state_the_legal_hold(run: Run, setup: Setup) -> N
     assert shown["legal_hold"] is False
 
 
+def test_retain_changes_the_retention_date_that_shred_expired_follows(
+    run: Run, setup: Setup
+) -> None:
+    later = run("customer", "add", "--retain-until", "2999-01-01").stdout.strip()
+    changed = run("customer", "retain", later, "--until", "2000-06-01", "--json")
+    assert changed.exit_code == 0, changed.output
+    assert json.loads(changed.stdout) == {
+        "customer": later,
+        "retain_until": "2000-06-01T00:00:00.000000Z",
+    }
+    preview = json.loads(run("shred", "--expired", "--dry-run", "--json").stdout)
+    assert list(preview["due"]) == [later]
+    forever = run("customer", "retain", later, "--forever")
+    assert forever.exit_code == 0 and "shredded on request" in forever.stdout
+    assert json.loads(run("shred", "--expired", "--dry-run", "--json").stdout)["due"] == {}
+    assert run("customer", "retain", later).exit_code == 2  # neither option
+    assert run("customer", "retain", "cus_" + "a" * 26, "--forever").exit_code == 4
+
+
 def test_hold_of_an_unknown_customer_exits_4(run: Run, setup: Setup) -> None:
     assert run("customer", "hold", "cus_" + "a" * 26).exit_code == 4
 
