@@ -1139,7 +1139,7 @@ def _rebuilt(role: Role) -> Role:
 
 def _visible(role: Role, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
     allowed = role.fields_for(kind)
-    if allowed is None:
+    if allowed is None or allowed.issuperset(fields):
         return fields
     return {k: v for k, v in fields.items() if k in allowed}
 
