@@ -13,7 +13,6 @@ PostgreSQL, and the key-copy clock.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import CRASH_EXIT_CODE, REPO, run_python
 from sqlalchemy import select
 
 from keys import dek_aad, generate_keyfile
@@ -42,8 +42,6 @@ from vault import (
 from vault.store import DataStore, customers, log
 from vault.vault import RESTORE_MARKER
 
-REPO = Path(__file__).resolve().parents[1]
-CRASH_EXIT_CODE = 97
 PURPOSE = "service"
 KEYSTORE_FILES = ("keys.db", "keys.db-wal", "keys.db-shm", "keys.db-journal")
 PASSPHRASE = b"restore me with care 4471"
@@ -432,23 +430,6 @@ from vault import ShredSource, restore_backup
 archive, target, keyfile, live = sys.argv[1:5]
 restore_backup(archive, target, keyfile=keyfile, source=ShredSource(vault_dir=Path(live)))
 """
-
-
-def run_python(
-    code: str, *args: str, crash_at: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SHREDVAULT_CRASH_AT"}
-    if crash_at is not None:
-        env["SHREDVAULT_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("crash_at", ["restore:after-files", "restore:after-replay"])

@@ -8,22 +8,18 @@ clock. Real vaults, real processes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import CRASH_EXIT_CODE, run_python
 from sqlalchemy import select
 
 from vault import Auditor, NotFoundError, ShreddedError, Vault, ids
 from vault.store import checkpoints, customers, log, records
 
-REPO = Path(__file__).resolve().parents[1]
-CRASH_EXIT_CODE = 97
 PURPOSE = "service"
 T0 = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
 
@@ -36,22 +32,6 @@ vault = Vault.open(path, keyfile=keyfile, data_url=data_url or None)
 vault.admin().rotate_dek(customer)
 vault.close()
 """
-
-
-def run_python(
-    code: str, *args: str, crash_at: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SHREDVAULT_CRASH_AT"}
-    if crash_at is not None:
-        env["SHREDVAULT_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 class FakeClock:

@@ -8,23 +8,19 @@ checkpointed. Real vaults, real processes."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import CRASH_EXIT_CODE, run_python
 from sqlalchemy import select
 
 from keys import fingerprint
 from vault import Auditor, StorageError, Vault, ids
 from vault.store import checkpoints, log
 
-REPO = Path(__file__).resolve().parents[1]
-CRASH_EXIT_CODE = 97
 PURPOSE = "service"
 BATCH = 2000
 KEYSTORE_TS = "2026-01-01T00:00:00.000000Z"
@@ -38,22 +34,6 @@ vault = Vault.open(path, keyfile=keyfile, data_url=data_url or None)
 print(vault.admin().rotate_kek())
 vault.close()
 """
-
-
-def run_python(
-    code: str, *args: str, crash_at: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SHREDVAULT_CRASH_AT"}
-    if crash_at is not None:
-        env["SHREDVAULT_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 # -- a vault with real customers (records) and keystore-only DEKs (bulk) ----------------

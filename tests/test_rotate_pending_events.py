@@ -5,21 +5,16 @@ next open writes that entry once (marked ``recovered``), never twice."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import CRASH_EXIT_CODE, run_python
 from sqlalchemy import select
 
 from keys import KeyStore, generate_keyfile
 from vault import UnlockError, Vault
 from vault.store import log
-
-REPO = Path(__file__).resolve().parents[1]
-CRASH_EXIT_CODE = 97
 
 _CHANGE = r"""
 import sys
@@ -36,21 +31,6 @@ path, keyfile = sys.argv[1:3]
 with Vault.open(path, keyfile=keyfile) as v:
     v.admin().retire_epoch(1)
 """
-
-
-def run(code: str, *args: str, crash_at: str | None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SHREDVAULT_CRASH_AT"}
-    if crash_at is not None:
-        env["SHREDVAULT_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def entries(v: Vault, action: str) -> list[dict[str, Any]]:
@@ -74,7 +54,7 @@ def test_a_passphrase_change_is_logged_exactly_once_even_if_killed_before_loggin
     Vault.create(path, keyfile=keyfile).close()
     new = tmp_path / "new.key"
     generate_keyfile(new)
-    done = run(_CHANGE, str(path), str(keyfile), str(new), crash_at=crash_at)
+    done = run_python(_CHANGE, str(path), str(keyfile), str(new), crash_at=crash_at)
     assert done.returncode == (CRASH_EXIT_CODE if crash_at else 0), done.stderr
     assert (pending(path) is not None) == (crash_at is not None)
     with pytest.raises(UnlockError):
@@ -95,7 +75,7 @@ def test_a_retired_epoch_is_logged_exactly_once_even_if_killed_before_logging(
     path = tmp_path / "v"
     with Vault.create(path, keyfile=keyfile) as v:
         v.admin().rotate_kek()  # epoch 2 active; epoch 1 wraps nothing now
-    done = run(_RETIRE, str(path), str(keyfile), crash_at=crash_at)
+    done = run_python(_RETIRE, str(path), str(keyfile), crash_at=crash_at)
     assert done.returncode == (CRASH_EXIT_CODE if crash_at else 0), done.stderr
     for _ in range(2):
         with Vault.open(path, keyfile=keyfile) as v:

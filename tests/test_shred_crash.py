@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from processes import CRASH_EXIT_CODE, REPO, run_python
 from sqlalchemy import select
 
 from keys import Envelope, KeyStore, SecretBytes, dek_aad, fingerprint, record_aad
 from vault import Auditor, ShreddedError, Vault, verify_receipt
 from vault.store import DataStore, customers, log, records
 
-REPO = Path(__file__).resolve().parents[1]
-CRASH_EXIT_CODE = 97
 PURPOSE = "service"
 
 _SHRED = r"""
@@ -61,22 +60,6 @@ if int(crash_in_batch) == 1:
 vault.admin().compact(progress=after_batch)
 vault.close()
 """
-
-
-def run_python(
-    code: str, *args: str, crash_at: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "SHREDVAULT_CRASH_AT"}
-    if crash_at is not None:
-        env["SHREDVAULT_CRASH_AT"] = crash_at
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 # -- a vault with a target customer and bystanders ------------------------------------
