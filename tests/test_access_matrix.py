@@ -595,6 +595,52 @@ def test_compact(world: World, role: str) -> None:
         assert world.record_count(cid) == 1
 
 
+# -- reports: the export and audit actions ---------------------------------------------
+
+
+@pytest.mark.parametrize("role", cases())
+def test_customer_report(world: World, role: str) -> None:
+    """``export``: the subject access report decrypts everything, so only roles granted
+    export may run it; a refusal is logged on the customer's subject."""
+    cid, tag = world.customer()
+    world.record(cid, STORED["restricted"])
+    reason = decide(role, "export")
+    mark = world.head()
+    if reason is None:
+        report = world.sessions[role].customer_report(cid)
+        assert [r["fields"] for r in report["records"]] == [STORED["restricted"]]
+        assert_allowed(
+            world.entries_after(mark),
+            world,
+            role,
+            "customer.report",
+            purpose="subject-access",
+            subject=tag,
+        )
+    else:
+        refused(reason, lambda: world.sessions[role].customer_report(cid))
+        assert_denied(
+            world.entries_after(mark), world, role, "customer.report", reason, subject=tag
+        )
+
+
+@pytest.mark.parametrize("role", cases())
+def test_audit_query(world: World, role: str) -> None:
+    """``audit``: the breach-scope query (ids and metadata, never plaintext)."""
+    cid, _tag = world.customer()
+    world.record(cid, STORED["restricted"])
+    reason = decide(role, "audit")
+    mark = world.head()
+    if reason is None:
+        result = world.sessions[role].audit_query(actor=world.admin.actor)
+        assert cid in {c["customer"] for c in result["customers"]}
+        assert all(value not in json.dumps(result) for value in STORED["restricted"].values())
+        assert_allowed(world.entries_after(mark), world, role, "audit.query")
+    else:
+        refused(reason, lambda: world.sessions[role].audit_query())
+        assert_denied(world.entries_after(mark), world, role, "audit.query", reason)
+
+
 # -- principals and roles --------------------------------------------------------------
 
 
