@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, text
 from vault import (
     NotFoundError,
     PurposeError,
+    Role,
     StorageError,
     Vault,
     VaultBusyError,
@@ -275,6 +276,30 @@ def test_every_public_access_path_logs_exactly_one_entry_per_record_touched(
     logged(lambda: s.list_customers(), 1, "customer.list")
     logged(lambda: v.declare_kind("pet", fields=["a"], purposes=["p"]), 1, "schema.declare")
     logged(lambda: v.checkpoint(), 1, "audit.checkpoint")
+    logged(lambda: s.checkpoint(), 1, "audit.checkpoint")
+    logged(lambda: s.kinds(), 1, "schema.list")
+    logged(lambda: s.hold(empty), 1, "customer.hold")
+    logged(lambda: s.release(empty), 1, "customer.release")
+    logged(lambda: s.set_retention(empty, None), 1, "customer.retain")
+    logged(lambda: s.expired_customers(), 1, "customer.list")
+    token = logged(lambda: s.add_principal("walker", role="operator"), 1, "principal.add")
+    logged(lambda: s.list_principals(), 1, "principal.list")
+    logged(lambda: v.login(token), 1, "auth.login")
+    logged(lambda: s.revoke_principal("walker"), 1, "principal.revoke")
+    logged(lambda: s.add_role(Role.build("walk-role", actions=["list"])), 1, "role.add")
+    logged(lambda: s.list_roles(), 1, "role.list")
+    logged(lambda: s.key_status(), 1, "keys.status")
+    logged(lambda: s.backups(), 1, "backup.list")
+    logged(lambda: s.audit_query(actor="admin"), 1, "audit.query")
+    # One entry per record the subject access report decrypts (5 live records of c).
+    logged(lambda: s.customer_report(c), 5, "customer.report")
+    seq = v.head.seq
+    s.shred(empty, reason="walk")
+    assert [e["action"] for e in probe.new_entries(seq)] == [
+        "customer.shred-intent",
+        "customer.shred",
+    ]
+    logged(lambda: s.compact(), 1, "vault.compact")  # nothing to remove: one entry
 
     refused(lambda: s.get(c, rids[2], purpose="billing_x"), PurposeError, "record.get")
     refused(lambda: s.get(c, rids[1], purpose="service"), NotFoundError, "record.get")
