@@ -80,8 +80,6 @@ from .schema import KindSpec, check_name, encode_fields
 from .store import customers, handover_imports, kinds, log, records
 
 if TYPE_CHECKING:
-    from keys import CustomerKeys
-
     from .session import Session
     from .vault import Tx, Vault
 
@@ -665,22 +663,27 @@ def _sealed_customers(
             {"ids": batch},
         ).all()
     )
+    from .session import _envelope
+
     by_customer: dict[str, list[Any]] = {cid: [] for cid in batch}
     for row in rows:
         by_customer[str(row.customer_id)].append(row)
     for cid in batch:
-        ck = keys.get(cid)
         info = meta.get(cid)
-        if ck is None or info is None or info.state != "active":
+        if cid not in keys or info is None or info.state != "active":
             raise ShreddedError(f"customer {cid} was shredded during the export; run it again")
         listed = []
         for row in by_customer[cid]:
             rid, kind = str(row.id), str(row.kind)
-            version = int(row.dek_version)
-            if version not in ck.versions:  # rotated by another process since cached
-                vault._keys.forget([cid])
-                ck = vault._keys.customer_keys([cid]).get(cid, ck)
-            plaintext = _open_record(ck, rid, kind, version, bytes(row.ciphertext))
+            try:  # reloads the customer's keys if another process rotated them
+                env = _envelope(vault, keys, cid, int(row.dek_version))
+            except DecryptionError:
+                raise StorageError(
+                    f"no key version {row.dek_version} for customer {cid} (rotated during "
+                    "the export?); run the export again"
+                ) from None
+            context = record_aad_suffix(keys[cid].record_prefix, rid, kind, env.version)
+            plaintext = env.open(bytes(row.ciphertext), context)
             blob = cipher.seal(plaintext, _record_aad(package_id, cid, rid, kind))
             payload = _parts(cid.encode(), rid.encode(), kind.encode()) + blob
             writer.frame(RECORD, payload)
@@ -695,16 +698,6 @@ def _sealed_customers(
         )
         writer.frame(CUSTOMER, entry)
         yield cid, entry, len(listed)
-
-
-def _open_record(ck: CustomerKeys, rid: str, kind: str, version: int, blob: bytes) -> bytes:
-    env = ck.versions.get(version)
-    if env is None:
-        raise StorageError(
-            f"no key version {version} for customer {ck.customer_id} (rotated during the "
-            "export?); run the export again"
-        )
-    return env.open(blob, record_aad_suffix(ck.record_prefix, rid, kind, env.version))
 
 
 def _log_export(
