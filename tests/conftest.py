@@ -31,23 +31,37 @@ def keyfile(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A SQLAlchemy URL whose search_path is a fresh schema, dropped after the test.
-    Skips when SHREDVAULT_TEST_POSTGRES_URL is not set."""
+def pg_schemas() -> Iterator[Callable[[], str]]:
+    """Make SQLAlchemy URLs whose search_path is a fresh schema each; every schema made
+    is dropped after the test. Skips when SHREDVAULT_TEST_POSTGRES_URL is not set."""
     base = pg_base_url()
     if base is None:
         pytest.skip(f"{PG_URL_ENV} not set: PostgreSQL tests skipped")
-    schema = "svt_" + secrets.token_hex(6)
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    made: list[str] = []
     sep = "&" if "?" in base else "?"
+
+    def make() -> str:
+        schema = "svt_" + secrets.token_hex(6)
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        made.append(schema)
+        return f"{base}{sep}options=-csearch_path%3D{schema}"
+
     try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
+        yield make
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            for schema in made:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_schemas: Callable[[], str]) -> str:
+    """A SQLAlchemy URL whose search_path is a fresh schema, dropped after the test.
+    Skips when SHREDVAULT_TEST_POSTGRES_URL is not set."""
+    return pg_schemas()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import stat
 import struct
 from collections.abc import Callable, Iterator
@@ -21,7 +20,7 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select, text
 
 from keys import FLOOR, KdfParams
 from vault import (
@@ -119,23 +118,12 @@ def seller(make_vault: VaultFactory) -> Seller:
 
 
 @pytest.fixture
-def second_url(backend: str | None) -> Iterator[str | None]:
+def second_url(backend: str | None, request: pytest.FixtureRequest) -> str | None:
     """A second PostgreSQL schema (one vault per schema), or None on SQLite."""
     if backend is None:
-        yield None
-        return
-    base = os.environ["SHREDVAULT_TEST_POSTGRES_URL"]
-    schema = "svt_" + secrets.token_hex(6)
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
+        return None
+    make: Callable[[], str] = request.getfixturevalue("pg_schemas")
+    return make()
 
 
 @pytest.fixture
