@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from processes import CRASH_EXIT_CODE, REPO, run_python
+from residue import scan_keystore
 from sqlalchemy import select
 
 from keys import dek_aad, generate_keyfile
@@ -43,7 +44,6 @@ from vault.store import DataStore, customers, log
 from vault.vault import RESTORE_MARKER
 
 PURPOSE = "service"
-KEYSTORE_FILES = ("keys.db", "keys.db-wal", "keys.db-shm", "keys.db-journal")
 PASSPHRASE = b"restore me with care 4471"
 
 # -- a live vault with a backup taken before a shred ---------------------------------------
@@ -89,19 +89,6 @@ def key_needles(v: Vault, customer_id: str) -> dict[str, bytes]:
         needles[f"wrapped DEK v{version}"] = bytes(wrapped)
         needles[f"raw DEK v{version}"] = bytes(raw)
     return needles
-
-
-def scan_keystore(directory: Path, needles: dict[str, bytes]) -> dict[str, list[str]]:
-    """Which needles occur in which keystore files of ``directory``."""
-    hits: dict[str, list[str]] = {}
-    present = [directory / n for n in KEYSTORE_FILES if (directory / n).exists()]
-    assert present and present[0].name == "keys.db"
-    for path in present:
-        data = path.read_bytes()
-        for name, needle in needles.items():
-            if needle in data:
-                hits.setdefault(path.name, []).append(name)
-    return hits
 
 
 def add_customer_with(session: Any, names: list[str]) -> tuple[str, dict[str, dict[str, str]]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
+from residue import scan_keystore
 from sqlalchemy import func, select
 
 from keys import Envelope, SecretBytes, dek_aad, kek_aad, signing_seed_aad
@@ -35,7 +36,6 @@ from vault.store import customers, log, records
 
 PURPOSE = "service"
 REASON = "deregistered"
-KEYSTORE_FILES = ("keys.db", "keys.db-wal", "keys.db-shm", "keys.db-journal")
 
 MakeVault = Callable[..., Vault]
 
@@ -324,16 +324,6 @@ def test_an_empty_reason_is_refused_before_anything_happens(make_vault: MakeVaul
 # -- no key bytes left ---------------------------------------------------------------------
 
 
-def scan(directory: Path, needles: dict[str, bytes]) -> dict[str, list[str]]:
-    hits: dict[str, list[str]] = {}
-    for name in KEYSTORE_FILES:
-        path = directory / name
-        if path.exists():
-            data = path.read_bytes()
-            hits.update({name: [n for n, b in needles.items() if b in data]})
-    return {k: v for k, v in hits.items() if v}
-
-
 def key_material(v: Vault, keyfile: Path) -> dict[str, bytes]:
     """Every epoch, DEK and signing seed, wrapped (from keys.db) and raw (unwrapped with
     the root key, which for a keyfile vault is the keyfile's bytes)."""
@@ -373,11 +363,11 @@ def test_no_epoch_dek_or_seed_bytes_remain_in_the_keystore_files(
     assert sum(n.startswith("epoch") for n in needles) == 4
     shutil.copytree(b.vault.path, tmp_path / "copy", ignore=shutil.ignore_patterns("*-shm"))
     s.decommission(reason=REASON)
-    assert scan(b.vault.path, needles) == {}
+    assert scan_keystore(b.vault.path, needles) == {}
     b.vault.close()
-    assert scan(b.vault.path, needles) == {}
+    assert scan_keystore(b.vault.path, needles) == {}
     # Negative control: the same scan finds the wrapped keys in a copy made before.
-    found = {n for names in scan(tmp_path / "copy", needles).values() for n in names}
+    found = {n for names in scan_keystore(tmp_path / "copy", needles).values() for n in names}
     assert {n for n in needles if n.endswith(("wrapped", "tag"))} <= found
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from residue import scan_keystore
 from sqlalchemy import select
 
 from keys import Envelope, SecretBytes, dek_aad, record_aad
@@ -24,7 +25,6 @@ from vault.store import records
 PURPOSE = "service"
 FILLER_CUSTOMERS = 3000
 TARGETS = 4
-KEYSTORE_FILES = ("keys.db", "keys.db-wal", "keys.db-shm", "keys.db-journal")
 
 
 @dataclass
@@ -79,19 +79,6 @@ def read_secrets(v: Vault, cids: list[str]) -> Secrets:
     return found
 
 
-def scan(directory: Path, needles: dict[str, bytes]) -> dict[str, list[str]]:
-    """Which needles occur in which keystore files (only files that exist)."""
-    hits: dict[str, list[str]] = {}
-    present = [directory / n for n in KEYSTORE_FILES if (directory / n).exists()]
-    assert present and present[0].name == "keys.db"
-    for path in present:
-        data = path.read_bytes()
-        for name, needle in needles.items():
-            if needle in data:
-                hits.setdefault(path.name, []).append(name)
-    return hits
-
-
 @pytest.fixture
 def shredded(tmp_path: Path, keyfile: Path) -> Iterator[Shredded]:
     v = Vault.create(tmp_path / "vault", keyfile=keyfile)
@@ -133,19 +120,19 @@ def shredded(tmp_path: Path, keyfile: Path) -> Iterator[Shredded]:
 def test_keystore_files_hold_no_shredded_key_bytes_while_the_vault_is_open(
     shredded: Shredded,
 ) -> None:
-    assert scan(shredded.path, shredded.secrets.needles()) == {}
+    assert scan_keystore(shredded.path, shredded.secrets.needles()) == {}
 
 
 def test_keystore_files_hold_no_shredded_key_bytes_after_close(shredded: Shredded) -> None:
     shredded.vault.close()
-    assert scan(shredded.path, shredded.secrets.needles()) == {}
+    assert scan_keystore(shredded.path, shredded.secrets.needles()) == {}
 
 
 def test_the_same_scan_finds_the_keys_in_a_copy_taken_before_the_shred(
     shredded: Shredded,
 ) -> None:
     needles = shredded.secrets.needles()
-    found = {name for names in scan(shredded.copy, needles).values() for name in names}
+    found = {name for names in scan_keystore(shredded.copy, needles).values() for name in names}
     # The keystore stores DEKs wrapped and tags raw; raw DEKs and hex tags never reach it.
     expected = {n for n in needles if n.endswith(("wrapped DEK", "subject tag"))}
     assert found == expected

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from residue import KEYSTORE_FILES
 from sqlalchemy import select
 
 from vault import Auditor, Vault, verify_export
 from vault.store import checkpoints, customers, log, records
 
 PURPOSE = "service"
-KEYSTORE_FILES = ("keys.db", "keys.db-wal", "keys.db-shm", "keys.db-journal")
 
 
 class TickingClock:
