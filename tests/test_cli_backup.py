@@ -13,18 +13,15 @@ import stat
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from clirun import Run, make_run
 
-from cli.main import cli
 from keys import generate_keyfile
 from vault import Vault
-
-Run = Callable[..., Result]
 
 PURPOSE = "service"
 GONE_NAME = "Ingrid Halvorsen"
@@ -43,24 +40,6 @@ class Setup:
     gone_record: str
     kept: str
     kept_record: str
-
-
-def make_run(root: Path, keyfile: Path | None) -> Run:
-    runner = CliRunner()
-    base = {
-        "SHREDVAULT_VAULT": str(root),
-        "SHREDVAULT_KEYFILE": str(keyfile) if keyfile else None,
-        "SHREDVAULT_PASSPHRASE": None,
-        "SHREDVAULT_DATA_URL": None,
-        "SHREDVAULT_TOKEN": None,
-    }
-
-    def run(*args: str, input: str | None = None, **env: str | None) -> Result:
-        return runner.invoke(
-            cli, list(args), input=input, env={**base, **env}, catch_exceptions=False
-        )
-
-    return run
 
 
 def ok(result: Result) -> Result:

@@ -10,17 +10,15 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from clirun import Run, make_run
 
 from cli.main import cli
 from keys import generate_keyfile
-
-Run = Callable[..., Result]
 
 NAME = "Ruth Okafor"
 REASON = "erasure request #1182"
@@ -34,24 +32,6 @@ class Setup:
     keyfile: Path
     customer: str
     record: str
-
-
-def make_run(root: Path, keyfile: Path | None) -> Run:
-    runner = CliRunner()
-    base = {
-        "SHREDVAULT_VAULT": str(root),
-        "SHREDVAULT_KEYFILE": str(keyfile) if keyfile else None,
-        "SHREDVAULT_PASSPHRASE": None,
-        "SHREDVAULT_DATA_URL": None,
-        "SHREDVAULT_TOKEN": None,
-    }
-
-    def run(*args: str, input: str | None = None, **env: str | None) -> Result:
-        return runner.invoke(
-            cli, list(args), input=input, env={**base, **env}, catch_exceptions=False
-        )
-
-    return run
 
 
 @pytest.fixture(scope="module")
