@@ -1,7 +1,7 @@
 """Benchmark fixtures: real vaults next to baseline data stores with the same tables.
 
 Kept apart from ``tests/conftest.py`` on purpose (benchmarks build bigger vaults and
-label every result for ``report.py``); the helpers live in :mod:`benchmarks.harness`.
+label every result for ``report.py``); the helpers live in `benchmarks/harness.py`.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from keys import generate_keyfile
-from vault import ids
+from shredvault.keys import generate_keyfile
+from shredvault.vault import ids
 
-from .harness import (
+from harness import (
     BACKENDS,
     CUSTOMERS,
     Baseline,

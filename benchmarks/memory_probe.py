@@ -2,8 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.memory_probe export VAULT_DIR OUT_FILE [--since N] [--url URL]
-    python -m benchmarks.memory_probe verify EXPORT_FILE
+    python benchmarks/memory_probe.py export VAULT_DIR OUT_FILE [--since N] [--url URL]
+    python benchmarks/memory_probe.py verify EXPORT_FILE
 
 Prints one JSON object: ``rss_start_kib`` (resident memory after imports, before the
 work), ``rss_peak_kib`` (the high-water mark after it), ``entries`` and ``seconds``.
@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from vault import Auditor, verify_export
+from shredvault.vault import Auditor, verify_export
 
 
 def memory_kib(field: str) -> int:

@@ -2,8 +2,8 @@
 
 Usage::
 
-    .venv/bin/python -m benchmarks.profile_put_many [put_many|get_many] [batches] [--url URL]
-    .venv/bin/python -m benchmarks.profile_put_many stages
+    .venv/bin/python benchmarks/profile_put_many.py [put_many|get_many] [batches] [--url URL]
+    .venv/bin/python benchmarks/profile_put_many.py stages
 
 The first form builds a keyfile vault on SQLite (or on ``--url``'s PostgreSQL,
 search_path set by the caller), warms it up, profiles ``batches`` calls and prints the
@@ -29,15 +29,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from keys import generate_keyfile
-from keys.envelope import Envelope, record_aad_prefix, record_aad_suffix
-from keys.secret import SecretBytes
-from vault import ids
-from vault.log import HASH_PREFIX, Event, LogEntry, encode_body
-from vault.model import Record
-from vault.schema import KindSpec, encode_fields
+from shredvault.keys import generate_keyfile
+from shredvault.keys.envelope import Envelope, record_aad_prefix, record_aad_suffix
+from shredvault.keys.secret import SecretBytes
+from shredvault.vault import ids
+from shredvault.vault.log import HASH_PREFIX, Event, LogEntry, encode_body
+from shredvault.vault.model import Record
+from shredvault.vault.schema import KindSpec, encode_fields
 
-from .harness import ACTOR, BATCH, FIELDS, KIND, PURPOSE, make_workload, record_fields
+from harness import ACTOR, BATCH, FIELDS, KIND, PURPOSE, make_workload, record_fields
 
 # (bucket, substrings of "file:'function'" in pstats keys); first match wins.
 BUCKETS: list[tuple[str, tuple[str, ...]]] = [

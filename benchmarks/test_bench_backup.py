@@ -27,11 +27,11 @@ from typing import Any
 
 import pytest
 
-from keys import generate_keyfile
-from vault import ShredSource, restore_backup, verify_backup
-from vault.vault import DATA_FILE
+from shredvault.keys import generate_keyfile
+from shredvault.vault import ShredSource, restore_backup, verify_backup
+from shredvault.vault.vault import DATA_FILE
 
-from .harness import BATCH, PURPOSE, Workload, make_workload, measure
+from harness import BATCH, PURPOSE, Workload, make_workload, measure
 
 RECORDS = 5_000
 ROUNDS = 9

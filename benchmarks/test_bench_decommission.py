@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from vault import Session, Vault
+from shredvault.vault import Session, Vault
 
-from .harness import KIND, PURPOSE, measure, record_fields
+from harness import KIND, PURPOSE, measure, record_fields
 
 CUSTOMERS = 200
 ROUNDS = 3

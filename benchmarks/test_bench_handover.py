@@ -27,10 +27,16 @@ from typing import Any
 
 import pytest
 
-from keys import FLOOR
-from vault import Session, Vault, handover_keygen, open_handover_key, read_handover_public_key
+from shredvault.keys import FLOOR
+from shredvault.vault import (
+    Session,
+    Vault,
+    handover_keygen,
+    open_handover_key,
+    read_handover_public_key,
+)
 
-from .harness import FIELDS, KIND, PURPOSE, measure, record_fields
+from harness import FIELDS, KIND, PURPOSE, measure, record_fields
 
 RECORDS = 5_000
 CUSTOMERS = 100

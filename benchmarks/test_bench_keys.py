@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from sqlalchemy import delete
 
-from vault import ids
-from vault.store import records
+from shredvault.vault import ids
+from shredvault.vault.store import records
 
-from .harness import BATCH, KIND, PURPOSE, Workload, measure
+from harness import BATCH, KIND, PURPOSE, Workload, measure
 
 SHRED_ROUNDS = 12
 ROTATE_DEKS = 10_000

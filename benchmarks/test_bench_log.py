@@ -1,7 +1,7 @@
 """The access log at scale: chain verification, export and offline export verification.
 
 Logs are generated with :func:`vault.log.append` straight into an open vault's data
-store (see :func:`benchmarks.harness.fill_log`). One vault per backend serves the whole
+store (see `harness.fill_log`). One vault per backend serves the whole
 module and grows as the benchmarks need it:
 
 - ``verify``: ``Vault.verify_log`` over ``SHREDVAULT_BENCH_VERIFY_N`` entries (default
@@ -30,12 +30,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from keys import generate_keyfile
-from vault import Auditor, Vault, verify_export
-from vault.log import HASH_PREFIX, iter_entries
-from vault.store import DataStore, log_head
+from shredvault.keys import generate_keyfile
+from shredvault.vault import Auditor, Vault, verify_export
+from shredvault.vault.log import HASH_PREFIX, iter_entries
+from shredvault.vault.store import DataStore, log_head
 
-from .harness import BACKENDS, data_store, fill_log, measure, pg_schema
+from harness import BACKENDS, data_store, fill_log, measure, pg_schema
 
 VERIFY_N = int(os.environ.get("SHREDVAULT_BENCH_VERIFY_N", "100000"))
 LOG_N = int(os.environ.get("SHREDVAULT_BENCH_LOG_N", "200000"))
@@ -214,7 +214,7 @@ def test_verify_export(benchmark: Any, growing_log: GrowingLog, strict: bool, ro
 
 def _probe(*args: str) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory_probe", *args],
+        [sys.executable, str(Path(__file__).with_name("memory_probe.py")), *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from vault import Role
+from shredvault.vault import Role
 
-from .harness import BATCH, FIELDS, KIND, PURPOSE, Baseline, Workload, measure
+from harness import BATCH, FIELDS, KIND, PURPOSE, Baseline, Workload, measure
 
 PUT_ROUNDS = 60
 BATCH_ROUNDS = 15

@@ -11,7 +11,7 @@ they read through ``ix_sv_log_subject`` and ``ix_sv_log_actor_ts`` instead of th
 
 Roles ``log_10k`` and ``log_1m`` label the two log sizes. The big log is written with
 :func:`vault.log.append` straight into the vault's data store (as
-:func:`benchmarks.harness.fill_log` does), one ``append`` per step so that timestamps
+`harness.fill_log` does), one ``append`` per step so that timestamps
 advance: realistic actors, subjects (10,000 customers' tags) and times, no crypto.
 ``SHREDVAULT_BENCH_REPORT_N`` lowers 1,000,000 for quick runs. SQLite only.
 """
@@ -32,13 +32,13 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from keys import generate_keyfile
-from vault import Session, Vault, ids
-from vault.clock import format_ts
-from vault.log import Event, append
-from vault.store import DataStore
+from shredvault.keys import generate_keyfile
+from shredvault.vault import Session, Vault, ids
+from shredvault.vault.clock import format_ts
+from shredvault.vault.log import Event, append
+from shredvault.vault.store import DataStore
 
-from .harness import FIELDS, KIND, PURPOSE, data_store, measure, record_fields
+from harness import FIELDS, KIND, PURPOSE, data_store, measure, record_fields
 
 SMALL = 10_000
 LARGE = int(os.environ.get("SHREDVAULT_BENCH_REPORT_N", "1000000"))

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from keys import KdfParams
-from keys.kdf import FLOOR, derive_root_key, recommended_params
-from vault import Vault
+from shredvault.keys import KdfParams
+from shredvault.keys.kdf import FLOOR, derive_root_key, recommended_params
+from shredvault.vault import Vault
 
-from .harness import measure
+from harness import measure
 
 PASSPHRASE = b"correct horse battery staple"
 ROUNDS = 7

@@ -1,5 +1,5 @@
-"""``python -m cli`` runs the ``shredvault`` command."""
+"""``python -m shredvault.cli`` runs the ``shredvault`` command."""
 
-from cli.main import main
+from .main import main
 
 main()

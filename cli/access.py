@@ -11,8 +11,7 @@ from datetime import UTC, datetime
 
 import click
 
-from vault import ACTIONS, Principal, Role
-
+from ..vault import ACTIONS, Principal, Role
 from .context import open_session, store_options, token_option, unlock_options
 from .output import json_option, note, print_json, print_table
 from .params import ISO_MOMENT, comma_list

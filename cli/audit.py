@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from vault import (
+from ..vault import (
     Checkpoint,
     VerificationError,
     VerifyReport,
@@ -21,7 +21,6 @@ from vault import (
     read_anchor,
     verify_export,
 )
-
 from .context import open_auditor, open_session, store_options, token_option, unlock_options
 from .output import json_option, note, print_json, print_pairs
 from .progress import LazyProgress

@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from vault import (
+from ..vault import (
     BackupInfo,
     BackupReport,
     ShredSource,
@@ -32,7 +32,6 @@ from vault import (
     restore_backup,
     verify_backup,
 )
-
 from .context import (
     acting_session,
     check_data_url,

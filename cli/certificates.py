@@ -9,14 +9,13 @@ from typing import Any
 
 import click
 
-from vault import (
+from ..vault import (
     CertificateReport,
     VerificationError,
     format_public_key,
     load_certificate,
     verify_certificate,
 )
-
 from .output import json_option, note, print_json, print_pairs
 from .receipts import _read_pubkey
 

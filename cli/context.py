@@ -20,8 +20,7 @@ from typing import Any, TypeVar
 
 import click
 
-from vault import Auditor, Session, Vault
-
+from ..vault import Auditor, Session, Vault
 from .receipts import save_recovered_receipts
 
 __all__ = [

@@ -8,8 +8,7 @@ from datetime import datetime
 
 import click
 
-from vault import Customer
-
+from ..vault import Customer
 from .context import open_session, store_options, token_option, unlock_options
 from .output import json_option, print_json, print_pairs, print_table
 from .params import ISO_MOMENT, KEY_VALUE, consent_flags

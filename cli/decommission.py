@@ -16,9 +16,8 @@ from typing import Any
 
 import click
 
-from vault import Certificate, decommission_state, decommissioned_certificate
-from vault.certificate import markdown_path
-
+from ..vault import Certificate, decommission_state, decommissioned_certificate
+from ..vault.certificate import markdown_path
 from .confirm import confirm_or_stop, yes_option
 from .context import (
     acting_session,

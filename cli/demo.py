@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from vault import (
+from ..vault import (
     Auditor,
     PurposeError,
     ShreddedError,
@@ -28,7 +28,6 @@ from vault import (
     verify_export,
     verify_receipt,
 )
-
 from .exit_codes import CommandError
 from .output import json_option, print_json
 from .receipts import write_receipt

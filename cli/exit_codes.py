@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vault import (
+from ..vault import (
     AccessDeniedError,
     KeysError,
     NotFoundError,

@@ -23,14 +23,13 @@ from typing import Any
 
 import click
 
-from vault import (
+from ..vault import (
     format_public_key,
     handover_keygen,
     open_handover_key,
     read_handover_public_key,
     read_manifest,
 )
-
 from .confirm import confirm_or_stop, yes_option
 from .context import (
     acting_session,

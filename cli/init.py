@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from vault import Vault, format_public_key, generate_keyfile
-
+from ..vault import Vault, format_public_key, generate_keyfile
 from .context import (
     Credential,
     data_url_option,

@@ -14,8 +14,7 @@ from typing import Any
 
 import click
 
-from vault import KeyPolicy, KeyStatus, generate_keyfile
-
+from ..vault import KeyPolicy, KeyStatus, generate_keyfile
 from .confirm import confirm_or_stop, yes_option
 from .context import (
     open_session,

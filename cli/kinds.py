@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vault import KindSpec
-
+from ..vault import KindSpec
 from .context import open_session, store_options, token_option, unlock_options
 from .output import json_option, print_json, print_table
 from .params import comma_list

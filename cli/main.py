@@ -8,8 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from vault import KeysError, VaultError
-
+from ..vault import KeysError, VaultError
 from . import (
     access,
     audit,

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from vault import (
+from ..vault import (
     Receipt,
     ReceiptReport,
     Vault,
@@ -26,7 +26,6 @@ from vault import (
     parse_public_key,
     verify_receipt,
 )
-
 from .exit_codes import describe
 from .output import json_option, note, print_json, print_pairs
 

@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from vault import Record
-
+from ..vault import Record
 from .context import open_session, store_options, token_option, unlock_options
 from .output import json_option, print_json, print_pairs
 from .params import KEY_VALUE, field_values

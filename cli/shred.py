@@ -15,8 +15,7 @@ from typing import Any
 
 import click
 
-from vault import Receipt
-
+from ..vault import Receipt
 from .confirm import confirm_or_stop, yes_option
 from .context import open_session, store_options, token_option, unlock_options
 from .exit_codes import CommandError, describe

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner, Result
 
-from cli.main import cli
+from shredvault.cli.main import cli
 
 __all__ = ["Run", "make_run"]
 

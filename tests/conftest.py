@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from keys import generate_keyfile
-from vault import Vault
+from shredvault.keys import generate_keyfile
+from shredvault.vault import Vault
 
 PG_URL_ENV = "SHREDVAULT_TEST_POSTGRES_URL"
 PASSPHRASE = b"correct horse battery staple"

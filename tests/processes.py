@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vault.faults import CRASH_EXIT_CODE
+from shredvault.vault.faults import CRASH_EXIT_CODE
 
 __all__ = ["CRASH_EXIT_CODE", "REPO", "run_python"]
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from vault import AccessDeniedError, PurposeError, Role, SchemaError, Session, Vault
+from shredvault.vault import AccessDeniedError, PurposeError, Role, SchemaError, Session, Vault
 
 ROOT = Path(__file__).resolve().parent.parent
 START = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
@@ -249,7 +249,7 @@ def test_revoking_leaves_other_principals_working(clocked: Vault, stored: tuple[
 WORKER = r"""
 import json, sys, time
 from pathlib import Path
-from vault import AccessDeniedError, Vault
+from shredvault.vault import AccessDeniedError, Vault
 
 path, keyfile, token_file, ready, revoked, result, cid, rid = sys.argv[1:9]
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from keys import generate_keyfile
-from vault import (
+from shredvault.keys import generate_keyfile
+from shredvault.vault import (
     ACTIONS,
     AccessDeniedError,
     Customer,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from vault import Role, SchemaError, Vault
+from shredvault.vault import Role, SchemaError, Vault
 
 Rows = list[tuple[Any, ...]]
 

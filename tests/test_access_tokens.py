@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from vault import AccessDeniedError, Vault
+from shredvault.vault import AccessDeniedError, Vault
 
 TOKEN_RE = re.compile(r"^svp_(?P<lookup>[0-9a-f]{12})_(?P<secret>[A-Za-z0-9_-]{43})$")
 
@@ -267,7 +267,7 @@ def compare_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, object]
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("vault.access.hmac.compare_digest", recording)
+    monkeypatch.setattr("shredvault.vault.access.hmac.compare_digest", recording)
     return calls
 
 

@@ -24,12 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import CRASH_EXIT_CODE, REPO, run_python
-from residue import scan_keystore
 from sqlalchemy import select
 
-from keys import dek_aad, generate_keyfile
-from vault import (
+from shredvault.keys import dek_aad, generate_keyfile
+from shredvault.vault import (
     Auditor,
     ShreddedError,
     ShredSource,
@@ -40,8 +38,11 @@ from vault import (
     restore_backup,
     verify_backup,
 )
-from vault.store import DataStore, customers, log
-from vault.vault import RESTORE_MARKER
+from shredvault.vault.store import DataStore, customers, log
+from shredvault.vault.vault import RESTORE_MARKER
+
+from processes import CRASH_EXIT_CODE, REPO, run_python
+from residue import scan_keystore
 
 PURPOSE = "service"
 PASSPHRASE = b"restore me with care 4471"
@@ -412,7 +413,7 @@ def test_wrong_keyfile_raises_unlock_error(live: Live, tmp_path: Path) -> None:
 _RESTORE = r"""
 import sys
 from pathlib import Path
-from vault import ShredSource, restore_backup
+from shredvault.vault import ShredSource, restore_backup
 
 archive, target, keyfile, live = sys.argv[1:5]
 restore_backup(archive, target, keyfile=keyfile, source=ShredSource(vault_dir=Path(live)))
@@ -442,7 +443,7 @@ def test_a_restore_killed_midway_leaves_a_target_that_refuses_to_open(
 _RESTORE_TO_URL = r"""
 import sys
 from pathlib import Path
-from vault import ShredSource, restore_backup
+from shredvault.vault import ShredSource, restore_backup
 
 archive, target, keyfile, live, url = sys.argv[1:6]
 restore_backup(
@@ -479,7 +480,7 @@ def test_a_restore_killed_while_loading_into_postgres_leaves_the_database_empty(
 _WRITER = r"""
 import sys
 from pathlib import Path
-from vault import Vault
+from shredvault.vault import Vault
 
 root, keyfile, stop = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 ready = stop.with_name("ready")

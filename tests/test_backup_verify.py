@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from keys import generate_keyfile
-from vault import StorageError, Vault, VerificationError, restore_backup, verify_backup
-from vault.canonical import canonical
-from vault.vault import RESTORE_MARKER
+from shredvault.keys import generate_keyfile
+from shredvault.vault import StorageError, Vault, VerificationError, restore_backup, verify_backup
+from shredvault.vault.canonical import canonical
+from shredvault.vault.vault import RESTORE_MARKER
 
 PURPOSE = "service"
 MEMBER_ORDER = ("manifest.json", "manifest.sig", "data.db", "keys.db")

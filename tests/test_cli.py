@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from cli.exit_codes import exit_code_for
-from cli.main import cli
-from keys import generate_keyfile
-from vault import (
+from shredvault.cli.exit_codes import exit_code_for
+from shredvault.cli.main import cli
+from shredvault.keys import generate_keyfile
+from shredvault.vault import (
     AccessDeniedError,
     AuditChainError,
     DecryptionError,

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from cli.main import cli
-from keys import generate_keyfile
+from shredvault.cli.main import cli
+from shredvault.keys import generate_keyfile
 
 Run = Callable[..., Result]
 
@@ -477,7 +477,7 @@ def test_role_add_named_like_a_built_in_role_exits_1(run: Run) -> None:
 
 def shredvault() -> list[str]:
     script = Path(sys.executable).with_name("shredvault")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "shredvault"]
 
 
 def test_a_token_in_the_environment_of_a_real_process(setup: Setup) -> None:

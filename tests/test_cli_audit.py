@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from cli.main import cli
-from vault import Vault
+from shredvault.cli.main import cli
+from shredvault.vault import Vault
 
 Run = Callable[..., Result]
 

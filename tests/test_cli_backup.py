@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from clirun import Run, make_run
 
-from keys import generate_keyfile
-from vault import Vault
+from shredvault.keys import generate_keyfile
+from shredvault.vault import Vault
+
+from clirun import Run, make_run
 
 PURPOSE = "service"
 GONE_NAME = "Ingrid Halvorsen"

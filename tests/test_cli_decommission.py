@@ -18,8 +18,15 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from keys import Envelope, SecretBytes, dek_aad, generate_keyfile, kek_aad, signing_seed_aad
-from vault.certificate import signed_bytes
+from shredvault.keys import (
+    Envelope,
+    SecretBytes,
+    dek_aad,
+    generate_keyfile,
+    kek_aad,
+    signing_seed_aad,
+)
+from shredvault.vault.certificate import signed_bytes
 
 Proc = subprocess.CompletedProcess[str]
 Shell = Callable[..., Proc]

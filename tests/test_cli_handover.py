@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from keys import generate_keyfile
-from vault import parse_public_key, verify_completion
-from vault.canonical import canonical
+from shredvault.keys import generate_keyfile
+from shredvault.vault import parse_public_key, verify_completion
+from shredvault.vault.canonical import canonical
 
 PURPOSE = "service"
 KEY_PASSPHRASE = "acquirer lantern 4471 harbour"

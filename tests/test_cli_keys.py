@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from cli.main import cli
-from cli.meter import Meter
-from keys import generate_keyfile
+from shredvault.cli.main import cli
+from shredvault.cli.meter import Meter
+from shredvault.keys import generate_keyfile
 
 Run = Callable[..., Result]
 

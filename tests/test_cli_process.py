@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from keys import generate_keyfile
+from shredvault.keys import generate_keyfile
 
 PASSPHRASE = "plum tram velvet 7731"
 NAME = "Huang Meiling 黄美玲"
@@ -206,7 +206,7 @@ def test_a_data_url_password_never_reaches_the_output(tmp_path: Path) -> None:
 
 def test_python_dash_m_runs_the_same_cli() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cli", "--version"],
+        [sys.executable, "-m", "shredvault", "--version"],
         capture_output=True,
         text=True,
         env=clean_env(),

@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from cli.main import cli
-from keys import Envelope, KeyStore, SecretBytes, load_keyfile
-from keys.envelope import dek_aad, kek_aad, signing_seed_aad
-from vault import Auditor, Role, Vault, ids
-from vault.checkpoint import checkpoint_from_json
-from vault.log import Event, append
+from shredvault.cli.main import cli
+from shredvault.keys import Envelope, KeyStore, SecretBytes, load_keyfile
+from shredvault.keys.envelope import dek_aad, kek_aad, signing_seed_aad
+from shredvault.vault import Auditor, Role, Vault, ids
+from shredvault.vault.checkpoint import checkpoint_from_json
+from shredvault.vault.log import Event, append
 
 ALICE = {"name": "Alice Liddell", "phone": "+44 7700 900001"}
 ALICE_NOTE = {"name": "Alice L.", "phone": "+44 7700 900002"}

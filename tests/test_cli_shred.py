@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from clirun import Run, make_run
 
-from cli.main import cli
-from keys import generate_keyfile
+from shredvault.cli.main import cli
+from shredvault.keys import generate_keyfile
+
+from clirun import Run, make_run
 
 NAME = "Ruth Okafor"
 REASON = "erasure request #1182"

@@ -15,11 +15,10 @@ from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
-from residue import scan_keystore
 from sqlalchemy import func, select
 
-from keys import Envelope, SecretBytes, dek_aad, kek_aad, signing_seed_aad
-from vault import (
+from shredvault.keys import Envelope, SecretBytes, dek_aad, kek_aad, signing_seed_aad
+from shredvault.vault import (
     AccessDeniedError,
     Auditor,
     Certificate,
@@ -30,9 +29,11 @@ from vault import (
     decommissioned_certificate,
     verify_certificate,
 )
-from vault.certificate import signed_bytes
-from vault.ids import CUSTOMER, new_ids
-from vault.store import customers, log, records
+from shredvault.vault.certificate import signed_bytes
+from shredvault.vault.ids import CUSTOMER, new_ids
+from shredvault.vault.store import customers, log, records
+
+from residue import scan_keystore
 
 PURPOSE = "service"
 REASON = "deregistered"

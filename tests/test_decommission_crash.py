@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from vault import (
+from shredvault.vault import (
     Auditor,
     Certificate,
     Vault,
@@ -27,7 +27,7 @@ from vault import (
     decommissioned_certificate,
     verify_certificate,
 )
-from vault.store import log
+from shredvault.vault.store import log
 
 REPO = Path(__file__).resolve().parents[1]
 CRASH_EXIT_CODE = 97
@@ -37,7 +37,7 @@ RECORDS = ACTIVE + 1  # one per customer, and one of the shredded-before custome
 
 _DECOMMISSION = r"""
 import sys
-from vault import Vault
+from shredvault.vault import Vault
 
 path, keyfile, data_url = sys.argv[1:4]
 vault = Vault.open(path, keyfile=keyfile, data_url=data_url or None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from vault.log import GENESIS, Event, encode_body, entry_hash, export_line
+from shredvault.vault.log import GENESIS, Event, encode_body, entry_hash, export_line
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "log-format.md"
 

@@ -22,8 +22,8 @@ import pytest
 from nacl.signing import SigningKey
 from sqlalchemy import func, select, text
 
-from keys import FLOOR, KdfParams
-from vault import (
+from shredvault.keys import FLOOR, KdfParams
+from shredvault.vault import (
     AccessDeniedError,
     HandoverConflictError,
     HandoverKey,
@@ -41,9 +41,9 @@ from vault import (
     verify_completion,
     verify_receipt,
 )
-from vault.canonical import canonical
-from vault.log import iter_entries
-from vault.store import customers, records
+from shredvault.vault.canonical import canonical
+from shredvault.vault.log import iter_entries
+from shredvault.vault.store import customers, records
 
 VaultFactory = Callable[..., Vault]
 

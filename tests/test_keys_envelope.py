@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given
 from hypothesis import strategies as st
 
-from keys import (
+from shredvault.keys import (
     DecryptionError,
     Envelope,
     InvalidKeyError,
@@ -22,7 +22,7 @@ from keys import (
     record_aad,
     signing_seed_aad,
 )
-from keys.envelope import blob_key_version
+from shredvault.keys.envelope import blob_key_version
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))

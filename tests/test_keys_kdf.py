@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from argon2.low_level import Type, hash_secret_raw
 
-from keys import (
+from shredvault.keys import (
     FLOOR,
     InvalidKeyError,
     KdfParams,
@@ -27,7 +27,7 @@ from keys import (
     needs_rehash,
     recommended_params,
 )
-from keys.kdf import check_floor, check_key, key_check_value
+from shredvault.keys.kdf import check_floor, check_key, key_check_value
 
 PASSPHRASE = b"correct horse battery staple"
 SALT = bytes(range(16))

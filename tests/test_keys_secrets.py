@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from keys import (
+from shredvault.keys import (
     Envelope,
     KeyRing,
     SecretBytes,
@@ -21,7 +21,7 @@ from keys import (
     load_keyfile,
     record_aad,
 )
-from keys.envelope import dek_aad, kek_aad, signing_seed_aad
+from shredvault.keys.envelope import dek_aad, kek_aad, signing_seed_aad
 
 VAULT = "vlt_secrets"
 CUSTOMER = "cus_aaaaaaaaaaaaaaaaaaaaaaaaaa"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from vault import Vault
+from shredvault.vault import Vault
 
 
 def test_key_status_sums_shreds_since_each_unexpired_backup(tmp_path: Path, keyfile: Path) -> None:

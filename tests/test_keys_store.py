@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from keys import (
+from shredvault.keys import (
     FLOOR,
     DecryptionError,
     Envelope,
@@ -33,8 +33,8 @@ from keys import (
     record_aad,
     verify_signature,
 )
-from keys.envelope import blob_key_version, dek_aad, kek_aad
-from keys.store import SCHEMA_VERSION, KeystoreHeader
+from shredvault.keys.envelope import blob_key_version, dek_aad, kek_aad
+from shredvault.keys.store import SCHEMA_VERSION, KeystoreHeader
 
 VAULT = "vlt_store"
 CREATED = "2024-01-01T00:00:00.000000Z"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from vault import Auditor, Vault
+from shredvault.vault import Auditor, Vault
 
 PROCESSES = 4
 OPS_PER_PROCESS = 500  # logged operations: alternating put and get
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORKER = r"""
 import json, os, sys, time
 from pathlib import Path
-from vault import Vault
+from shredvault.vault import Vault
 
 path, keyfile, url, customer, ops, go = sys.argv[1:7]
 

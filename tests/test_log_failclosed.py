@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from vault import (
+from shredvault.vault import (
     NotFoundError,
     PurposeError,
     Role,

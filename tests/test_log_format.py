@@ -20,10 +20,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
-from vault import Auditor, Vault
-from vault.canonical import canonical, canonical_text
-from vault.clock import format_ts
-from vault.log import GENESIS, HASH_PREFIX, Event, encode_body, entry_hash, export_line
+from shredvault.vault import Auditor, Vault
+from shredvault.vault.canonical import canonical, canonical_text
+from shredvault.vault.clock import format_ts
+from shredvault.vault.log import GENESIS, HASH_PREFIX, Event, encode_body, entry_hash, export_line
 
 MAX_INT = 2**53 - 1
 TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from keys import SecretBytes, Signer
-from vault import (
+from shredvault.keys import SecretBytes, Signer
+from shredvault.vault import (
     AuditChainError,
     Auditor,
     Checkpoint,
@@ -27,7 +27,7 @@ from vault import (
     read_anchor,
     verify_export,
 )
-from vault.canonical import canonical
+from shredvault.vault.canonical import canonical
 
 PREFIX = b"shredvault/log/v1\n"
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from vault import (
+from shredvault.vault import (
     AccessDeniedError,
     Auditor,
     Role,
@@ -27,7 +27,7 @@ from vault import (
     parse_public_key,
     render_markdown,
 )
-from vault.checkpoint import checkpoint_from_json
+from shredvault.vault.checkpoint import checkpoint_from_json
 
 T0 = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
 REPORT_MINUTE = 120

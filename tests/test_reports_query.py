@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from vault import AccessDeniedError, Auditor, Role, SchemaError, Session, Vault
-from vault.log import Event, append
+from shredvault.vault import AccessDeniedError, Auditor, Role, SchemaError, Session, Vault
+from shredvault.vault.log import Event, append
 
 T0 = datetime(2026, 4, 6, 8, 0, tzinfo=UTC)
 QUERY_MINUTE = 70  # queries run here, after every scripted entry

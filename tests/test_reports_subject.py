@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from vault import (
+from shredvault.vault import (
     AccessDeniedError,
     Auditor,
     NotFoundError,
@@ -34,8 +34,8 @@ from vault import (
     render_markdown,
     verify_receipt,
 )
-from vault.canonical import canonical
-from vault.checkpoint import checkpoint_from_json
+from shredvault.vault.canonical import canonical
+from shredvault.vault.checkpoint import checkpoint_from_json
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 PROFILE = ["address", "name", "phone"]

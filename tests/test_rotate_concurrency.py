@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from vault import Auditor, Session, Vault, ids
-from vault.store import customers, log, records
+from shredvault.vault import Auditor, Session, Vault, ids
+from shredvault.vault.store import customers, log, records
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent

@@ -14,18 +14,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import CRASH_EXIT_CODE, run_python
 from sqlalchemy import select
 
-from vault import Auditor, NotFoundError, ShreddedError, Vault, ids
-from vault.store import checkpoints, customers, log, records
+from shredvault.vault import Auditor, NotFoundError, ShreddedError, Vault, ids
+from shredvault.vault.store import checkpoints, customers, log, records
+
+from processes import CRASH_EXIT_CODE, run_python
 
 PURPOSE = "service"
 T0 = datetime(2026, 1, 5, 9, 30, tzinfo=UTC)
 
 _ROTATE_DEK = r"""
 import sys
-from vault import Vault
+from shredvault.vault import Vault
 
 path, keyfile, data_url, customer = sys.argv[1:5]
 vault = Vault.open(path, keyfile=keyfile, data_url=data_url or None)

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import CRASH_EXIT_CODE, run_python
 from sqlalchemy import select
 
-from keys import fingerprint
-from vault import Auditor, StorageError, Vault, ids
-from vault.store import checkpoints, log
+from shredvault.keys import fingerprint
+from shredvault.vault import Auditor, StorageError, Vault, ids
+from shredvault.vault.store import checkpoints, log
+
+from processes import CRASH_EXIT_CODE, run_python
 
 PURPOSE = "service"
 BATCH = 2000
@@ -27,7 +28,7 @@ KEYSTORE_TS = "2026-01-01T00:00:00.000000Z"
 
 _ROTATE_KEK = r"""
 import sys
-from vault import Vault
+from shredvault.vault import Vault
 
 path, keyfile, data_url = sys.argv[1:4]
 vault = Vault.open(path, keyfile=keyfile, data_url=data_url or None)
@@ -367,7 +368,7 @@ def test_rerun_after_a_crash_at_the_last_batch_finishes_without_a_third_epoch(
 def test_a_retired_epoch_is_logged_even_when_the_wal_cannot_be_truncated(
     sqlite_vault: Vault,
 ) -> None:
-    from keys import KeystoreError
+    from shredvault.keys import KeystoreError
 
     populate(sqlite_vault)
     s = sqlite_vault.admin()

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from keys import KdfParams, derive_root_key, generate_keyfile, recommended_params
-from keys.kdf import key_check_value
-from vault import AccessDeniedError, SchemaError, UnlockError, Vault
-from vault.store import checkpoints, log
+from shredvault.keys import KdfParams, derive_root_key, generate_keyfile, recommended_params
+from shredvault.keys.kdf import key_check_value
+from shredvault.vault import AccessDeniedError, SchemaError, UnlockError, Vault
+from shredvault.vault.store import checkpoints, log
 
 OLD = b"correct horse battery staple"
 NEW = b"marble kettle 0947 heron"

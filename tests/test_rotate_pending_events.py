@@ -9,16 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import CRASH_EXIT_CODE, run_python
 from sqlalchemy import select
 
-from keys import KeyStore, generate_keyfile
-from vault import UnlockError, Vault
-from vault.store import log
+from shredvault.keys import KeyStore, generate_keyfile
+from shredvault.vault import UnlockError, Vault
+from shredvault.vault.store import log
+
+from processes import CRASH_EXIT_CODE, run_python
 
 _CHANGE = r"""
 import sys
-from vault import Vault
+from shredvault.vault import Vault
 path, old, new = sys.argv[1:4]
 with Vault.open(path, keyfile=old) as v:
     v.admin().change_passphrase(keyfile=new)
@@ -26,7 +27,7 @@ with Vault.open(path, keyfile=old) as v:
 
 _RETIRE = r"""
 import sys
-from vault import Vault
+from shredvault.vault import Vault
 path, keyfile = sys.argv[1:3]
 with Vault.open(path, keyfile=keyfile) as v:
     v.admin().retire_epoch(1)

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from keys import recommended_params
-from vault import AccessDeniedError, KeyPolicy, Vault
-from vault.clock import format_ts
-from vault.store import log
+from shredvault.keys import recommended_params
+from shredvault.vault import AccessDeniedError, KeyPolicy, Vault
+from shredvault.vault.clock import format_ts
+from shredvault.vault.store import log
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 PASSPHRASE = b"correct horse battery staple"

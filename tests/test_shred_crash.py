@@ -13,18 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from processes import CRASH_EXIT_CODE, REPO, run_python
 from sqlalchemy import select
 
-from keys import Envelope, KeyStore, SecretBytes, dek_aad, fingerprint, record_aad
-from vault import Auditor, ShreddedError, Vault, verify_receipt
-from vault.store import DataStore, customers, log, records
+from shredvault.keys import Envelope, KeyStore, SecretBytes, dek_aad, fingerprint, record_aad
+from shredvault.vault import Auditor, ShreddedError, Vault, verify_receipt
+from shredvault.vault.store import DataStore, customers, log, records
+
+from processes import CRASH_EXIT_CODE, REPO, run_python
 
 PURPOSE = "service"
 
 _SHRED = r"""
 import sys
-from vault import Vault
+from shredvault.vault import Vault
 
 path, keyfile, data_url, customer = sys.argv[1:5]
 vault = Vault.open(path, keyfile=keyfile, data_url=data_url or None)
@@ -34,7 +35,7 @@ vault.close()
 
 _ROTATE_DEK = r"""
 import sys
-from vault import Vault
+from shredvault.vault import Vault
 
 path, keyfile, data_url, customer = sys.argv[1:5]
 vault = Vault.open(path, keyfile=keyfile, data_url=data_url or None)
@@ -44,7 +45,7 @@ vault.close()
 
 _COMPACT = r"""
 import os, sys
-from vault import Vault
+from shredvault.vault import Vault
 
 path, keyfile, data_url, crash_in_batch = sys.argv[1:5]
 vault = Vault.open(path, keyfile=keyfile, data_url=data_url or None)
@@ -378,7 +379,7 @@ def test_interrupted_compact_loses_no_active_rows_and_a_rerun_finishes(
 
 _SHRED_AND_REPORT = r"""
 import json, sys
-from vault import Vault
+from shredvault.vault import Vault
 
 path, keyfile, data_url, customer = sys.argv[1:5]
 vault = Vault.open(path, keyfile=keyfile, data_url=data_url or None)
@@ -457,7 +458,7 @@ def test_opening_while_another_process_shreds_waits_instead_of_finishing_its_shr
 
 _SHRED_EXPIRED = r"""
 import sys
-from vault import Vault
+from shredvault.vault import Vault
 
 path, keyfile, data_url = sys.argv[1:4]
 with Vault.open(path, keyfile=keyfile, data_url=data_url or None) as vault:

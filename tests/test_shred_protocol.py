@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select
 
-from vault import (
+from shredvault.vault import (
     AccessDeniedError,
     Auditor,
     LegalHoldError,
@@ -27,8 +27,8 @@ from vault import (
     Vault,
     verify_receipt,
 )
-from vault.ids import CUSTOMER, new_id
-from vault.store import checkpoints, customers, log, records
+from shredvault.vault.ids import CUSTOMER, new_id
+from shredvault.vault.store import checkpoints, customers, log, records
 
 REPO = Path(__file__).resolve().parents[1]
 PURPOSE = "service"
@@ -205,7 +205,7 @@ def test_log_verifies_after_shred(vault: Vault, backend: str | None) -> None:
 
 _READER = r"""
 import json, sys
-from vault import NotFoundError, ShreddedError, Vault
+from shredvault.vault import NotFoundError, ShreddedError, Vault
 
 path, keyfile, data_url, cid, rid, other, other_rid = sys.argv[1:8]
 v = Vault.open(path, keyfile=keyfile, data_url=data_url or None)

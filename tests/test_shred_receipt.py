@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from keys import generate_keyfile
-from vault import Auditor, Vault, format_public_key, load_receipt, verify_receipt
-from vault.canonical import canonical
-from vault.ids import CUSTOMER, new_id
+from shredvault.keys import generate_keyfile
+from shredvault.vault import Auditor, Vault, format_public_key, load_receipt, verify_receipt
+from shredvault.vault.canonical import canonical
+from shredvault.vault.ids import CUSTOMER, new_id
 
 PURPOSE = "service"
 REASON = "erasure request (GDPR art. 17)"

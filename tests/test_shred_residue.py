@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from residue import scan_keystore
 from sqlalchemy import select
 
-from keys import Envelope, SecretBytes, dek_aad, record_aad
-from vault import ShreddedError, Vault
-from vault.ids import CUSTOMER, new_ids
-from vault.store import records
+from shredvault.keys import Envelope, SecretBytes, dek_aad, record_aad
+from shredvault.vault import ShreddedError, Vault
+from shredvault.vault.ids import CUSTOMER, new_ids
+from shredvault.vault.store import records
+
+from residue import scan_keystore
 
 PURPOSE = "service"
 FILLER_CUSTOMERS = 3000

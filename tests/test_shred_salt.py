@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vault import LegalHoldError, Vault, verify_receipt
-from vault.receipt import customer_commitment
+from shredvault.vault import LegalHoldError, Vault, verify_receipt
+from shredvault.vault.receipt import customer_commitment
 
 
 def _vault(tmp_path: Path, keyfile: Path) -> tuple[Vault, str]:
@@ -76,7 +76,7 @@ def test_a_crash_after_the_shred_commits_still_yields_the_receipt_at_reopen(
     other = v.admin().add_customer()
     v.close()
     code = (
-        "from vault import Vault\n"
+        "from shredvault import Vault\n"
         f"v = Vault.open({str(tmp_path / 'vault')!r}, keyfile={str(keyfile)!r})\n"
         f"v.admin().shred({cid!r}, reason='erasure request')\n"
     )

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from residue import KEYSTORE_FILES
 from sqlalchemy import select
 
-from vault import Auditor, Vault, verify_export
-from vault.store import checkpoints, customers, log, records
+from shredvault.vault import Auditor, Vault, verify_export
+from shredvault.vault.store import checkpoints, customers, log, records
+
+from residue import KEYSTORE_FILES
 
 PURPOSE = "service"
 

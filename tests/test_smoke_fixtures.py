@@ -1,4 +1,4 @@
-from vault import Vault
+from shredvault.vault import Vault
 
 
 def test_make_vault_round_trips_a_record_on_each_backend(make_vault) -> None:

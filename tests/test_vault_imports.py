@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-import vault
+from shredvault import vault
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from keys import generate_keyfile
-from vault import SchemaError, StorageError, UnlockError, Vault, VaultError
+from shredvault.keys import generate_keyfile
+from shredvault.vault import SchemaError, StorageError, UnlockError, Vault, VaultError
 
 PASSPHRASE = b"correct horse battery staple"
 

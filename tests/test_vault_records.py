@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
-from vault import (
+from shredvault.vault import (
     AccessDeniedError,
     Customer,
     NotFoundError,
@@ -24,7 +24,7 @@ from vault import (
     SchemaError,
     Vault,
 )
-from vault.canonical import canonical
+from shredvault.vault.canonical import canonical
 
 MAX_INT = 2**53 - 1
 FAKE_CUSTOMER = "cus_" + "a" * 26

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import keys
-import vault
-from vault import Session, Vault
+from shredvault import keys, vault
+from shredvault.vault import Session, Vault
 
 # Envelope layout: format(1) | alg(1) | u32 dek_version | 12-byte nonce | ct || 16-byte tag
 FORMAT_AT, ALG_AT, VERSION_AT, NONCE_AT, HEADER = 0, 1, 2, 6, 18

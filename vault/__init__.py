@@ -3,8 +3,7 @@
 The public Python API. Everything not listed in ``__all__`` is private.
 """
 
-from keys import DecryptionError, KdfParams, KeysError, UnsupportedFormatError, generate_keyfile
-
+from ..keys import DecryptionError, KdfParams, KeysError, UnsupportedFormatError, generate_keyfile
 from .access import ACTIONS, Role
 from .audit import Auditor, format_public_key, parse_public_key, read_anchor, verify_export
 from .backup import BackupInfo, BackupReport, ShredSource, restore_backup, verify_backup

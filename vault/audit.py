@@ -24,8 +24,7 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, select
 
-from keys import KeyStore, KeystoreError
-
+from ..keys import KeyStore, KeystoreError
 from .canonical import canonical
 from .checkpoint import (
     Checkpoint,

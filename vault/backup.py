@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, create_engine, exc, func, insert, inspect, select
 
-from keys import verify_signature
-
+from ..keys import verify_signature
 from . import ids
 from .audit import Auditor, format_public_key, read_export_entries
 from .canonical import canonical

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from keys import verify_signature
-
+from ..keys import verify_signature
 from .audit import format_public_key, parse_public_key, read_export_entries, verify_export
 from .canonical import canonical
 from .checkpoint import Checkpoint, checkpoint_from_json

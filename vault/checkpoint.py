@@ -10,8 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
-from keys import Signer, verify_signature
-
+from ..keys import Signer, verify_signature
 from .canonical import canonical
 from .errors import VerificationError
 from .store import LogHead, checkpoints

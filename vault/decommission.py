@@ -34,8 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, func, or_, select, update
 
-from keys import KeyStore, KeystoreError, fingerprint
-
+from ..keys import KeyStore, KeystoreError, fingerprint
 from .certificate import (
     CERTIFICATE_SCOPE,
     CERTIFICATE_TYPE,

@@ -37,7 +37,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, bindparam, insert, select
 
-from keys import (
+from ..keys import (
     DecryptionError,
     InvalidKeyError,
     KdfParams,
@@ -47,8 +47,8 @@ from keys import (
     aad,
     verify_signature,
 )
-from keys.envelope import record_aad_suffix
-from keys.sealed import (
+from ..keys.envelope import record_aad_suffix
+from ..keys.sealed import (
     PACKAGE_KEY_SIZE,
     HandoverKey,
     PackageCipher,
@@ -58,7 +58,6 @@ from keys.sealed import (
     seal_package_key,
     write_handover_key,
 )
-
 from . import ids
 from .access import normalize_expiry
 from .canonical import canonical

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select, update
 
-from keys import (
+from ..keys import (
     InvalidKeyError,
     KdfParams,
     KeystoreError,
@@ -23,8 +23,7 @@ from keys import (
     needs_rehash,
     recommended_params,
 )
-from keys.envelope import record_aad_suffix
-
+from ..keys.envelope import record_aad_suffix
 from .clock import format_ts, parse_ts
 from .errors import NotFoundError, SchemaError, ShreddedError, StorageError, UnlockError
 from .faults import crash_point
@@ -32,8 +31,7 @@ from .log import Event
 from .store import backups, customers, log, records
 
 if TYPE_CHECKING:
-    from keys import SecretBytes
-
+    from ..keys import SecretBytes
     from .session import Session
     from .vault import Tx, Vault
 

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from sqlalchemy import Connection, RowMapping, bindparam, delete, insert, select, update
 
-from keys import DecryptionError, Envelope
-from keys.envelope import record_aad_suffix
-
+from ..keys import DecryptionError, Envelope
+from ..keys.envelope import record_aad_suffix
 from . import ids
 from .access import BUILTIN_ROLES, Role, new_token, normalize_expiry
 from .clock import format_ts
@@ -42,8 +41,7 @@ from .shred import check_reason, compact, shred_customer
 from .store import customers, kinds, principals, records, roles
 
 if TYPE_CHECKING:
-    from keys import CustomerKeys
-
+    from ..keys import CustomerKeys
     from .backup import BackupInfo
     from .certificate import Certificate
     from .checkpoint import Checkpoint

@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, func, select, update
 
-from keys import KeystoreError
-
+from ..keys import KeystoreError
 from .clock import format_ts
 from .errors import (
     LegalHoldError,

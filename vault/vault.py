@@ -13,7 +13,7 @@ from typing import NoReturn, TypeVar
 
 from sqlalchemy import Connection, exc, func, select
 
-from keys import (
+from ..keys import (
     InvalidKeyError,
     KdfParams,
     KeyRing,
@@ -24,7 +24,6 @@ from keys import (
     WrongKeyError,
     load_keyfile,
 )
-
 from . import ids
 from .access import BUILTIN_ROLES, split_token, token_matches
 from .checkpoint import (
