@@ -28,9 +28,9 @@ from shredvault.keys.envelope import HEADER_SIZE, TAG_SIZE
 from shredvault.vault import Session, Vault, ids
 from shredvault.vault.canonical import canonical
 from shredvault.vault.clock import format_ts
+from shredvault.vault.layout import DATA_FILE
 from shredvault.vault.log import Event, append, encode_body
 from shredvault.vault.store import DataStore, LogHead, customers, log, log_head, records
-from shredvault.vault.vault import DATA_FILE
 
 PG_URL_ENV = "SHREDVAULT_TEST_POSTGRES_URL"
 

@@ -29,7 +29,7 @@ import pytest
 
 from shredvault.keys import generate_keyfile
 from shredvault.vault import ShredSource, restore_backup, verify_backup
-from shredvault.vault.vault import DATA_FILE
+from shredvault.vault.layout import DATA_FILE
 
 from harness import BATCH, PURPOSE, Workload, make_workload, measure
 

@@ -58,7 +58,7 @@ def test_shred_vault(
 
 @pytest.mark.benchmark(group="shred")
 def test_shred_delete_rows_baseline(benchmark: Any, workload: Workload) -> None:
-    engine = workload.vault._data.engine
+    engine = workload.vault._ctx.data.engine
 
     def delete_rows(cid: str) -> None:
         with engine.begin() as conn:
@@ -106,7 +106,7 @@ def test_shred_expired_rate(benchmark: Any, workload: Workload) -> None:
 
 @pytest.mark.benchmark(group="rotate_kek")
 def test_rotate_kek_rate(benchmark: Any, workload: Workload) -> None:
-    keyring = workload.vault._keys
+    keyring = workload.vault._ctx.keys
     made = count()
 
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -163,7 +163,7 @@ def make_big_log(root: Path, entries: int, label: str) -> BigLog:
     records = session.put_many(
         [(target, KIND, record_fields(i)) for i in range(TARGET_RECORDS)], purpose=PURPOSE
     )
-    tag = vault._keys.customer_keys([target])[target].subject_tag.hex()
+    tag = vault._ctx.keys.customer_keys([target])[target].subject_tag.hex()
     store = data_store(root / "vault", None)
     try:
         fill_log_from(store, minute_buckets(spread_steps(entries, tag, records, random.Random(7))))
@@ -225,7 +225,7 @@ def timed(
 
 
 def query_plan(log: BigLog, sql: str, params: dict[str, Any]) -> str:
-    rows = log.vault._data.read(
+    rows = log.vault._ctx.data.read(
         lambda conn: conn.execute(text(f"EXPLAIN QUERY PLAN {sql}"), params).all()
     )
     return "; ".join(str(r[-1]) for r in rows)

@@ -45,7 +45,7 @@ from .context import (
 from .exit_codes import CommandError
 from .meter import Meter
 from .output import json_option, note, print_json, print_pairs, print_table
-from .receipts import _read_pubkey
+from .receipts import read_pubkey
 
 __all__ = ["backup_group"]
 
@@ -245,7 +245,7 @@ def verify_command(archive: Path, pubkey_file: Path | None, as_json: bool) -> No
     Without --pubkey the key inside the archive is used: that shows the archive is
     whole, not that your vault made it. Pass the vault's key (`audit pubkey`).
     """
-    public_key = _read_pubkey(pubkey_file) if pubkey_file is not None else None
+    public_key = read_pubkey(pubkey_file) if pubkey_file is not None else None
     report = verify_backup(archive, public_key=public_key)
     if as_json:
         print_json(
@@ -412,7 +412,7 @@ def restore_command(
         raise CommandError(
             f"{target} exists and is not empty; restore only into a new or empty directory"
         )
-    public_key = _read_pubkey(pubkey_file) if pubkey_file is not None else None
+    public_key = read_pubkey(pubkey_file) if pubkey_file is not None else None
     credential = resolve_credential(settings_of(ctx))
     note(f"verifying {archive} and restoring into {target} ...")
     try:

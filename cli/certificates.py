@@ -17,7 +17,7 @@ from ..vault import (
     verify_certificate,
 )
 from .output import json_option, note, print_json, print_pairs
-from .receipts import _read_pubkey
+from .receipts import read_pubkey
 
 __all__ = ["certificate_group"]
 
@@ -57,7 +57,7 @@ def verify_command(
     exactly the certified head, and its entries must add up to the certified counts.
     Exits 0 when valid and 5 when not, saying why.
     """
-    public_key = _read_pubkey(pubkey_file) if pubkey_file is not None else None
+    public_key = read_pubkey(pubkey_file) if pubkey_file is not None else None
     document: dict[str, Any] | None = None
     try:
         document = load_certificate(certificate_file)

@@ -42,7 +42,7 @@ from .context import (
 from .exit_codes import CommandError, describe
 from .meter import Meter
 from .output import json_option, note, print_json, print_pairs
-from .receipts import _read_pubkey
+from .receipts import read_pubkey
 
 __all__ = ["HANDOVER_PASSPHRASE_ENV", "handover_group"]
 
@@ -262,7 +262,7 @@ def import_command(
     their records in one transaction, logged with the package id. A tampered,
     misdirected or replayed package exits 5 and changes nothing.
     """
-    trusted = _read_pubkey(seller_pubkey) if seller_pubkey is not None else None
+    trusted = read_pubkey(seller_pubkey) if seller_pubkey is not None else None
     passphrase = _key_passphrase(key_passphrase_file, confirm=False)
     key = open_handover_key(key_file, passphrase)
     expected = int(read_manifest(package).get("records", 0))

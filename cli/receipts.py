@@ -81,7 +81,7 @@ def save_recovered_receipts(vault: Vault) -> Path | None:
     return target
 
 
-def _read_pubkey(path: Path) -> bytes:
+def read_pubkey(path: Path) -> bytes:
     try:
         with path.open("rb") as handle:
             text = handle.read(_MAX_PUBKEY_FILE).decode("utf-8", errors="replace")
@@ -139,7 +139,7 @@ def verify_command(receipt_file: Path, pubkey_file: Path | None, as_json: bool) 
     whole, not that your vault signed it. Get the vault's key from its owner
     (`shredvault audit pubkey`) and pass it with --pubkey.
     """
-    public_key = _read_pubkey(pubkey_file) if pubkey_file is not None else None
+    public_key = read_pubkey(pubkey_file) if pubkey_file is not None else None
     document: dict[str, Any] | None = None
     try:
         document = load_receipt(receipt_file)

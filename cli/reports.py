@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..vault import SchemaError, load_receipt, render_markdown
-from ..vault.reports import normalize_time
+from ..vault.audit_reports import normalize_time
 from .audit import audit_group
 from .context import open_session, store_options, token_option, unlock_options
 from .customers import customer_group

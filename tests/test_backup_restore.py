@@ -38,8 +38,8 @@ from shredvault.vault import (
     restore_backup,
     verify_backup,
 )
+from shredvault.vault.layout import RESTORE_MARKER
 from shredvault.vault.store import DataStore, customers, log
-from shredvault.vault.vault import RESTORE_MARKER
 
 from processes import CRASH_EXIT_CODE, REPO, run_python
 from residue import scan_keystore
@@ -85,7 +85,9 @@ def key_needles(v: Vault, customer_id: str) -> dict[str, bytes]:
     assert rows
     needles = {"subject tag": bytes(tag)}
     for version, epoch, wrapped in rows:
-        raw = v._keys._kek(epoch).open(wrapped, dek_aad(v.vault_id, customer_id, version, epoch))
+        raw = v._ctx.keys._kek(epoch).open(
+            wrapped, dek_aad(v.vault_id, customer_id, version, epoch)
+        )
         assert len(raw) == 32
         needles[f"wrapped DEK v{version}"] = bytes(wrapped)
         needles[f"raw DEK v{version}"] = bytes(raw)
@@ -187,8 +189,8 @@ def test_restored_keystore_holds_none_of_the_shredded_customers_key_bytes(
 ) -> None:
     assert scan_keystore(restored.root, live.needles) == {}
     with Vault.open(restored.root, keyfile=live.keyfile) as v:
-        assert v._keys.store.deks([live.shredded]) == []
-        assert v._keys.store.subject_tags([live.shredded]) == {}
+        assert v._ctx.keys.store.deks([live.shredded]) == []
+        assert v._ctx.keys.store.subject_tags([live.shredded]) == {}
         assert scan_keystore(restored.root, live.needles) == {}  # nor while it is open
 
 
@@ -221,7 +223,7 @@ def test_restore_logs_which_source_it_replayed_from(live: Live, restored: Restor
     # The head replayed from: its seq and hash as the live vault's log has them.
     source_seq = entry["detail"]["source_seq"]
     assert source_seq > live.manifest["seq"]
-    stored = live.vault._data.read(
+    stored = live.vault._ctx.data.read(
         lambda conn: conn.execute(select(log.c.hash).where(log.c.seq == source_seq)).scalar()
     )
     assert entry["detail"]["source_head"] == stored
@@ -550,7 +552,7 @@ def test_a_backup_taken_during_concurrent_writes_restores_consistently(
             assert everyone, "the snapshot holds the writer's customers"
             active = [c.id for c in everyone if c.state == "active"]
             assert not set(active) & live_shredded
-            half_shredded = restored._data.read(
+            half_shredded = restored._ctx.data.read(
                 lambda conn: conn.execute(
                     select(customers.c.id).where(customers.c.state == "shredding")
                 ).all()
@@ -734,7 +736,7 @@ def test_backup_expiry_follows_the_vaults_clock(tmp_path: Path, keyfile: Path) -
 def _drop_handover_imports(v: Vault) -> None:
     from sqlalchemy import text
 
-    with v._data.engine.begin() as conn:
+    with v._ctx.data.engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS sv_handover_imports"))
 
 

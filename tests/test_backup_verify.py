@@ -21,7 +21,7 @@ import pytest
 from shredvault.keys import generate_keyfile
 from shredvault.vault import StorageError, Vault, VerificationError, restore_backup, verify_backup
 from shredvault.vault.canonical import canonical
-from shredvault.vault.vault import RESTORE_MARKER
+from shredvault.vault.layout import RESTORE_MARKER
 
 PURPOSE = "service"
 MEMBER_ORDER = ("manifest.json", "manifest.sig", "data.db", "keys.db")

@@ -450,9 +450,9 @@ def test_audit_query_text_warns_when_truncated(run: Run, setup: Setup) -> None:
 
         def work(conn: Any, head: Any) -> None:
             for _ in range(11):
-                head, _ = append(conn, vault._data, head, [event] * 10_000, vault._clock())
+                head, _ = append(conn, vault._ctx.data, head, [event] * 10_000, vault._ctx.clock())
 
-        vault._data.run(work)
+        vault._ctx.data.run(work)
     result = run("audit", "query", "--actor", "bulk", token=setup.tokens["ada"])
     assert result.exit_code == 0, result.output
     first = result.stdout.splitlines()[0]

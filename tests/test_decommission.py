@@ -65,7 +65,7 @@ def build(make_vault: MakeVault, *, active: int = 5, **kwargs: Any) -> Built:
 
 
 def entries(v: Vault | Auditor, action: str | None = None) -> list[dict[str, Any]]:
-    data = v._data
+    data = v._ctx.data
     rows = data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
     out = [json.loads(bytes(r.body)) for r in rows]
     return [e for e in out if action is None or e["action"] == action]
@@ -73,7 +73,7 @@ def entries(v: Vault | Auditor, action: str | None = None) -> list[dict[str, Any
 
 def count(v: Vault, table: Any, *where: Any) -> int:
     stmt = select(func.count()).select_from(table).where(*where)
-    return int(v._data.read(lambda c: c.execute(stmt).scalar_one()))
+    return int(v._ctx.data.read(lambda c: c.execute(stmt).scalar_one()))
 
 
 def keystore_rows(path: Path) -> dict[str, int]:
@@ -155,7 +155,7 @@ def test_the_certificate_verifies_under_the_vault_key_and_against_an_export(
 def test_keys_of_no_customer_are_destroyed_and_counted(make_vault: MakeVault) -> None:
     b = build(make_vault)
     # Keys left by a crash between the keystore and data transactions of add_customer.
-    b.vault._keys.create_customers(new_ids(CUSTOMER, 2), "2026-01-01T00:00:00.000000Z")
+    b.vault._ctx.keys.create_customers(new_ids(CUSTOMER, 2), "2026-01-01T00:00:00.000000Z")
     cert = b.vault.admin().decommission(reason=REASON)
     assert cert.document["counts"]["stray_deks_destroyed"] == 2
     assert cert.document["counts"]["customers_shredded"] == len(b.customers)

@@ -192,13 +192,13 @@ def snapshot(v: Vault) -> tuple[int, int, int, str]:
             conn.execute(select(func.count()).select_from(records)).scalar_one(),
         )
 
-    n_customers, n_records = v._data.read(read)
+    n_customers, n_records = v._ctx.data.read(read)
     head = v.head
     return n_customers, n_records, head.seq, head.hash
 
 
 def entries(v: Vault, action: str) -> list[dict[str, Any]]:
-    found = [json.loads(e.body) for e in iter_entries(v._data)]
+    found = [json.loads(e.body) for e in iter_entries(v._ctx.data)]
     return [e for e in found if e["action"] == action]
 
 
@@ -273,7 +273,7 @@ def test_export_logs_one_handover_entry_per_customer_naming_no_values(
 ) -> None:
     result = export(seller, acquirer_key, tmp_path / "p.svho")
     handed = entries(seller.vault, "customer.handover")
-    tags = seller.vault._keys.store.subject_tags(seller.consenting)
+    tags = seller.vault._ctx.keys.store.subject_tags(seller.consenting)
     assert sorted(e["subject"] for e in handed) == sorted(t.hex() for t in tags.values())
     assert {e["purpose"] for e in handed} == {"business-transfer"}
     assert {e["detail"]["package"] for e in handed} == {read_manifest(result)["package"]}
@@ -366,7 +366,7 @@ def test_imported_customers_get_fresh_keys(
     package = export(seller, acquirer_key, tmp_path / "p.svho")
     acquirer.admin().handover_import(str(package), acquirer_key.key)
     cid = seller.consenting[0]
-    assert seller.vault._keys.fingerprints(cid) != acquirer._keys.fingerprints(cid)
+    assert seller.vault._ctx.keys.fingerprints(cid) != acquirer._ctx.keys.fingerprints(cid)
     # Shredding at the acquirer leaves the seller's copy alone, and the reverse.
     acquirer.admin().shred(cid, reason="test")
     assert seller.vault.admin().list_records(cid, purpose=PURPOSE)
@@ -725,7 +725,7 @@ def test_a_signed_package_with_a_malformed_consent_map_is_refused(
 def test_a_data_store_from_before_the_imports_table_gets_it_at_its_first_import(
     seller: Seller, acquirer: Vault, acquirer_key: AcquirerKey, tmp_path: Path
 ) -> None:
-    with acquirer._data.engine.begin() as conn:
+    with acquirer._ctx.data.engine.begin() as conn:
         conn.execute(text("DROP TABLE sv_handover_imports"))
     package = export(seller, acquirer_key, tmp_path / "p.svho")
     acquirer.admin().handover_import(str(package), acquirer_key.key)
@@ -745,7 +745,7 @@ def test_an_import_that_fails_inside_its_transaction_leaves_no_keys_behind(
     with pytest.raises(KeyboardInterrupt):
         acquirer.admin().handover_import(str(package), acquirer_key.key, progress=interrupt)
     assert snapshot(acquirer) == before
-    assert acquirer._keys.store.subject_tags(seller.consenting) == {}
+    assert acquirer._ctx.keys.store.subject_tags(seller.consenting) == {}
     result = acquirer.admin().handover_import(str(package), acquirer_key.key)
     assert result.records == 3
 

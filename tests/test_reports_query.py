@@ -460,10 +460,10 @@ def _append_bulk(vault: Vault, count: int, now: datetime) -> None:
         done = 0
         while done < count:
             n = min(10_000, count - done)
-            head, _ = append(conn, vault._data, head, [event] * n, now)
+            head, _ = append(conn, vault._ctx.data, head, [event] * n, now)
             done += n
 
-    vault._data.run(work)
+    vault._ctx.data.run(work)
 
 
 def test_role_filter_finds_entries_beyond_the_first_hundred_thousand(history: History) -> None:

@@ -120,7 +120,7 @@ def finish(proc: subprocess.Popen[bytes], role: str) -> Any:
 
 
 def log_entries(v: Vault) -> list[dict[str, Any]]:
-    rows = v._data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
+    rows = v._ctx.data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
     return [json.loads(bytes(r.body)) for r in rows]
 
 
@@ -151,7 +151,7 @@ def test_records_stay_readable_and_writable_while_keys_rotate(
         rids = s.put_many(items, purpose=PURPOSE)
         seed: Expected = {rid: (c, dict(f)) for rid, (c, _k, f) in zip(rids, items, strict=True)}
         bulk = ids.new_ids(ids.CUSTOMER, KEYSTORE_ONLY_DEKS)
-        v._keys.create_customers(bulk, KEYSTORE_TS)
+        v._ctx.keys.create_customers(bulk, KEYSTORE_TS)
         setup_file = tmp_path / "setup.json"
         setup_file.write_text(
             json.dumps(
@@ -218,23 +218,23 @@ def test_records_stay_readable_and_writable_while_keys_rotate(
         assert got == {rid: f for rid, (_c, f) in expected.items()}
 
         final = DEK_ROUNDS + 1
-        versions = reopened._data.read(
+        versions = reopened._ctx.data.read(
             lambda c: {
                 str(r.id): int(r.dek_version)
                 for r in c.execute(select(customers.c.id, customers.c.dek_version))
             }
         )
         assert versions == dict.fromkeys(cids, final)
-        record_versions = reopened._data.read(
+        record_versions = reopened._ctx.data.read(
             lambda c: set(c.execute(select(records.c.dek_version)).scalars())
         )
         assert record_versions == {final}
-        keystore = reopened._keys.store
+        keystore = reopened._ctx.keys.store
         assert sorted((r.customer_id, r.version) for r in keystore.deks(cids)) == sorted(
             (c, final) for c in cids
         )
-        reopened._keys.forget(cids + bulk)
-        assert len(reopened._keys.customer_keys(cids + bulk)) == len(cids) + len(bulk)
+        reopened._ctx.keys.forget(cids + bulk)
+        assert len(reopened._ctx.keys.customer_keys(cids + bulk)) == len(cids) + len(bulk)
 
         report = reopened.verify_log()
         assert report.ok, report.message

@@ -80,22 +80,22 @@ def record_rows(v: Vault, customer: str) -> dict[str, tuple[int, bytes]]:
     stmt = select(records.c.id, records.c.dek_version, records.c.ciphertext).where(
         records.c.customer_id == customer
     )
-    return v._data.read(
+    return v._ctx.data.read(
         lambda c: {str(r.id): (int(r.dek_version), bytes(r.ciphertext)) for r in c.execute(stmt)}
     )
 
 
 def customer_dek_version(v: Vault, customer: str) -> int:
     stmt = select(customers.c.dek_version).where(customers.c.id == customer)
-    return int(v._data.read(lambda c: c.execute(stmt).scalar_one()))
+    return int(v._ctx.data.read(lambda c: c.execute(stmt).scalar_one()))
 
 
 def keystore_versions(v: Vault, customer: str) -> list[int]:
-    return sorted(r.version for r in v._keys.store.deks([customer]))
+    return sorted(r.version for r in v._ctx.keys.store.deks([customer]))
 
 
 def log_entries(v: Vault) -> list[dict[str, Any]]:
-    rows = v._data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
+    rows = v._ctx.data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
     return [json.loads(bytes(r.body)) for r in rows]
 
 
@@ -125,7 +125,7 @@ def test_rotate_dek_gives_version_two_and_reencrypts_every_record(
     setup = build(v)
     before = record_rows(v, setup.target)
     bystander_before = record_rows(v, setup.bystander)
-    bystander_deks = v._keys.store.deks([setup.bystander])
+    bystander_deks = v._ctx.keys.store.deks([setup.bystander])
 
     assert v.admin().rotate_dek(setup.target) == 2
 
@@ -136,7 +136,7 @@ def test_rotate_dek_gives_version_two_and_reencrypts_every_record(
     assert customer_dek_version(v, setup.target) == 2
     assert keystore_versions(v, setup.target) == [2]
     assert record_rows(v, setup.bystander) == bystander_before
-    assert v._keys.store.deks([setup.bystander]) == bystander_deks
+    assert v._ctx.keys.store.deks([setup.bystander]) == bystander_deks
     assert_records_read(v, setup)
     v.close()
     with Vault.open(setup.path, keyfile=keyfile, data_url=backend) as reopened:
@@ -154,7 +154,7 @@ def test_each_rotation_adds_one_version_and_keeps_only_the_newest(sqlite_vault: 
 
 def test_the_old_dek_version_bytes_leave_keys_db(sqlite_vault: Vault) -> None:
     setup = build(sqlite_vault)
-    (old,) = sqlite_vault._keys.store.deks([setup.target])
+    (old,) = sqlite_vault._ctx.keys.store.deks([setup.target])
 
     def files_holding(needle: bytes) -> list[str]:
         return [p.name for p in sorted(setup.path.glob("keys.db*")) if needle in p.read_bytes()]
@@ -166,7 +166,7 @@ def test_the_old_dek_version_bytes_leave_keys_db(sqlite_vault: Vault) -> None:
 
 def test_rotate_dek_is_logged_with_the_subject_tag_and_a_checkpoint(sqlite_vault: Vault) -> None:
     setup = build(sqlite_vault)
-    tag = sqlite_vault._keys.customer_keys([setup.target])[setup.target].subject_tag.hex()
+    tag = sqlite_vault._ctx.keys.customer_keys([setup.target])[setup.target].subject_tag.hex()
     head = sqlite_vault.head.seq
 
     sqlite_vault.admin().rotate_dek(setup.target)
@@ -176,7 +176,9 @@ def test_rotate_dek_is_logged_with_the_subject_tag_and_a_checkpoint(sqlite_vault
     (entry,) = entries
     assert entry["subject"] == tag and entry["outcome"] == "ok"
     assert entry["detail"] == {"version": 2, "records": len(setup.rids_of(setup.target))}
-    cps = sqlite_vault._data.read(lambda c: c.execute(select(checkpoints.c.seq)).scalars().all())
+    cps = sqlite_vault._ctx.data.read(
+        lambda c: c.execute(select(checkpoints.c.seq)).scalars().all()
+    )
     assert entry["seq"] in set(cps)
     assert_verifies(sqlite_vault, None)
 
@@ -187,7 +189,7 @@ def test_rotate_dek_of_a_shredded_customer_raises_shredded_error(sqlite_vault: V
     s.shred(setup.target, reason="erasure request")
     with pytest.raises(ShreddedError):
         s.rotate_dek(setup.target)
-    assert sqlite_vault._keys.store.deks([setup.target]) == []  # no key was made for it
+    assert sqlite_vault._ctx.keys.store.deks([setup.target]) == []  # no key was made for it
 
 
 def test_rotate_dek_of_an_unknown_customer_raises_not_found_error(sqlite_vault: Vault) -> None:
@@ -199,7 +201,7 @@ def test_rotate_dek_of_an_unknown_customer_raises_not_found_error(sqlite_vault: 
     assert not isinstance(raised.value, ShreddedError)
     with pytest.raises(NotFoundError):
         s.rotate_dek("cus_not-an-id")
-    assert sqlite_vault._keys.store.deks([unknown]) == []
+    assert sqlite_vault._ctx.keys.store.deks([unknown]) == []
 
 
 # -- crash loop ---------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def populate(v: Vault, *, customers: int = 4, keystore_only: int = 0) -> Populat
     expected = {rid: (c, dict(f)) for rid, (c, _k, f) in zip(rids, items, strict=True)}
     bulk = ids.new_ids(ids.CUSTOMER, keystore_only) if keystore_only else []
     if bulk:
-        v._keys.create_customers(bulk, KEYSTORE_TS)
+        v._ctx.keys.create_customers(bulk, KEYSTORE_TS)
     return Populated(v.path, cids, bulk, expected)
 
 
@@ -76,29 +76,33 @@ def assert_records_read(v: Vault, pop: Populated) -> None:
 
 
 def assert_every_dek_unwraps(v: Vault, pop: Populated) -> None:
-    v._keys.forget(pop.all_customers)  # unwrap from keys.db, not from the cache
-    keys = v._keys.customer_keys(pop.all_customers)  # KeystoreError if any fails to unwrap
+    v._ctx.keys.forget(pop.all_customers)  # unwrap from keys.db, not from the cache
+    keys = v._ctx.keys.customer_keys(pop.all_customers)  # KeystoreError if any fails to unwrap
     assert set(keys) == set(pop.all_customers)
 
 
 def log_entries(v: Vault) -> list[dict[str, Any]]:
-    rows = v._data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
+    rows = v._ctx.data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
     return [json.loads(bytes(r.body)) for r in rows]
 
 
 def entry_hash(v: Vault, seq: int) -> str:
     return str(
-        v._data.read(lambda c: c.execute(select(log.c.hash).where(log.c.seq == seq)).scalar_one())
+        v._ctx.data.read(
+            lambda c: c.execute(select(log.c.hash).where(log.c.seq == seq)).scalar_one()
+        )
     )
 
 
 def stored_checkpoints(v: Vault) -> dict[int, dict[str, Any]]:
-    rows = v._data.read(lambda c: c.execute(select(checkpoints.c.seq, checkpoints.c.body)).all())
+    rows = v._ctx.data.read(
+        lambda c: c.execute(select(checkpoints.c.seq, checkpoints.c.body)).all()
+    )
     return {int(r.seq): json.loads(bytes(r.body)) for r in rows}
 
 
 def keystore_snapshot(v: Vault) -> tuple[dict[int, bytes], list[tuple[str, int, int, bytes]]]:
-    store = v._keys.store
+    store = v._ctx.keys.store
     cids = [str(r[0]) for r in store._conn.execute("SELECT DISTINCT customer_id FROM deks")]
     deks = sorted((r.customer_id, r.version, r.epoch, r.wrapped) for r in store.deks(cids))
     return store.epochs(), deks
@@ -147,7 +151,7 @@ def test_every_record_reads_the_same_after_rotation_and_reopen(
     assert_records_read(v, pop)
     v.close()
     with Vault.open(pop.path, keyfile=keyfile, data_url=backend) as reopened:
-        assert reopened._keys.active_epoch == 2
+        assert reopened._ctx.keys.active_epoch == 2
         assert_records_read(reopened, pop)
         assert_every_dek_unwraps(reopened, pop)
         assert_verifies(reopened, backend)
@@ -159,14 +163,14 @@ def test_rotate_kek_with_retire_deletes_the_old_epoch_and_its_bytes_leave_keys_d
     v = Vault.create(tmp_path / "vault", keyfile=keyfile)
     try:
         pop = populate(v, keystore_only=20)
-        old_wrapped = v._keys.store.epochs()[1]
+        old_wrapped = v._ctx.keys.store.epochs()[1]
         # Positive control: the scan finds the bytes while epoch 1 exists.
         assert keystore_files_holding(v.path, old_wrapped)
 
         result = v.admin().rotate_kek(retire=True)
 
         assert result["retired"] == [1]
-        assert sorted(v._keys.store.epochs()) == [2]
+        assert sorted(v._ctx.keys.store.epochs()) == [2]
         assert v.admin().key_status().deks_per_epoch == {2: len(pop.all_customers)}
         assert keystore_files_holding(v.path, old_wrapped) == []
         assert_records_read(v, pop)
@@ -188,7 +192,7 @@ def test_retire_epoch_refuses_the_active_epoch_and_changes_nothing(sqlite_vault:
 
     assert (keystore_snapshot(sqlite_vault), sqlite_vault.head) == before
     s.retire_epoch(1)  # the unused, inactive one may go
-    assert sorted(sqlite_vault._keys.store.epochs()) == [2]
+    assert sorted(sqlite_vault._ctx.keys.store.epochs()) == [2]
 
 
 def test_retire_epoch_refuses_an_epoch_that_still_wraps_deks_mid_rotation(
@@ -205,7 +209,7 @@ def test_retire_epoch_refuses_an_epoch_that_still_wraps_deks_mid_rotation(
         with pytest.raises(StorageError) as refused:
             s.retire_epoch(1)
         assert (keystore_snapshot(sqlite_vault), sqlite_vault.head) == before  # nothing changed
-        refusals.append((str(refused.value), sqlite_vault._keys.store.dek_counts()))
+        refusals.append((str(refused.value), sqlite_vault._ctx.keys.store.dek_counts()))
 
     s.rotate_kek(progress=try_retiring_epoch_1)
 
@@ -229,7 +233,7 @@ def test_rotation_logs_start_batches_done_and_retire_with_checkpoints(
 ) -> None:
     pop = populate(sqlite_vault, keystore_only=2 * BATCH + 300)
     total = len(pop.all_customers)
-    old_wrapped = sqlite_vault._keys.store.epochs()[1]
+    old_wrapped = sqlite_vault._ctx.keys.store.epochs()[1]
     head = sqlite_vault.head.seq
     progress: list[int] = []
 
@@ -263,7 +267,7 @@ def test_rotation_logs_start_batches_done_and_retire_with_checkpoints(
         assert entry["seq"] in cps, entry["action"]
         assert cps[entry["seq"]]["head"] == entry_hash(sqlite_vault, entry["seq"])
     assert not {b["seq"] for b in batches} & set(cps)
-    anchor = sqlite_vault._keys.store.anchor()
+    anchor = sqlite_vault._ctx.keys.store.anchor()
     assert anchor is not None and anchor[0] == retire["seq"]
     assert_verifies(sqlite_vault, None)
 
@@ -308,8 +312,8 @@ def test_after_a_crash_every_dek_unwraps_from_one_of_two_epochs(
     crashed = crashed_after_first_batch
     total = len(crashed.pop.all_customers)
     with crashed.open() as v:
-        assert v._keys.store.dek_counts() == {1: total - BATCH, 2: BATCH}
-        assert sorted(v._keys.store.epochs()) == [1, 2] and v._keys.active_epoch == 2
+        assert v._ctx.keys.store.dek_counts() == {1: total - BATCH, 2: BATCH}
+        assert sorted(v._ctx.keys.store.epochs()) == [1, 2] and v._ctx.keys.active_epoch == 2
         assert_every_dek_unwraps(v, crashed.pop)
         assert_records_read(v, crashed.pop)
         with pytest.raises(StorageError, match="still wraps"):
@@ -335,8 +339,8 @@ def test_rerunning_rotate_kek_after_a_crash_finishes_the_same_epoch(
             "rewrapped": total - BATCH,
             "retired": [1],
         }
-        assert sorted(v._keys.store.epochs()) == [2]
-        assert v._keys.store.dek_counts() == {2: total}
+        assert sorted(v._ctx.keys.store.epochs()) == [2]
+        assert v._ctx.keys.store.dek_counts() == {2: total}
         starts = [e for e in log_entries(v) if e["action"] == "keys.rotate-kek.start"]
         assert [s["detail"] for s in starts] == [
             {"epoch": 2, "resumed": False},
@@ -354,14 +358,14 @@ def test_rerun_after_a_crash_at_the_last_batch_finishes_without_a_third_epoch(
     pop = populate(v)  # fewer than 2,000 DEKs: the first batch is the last
     crashed = crash_rotation(v, pop, keyfile, None)
     with crashed.open() as reopened:
-        assert reopened._keys.store.dek_counts() == {2: len(pop.all_customers)}
+        assert reopened._ctx.keys.store.dek_counts() == {2: len(pop.all_customers)}
         actions = [e["action"] for e in log_entries(reopened)[crashed.head :]]
         assert "keys.rotate-kek.done" not in actions  # the rotation never said it finished
 
         result = reopened.admin().rotate_kek()
 
         assert (result["epoch"], result["new_epoch"]) == (2, False)
-        assert sorted(reopened._keys.store.epochs()) == [1, 2]
+        assert sorted(reopened._ctx.keys.store.epochs()) == [1, 2]
 
 
 @pytest.mark.slow
@@ -381,7 +385,7 @@ def test_a_retired_epoch_is_logged_even_when_the_wal_cannot_be_truncated(
             s.retire_epoch(1)
     finally:
         reader.close()
-    gone = 1 not in sqlite_vault._keys.store.epochs()
+    gone = 1 not in sqlite_vault._ctx.keys.store.epochs()
     logged = [e for e in log_entries(sqlite_vault) if e["action"] == "keys.retire-epoch"]
     # A key deletion that happened must be in the log, with a checkpoint at it.
     assert not gone or [e["detail"]["epoch"] for e in logged] == [1]

@@ -98,7 +98,7 @@ def files_holding(path: Path, needle: bytes) -> list[str]:
 
 
 def log_entries(v: Vault) -> list[dict[str, Any]]:
-    rows = v._data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
+    rows = v._ctx.data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
     return [json.loads(bytes(r.body)) for r in rows]
 
 
@@ -196,7 +196,7 @@ def test_switching_to_a_keyfile_and_back(passphrase_setup: Setup, tmp_path: Path
         assert [e["detail"]["key_source"] for e in changes] == ["keyfile", "passphrase"]
         assert [sorted(e["detail"]) for e in changes] == [["event", "key_source"]] * 2
         assert len({e["detail"]["event"] for e in changes}) == 2
-        cps = set(v._data.read(lambda c: c.execute(select(checkpoints.c.seq)).scalars().all()))
+        cps = set(v._ctx.data.read(lambda c: c.execute(select(checkpoints.c.seq)).scalars().all()))
         assert {e["seq"] for e in changes} <= cps
         report = v.verify_log()
         assert report.ok, report.message

@@ -35,7 +35,7 @@ with Vault.open(path, keyfile=keyfile) as v:
 
 
 def entries(v: Vault, action: str) -> list[dict[str, Any]]:
-    rows = v._data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
+    rows = v._ctx.data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
     return [e for e in (json.loads(bytes(r.body)) for r in rows) if e["action"] == action]
 
 
@@ -83,6 +83,6 @@ def test_a_retired_epoch_is_logged_exactly_once_even_if_killed_before_logging(
             (entry,) = entries(v, "keys.retire-epoch")
             assert entry["detail"]["epoch"] == 1
             assert entry["detail"].get("recovered", False) == (crash_at is not None)
-            assert 1 not in v._keys.store.epochs()
+            assert 1 not in v._ctx.keys.store.epochs()
             assert v.verify_log().ok
     assert pending(path) is None

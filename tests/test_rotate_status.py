@@ -50,7 +50,7 @@ def vault(tmp_path: Path, keyfile: Path, clock: FakeClock) -> Iterator[Vault]:
 
 
 def log_entries(v: Vault) -> list[dict[str, Any]]:
-    rows = v._data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
+    rows = v._ctx.data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
     return [json.loads(bytes(r.body)) for r in rows]
 
 
@@ -236,5 +236,5 @@ def test_only_an_admin_may_rotate_keys(vault: Vault, role: str) -> None:
     ):
         with pytest.raises(AccessDeniedError):
             rotate()
-    assert vault._keys.store.epochs().keys() == {1}
-    assert [r.version for r in vault._keys.store.deks([customer])] == [1]
+    assert vault._ctx.keys.store.epochs().keys() == {1}
+    assert [r.version for r in vault._ctx.keys.store.deks([customer])] == [1]

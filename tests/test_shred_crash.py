@@ -103,7 +103,7 @@ def build(path: Path, keyfile: Path, data_url: str | None, *, target_records: in
         s.put(held, "profile", {"name": "held"}, purpose=PURPOSE)
         s.hold(held)
         others.append(held)
-        tag = v._keys.customer_keys([target])[target].subject_tag.hex()
+        tag = v._ctx.keys.customer_keys([target])[target].subject_tag.hex()
         rows, deks = record_rows(v, others), wrapped_deks(v, others)
     finally:
         v.close()
@@ -118,7 +118,7 @@ def record_rows(v: Vault, cids: list[str]) -> dict[str, tuple[str, str, int, byt
         records.c.dek_version,
         records.c.ciphertext,
     ).where(records.c.customer_id.in_(cids))
-    return v._data.read(
+    return v._ctx.data.read(
         lambda c: {
             str(r.id): (str(r.customer_id), str(r.kind), int(r.dek_version), bytes(r.ciphertext))
             for r in c.execute(stmt)
@@ -127,7 +127,9 @@ def record_rows(v: Vault, cids: list[str]) -> dict[str, tuple[str, str, int, byt
 
 
 def wrapped_deks(v: Vault, cids: list[str]) -> list[tuple[str, int, int, bytes]]:
-    return sorted((r.customer_id, r.version, r.epoch, r.wrapped) for r in v._keys.store.deks(cids))
+    return sorted(
+        (r.customer_id, r.version, r.epoch, r.wrapped) for r in v._ctx.keys.store.deks(cids)
+    )
 
 
 def decrypt_with_raw_keys(v: Vault, rows: dict[str, tuple[str, str, int, bytes]]) -> dict[str, Any]:
@@ -135,8 +137,8 @@ def decrypt_with_raw_keys(v: Vault, rows: dict[str, tuple[str, str, int, bytes]]
     bystanders' records are still readable, independently of the session code."""
     out = {}
     for rid, (cid, kind, version, blob) in rows.items():
-        (dek,) = [d for d in v._keys.store.deks([cid]) if d.version == version]
-        raw = v._keys._kek(dek.epoch).open(
+        (dek,) = [d for d in v._ctx.keys.store.deks([cid]) if d.version == version]
+        raw = v._ctx.keys._kek(dek.epoch).open(
             dek.wrapped, dek_aad(v.vault_id, cid, version, dek.epoch)
         )
         plain = Envelope(SecretBytes(raw), version).open(
@@ -147,7 +149,7 @@ def decrypt_with_raw_keys(v: Vault, rows: dict[str, tuple[str, str, int, bytes]]
 
 
 def log_entries(v: Vault) -> list[dict[str, Any]]:
-    rows = v._data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
+    rows = v._ctx.data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
     return [json.loads(bytes(r.body)) for r in rows]
 
 
@@ -193,7 +195,7 @@ def assert_bystanders_untouched(v: Vault, setup: Setup) -> None:
     assert sorted(p["name"] for p in plain.values()) == sorted(
         [c[-4:] for c in setup.others[:2]] + ["held"]
     )
-    states = v._data.read(
+    states = v._ctx.data.read(
         lambda c: {
             str(r.id): str(r.state)
             for r in c.execute(
@@ -260,7 +262,7 @@ def test_reopen_finishes_an_interrupted_shred_exactly_once(
         assert shreds[0]["detail"]["records"] == 3
         assert receipt["entry"]["seq"] == shreds[0]["seq"]
 
-        row = v._data.read(
+        row = v._ctx.data.read(
             lambda c: c.execute(select(customers).where(customers.c.id == setup.target)).one()
         )
         assert (row.state, row.ref) == ("shredded", None)
@@ -293,12 +295,12 @@ def test_a_customer_left_shredding_is_unreadable_to_a_vault_that_was_already_ope
         cid = s.add_customer()
         rid = s.put(cid, "profile", {"name": "Ada"}, purpose=PURPOSE)
         assert s.get(cid, rid, purpose=PURPOSE).fields == {"name": "Ada"}
-        assert cid in v._keys._customers  # its DEK is cached in this process
+        assert cid in v._ctx.keys._customers  # its DEK is cached in this process
         done = run_python(_SHRED, *setup.args(), cid, crash_at="shred:after-intent")
         assert done.returncode == CRASH_EXIT_CODE, done.stderr
         with pytest.raises(ShreddedError):
             s.get(cid, rid, purpose=PURPOSE)
-        assert cid not in v._keys._customers
+        assert cid not in v._ctx.keys._customers
 
 
 def test_shredding_again_in_a_live_vault_finishes_an_interrupted_shred(
@@ -329,7 +331,7 @@ def test_shred_destroys_every_key_version_an_interrupted_rotation_left(
     done = run_python(_ROTATE_DEK, *setup.args(), setup.target, crash_at="rotate-dek:after-data")
     assert done.returncode == CRASH_EXIT_CODE, done.stderr
     with setup.open() as v:
-        rows = sorted(v._keys.store.deks([setup.target]), key=lambda r: r.version)
+        rows = sorted(v._ctx.keys.store.deks([setup.target]), key=lambda r: r.version)
         assert [r.version for r in rows] == [1, 2]  # records under 2, version 1 not yet dropped
         receipt = v.admin().shred(setup.target, reason="erasure request")
         detail = receipt.document["entry"]["detail"]
@@ -487,7 +489,7 @@ def test_a_bulk_shred_killed_midway_leaves_a_scrub_that_the_next_open_does(
     with Vault.open(path, keyfile=keyfile) as v:
         (first,) = [r.customer for r in v.recovered_receipts]
         assert first in due
-        assert v._keys.store.get_meta("scrub_due") is None
+        assert v._ctx.keys.store.get_meta("scrub_due") is None
         result = v.admin().shred_expired()
         assert sorted(r.customer for r in result.receipts) == sorted(set(due) - {first})
         assert not result.scrub_pending

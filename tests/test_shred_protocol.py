@@ -59,46 +59,46 @@ def add_with_records(s: Session, count: int, *, ref: str | None = None) -> tuple
 
 
 def log_entries(v: Vault) -> list[dict[str, Any]]:
-    rows = v._data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
+    rows = v._ctx.data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
     return [json.loads(bytes(r.body)) for r in rows]
 
 
 def customer_row(v: Vault, cid: str) -> dict[str, Any]:
-    row = v._data.read(
+    row = v._ctx.data.read(
         lambda c: c.execute(select(customers).where(customers.c.id == cid)).one()._mapping
     )
     return dict(row)
 
 
 def record_count(v: Vault, cid: str) -> int:
-    rows = v._data.read(
+    rows = v._ctx.data.read(
         lambda c: c.execute(select(records.c.id).where(records.c.customer_id == cid)).all()
     )
     return len(rows)
 
 
 def tag_of(v: Vault, cid: str) -> str:
-    return v._keys.customer_keys([cid])[cid].subject_tag.hex()
+    return v._ctx.keys.customer_keys([cid])[cid].subject_tag.hex()
 
 
 def state_snapshot(v: Vault) -> tuple[Any, ...]:
     """Everything a refused shred must leave as it was: customer rows, ciphertext rows,
     wrapped DEKs and subject tags."""
-    cust = v._data.read(lambda c: sorted(tuple(r) for r in c.execute(select(customers)).all()))
-    recs = v._data.read(
+    cust = v._ctx.data.read(lambda c: sorted(tuple(r) for r in c.execute(select(customers)).all()))
+    recs = v._ctx.data.read(
         lambda c: sorted(
             (str(r.id), str(r.customer_id), bytes(r.ciphertext))
             for r in c.execute(select(records.c.id, records.c.customer_id, records.c.ciphertext))
         )
     )
-    conn = v._keys.store._conn
+    conn = v._ctx.keys.store._conn
     deks = sorted(conn.execute("SELECT customer_id, version, epoch, wrapped FROM deks"))
     tags = sorted(conn.execute("SELECT customer_id, tag FROM subject_tags"))
     return cust, recs, deks, tags
 
 
 def keystore_has(v: Vault, cid: str) -> tuple[bool, bool]:
-    store = v._keys.store
+    store = v._ctx.keys.store
     return bool(store.deks([cid])), bool(store.subject_tags([cid]))
 
 
@@ -145,11 +145,11 @@ def test_shred_drops_the_cached_key_and_the_keystore_rows(vault: Vault) -> None:
     s = vault.admin()
     cid, rids = add_with_records(s, 2)
     s.get(cid, rids[0], purpose=PURPOSE)
-    assert cid in vault._keys._customers
+    assert cid in vault._ctx.keys._customers
     s.shred(cid, reason="erasure request")
-    assert cid not in vault._keys._customers
+    assert cid not in vault._ctx.keys._customers
     assert keystore_has(vault, cid) == (False, False)
-    assert vault._keys.customer_keys([cid]) == {}
+    assert vault._ctx.keys.customer_keys([cid]) == {}
 
 
 def test_shred_marks_the_row_shredded_and_clears_its_ref(vault: Vault) -> None:
@@ -170,7 +170,7 @@ def test_shred_logs_one_intent_one_shred_and_a_checkpoint_at_the_shred(vault: Va
     cid, _ = add_with_records(s, 4)
     other, other_rids = add_with_records(s, 1)
     tag = tag_of(vault, cid)
-    fingerprints = vault._keys.fingerprints(cid)
+    fingerprints = vault._ctx.keys.fingerprints(cid)
     receipt = s.shred(cid, reason="erasure request")
 
     entries = log_entries(vault)
@@ -186,7 +186,9 @@ def test_shred_logs_one_intent_one_shred_and_a_checkpoint_at_the_shred(vault: Va
     assert shred["detail"]["records"] == 4
     assert shred["detail"]["key_fingerprints"] == fingerprints
 
-    cp_seqs = vault._data.read(lambda c: [int(r.seq) for r in c.execute(select(checkpoints.c.seq))])
+    cp_seqs = vault._ctx.data.read(
+        lambda c: [int(r.seq) for r in c.execute(select(checkpoints.c.seq))]
+    )
     assert shred["seq"] in cp_seqs
     assert receipt.document["checkpoint"]["checkpoint"]["seq"] == shred["seq"]
     assert receipt.document["entry"]["seq"] == shred["seq"]
@@ -211,7 +213,7 @@ path, keyfile, data_url, cid, rid, other, other_rid = sys.argv[1:8]
 v = Vault.open(path, keyfile=keyfile, data_url=data_url or None)
 s = v.admin()
 fields = s.get(cid, rid, purpose="service").fields  # unwraps the DEK and caches it here
-print(json.dumps({"fields": fields, "cached": cid in v._keys._customers}), flush=True)
+print(json.dumps({"fields": fields, "cached": cid in v._ctx.keys._customers}), flush=True)
 sys.stdin.readline()  # the test process shreds cid now
 calls = {
     "get": lambda: s.get(cid, rid, purpose="service"),
@@ -230,7 +232,7 @@ for name, call in calls.items():
         out[name] = "ShreddedError" if isinstance(error, NotFoundError) else "not a NotFoundError"
     except Exception as error:
         out[name] = type(error).__name__
-out["cached_after"] = cid in v._keys._customers
+out["cached_after"] = cid in v._ctx.keys._customers
 out["other"] = s.get(other, other_rid, purpose="service").fields["name"]
 v.close()
 print(json.dumps(out), flush=True)
@@ -495,15 +497,15 @@ class StatementTrace:
             self.data_rows_changed += max(cursor.rowcount, 0)
 
     def __enter__(self) -> StatementTrace:
-        event.listen(self.v._data.engine, "after_cursor_execute", self._after)
-        conn = self.v._keys.store._conn
+        event.listen(self.v._ctx.data.engine, "after_cursor_execute", self._after)
+        conn = self.v._ctx.keys.store._conn
         self._changes_at_start = conn.total_changes
         conn.set_trace_callback(self.keystore.append)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        event.remove(self.v._data.engine, "after_cursor_execute", self._after)
-        conn = self.v._keys.store._conn
+        event.remove(self.v._ctx.data.engine, "after_cursor_execute", self._after)
+        conn = self.v._ctx.keys.store._conn
         conn.set_trace_callback(None)
         self.keystore_rows_changed = conn.total_changes - self._changes_at_start
 
@@ -536,7 +538,7 @@ def test_shred_runs_the_same_statements_for_one_record_as_for_two_thousand(
 def test_shred_leaves_every_ciphertext_row_in_place_until_compact(vault: Vault) -> None:
     s = vault.admin()
     cid, rids = add_with_records(s, 2000)
-    before = vault._data.read(
+    before = vault._ctx.data.read(
         lambda c: {
             str(r.id): bytes(r.ciphertext)
             for r in c.execute(
@@ -545,7 +547,7 @@ def test_shred_leaves_every_ciphertext_row_in_place_until_compact(vault: Vault) 
         }
     )
     s.shred(cid, reason="erasure request")
-    after = vault._data.read(
+    after = vault._ctx.data.read(
         lambda c: {
             str(r.id): bytes(r.ciphertext)
             for r in c.execute(

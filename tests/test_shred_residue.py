@@ -72,7 +72,7 @@ def read_secrets(v: Vault, cids: list[str]) -> Secrets:
             ((tag,),) = conn.execute(
                 "SELECT tag FROM subject_tags WHERE customer_id = ?", (cid,)
             ).fetchall()
-            raw = v._keys._kek(epoch).open(wrapped, dek_aad(v.vault_id, cid, version, epoch))
+            raw = v._ctx.keys._kek(epoch).open(wrapped, dek_aad(v.vault_id, cid, version, epoch))
             assert len(raw) == 32 and len(tag) == 16
             found.raw_deks[cid], found.wrapped_deks[cid], found.tags[cid] = raw, wrapped, tag
     finally:
@@ -88,7 +88,9 @@ def shredded(tmp_path: Path, keyfile: Path) -> Iterator[Shredded]:
         s = v.admin()
         # Keystore rows for 3,000 other customers in one keystore transaction (through
         # add_customer each costs two fsynced commits): the keystore is as big as a real one.
-        v._keys.create_customers(new_ids(CUSTOMER, FILLER_CUSTOMERS), "2030-01-01T00:00:00.000000Z")
+        v._ctx.keys.create_customers(
+            new_ids(CUSTOMER, FILLER_CUSTOMERS), "2030-01-01T00:00:00.000000Z"
+        )
         targets = [s.add_customer() for _ in range(TARGETS)]
         rids = {
             c: s.put(c, "profile", {"name": f"Target {c[-4:]}"}, purpose=PURPOSE) for c in targets
@@ -96,7 +98,7 @@ def shredded(tmp_path: Path, keyfile: Path) -> Iterator[Shredded]:
         bystander = s.add_customer()
         bystander_rid = s.put(bystander, "profile", {"name": "Bystander"}, purpose=PURPOSE)
         secrets = read_secrets(v, targets)
-        deks_before = v._keys.store.count_deks()
+        deks_before = v._ctx.keys.store.count_deks()
         assert deks_before >= FILLER_CUSTOMERS + TARGETS + 1
         # A copy of the whole directory, as a backup would take it (both stores idle).
         shutil.copytree(v.path, tmp_path / "copy", ignore=shutil.ignore_patterns("*-shm"))
@@ -140,7 +142,7 @@ def test_the_same_scan_finds_the_keys_in_a_copy_taken_before_the_shred(
 
 
 def test_shred_destroys_only_the_targets_keys(shredded: Shredded) -> None:
-    store = shredded.vault._keys.store
+    store = shredded.vault._ctx.keys.store
     assert store.count_deks() == shredded.deks_before - TARGETS
     assert store.deks(shredded.targets) == []
     assert store.subject_tags(shredded.targets) == {}
@@ -166,13 +168,13 @@ def test_a_pre_shred_copy_of_keys_db_still_opens_the_live_ciphertext(shredded: S
     with Vault.open(shredded.copy, keyfile=shredded.keyfile) as copy:
         for cid in shredded.targets:
             rid = shredded.rids[cid]
-            blob, version = live._data.read(
+            blob, version = live._ctx.data.read(
                 lambda c, rid=rid: c.execute(
                     select(records.c.ciphertext, records.c.dek_version).where(records.c.id == rid)
                 ).one()
             )
-            (dek,) = copy._keys.store.deks([cid])
-            raw = copy._keys._kek(dek.epoch).open(
+            (dek,) = copy._ctx.keys.store.deks([cid])
+            raw = copy._ctx.keys._kek(dek.epoch).open(
                 dek.wrapped, dek_aad(copy.vault_id, cid, dek.version, dek.epoch)
             )
             assert raw == shredded.secrets.raw_deks[cid]
@@ -180,7 +182,7 @@ def test_a_pre_shred_copy_of_keys_db_still_opens_the_live_ciphertext(shredded: S
                 bytes(blob), record_aad(live.vault_id, cid, rid, "profile", version)
             )
             assert json.loads(plain) == {"name": f"Target {cid[-4:]}"}
-            assert live._keys.store.deks([cid]) == []
+            assert live._ctx.keys.store.deks([cid]) == []
 
 
 def test_a_pre_shred_copy_still_serves_the_records_while_the_live_vault_cannot(

@@ -87,7 +87,7 @@ def test_a_crash_after_the_shred_commits_still_yields_the_receipt_at_reopen(
         (receipt,) = reopened.recovered_receipts
         assert receipt.customer == cid
         assert verify_receipt(receipt.to_json(), public_key=reopened.public_key).ok
-        assert reopened._keys.store.receipt_salt_customers() == []
+        assert reopened._ctx.keys.store.receipt_salt_customers() == []
         assert reopened.admin().customer(other).state == "active"
         assert len(_shred_entries(tmp_path / "vault")) == 1
     with Vault.open(tmp_path / "vault", keyfile=keyfile) as again:
@@ -100,7 +100,7 @@ def test_a_refused_shred_leaves_no_salt_behind(tmp_path: Path, keyfile: Path) ->
     s.hold(cid)
     with pytest.raises(LegalHoldError):
         s.shred(cid, reason="erasure request")
-    assert v._keys.store.receipt_salt_customers() == []
+    assert v._ctx.keys.store.receipt_salt_customers() == []
     v.close()
 
 

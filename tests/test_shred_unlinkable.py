@@ -49,11 +49,11 @@ class AfterShred:
 
 
 def sql_rows(v: Vault, table: Any) -> list[dict[str, Any]]:
-    return v._data.read(lambda c: [dict(r._mapping) for r in c.execute(select(table))])
+    return v._ctx.data.read(lambda c: [dict(r._mapping) for r in c.execute(select(table))])
 
 
 def log_entries(v: Vault) -> list[dict[str, Any]]:
-    rows = v._data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
+    rows = v._ctx.data.read(lambda c: c.execute(select(log.c.body).order_by(log.c.seq)).all())
     return [json.loads(bytes(r.body)) for r in rows]
 
 
@@ -89,14 +89,14 @@ def after_shred(make_vault: Callable[..., Vault], backend: str | None) -> AfterS
     s.update(target, mine[0], {"phone": "2"}, purpose=PURPOSE)
     s.list_records(target, purpose=PURPOSE)
     s.customer(target)
-    tag = v._keys.customer_keys([target])[target].subject_tag.hex()
+    tag = v._ctx.keys.customer_keys([target])[target].subject_tag.hex()
     s.shred(target, reason="erasure request")
     return AfterShred(v, backend, target, "crm-0002", tag, mine)
 
 
 def test_the_old_subject_tag_is_gone_from_every_keystore_file(after_shred: AfterShred) -> None:
     v = after_shred.vault
-    assert v._keys.store.subject_tags([after_shred.customer]) == {}
+    assert v._ctx.keys.store.subject_tags([after_shred.customer]) == {}
     tag = bytes.fromhex(after_shred.tag)
     for name in KEYSTORE_FILES:
         path = Path(v.path) / name

@@ -5,8 +5,9 @@ The public Python API. Everything not listed in ``__all__`` is private.
 
 from ..keys import DecryptionError, KdfParams, KeysError, UnsupportedFormatError, generate_keyfile
 from .access import ACTIONS, Role
+from .archive import BackupReport, verify_backup
 from .audit import Auditor, format_public_key, parse_public_key, read_anchor, verify_export
-from .backup import BackupInfo, BackupReport, ShredSource, restore_backup, verify_backup
+from .backup import BackupInfo
 from .certificate import (
     Certificate,
     CertificateReport,
@@ -34,10 +35,13 @@ from .errors import (
     VaultError,
     VerificationError,
 )
-from .handover import (
-    HandoverCompletion,
-    HandoverExport,
-    HandoverImport,
+from .handover_complete import HandoverCompletion
+from .handover_export import HandoverExport
+from .handover_import import HandoverImport
+from .log import Event
+from .markdown import render_markdown
+from .model import Customer, ExpiredCustomers, Principal, Record, ShredExpiredResult
+from .package import (
     HandoverKey,
     handover_keygen,
     open_handover_key,
@@ -45,10 +49,8 @@ from .handover import (
     read_manifest,
     verify_completion,
 )
-from .log import Event
-from .model import Customer, ExpiredCustomers, Principal, Record, ShredExpiredResult
 from .receipt import Receipt, ReceiptReport, load_receipt, verify_receipt
-from .reports import render_markdown
+from .restore import ShredSource, restore_backup
 from .rotate import KeyPolicy, KeyStatus
 from .schema import KindSpec
 from .session import Session

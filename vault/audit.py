@@ -15,6 +15,7 @@ by any checkpoint that covers them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -24,8 +25,9 @@ from typing import IO, Any
 
 from sqlalchemy import Connection, select
 
-from ..keys import KeyStore, KeystoreError
+from ..keys import KeyStore
 from .canonical import canonical
+from .chain import read_head, verify_store
 from .checkpoint import (
     Checkpoint,
     checkpoint_from_json,
@@ -33,10 +35,10 @@ from .checkpoint import (
     load_checkpoints,
     parse_checkpoint,
 )
-from .errors import StorageError, VerificationError
+from .errors import StorageError, VerificationError, keys_errors
+from .layout import DATA_FILE, KEYS_FILE
 from .log import LogEntry, iter_entries
 from .store import DataStore, LogHead, meta
-from .vault import DATA_FILE, KEYS_FILE, _read_head, verify_store
 from .verify import VerifyReport, verify_chain
 
 __all__ = [
@@ -114,9 +116,9 @@ class Auditor:
         anchor = None
         keystore_vault = None
         if (root / KEYS_FILE).is_file():
-            try:
+            with keys_errors():
                 store = KeyStore.open(root / KEYS_FILE)
-                try:
+                with contextlib.closing(store):
                     public_key = store.public_key()
                     keystore_vault = store.header().vault_id
                     row = store.anchor()
@@ -125,10 +127,6 @@ class Auditor:
                         raise StorageError(
                             "this vault keeps its data in an external database: pass data_url"
                         )
-                finally:
-                    store.close()
-            except KeystoreError as error:
-                raise StorageError(str(error)) from None
         if data_url:
             data = DataStore.connect(url=data_url)
         elif (root / DATA_FILE).is_file():
@@ -192,7 +190,7 @@ class Auditor:
     @property
     def head(self) -> LogHead:
         """The newest log entry's seq, hash and time (no passphrase needed)."""
-        return self._data.read(_read_head)
+        return self._data.read(read_head)
 
     def latest_checkpoint(self) -> Checkpoint | None:
         """The newest stored checkpoint, if any."""
@@ -203,7 +201,7 @@ class Auditor:
     ) -> int:
         """Write the log from ``since`` as JSON Lines (streaming, flat memory); returns
         the number of entries written."""
-        head = self._data.read(_read_head)
+        head = self._data.read(read_head)
 
         header = {
             "format": EXPORT_FORMAT,

@@ -27,14 +27,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import func, or_, select
 
-from ..keys import KeyStore, KeystoreError, fingerprint
+from ..keys import KeyStore
+from .actor import Actor
+from .bulk_shred import ACTIVE, hold_denial, hold_error, shred_all
 from .certificate import (
     CERTIFICATE_SCOPE,
     CERTIFICATE_TYPE,
@@ -43,15 +44,15 @@ from .certificate import (
     sign_certificate,
 )
 from .checkpoint import parse_checkpoint
-from .clock import format_ts
+from .context import Refusal, Tx, VaultContext
 from .errors import (
     AccessDeniedError,
-    DecommissionHoldError,
-    ShreddedError,
     StorageError,
     VaultDecommissionedError,
+    keys_errors,
 )
 from .faults import crash_point
+from .layout import KEYS_FILE
 from .lifecycle import (
     DECOMMISSION_ACTION,
     DECOMMISSIONED,
@@ -61,14 +62,9 @@ from .lifecycle import (
     final_entry_query,
     final_entry_seq,
 )
-from .log import Event, export_line
-from .shred import check_reason, compact, shred_customer, shred_lock, shredded_row_values
+from .log import export_line
+from .shred import check_reason, compact
 from .store import backups, checkpoints, customers, log, records
-from .vault import KEYS_FILE
-
-if TYPE_CHECKING:
-    from .session import Session
-    from .vault import Tx, Vault
 
 __all__ = ["decommission", "decommission_state", "decommissioned_certificate"]
 
@@ -76,8 +72,6 @@ _REASON_KEY = "decommission_reason"
 _OVERRIDE_KEY = "decommission_override_holds"
 _DESTROYED_KEY = "decommission_destroyed_keys"
 CERTIFICATE_KEY = "decommission_certificate"
-_BATCH = 500
-ACTIVE = "active"
 
 
 def decommission_state(path: str | os.PathLike[str]) -> str:
@@ -95,7 +89,7 @@ def decommissioned_certificate(path: str | os.PathLike[str]) -> Certificate:
     keystore), after making sure the WAL truncation a crash may have cut short is
     done. Raises StorageError if the vault is not decommissioned."""
     store = _open_keystore(path)
-    try:
+    with contextlib.closing(store), keys_errors():
         if store.get_meta(LIFECYCLE_KEY) != DECOMMISSIONED:
             raise StorageError(f"{path} is not decommissioned")
         text = store.get_meta(CERTIFICATE_KEY)
@@ -103,21 +97,16 @@ def decommissioned_certificate(path: str | os.PathLike[str]) -> Certificate:
             raise StorageError("the keystore of this decommissioned vault holds no certificate")
         store.scrub()
         return Certificate(json.loads(text))
-    except KeystoreError as error:
-        raise StorageError(str(error)) from None
-    finally:
-        store.close()
 
 
 def _open_keystore(path: str | os.PathLike[str]) -> KeyStore:
-    try:
+    with keys_errors():
         return KeyStore.open(Path(path) / KEYS_FILE)
-    except KeystoreError as error:
-        raise StorageError(str(error)) from None
 
 
 def decommission(
-    session: Session,
+    ctx: VaultContext,
+    actor: Actor,
     *,
     reason: str,
     override_holds: bool = False,
@@ -134,77 +123,64 @@ def decommission(
     the seed is kept and a rerun hands over the same certificate again.
     """
     check_reason(reason)
-    vault = session._vault
-    store = vault._keys.store
+    store = ctx.keys.store
     # Another process may have begun (or even finished) it since this vault opened.
-    vault.lifecycle = store.get_meta(LIFECYCLE_KEY)
-    if vault.lifecycle == DECOMMISSIONED:
+    ctx.lifecycle = store.get_meta(LIFECYCLE_KEY)
+    if ctx.lifecycle == DECOMMISSIONED:
         raise VaultDecommissionedError("the vault is already decommissioned")
-    if vault.lifecycle is not None and vault._final_seq is None:
-        vault._final_seq = final_entry_seq(vault._data, int(store.get_meta(INTENT_SEQ_KEY) or 0))
-    if vault._final_seq is None:
-        session._authorize("admin", DECOMMISSION_ACTION)
-    elif session._principal is not None or session.role != "admin":
+    if ctx.lifecycle is not None and ctx.final_seq is None:
+        ctx.final_seq = final_entry_seq(ctx.data, int(store.get_meta(INTENT_SEQ_KEY) or 0))
+    if ctx.final_seq is None:
+        actor.authorize("admin", DECOMMISSION_ACTION)
+    elif actor.principal is not None or actor.role.name != "admin":
         raise AccessDeniedError("only the administrator who unlocked the vault may finish this")
-    if vault.lifecycle is None:
-        _begin(session, reason, override_holds)
+    if ctx.lifecycle is None:
+        _begin(ctx, actor, reason, override_holds)
     intent_seq = int(store.get_meta(INTENT_SEQ_KEY) or 0)
     reason = store.get_meta(_REASON_KEY) or reason  # the original reason stands
     override = override_holds or store.get_meta(_OVERRIDE_KEY) == "1"
-    if vault._final_seq is None:
-        _shred_all(session, reason, intent_seq, override, progress)
+    if ctx.final_seq is None:
+        shred_all(ctx, actor, reason, intent_seq, override, progress)
         crash_point("decommission:after-shred")
-        compact(vault, session.actor, session.role)
+        compact(ctx, actor)
         crash_point("decommission:after-compact")
-        try:
-            destroyed = vault._keys.destroy_all_keys(record_as=_DESTROYED_KEY)
-        except KeystoreError as error:
-            raise StorageError(
-                f"the keys could not be fully destroyed yet ({error}); run the "
-                "decommission again to finish it"
-            ) from None
+        with keys_errors(
+            "the keys could not be fully destroyed yet (run the decommission again to finish it)"
+        ):
+            destroyed = ctx.keys.destroy_all_keys(record_as=_DESTROYED_KEY)
         crash_point("decommission:after-keys")
-        vault._final_seq = _final_entry(session, reason, intent_seq, destroyed)
+        ctx.final_seq = _final_entry(ctx, actor, reason, intent_seq, destroyed)
         crash_point("decommission:after-final")
-    certificate = _certificate(vault, reason, intent_seq, vault._final_seq)
+    certificate = _certificate(ctx, reason, intent_seq, ctx.final_seq)
     crash_point("decommission:after-certificate")
     if on_certificate is not None:
         on_certificate(certificate)
-    try:
-        vault._keys.destroy_signing_key({LIFECYCLE_KEY: DECOMMISSIONED})
-    except KeystoreError as error:
-        raise StorageError(
-            f"the signing key could not be destroyed yet ({error}); run the decommission "
-            "again to finish it"
-        ) from None
-    vault.lifecycle = DECOMMISSIONED
+    with keys_errors(
+        "the signing key could not be destroyed yet (run the decommission again to finish it)"
+    ):
+        ctx.keys.destroy_signing_key({LIFECYCLE_KEY: DECOMMISSIONED})
+    ctx.lifecycle = DECOMMISSIONED
     crash_point("decommission:after-seed")
-    try:
+    with keys_errors(
+        "the vault is decommissioned, but the keystore WAL could not be truncated yet "
+        "(run the decommission again to finish it)"
+    ):
         store.scrub()
-    except KeystoreError as error:
-        raise StorageError(
-            f"the vault is decommissioned, but the keystore WAL could not be truncated yet "
-            f"({error}); run the decommission again to finish it"
-        ) from None
     return certificate
 
 
 # -- 1-2: intent and state ----------------------------------------------------------------
 
 
-def _begin(session: Session, reason: str, override: bool) -> None:
-    from .vault import Refusal
-
-    vault = session._vault
-
+def _begin(ctx: VaultContext, actor: Actor, reason: str, override: bool) -> None:
     def work(tx: Tx) -> int:
-        session._gate(tx.conn, "admin", DECOMMISSION_ACTION)
+        actor.gate(tx.conn, "admin", DECOMMISSION_ACTION)
         state = select(func.count()).select_from(customers)
         held = tx.conn.execute(
             state.where(customers.c.state != "shredded", customers.c.legal_hold.is_(True))
         ).scalar_one()
         if held and not override:
-            raise Refusal(_hold_error(held), _hold_denial(session, held))
+            raise Refusal(hold_error(held), hold_denial(ctx, actor, held))
         active = tx.conn.execute(state.where(customers.c.state != "shredded")).scalar_one()
         rows = tx.conn.execute(select(func.count()).select_from(records)).scalar_one()
         before = tx.conn.execute(
@@ -213,7 +189,7 @@ def _begin(session: Session, reason: str, override: bool) -> None:
             .where(log.c.action == "customer.shred", log.c.outcome == "ok")
         ).scalar_one()
         tx.log(
-            session._event(
+            actor.event(
                 INTENT_ACTION,
                 detail={
                     "reason": reason,
@@ -227,226 +203,30 @@ def _begin(session: Session, reason: str, override: bool) -> None:
         tx.checkpoint = True
         return tx.head.seq + len(tx.events)
 
-    intent_seq = vault._transact(work)
+    intent_seq = ctx.transact(work)
     # A crash here leaves a serving vault with an intent nothing followed: a rerun
     # begins again with a new intent. Nothing is destroyed before the next step.
     crash_point("decommission:after-intent")
-    try:
-        with vault._keys.store.transaction() as conn:
-            store = vault._keys.store
-            store.set_meta(conn, LIFECYCLE_KEY, DECOMMISSIONING)
-            store.set_meta(conn, INTENT_SEQ_KEY, str(intent_seq))
-            store.set_meta(conn, _REASON_KEY, reason)
-            store.set_meta(conn, _OVERRIDE_KEY, "1" if override else "0")
-    except KeystoreError as error:
-        raise StorageError(f"cannot record the decommission in the keystore: {error}") from None
-    vault.lifecycle = DECOMMISSIONING
+    with (
+        keys_errors("cannot record the decommission in the keystore"),
+        ctx.keys.store.transaction() as conn,
+    ):
+        store = ctx.keys.store
+        store.set_meta(conn, LIFECYCLE_KEY, DECOMMISSIONING)
+        store.set_meta(conn, INTENT_SEQ_KEY, str(intent_seq))
+        store.set_meta(conn, _REASON_KEY, reason)
+        store.set_meta(conn, _OVERRIDE_KEY, "1" if override else "0")
+    ctx.lifecycle = DECOMMISSIONING
     crash_point("decommission:after-state")
-
-
-def _hold_error(held: int) -> DecommissionHoldError:
-    return DecommissionHoldError(
-        f"{held} customer(s) are under legal hold: nothing was destroyed. Release them, "
-        "or decommission with override_holds (CLI: --override-holds) to destroy them too",
-        held=held,
-    )
-
-
-def _hold_denial(session: Session, held: int) -> Event:
-    return session._event(
-        DECOMMISSION_ACTION,
-        outcome="denied",
-        detail={"reason_code": "legal_hold", "held": int(held)},
-    )
-
-
-# -- 3: shred every customer, in batches -----------------------------------------------
-
-
-def _shred_all(
-    session: Session,
-    reason: str,
-    intent_seq: int,
-    override: bool,
-    progress: Callable[[int], None] | None,
-) -> None:
-    vault = session._vault
-    salted = set(vault._keys.store.receipt_salt_customers())
-
-    def ids_in(state: str) -> list[str]:
-        stmt = (
-            select(customers.c.id)
-            .where(customers.c.state == state)
-            .order_by(customers.c.id)
-            .limit(_BATCH)
-        )
-        return vault._data.read(lambda conn: [str(r.id) for r in conn.execute(stmt)])
-
-    while True:
-        # The shred lock (shred.py) is held per batch, as by `shred`: a customer found
-        # in `shredding` under it was left by a crash, and a roll-forward in a process
-        # opening meanwhile never sees a batch half-done.
-        with shred_lock(vault):
-            stuck = ids_in("shredding")
-            begun_by_shred = [c for c in stuck if c in salted]
-            batch = [c for c in stuck if c not in salted]
-            if batch:
-                _destroy_keys(vault, batch)
-                _finish_batch(session, batch)
-            elif not begun_by_shred:
-                batch = ids_in(ACTIVE)
-                if not batch:
-                    return
-                _begin_batch(session, batch, reason, intent_seq, override)
-                crash_point("decommission:batch-intent")
-                _destroy_keys(vault, batch)
-                crash_point("decommission:batch-keys")
-                _finish_batch(session, batch)
-        # A shred that `shred` began (it has a receipt salt) and a crash interrupted is
-        # finished by the shred protocol (which takes the lock), issuing its receipt.
-        for cid in begun_by_shred:
-            with contextlib.suppress(ShreddedError):  # finished elsewhere meanwhile
-                vault.recovered_receipts.append(
-                    shred_customer(vault, session.actor, session.role, cid, reason)
-                )
-        salted -= set(begun_by_shred)
-        if progress is not None:
-            progress(len(batch) + len(begun_by_shred))
-
-
-def _begin_batch(
-    session: Session, ids: Sequence[str], reason: str, intent_seq: int, override: bool
-) -> None:
-    """Step 1 of the shred protocol for a batch: the intent entries, state ``shredding``."""
-    from .vault import Refusal
-
-    vault = session._vault
-    keystore = vault._keys.store
-    tags = keystore.subject_tags(ids)
-    prints: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for row in keystore.deks(ids):
-        prints[row.customer_id].append((row.version, fingerprint(row.wrapped)))
-
-    def work(tx: Tx) -> None:
-        rows = tx.conn.execute(
-            select(customers.c.id, customers.c.legal_hold).where(
-                customers.c.id.in_(bindparam("ids", expanding=True)),
-                customers.c.state == ACTIVE,
-            ),
-            {"ids": list(ids)},
-        ).all()
-        if not override and any(r.legal_hold for r in rows):
-            held = tx.conn.execute(
-                select(func.count())
-                .select_from(customers)
-                .where(customers.c.state == ACTIVE, customers.c.legal_hold.is_(True))
-            ).scalar_one()
-            raise Refusal(_hold_error(int(held)), _hold_denial(session, int(held)))
-        counts: dict[str, int] = dict(
-            tx.conn.execute(
-                select(records.c.customer_id, func.count())
-                .where(records.c.customer_id.in_(bindparam("ids", expanding=True)))
-                .group_by(records.c.customer_id),
-                {"ids": [str(r.id) for r in rows]},
-            ).all()
-        )
-        updates = []
-        for row in rows:
-            cid = str(row.id)
-            detail: dict[str, Any] = {
-                "reason": reason,
-                "records": int(counts.get(cid, 0)),
-                "key_fingerprints": [fp for _v, fp in sorted(prints.get(cid, []))],
-                "decommission_seq": intent_seq,
-            }
-            if row.legal_hold:
-                detail["legal_hold_overridden"] = True
-            tag = tags.get(cid)
-            tx.log(
-                session._event(
-                    "customer.shred-intent",
-                    subject=None if tag is None else tag.hex(),
-                    detail=detail,
-                )
-            )
-            updates.append({"cid": cid, "intent": tx.head.seq + len(tx.events)})
-        if updates:
-            tx.conn.execute(
-                update(customers)
-                .where(customers.c.id == bindparam("cid"))
-                .values(state="shredding", shred_intent_seq=bindparam("intent")),
-                updates,
-            )
-
-    vault._transact(work)
-
-
-def _destroy_keys(vault: Vault, ids: Sequence[str]) -> None:
-    """Step 2 for a batch: one keystore transaction, one WAL truncation."""
-    if not ids:
-        return
-    try:
-        vault._keys.destroy_customers(ids)
-    except KeystoreError as error:
-        raise StorageError(
-            f"the decommission is recorded but keys could not be fully erased yet ({error}); "
-            "run the decommission again to finish it"
-        ) from None
-
-
-def _finish_batch(session: Session, ids: Sequence[str]) -> None:
-    """Step 3 for a batch: state ``shredded``, a ``customer.shred`` entry each (the
-    intent's detail, as ``shred`` writes it), one checkpoint at the last."""
-    if not ids:
-        return
-    vault = session._vault
-
-    def work(tx: Tx) -> None:
-        rows = tx.conn.execute(
-            select(customers.c.id, customers.c.shred_intent_seq)
-            .where(
-                customers.c.id.in_(bindparam("ids", expanding=True)),
-                customers.c.state == "shredding",
-            )
-            .order_by(customers.c.id),
-            {"ids": list(ids)},
-        ).all()
-        if not rows:
-            return
-        seqs = [int(r.shred_intent_seq) for r in rows if r.shred_intent_seq is not None]
-        intents = {
-            int(seq): json.loads(body)
-            for seq, body in tx.conn.execute(
-                select(log.c.seq, log.c.body).where(
-                    log.c.seq.in_(bindparam("seqs", expanding=True))
-                ),
-                {"seqs": seqs},
-            )
-        }
-        tx.conn.execute(
-            update(customers)
-            .where(customers.c.id.in_(bindparam("done", expanding=True)))
-            .values(shredded_row_values(vault._clock())),
-            {"done": [str(r.id) for r in rows]},
-        )
-        for row in rows:
-            seq = None if row.shred_intent_seq is None else int(row.shred_intent_seq)
-            intent = intents.get(seq) if seq is not None else None
-            detail = dict(intent["detail"]) if intent else {"records": None}
-            detail["intent_seq"] = seq
-            subject = intent.get("subject") if intent else None
-            tx.log(session._event("customer.shred", subject=subject, detail=detail))
-        tx.checkpoint = True
-
-    vault._transact(work)
 
 
 # -- 6: the final entry ---------------------------------------------------------------
 
 
-def _final_entry(session: Session, reason: str, intent_seq: int, destroyed: dict[str, Any]) -> int:
-    vault = session._vault
-    now = format_ts(vault._clock())
+def _final_entry(
+    ctx: VaultContext, actor: Actor, reason: str, intent_seq: int, destroyed: dict[str, Any]
+) -> int:
+    now = ctx.now()
 
     def work(tx: Tx) -> int:
         done = tx.conn.execute(final_entry_query(intent_seq)).scalar()
@@ -476,7 +256,7 @@ def _final_entry(session: Session, reason: str, intent_seq: int, destroyed: dict
             )
         ]
         tx.log(
-            session._event(
+            actor.event(
                 DECOMMISSION_ACTION,
                 detail={
                     "reason": reason,
@@ -492,7 +272,7 @@ def _final_entry(session: Session, reason: str, intent_seq: int, destroyed: dict
         tx.checkpoint = True
         return tx.head.seq + len(tx.events)
 
-    return vault._transact(work)
+    return ctx.transact(work)
 
 
 def _count_since(tx: Tx, intent_seq: int) -> dict[str, int]:
@@ -523,9 +303,9 @@ def _count_since(tx: Tx, intent_seq: int) -> dict[str, int]:
 # -- 7: the certificate -------------------------------------------------------------------
 
 
-def _certificate(vault: Vault, reason: str, intent_seq: int, final_seq: int) -> Certificate:
+def _certificate(ctx: VaultContext, reason: str, intent_seq: int, final_seq: int) -> Certificate:
     """The stored certificate, or a new one signed and stored (before anything else)."""
-    store = vault._keys.store
+    store = ctx.keys.store
     kept = store.get_meta(CERTIFICATE_KEY)
     if kept is not None:
         return Certificate(json.loads(kept))
@@ -543,7 +323,7 @@ def _certificate(vault: Vault, reason: str, intent_seq: int, final_seq: int) -> 
         ]
         return bytes(entry.body), str(entry.hash), bytes(cp.body), bytes(cp.signature), listed
 
-    body, digest, cp_body, cp_sig, listed = vault._data.read(read)
+    body, digest, cp_body, cp_sig, listed = ctx.data.read(read)
     entry = json.loads(export_line(body, digest))
     detail = entry["detail"]
     destroyed = json.loads(store.get_meta(_DESTROYED_KEY) or "{}")
@@ -551,7 +331,7 @@ def _certificate(vault: Vault, reason: str, intent_seq: int, final_seq: int) -> 
     document = {
         "type": CERTIFICATE_TYPE,
         "v": 1,
-        "vault": vault.vault_id,
+        "vault": ctx.vault_id,
         "reason": reason,
         "decommissioned_at": entry["ts"],
         "counts": {
@@ -574,10 +354,10 @@ def _certificate(vault: Vault, reason: str, intent_seq: int, final_seq: int) -> 
         "backups_outstanding": [b for b in listed if b["id"] in outstanding],
         "scope": CERTIFICATE_SCOPE,
     }
-    certificate = sign_certificate(document, vault._keys.signer.sign, vault.public_key)
-    try:
-        with store.transaction() as conn:
-            store.set_meta(conn, CERTIFICATE_KEY, json.dumps(certificate.document))
-    except KeystoreError as error:
-        raise StorageError(f"cannot store the certificate in the keystore: {error}") from None
+    certificate = sign_certificate(document, ctx.keys.signer.sign, ctx.public_key)
+    with (
+        keys_errors("cannot store the certificate in the keystore"),
+        store.transaction() as conn,
+    ):
+        store.set_meta(conn, CERTIFICATE_KEY, json.dumps(certificate.document))
     return certificate

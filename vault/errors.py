@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+from ..keys import InvalidKeyError, KeystoreError, WeakParametersError, WrongKeyError
+
 __all__ = [
     "AccessDeniedError",
     "AuditChainError",
@@ -18,6 +23,7 @@ __all__ = [
     "VaultDecommissionedError",
     "VaultError",
     "VerificationError",
+    "keys_errors",
 ]
 
 
@@ -96,3 +102,27 @@ class VaultBusyError(VaultError):
 
 class StorageError(VaultError):
     """The data store or keystore failed (missing, unwritable, mismatched, too new)."""
+
+
+@contextlib.contextmanager
+def keys_errors(
+    doing: str | None = None, *, bad_key: type[VaultError] | None = UnlockError
+) -> Iterator[None]:
+    """Translate the keys package's errors into this tree: the one place it is done.
+
+    ``doing`` prefixes storage failures ("KEK rotation stopped: ..."); ``bad_key`` is
+    the error for an unusable key or secret (an unlock failure by default, a
+    :class:`SchemaError` where a *new* secret is bad input; None lets the keys
+    package's ``InvalidKeyError`` through, where it is documented). ``DecryptionError`` and
+    ``UnsupportedFormatError`` pass through: they are part of the public tree as they are.
+    """
+    try:
+        yield
+    except (WrongKeyError, WeakParametersError) as error:
+        raise UnlockError(str(error)) from None
+    except InvalidKeyError as error:
+        if bad_key is None:
+            raise
+        raise bad_key(str(error)) from None
+    except KeystoreError as error:
+        raise StorageError(f"{doing}: {error}" if doing else str(error)) from None

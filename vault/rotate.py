@@ -11,37 +11,31 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
-from ..keys import (
-    InvalidKeyError,
-    KdfParams,
-    KeystoreError,
-    WrongKeyError,
-    needs_rehash,
-    recommended_params,
-)
-from ..keys.envelope import record_aad_suffix
+from ..keys import KdfParams, KeystoreError, SecretBytes, needs_rehash, recommended_params
+from .actor import Actor
 from .clock import format_ts, parse_ts
-from .errors import NotFoundError, SchemaError, ShreddedError, StorageError, UnlockError
+from .context import Tx, VaultContext
+from .errors import NotFoundError, SchemaError, ShreddedError, StorageError, keys_errors
 from .faults import crash_point
+from .keycopies import backup_key_copies
 from .log import Event
-from .store import backups, customers, log, records
-
-if TYPE_CHECKING:
-    from ..keys import SecretBytes
-    from .session import Session
-    from .vault import Tx, Vault
+from .sealing import reseal_record
+from .store import customers, log, records
 
 __all__ = [
     "KeyPolicy",
     "KeyStatus",
     "change_passphrase",
+    "customers_due",
     "key_status",
+    "log_pending_key_event",
     "retire_epoch",
     "rotate_dek",
+    "rotate_deks",
     "rotate_kek",
 ]
 
@@ -99,53 +93,48 @@ def _days(delta: timedelta) -> float:
 
 
 def rotate_kek(
-    session: Session, *, retire: bool = False, progress: Callable[[int], None] | None = None
+    ctx: VaultContext,
+    actor: Actor,
+    *,
+    retire: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Make a new KEK epoch and re-wrap every DEK under it in batches (or finish an
     interrupted rotation); with ``retire``, delete the epochs no DEK uses any more."""
-    session._authorize("admin", "keys.rotate-kek")
-    vault = session._vault
-    keyring = vault._keys
-    try:
-        epoch, new = keyring.begin_kek_rotation(format_ts(vault._clock()))
-    except WrongKeyError as error:
-        raise UnlockError(str(error)) from None
-    except KeystoreError as error:
-        raise StorageError(f"KEK rotation could not start ({error})") from None
-    _log(session, "keys.rotate-kek.start", {"epoch": epoch, "resumed": not new}, checkpoint=True)
+    actor.authorize("admin", "keys.rotate-kek")
+    keyring = ctx.keys
+    with keys_errors("KEK rotation could not start"):
+        epoch, new = keyring.begin_kek_rotation(ctx.now())
+    _log(ctx, actor, "keys.rotate-kek.start", {"epoch": epoch, "resumed": not new}, checkpoint=True)
     total = 0
     while True:
-        try:
+        with keys_errors("KEK rotation stopped (run it again to finish)"):
             n = keyring.rewrap_batch(_BATCH)
-        except KeystoreError as error:
-            raise StorageError(f"KEK rotation stopped ({error}); run it again to finish") from None
         if n == 0:
             break
         total += n
-        _log(session, "keys.rotate-kek.batch", {"epoch": epoch, "deks": n})
+        _log(ctx, actor, "keys.rotate-kek.batch", {"epoch": epoch, "deks": n})
         crash_point("rotate-kek:batch")
         if progress is not None:
             progress(n)
-    _log(session, "keys.rotate-kek.done", {"epoch": epoch, "deks": total}, checkpoint=True)
+    _log(ctx, actor, "keys.rotate-kek.done", {"epoch": epoch, "deks": total}, checkpoint=True)
     keyring.finish_kek_rotation()
-    retired = [retire_epoch(session, e) for e in keyring.retirable_epochs()] if retire else []
+    retired = [retire_epoch(ctx, actor, e) for e in keyring.retirable_epochs()] if retire else []
     return {"epoch": epoch, "new_epoch": new, "rewrapped": total, "retired": retired}
 
 
-def retire_epoch(session: Session, epoch: int) -> int:
+def retire_epoch(ctx: VaultContext, actor: Actor, epoch: int) -> int:
     """Delete one unused, inactive KEK epoch (its bytes leave keys.db and its WAL)."""
-    session._authorize("admin", "keys.retire-epoch")
-    keyring = session._vault._keys
-    pending, event_id = _pending(session, "keys.retire-epoch", {"epoch": epoch})
-    try:
+    actor.authorize("admin", "keys.retire-epoch")
+    keyring = ctx.keys
+    pending, event_id = _pending(ctx, actor, "keys.retire-epoch", {"epoch": epoch})
+    with keys_errors(bad_key=StorageError):
         fp = keyring.retire_epoch(epoch, pending_event=pending)
-    except (InvalidKeyError, KeystoreError) as error:
-        raise StorageError(str(error)) from None
     crash_point("retire-epoch:after-keys")
     # The deletion is committed: record it before anything else can fail.
     truncated = _truncate(keyring)
     detail = {"epoch": epoch, "key_fingerprint": fp, "wal_truncated": truncated, "event": event_id}
-    _log(session, "keys.retire-epoch", detail, checkpoint=True)
+    _log(ctx, actor, "keys.retire-epoch", detail, checkpoint=True)
     _clear_pending(keyring)
     if not truncated:
         raise StorageError(
@@ -163,13 +152,12 @@ def _truncate(keyring: Any) -> bool:
     return True
 
 
-def rotate_dek(session: Session, customer_id: str) -> int:
+def rotate_dek(ctx: VaultContext, actor: Actor, customer_id: str) -> int:
     """Give a customer a new DEK version, re-encrypt its records under it, then delete
     the older versions. Crash-safe: reads accept any version still present, and a rerun
     reuses the version an interrupted run made. Returns the new version."""
-    session._authorize("admin", "keys.rotate-dek")
-    vault = session._vault
-    row = vault._data.read(
+    actor.authorize("admin", "keys.rotate-dek")
+    row = ctx.data.read(
         lambda conn: conn.execute(
             select(customers.c.state, customers.c.dek_version).where(customers.c.id == customer_id)
         ).first()
@@ -179,27 +167,24 @@ def rotate_dek(session: Session, customer_id: str) -> int:
     if row.state != "active":
         raise ShreddedError(f"customer {customer_id} is {row.state}; its keys are gone")
     current = int(row.dek_version)
-    versions = {r.version for r in vault._keys.store.deks([customer_id])}
+    versions = {r.version for r in ctx.keys.store.deks([customer_id])}
     if versions and max(versions) == current and min(versions) < current:
         # An earlier run re-encrypted the records but died before deleting the old
         # version: finishing is deleting it, not making yet another version.
-        _drop_old_versions(vault, customer_id, current)
+        _drop_old_versions(ctx, customer_id, current)
         return current
-    version = vault._keys.add_dek_version(
-        customer_id, format_ts(vault._clock()), after=int(row.dek_version)
-    )
+    version = ctx.keys.add_dek_version(customer_id, ctx.now(), after=int(row.dek_version))
     crash_point("rotate-dek:after-key")
 
     def work(tx: Tx) -> int:
-        session._gate(tx.conn, "admin", "keys.rotate-dek")
+        actor.gate(tx.conn, "admin", "keys.rotate-dek")
         state = tx.conn.execute(
             select(customers.c.state).where(customers.c.id == customer_id)
         ).scalar_one()
         if state != "active":
             raise ShreddedError(f"customer {customer_id} was shredded meanwhile")
-        vault._keys.forget([customer_id])
-        ck = vault._keys.customer_keys([customer_id])[customer_id]
-        target = ck.versions[version]
+        ctx.keys.forget([customer_id])
+        ck = ctx.keys.customer_keys([customer_id])[customer_id]
         rows = tx.conn.execute(
             select(records.c.id, records.c.kind, records.c.dek_version, records.c.ciphertext).where(
                 records.c.customer_id == customer_id
@@ -207,15 +192,9 @@ def rotate_dek(session: Session, customer_id: str) -> int:
         ).all()
         updates = []
         for r in rows:
-            old = ck.versions[int(r.dek_version)]
-            plain = old.open(
-                bytes(r.ciphertext), record_aad_suffix(ck.record_prefix, r.id, r.kind, old.version)
-            )
-            blob = target.seal(plain, record_aad_suffix(ck.record_prefix, r.id, r.kind, version))
+            blob = reseal_record(ck, r.id, r.kind, int(r.dek_version), version, bytes(r.ciphertext))
             updates.append({"rid": r.id, "dv": version, "ct": blob})
         if updates:
-            from sqlalchemy import bindparam
-
             tx.conn.execute(
                 update(records)
                 .where(records.c.id == bindparam("rid"))
@@ -226,9 +205,7 @@ def rotate_dek(session: Session, customer_id: str) -> int:
             update(customers).where(customers.c.id == customer_id).values(dek_version=version)
         )
         tx.log(
-            Event(
-                session.actor,
-                session.role,
+            actor.event(
                 "keys.rotate-dek",
                 subject=ck.subject_tag.hex(),
                 detail={"version": version, "records": len(updates)},
@@ -237,26 +214,46 @@ def rotate_dek(session: Session, customer_id: str) -> int:
         tx.checkpoint = True
         return version
 
-    vault._transact(work)
+    ctx.transact(work)
     crash_point("rotate-dek:after-data")
-    _drop_old_versions(vault, customer_id, version)
+    _drop_old_versions(ctx, customer_id, version)
     return version
 
 
-def _drop_old_versions(vault: Any, customer_id: str, version: int) -> None:
-    try:
-        vault._keys.drop_dek_versions(customer_id, version)
-    except KeystoreError as error:
-        raise StorageError(
-            f"the records of {customer_id} are re-keyed but older key versions could not be "
-            f"fully erased yet ({error}); run the rotation again to finish"
-        ) from None
+def rotate_deks(
+    ctx: VaultContext,
+    actor: Actor,
+    *,
+    older_than_days: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Rotate the DEK of every active customer (or those older than N days); the
+    old versions leave keys.db in one keystore scrub at the end."""
+    actor.authorize("admin", "keys.rotate-dek")
+    done = []
+    with ctx.keys.scrub_once():
+        for customer_id in customers_due(ctx, actor, older_than_days=older_than_days):
+            try:
+                rotate_dek(ctx, actor, customer_id)
+                done.append(customer_id)
+            except ShreddedError:
+                pass  # shredded meanwhile: nothing left to rotate
+            if progress is not None:
+                progress(1)
+    return done
 
 
-def customers_due(session: Session, *, older_than_days: float | None) -> list[str]:
+def _drop_old_versions(ctx: VaultContext, customer_id: str, version: int) -> None:
+    with keys_errors(
+        f"the records of {customer_id} are re-keyed but older key versions could not be "
+        "fully erased yet (run the rotation again to finish)"
+    ):
+        ctx.keys.drop_dek_versions(customer_id, version)
+
+
+def customers_due(ctx: VaultContext, actor: Actor, *, older_than_days: float | None) -> list[str]:
     """Active customers, optionally only those whose newest DEK is older than N days."""
-    vault = session._vault
-    active = vault._data.read(
+    active = ctx.data.read(
         lambda conn: [
             str(r.id)
             for r in conn.execute(select(customers.c.id).where(customers.c.state == "active"))
@@ -264,13 +261,14 @@ def customers_due(session: Session, *, older_than_days: float | None) -> list[st
     )
     if older_than_days is None:
         return active
-    cutoff = format_ts(vault._clock() - timedelta(days=older_than_days))
-    old = set(vault._keys.store.deks_created_before(cutoff))
+    cutoff = format_ts(ctx.clock() - timedelta(days=older_than_days))
+    old = set(ctx.keys.store.deks_created_before(cutoff))
     return [c for c in active if c in old]
 
 
 def change_passphrase(
-    session: Session,
+    ctx: VaultContext,
+    actor: Actor,
     *,
     passphrase: bytes | None = None,
     keyfile_key: SecretBytes | None = None,
@@ -279,42 +277,36 @@ def change_passphrase(
     """Re-wrap the KEK epochs and signing seed under a new passphrase (or keyfile):
     O(epochs). The old secret stops working at once; a crash leaves exactly one of
     them working (one keystore transaction)."""
-    session._authorize("admin", "keys.change-passphrase")
+    actor.authorize("admin", "keys.change-passphrase")
     source = "passphrase" if passphrase is not None else "keyfile"
     detail = {"key_source": source}
-    pending, event_id = _pending(session, "keys.change-passphrase", detail)
-    try:
-        session._vault._keys.change_root(
+    pending, event_id = _pending(ctx, actor, "keys.change-passphrase", detail)
+    # A new secret that cannot be used (e.g. empty) is bad input, not a failed unlock;
+    # a wrong-key error means another process changed the secret meanwhile.
+    with keys_errors("the passphrase could not be changed", bad_key=SchemaError):
+        ctx.keys.change_root(
             passphrase=passphrase, keyfile_key=keyfile_key, params=params, pending_event=pending
         )
-    except WrongKeyError as error:
-        raise UnlockError(str(error)) from None  # changed meanwhile by another process
-    except KeystoreError as error:
-        raise StorageError(f"the passphrase could not be changed ({error})") from None
-    except InvalidKeyError as error:
-        # A new secret that cannot be used (e.g. empty) is bad input, not a failed unlock.
-        raise SchemaError(f"the new passphrase or keyfile cannot be used: {error}") from None
     crash_point("change-passphrase:after-keys")
-    _log(session, "keys.change-passphrase", {**detail, "event": event_id}, checkpoint=True)
-    _clear_pending(session._vault._keys)
+    _log(ctx, actor, "keys.change-passphrase", {**detail, "event": event_id}, checkpoint=True)
+    _clear_pending(ctx.keys)
 
 
-def key_status(session: Session, policy: KeyPolicy | None = None) -> KeyStatus:
+def key_status(ctx: VaultContext, actor: Actor, policy: KeyPolicy | None = None) -> KeyStatus:
     """Key ages, DEKs per epoch, KDF parameters against today's recommendation, the
     last rotation and policy violations. Logged as ``keys.status``."""
     policy = policy or KeyPolicy()
-    vault = session._vault
-    session._authorize("audit", "keys.status")
-    store = vault._keys.store
-    now = vault._clock()
-    active = vault._keys.active_epoch
+    actor.authorize("audit", "keys.status")
+    store = ctx.keys.store
+    now = ctx.clock()
+    active = ctx.keys.active_epoch
     created = {e: c for e, c, _n in store.epoch_rows()}
     epoch_age = _days(now - parse_ts(created[active]))
     oldest = store.oldest_dek()
     oldest_age = None if oldest is None else _days(now - parse_ts(oldest))
-    kdf = vault._keys.kdf_params
+    kdf = ctx.keys.kdf_params
     rec = recommended_params()
-    last = vault._data.read(
+    last = ctx.data.read(
         lambda conn: conn.execute(
             select(log.c.ts)
             .where(log.c.action.in_(["keys.rotate-kek.done", "keys.rotate-dek"]))
@@ -334,8 +326,8 @@ def key_status(session: Session, policy: KeyPolicy | None = None) -> KeyStatus:
     rehash = kdf is not None and needs_rehash(kdf)
     if rehash:
         violations.append("KDF parameters are below today's recommendation: change the passphrase")
-    copies = vault._data.read(lambda conn: _backup_key_copies(conn, format_ts(now)))
-    _log(session, "keys.status", {"violations": len(violations)})
+    copies = ctx.data.read(lambda conn: backup_key_copies(conn, format_ts(now)))
+    _log(ctx, actor, "keys.status", {"violations": len(violations)})
     return KeyStatus(
         active_epoch=active,
         active_epoch_created=created[active],
@@ -343,7 +335,7 @@ def key_status(session: Session, policy: KeyPolicy | None = None) -> KeyStatus:
         deks_per_epoch=store.dek_counts(),
         oldest_dek_created=oldest,
         oldest_dek_age_days=oldest_age,
-        key_source=vault._keys.key_source,
+        key_source=ctx.keys.key_source,
         kdf=None if kdf is None else kdf.to_dict(),
         kdf_recommended=rec.to_dict(),
         rehash_due=rehash,
@@ -353,30 +345,26 @@ def key_status(session: Session, policy: KeyPolicy | None = None) -> KeyStatus:
     )
 
 
-def _backup_key_copies(conn: Connection, now: str) -> int:
-    """Sum over unexpired backups of the customers shredded after each was taken."""
-    from .backup import shredded_since
-
-    total = 0
-    live = select(backups.c.seq).where((backups.c.expires.is_(None)) | (backups.c.expires > now))
-    for (seq,) in conn.execute(live).all():
-        total += shredded_since(conn, int(seq))
-    return total
-
-
 def _log(
-    session: Session, action: str, detail: dict[str, Any], *, checkpoint: bool = False
+    ctx: VaultContext,
+    actor: Actor,
+    action: str,
+    detail: dict[str, Any],
+    *,
+    checkpoint: bool = False,
 ) -> None:
     def work(tx: Tx) -> None:
-        tx.log(Event(session.actor, session.role, action, detail=detail))
+        tx.log(actor.event(action, detail=detail))
 
-    session._vault._transact(work, checkpoint=checkpoint)
+    ctx.transact(work, checkpoint=checkpoint)
 
 
 # -- key events the keystore committed but the log may not have --------------------------
 
 
-def _pending(session: Session, action: str, detail: dict[str, Any]) -> tuple[str, str]:
+def _pending(
+    ctx: VaultContext, actor: Actor, action: str, detail: dict[str, Any]
+) -> tuple[str, str]:
     """The log entry a keystore change owes, kept in the keystore in the same
     transaction as the change: if the process dies before logging it, the next open
     logs it (:func:`log_pending_key_event`). Returns (its text, its event id)."""
@@ -384,9 +372,9 @@ def _pending(session: Session, action: str, detail: dict[str, Any]) -> tuple[str
     text = json.dumps(
         {
             "action": action,
-            "actor": session.actor,
-            "role": session.role,
-            "after": session._vault.head.seq,
+            "actor": actor.name,
+            "role": actor.role.name,
+            "after": ctx.head().seq,
             "detail": {**detail, "event": event_id},
         },
         sort_keys=True,
@@ -400,11 +388,11 @@ def _clear_pending(keyring: Any) -> None:
         keyring.clear_pending_event()
 
 
-def log_pending_key_event(vault: Vault) -> bool:
+def log_pending_key_event(ctx: VaultContext) -> bool:
     """At open: log a key event whose keystore change committed but whose log entry a
     crash prevented (once: an entry with its event id after its seq counts as logged).
     Returns whether an entry was written."""
-    raw = vault._keys.pending_event()
+    raw = ctx.keys.pending_event()
     if raw is None:
         return False
     pending = json.loads(raw)
@@ -419,13 +407,13 @@ def log_pending_key_event(vault: Vault) -> bool:
         return any(json.loads(body)["detail"].get("event") == event_id for (body,) in rows)
 
     wrote = False
-    if not vault._data.read(logged):
+    if not ctx.data.read(logged):
 
         def work(tx: Tx) -> None:
             detail = {**pending["detail"], "recovered": True}
             tx.log(Event(pending["actor"], pending["role"], pending["action"], detail=detail))
 
-        vault._transact(work, checkpoint=True)
+        ctx.transact(work, checkpoint=True)
         wrote = True
-    _clear_pending(vault._keys)
+    _clear_pending(ctx.keys)
     return wrote

@@ -26,12 +26,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
-from ..keys import KeystoreError
+from .actor import Actor, system_actor
+from .audit import format_public_key
+from .checkpoint import parse_checkpoint
 from .clock import format_ts
+from .context import Refusal, Tx, VaultContext
 from .errors import (
     LegalHoldError,
     NotFoundError,
@@ -40,16 +43,15 @@ from .errors import (
     StorageError,
     VaultBusyError,
     VaultError,
+    keys_errors,
 )
 from .faults import crash_point
-from .log import Event
+from .inputs import check_customer_id
+from .log import export_line
 from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
 from .store import checkpoints, customers, log, records
 
-if TYPE_CHECKING:
-    from .vault import Tx, Vault
-
-__all__ = ["compact", "roll_forward", "shred_customer"]
+__all__ = ["compact", "roll_forward", "shred_customer", "shred_one"]
 
 _MAX_REASON = 500
 _COMPACT_BATCH = 1000
@@ -58,15 +60,15 @@ _LOCK_POLL_S = 0.005
 
 
 @contextmanager
-def shred_lock(vault: Vault) -> Iterator[None]:
+def shred_lock(ctx: VaultContext) -> Iterator[None]:
     """Hold the vault's shred lock (all processes sharing this keystore are on this
     host, DESIGN §2). Raises VaultBusyError after the vault's busy timeout."""
     try:
-        fd = os.open(vault.path / SHRED_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(ctx.path / SHRED_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as error:
         raise StorageError(f"cannot open the shred lock: {error.strerror}") from None
     try:
-        deadline = time.monotonic() + vault._data.busy_timeout
+        deadline = time.monotonic() + ctx.data.busy_timeout
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -75,7 +77,7 @@ def shred_lock(vault: Vault) -> Iterator[None]:
                 if time.monotonic() >= deadline:
                     raise VaultBusyError(
                         "another process has been shredding for longer than "
-                        f"{vault._data.busy_timeout:g}s; nothing was changed"
+                        f"{ctx.data.busy_timeout:g}s; nothing was changed"
                     ) from None
                 time.sleep(_LOCK_POLL_S)
         yield
@@ -89,35 +91,38 @@ def check_reason(reason: object) -> str:
     return reason
 
 
-def shred_customer(vault: Vault, actor: str, role: str, customer_id: str, reason: str) -> Receipt:
+def shred_one(ctx: VaultContext, actor: Actor, customer_id: str, *, reason: str) -> Receipt:
+    """Shred one customer as ``actor`` (needs ``shred``): the inputs checked, the
+    action authorized and logged, then :func:`shred_customer`."""
+    check_customer_id(customer_id)
+    check_reason(reason)
+    actor.authorize("shred", "customer.shred")
+    return shred_customer(ctx, actor, customer_id, reason)
+
+
+def shred_customer(ctx: VaultContext, actor: Actor, customer_id: str, reason: str) -> Receipt:
     """Run the three steps for one customer and return its erasure receipt.
 
     Raises NotFoundError (unknown), ShreddedError (already shredded), LegalHoldError
     (held); each is logged and changes nothing. A customer found half-shredded is
     finished instead (the original reason stands)."""
     check_reason(reason)
-    with shred_lock(vault):
-        return _shred_locked(vault, actor, role, customer_id, reason)
+    with shred_lock(ctx):
+        return _shred_locked(ctx, actor, customer_id, reason)
 
 
-def _shred_locked(vault: Vault, actor: str, role: str, customer_id: str, reason: str) -> Receipt:
-    from .vault import Refusal
-
+def _shred_locked(ctx: VaultContext, actor: Actor, customer_id: str, reason: str) -> Receipt:
     def begin(tx: Tx) -> None:
         row = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
         if row is None:
-            ev = Event(
-                actor,
-                role,
+            ev = actor.event(
                 "customer.shred",
                 outcome="error",
                 detail={"reason_code": "customer_not_found"},
             )
             raise Refusal(NotFoundError(f"no customer {customer_id}"), ev)
         if row.state == "shredded":
-            ev = Event(
-                actor,
-                role,
+            ev = actor.event(
                 "customer.shred",
                 outcome="error",
                 detail={"reason_code": "already_shredded"},
@@ -125,14 +130,12 @@ def _shred_locked(vault: Vault, actor: str, role: str, customer_id: str, reason:
             raise Refusal(ShreddedError(f"customer {customer_id} is already shredded"), ev)
         if row.state == "shredding":
             return  # interrupted earlier: steps 2 and 3 finish it
-        ck = vault._keys.customer_keys([customer_id]).get(customer_id)
+        ck = ctx.keys.customer_keys([customer_id]).get(customer_id)
         if ck is None:
             raise StorageError(f"customer {customer_id} is active but has no keys in the keystore")
         tag = ck.subject_tag.hex()
         if row.legal_hold:
-            ev = Event(
-                actor,
-                role,
+            ev = actor.event(
                 "customer.shred",
                 outcome="denied",
                 subject=tag,
@@ -141,14 +144,12 @@ def _shred_locked(vault: Vault, actor: str, role: str, customer_id: str, reason:
             raise Refusal(
                 LegalHoldError(f"customer {customer_id} is under legal hold; release it first"), ev
             )
-        fingerprints = vault._keys.fingerprints(customer_id)
+        fingerprints = ctx.keys.fingerprints(customer_id)
         count = tx.conn.execute(
             select(func.count()).select_from(records).where(records.c.customer_id == customer_id)
         ).scalar_one()
         tx.log(
-            Event(
-                actor,
-                role,
+            actor.event(
                 "customer.shred-intent",
                 subject=tag,
                 detail={
@@ -156,7 +157,7 @@ def _shred_locked(vault: Vault, actor: str, role: str, customer_id: str, reason:
                     "records": int(count),
                     "key_fingerprints": fingerprints,
                     "customer_commitment": customer_commitment(
-                        vault.vault_id, customer_id, ck.subject_tag, salt
+                        ctx.vault_id, customer_id, ck.subject_tag, salt
                     ),
                 },
             )
@@ -170,53 +171,49 @@ def _shred_locked(vault: Vault, actor: str, role: str, customer_id: str, reason:
 
     # The receipt's salt goes to the keystore first, so a crash at any later point
     # can still issue a receipt that proves which customer was shredded.
-    salt = _salt(vault, customer_id, create=True)
+    salt = _salt(ctx, customer_id, create=True)
     try:
-        vault._transact(begin)
+        ctx.transact(begin)
     except VaultError:
-        if _state(vault, customer_id) != "shredding":
-            vault._keys.drop_receipt_salt(customer_id)  # nothing began: leave nothing
+        if _state(ctx, customer_id) != "shredding":
+            ctx.keys.drop_receipt_salt(customer_id)  # nothing began: leave nothing
         raise
     crash_point("shred:after-intent")
-    _destroy_keys(vault, customer_id)
+    _destroy_keys(ctx, customer_id)
     crash_point("shred:after-keys")
-    receipt = _finish(vault, actor, role, customer_id, salt)
+    receipt = _finish(ctx, actor, customer_id, salt)
     if receipt is None:  # another process finished it between our steps
         raise ShreddedError(f"customer {customer_id} is already shredded")
     crash_point("shred:after-finish")
-    vault._keys.drop_receipt_salt(customer_id)
+    ctx.keys.drop_receipt_salt(customer_id)
     return receipt
 
 
-def _salt(vault: Vault, customer_id: str, *, create: bool = False) -> bytes:
-    try:
-        salt = vault._keys.receipt_salt(customer_id, create=create)
-    except KeystoreError as error:
-        raise StorageError(f"cannot prepare the erasure receipt: {error}") from None
+def _salt(ctx: VaultContext, customer_id: str, *, create: bool = False) -> bytes:
+    with keys_errors("cannot prepare the erasure receipt"):
+        salt = ctx.keys.receipt_salt(customer_id, create=create)
     if salt is None:
         raise StorageError(f"the receipt salt of {customer_id} is missing from the keystore")
     return salt
 
 
-def _state(vault: Vault, customer_id: str) -> str | None:
-    return vault._data.read(
+def _state(ctx: VaultContext, customer_id: str) -> str | None:
+    return ctx.data.read(
         lambda conn: conn.execute(
             select(customers.c.state).where(customers.c.id == customer_id)
         ).scalar()
     )
 
 
-def _destroy_keys(vault: Vault, customer_id: str) -> None:
-    try:
-        vault._keys.destroy_customer(customer_id)
-    except KeystoreError as error:
-        raise StorageError(
-            f"the shred of {customer_id} is recorded but its keys could not be fully erased "
-            f"yet ({error}); run the shred again, or reopen the vault, to finish it"
-        ) from None
+def _destroy_keys(ctx: VaultContext, customer_id: str) -> None:
+    with keys_errors(
+        f"the shred of {customer_id} is recorded but its keys could not be fully erased yet "
+        "(run the shred again, or reopen the vault, to finish it)"
+    ):
+        ctx.keys.destroy_customer(customer_id)
 
 
-def _finish(vault: Vault, actor: str, role: str, customer_id: str, salt: bytes) -> Receipt | None:
+def _finish(ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes) -> Receipt | None:
     """Step 3; returns None if the customer is no longer in ``shredding``."""
 
     def work(tx: Tx) -> tuple[int, dict[str, Any]] | None:
@@ -236,17 +233,17 @@ def _finish(vault: Vault, actor: str, role: str, customer_id: str, salt: bytes) 
         tx.conn.execute(
             update(customers)
             .where(customers.c.id == customer_id)
-            .values(shredded_row_values(vault._clock()))
+            .values(shredded_row_values(ctx.clock()))
         )
-        tx.log(Event(actor, role, "customer.shred", subject=intent["subject"], detail=detail))
+        tx.log(actor.event("customer.shred", subject=intent["subject"], detail=detail))
         tx.checkpoint = True
         return tx.head.seq + len(tx.events), {"subject": intent["subject"]}
 
-    done = vault._transact(work)
+    done = ctx.transact(work)
     if done is None:
         return None
     seq, info = done
-    return _receipt(vault, customer_id, seq, info["subject"], salt)
+    return _receipt(ctx, customer_id, seq, info["subject"], salt)
 
 
 def shredded_row_values(now: datetime) -> dict[str, Any]:
@@ -265,11 +262,7 @@ def shredded_row_values(now: datetime) -> dict[str, Any]:
     }
 
 
-def _receipt(vault: Vault, customer_id: str, seq: int, subject: str, salt: bytes) -> Receipt:
-    from .audit import format_public_key
-    from .checkpoint import parse_checkpoint
-    from .log import export_line
-
+def _receipt(ctx: VaultContext, customer_id: str, seq: int, subject: str, salt: bytes) -> Receipt:
     def read(conn: Any) -> tuple[bytes, str, bytes, bytes]:
         entry = conn.execute(select(log.c.body, log.c.hash).where(log.c.seq == seq)).one()
         cp = conn.execute(
@@ -277,33 +270,33 @@ def _receipt(vault: Vault, customer_id: str, seq: int, subject: str, salt: bytes
         ).one()
         return bytes(entry.body), str(entry.hash), bytes(cp.body), bytes(cp.signature)
 
-    body, digest, cp_body, cp_sig = vault._data.read(read)
+    body, digest, cp_body, cp_sig = ctx.data.read(read)
     cp = parse_checkpoint(cp_body, cp_sig)
     return Receipt(
         {
             "type": RECEIPT_TYPE,
             "v": 1,
-            "vault": vault.vault_id,
+            "vault": ctx.vault_id,
             "customer": customer_id,
             "subject_tag": subject,
             "salt": salt.hex(),
             "entry": json.loads(export_line(body, digest)),
             "checkpoint": cp.to_json(),
-            "public_key": format_public_key(vault.public_key),
+            "public_key": format_public_key(ctx.public_key),
             "scope": SCOPE,
         }
     )
 
 
-def roll_forward(vault: Vault) -> list[Receipt]:
+def roll_forward(ctx: VaultContext) -> list[Receipt]:
     """Finish every shred a crash interrupted (called at open), logged once each, and
     issue the receipts that the interrupted callers never got."""
-    with shred_lock(vault):
-        return _roll_forward_locked(vault)
+    with shred_lock(ctx):
+        return _roll_forward_locked(ctx)
 
 
-def _roll_forward_locked(vault: Vault) -> list[Receipt]:
-    stuck = vault._data.read(
+def _roll_forward_locked(ctx: VaultContext) -> list[Receipt]:
+    stuck = ctx.data.read(
         lambda conn: [
             str(r.id)
             for r in conn.execute(select(customers.c.id).where(customers.c.state == "shredding"))
@@ -311,26 +304,26 @@ def _roll_forward_locked(vault: Vault) -> list[Receipt]:
     )
     receipts = []
     for customer_id in stuck:
-        salt = _salt(vault, customer_id)
-        _destroy_keys(vault, customer_id)
-        receipt = _finish(vault, "vault", "system", customer_id, salt)
+        salt = _salt(ctx, customer_id)
+        _destroy_keys(ctx, customer_id)
+        receipt = _finish(ctx, system_actor(ctx), customer_id, salt)
         if receipt is not None:
             receipts.append(receipt)
-        vault._keys.drop_receipt_salt(customer_id)
+        ctx.keys.drop_receipt_salt(customer_id)
     # Salts left by a crash after the shred committed (receipt not yet handed out) or
     # before its intent (nothing began).
-    for customer_id in vault._keys.store.receipt_salt_customers():
-        if _state(vault, customer_id) == "shredded":
-            found = _find_shred(vault, customer_id, _salt(vault, customer_id))
+    for customer_id in ctx.keys.store.receipt_salt_customers():
+        if _state(ctx, customer_id) == "shredded":
+            found = _find_shred(ctx, customer_id, _salt(ctx, customer_id))
             if found is not None:
                 receipts.append(found)
-        vault._keys.drop_receipt_salt(customer_id)
+        ctx.keys.drop_receipt_salt(customer_id)
     return receipts
 
 
-def _find_shred(vault: Vault, customer_id: str, salt: bytes) -> Receipt | None:
+def _find_shred(ctx: VaultContext, customer_id: str, salt: bytes) -> Receipt | None:
     """The receipt of a finished shred, found by its commitment (rare: crash recovery)."""
-    rows = vault._data.read(
+    rows = ctx.data.read(
         lambda conn: conn.execute(
             select(log.c.seq, log.c.subject, log.c.body)
             .where(log.c.action == "customer.shred", log.c.outcome == "ok")
@@ -340,15 +333,13 @@ def _find_shred(vault: Vault, customer_id: str, salt: bytes) -> Receipt | None:
     for row in rows:
         subject = str(row.subject)
         detail = json.loads(row.body)["detail"]
-        expected = customer_commitment(vault.vault_id, customer_id, bytes.fromhex(subject), salt)
+        expected = customer_commitment(ctx.vault_id, customer_id, bytes.fromhex(subject), salt)
         if detail.get("customer_commitment") == expected:
-            return _receipt(vault, customer_id, int(row.seq), subject, salt)
+            return _receipt(ctx, customer_id, int(row.seq), subject, salt)
     return None
 
 
-def compact(
-    vault: Vault, actor: str, role: str, progress: Callable[[int], None] | None = None
-) -> int:
+def compact(ctx: VaultContext, actor: Actor, progress: Callable[[int], None] | None = None) -> int:
     """Delete the ciphertext rows of shredded customers, a batch per transaction (safe to
     interrupt: each batch commits with its own ``vault.compact`` entry). Returns rows removed."""
     removed = 0
@@ -366,14 +357,14 @@ def compact(
             ]
             if not ids:
                 if first:  # log an empty run too: every decision is logged
-                    tx.log(Event(actor, role, "vault.compact", detail={"records": 0}))
+                    tx.log(actor.event("vault.compact", detail={"records": 0}))
                 return 0
             tx.conn.execute(delete(records).where(records.c.id.in_(ids)))
             crash_point("compact:batch")
-            tx.log(Event(actor, role, "vault.compact", detail={"records": len(ids)}))
+            tx.log(actor.event("vault.compact", detail={"records": len(ids)}))
             return len(ids)
 
-        n = vault._transact(work)
+        n = ctx.transact(work)
         if n == 0:
             return removed
         removed += n

@@ -32,6 +32,7 @@ from sqlalchemy import (
     event,
     exc,
     insert,
+    inspect,
     select,
     update,
 )
@@ -394,3 +395,7 @@ def describe_error(error: exc.SQLAlchemyError) -> str:
     orig = getattr(error, "orig", None)
     text = str(orig if orig is not None else error).strip().splitlines()
     return text[0][:300] if text else type(error).__name__
+
+
+def tables_in(conn: Connection) -> set[str]:
+    return set(inspect(conn).get_table_names())

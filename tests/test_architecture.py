@@ -1,0 +1,306 @@
+"""The shape of the library (docs/architecture.md), enforced on the source with ast.
+
+* every module of ``vault/`` sits in one layer, and imports only modules of lower
+  layers (plus a short, named list of same-layer edges), counting imports inside
+  functions and under ``TYPE_CHECKING``; so there is no import cycle;
+* no module imports or touches another module's underscore names;
+* each security rule has one home: record AEAD only in the sealer, keys-error
+  translation only in ``errors.py``, OS locks only in ``locks.py``, file creation only
+  in the writer;
+* every library module declares ``__all__`` and stays under ~500 lines.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VAULT = ROOT / "vault"
+
+#: layer of every vault module, lowest first (docs/architecture.md draws the same)
+LAYERS: dict[str, list[str]] = {
+    "leaves": [
+        "errors",
+        "canonical",
+        "clock",
+        "ids",
+        "faults",
+        "layout",
+        "locks",
+        "schema",
+        "inputs",
+        "access",
+    ],
+    "ledger": ["store", "log", "checkpoint", "verify", "chain", "lifecycle", "keycopies"],
+    "proofs": ["receipt", "model", "audit", "certificate", "archive", "package", "markdown"],
+    "core": ["context", "actor", "sealing"],
+    "operations": [
+        "customers",
+        "records",
+        "principals",
+        "kinds",
+        "shred",
+        "bulk_shred",
+        "rotate",
+        "backup",
+        "handover_export",
+        "handover_import",
+        "subject_report",
+    ],
+    "workflows": [
+        "retention",
+        "opening",
+        "restore",
+        "handover_complete",
+        "audit_reports",
+        "decommission",
+    ],
+    "public": ["session", "vault"],
+    "api": ["__init__"],
+}
+
+#: imports between modules of the same layer, each for a reason that keeps it acyclic
+SAME_LAYER: dict[tuple[str, str], str] = {
+    ("schema", "canonical"): "kinds are stored as canonical JSON",
+    ("schema", "errors"): "",
+    ("inputs", "ids"): "",
+    ("inputs", "errors"): "",
+    ("access", "clock"): "expiries are RFC 3339 times",
+    ("access", "errors"): "",
+    ("access", "schema"): "role names follow the name rules",
+    ("log", "store"): "the log lives in the data store's tables",
+    ("checkpoint", "store"): "",
+    ("verify", "checkpoint"): "",
+    ("verify", "log"): "",
+    ("chain", "checkpoint"): "",
+    ("chain", "log"): "",
+    ("chain", "store"): "",
+    ("chain", "verify"): "",
+    ("lifecycle", "store"): "",
+    ("keycopies", "store"): "",
+    ("model", "receipt"): "a shred result carries receipts",
+    ("audit", "receipt"): "",
+    ("certificate", "audit"): "a certificate is checked against a log export",
+    ("certificate", "receipt"): "",
+    ("archive", "audit"): "",
+    ("markdown", "audit"): "",
+    ("markdown", "receipt"): "",
+    ("actor", "context"): "the gate logs its refusals through the transaction",
+    ("sealing", "context"): "",
+    ("restore", "opening"): "a restore opens the restored vault to replay shreds",
+    ("vault", "session"): "a Vault hands out Sessions",
+}
+
+MODULE_LAYER = {m: i for i, names in enumerate(LAYERS.values()) for m in names}
+
+
+def vault_modules() -> list[Path]:
+    return sorted(VAULT.glob("*.py"))
+
+
+def imports_of(path: Path) -> Iterator[tuple[str, list[str], int]]:
+    """(module inside vault, names imported from it, line) for every relative import,
+    wherever it is in the file."""
+    tree = ast.parse(path.read_text("utf-8"), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names = [a.name for a in node.names]
+            if node.module is None:  # from . import ids
+                for name in names:
+                    yield name, [], node.lineno
+            else:
+                yield node.module.split(".")[0], names, node.lineno
+
+
+def test_every_vault_module_has_a_layer() -> None:
+    found = {p.stem for p in vault_modules()}
+    assert found - set(MODULE_LAYER) == set(), "classify new modules in LAYERS"
+    assert set(MODULE_LAYER) - found == set(), "LAYERS names a module that is gone"
+
+
+@pytest.mark.parametrize("path", vault_modules(), ids=lambda p: p.stem)
+def test_imports_go_only_down(path: Path) -> None:
+    here = path.stem
+    wrong = []
+    for target, _names, line in imports_of(path):
+        if MODULE_LAYER[target] < MODULE_LAYER[here] or (here, target) in SAME_LAYER:
+            continue
+        wrong.append(f"{here}:{line} imports {target}")
+    assert wrong == []
+
+
+def test_same_layer_edges_stay_inside_one_layer() -> None:
+    for a, b in SAME_LAYER:
+        assert MODULE_LAYER[a] == MODULE_LAYER[b], (a, b)
+
+
+def test_no_import_cycle_in_vault() -> None:
+    graph = {p.stem: {t for t, _n, _l in imports_of(p)} for p in vault_modules()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join([*trail, node, nxt]))
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+# -- private names -----------------------------------------------------------------------
+
+#: underscore attributes that are public API of the libraries we use
+FOREIGN_API = {"_mapping", "_asdict", "_replace", "_fields", "_make", "_exit"}
+
+
+def own_private_names(tree: ast.Module) -> set[str]:
+    """Underscore names the module itself defines (methods, ``self._x`` attributes):
+    touching them on another instance of the same class stays inside the module."""
+    own = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            own.add(node.name)
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in {"self", "cls"}
+        ):
+            own.add(node.attr)
+    return {n for n in own if n.startswith("_")}
+
+
+def library_modules() -> list[Path]:
+    return sorted(
+        [*VAULT.glob("*.py"), *(ROOT / "keys").glob("*.py"), *(ROOT / "cli").glob("*.py")]
+    )
+
+
+@pytest.mark.parametrize("path", library_modules(), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_no_module_touches_another_modules_private_names(path: Path) -> None:
+    tree = ast.parse(path.read_text("utf-8"), filename=str(path))
+    own = own_private_names(tree)
+    offences = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    offences.append(f"line {node.lineno}: imports {alias.name}")
+        elif isinstance(node, ast.Attribute):
+            attr = node.attr
+            if not attr.startswith("_") or attr.startswith("__") or attr in FOREIGN_API | own:
+                continue
+            owner = node.value
+            if isinstance(owner, ast.Name) and owner.id in {"self", "cls"}:
+                continue
+            offences.append(f"line {node.lineno}: touches .{attr}")
+    assert offences == []
+
+
+def test_the_private_name_scanner_sees_imports_and_attributes(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from .session import _envelope\n"
+        "def f(vault, self):\n"
+        "    vault._keys.forget([])\n"
+        "    self._ok = row._mapping\n"
+    )
+    tree = ast.parse(probe.read_text())
+    imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
+    touched = [
+        n.attr
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Attribute)
+        and n.attr.startswith("_")
+        and n.attr not in FOREIGN_API
+        and not (isinstance(n.value, ast.Name) and n.value.id in {"self", "cls"})
+    ]
+    assert imported == ["_envelope"] and touched == ["_keys"]
+
+
+# -- one home per rule -------------------------------------------------------------------
+
+
+def calls_or_names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text("utf-8"), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            found.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            found.add(node.attr)
+        elif isinstance(node, ast.alias):
+            found.add(node.name.split(".")[-1])
+    return found
+
+
+def homes_of(name: str) -> list[str]:
+    return sorted(
+        f"{p.parent.name}/{p.name}"
+        for p in library_modules()
+        if p.parent.name in {"vault", "cli"} and name in calls_or_names(p)
+    )
+
+
+def test_record_aad_is_built_only_by_the_sealer() -> None:
+    assert homes_of("record_aad_suffix") == ["vault/sealing.py"]
+
+
+def translators_of(name: str) -> list[str]:
+    """Modules with an ``except`` clause naming ``name`` that raises another error
+    (suppressing it or turning it into a status is not translating)."""
+    found = []
+    for path in library_modules():
+        if path.parent.name not in {"vault", "cli"}:
+            continue
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.ExceptHandler) and node.type is not None:
+                named = {n.id for n in ast.walk(node.type) if isinstance(n, ast.Name)}
+                raises = any(
+                    isinstance(n, ast.Raise) and n.exc is not None
+                    for stmt in node.body
+                    for n in ast.walk(stmt)
+                )
+                if name in named and raises:
+                    found.append(f"{path.parent.name}/{path.name}")
+                    break
+    return found
+
+
+def test_keys_errors_are_translated_only_in_errors_py() -> None:
+    for name in ("KeystoreError", "WrongKeyError", "WeakParametersError", "InvalidKeyError"):
+        assert translators_of(name) in ([], ["vault/errors.py"]), name
+
+
+def test_os_locks_are_taken_only_in_locks_py() -> None:
+    assert homes_of("fcntl") in ([], ["vault/locks.py"])
+    assert homes_of("flock") in ([], ["vault/locks.py"])
+
+
+# -- size and surface ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", library_modules(), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_library_modules_stay_small(path: Path) -> None:
+    assert len(path.read_text("utf-8").splitlines()) <= 520
+
+
+@pytest.mark.parametrize("path", vault_modules(), ids=lambda p: p.stem)
+def test_every_vault_module_declares_all(path: Path) -> None:
+    tree = ast.parse(path.read_text("utf-8"))
+    names = [
+        t.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name)
+    ]
+    assert "__all__" in names

@@ -1,0 +1,256 @@
+"""The one gate: who is acting, and whether they may (DESIGN §6).
+
+An :class:`Actor` is a principal (or the administrator who unlocked the vault) acting
+on an open vault. Every operation asks :meth:`Actor.gate` inside its logged
+transaction: the actor's role is re-read (a revocation, an expiry or a role change in
+any process applies to the very next call), checked for the action, the kind and the
+purpose, the purpose is checked against the kind's declaration (minimal collection),
+and a denial rolls the work back and commits a ``denied`` entry on its own. Returned
+plaintext is cut to the role's field allow-list by :func:`visible_fields`, here too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from sqlalchemy import Connection, bindparam, select
+
+from ..keys import CustomerKeys
+from . import ids
+from .access import BUILTIN_ROLES, Role
+from .context import Refusal, VaultContext
+from .errors import (
+    AccessDeniedError,
+    NotFoundError,
+    PurposeError,
+    ShreddedError,
+    VaultDecommissionedError,
+)
+from .lifecycle import DECOMMISSION_ACTION
+from .log import Event
+from .store import customers, principals, roles
+
+__all__ = ["ADMIN", "Actor", "load_role", "subject_tag", "system_actor", "visible_fields"]
+
+ADMIN = "admin"
+
+
+class Actor:
+    """Who acts: a name, a role, and (for token sessions) the principal's lookup id."""
+
+    def __init__(
+        self, ctx: VaultContext, name: str, role: Role, principal: str | None = None
+    ) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.role = role
+        self.principal = principal  # lookup id; None for the unlocking administrator
+        # (transaction, role): the role as re-read in the current transaction. Holding
+        # the transaction object keeps its identity unique while it is cached.
+        self._role_cache: tuple[object, Role] | None = None
+
+    def __repr__(self) -> str:
+        return f"<Actor {self.name!r} role={self.role.name!r}>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("actors cannot be pickled")
+
+    def event(self, action: str, **kw: Any) -> Event:
+        """A log entry by this actor (its role as it was when the session began)."""
+        return Event(self.name, self.role.name, action, **kw)
+
+    # -- the decision ---------------------------------------------------------------------
+
+    def current_role(self, conn: Connection, log_action: str) -> Role:
+        """This actor's role as of now: re-read for token sessions, so revocation,
+        expiry and role changes in any process apply to the very next call."""
+        ctx = self.ctx
+        if ctx.lifecycle is not None and log_action != DECOMMISSION_ACTION:
+            ev = self.event(
+                log_action, outcome="denied", detail={"reason_code": "vault_decommissioned"}
+            )
+            raise Refusal(
+                VaultDecommissionedError(
+                    f"the vault is {ctx.lifecycle}: it serves no data "
+                    "(only finishing the decommission and auditing work)"
+                ),
+                ev,
+            )
+        if self.principal is None:
+            return self.role
+        txn = conn.get_transaction()
+        cached = self._role_cache
+        if cached is not None and txn is not None and cached[0] is txn:
+            return cached[1]  # already re-read in this transaction
+        now = ctx.now()
+        row = conn.execute(
+            select(principals.c.role, principals.c.expires, principals.c.revoked).where(
+                principals.c.lookup == self.principal
+            )
+        ).first()
+        reason = None
+        if row is None or row.revoked:
+            reason = "token_revoked"
+        elif row.expires is not None and now >= row.expires:
+            reason = "token_expired"
+        role = None if reason else load_role(conn, str(row.role))  # type: ignore[union-attr]
+        if role is None and reason is None:
+            reason = "role_missing"
+        if reason is not None or role is None:
+            ev = self.event(log_action, outcome="denied", detail={"reason_code": reason})
+            raise Refusal(AccessDeniedError(f"access denied: {reason}"), ev)
+        self._role_cache = (txn, role)
+        return role
+
+    def gate(
+        self,
+        conn: Connection,
+        action: str,
+        log_action: str,
+        *,
+        kind: str | None = None,
+        purpose: str | None = None,
+        subject: str | None = None,
+    ) -> Role:
+        """Allow ``action`` (on ``kind`` for ``purpose``) and return the role as of now,
+        or raise a :class:`Refusal` that logs the denial with a reason code."""
+        role = self.current_role(conn, log_action)
+        reason = role.denial(action, now=self.ctx.now(), kind=kind, purpose=purpose)
+        if reason is None and kind is not None and purpose is not None:
+            try:
+                self.ctx.kind(kind).check_purpose(purpose)
+            except PurposeError as error:
+                ev = self.event(
+                    log_action,
+                    outcome="denied",
+                    subject=subject,
+                    purpose=purpose,
+                    detail={"kind": kind, "reason_code": "purpose_not_declared"},
+                )
+                raise Refusal(error, ev) from None
+        if reason is not None:
+            detail: dict[str, Any] = {"reason_code": reason}
+            if kind is not None:
+                detail["kind"] = kind
+            ev = self.event(
+                log_action, outcome="denied", subject=subject, purpose=purpose, detail=detail
+            )
+            raise Refusal(
+                AccessDeniedError(f"role {self.role.name!r} may not {action}: {reason}"), ev
+            )
+        return role
+
+    def authorize(self, action: str, log_action: str) -> None:
+        """Check an action in a transaction of its own (for operations that log their
+        own entries in later transactions, such as shredding)."""
+        self.ctx.transact(lambda tx: self.gate(tx.conn, action, log_action) and None)
+
+    def deny_fields(
+        self,
+        role: Role,
+        kind: str,
+        names: Sequence[str],
+        log_action: str,
+        purpose: str,
+        subject: str | None = None,
+    ) -> None:
+        """Refuse (logged) writing fields of ``kind`` outside the role's allow-list."""
+        allowed = role.fields_for(kind)
+        if allowed is None:
+            return
+        outside = sorted(set(names) - allowed)
+        if outside:
+            ev = self.event(
+                log_action,
+                outcome="denied",
+                subject=subject,
+                purpose=purpose,
+                detail={"kind": kind, "fields": outside, "reason_code": "field_not_allowed"},
+            )
+            raise Refusal(
+                AccessDeniedError(
+                    f"role {self.role.name!r} may not write field(s) {', '.join(outside)} of {kind}"
+                ),
+                ev,
+            )
+
+    # -- refusals that are not denials ------------------------------------------------------
+
+    def purpose_refusal(self, purpose: str, action: str, subject: str | None) -> Refusal:
+        ev = self.event(
+            action,
+            outcome="denied",
+            subject=subject,
+            purpose=purpose,
+            detail={"reason_code": "purpose_not_declared"},
+        )
+        return Refusal(PurposeError(f"purpose {purpose!r} is declared for no kind"), ev)
+
+    def not_found(self, action: str, what: str, *, purpose: str | None = None) -> Refusal:
+        kind = "customer" if what.startswith(ids.CUSTOMER) else "record"
+        ev = self.event(
+            action, outcome="error", purpose=purpose, detail={"reason_code": f"{kind}_not_found"}
+        )
+        return Refusal(NotFoundError(f"no {kind} {what}"), ev)
+
+    def customer_states(
+        self, conn: Connection, cids: Sequence[str], action: str, purpose: str | None
+    ) -> dict[str, int]:
+        """DEK version of each customer, after checking each exists and is active
+        (a logged :class:`NotFoundError` or :class:`ShreddedError` otherwise)."""
+        found = {
+            str(r.id): (str(r.state), int(r.dek_version))
+            for r in conn.execute(
+                select(customers.c.id, customers.c.state, customers.c.dek_version).where(
+                    customers.c.id.in_(bindparam("ids", expanding=True))
+                ),
+                {"ids": list(cids)},
+            )
+        }
+        for cid in cids:
+            if cid not in found:
+                raise self.not_found(action, cid, purpose=purpose)
+            if found[cid][0] != "active":
+                self.ctx.keys.forget([cid])
+                ev = self.event(
+                    action,
+                    outcome="error",
+                    purpose=purpose,
+                    detail={"reason_code": "customer_shredded"},
+                )
+                raise Refusal(ShreddedError(f"customer {cid} was shredded; its data is gone"), ev)
+        return {cid: v for cid, (_s, v) in found.items()}
+
+    def subject(self, customer_id: str) -> str | None:
+        """The customer's subject tag (hex) for log entries, None if it has no keys."""
+        return subject_tag(self.ctx.keys.customer_keys([customer_id]).get(customer_id))
+
+
+def system_actor(ctx: VaultContext) -> Actor:
+    """The vault itself, finishing work a crash interrupted (logged as ``vault`` with
+    role ``system``); it holds no action, so it can pass no gate."""
+    return Actor(ctx, "vault", Role("system", frozenset(), builtin=True))
+
+
+def load_role(conn: Connection, name: str) -> Role | None:
+    """A built-in role, or a custom one from the data store; None if there is none."""
+    builtin = BUILTIN_ROLES.get(name)
+    if builtin is not None:
+        return builtin
+    spec = conn.execute(select(roles.c.spec).where(roles.c.name == name)).scalar()
+    return None if spec is None else Role.from_json(json.loads(spec))
+
+
+def visible_fields(role: Role, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a decrypted ``kind`` record that ``role`` may see (``fields``
+    itself when it may see them all: the hot path copies nothing)."""
+    allowed = role.fields_for(kind)
+    if allowed is None or allowed.issuperset(fields):
+        return fields
+    return {k: v for k, v in fields.items() if k in allowed}
+
+
+def subject_tag(keys: CustomerKeys | None) -> str | None:
+    return None if keys is None else keys.subject_tag.hex()

@@ -1,0 +1,197 @@
+"""The backup archive format (docs/backup.md) and its offline verification.
+
+An uncompressed POSIX tar holding ``manifest.json`` (canonical JSON: vault, backup
+id, seq and head at the snapshot, file hashes, expiry), ``manifest.sig`` (the vault's
+Ed25519 signature of it, hex), ``data.db`` and ``keys.db``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..keys import verify_signature
+from .audit import Auditor
+from .canonical import canonical
+from .errors import VaultError, VerificationError
+from .layout import DATA_FILE, KEYS_FILE
+
+__all__ = [
+    "MANIFEST",
+    "MEMBERS",
+    "SIGNATURE",
+    "BackupReport",
+    "file_digest",
+    "keystore_public_key",
+    "verify_backup",
+]
+
+MANIFEST = "manifest.json"
+
+
+SIGNATURE = "manifest.sig"
+
+
+MEMBERS = (DATA_FILE, KEYS_FILE)
+
+
+_CHUNK = 1 << 20
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return {"sha256": h.hexdigest(), "size": size}
+
+
+@dataclass(frozen=True, slots=True)
+class BackupReport:
+    ok: bool
+    reason: str | None
+    message: str
+    manifest: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "reason": self.reason,
+            "message": self.message,
+            "manifest": self.manifest,
+        }
+
+
+@contextmanager
+def _opened(archive: Path) -> Iterator[tarfile.TarFile]:
+    try:
+        tar = tarfile.open(archive, "r:")  # noqa: SIM115 - closed in the finally below
+    except (OSError, tarfile.TarError) as error:
+        raise VerificationError(
+            f"not a readable backup archive: {error}", reason="malformed"
+        ) from None
+    try:
+        yield tar
+    finally:
+        tar.close()
+
+
+def _member_bytes(tar: tarfile.TarFile, name: str, limit: int = 1 << 20) -> bytes:
+    try:
+        info = tar.getmember(name)
+    except KeyError:
+        raise VerificationError(f"the archive has no {name}", reason="malformed") from None
+    if not info.isfile() or info.size > limit:
+        raise VerificationError(f"{name} in the archive is not a small file", reason="malformed")
+    handle = tar.extractfile(info)
+    assert handle is not None
+    return handle.read()
+
+
+def verify_backup(
+    archive: str | os.PathLike[str],
+    *,
+    public_key: bytes | None = None,
+    extract_to: Path | None = None,
+) -> BackupReport:
+    """Check an archive offline: manifest signature, every member's hash and size, and
+    the access log inside (chain, checkpoints, head at the snapshot). With
+    ``extract_to``, the verified stores are left there. Never raises for bad input."""
+    try:
+        with _opened(Path(archive)) as tar:
+            body = _member_bytes(tar, MANIFEST)
+            signature = bytes.fromhex(_member_bytes(tar, SIGNATURE).decode("ascii").strip())
+            manifest = json.loads(body)
+            if (
+                manifest.get("type") != "backup"
+                or manifest.get("v") != 1
+                or canonical(manifest) != body
+            ):
+                return BackupReport(False, "malformed", "not a v1 shredvault backup manifest")
+            with tempfile.TemporaryDirectory(prefix="shredvault-verify-") as tmp:
+                where = extract_to or Path(tmp)
+                for name in MEMBERS:
+                    _extract_checked(tar, name, where / name, manifest["members"][name])
+                embedded = keystore_public_key(where / KEYS_FILE)
+                key = public_key if public_key is not None else embedded
+                if not verify_signature(key, body, signature):
+                    return BackupReport(
+                        False, "bad signature", "the manifest signature does not verify", manifest
+                    )
+                # The snapshot's data is always the SQLite file beside it, wherever the
+                # live vault kept its data (its keystore may say "external").
+                with Auditor.open(where, data_url=f"sqlite:///{where / DATA_FILE}") as auditor:
+                    if auditor.vault_id != manifest["vault"]:
+                        return BackupReport(
+                            False,
+                            "foreign vault",
+                            "the data snapshot belongs to another vault",
+                            manifest,
+                        )
+                    report = auditor.verify(public_key=key)
+                    head = auditor.head
+                if not report.ok:
+                    return BackupReport(
+                        False, report.reason, f"the log inside fails: {report.message}", manifest
+                    )
+                if (head.seq, head.hash) != (manifest["seq"], manifest["head"]):
+                    return BackupReport(
+                        False, "modified", "the log head differs from the manifest", manifest
+                    )
+    except VerificationError as error:
+        return BackupReport(False, error.reason, str(error))
+    except (ValueError, KeyError, TypeError, OSError, tarfile.TarError, VaultError) as error:
+        return BackupReport(False, "malformed", f"the archive is damaged: {error}")
+    note = "" if public_key is not None else " (signature checked with the key inside the archive)"
+    return BackupReport(
+        True,
+        None,
+        f"backup {manifest['backup']} of {manifest['vault']} at seq {manifest['seq']} "
+        f"verifies{note}",
+        manifest,
+    )
+
+
+def _extract_checked(tar: tarfile.TarFile, name: str, dest: Path, expected: dict[str, Any]) -> None:
+    try:
+        info = tar.getmember(name)
+    except KeyError:
+        raise VerificationError(f"the archive has no {name}", reason="malformed") from None
+    source = tar.extractfile(info) if info.isfile() else None
+    if source is None:
+        raise VerificationError(f"{name} in the archive is not a file", reason="malformed")
+    h = hashlib.sha256()
+    size = 0
+    with open(dest, "wb") as out:
+        while chunk := source.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    if h.hexdigest() != expected["sha256"] or size != expected["size"]:
+        raise VerificationError(
+            f"{name} does not match the manifest (altered or swapped)", reason="modified"
+        )
+
+
+def keystore_public_key(path: Path) -> bytes:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row = conn.execute(
+            "SELECT public_key FROM signing ORDER BY generation DESC LIMIT 1"
+        ).fetchone()
+    finally:
+        conn.close()
+    if row is None:
+        raise VerificationError("the keystore snapshot holds no public key", reason="malformed")
+    return bytes(row[0])

@@ -1,0 +1,271 @@
+"""Answering inspectors: the breach-scope query (which customers and records an actor,
+a role, an action or a window touched; ids and metadata only, never plaintext) and the
+audit report (principals and roles, keys against policy, backups and the key-copy
+clock, checkpoints, chain verification, shreds, holds, retention, denials).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from .access import normalize_expiry
+from .actor import Actor
+from .audit import format_public_key
+from .backup import backup_list
+from .canonical import canonical
+from .clock import format_ts
+from .context import Tx, VaultContext
+from .errors import SchemaError
+from .rotate import KeyPolicy, key_status
+from .store import checkpoints, customers, log, principals, roles
+
+__all__ = ["audit_query", "audit_report", "normalize_time"]
+
+_QUERY_LIMIT = 100_000
+
+
+def audit_query(
+    ctx: VaultContext,
+    asker: Actor,
+    *,
+    actor: str | None = None,
+    role: str | None = None,
+    action: str | None = None,
+    outcome: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+) -> dict[str, Any]:
+    """The breach-scope question: which customers and records were touched (by an
+    actor, a role, an action, an outcome, in a time window ``[since, until)``), with
+    counts per action. Ids and metadata only. Logged as ``audit.query``."""
+    if outcome is not None and outcome not in {"ok", "denied", "error"}:
+        raise SchemaError("outcome is one of ok, denied, error")
+    since_ts = normalize_time("since", since)
+    until_ts = normalize_time("until", until)
+    filters = {
+        k: v
+        for k, v in {
+            "actor": actor,
+            "role": role,
+            "action": action,
+            "outcome": outcome,
+            "since": since_ts,
+            "until": until_ts,
+        }.items()
+        if v is not None
+    }
+    stmt = select(log.c.seq, log.c.subject, log.c.record, log.c.action, log.c.ts, log.c.body)
+    if actor is not None:
+        stmt = stmt.where(log.c.actor == actor)
+    if action is not None:
+        stmt = stmt.where(log.c.action == action)
+    if outcome is not None:
+        stmt = stmt.where(log.c.outcome == outcome)
+    if since_ts is not None:
+        stmt = stmt.where(log.c.ts >= since_ts)
+    if until_ts is not None:
+        stmt = stmt.where(log.c.ts < until_ts)
+    stmt = stmt.order_by(log.c.seq)
+    if role is None:
+        stmt = stmt.limit(_QUERY_LIMIT + 1)
+    # The role is inside the hashed body, not a column: stream the candidates and keep
+    # those whose entry names the role, up to the limit (a cheap byte test first, then
+    # the parsed field, since a detail could hold the same text).
+    needle = None if role is None else b'"role":' + canonical({"r": role})[5:-1]
+
+    def work(tx: Tx) -> list[Any]:
+        asker.gate(tx.conn, "audit", "audit.query")
+        kept: list[Any] = []
+        result = tx.conn.execute(stmt, execution_options={"stream_results": True})
+        for batch in result.partitions(5_000):
+            for r in batch:
+                if needle is not None and (
+                    needle not in r.body or json.loads(r.body)["role"] != role
+                ):
+                    continue
+                kept.append(r)
+            if len(kept) > _QUERY_LIMIT:
+                result.close()
+                break
+        tx.log(asker.event("audit.query", detail={"filters": filters}))
+        return kept
+
+    rows = ctx.transact(work)
+    truncated = len(rows) > _QUERY_LIMIT
+    rows = rows[:_QUERY_LIMIT]
+    per_action = Counter(str(r.action) for r in rows)
+    tags = {str(r.subject) for r in rows if r.subject}
+    known = ctx.keys.store.customers_for_tags([bytes.fromhex(t) for t in tags])
+    by_tag = {tag.hex(): cid for tag, cid in known.items()}
+    touched: dict[str, dict[str, Any]] = {}
+    unlinked = 0
+    for r in rows:
+        if not r.subject:
+            continue
+        cid = by_tag.get(str(r.subject))
+        if cid is None:
+            unlinked += 1
+            continue
+        item = touched.setdefault(cid, {"customer": cid, "records": set(), "actions": Counter()})
+        if r.record:
+            item["records"].add(str(r.record))
+        item["actions"][str(r.action)] += 1
+    return {
+        "filters": filters,
+        "entries": len(rows),
+        "truncated": truncated,
+        "first_seq": rows[0].seq if rows else None,
+        "last_seq": rows[-1].seq if rows else None,
+        "per_action": dict(sorted(per_action.items())),
+        "customers": [
+            {
+                "customer": v["customer"],
+                "records": sorted(v["records"]),
+                "actions": dict(sorted(v["actions"].items())),
+            }
+            for v in sorted(touched.values(), key=lambda x: str(x["customer"]))
+        ],
+        "entries_about_shredded_customers": unlinked,
+    }
+
+
+def audit_report(ctx: VaultContext, actor: Actor, *, expiring_days: int = 30) -> dict[str, Any]:
+    """One page for an inspector. Logged as ``audit.report``."""
+    # The report's own gate comes first: a refused report is logged as ``audit.report``,
+    # not as whichever part of it (key status, backups) happened to be asked for first.
+    actor.authorize("audit", "audit.report")
+    now_dt = ctx.clock()
+    now = format_ts(now_dt)
+    soon = format_ts(now_dt + timedelta(days=expiring_days))
+    policy = KeyPolicy()
+    status = key_status(ctx, actor, policy)
+    backup_rows = backup_list(ctx, actor)
+    verification = ctx.verify_log()
+
+    def work(tx: Tx) -> dict[str, Any]:
+        actor.gate(tx.conn, "audit", "audit.report")
+        conn = tx.conn
+        last_use = dict(
+            conn.execute(
+                select(log.c.actor, func.max(log.c.ts))
+                .where(log.c.action == "auth.login", log.c.outcome == "ok")
+                .group_by(log.c.actor)
+            ).all()
+        )
+        people = []
+        for p in conn.execute(select(principals).order_by(principals.c.name)):
+            state = "revoked" if p.revoked else "active"
+            if not p.revoked and p.expires is not None:
+                state = (
+                    "expired" if now >= p.expires else ("expiring" if soon >= p.expires else state)
+                )
+            people.append(
+                {
+                    "name": p.name,
+                    "role": p.role,
+                    "expires": p.expires,
+                    "state": state,
+                    "last_login": last_use.get(p.name),
+                }
+            )
+        custom_roles = []
+        for r in conn.execute(select(roles.c.spec).order_by(roles.c.name)):
+            spec = json.loads(r.spec)
+            expires = spec.get("expires")
+            spec["state"] = (
+                "expired"
+                if expires and now >= expires
+                else "expiring"
+                if expires and soon >= expires
+                else "active"
+            )
+            custom_roles.append(spec)
+        counts: dict[Any, Any] = dict(
+            conn.execute(select(customers.c.state, func.count()).group_by(customers.c.state)).all()
+        )
+        # Ids only: the inspector sees who is held or overdue, never their details.
+        held = [
+            str(cid)
+            for cid in conn.execute(
+                select(customers.c.id)
+                .where(customers.c.legal_hold.is_(True))
+                .order_by(customers.c.id)
+            ).scalars()
+        ]
+        past = [
+            str(cid)
+            for cid in conn.execute(
+                select(customers.c.id)
+                .where(customers.c.state == "active", customers.c.retain_until < now)
+                .order_by(customers.c.id)
+            ).scalars()
+        ]
+        shreds = conn.execute(
+            select(func.count())
+            .select_from(log)
+            .where(log.c.action == "customer.shred", log.c.outcome == "ok")
+        ).scalar_one()
+        denials: dict[Any, Any] = dict(
+            conn.execute(
+                select(log.c.actor, func.count())
+                .where(log.c.outcome == "denied")
+                .group_by(log.c.actor)
+            ).all()
+        )
+        n_checkpoints = conn.execute(select(func.count()).select_from(checkpoints)).scalar_one()
+        tx.log(actor.event("audit.report"))
+        return {
+            "principals": people,
+            "roles": custom_roles,
+            "customers": {
+                "active": int(counts.get("active", 0)),
+                "shredding": int(counts.get("shredding", 0)),
+                "shredded": int(counts.get("shredded", 0)),
+                "legal_hold": len(held),
+                "past_retention": len(past),
+            },
+            "legal_hold_ids": held,
+            "past_retention_ids": past,
+            "shreds": int(shreds),
+            "denials_by_actor": {str(k): int(v) for k, v in sorted(denials.items())},
+            "checkpoints": int(n_checkpoints),
+        }
+
+    body = ctx.transact(work)
+    latest = ctx.latest_checkpoint()
+    return {
+        "type": "shredvault-audit-report",
+        "v": 1,
+        "vault": ctx.vault_id,
+        "generated": now,
+        **body,
+        "keys": {
+            **status.to_json(),
+            "policy": {
+                "max_kek_age_days": policy.max_kek_age_days,
+                "max_dek_age_days": policy.max_dek_age_days,
+            },
+        },
+        "backups": [b.to_json() for b in backup_rows],
+        "log": {
+            **verification.to_json(),
+            "latest_checkpoint": None if latest is None else latest.to_json(),
+            "public_key": format_public_key(ctx.public_key),
+        },
+    }
+
+
+def normalize_time(name: str, value: str | None) -> str | None:
+    """A window bound as the log stores times (fixed-width RFC 3339 UTC), so text
+    comparison is time comparison; garbage is a SchemaError, never a silent filter."""
+    if value is None:
+        return None
+    try:
+        return normalize_expiry(value)
+    except SchemaError:
+        raise SchemaError(f"--{name} must be an RFC 3339 time, e.g. 2027-01-31T00:00:00Z") from None

@@ -1,0 +1,73 @@
+"""The stored chain as a whole: its head row, and verifying a data store end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, func, select
+
+from .checkpoint import Checkpoint, load_checkpoints
+from .log import iter_entries
+from .store import DataStore, LogHead, log, log_head
+from .verify import VerifyReport, verify_chain
+
+__all__ = ["read_head", "verify_store"]
+
+
+def read_head(conn: Connection) -> LogHead:
+    """The log head row: seq, hash and time of the last committed entry."""
+    row = conn.execute(select(log_head.c.seq, log_head.c.hash, log_head.c.ts)).one()
+    return LogHead(int(row.seq), str(row.hash), str(row.ts))
+
+
+def verify_store(
+    data: DataStore,
+    *,
+    vault_id: str,
+    public_key: bytes | None,
+    since: int = 1,
+    anchor: Checkpoint | None = None,
+    anchor_shortfall: str = "truncated",
+    strict: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Verify a data store's chain, its checkpoints and its head row."""
+
+    # Order matters with writers running: a checkpoint commits with the head row that
+    # covers it, so checkpoints read *before* the head are all at or below it, and every
+    # entry up to that head has committed. Entries appended after we read the head are
+    # simply not part of this verification.
+    cps = data.read(lambda conn: load_checkpoints(conn, since=since))
+    head = data.read(read_head)
+    report = verify_chain(
+        iter_entries(data, since=since, until=head.seq),
+        vault_id=vault_id,
+        public_key=public_key,
+        checkpoints=cps,
+        anchor=anchor,
+        anchor_shortfall=anchor_shortfall,
+        from_genesis=since <= 1,
+        strict=strict,
+        progress=progress,
+        last_seq_before=min(head.seq, since - 1),
+    )
+    if report.ok and (head.seq != report.last_seq or head.hash != report.head):
+        reason = "truncated" if head.seq > report.last_seq else "modified"
+        report.fail(
+            reason,
+            min(head.seq, report.last_seq) + 1,
+            f"the log head row says seq {head.seq} but the log ends at {report.last_seq}",
+        )
+    if report.ok:
+        # Rows past the head row: read the highest seq first, then the head. A real
+        # entry commits together with a head at least as high, so a later head read
+        # covers it; a row beyond that head was slipped in without one.
+        highest = data.read(lambda conn: conn.execute(select(func.max(log.c.seq))).scalar())
+        latest = data.read(read_head)
+        if highest is not None and int(highest) > latest.seq:
+            report.fail(
+                "inserted",
+                latest.seq + 1,
+                f"entries up to seq {highest} lie beyond the head row (seq {latest.seq})",
+            )
+    return report

@@ -1,0 +1,319 @@
+"""The internal API of an open vault: its stores, its clock, and the logged transaction.
+
+Operations (customers, records, shred, rotate, backup, handover, reports, decommission)
+are functions of a :class:`VaultContext` and an :class:`~.actor.Actor`; they reach the
+stores only through the public members here, never through the public ``Vault``.
+Every change and every access runs in :meth:`VaultContext.transact`, which chains the
+entries the work logged in the same database transaction (fail closed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+from sqlalchemy import Connection, bindparam, func, select
+
+from ..keys import KeyRing, KeystoreError, SecretBytes, load_keyfile
+from .chain import read_head, verify_store
+from .checkpoint import (
+    Checkpoint,
+    latest_checkpoint,
+    load_checkpoints,
+    make_checkpoint,
+    parse_checkpoint,
+    store_checkpoint,
+)
+from .clock import Clock, format_ts
+from .errors import (
+    AuditChainError,
+    SchemaError,
+    StorageError,
+    VaultDecommissionedError,
+    VaultError,
+    keys_errors,
+)
+from .lifecycle import DECOMMISSION_ACTION
+from .log import Event, append
+from .receipt import Receipt
+from .schema import KindSpec
+from .store import DataStore, LogHead, checkpoints, kinds
+from .verify import VerifyReport
+
+__all__ = ["Refusal", "Tx", "VaultContext", "load_keyfile_key", "read_kinds"]
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Tx:
+    """A logged transaction in progress: the connection, the head it started from,
+    and the events that will be chained when ``work`` returns."""
+
+    conn: Connection
+    head: LogHead
+    events: list[Event] = field(default_factory=list)
+    checkpoint: bool = False
+
+    def log(self, *events: Event) -> None:
+        self.events.extend(events)
+
+
+class Refusal(Exception):
+    """Raised inside a transaction to roll it back, log ``events`` on their own, and
+    then raise ``error`` to the caller (denials and not-found are logged too)."""
+
+    def __init__(self, error: VaultError, *events: Event) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.events = events
+
+
+class VaultContext:
+    """An open vault's stores, clock and log discipline, for the operations.
+
+    ``lifecycle`` is None while the vault serves, else ``decommissioning`` or
+    ``decommissioned`` (lifecycle.py); ``final_seq`` is the seq of the final
+    ``vault.decommission`` entry once written: nothing may be logged after it.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        keyring: KeyRing,
+        data: DataStore,
+        *,
+        clock: Clock,
+        checkpoint_interval: int,
+        lifecycle: str | None,
+    ) -> None:
+        self.path = path
+        self.vault_id = keyring.vault_id
+        self.public_key = keyring.public_key
+        self.keys = keyring
+        self.data = data
+        self.clock = clock
+        self.checkpoint_interval = checkpoint_interval
+        self.lifecycle = lifecycle
+        self.final_seq: int | None = None
+        self.closed = False
+        #: receipts of shreds a crash interrupted that this open (or a decommission) finished
+        self.recovered_receipts: list[Receipt] = []
+        self._kinds: dict[str, KindSpec] = {}
+
+    def __repr__(self) -> str:
+        return f"<VaultContext {self.vault_id}>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("an open vault cannot be pickled")
+
+    def now(self) -> str:
+        """The clock's time as RFC 3339 UTC text."""
+        return format_ts(self.clock())
+
+    def require_open(self) -> None:
+        if self.closed:
+            raise StorageError("the vault is closed")
+
+    def close(self) -> None:
+        """Sign a checkpoint at the head (if the log moved since the last one), then
+        release the stores and forget every key."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.final_seq is None:  # after the final entry there is nothing to sign
+                self._checkpoint_head()
+        except VaultError:
+            pass  # closing must release the stores even when the data store is gone
+        finally:
+            self.keys.close()
+            self.data.dispose()
+
+    # -- kinds (the declared schema, cached) ----------------------------------------------
+
+    def kind(self, name: str) -> KindSpec:
+        """A declared kind; :class:`SchemaError` if there is none (re-read first, since
+        another process may have declared it)."""
+        spec = self._kinds.get(name)
+        if spec is None:
+            self.reload_kinds()
+            spec = self._kinds.get(name)
+            if spec is None:
+                raise SchemaError(f"kind {name!r} is not declared (declare it with declare_kind)")
+        return spec
+
+    def kinds(self) -> dict[str, KindSpec]:
+        """Every declared kind, re-read from the data store."""
+        self.reload_kinds()
+        return dict(self._kinds)
+
+    def reload_kinds(self) -> None:
+        self.remember_kinds(self.data.read(read_kinds))
+
+    def remember_kinds(self, rows: Iterable[tuple[str, str]]) -> dict[str, KindSpec]:
+        """Cache the kinds ``(name, spec JSON)`` read from the data store; returns them."""
+        found = {}
+        for name, text in rows:
+            raw = json.loads(text)
+            found[name] = KindSpec(name, frozenset(raw["fields"]), frozenset(raw["purposes"]))
+        self._kinds.update(found)
+        return found
+
+    # -- the logged transaction ------------------------------------------------------------
+
+    def transact(self, work: Callable[[Tx], T], *, checkpoint: bool = False) -> T:
+        """Run ``work`` and chain the events it logged, in one transaction.
+
+        Fail closed: if the entries cannot be written, the whole transaction rolls back
+        and the caller gets the error, not the data. A :class:`Refusal` rolls back the
+        work, commits only its events, then raises its error.
+        """
+        self.require_open()
+        try:
+            result, cp = self.data.run(lambda conn, head: self._chain(conn, head, work, checkpoint))
+        except Refusal as refusal:
+            self._log_refusal(refusal)
+        if cp is not None:
+            self._advance_anchor(cp)
+        return result
+
+    def _log_refusal(self, refusal: Refusal) -> NoReturn:
+        """Commit a refusal's entries in a transaction of their own, then raise its error."""
+        events = refusal.events
+
+        def log_only(tx: Tx) -> None:
+            tx.log(*events)
+
+        if events and self.final_seq is None:  # nothing is logged after the final entry
+            self.data.run(lambda conn, head: self._chain(conn, head, log_only, False))
+        raise refusal.error from None
+
+    def _chain(
+        self, conn: Connection, head: LogHead, work: Callable[[Tx], T], checkpoint: bool
+    ) -> tuple[T, Checkpoint | None]:
+        tx = Tx(conn, head, checkpoint=checkpoint)
+        result = work(tx)
+        if self.final_seq is not None and tx.events:
+            raise VaultDecommissionedError(
+                f"the vault's log ended with its {DECOMMISSION_ACTION} entry: nothing more "
+                "is logged (finish the decommission)"
+            )
+        new_head, _ = append(conn, self.data, head, tx.events, self.clock())
+        interval = self.checkpoint_interval
+        crossed = new_head.seq // interval > head.seq // interval
+        cp = None
+        if new_head.seq > head.seq and (tx.checkpoint or crossed):
+            cp = make_checkpoint(self.keys.signer, self.vault_id, new_head)
+            store_checkpoint(conn, cp)
+        return result, cp
+
+    def _advance_anchor(self, cp: Checkpoint) -> None:
+        # The checkpoint is committed in the data store; a lagging anchor only weakens
+        # rollback detection until the next checkpoint advances it.
+        with contextlib.suppress(KeystoreError):
+            self.keys.store.advance_anchor(cp.seq, cp.body, cp.signature)
+
+    # -- checkpoints and the anchor ----------------------------------------------------------
+
+    def sign_checkpoint(self, entry: Callable[[Tx], Event]) -> Checkpoint:
+        """Log ``entry(tx)`` (which may raise a :class:`Refusal`) and sign a checkpoint
+        at exactly that entry."""
+
+        def work(tx: Tx) -> int:
+            tx.log(entry(tx))
+            return tx.head.seq + 1
+
+        seq = self.transact(work, checkpoint=True)
+        (signed,) = self.data.read(lambda conn: load_checkpoints(conn, since=seq, until=seq))
+        return signed
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The newest stored checkpoint (an auditor's anchor), if any."""
+        return self.data.read(latest_checkpoint)
+
+    def _checkpoint_head(self) -> None:
+        def work(conn: Connection, head: LogHead) -> Checkpoint | None:
+            last = conn.execute(select(func.max(checkpoints.c.seq))).scalar()
+            if head.seq == 0 or (last is not None and int(last) >= head.seq):
+                return None
+            cp = make_checkpoint(self.keys.signer, self.vault_id, head)
+            store_checkpoint(conn, cp)
+            return cp
+
+        cp = self.data.run(work)
+        if cp is not None:
+            self._advance_anchor(cp)
+
+    def check_anchor(self) -> None:
+        """Verify the log from the keystore's anchor to the head; refuse a rolled-back,
+        truncated or forked data store (:class:`AuditChainError`)."""
+        anchor_row = self.keys.store.anchor()
+        anchor = None if anchor_row is None else parse_checkpoint(anchor_row[1], anchor_row[2])
+        since = anchor.seq if anchor is not None else 1
+        report = self.verify_log(since=since, anchor=anchor, anchor_shortfall="rolled back")
+        if not report.ok:
+            raise AuditChainError(
+                f"the access log fails verification ({report.reason} at seq {report.bad_seq}): "
+                f"{report.message}; the vault refuses to serve",
+                reason=report.reason or "invalid",
+                seq=report.bad_seq,
+            )
+
+    def verify_log(
+        self,
+        *,
+        since: int = 1,
+        anchor: Checkpoint | None = None,
+        anchor_shortfall: str = "truncated",
+        strict: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> VerifyReport:
+        """Verify the stored chain (from ``since``) against the stored checkpoints."""
+        return verify_store(
+            self.data,
+            vault_id=self.vault_id,
+            public_key=self.public_key,
+            since=since,
+            anchor=anchor,
+            anchor_shortfall=anchor_shortfall,
+            strict=strict,
+            progress=progress,
+        )
+
+    def read_in(self, stmt: Any, column: Any, values: Sequence[str]) -> list[Any]:
+        """Rows of ``stmt`` where ``column`` is one of ``values``, read in chunks of 500
+        (each in a read transaction of its own)."""
+        out: list[Any] = []
+        for start in range(0, len(values), 500):
+            part = list(values[start : start + 500])
+
+            def read(conn: Connection, part: list[str] = part) -> list[Any]:
+                where = stmt.where(column.in_(bindparam("ids", expanding=True)))
+                return list(conn.execute(where, {"ids": part}))
+
+            out += self.data.read(read)
+        return out
+
+    def head(self) -> LogHead:
+        """The log head now."""
+        return self.data.read(read_head)
+
+
+def read_kinds(conn: Connection) -> list[tuple[str, str]]:
+    """Every declared kind as ``(name, spec JSON)``."""
+    return [(str(n), str(t)) for n, t in conn.execute(select(kinds.c.name, kinds.c.spec))]
+
+
+def load_keyfile_key(keyfile: str | os.PathLike[str] | None) -> SecretBytes | None:
+    """The key in a keyfile (32 bytes, mode 0600), or None; :class:`UnlockError` if it
+    is unusable."""
+    if keyfile is None:
+        return None
+    with keys_errors():
+        return load_keyfile(Path(keyfile))

@@ -1,0 +1,131 @@
+"""Customers: add, show, list, legal holds (operations of a context and an actor)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+
+from sqlalchemy import RowMapping, insert, select, update
+
+from . import ids
+from .access import normalize_expiry
+from .actor import Actor, subject_tag
+from .context import Tx, VaultContext
+from .errors import SchemaError
+from .inputs import check_customer_id, check_ref
+from .model import Customer
+from .schema import check_name
+from .store import customers
+
+__all__ = ["add_customer", "customer_row", "list_customers", "set_hold", "show_customer"]
+
+
+def add_customer(
+    ctx: VaultContext,
+    actor: Actor,
+    *,
+    ref: str | None = None,
+    consent: Mapping[str, bool] | None = None,
+    retain_until: datetime | None = None,
+) -> str:
+    """Create a customer with fresh keys; returns its id. ``ref`` is an application
+    reference (not personal data); ``consent`` flags such as ``{"transfer": True}``."""
+    check_ref(ref)
+    consent_map = {check_name("consent", k): v for k, v in (consent or {}).items()}
+    if not all(isinstance(v, bool) for v in consent_map.values()):
+        raise SchemaError("consent values must be True or False")
+    until = normalize_expiry(retain_until)
+    actor.authorize("write", "customer.add")
+    cid = ids.new_id(ids.CUSTOMER)
+    created = ctx.now()
+    tags = ctx.keys.create_customers([cid], created)
+    row = {
+        "id": cid,
+        "ref": ref,
+        "state": "active",
+        "dek_version": 1,
+        "retain_until": until,
+        "legal_hold": False,
+        "consent": json.dumps(consent_map, sort_keys=True),
+        "created": created,
+        "shredded": None,
+    }
+
+    def work(tx: Tx) -> None:
+        actor.gate(tx.conn, "write", "customer.add")
+        tx.conn.execute(insert(customers).values(**row))
+        tx.log(
+            actor.event(
+                "customer.add",
+                subject=tags[cid].hex(),
+                detail={"consent": consent_map, "retain_until": until},
+            )
+        )
+
+    try:
+        ctx.transact(work)
+    except BaseException:
+        ctx.keys.destroy_customer(cid)  # no customer row: its keys must not linger
+        raise
+    return cid
+
+
+def show_customer(ctx: VaultContext, actor: Actor, customer_id: str) -> Customer:
+    """A customer's metadata (also for shredded customers). Logged."""
+    check_customer_id(customer_id)
+
+    def work(tx: Tx) -> Customer:
+        actor.gate(tx.conn, "list", "customer.show")
+        row = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
+        if row is None:
+            raise actor.not_found("customer.show", customer_id)
+        tag = subject_tag(ctx.keys.customer_keys([customer_id]).get(customer_id))
+        tx.log(actor.event("customer.show", subject=tag))
+        return customer_row(row._mapping)
+
+    return ctx.transact(work)
+
+
+def list_customers(ctx: VaultContext, actor: Actor, *, state: str | None = None) -> list[Customer]:
+    """Every customer's metadata (optionally in one state). Logged as one entry."""
+    stmt = select(customers).order_by(customers.c.created, customers.c.id)
+    if state is not None:
+        stmt = stmt.where(customers.c.state == state)
+
+    def work(tx: Tx) -> list[Customer]:
+        actor.gate(tx.conn, "list", "customer.list")
+        out = [customer_row(r._mapping) for r in tx.conn.execute(stmt)]
+        tx.log(actor.event("customer.list", detail={"count": len(out)}))
+        return out
+
+    return ctx.transact(work)
+
+
+def set_hold(ctx: VaultContext, actor: Actor, customer_id: str, held: bool) -> None:
+    check_customer_id(customer_id)
+    action = "customer.hold" if held else "customer.release"
+
+    def work(tx: Tx) -> None:
+        actor.gate(tx.conn, "admin", action)
+        actor.customer_states(tx.conn, [customer_id], action, None)
+        tx.conn.execute(
+            update(customers).where(customers.c.id == customer_id).values(legal_hold=held)
+        )
+        tag = ctx.keys.customer_keys([customer_id])[customer_id].subject_tag.hex()
+        tx.log(actor.event(action, subject=tag))
+
+    ctx.transact(work)
+
+
+def customer_row(row: RowMapping) -> Customer:
+    return Customer(
+        id=str(row["id"]),
+        ref=row["ref"],
+        state=str(row["state"]),
+        consent=json.loads(row["consent"]),
+        retain_until=row["retain_until"],
+        legal_hold=bool(row["legal_hold"]),
+        created=str(row["created"]),
+        shredded=row["shredded"],
+    )

@@ -1,0 +1,53 @@
+"""The input layer: arguments checked where they enter, so inner code trusts them.
+
+Ids, batch sizes and application references are checked here once; names (kinds,
+fields, purposes, principals, roles) by :func:`.schema.check_name`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sized
+
+from . import ids
+from .errors import NotFoundError, SchemaError
+
+__all__ = [
+    "MAX_BATCH",
+    "MAX_REF",
+    "check_batch",
+    "check_customer_id",
+    "check_record_id",
+    "check_ref",
+]
+
+#: records in one put_many / get_many
+MAX_BATCH = 10_000
+#: characters in an application reference
+MAX_REF = 200
+
+
+def check_customer_id(value: object) -> str:
+    """``value`` if it is a customer id, else :class:`NotFoundError` (never a lookup)."""
+    if not ids.is_id(value, ids.CUSTOMER):
+        raise NotFoundError("not a customer id (expected cus_ and 26 base32 characters)")
+    return value  # type: ignore[return-value]
+
+
+def check_record_id(value: object) -> str:
+    """``value`` if it is a record id, else :class:`NotFoundError` (never a lookup)."""
+    if not ids.is_id(value, ids.RECORD):
+        raise NotFoundError("not a record id (expected rec_ and 26 base32 characters)")
+    return value  # type: ignore[return-value]
+
+
+def check_batch(items: Sized) -> None:
+    """A batch holds 1 to :data:`MAX_BATCH` items (:class:`SchemaError` otherwise)."""
+    if not 0 < len(items) <= MAX_BATCH:
+        raise SchemaError(f"a batch holds 1 to {MAX_BATCH} records")
+
+
+def check_ref(ref: object) -> str | None:
+    """An application reference: None or a string of 1 to :data:`MAX_REF` characters."""
+    if ref is not None and (not isinstance(ref, str) or not 0 < len(ref) <= MAX_REF):
+        raise SchemaError(f"ref must be a string of 1-{MAX_REF} characters")
+    return ref

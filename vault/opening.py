@@ -1,0 +1,228 @@
+"""Creating and unlocking a vault: the stores, the keys, the anchor check, recovery.
+
+:func:`open_context` refuses a rolled-back or forked data store before anything is
+served, then finishes what a crash interrupted (shreds, key events, a keystore scrub).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from sqlalchemy import Connection, exc, select
+
+from ..keys import KdfParams, KeyRing, KeyStore
+from . import ids
+from .actor import ADMIN
+from .clock import Clock, format_ts, system_clock
+from .context import VaultContext, load_keyfile_key
+from .errors import StorageError, VaultDecommissionedError, keys_errors
+from .layout import DATA_FILE, KEYS_FILE, RESTORE_MARKER
+from .lifecycle import DECOMMISSIONED, INTENT_SEQ_KEY, LIFECYCLE_KEY, final_entry_seq
+from .log import Event
+from .rotate import log_pending_key_event
+from .shred import roll_forward
+from .store import SCHEMA_VERSION, DataStore, meta, metadata
+
+__all__ = ["create_context", "open_context"]
+
+
+def create_context(
+    path: str | os.PathLike[str],
+    *,
+    passphrase: bytes | None = None,
+    keyfile: str | os.PathLike[str] | None = None,
+    data_url: str | None = None,
+    clock: Clock = system_clock,
+    kdf_params: KdfParams | None = None,
+    checkpoint_interval: int = 1000,
+    busy_timeout: float = 30.0,
+) -> VaultContext:
+    """Create a vault in directory ``path`` (new or empty); its open context.
+
+    Give exactly one of ``passphrase`` (bytes) or ``keyfile`` (a 32-byte file, mode
+    0600). ``data_url`` puts the data store in another database (PostgreSQL).
+    On any failure nothing is left behind.
+    """
+    root = Path(path)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise StorageError(f"{root} exists and is not an empty directory")
+    keyfile_key = load_keyfile_key(keyfile)
+    vault_id = ids.new_id(ids.VAULT)
+    created = format_ts(clock())
+    made_dir = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    data: DataStore | None = None
+    keyring: KeyRing | None = None
+    made_schema = False
+    try:
+        with keys_errors():
+            keyring = KeyRing.create(
+                root / KEYS_FILE,
+                vault_id,
+                created=created,
+                passphrase=passphrase,
+                keyfile_key=keyfile_key,
+                params=kdf_params,
+            )
+        with keyring.store.transaction() as conn:
+            keyring.store.set_meta(conn, "data_location", "external" if data_url else "sqlite")
+        data = _connect_data(root, data_url, busy_timeout)
+        if data.has_schema():
+            raise StorageError("the data store already holds a vault; refusing to overwrite it")
+        data.create_schema()
+        made_schema = True
+        data.read(lambda c: None)
+        with data.engine.begin() as conn:
+            data.init_rows(
+                conn,
+                {
+                    "vault_id": vault_id,
+                    "schema_version": str(SCHEMA_VERSION),
+                    "public_key": keyring.public_key.hex(),
+                    "created": created,
+                },
+            )
+        ctx = VaultContext(
+            root,
+            keyring,
+            data,
+            clock=clock,
+            checkpoint_interval=checkpoint_interval,
+            lifecycle=None,
+        )
+        ctx.transact(
+            lambda tx: tx.log(
+                Event(ADMIN, ADMIN, "vault.create", detail={"vault": vault_id}),
+            ),
+            checkpoint=True,
+        )
+        return ctx
+    except BaseException:
+        if data is not None:
+            if data_url and made_schema:
+                _drop_schema(data)  # only tables this call created; never a vault's
+            data.dispose()
+        if keyring is not None:
+            keyring.close()
+        for name in (KEYS_FILE, DATA_FILE):
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                (root / (name + suffix)).unlink(missing_ok=True)
+        if made_dir:
+            root.rmdir()
+        raise
+
+
+def open_context(
+    path: str | os.PathLike[str],
+    *,
+    passphrase: bytes | None = None,
+    keyfile: str | os.PathLike[str] | None = None,
+    data_url: str | None = None,
+    clock: Clock = system_clock,
+    checkpoint_interval: int = 1000,
+    busy_timeout: float = 30.0,
+    restoring: bool = False,
+) -> VaultContext:
+    """Unlock an existing vault: its open context (with the receipts of shreds a crash
+    interrupted that this open finished in ``recovered_receipts``).
+
+    Raises :class:`UnlockError` (wrong passphrase/keyfile, weakened KDF header),
+    :class:`StorageError` (missing or mismatched stores, newer schema) and
+    :class:`AuditChainError` (log shorter than or different from the keystore's
+    anchor: the vault refuses to serve). Nothing is changed when it raises.
+    """
+    root = Path(path)
+    if (root / RESTORE_MARKER).exists() and not restoring:
+        raise StorageError(
+            f"{root} holds an unfinished restore: it will not serve until the restore "
+            "completes (run `shredvault backup restore` again into an empty directory)"
+        )
+    keyfile_key = load_keyfile_key(keyfile)
+    with keys_errors():
+        store = KeyStore.open(root / KEYS_FILE)
+    if store.get_meta(LIFECYCLE_KEY) == DECOMMISSIONED:
+        store.close()
+        raise VaultDecommissionedError(
+            f"{root} is decommissioned: it holds no keys and serves no data. "
+            "`audit verify`, `audit export`, `receipt verify` and `certificate verify` "
+            "still work; `shredvault decommission` re-emits its certificate"
+        )
+    try:
+        with keys_errors():
+            keyring = KeyRing.unlock(store, passphrase=passphrase, keyfile_key=keyfile_key)
+    except BaseException:
+        store.close()
+        raise
+    data = None
+    try:
+        if data_url is None and store.get_meta("data_location") == "external":
+            raise StorageError(
+                "this vault keeps its data in an external database: pass data_url "
+                "(CLI: --data-url or SHREDVAULT_DATA_URL)"
+            )
+        if data_url is None and not (root / DATA_FILE).is_file():
+            raise StorageError(f"the data store {root / DATA_FILE} is missing")
+        data = _connect_data(root, data_url, busy_timeout)
+        _check_data_store(data, keyring.vault_id)
+        ctx = VaultContext(
+            root,
+            keyring,
+            data,
+            clock=clock,
+            checkpoint_interval=checkpoint_interval,
+            lifecycle=keyring.store.get_meta(LIFECYCLE_KEY),
+        )
+        ctx.check_anchor()
+        if ctx.lifecycle is not None:
+            # Decommissioning: the decommission itself finishes interrupted shreds,
+            # and once its final entry exists nothing more may be logged.
+            intent_seq = int(keyring.store.get_meta(INTENT_SEQ_KEY) or 0)
+            ctx.final_seq = final_entry_seq(data, intent_seq)
+            if ctx.final_seq is not None:
+                return ctx
+        ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
+        if ctx.lifecycle is None:
+            ctx.recovered_receipts = roll_forward(ctx)
+            log_pending_key_event(ctx)
+            keyring.finish_pending_scrub()  # a bulk shred cut short before its scrub
+        return ctx
+    except BaseException:
+        if data is not None:
+            data.dispose()
+        keyring.close()
+        raise
+
+
+def _connect_data(root: Path, data_url: str | None, busy_timeout: float) -> DataStore:
+    if data_url:
+        return DataStore.connect(url=data_url, busy_timeout=busy_timeout)
+    return DataStore.connect(sqlite_path=root / DATA_FILE, busy_timeout=busy_timeout)
+
+
+def _check_data_store(data: DataStore, vault_id: str) -> None:
+    if not data.has_schema():
+        raise StorageError("the data store is missing or empty (no shredvault tables)")
+
+    def read(conn: Connection) -> dict[str, str]:
+        return {str(k): str(v) for k, v in conn.execute(select(meta.c.k, meta.c.v)).all()}
+
+    values = data.read(read)
+    if values.get("vault_id") != vault_id:
+        raise StorageError(
+            "the data store belongs to another vault than the keystore "
+            f"({values.get('vault_id')} vs {vault_id}); refusing to open"
+        )
+    version = int(values.get("schema_version", "0"))
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"data store schema version {version} is newer than this shredvault supports "
+            f"({SCHEMA_VERSION}); upgrade shredvault"
+        )
+
+
+def _drop_schema(data: DataStore) -> None:
+    # Cleanup after a failed create must not mask the error that caused it.
+    with contextlib.suppress(exc.SQLAlchemyError), data.engine.begin() as conn:
+        metadata.drop_all(conn)

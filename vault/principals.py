@@ -1,0 +1,152 @@
+"""Principals and roles (admin only): who may act, and what a role allows."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select, update
+
+from .access import BUILTIN_ROLES, Role, hash_token, new_token, normalize_expiry
+from .actor import Actor, load_role
+from .context import Tx, VaultContext
+from .errors import NotFoundError, SchemaError
+from .model import Principal
+from .schema import check_name
+from .store import principals, roles
+
+__all__ = ["add_principal", "add_role", "list_principals", "list_roles", "revoke_principal"]
+
+
+def add_principal(
+    ctx: VaultContext, actor: Actor, name: str, *, role: str, expires: datetime | None = None
+) -> str:
+    """Create a principal and return its token: shown once, stored only as SHA-256."""
+    check_name("principal", name)
+    check_name("role", role)
+    until = normalize_expiry(expires)
+    token, lookup = new_token()
+
+    def work(tx: Tx) -> None:
+        actor.gate(tx.conn, "admin", "principal.add")
+        if load_role(tx.conn, role) is None:
+            raise SchemaError(f"no role {role!r} (add it with add_role)")
+        exists = tx.conn.execute(select(principals.c.name).where(principals.c.name == name)).first()
+        if exists is not None:
+            raise SchemaError(f"a principal named {name!r} already exists")
+        tx.conn.execute(
+            insert(principals).values(
+                name=name,
+                lookup=lookup,
+                role=role,
+                token_hash=hash_token(token),
+                expires=until,
+                revoked=False,
+                created=ctx.now(),
+            )
+        )
+        tx.log(
+            actor.event("principal.add", detail={"principal": name, "role": role, "expires": until})
+        )
+
+    ctx.transact(work)
+    return token
+
+
+def revoke_principal(ctx: VaultContext, actor: Actor, name: str) -> None:
+    """Revoke a principal's token at once (in every process)."""
+    check_name("principal", name)
+
+    def work(tx: Tx) -> None:
+        actor.gate(tx.conn, "admin", "principal.revoke")
+        done = tx.conn.execute(
+            update(principals).where(principals.c.name == name).values(revoked=True)
+        )
+        if done.rowcount == 0:
+            raise NotFoundError(f"no principal {name!r}")
+        tx.log(actor.event("principal.revoke", detail={"principal": name}))
+
+    ctx.transact(work)
+
+
+def list_principals(ctx: VaultContext, actor: Actor) -> list[Principal]:
+    """Every principal (never a token or its hash)."""
+
+    def work(tx: Tx) -> list[Principal]:
+        actor.gate(tx.conn, "admin", "principal.list")
+        rows = tx.conn.execute(
+            select(
+                principals.c.name,
+                principals.c.role,
+                principals.c.expires,
+                principals.c.revoked,
+                principals.c.created,
+            ).order_by(principals.c.name)
+        ).all()
+        tx.log(actor.event("principal.list", detail={"count": len(rows)}))
+        return [
+            Principal(str(r.name), str(r.role), r.expires, bool(r.revoked), str(r.created))
+            for r in rows
+        ]
+
+    return ctx.transact(work)
+
+
+def add_role(ctx: VaultContext, actor: Actor, role: Role, *, replace: bool = False) -> None:
+    """Add a custom role (built from :meth:`Role.build`).
+
+    A role of that name that exists already raises :class:`SchemaError` and nothing
+    changes, unless ``replace``: then the new spec takes its place for its
+    principals' very next call, logged as ``role.add`` with ``detail.replaced``."""
+    if not isinstance(role, Role):
+        raise SchemaError("add_role takes a Role (build one with Role.build)")
+    role = _rebuilt(role)
+    spec = json.dumps(role.to_json(), sort_keys=True)
+
+    def work(tx: Tx) -> None:
+        actor.gate(tx.conn, "admin", "role.add")
+        exists = (
+            tx.conn.execute(select(roles.c.name).where(roles.c.name == role.name)).first()
+            is not None
+        )
+        if exists and not replace:
+            raise SchemaError(
+                f"role {role.name} exists; pass replace=True / --replace to change it"
+            )
+        tx.conn.execute(delete(roles).where(roles.c.name == role.name))
+        tx.conn.execute(insert(roles).values(name=role.name, spec=spec, created=ctx.now()))
+        detail = role.to_json()
+        if exists:
+            detail["replaced"] = True
+        tx.log(actor.event("role.add", detail=detail))
+
+    ctx.transact(work)
+
+
+def list_roles(ctx: VaultContext, actor: Actor) -> list[Role]:
+    """Built-in and custom roles."""
+
+    def work(tx: Tx) -> list[Role]:
+        actor.gate(tx.conn, "admin", "role.list")
+        custom = [
+            Role.from_json(json.loads(r.spec))
+            for r in tx.conn.execute(select(roles.c.spec).order_by(roles.c.name))
+        ]
+        tx.log(actor.event("role.list", detail={"count": len(custom) + len(BUILTIN_ROLES)}))
+        return list(BUILTIN_ROLES.values()) + custom
+
+    return ctx.transact(work)
+
+
+def _rebuilt(role: Role) -> Role:
+    """``role`` through :meth:`Role.build`'s checks (names, actions, no ``admin``, not a
+    built-in name), however it was made."""
+    raw = role.to_json()
+    return Role.build(
+        raw["name"],
+        actions=raw["actions"],
+        kinds=raw["kinds"],
+        fields=raw["fields"],
+        purposes=raw["purposes"],
+        expires=raw["expires"],
+    )

@@ -1,0 +1,325 @@
+"""Records: store, update, delete, read and list, each one logged transaction.
+
+Batch first (DESIGN §5): ``put_many`` and ``get_many`` do one transaction and one
+``executemany``; the single forms are batches of one. Plaintext is sealed and opened
+only by :mod:`.sealing`, and what a role reads is cut to its field allow-list by
+:func:`.actor.visible_fields`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import RowMapping, bindparam, delete, select, update
+
+from ..keys import CustomerKeys
+from . import ids
+from .actor import Actor, subject_tag, visible_fields
+from .context import Tx, VaultContext
+from .inputs import check_batch, check_customer_id, check_record_id
+from .log import Event
+from .model import Record
+from .schema import check_name, encode_fields
+from .sealing import envelope, open_fields, seal_records
+from .store import records
+
+__all__ = ["PutItem", "delete_record", "get_many", "list_records", "put_many", "update_record"]
+
+PutItem = tuple[str, str, Mapping[str, Any]]
+
+
+def put_many(
+    ctx: VaultContext, actor: Actor, items: Sequence[PutItem], *, purpose: str
+) -> list[str]:
+    """Store records ``(customer_id, kind, fields)`` in one transaction and one
+    ``executemany``; one log entry per record. All or nothing: an undeclared kind or
+    field (:class:`SchemaError`), a purpose not declared or not allowed, a field
+    outside the role's allow-list (:class:`AccessDeniedError`), or an unknown or
+    shredded customer stores none of them."""
+    check_batch(items)
+    check_name("purpose", purpose)
+    plaintexts: list[bytes] = []
+    kinds_of: list[str] = []
+    field_names: list[list[str]] = []
+    by_customer: dict[str, list[int]] = defaultdict(list)
+    fields_by_kind: dict[str, set[str]] = defaultdict(set)
+    for i, item in enumerate(items):
+        customer_id, kind, fields = item
+        check_customer_id(customer_id)
+        spec = ctx.kind(kind)
+        plaintexts.append(encode_fields(spec, fields))
+        kinds_of.append(kind)
+        names = sorted(fields)
+        field_names.append(names)
+        fields_by_kind[kind].update(names)
+        by_customer[customer_id].append(i)
+    rids = ids.new_ids(ids.RECORD, len(items))
+    cids = list(by_customer)
+    now = ctx.now()
+
+    def seal(keys: Mapping[str, CustomerKeys], only: Sequence[str]) -> dict[int, bytes]:
+        out: dict[int, bytes] = {}
+        for cid in only:
+            idx = by_customer[cid]
+            blobs = seal_records(keys[cid], [(rids[i], kinds_of[i], plaintexts[i]) for i in idx])
+            out.update(zip(idx, blobs, strict=True))
+        return out
+
+    keys = ctx.keys.customer_keys(cids)
+    sealed = seal(keys, [c for c in cids if c in keys])
+
+    def work(tx: Tx) -> list[str]:
+        only = keys.get(cids[0]) if len(cids) == 1 else None
+        for kind, names in fields_by_kind.items():
+            role = actor.gate(
+                tx.conn,
+                "write",
+                "record.put",
+                kind=kind,
+                purpose=purpose,
+                subject=subject_tag(only),
+            )
+            actor.deny_fields(role, kind, sorted(names), "record.put", purpose, subject_tag(only))
+        states = actor.customer_states(tx.conn, cids, "record.put", purpose)
+        stale = [c for c in cids if c not in keys or keys[c].current.version != states[c]]
+        if stale:
+            # Rotated by another process since we sealed: reload, seal those again.
+            ctx.keys.forget(stale)
+            fresh = ctx.keys.customer_keys(stale)
+            keys.update(fresh)
+            sealed.update(seal(fresh, stale))
+        rows = []
+        events = []
+        for i, (cid, _kind, _fields) in enumerate(items):
+            ck = keys[cid]
+            rows.append((rids[i], cid, kinds_of[i], 1, ck.current.version, sealed[i], now, now))
+            events.append(
+                actor.event(
+                    "record.put",
+                    subject=ck.subject_tag.hex(),
+                    record=rids[i],
+                    purpose=purpose,
+                    detail={"kind": kinds_of[i], "fields": field_names[i]},
+                )
+            )
+        ctx.data.insert_many(tx.conn, records, rows)
+        tx.log(*events)
+        return rids
+
+    return ctx.transact(work)
+
+
+def update_record(
+    ctx: VaultContext,
+    actor: Actor,
+    customer_id: str,
+    record_id: str,
+    fields: Mapping[str, Any],
+    *,
+    purpose: str,
+) -> Record:
+    """Merge ``fields`` into a record (a ``None`` value is stored as null) and
+    re-encrypt it under the customer's current key; returns the new record (with
+    the fields this role may see)."""
+    check_customer_id(customer_id)
+    check_record_id(record_id)
+    check_name("purpose", purpose)
+
+    def work(tx: Tx) -> Record:
+        row = _record_rows(
+            ctx, actor, tx, [(customer_id, record_id)], purpose, "record.update", "write"
+        )[0]
+        kind = str(row["kind"])
+        role = actor.current_role(tx.conn, "record.update")
+        subject = subject_tag(ctx.keys.customer_keys([customer_id]).get(customer_id))
+        actor.deny_fields(role, kind, sorted(fields), "record.update", purpose, subject)
+        keys = ctx.keys.customer_keys([customer_id])
+        old = _decrypt(ctx, keys, customer_id, record_id, row)
+        spec = ctx.kind(kind)
+        merged = {**old, **fields}
+        plaintext = encode_fields(spec, merged)
+        ck = keys[customer_id]
+        env = ck.current
+        (blob,) = seal_records(ck, [(record_id, kind, plaintext)])
+        now = ctx.now()
+        version = int(row["version"]) + 1
+        tx.conn.execute(
+            update(records)
+            .where(records.c.id == record_id)
+            .values(version=version, dek_version=env.version, ciphertext=blob, updated=now)
+        )
+        tx.log(
+            actor.event(
+                "record.update",
+                subject=ck.subject_tag.hex(),
+                record=record_id,
+                purpose=purpose,
+                detail={"kind": kind, "fields": sorted(fields), "version": version},
+            )
+        )
+        visible = visible_fields(role, kind, merged)
+        return Record(record_id, customer_id, kind, visible, version, str(row["created"]), now)
+
+    return ctx.transact(work)
+
+
+def delete_record(
+    ctx: VaultContext, actor: Actor, customer_id: str, record_id: str, *, purpose: str
+) -> None:
+    """Delete one record (its ciphertext row). Logged as ``record.delete``."""
+    check_customer_id(customer_id)
+    check_record_id(record_id)
+    check_name("purpose", purpose)
+
+    def work(tx: Tx) -> None:
+        row = _record_rows(
+            ctx, actor, tx, [(customer_id, record_id)], purpose, "record.delete", "delete"
+        )[0]
+        tx.conn.execute(delete(records).where(records.c.id == record_id))
+        tag = ctx.keys.customer_keys([customer_id])[customer_id].subject_tag.hex()
+        tx.log(
+            actor.event(
+                "record.delete",
+                subject=tag,
+                record=record_id,
+                purpose=purpose,
+                detail={"kind": str(row["kind"])},
+            )
+        )
+
+    ctx.transact(work)
+
+
+def get_many(
+    ctx: VaultContext, actor: Actor, pairs: Sequence[tuple[str, str]], *, purpose: str
+) -> list[Record]:
+    """Read records ``(customer_id, record_id)``, in order, in one transaction with
+    one log entry per record. No data is returned unless the entries commit. A role
+    with a field allow-list gets only those fields; the entry names them."""
+    check_batch(pairs)
+    check_name("purpose", purpose)
+    for cid, rid in pairs:
+        check_customer_id(cid)
+        check_record_id(rid)
+    return ctx.transact(lambda tx: _read_records(ctx, actor, tx, pairs, purpose, "record.get"))
+
+
+def list_records(
+    ctx: VaultContext, actor: Actor, customer_id: str, *, purpose: str, kind: str | None = None
+) -> list[Record]:
+    """Every record of a customer that may be used for ``purpose`` (optionally of one
+    kind), oldest first; one log entry per record returned (one if none)."""
+    check_customer_id(customer_id)
+    check_name("purpose", purpose)
+    if kind is not None:
+        ctx.kind(kind)  # SchemaError for an undeclared kind
+
+    def work(tx: Tx) -> list[Record]:
+        subject = subject_tag(ctx.keys.customer_keys([customer_id]).get(customer_id))
+        if kind is None and not any(purpose in k.purposes for k in ctx.kinds().values()):
+            raise actor.purpose_refusal(purpose, "record.list", subject)
+        role = actor.gate(
+            tx.conn, "read", "record.list", kind=kind, purpose=purpose, subject=subject
+        )
+        actor.customer_states(tx.conn, [customer_id], "record.list", purpose)
+        stmt = select(records.c.id, records.c.kind).where(records.c.customer_id == customer_id)
+        if kind is not None:
+            stmt = stmt.where(records.c.kind == kind)
+        rows = tx.conn.execute(stmt.order_by(records.c.created, records.c.id)).all()
+        usable = [
+            (customer_id, str(r.id))
+            for r in rows
+            if purpose in ctx.kind(r.kind).purposes
+            and role.denial("read", now="", kind=r.kind, purpose=purpose) is None
+        ]
+        if not usable:
+            tag = ctx.keys.customer_keys([customer_id])[customer_id].subject_tag.hex()
+            tx.log(actor.event("record.list", subject=tag, purpose=purpose, detail={"count": 0}))
+            return []
+        return _read_records(ctx, actor, tx, usable, purpose, "record.list")
+
+    return ctx.transact(work)
+
+
+def _record_rows(
+    ctx: VaultContext,
+    actor: Actor,
+    tx: Tx,
+    pairs: Sequence[tuple[str, str]],
+    purpose: str,
+    log_action: str,
+    action: str = "read",
+) -> list[RowMapping]:
+    """The rows for ``pairs``, after the customer, role and purpose checks."""
+    cids = list(dict.fromkeys(c for c, _ in pairs))
+    actor.current_role(tx.conn, log_action)
+    actor.customer_states(tx.conn, cids, log_action, purpose)
+    rows = {
+        str(r.id): r._mapping
+        for r in tx.conn.execute(
+            select(records).where(records.c.id.in_(bindparam("ids", expanding=True))),
+            {"ids": list(dict.fromkeys(r for _, r in pairs))},
+        )
+    }
+    out = []
+    checked: set[str] = set()
+    for cid, rid in pairs:
+        row = rows.get(rid)
+        if row is None or row["customer_id"] != cid:
+            raise actor.not_found(log_action, rid, purpose=purpose)
+        kind = str(row["kind"])
+        if kind not in checked:
+            subject = subject_tag(ctx.keys.customer_keys([cid]).get(cid))
+            actor.gate(tx.conn, action, log_action, kind=kind, purpose=purpose, subject=subject)
+            checked.add(kind)
+        out.append(row)
+    return out
+
+
+def _decrypt(
+    ctx: VaultContext, keys: dict[str, CustomerKeys], cid: str, rid: str, row: RowMapping
+) -> dict[str, Any]:
+    env = envelope(ctx.keys, keys, cid, int(row["dek_version"]))
+    return open_fields(env, keys[cid], rid, str(row["kind"]), bytes(row["ciphertext"]))
+
+
+def _read_records(
+    ctx: VaultContext,
+    actor: Actor,
+    tx: Tx,
+    pairs: Sequence[tuple[str, str]],
+    purpose: str,
+    action: str,
+) -> list[Record]:
+    rows = _record_rows(ctx, actor, tx, pairs, purpose, action)
+    role = actor.current_role(tx.conn, action)
+    keys = ctx.keys.customer_keys(list(dict.fromkeys(c for c, _ in pairs)))
+    result: list[Record] = []
+    events: list[Event] = []
+    for (cid, rid), row in zip(pairs, rows, strict=True):
+        kind = str(row["kind"])
+        fields = visible_fields(role, kind, _decrypt(ctx, keys, cid, rid, row))
+        result.append(
+            Record(
+                rid,
+                cid,
+                kind,
+                fields,
+                int(row["version"]),
+                str(row["created"]),
+                str(row["updated"]),
+            )
+        )
+        events.append(
+            actor.event(
+                action,
+                subject=keys[cid].subject_tag.hex(),
+                record=rid,
+                purpose=purpose,
+                detail={"kind": kind, "fields": sorted(fields)},
+            )
+        )
+    tx.log(*events)
+    return result

@@ -1,0 +1,296 @@
+"""Restoring a backup so that it never brings a shredded customer back (docs/backup.md).
+
+The archive is verified, its stores are put in place behind a marker that keeps the
+vault from serving, every shred recorded after the snapshot (from the live vault, an
+exported log or receipts) is replayed, and only then does the marker go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, exc, insert, select
+
+from .actor import system_actor
+from .archive import (
+    keystore_public_key,
+    verify_backup,
+)
+from .audit import Auditor, format_public_key, read_export_entries, verify_export
+from .backup import COPY_BATCH
+from .context import Tx, VaultContext
+from .errors import StorageError, VerificationError
+from .faults import crash_point
+from .layout import DATA_FILE, KEYS_FILE, RESTORE_MARKER
+from .log import Event
+from .opening import open_context
+from .receipt import load_receipt, verify_receipt
+from .shred import shred_customer
+from .store import DataStore, customers, describe_error, metadata, tables_in
+
+__all__ = ["ShredSource", "restore_backup"]
+
+
+@dataclass(frozen=True, slots=True)
+class ShredSource:
+    """Where to learn of shreds made after the snapshot: a live vault directory (and its
+    data URL), an exported log, or a directory of receipts."""
+
+    vault_dir: Path | None = None
+    vault_data_url: str | None = None
+    log_export: Path | None = None
+    receipts_dir: Path | None = None
+
+    @property
+    def given(self) -> bool:
+        return any(x is not None for x in (self.vault_dir, self.log_export, self.receipts_dir))
+
+    def describe(self) -> str:
+        if self.vault_dir is not None:
+            return "live vault"
+        if self.log_export is not None:
+            return "exported log"
+        if self.receipts_dir is not None:
+            return "receipts"
+        return "none"
+
+
+def _newer_shreds(
+    manifest: dict[str, Any], source: ShredSource, public_key: bytes
+) -> tuple[dict[str, str], int, str]:
+    """Shreds after the snapshot: ``({subject tag: reason}, seq and hash of the head
+    replayed from)``,
+    plus customer ids from receipts keyed as ``"id:<customer>"``. The source must
+    continue the snapshot's history (same hash at the snapshot's seq)."""
+    seq, head = int(manifest["seq"]), str(manifest["head"])
+    found: dict[str, str] = {}
+    if source.vault_dir is not None:
+        with Auditor.open(source.vault_dir, data_url=source.vault_data_url) as auditor:
+            if auditor.vault_id != manifest["vault"]:
+                raise VerificationError(
+                    "the replay source is another vault", reason="foreign vault"
+                )
+            report = auditor.verify(public_key=public_key)
+            if not report.ok:
+                raise VerificationError(
+                    f"the replay source's log fails: {report.message}",
+                    reason=report.reason or "invalid",
+                )
+            entries = auditor.entries(since=seq)
+            return _collect(entries, seq, head), report.last_seq, report.head
+    if source.log_export is not None:
+        report = verify_export(source.log_export, public_key=public_key)
+        if not report.ok:
+            raise VerificationError(
+                f"the exported log fails: {report.message}", reason=report.reason or "invalid"
+            )
+        found = _collect(read_export_entries(source.log_export, since=seq), seq, head)
+        return found, report.last_seq, report.head
+    if source.receipts_dir is not None:
+        last, last_head = seq, head
+        for path in sorted(Path(source.receipts_dir).glob("*.json")):
+            document = load_receipt(path)
+            checked = verify_receipt(document, public_key=public_key)
+            if not checked.ok:
+                raise VerificationError(
+                    f"receipt {path.name} fails: {checked.message}",
+                    reason=checked.reason or "invalid",
+                )
+            if document["vault"] != manifest["vault"] or int(checked.seq or 0) <= seq:
+                continue
+            found["id:" + str(document["customer"])] = str(
+                document["entry"]["detail"].get("reason", "")
+            )
+            if int(checked.seq or 0) > last:
+                last, last_head = int(checked.seq or 0), str(document["entry"]["hash"])
+        return found, last, last_head
+    return found, seq, head
+
+
+def _collect(entries: Iterator[dict[str, Any]], seq: int, head: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    anchored = False
+    for entry in entries:
+        if entry["seq"] == seq:
+            if entry["hash"] != head:
+                raise VerificationError(
+                    "the replay source's history differs from the backup's at its seq",
+                    reason="forked",
+                )
+            anchored = True
+            continue
+        if entry["action"] == "customer.shred" and entry["outcome"] == "ok" and entry["subject"]:
+            found[str(entry["subject"])] = str(entry["detail"].get("reason", ""))
+    if seq > 0 and not anchored:
+        raise VerificationError(
+            "the replay source does not reach the backup's seq", reason="truncated"
+        )
+    return found
+
+
+def restore_backup(
+    archive: str | os.PathLike[str],
+    to: str | os.PathLike[str],
+    *,
+    passphrase: bytes | None = None,
+    keyfile: str | os.PathLike[str] | None = None,
+    data_url: str | None = None,
+    source: ShredSource = ShredSource(),
+    accept_unreplayed_shreds: bool = False,
+    public_key: bytes | None = None,
+) -> dict[str, Any]:
+    """Restore an archive into an empty directory (and, with ``data_url``, an empty
+    database), replaying every later shred before the vault can serve.
+
+    Raises VerificationError (damaged archive or replay source), StorageError (target
+    not empty; no newer source and not accepted), UnlockError (wrong passphrase).
+    An interrupted restore leaves the target marked incomplete: it refuses to open."""
+    root = Path(to)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise StorageError(f"{root} exists and is not empty; restore only into an empty directory")
+    if not source.given and not accept_unreplayed_shreds:
+        raise StorageError(
+            "no newer source of shreds was given (a live vault, an exported log or receipts): "
+            "restoring could bring back customers shredded after this backup; pass "
+            "--accept-unreplayed-shreds only if you are sure none were"
+        )
+    created_root = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    (root / RESTORE_MARKER).write_text("restore in progress\n", encoding="utf-8")
+    staged = root / ".restore-staging"
+    staged.mkdir()
+    try:
+        report = verify_backup(archive, public_key=public_key, extract_to=staged)
+        if not report.ok or report.manifest is None:
+            raise VerificationError(
+                f"the backup fails verification: {report.message}",
+                reason=report.reason or "invalid",
+            )
+        manifest = report.manifest
+        key = public_key if public_key is not None else keystore_public_key(staged / KEYS_FILE)
+        if data_url is not None:
+            _load_into(staged / DATA_FILE, data_url)
+    except BaseException:
+        # Nothing was restored yet: leave the target as it was found (empty or absent),
+        # so the same command can simply be run again.
+        shutil.rmtree(staged, ignore_errors=True)
+        (root / RESTORE_MARKER).unlink(missing_ok=True)
+        if created_root:
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        raise
+    if data_url is None:
+        os.replace(staged / DATA_FILE, root / DATA_FILE)
+    os.replace(staged / KEYS_FILE, root / KEYS_FILE)
+    shutil.rmtree(staged)
+    _set_data_location(root / KEYS_FILE, "external" if data_url is not None else "sqlite")
+    crash_point("restore:after-files")
+    shreds, source_seq, source_head = _newer_shreds(manifest, source, key)
+    ctx = open_context(
+        root, passphrase=passphrase, keyfile=keyfile, data_url=data_url, restoring=True
+    )
+    try:
+        replayed = _replay(ctx, shreds)
+        crash_point("restore:after-replay")
+        detail = {
+            "backup": manifest["backup"],
+            "snapshot_seq": manifest["seq"],
+            "replayed_from": source.describe(),
+            "source_seq": source_seq,
+            "source_head": source_head,
+            "shreds_replayed": len(replayed),
+            "unreplayed_shreds_accepted": not source.given,
+        }
+
+        def work(tx: Tx) -> None:
+            tx.log(Event("admin", "admin", "vault.restore", detail=detail))
+
+        ctx.transact(work, checkpoint=True)
+    finally:
+        ctx.close()
+    (root / RESTORE_MARKER).unlink()
+    return {**detail, "replayed": replayed, "public_key": format_public_key(key)}
+
+
+def _replay(ctx: VaultContext, shreds: dict[str, str]) -> list[str]:
+    """Shred again every restored customer named by a newer shred (by subject tag, or by
+    id from a receipt). Returns their ids."""
+    active = ctx.data.read(
+        lambda conn: [
+            str(r.id)
+            for r in conn.execute(select(customers.c.id).where(customers.c.state != "shredded"))
+        ]
+    )
+    tags = ctx.keys.store.subject_tags(active)
+    by_tag = {tag.hex(): cid for cid, tag in tags.items()}
+    targets: dict[str, str] = {}
+    for key, reason in shreds.items():
+        cid = key[3:] if key.startswith("id:") else by_tag.get(key)
+        if cid is not None and cid in active:
+            targets[cid] = reason
+    done = []
+    with ctx.keys.scrub_once() as scrubbed:  # one keystore rebuild for all of them
+        for cid, reason in targets.items():
+            shred_customer(
+                ctx,
+                system_actor(ctx),
+                cid,
+                f"replayed on restore: {reason}"[:500] or "replayed on restore",
+            )
+            done.append(cid)
+    if not scrubbed.done:
+        raise StorageError(
+            "the replayed shreds are recorded, but the restored keystore could not be "
+            "rebuilt yet (another process holds it open); restore again into a new directory"
+        )
+    return done
+
+
+def _load_into(snapshot: Path, data_url: str) -> None:
+    """Copy a SQLite data snapshot into an empty database at ``data_url``."""
+    target = DataStore.connect(url=data_url)
+    try:
+        if target.has_schema():
+            raise StorageError(
+                "the target database already holds a vault; restore only into an empty one"
+            )
+        source = create_engine(f"sqlite:///{snapshot}")
+        try:
+            # Tables and rows in ONE transaction (both databases have transactional DDL):
+            # a failure or a kill mid-load leaves the target empty, so a rerun works.
+            with source.connect() as src, target.engine.begin() as dst:
+                metadata.create_all(dst)
+                present = tables_in(src)
+                for table in metadata.sorted_tables:
+                    if table.name not in present:
+                        continue  # a snapshot made before this table was added
+                    result = src.execute(select(table), execution_options={"stream_results": True})
+                    while rows := result.fetchmany(COPY_BATCH):
+                        dst.execute(insert(table), [dict(r._mapping) for r in rows])
+                    crash_point("restore:load-table")
+        except exc.SQLAlchemyError as error:
+            raise StorageError(
+                f"cannot load the snapshot into the target: {describe_error(error)}"
+            ) from None
+        finally:
+            source.dispose()
+    finally:
+        target.dispose()
+
+
+def _set_data_location(keys_path: Path, where: str) -> None:
+    """Where the restored vault's data lives: the backup's keystore says where the
+    source vault kept it, which is not where the restore put it."""
+    conn = sqlite3.connect(keys_path)
+    try:
+        with conn:
+            conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('data_location', ?)", (where,))
+    finally:
+        conn.close()

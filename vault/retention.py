@@ -1,0 +1,115 @@
+"""Retention: when customers' data is due for erasure, and erasing those past it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+
+from .access import normalize_expiry
+from .actor import Actor
+from .context import Tx, VaultContext
+from .errors import LegalHoldError, ShreddedError, VaultError
+from .inputs import check_customer_id
+from .model import ExpiredCustomers, ShredExpiredResult
+from .receipt import Receipt
+from .shred import check_reason, shred_customer
+from .store import customers
+
+__all__ = ["expired_customers", "set_retention", "shred_expired"]
+
+
+def set_retention(
+    ctx: VaultContext, actor: Actor, customer_id: str, retain_until: datetime | str | None
+) -> str | None:
+    """Change when a customer's data is due for erasure (``None``: keep until
+    shredded on request). Admin only; logged as ``customer.retain`` with the new
+    time. Returns it, normalized (RFC 3339 UTC). The next ``shred_expired`` uses it."""
+    check_customer_id(customer_id)
+    until = normalize_expiry(retain_until)
+
+    def work(tx: Tx) -> None:
+        actor.gate(tx.conn, "admin", "customer.retain")
+        actor.customer_states(tx.conn, [customer_id], "customer.retain", None)
+        tx.conn.execute(
+            update(customers).where(customers.c.id == customer_id).values(retain_until=until)
+        )
+        tag = ctx.keys.customer_keys([customer_id])[customer_id].subject_tag.hex()
+        tx.log(actor.event("customer.retain", subject=tag, detail={"retain_until": until}))
+
+    ctx.transact(work)
+    return until
+
+
+def shred_expired(
+    ctx: VaultContext,
+    actor: Actor,
+    *,
+    reason: str = "retention period ended",
+    progress: Callable[[int], None] | None = None,
+) -> ShredExpiredResult:
+    """Shred every active customer whose ``retain_until`` has passed, except those
+    under legal hold (reported as ``held``)."""
+    check_reason(reason)
+    actor.authorize("shred", "customer.shred")
+    due = _expired(ctx.now())
+    rows = ctx.data.read(lambda conn: conn.execute(due).all())
+    receipts: list[Receipt] = []
+    held: list[str] = []
+    failed: dict[str, str] = {}
+    # One keystore scrub for the whole run (its cost grows with the keystore).
+    with ctx.keys.scrub_once() as scrubbed:
+        for row in rows:
+            if row.legal_hold:
+                held.append(str(row.id))
+            else:
+                try:
+                    receipts.append(shred_customer(ctx, actor, str(row.id), reason))
+                except LegalHoldError:
+                    held.append(str(row.id))  # held by another process meanwhile
+                except ShreddedError:
+                    pass  # shredded by another process meanwhile
+                except VaultError as error:
+                    # Keep going: the receipts already issued must reach the caller.
+                    failed[str(row.id)] = str(error)
+            if progress is not None:
+                progress(1)
+    return ShredExpiredResult(receipts, held, failed, scrub_pending=not scrubbed.done)
+
+
+def expired_customers(ctx: VaultContext, actor: Actor) -> ExpiredCustomers:
+    """Who :meth:`shred_expired` would shred now, and who a legal hold keeps: a dry
+    run that changes nothing. Needs the ``shred`` action; logged as one
+    ``customer.list`` entry (counts only)."""
+    stmt = _expired(ctx.now())
+
+    def work(tx: Tx) -> ExpiredCustomers:
+        actor.gate(tx.conn, "shred", "customer.list")
+        due: dict[str, str] = {}
+        held: dict[str, str] = {}
+        for row in tx.conn.execute(stmt):
+            (held if row.legal_hold else due)[str(row.id)] = str(row.retain_until)
+        tx.log(
+            actor.event(
+                "customer.list",
+                detail={"expired": len(due), "held": len(held), "dry_run": True},
+            )
+        )
+        return ExpiredCustomers(due, held)
+
+    return ctx.transact(work)
+
+
+def _expired(now: str) -> Any:
+    """Active customers whose retain-until time has passed, oldest first."""
+    return (
+        select(customers.c.id, customers.c.legal_hold, customers.c.retain_until)
+        .where(
+            customers.c.state == "active",
+            customers.c.retain_until.is_not(None),
+            customers.c.retain_until < now,
+        )
+        .order_by(customers.c.retain_until, customers.c.id)
+    )
