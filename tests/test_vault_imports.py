@@ -1,5 +1,6 @@
 """One-way imports (DESIGN §1): keys imports no vault/cli; vault imports no cli and no
-click. Checked on the source with ast, so lazy imports inside functions count too."""
+click. Checked on the source with ast, so lazy imports inside functions count too. And the
+public surface is pinned: what ``shredvault`` and ``shredvault.keys`` export."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shredvault import vault
+import shredvault
+from shredvault import keys, vault
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,3 +126,131 @@ def test_vault_all_covers_the_documented_error_tree() -> None:
 def test_vault_all_names_the_public_entry_points() -> None:
     for name in ("Vault", "Session", "Auditor", "Record", "Customer", "verify_export"):
         assert name in vault.__all__
+
+
+# -- the public surface -------------------------------------------------------------------
+# Changing either list changes the public API: only on purpose, with the docs (README).
+
+SHREDVAULT_ALL = [
+    "ACTIONS",
+    "AccessDeniedError",
+    "AuditChainError",
+    "Auditor",
+    "BackupInfo",
+    "BackupReport",
+    "Certificate",
+    "CertificateReport",
+    "Checkpoint",
+    "Clock",
+    "Customer",
+    "DecommissionHoldError",
+    "DecryptionError",
+    "Event",
+    "ExpiredCustomers",
+    "HandoverCompletion",
+    "HandoverConflictError",
+    "HandoverExport",
+    "HandoverImport",
+    "HandoverKey",
+    "KdfParams",
+    "KeyPolicy",
+    "KeyStatus",
+    "KeysError",
+    "KindSpec",
+    "LegalHoldError",
+    "LogHead",
+    "NotFoundError",
+    "Principal",
+    "PurposeError",
+    "Receipt",
+    "ReceiptReport",
+    "Record",
+    "Role",
+    "SchemaError",
+    "Session",
+    "ShredExpiredResult",
+    "ShredSource",
+    "ShreddedError",
+    "StorageError",
+    "UnlockError",
+    "UnsupportedFormatError",
+    "Vault",
+    "VaultBusyError",
+    "VaultDecommissionedError",
+    "VaultError",
+    "VerificationError",
+    "VerifyReport",
+    "decommission_state",
+    "decommissioned_certificate",
+    "format_public_key",
+    "generate_keyfile",
+    "handover_keygen",
+    "load_certificate",
+    "load_receipt",
+    "open_handover_key",
+    "parse_public_key",
+    "read_anchor",
+    "read_handover_public_key",
+    "read_manifest",
+    "render_certificate_markdown",
+    "render_markdown",
+    "restore_backup",
+    "verify_backup",
+    "verify_certificate",
+    "verify_completion",
+    "verify_export",
+    "verify_receipt",
+]
+
+KEYS_ALL = [
+    "CustomerKeys",
+    "DecryptionError",
+    "Envelope",
+    "FLOOR",
+    "InvalidKeyError",
+    "KdfParams",
+    "KeyRing",
+    "KeyStore",
+    "KeysError",
+    "KeystoreError",
+    "SecretBytes",
+    "Signer",
+    "UnsupportedFormatError",
+    "WeakParametersError",
+    "WrongKeyError",
+    "aad",
+    "dek_aad",
+    "derive_root_key",
+    "fingerprint",
+    "generate_keyfile",
+    "kek_aad",
+    "load_keyfile",
+    "needs_rehash",
+    "recommended_params",
+    "record_aad",
+    "signing_seed_aad",
+    "verify_signature",
+]
+
+
+def test_shredvault_exports_exactly_the_pinned_names() -> None:
+    assert sorted(shredvault.__all__) == SHREDVAULT_ALL
+    assert len(set(shredvault.__all__)) == len(shredvault.__all__)
+
+
+def test_every_shredvault_name_is_the_same_object_as_in_shredvault_vault() -> None:
+    assert set(shredvault.__all__) == set(vault.__all__)
+    different = [n for n in shredvault.__all__ if getattr(shredvault, n) is not getattr(vault, n)]
+    assert different == []
+
+
+def test_shredvault_has_no_other_public_names_than_all_and_its_subpackages() -> None:
+    public = {n for n in vars(shredvault) if not n.startswith("_")}
+    assert public - set(shredvault.__all__) <= {"keys", "vault", "cli"}
+
+
+def test_shredvault_keys_exports_exactly_the_pinned_names() -> None:
+    assert sorted(keys.__all__) == KEYS_ALL
+    assert len(set(keys.__all__)) == len(keys.__all__)
+    missing = [name for name in keys.__all__ if not hasattr(keys, name)]
+    assert missing == []
