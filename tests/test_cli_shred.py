@@ -382,7 +382,7 @@ def test_receipt_verify_needs_no_vault_and_no_credential(receipt: Path) -> None:
 
 def test_a_shred_finished_at_open_leaves_its_receipt_in_the_vault(run: Run, setup: Setup) -> None:
     script = Path(sys.executable).with_name("shredvault")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "shredvault"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHREDVAULT_")}
     crashed = subprocess.run(
         [*command, "shred", setup.customer, "--reason", REASON, "--yes"],
