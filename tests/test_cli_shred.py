@@ -122,7 +122,7 @@ def test_without_yes_and_without_a_terminal_nothing_is_shredded(run: Run, setup:
 def test_on_a_terminal_shred_asks_first(
     run: Run, setup: Setup, monkeypatch: pytest.MonkeyPatch, answer: str, code: int, readable: int
 ) -> None:
-    monkeypatch.setattr("cli.confirm.stdin_is_terminal", lambda: True)
+    monkeypatch.setattr("shredvault.cli.confirm.stdin_is_terminal", lambda: True)
     result = run("shred", setup.customer, "--reason", REASON, input=f"{answer}\n")
     assert result.exit_code == code
     assert f"Shred customer {setup.customer}?" in result.stderr
