@@ -44,7 +44,6 @@ LAYERS: dict[str, list[str]] = {
         "principals",
         "kinds",
         "shred",
-        "bulk_shred",
         "rotate",
         "backup",
         "handover_export",
@@ -56,6 +55,7 @@ LAYERS: dict[str, list[str]] = {
         "opening",
         "restore",
         "handover_complete",
+        "bulk_shred",
         "audit_reports",
         "decommission",
     ],
@@ -68,6 +68,7 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("schema", "canonical"): "kinds are stored as canonical JSON",
     ("schema", "errors"): "",
     ("inputs", "ids"): "",
+    ("locks", "errors"): "",
     ("inputs", "errors"): "",
     ("access", "clock"): "expiries are RFC 3339 times",
     ("access", "errors"): "",
@@ -92,6 +93,7 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("actor", "context"): "the gate logs its refusals through the transaction",
     ("sealing", "context"): "",
     ("restore", "opening"): "a restore opens the restored vault to replay shreds",
+    ("decommission", "bulk_shred"): "a decommission shreds everyone in batches",
     ("vault", "session"): "a Vault hands out Sessions",
 }
 

@@ -413,7 +413,7 @@ PASSPHRASE = "quiet harbour 6620 lantern"
 
 def console() -> list[str]:
     script = Path(sys.executable).with_name("shredvault")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "shredvault"]
 
 
 def test_the_console_script_backs_up_verifies_and_restores(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ REASON = "deregistered"
 
 def command() -> list[str]:
     script = Path(sys.executable).with_name("shredvault")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "shredvault"]
 
 
 def make_shell(cwd: Path, **extra: str) -> Shell:

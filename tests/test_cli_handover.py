@@ -33,7 +33,7 @@ CRASH_EXIT = 97
 
 def console() -> list[str]:
     script = Path(sys.executable).with_name("shredvault")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "shredvault"]
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ def _imported_roots(path: Path) -> set[str]:
             roots.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             roots.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom) and node.level >= 2:  # from ..vault import x
+            roots.update(
+                [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+            )
     return roots
 
 

@@ -26,7 +26,7 @@ Shell = Callable[..., Proc]
 
 def command() -> list[str]:
     script = Path(sys.executable).with_name("shredvault")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "shredvault"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

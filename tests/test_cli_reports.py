@@ -509,7 +509,7 @@ def shredvault(
     setup: Setup, *args: str, token: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     script = Path(sys.executable).with_name("shredvault")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli.main"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "shredvault"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHREDVAULT_")}
     env.update(SHREDVAULT_VAULT=str(setup.root), SHREDVAULT_KEYFILE=str(setup.keyfile))
     if token is not None:

@@ -122,7 +122,7 @@ def test_without_yes_and_without_a_terminal_nothing_is_shredded(run: Run, setup:
 def test_on_a_terminal_shred_asks_first(
     run: Run, setup: Setup, monkeypatch: pytest.MonkeyPatch, answer: str, code: int, readable: int
 ) -> None:
-    monkeypatch.setattr("cli.confirm.stdin_is_terminal", lambda: True)
+    monkeypatch.setattr("shredvault.cli.confirm.stdin_is_terminal", lambda: True)
     result = run("shred", setup.customer, "--reason", REASON, input=f"{answer}\n")
     assert result.exit_code == code
     assert f"Shred customer {setup.customer}?" in result.stderr
@@ -382,7 +382,7 @@ def test_receipt_verify_needs_no_vault_and_no_credential(receipt: Path) -> None:
 
 def test_a_shred_finished_at_open_leaves_its_receipt_in_the_vault(run: Run, setup: Setup) -> None:
     script = Path(sys.executable).with_name("shredvault")
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "shredvault"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHREDVAULT_")}
     crashed = subprocess.run(
         [*command, "shred", setup.customer, "--reason", REASON, "--yes"],

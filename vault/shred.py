@@ -9,7 +9,7 @@
 A crash between steps leaves the customer in ``shredding``; opening the vault runs the
 remaining steps (:func:`roll_forward`), so the result is that of an uninterrupted shred,
 logged once. Every shred holds the vault's shred lock (``shred.lock`` beside the
-keystore, an ``flock`` the kernel releases when its process dies) from its salt to its
+keystore; locks.py: the kernel releases it when its process dies) from its salt to its
 receipt, and roll-forward takes the same lock: so a customer found in ``shredding``
 under the lock was left by a crash, never by a shred still running in another process.
 
@@ -19,10 +19,7 @@ with their number; :func:`compact` removes the unreadable rows later.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -41,12 +38,12 @@ from .errors import (
     SchemaError,
     ShreddedError,
     StorageError,
-    VaultBusyError,
     VaultError,
     keys_errors,
 )
 from .faults import crash_point
 from .inputs import check_customer_id
+from .locks import exclusive_lock
 from .log import export_line
 from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
 from .store import checkpoints, customers, log, records
@@ -56,33 +53,15 @@ __all__ = ["compact", "roll_forward", "shred_customer", "shred_one"]
 _MAX_REASON = 500
 _COMPACT_BATCH = 1000
 SHRED_LOCK = "shred.lock"
-_LOCK_POLL_S = 0.005
 
 
 @contextmanager
 def shred_lock(ctx: VaultContext) -> Iterator[None]:
     """Hold the vault's shred lock (all processes sharing this keystore are on this
     host, DESIGN §2). Raises VaultBusyError after the vault's busy timeout."""
-    try:
-        fd = os.open(ctx.path / SHRED_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as error:
-        raise StorageError(f"cannot open the shred lock: {error.strerror}") from None
-    try:
-        deadline = time.monotonic() + ctx.data.busy_timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise VaultBusyError(
-                        "another process has been shredding for longer than "
-                        f"{ctx.data.busy_timeout:g}s; nothing was changed"
-                    ) from None
-                time.sleep(_LOCK_POLL_S)
+    timeout = ctx.data.busy_timeout
+    with exclusive_lock(ctx.path / SHRED_LOCK, timeout=timeout, holder="shredding"):
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def check_reason(reason: object) -> str:
