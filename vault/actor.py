@@ -223,10 +223,6 @@ class Actor:
                 raise Refusal(ShreddedError(f"customer {cid} was shredded; its data is gone"), ev)
         return {cid: v for cid, (_s, v) in found.items()}
 
-    def subject(self, customer_id: str) -> str | None:
-        """The customer's subject tag (hex) for log entries, None if it has no keys."""
-        return subject_tag(self.ctx.keys.customer_keys([customer_id]).get(customer_id))
-
 
 def system_actor(ctx: VaultContext) -> Actor:
     """The vault itself, finishing work a crash interrupted (logged as ``vault`` with

@@ -300,6 +300,11 @@ class VaultContext:
             out += self.data.read(read)
         return out
 
+    def subject_of(self, customer_id: str) -> str | None:
+        """A customer's subject tag (hex) for its log entries; None once it has no keys."""
+        keys = self.keys.customer_keys([customer_id]).get(customer_id)
+        return None if keys is None else keys.subject_tag.hex()
+
     def head(self) -> LogHead:
         """The log head now."""
         return self.data.read(read_head)

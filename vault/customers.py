@@ -10,7 +10,7 @@ from sqlalchemy import RowMapping, insert, select, update
 
 from . import ids
 from .access import normalize_expiry
-from .actor import Actor, subject_tag
+from .actor import Actor
 from .context import Tx, VaultContext
 from .errors import SchemaError
 from .inputs import check_customer_id, check_ref
@@ -80,7 +80,7 @@ def show_customer(ctx: VaultContext, actor: Actor, customer_id: str) -> Customer
         row = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
         if row is None:
             raise actor.not_found("customer.show", customer_id)
-        tag = subject_tag(ctx.keys.customer_keys([customer_id]).get(customer_id))
+        tag = ctx.subject_of(customer_id)
         tx.log(actor.event("customer.show", subject=tag))
         return customer_row(row._mapping)
 
@@ -112,7 +112,7 @@ def set_hold(ctx: VaultContext, actor: Actor, customer_id: str, held: bool) -> N
         tx.conn.execute(
             update(customers).where(customers.c.id == customer_id).values(legal_hold=held)
         )
-        tag = ctx.keys.customer_keys([customer_id])[customer_id].subject_tag.hex()
+        tag = ctx.subject_of(customer_id)
         tx.log(actor.event(action, subject=tag))
 
     ctx.transact(work)

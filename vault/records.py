@@ -133,7 +133,7 @@ def update_record(
         )[0]
         kind = str(row["kind"])
         role = actor.current_role(tx.conn, "record.update")
-        subject = subject_tag(ctx.keys.customer_keys([customer_id]).get(customer_id))
+        subject = ctx.subject_of(customer_id)
         actor.deny_fields(role, kind, sorted(fields), "record.update", purpose, subject)
         keys = ctx.keys.customer_keys([customer_id])
         old = _decrypt(ctx, keys, customer_id, record_id, row)
@@ -178,7 +178,7 @@ def delete_record(
             ctx, actor, tx, [(customer_id, record_id)], purpose, "record.delete", "delete"
         )[0]
         tx.conn.execute(delete(records).where(records.c.id == record_id))
-        tag = ctx.keys.customer_keys([customer_id])[customer_id].subject_tag.hex()
+        tag = ctx.subject_of(customer_id)
         tx.log(
             actor.event(
                 "record.delete",
@@ -217,7 +217,7 @@ def list_records(
         ctx.kind(kind)  # SchemaError for an undeclared kind
 
     def work(tx: Tx) -> list[Record]:
-        subject = subject_tag(ctx.keys.customer_keys([customer_id]).get(customer_id))
+        subject = ctx.subject_of(customer_id)
         if kind is None and not any(purpose in k.purposes for k in ctx.kinds().values()):
             raise actor.purpose_refusal(purpose, "record.list", subject)
         role = actor.gate(
@@ -235,7 +235,7 @@ def list_records(
             and role.denial("read", now="", kind=r.kind, purpose=purpose) is None
         ]
         if not usable:
-            tag = ctx.keys.customer_keys([customer_id])[customer_id].subject_tag.hex()
+            tag = ctx.subject_of(customer_id)
             tx.log(actor.event("record.list", subject=tag, purpose=purpose, detail={"count": 0}))
             return []
         return _read_records(ctx, actor, tx, usable, purpose, "record.list")
@@ -271,7 +271,7 @@ def _record_rows(
             raise actor.not_found(log_action, rid, purpose=purpose)
         kind = str(row["kind"])
         if kind not in checked:
-            subject = subject_tag(ctx.keys.customer_keys([cid]).get(cid))
+            subject = ctx.subject_of(cid)
             actor.gate(tx.conn, action, log_action, kind=kind, purpose=purpose, subject=subject)
             checked.add(kind)
         out.append(row)

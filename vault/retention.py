@@ -36,7 +36,7 @@ def set_retention(
         tx.conn.execute(
             update(customers).where(customers.c.id == customer_id).values(retain_until=until)
         )
-        tag = ctx.keys.customer_keys([customer_id])[customer_id].subject_tag.hex()
+        tag = ctx.subject_of(customer_id)
         tx.log(actor.event("customer.retain", subject=tag, detail={"retain_until": until}))
 
     ctx.transact(work)
