@@ -55,7 +55,9 @@ def customer_report(session: Session, customer_id: str) -> dict[str, Any]:
 
     The right of access overrides the purposes declared for kinds, so records are read
     for the purpose ``subject-access``; each read is logged (one entry per record), and
-    a checkpoint is signed over the report's own entries. Raises NotFoundError, or
+    a checkpoint is signed over the report's own entries. A role limited in kinds,
+    fields or purposes gets only what it may see (``Role.withholds``, ``Role.visible``);
+    ``withheld`` counts the rest, and a summary entry logs it. Raises NotFoundError, or
     ShreddedError (a shredded customer is answered by its erasure receipt).
     """
     from .vault import Refusal
@@ -69,7 +71,7 @@ def customer_report(session: Session, customer_id: str) -> dict[str, Any]:
         # refused report attempt shows in that customer's own history.
         tags = keys_of.store.subject_tags([customer_id]) if row is not None else {}
         tag_bytes = tags.get(customer_id)
-        session._gate(
+        role = session._gate(
             tx.conn,
             "export",
             "customer.report",
@@ -93,8 +95,17 @@ def customer_report(session: Session, customer_id: str) -> dict[str, Any]:
             select(records).where(records.c.customer_id == customer_id).order_by(records.c.created)
         ).all()
         held = []
+        withheld: Counter[str] = Counter()
+        partial = 0
         for r in rows:
-            fields = session._decrypt({customer_id: ck}, customer_id, str(r.id), r._mapping)
+            # What the role may not see is never decrypted (docs/access-control.md).
+            why = role.withholds(str(r.kind), vault.kind(str(r.kind)).purposes)
+            if why is not None:
+                withheld[why] += 1
+                continue
+            plain = session._decrypt({customer_id: ck}, customer_id, str(r.id), r._mapping)
+            fields = role.visible(str(r.kind), plain)
+            partial += len(fields) < len(plain)
             held.append(
                 {
                     "id": r.id,
@@ -121,10 +132,13 @@ def customer_report(session: Session, customer_id: str) -> dict[str, Any]:
                     detail={"kind": item["kind"], "fields": sorted(item["fields"])},
                 )
             )
-        if not held:
+        if not held or withheld:
+            summary: dict[str, Any] = {"records": len(held)}
+            if withheld:
+                summary["withheld"] = dict(sorted(withheld.items()))
             tx.log(
                 session._event(
-                    "customer.report", subject=tag, purpose=SUBJECT_ACCESS, detail={"records": 0}
+                    "customer.report", subject=tag, purpose=SUBJECT_ACCESS, detail=summary
                 )
             )
         tx.checkpoint = True
@@ -140,6 +154,11 @@ def customer_report(session: Session, customer_id: str) -> dict[str, Any]:
             },
             "subject_tag": tag,
             "records": held,
+            "withheld": {
+                "records": sum(withheld.values()),
+                "reasons": dict(sorted(withheld.items())),
+                "records_with_fields_withheld": partial,
+            },
             "history": history,
             "report_entries": len(tx.events),
             "first_report_seq": tx.head.seq + 1,
@@ -215,6 +234,7 @@ def customer_report_from_receipt(session: Session, receipt: dict[str, Any]) -> d
             },
             "subject_tag": tag,
             "records": [],
+            "withheld": {"records": 0, "reasons": {}, "records_with_fields_withheld": 0},
             "receipt": dict(receipt),
             "history": history,
             "report_entries": len(tx.events),
@@ -585,6 +605,7 @@ def _render_subject(r: dict[str, Any]) -> str:
             ],
         )
         lines += ["", "## Records", ""]
+        lines += _withheld_text(r.get("withheld"))
         for rec in r["records"]:
             lines += [f"### {rec['kind']} ({rec['id']}, version {rec['version']})", ""]
             lines += _table(["field", "value"], sorted(rec["fields"].items()))
@@ -637,6 +658,20 @@ def _render_subject(r: dict[str, Any]) -> str:
         receipt = json.dumps(r["receipt"], indent=2, sort_keys=True, ensure_ascii=False)
         lines += ["## Appendix: your erasure receipt", "", *_fenced(receipt, "json"), ""]
     return "\n".join(lines)
+
+
+def _withheld_text(withheld: dict[str, Any] | None) -> list[str]:
+    """A warning that the report is incomplete: the role that made it may not see
+    everything (counts and reason codes only)."""
+    if not withheld or not (withheld["records"] or withheld["records_with_fields_withheld"]):
+        return []
+    reasons = ", ".join(f"{code}: {n}" for code, n in withheld["reasons"].items())
+    return [
+        "**This report is incomplete:** the role that made it may not see everything. "
+        f"Records left out: {withheld['records']}" + (f" ({reasons})" if reasons else "") + "; "
+        f"records shown with some fields left out: {withheld['records_with_fields_withheld']}.",
+        "",
+    ]
 
 
 def _fenced(text: str, info: str) -> list[str]:

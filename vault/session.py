@@ -895,7 +895,7 @@ class Session:
                     detail={"kind": kind, "fields": sorted(fields), "version": version},
                 )
             )
-            visible = _visible(role, kind, merged)
+            visible = role.visible(kind, merged)
             return Record(record_id, customer_id, kind, visible, version, str(row["created"]), now)
 
         return vault._transact(work)
@@ -1087,7 +1087,7 @@ class Session:
         events: list[Event] = []
         for (cid, rid), row in zip(pairs, rows, strict=True):
             kind = str(row["kind"])
-            fields = _visible(role, kind, self._decrypt(keys, cid, rid, row))
+            fields = role.visible(kind, self._decrypt(keys, cid, rid, row))
             result.append(
                 Record(
                     rid,
@@ -1133,13 +1133,6 @@ def _rebuilt(role: Role) -> Role:
         purposes=raw["purposes"],
         expires=raw["expires"],
     )
-
-
-def _visible(role: Role, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
-    allowed = role.fields_for(kind)
-    if allowed is None or allowed.issuperset(fields):
-        return fields
-    return {k: v for k, v in fields.items() if k in allowed}
 
 
 def _envelope(vault: Vault, keys: dict[str, CustomerKeys], cid: str, version: int) -> Envelope:
