@@ -163,6 +163,38 @@ class Session:
             raise Refusal(AccessDeniedError(f"role {self.role!r} may not {action}: {reason}"), ev)
         return role
 
+    def _gate_customer(
+        self, conn: Connection, action: str, log_action: str, customer_id: str, subject: str
+    ) -> Role:
+        """Allow ``action`` on everything a customer holds (a shred destroys it all): a
+        role limited in kinds or purposes must cover the kind of every record of the
+        customer (:meth:`Role.withholds`), else a Refusal logs the denial."""
+        from .vault import Refusal
+
+        role = self._gate(conn, action, log_action, subject=subject)
+        if role.kinds is None and role.purposes is None:
+            return role
+        held = conn.execute(
+            select(records.c.kind).where(records.c.customer_id == customer_id).distinct()
+        ).scalars()
+        for kind in sorted(str(k) for k in held):
+            reason = role.withholds(kind, self._vault.kind(kind).purposes)
+            if reason is not None:
+                ev = self._event(
+                    log_action,
+                    outcome="denied",
+                    subject=subject,
+                    detail={"kind": kind, "reason_code": reason},
+                )
+                raise Refusal(
+                    AccessDeniedError(
+                        f"role {self.role!r} may not {action} customer {customer_id}: "
+                        f"it has records of kind {kind} ({reason})"
+                    ),
+                    ev,
+                )
+        return role
+
     def _authorize(self, action: str, log_action: str) -> None:
         """Check an action in a transaction of its own (for operations that log their
         own entries in later transactions, such as shredding)."""
@@ -384,7 +416,12 @@ class Session:
         _check_customer_id(customer_id)
         check_reason(reason)
         self._authorize("shred", "customer.shred")
-        return shred_customer(self._vault, self.actor, self.role, customer_id, reason)
+        return shred_customer(
+            self._vault, self.actor, self.role, customer_id, reason, gate=self._shred_gate
+        )
+
+    def _shred_gate(self, tx: Tx, customer_id: str, subject: str) -> None:
+        self._gate_customer(tx.conn, "shred", "customer.shred", customer_id, subject)
 
     def shred_expired(
         self,
@@ -410,7 +447,14 @@ class Session:
                 else:
                     try:
                         receipts.append(
-                            shred_customer(vault, self.actor, self.role, str(row.id), reason)
+                            shred_customer(
+                                vault,
+                                self.actor,
+                                self.role,
+                                str(row.id),
+                                reason,
+                                gate=self._shred_gate,
+                            )
                         )
                     except LegalHoldError:
                         held.append(str(row.id))  # held by another process meanwhile

@@ -89,18 +89,34 @@ def check_reason(reason: object) -> str:
     return reason
 
 
-def shred_customer(vault: Vault, actor: str, role: str, customer_id: str, reason: str) -> Receipt:
+ShredGate = Callable[["Tx", str, str], None]
+
+
+def shred_customer(
+    vault: Vault,
+    actor: str,
+    role: str,
+    customer_id: str,
+    reason: str,
+    *,
+    gate: ShredGate | None = None,
+) -> Receipt:
     """Run the three steps for one customer and return its erasure receipt.
 
     Raises NotFoundError (unknown), ShreddedError (already shredded), LegalHoldError
-    (held); each is logged and changes nothing. A customer found half-shredded is
-    finished instead (the original reason stands)."""
+    (held); each is logged and changes nothing. ``gate(tx, customer, subject tag)``
+    runs in the transaction that begins the shred, before anything changes, so what
+    it checks (the records' kinds) cannot change before the intent commits; its
+    Refusal likewise changes nothing. A customer found half-shredded is finished
+    instead (the original reason stands)."""
     check_reason(reason)
     with shred_lock(vault):
-        return _shred_locked(vault, actor, role, customer_id, reason)
+        return _shred_locked(vault, actor, role, customer_id, reason, gate)
 
 
-def _shred_locked(vault: Vault, actor: str, role: str, customer_id: str, reason: str) -> Receipt:
+def _shred_locked(
+    vault: Vault, actor: str, role: str, customer_id: str, reason: str, gate: ShredGate | None
+) -> Receipt:
     from .vault import Refusal
 
     def begin(tx: Tx) -> None:
@@ -129,6 +145,8 @@ def _shred_locked(vault: Vault, actor: str, role: str, customer_id: str, reason:
         if ck is None:
             raise StorageError(f"customer {customer_id} is active but has no keys in the keystore")
         tag = ck.subject_tag.hex()
+        if gate is not None:
+            gate(tx, customer_id, tag)
         if row.legal_hold:
             ev = Event(
                 actor,
