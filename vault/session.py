@@ -134,13 +134,18 @@ class Session:
         kind: str | None = None,
         purpose: str | None = None,
         subject: str | None = None,
+        whole_vault: bool = False,
     ) -> Role:
-        """Allow ``action`` or raise a Refusal that logs the denial with a reason code."""
+        """Allow ``action`` or raise a Refusal that logs the denial with a reason code.
+        ``whole_vault``: the action copies every kind and field (a backup), so a role
+        limited to some of them is refused."""
         from .vault import Refusal
 
         role = self._current_role(conn, log_action)
         now = format_ts(self._vault._clock())
         reason = role.denial(action, now=now, kind=kind, purpose=purpose)
+        if reason is None and whole_vault:
+            reason = role.narrowed()
         if reason is None and kind is not None and purpose is not None:
             try:
                 self._vault.kind(kind).check_purpose(purpose)
