@@ -36,6 +36,7 @@ from shredvault.vault import (
     Role,
     SchemaError,
     Session,
+    StorageError,
     Vault,
     handover_keygen,
     open_handover_key,
@@ -1092,3 +1093,49 @@ def test_login_with_an_empty_or_malformed_token_is_a_logged_denial(
         "none",
     )
     assert entry["detail"] == {"reason_code": "unknown_token"}
+
+
+def test_a_role_narrowed_during_a_handover_export_exports_nothing(world: World) -> None:
+    name = world.unique("mover")
+    session = login_with_role(world, Role.build(name, actions=["export"]))
+    given = _consenting(world, "admin")
+
+    def narrow(_n: int) -> None:  # while the package is being written
+        world.admin.add_role(Role.build(name, actions=["export"], kinds=["note"]), replace=True)
+
+    mark = world.vault.head.seq
+    with pytest.raises(AccessDeniedError):
+        session.handover_export(
+            given["pub"], given["out"], customers=[given["cid"]], progress=narrow
+        )
+    got = logrows.entries_after(world.data_db, mark)
+    assert [(e["action"], e["outcome"]) for e in got] == [
+        ("role.add", "ok"),
+        ("handover.export", "denied"),
+    ]
+    assert got[1]["detail"] == {"kind": "profile", "reason_code": "kind_not_allowed"}
+    assert not Path(given["out"]).exists()
+
+
+def test_a_record_of_a_kind_added_during_a_handover_export_stops_it(world: World) -> None:
+    """Kinds are gated before reading; a kind that appears later was never gated."""
+    cids = [world.admin.add_customer(consent={"transfer": True}) for _ in range(101)]
+    world.admin.put_many([(c, "profile", DOSSIER["profile"]) for c in cids], purpose="service")
+    out = world.root / world.unique("package")
+    added: list[str] = []
+
+    def add_payment(_n: int) -> None:  # the first batch of 100 is written, not the 101st
+        if not added:
+            added.append(
+                world.admin.put(cids[-1], "payment", DOSSIER["payment"], purpose="billing")
+            )
+
+    mark = world.vault.head.seq
+    with pytest.raises(StorageError, match="kind payment was added"):
+        world.admin.handover_export(
+            world.handover_pub, str(out), customers=cids, progress=add_payment
+        )
+    assert added
+    assert not out.exists()
+    got = logrows.entries_after(world.data_db, mark)
+    assert [e["action"] for e in got] == ["record.put"]  # no customer.handover, no export
