@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from ..vault import Auditor, Session, Vault
 from .receipts import save_recovered_receipts
@@ -37,6 +38,7 @@ __all__ = [
     "Credential",
     "Settings",
     "acting_session",
+    "blank_token_source",
     "check_data_url",
     "clean_token",
     "data_url_option",
@@ -72,12 +74,29 @@ class Settings:
     keyfile_from_env: bool = False
     passphrase_file: Path | None = None
     token: str | None = field(default=None, repr=False)
+    blank_token: str | None = None  # where a token was given empty: "--token" or TOKEN_ENV
 
     def require_vault(self) -> Path:
         """The vault directory; a usage error (exit 2) when none was given."""
         if self.vault is None:
             raise click.UsageError(f"no vault given: pass --vault DIR or set {VAULT_ENV}")
         return self.vault
+
+    def acting_token(self) -> str | None:
+        """The token to act with, or None to act as the administrator. A token given
+        empty or blank is a usage error (exit 2), never the administrator: an unset
+        variable in a script must not turn a principal into the administrator."""
+        if self.blank_token == TOKEN_ENV:
+            raise click.UsageError(
+                f"{TOKEN_ENV} is set but empty: set it to a principal's token, or unset it "
+                "to act as the administrator who unlocks the vault"
+            )
+        if self.blank_token is not None:
+            raise click.UsageError(
+                f"{self.blank_token} is empty: give a principal's token, or leave the option "
+                "out to act as the administrator who unlocks the vault"
+            )
+        return self.token
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,10 +159,21 @@ def clean_token(value: str | None) -> str | None:
     return (value or "").strip() or None
 
 
+def blank_token_source(value: str | None, source: ParameterSource | None) -> str | None:
+    """Where the group's token was given empty or blank (``--token`` or
+    :data:`TOKEN_ENV`), or None when it was given usable or not at all."""
+    if value is not None and clean_token(value) is None:
+        return TOKEN_ENV if source is ParameterSource.ENVIRONMENT else "--token"
+    if value is None and TOKEN_ENV in os.environ:  # click reads an empty variable as unset
+        return TOKEN_ENV
+    return None
+
+
 def _set_token(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    token = clean_token(value)
-    if token is not None:
-        settings_of(ctx).token = token
+    if value is not None:  # the command's own --token beats the group's and the env's
+        settings = settings_of(ctx)
+        settings.token = clean_token(value)
+        settings.blank_token = None if settings.token is not None else "--token"
 
 
 VAULT_HELP = f"The vault directory [env: {VAULT_ENV}]."
@@ -297,6 +327,7 @@ def open_vault(ctx: click.Context) -> Iterator[Vault]:
     """Unlock the vault the options name; closes it (signing a checkpoint) afterwards."""
     settings = settings_of(ctx)
     root = settings.require_vault()
+    settings.acting_token()  # a blank token is a usage error before any unlocking
     credential = resolve_credential(settings)
     with Vault.open(root, data_url=settings.data_url, **credential.kwargs()) as vault:
         if vault.recovered_receipts:
@@ -307,8 +338,9 @@ def open_vault(ctx: click.Context) -> Iterator[Vault]:
 def acting_session(ctx: click.Context, vault: Vault) -> Session:
     """The session data commands act in: the principal ``--token`` names, else the
     administrator who unlocked the vault. A bad, revoked or expired token raises
-    ``AccessDeniedError`` (exit 3); the token itself is never printed."""
-    token = settings_of(ctx).token
+    ``AccessDeniedError`` (exit 3); the token itself is never printed. An empty or
+    blank token is a usage error (exit 2)."""
+    token = settings_of(ctx).acting_token()
     return vault.admin() if token is None else vault.login(token)
 
 

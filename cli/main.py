@@ -37,6 +37,7 @@ from .context import (
     VAULT_ENV,
     VAULT_HELP,
     Settings,
+    blank_token_source,
     check_data_url,
     clean_token,
 )
@@ -114,6 +115,7 @@ def cli(
         keyfile_from_env=ctx.get_parameter_source("keyfile") is ParameterSource.ENVIRONMENT,
         passphrase_file=passphrase_file,
         token=clean_token(token),
+        blank_token=blank_token_source(token, ctx.get_parameter_source("token")),
     )
 
 

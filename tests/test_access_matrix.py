@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,8 @@ from shredvault.vault import (
     Session,
     Vault,
 )
+
+import logrows
 
 # -- the policy under test, stated independently ----------------------------------------
 
@@ -138,21 +139,10 @@ class World:
         return self.vault.head.seq
 
     def entries_after(self, seq: int) -> list[dict[str, Any]]:
-        conn = sqlite3.connect(f"file:{self.data_db}?mode=ro", uri=True)
-        try:
-            rows = conn.execute(
-                "SELECT body FROM sv_log WHERE seq > ? ORDER BY seq", (seq,)
-            ).fetchall()
-        finally:
-            conn.close()
-        return [json.loads(bytes(body)) for (body,) in rows]
+        return logrows.entries_after(self.data_db, seq)
 
     def scalar(self, sql: str, *params: Any) -> Any:
-        conn = sqlite3.connect(f"file:{self.data_db}?mode=ro", uri=True)
-        try:
-            return conn.execute(sql, params).fetchone()[0]
-        finally:
-            conn.close()
+        return logrows.scalar(self.data_db, sql, *params)
 
     def customer(self) -> tuple[str, str]:
         """A fresh customer (made by the administrator) and its subject tag."""

@@ -149,6 +149,37 @@ class Role:
             return None
         return self.fields.get(kind)  # kinds the map does not name keep every field
 
+    def visible(self, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """The decrypted ``fields`` of a ``kind`` record, with only those this role may
+        see (the very dict when it may see all of them)."""
+        allowed = self.fields_for(kind)
+        if allowed is None or allowed.issuperset(fields):
+            return fields
+        return {k: v for k, v in fields.items() if k in allowed}
+
+    def withholds(self, kind: str, declared_purposes: Iterable[str]) -> str | None:
+        """Why no record of ``kind`` (declared for ``declared_purposes``) is this role's
+        to see or destroy where an operation has no purpose of its own (the subject
+        access report, a shred), or None when it is: ``kind_not_allowed`` outside its
+        kinds, ``purpose_not_allowed`` when it is limited to purposes the kind is not
+        declared for."""
+        if self.kinds is not None and kind not in self.kinds:
+            return "kind_not_allowed"
+        if self.purposes is not None and self.purposes.isdisjoint(declared_purposes):
+            return "purpose_not_allowed"
+        return None
+
+    def narrowed(self) -> str | None:
+        """Why an operation on the whole vault (a backup) refuses this role: it is
+        limited to some kinds, fields or purposes; None when it is not limited."""
+        if self.kinds is not None:
+            return "kind_not_allowed"
+        if self.fields is not None:
+            return "field_not_allowed"
+        if self.purposes is not None:
+            return "purpose_not_allowed"
+        return None
+
 
 def normalize_expiry(value: object) -> str | None:
     """An expiry as fixed-width RFC 3339 UTC (so text order is time order), or None.

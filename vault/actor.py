@@ -30,9 +30,9 @@ from .errors import (
 )
 from .lifecycle import DECOMMISSION_ACTION
 from .log import Event
-from .store import customers, principals, roles
+from .store import customers, principals, records, roles
 
-__all__ = ["ADMIN", "Actor", "load_role", "subject_tag", "system_actor", "visible_fields"]
+__all__ = ["ADMIN", "Actor", "load_role", "subject_tag", "system_actor"]
 
 ADMIN = "admin"
 
@@ -113,11 +113,16 @@ class Actor:
         kind: str | None = None,
         purpose: str | None = None,
         subject: str | None = None,
+        whole_vault: bool = False,
     ) -> Role:
         """Allow ``action`` (on ``kind`` for ``purpose``) and return the role as of now,
-        or raise a :class:`Refusal` that logs the denial with a reason code."""
+        or raise a :class:`Refusal` that logs the denial with a reason code.
+        ``whole_vault``: the action copies every kind and field (a backup), so a role
+        limited to some of them is refused."""
         role = self.current_role(conn, log_action)
         reason = role.denial(action, now=self.ctx.now(), kind=kind, purpose=purpose)
+        if reason is None and whole_vault:
+            reason = role.narrowed()
         if reason is None and kind is not None and purpose is not None:
             try:
                 self.ctx.kind(kind).check_purpose(purpose)
@@ -140,6 +145,36 @@ class Actor:
             raise Refusal(
                 AccessDeniedError(f"role {self.role.name!r} may not {action}: {reason}"), ev
             )
+        return role
+
+    def gate_customer(
+        self, conn: Connection, action: str, log_action: str, customer_id: str, subject: str
+    ) -> Role:
+        """Allow ``action`` on everything a customer holds (a shred destroys it all): a
+        role limited in kinds or purposes must cover the kind of every record of the
+        customer (:meth:`Role.withholds`), else a :class:`Refusal` logs the denial."""
+        role = self.gate(conn, action, log_action, subject=subject)
+        if role.kinds is None and role.purposes is None:
+            return role
+        held = conn.execute(
+            select(records.c.kind).where(records.c.customer_id == customer_id).distinct()
+        ).scalars()
+        for kind in sorted(str(k) for k in held):
+            reason = role.withholds(kind, self.ctx.kind(kind).purposes)
+            if reason is not None:
+                ev = self.event(
+                    log_action,
+                    outcome="denied",
+                    subject=subject,
+                    detail={"kind": kind, "reason_code": reason},
+                )
+                raise Refusal(
+                    AccessDeniedError(
+                        f"role {self.role.name!r} may not {action} customer {customer_id}: "
+                        f"it has records of kind {kind} ({reason})"
+                    ),
+                    ev,
+                )
         return role
 
     def authorize(self, action: str, log_action: str) -> None:
@@ -237,15 +272,6 @@ def load_role(conn: Connection, name: str) -> Role | None:
         return builtin
     spec = conn.execute(select(roles.c.spec).where(roles.c.name == name)).scalar()
     return None if spec is None else Role.from_json(json.loads(spec))
-
-
-def visible_fields(role: Role, kind: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """The fields of a decrypted ``kind`` record that ``role`` may see (``fields``
-    itself when it may see them all: the hot path copies nothing)."""
-    allowed = role.fields_for(kind)
-    if allowed is None or allowed.issuperset(fields):
-        return fields
-    return {k: v for k, v in fields.items() if k in allowed}
 
 
 def subject_tag(keys: CustomerKeys | None) -> str | None:

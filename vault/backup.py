@@ -103,7 +103,8 @@ def create_backup(
 
         def snapshot(tx: Tx) -> dict[str, Any]:
             # Holding the log head: no writer can commit while both stores are copied.
-            actor.gate(tx.conn, "export", "backup.create")
+            # A backup copies every kind and field: a role limited to some is refused.
+            actor.gate(tx.conn, "export", "backup.create", whole_vault=True)
             _copy_keystore(ctx.keys.store.path, work_dir / KEYS_FILE)
             _copy_data(ctx.data, tx.conn, work_dir / DATA_FILE, progress, tx.head.seq)
             manifest = {

@@ -137,7 +137,8 @@ def export_package(
             index = hashlib.sha256()
             for start in range(0, len(chosen), _BATCH):
                 batch = chosen[start : start + _BATCH]
-                for cid, payload, n in _sealed_customers(ctx, batch, package_id, cipher, writer):
+                sealed = _sealed_customers(ctx, batch, package_id, cipher, writer, kinds_used)
+                for cid, payload, n in sealed:
                     index.update(U32.pack(len(payload)) + payload)
                     counts[cid] = n
                     if progress is not None:
@@ -228,10 +229,16 @@ def _kinds_of(ctx: VaultContext, chosen: Sequence[str]) -> set[str]:
     return {str(r.kind) for r in ctx.read_in(stmt, records.c.customer_id, chosen)}
 
 
-def _gate_kinds(ctx: VaultContext, actor: Actor, kinds_used: set[str]) -> None:
-    """The role must be allowed to export every kind, whole (no field allow-list)."""
+def _gate_kinds(
+    ctx: VaultContext, actor: Actor, kinds_used: set[str], tx: Tx | None = None
+) -> None:
+    """The role must be allowed to export for the handover's purpose and every kind,
+    whole (no field allow-list). Checked before anything is read and again in the
+    transaction that logs the export (``tx``), so a role narrowed meanwhile exports
+    nothing."""
 
     def work(tx: Tx) -> None:
+        actor.gate(tx.conn, "export", "handover.export", purpose=PURPOSE)
         for kind in sorted(kinds_used):
             role = actor.gate(tx.conn, "export", "handover.export", kind=kind)
             if role.fields_for(kind) is not None:
@@ -248,7 +255,10 @@ def _gate_kinds(ctx: VaultContext, actor: Actor, kinds_used: set[str]) -> None:
                     ev,
                 )
 
-    ctx.transact(work)
+    if tx is None:
+        ctx.transact(work)
+    else:
+        work(tx)
 
 
 def _sealed_customers(
@@ -257,9 +267,11 @@ def _sealed_customers(
     package_id: str,
     cipher: PackageCipher,
     writer: PackageWriter,
+    kinds: set[str],
 ) -> Iterator[tuple[str, bytes, int]]:
     """Decrypt a batch of customers' records, re-seal each under the package key and
-    write its frames; yields (customer, its entry's payload, record count)."""
+    write its frames; yields (customer, its entry's payload, record count). A record of
+    a kind outside ``kinds`` (the kinds gated, added since) stops the export."""
     keys = ctx.keys.customer_keys(batch)
     meta = {
         str(r.id): r
@@ -296,6 +308,10 @@ def _sealed_customers(
         listed = []
         for row in by_customer[cid]:
             rid, kind = str(row.id), str(row.kind)
+            if kind not in kinds:
+                raise StorageError(
+                    f"a record of kind {kind} was added during the export; run it again"
+                )
             try:  # reloads the customer's keys if another process rotated them
                 env = envelope(ctx.keys, keys, cid, int(row.dek_version))
             except DecryptionError:
@@ -336,7 +352,7 @@ def _log_export(
     kinds_used = sorted(manifest["kinds"])
 
     def work(tx: Tx) -> None:
-        actor.gate(tx.conn, "export", "handover.export")
+        _gate_kinds(ctx, actor, set(kinds_used), tx)
         for start in range(0, len(cids), 500):
             part = cids[start : start + 500]
             active = set(

@@ -63,6 +63,7 @@ def _render_subject(r: dict[str, Any]) -> str:
             ],
         )
         lines += ["", "## Records", ""]
+        lines += _withheld_text(r.get("withheld"))
         for rec in r["records"]:
             lines += [f"### {rec['kind']} ({rec['id']}, version {rec['version']})", ""]
             lines += _table(["field", "value"], sorted(rec["fields"].items()))
@@ -115,6 +116,20 @@ def _render_subject(r: dict[str, Any]) -> str:
         receipt = json.dumps(r["receipt"], indent=2, sort_keys=True, ensure_ascii=False)
         lines += ["## Appendix: your erasure receipt", "", *_fenced(receipt, "json"), ""]
     return "\n".join(lines)
+
+
+def _withheld_text(withheld: dict[str, Any] | None) -> list[str]:
+    """A warning that the report is incomplete: the role that made it may not see
+    everything (counts and reason codes only)."""
+    if not withheld or not (withheld["records"] or withheld["records_with_fields_withheld"]):
+        return []
+    reasons = ", ".join(f"{code}: {n}" for code, n in withheld["reasons"].items())
+    return [
+        "**This report is incomplete:** the role that made it may not see everything. "
+        f"Records left out: {withheld['records']}" + (f" ({reasons})" if reasons else "") + "; "
+        f"records shown with some fields left out: {withheld['records_with_fields_withheld']}.",
+        "",
+    ]
 
 
 def _fenced(text: str, info: str) -> list[str]:

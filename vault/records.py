@@ -3,7 +3,7 @@
 Batch first (DESIGN §5): ``put_many`` and ``get_many`` do one transaction and one
 ``executemany``; the single forms are batches of one. Plaintext is sealed and opened
 only by :mod:`.sealing`, and what a role reads is cut to its field allow-list by
-:func:`.actor.visible_fields`.
+``Role.visible``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sqlalchemy import RowMapping, bindparam, delete, select, update
 
 from ..keys import CustomerKeys
 from . import ids
-from .actor import Actor, subject_tag, visible_fields
+from .actor import Actor, subject_tag
 from .context import Tx, VaultContext
 from .inputs import check_batch, check_customer_id, check_record_id
 from .log import Event
@@ -159,7 +159,7 @@ def update_record(
                 detail={"kind": kind, "fields": sorted(fields), "version": version},
             )
         )
-        visible = visible_fields(role, kind, merged)
+        visible = role.visible(kind, merged)
         return Record(record_id, customer_id, kind, visible, version, str(row["created"]), now)
 
     return ctx.transact(work)
@@ -300,7 +300,7 @@ def _read_records(
     events: list[Event] = []
     for (cid, rid), row in zip(pairs, rows, strict=True):
         kind = str(row["kind"])
-        fields = visible_fields(role, kind, _decrypt(ctx, keys, cid, rid, row))
+        fields = role.visible(kind, _decrypt(ctx, keys, cid, rid, row))
         result.append(
             Record(
                 rid,

@@ -66,7 +66,7 @@ def shred_expired(
                 held.append(str(row.id))
             else:
                 try:
-                    receipts.append(shred_customer(ctx, actor, str(row.id), reason))
+                    receipts.append(shred_customer(ctx, actor, str(row.id), reason, gated=True))
                 except LegalHoldError:
                     held.append(str(row.id))  # held by another process meanwhile
                 except ShreddedError:

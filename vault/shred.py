@@ -76,21 +76,29 @@ def shred_one(ctx: VaultContext, actor: Actor, customer_id: str, *, reason: str)
     check_customer_id(customer_id)
     check_reason(reason)
     actor.authorize("shred", "customer.shred")
-    return shred_customer(ctx, actor, customer_id, reason)
+    return shred_customer(ctx, actor, customer_id, reason, gated=True)
 
 
-def shred_customer(ctx: VaultContext, actor: Actor, customer_id: str, reason: str) -> Receipt:
+def shred_customer(
+    ctx: VaultContext, actor: Actor, customer_id: str, reason: str, *, gated: bool = False
+) -> Receipt:
     """Run the three steps for one customer and return its erasure receipt.
 
     Raises NotFoundError (unknown), ShreddedError (already shredded), LegalHoldError
-    (held); each is logged and changes nothing. A customer found half-shredded is
-    finished instead (the original reason stands)."""
+    (held); each is logged and changes nothing. ``gated``: the actor must cover every
+    record of the customer (:meth:`Actor.gate_customer`), checked in the transaction
+    that begins the shred, so the records' kinds cannot change before the intent
+    commits; a refusal likewise changes nothing. (Ungated: the vault's own work —
+    roll-forward, restore replay — and a decommission, which its own gate allowed.)
+    A customer found half-shredded is finished instead (the original reason stands)."""
     check_reason(reason)
     with shred_lock(ctx):
-        return _shred_locked(ctx, actor, customer_id, reason)
+        return _shred_locked(ctx, actor, customer_id, reason, gated)
 
 
-def _shred_locked(ctx: VaultContext, actor: Actor, customer_id: str, reason: str) -> Receipt:
+def _shred_locked(
+    ctx: VaultContext, actor: Actor, customer_id: str, reason: str, gated: bool
+) -> Receipt:
     def begin(tx: Tx) -> None:
         row = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
         if row is None:
@@ -113,6 +121,8 @@ def _shred_locked(ctx: VaultContext, actor: Actor, customer_id: str, reason: str
         if ck is None:
             raise StorageError(f"customer {customer_id} is active but has no keys in the keystore")
         tag = ck.subject_tag.hex()
+        if gated:
+            actor.gate_customer(tx.conn, "shred", "customer.shred", customer_id, tag)
         if row.legal_hold:
             ev = actor.event(
                 "customer.shred",

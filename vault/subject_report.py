@@ -7,6 +7,7 @@ the same through its erasure receipt.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from sqlalchemy import Connection, select
@@ -32,7 +33,9 @@ def customer_report(ctx: VaultContext, actor: Actor, customer_id: str) -> dict[s
 
     The right of access overrides the purposes declared for kinds, so records are read
     for the purpose ``subject-access``; each read is logged (one entry per record), and
-    a checkpoint is signed over the report's own entries. Raises NotFoundError, or
+    a checkpoint is signed over the report's own entries. A role limited in kinds,
+    fields or purposes gets only what it may see (``Role.withholds``, ``Role.visible``);
+    ``withheld`` counts the rest, and a summary entry logs it. Raises NotFoundError, or
     ShreddedError (a shredded customer is answered by its erasure receipt).
     """
     keys_of = ctx.keys
@@ -43,7 +46,7 @@ def customer_report(ctx: VaultContext, actor: Actor, customer_id: str) -> dict[s
         # refused report attempt shows in that customer's own history.
         tags = keys_of.store.subject_tags([customer_id]) if row is not None else {}
         tag_bytes = tags.get(customer_id)
-        actor.gate(
+        role = actor.gate(
             tx.conn,
             "export",
             "customer.report",
@@ -68,9 +71,18 @@ def customer_report(ctx: VaultContext, actor: Actor, customer_id: str) -> dict[s
             select(records).where(records.c.customer_id == customer_id).order_by(records.c.created)
         ).all()
         held = []
+        withheld: Counter[str] = Counter()
+        partial = 0
         for r in rows:
+            # What the role may not see is never decrypted (docs/access-control.md).
+            why = role.withholds(str(r.kind), ctx.kind(str(r.kind)).purposes)
+            if why is not None:
+                withheld[why] += 1
+                continue
             env = envelope(ctx.keys, keys, customer_id, int(r.dek_version))
-            fields = open_fields(env, ck, str(r.id), str(r.kind), bytes(r.ciphertext))
+            plain = open_fields(env, ck, str(r.id), str(r.kind), bytes(r.ciphertext))
+            fields = role.visible(str(r.kind), plain)
+            partial += len(fields) < len(plain)
             held.append(
                 {
                     "id": r.id,
@@ -97,11 +109,12 @@ def customer_report(ctx: VaultContext, actor: Actor, customer_id: str) -> dict[s
                     detail={"kind": item["kind"], "fields": sorted(item["fields"])},
                 )
             )
-        if not held:
+        if not held or withheld:
+            summary: dict[str, Any] = {"records": len(held)}
+            if withheld:
+                summary["withheld"] = dict(sorted(withheld.items()))
             tx.log(
-                actor.event(
-                    "customer.report", subject=tag, purpose=SUBJECT_ACCESS, detail={"records": 0}
-                )
+                actor.event("customer.report", subject=tag, purpose=SUBJECT_ACCESS, detail=summary)
             )
         tx.checkpoint = True
         return {
@@ -116,6 +129,11 @@ def customer_report(ctx: VaultContext, actor: Actor, customer_id: str) -> dict[s
             },
             "subject_tag": tag,
             "records": held,
+            "withheld": {
+                "records": sum(withheld.values()),
+                "reasons": dict(sorted(withheld.items())),
+                "records_with_fields_withheld": partial,
+            },
             "history": history,
             "report_entries": len(tx.events),
             "first_report_seq": tx.head.seq + 1,
@@ -190,6 +208,7 @@ def customer_report_from_receipt(
             },
             "subject_tag": tag,
             "records": [],
+            "withheld": {"records": 0, "reasons": {}, "records_with_fields_withheld": 0},
             "receipt": dict(receipt),
             "history": history,
             "report_entries": len(tx.events),
