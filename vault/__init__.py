@@ -3,7 +3,7 @@
 The public Python API. Everything not listed in ``__all__`` is private.
 """
 
-from ..keys import DecryptionError, KdfParams, KeysError, UnsupportedFormatError, generate_keyfile
+from ..keys import DecryptionError, KdfParams, KeysError, UnsupportedFormatError
 from .access import ACTIONS, Role
 from .audit import Auditor, format_public_key, parse_public_key, read_anchor, verify_export
 from .backup import BackupInfo, BackupReport, ShredSource, restore_backup, verify_backup
@@ -24,6 +24,7 @@ from .errors import (
     HandoverConflictError,
     LegalHoldError,
     NotFoundError,
+    OutputExistsError,
     PurposeError,
     SchemaError,
     ShreddedError,
@@ -34,6 +35,7 @@ from .errors import (
     VaultError,
     VerificationError,
 )
+from .files import create_file, generate_keyfile, write_file
 from .handover import (
     HandoverCompletion,
     HandoverExport,
@@ -85,6 +87,7 @@ __all__ = [
     "LegalHoldError",
     "LogHead",
     "NotFoundError",
+    "OutputExistsError",
     "Principal",
     "PurposeError",
     "Receipt",
@@ -105,6 +108,7 @@ __all__ = [
     "VaultError",
     "VerificationError",
     "VerifyReport",
+    "create_file",
     "decommission_state",
     "decommissioned_certificate",
     "format_public_key",
@@ -125,4 +129,5 @@ __all__ = [
     "verify_completion",
     "verify_export",
     "verify_receipt",
+    "write_file",
 ]

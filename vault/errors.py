@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "AccessDeniedError",
     "AuditChainError",
@@ -9,6 +11,7 @@ __all__ = [
     "HandoverConflictError",
     "LegalHoldError",
     "NotFoundError",
+    "OutputExistsError",
     "PurposeError",
     "SchemaError",
     "ShreddedError",
@@ -96,3 +99,15 @@ class VaultBusyError(VaultError):
 
 class StorageError(VaultError):
     """The data store or keystore failed (missing, unwritable, mismatched, too new)."""
+
+
+class OutputExistsError(StorageError, FileExistsError):
+    """A file to write (receipt, certificate, report, archive, package, key file)
+    already exists, or another process is writing it, and overwriting was not asked
+    for: nothing was written and the existing file is untouched. ``path`` is the file.
+    Also a ``FileExistsError``, so code catching ``OSError`` keeps working."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.errno = errno.EEXIST
+        self.path = path
