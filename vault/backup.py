@@ -42,6 +42,7 @@ from .canonical import canonical
 from .clock import format_ts
 from .errors import StorageError, VaultError, VerificationError
 from .faults import crash_point
+from .files import check_absent, create_empty, create_file, move_into_place, write_file
 from .log import Event
 from .receipt import load_receipt, verify_receipt
 from .store import DataStore, backups, customers, describe_error, log, metadata
@@ -105,8 +106,7 @@ def create_backup(
     """Write one archive at ``out`` (refuses to overwrite) and return its manifest."""
     vault = session._vault
     target = Path(out)
-    if target.exists():
-        raise StorageError(f"{target} exists; not overwriting it")
+    check_absent(target)
     session._authorize("export", "backup.create")
     backup_id = ids.new_id("bak_")
     now = vault._clock()
@@ -158,6 +158,7 @@ def create_backup(
 
 
 def _copy_keystore(source: Path, dest: Path) -> None:
+    create_empty(dest)  # owner-only from the start, like every file we write
     src = sqlite3.connect(source)
     dst = sqlite3.connect(dest)
     try:
@@ -180,6 +181,7 @@ def _copy_data(
 
     ``progress`` counts log entries (``entries`` in all): rows as they are streamed,
     or, for the SQLite page copy, the share of pages copied scaled to ``entries``."""
+    create_empty(dest)  # owner-only from the start, like every file we write
     if data.is_sqlite:
         # The backup API cannot read through the connection holding the write lock; a
         # second connection can (WAL readers never wait) and, since nobody else may
@@ -241,18 +243,14 @@ def _file_digest(path: Path) -> dict[str, Any]:
 
 
 def _write_archive(target: Path, body: bytes, signature: bytes, work_dir: Path) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            _add_bytes(tar, MANIFEST, body)
-            _add_bytes(tar, SIGNATURE, signature.hex().encode("ascii"))
-            for name in MEMBERS:
-                tar.add(work_dir / name, arcname=name)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with (
+        create_file(target) as out,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        _add_bytes(tar, MANIFEST, body)
+        _add_bytes(tar, SIGNATURE, signature.hex().encode("ascii"))
+        for name in MEMBERS:
+            tar.add(work_dir / name, arcname=name)
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -432,7 +430,7 @@ def _extract_checked(tar: tarfile.TarFile, name: str, dest: Path, expected: dict
         raise VerificationError(f"{name} in the archive is not a file", reason="malformed")
     h = hashlib.sha256()
     size = 0
-    with open(dest, "wb") as out:
+    with create_file(dest) as out:
         while chunk := source.read(_CHUNK):
             h.update(chunk)
             size += len(chunk)
@@ -586,7 +584,7 @@ def restore_backup(
         )
     created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    (root / RESTORE_MARKER).write_text("restore in progress\n", encoding="utf-8")
+    write_file(root / RESTORE_MARKER, b"restore in progress\n")
     staged = root / ".restore-staging"
     staged.mkdir()
     try:
@@ -610,8 +608,8 @@ def restore_backup(
                 root.rmdir()
         raise
     if data_url is None:
-        os.replace(staged / DATA_FILE, root / DATA_FILE)
-    os.replace(staged / KEYS_FILE, root / KEYS_FILE)
+        move_into_place(staged / DATA_FILE, root / DATA_FILE)
+    move_into_place(staged / KEYS_FILE, root / KEYS_FILE)
     shutil.rmtree(staged)
     _set_data_location(root / KEYS_FILE, "external" if data_url is not None else "sqlite")
     crash_point("restore:after-files")
