@@ -74,6 +74,7 @@ from .errors import (
     VerificationError,
 )
 from .faults import crash_point
+from .files import PartialFile, check_absent, translate_write_errors, write_file
 from .receipt import Receipt
 from .schema import KindSpec, check_name, encode_fields
 from .store import customers, handover_imports, kinds, log, records
@@ -124,7 +125,8 @@ def handover_keygen(
     Argon2id(passphrase). Returns both paths and the key's fingerprint. Refuses to
     overwrite; raises :class:`UnlockError` for an empty passphrase or weak parameters."""
     try:
-        return write_handover_key(Path(out), passphrase, params=params)
+        with translate_write_errors():
+            return write_handover_key(Path(out), passphrase, params=params)
     except WeakParametersError as error:
         raise UnlockError(str(error)) from None
     except InvalidKeyError as error:
@@ -222,7 +224,7 @@ class HandoverCompletion:
     def write(self, path: str | os.PathLike[str], *, replace: bool = False) -> None:
         """Write the signed summary (0600, atomically). Refuses to replace a file unless
         ``replace`` (a rerun replacing the summary of the same package)."""
-        _write_new_file(Path(path), self.dumps().encode("utf-8"), replace=replace)
+        write_file(path, self.dumps().encode("utf-8"), overwrite=replace)
 
 
 # -- the container ---------------------------------------------------------------------------
@@ -475,8 +477,7 @@ def export_package(
     if not isinstance(recipient_public_key, bytes) or len(recipient_public_key) != 32:
         raise SchemaError("the acquirer's public key must be 32 bytes (X25519)")
     target = Path(out)
-    if target.exists():
-        raise StorageError(f"{target} exists; not overwriting it")
+    check_absent(target)
     if not target.parent.is_dir():
         raise StorageError(f"{target.parent} is not a directory")
     session._authorize("export", "handover.export")
@@ -491,12 +492,10 @@ def export_package(
     sealed_key = seal_package_key(recipient_public_key, package_key)
     cipher = PackageCipher(package_key)
     package_key.wipe()
-    partial = target.with_name(f".{target.name}.handover-partial")
-    partial.unlink(missing_ok=True)  # left by an export that crashed
+    partial = PartialFile(target)  # removes one an export that crashed left
     counts: dict[str, int] = {}
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
+        with partial.writing() as handle:  # fsynced when the block ends
             writer = _Writer(handle)
             writer.frame(KEY, sealed_key)
             index = hashlib.sha256()
@@ -533,16 +532,14 @@ def export_package(
             writer.frame(MANIFEST, body)
             writer.frame(SIGNATURE, vault._keys.signer.sign(body))
             writer.trailer(manifest_offset)
-            handle.flush()
-            os.fsync(handle.fileno())
         crash_point("handover:before-log")
         manifest_sha256 = hashlib.sha256(body).hexdigest()
         _log_export(session, package_id, counts, manifest, manifest_sha256)
     except BaseException:
-        partial.unlink(missing_ok=True)
+        partial.discard()
         raise
     crash_point("handover:after-log")
-    _link_into_place(partial, target)
+    partial.publish()
     return HandoverExport(
         package_id,
         str(target),
@@ -757,49 +754,6 @@ def _log_export(
         tx.checkpoint = True
 
     vault._transact(work)
-
-
-def _link_into_place(partial: Path, target: Path) -> None:
-    """Give the finished package its name without replacing anything, durably."""
-    try:
-        os.link(partial, target)
-    except FileExistsError:
-        raise StorageError(
-            f"{target} appeared during the export; the package is at {partial}"
-        ) from None
-    except FileNotFoundError:
-        raise StorageError(
-            f"the finished package vanished before it could be named {target} (another "
-            "export to the same path?); its handover entries are logged: export again"
-        ) from None
-    partial.unlink()
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_new_file(path: Path, data: bytes, *, replace: bool = False) -> None:
-    if path.exists() and not replace:
-        raise FileExistsError(f"{path} exists; not replacing it")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # -- import (acquirer) -----------------------------------------------------------------------
@@ -1186,7 +1140,7 @@ def complete_package(
                     receipts.append(receipt)
                     text = receipt.dumps().encode("utf-8")
                     if where is not None:
-                        _write_new_file(where / f"{cid}.json", text)
+                        write_file(where / f"{cid}.json", text)
                     item.update(
                         state="shredded",
                         receipt_sha256=hashlib.sha256(text).hexdigest(),
