@@ -44,6 +44,7 @@ from .errors import (
     VaultDecommissionedError,
     VaultError,
 )
+from .files import create_empty
 from .lifecycle import (
     DECOMMISSION_ACTION,
     DECOMMISSIONED,
@@ -179,6 +180,8 @@ class Vault:
                 raise StorageError(str(error)) from None
             with keyring.store.transaction() as conn:
                 keyring.store.set_meta(conn, "data_location", "external" if data_url else "sqlite")
+            if not data_url:
+                create_empty(root / DATA_FILE)  # owner-only before SQLite opens it
             data = _connect_data(root, data_url, busy_timeout)
             if data.has_schema():
                 raise StorageError("the data store already holds a vault; refusing to overwrite it")
