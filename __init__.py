@@ -34,6 +34,7 @@ from .vault import (
     LegalHoldError,
     LogHead,
     NotFoundError,
+    OutputExistsError,
     Principal,
     PurposeError,
     Receipt,
@@ -54,6 +55,7 @@ from .vault import (
     VaultError,
     VerificationError,
     VerifyReport,
+    create_file,
     decommission_state,
     decommissioned_certificate,
     format_public_key,
@@ -74,6 +76,7 @@ from .vault import (
     verify_completion,
     verify_export,
     verify_receipt,
+    write_file,
 )
 
 __all__ = [
@@ -105,6 +108,7 @@ __all__ = [
     "LegalHoldError",
     "LogHead",
     "NotFoundError",
+    "OutputExistsError",
     "Principal",
     "PurposeError",
     "Receipt",
@@ -125,6 +129,7 @@ __all__ = [
     "VaultError",
     "VerificationError",
     "VerifyReport",
+    "create_file",
     "decommission_state",
     "decommissioned_certificate",
     "format_public_key",
@@ -145,4 +150,5 @@ __all__ = [
     "verify_completion",
     "verify_export",
     "verify_receipt",
+    "write_file",
 ]

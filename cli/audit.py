@@ -16,6 +16,7 @@ from ..vault import (
     Checkpoint,
     VerificationError,
     VerifyReport,
+    create_file,
     format_public_key,
     parse_public_key,
     read_anchor,
@@ -23,6 +24,7 @@ from ..vault import (
 )
 from .context import open_auditor, open_session, store_options, token_option, unlock_options
 from .output import json_option, note, print_json, print_pairs
+from .params import OUTPUT_FILE, file_or_stdout
 from .progress import LazyProgress
 
 __all__ = ["audit_group"]
@@ -162,9 +164,9 @@ def verify_command(
     "--out",
     "out_path",
     metavar="FILE",
-    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    type=OUTPUT_FILE,
     default="-",
-    help="Write here (replaced atomically when done) instead of stdout.",
+    help="Write here (mode 0600, replaced atomically when done) instead of stdout.",
 )
 @store_options
 @click.pass_context
@@ -174,16 +176,18 @@ def export_command(ctx: click.Context, since: int, out_path: Path) -> None:
     No passphrase needed. Verify the file anywhere with
     `shredvault audit verify --from-export FILE --pubkey KEY`.
     """
-    target = str(out_path)
+    target = file_or_stdout(out_path)
     with open_auditor(ctx) as auditor:
         latest = auditor.latest_checkpoint()
         expected = (latest.seq - since + 1) if latest and latest.seq >= since else None
         with (
             LazyProgress("exporting", expected) as progress,
-            click.open_file(target, "wb", atomic=target != "-") as out,
+            click.open_file("-", "wb")
+            if target is None
+            else create_file(target, overwrite=True) as out,
         ):
             count = auditor.export(out, since=since, progress=progress)
-    if target != "-":
+    if target is not None:
         note(f"exported {count} entries to {target}")
 
 

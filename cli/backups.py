@@ -45,6 +45,7 @@ from .context import (
 from .exit_codes import CommandError
 from .meter import Meter
 from .output import json_option, note, print_json, print_pairs, print_table
+from .params import NewFile
 from .receipts import read_pubkey
 
 __all__ = ["backup_group"]
@@ -91,7 +92,7 @@ def _check_new_archive(path: Path) -> None:
 
 
 @backup_group.command("create")
-@click.argument("out", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", metavar="OUT", type=NewFile("a backup archive"))
 @click.option(
     "--expires",
     "expires_days",

@@ -29,6 +29,7 @@ from .context import (
 )
 from .meter import Meter
 from .output import json_option, note, print_json, print_pairs
+from .params import OUTPUT_FILE, file_or_stdout
 from .receipts import save_recovered_receipts
 
 __all__ = ["decommission_command"]
@@ -72,9 +73,9 @@ def _summary(certificate: Certificate) -> dict[str, Any]:
     "--certificate",
     "certificate_file",
     metavar="OUT",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the certificate here (JSON) and its Markdown rendering beside it "
-    "(cert.json -> cert.md).",
+    type=OUTPUT_FILE,
+    help="Write the certificate here (JSON, mode 0600) and its Markdown rendering beside "
+    "it (cert.json -> cert.md); '-' or none: the JSON on stdout.",
 )
 @click.option(
     "--override-holds",
@@ -111,6 +112,7 @@ def decommission_command(
         raise click.UsageError("say why with --reason (it is logged; no personal data)")
     root = settings_of(ctx).require_vault()
     state = decommission_state(root)
+    certificate_file = file_or_stdout(certificate_file)
     if certificate_file is not None:
         _check_target(certificate_file, resuming=state != "active")
 

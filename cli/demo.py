@@ -22,6 +22,7 @@ from ..vault import (
     PurposeError,
     ShreddedError,
     Vault,
+    create_file,
     format_public_key,
     generate_keyfile,
     load_receipt,
@@ -30,7 +31,6 @@ from ..vault import (
 )
 from .exit_codes import CommandError
 from .output import json_option, print_json
-from .receipts import write_receipt
 
 __all__ = ["demo_command"]
 
@@ -187,7 +187,7 @@ def run_demo(workdir: Path) -> DemoSummary:
     with Auditor.open(vault_dir) as auditor:
         report = auditor.verify()
         public_key = auditor.public_key
-        with export_file.open("wb") as out:
+        with create_file(export_file) as out:
             summary.export_entries = auditor.export(out)
     summary.log_ok = report.ok
     summary.log_entries = report.entries
@@ -204,7 +204,7 @@ def _shred_one(summary: DemoSummary, vault_dir: Path, keyfile: Path, receipt_fil
         public_key = vault.public_key
         session = vault.admin()
         receipt = session.shred(customer, reason=SHRED_REASON)
-        write_receipt(receipt, receipt_file)
+        receipt.write(receipt_file)
         try:
             session.get(customer, record, purpose="service")
         except ShreddedError:

@@ -42,6 +42,7 @@ from .context import (
 from .exit_codes import CommandError, describe
 from .meter import Meter
 from .output import json_option, note, print_json, print_pairs
+from .params import NewFile
 from .receipts import read_pubkey
 
 __all__ = ["HANDOVER_PASSPHRASE_ENV", "handover_group"]
@@ -91,7 +92,7 @@ def handover_group() -> None:
 
 
 @handover_group.command("keygen")
-@click.argument("out", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", metavar="OUT", type=NewFile("a key pair"))
 @_key_passphrase_option
 @json_option
 def keygen_command(out: Path, key_passphrase_file: Path | None, as_json: bool) -> None:
@@ -137,7 +138,7 @@ def keygen_command(out: Path, key_passphrase_file: Path | None, as_json: bool) -
     "--out",
     metavar="PACKAGE",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NewFile("a handover package"),
     help="Write the package here (a new file, mode 0600).",
 )
 @click.option(
@@ -320,7 +321,7 @@ def import_command(
     "summary_file",
     metavar="FILE",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NewFile("the completion summary"),
     help="Write the signed completion summary here (a new file, mode 0600).",
 )
 @yes_option

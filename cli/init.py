@@ -15,6 +15,7 @@ from .context import (
     unlock_options,
 )
 from .output import json_option, note, print_json, print_pairs
+from .params import NewFile
 
 __all__ = ["init_command"]
 
@@ -43,7 +44,7 @@ def _new_keyfile(path: Path, vault_dir: Path) -> Credential:
 @click.option(
     "--new-keyfile",
     metavar="PATH",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NewFile("a keyfile"),
     help="Generate a new 32-byte keyfile at PATH (mode 0600) and use it instead of a passphrase.",
 )
 @json_option

@@ -26,6 +26,7 @@ from .context import (
 )
 from .meter import Meter
 from .output import json_option, note, print_json, print_pairs
+from .params import NewFile
 
 __all__ = ["NEW_PASSPHRASE_ENV", "key_group"]
 
@@ -290,7 +291,7 @@ def _prompt_new_passphrase() -> bytes:
 @click.option(
     "--new-keyfile",
     metavar="PATH",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NewFile("a keyfile"),
     help="Switch to a new 32-byte keyfile generated at PATH (mode 0600) instead.",
 )
 @json_option

@@ -1,4 +1,5 @@
-"""Parsing command-line values: ``NAME=VALUE`` pairs, comma lists, consent flags, dates.
+"""Parsing command-line values: ``NAME=VALUE`` pairs, comma lists, consent flags, dates,
+output paths (``-`` is stdout where the output can stream there).
 
 Error messages name the option, never the value given: a value may be personal data.
 """
@@ -7,10 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time
+from pathlib import Path
 
 import click
 
-__all__ = ["ISO_MOMENT", "KEY_VALUE", "comma_list", "consent_flags", "field_values"]
+__all__ = [
+    "ISO_MOMENT",
+    "KEY_VALUE",
+    "OUTPUT_FILE",
+    "NewFile",
+    "comma_list",
+    "consent_flags",
+    "field_values",
+    "file_or_stdout",
+]
 
 _TRUE = frozenset({"yes", "y", "true", "1", "on"})
 _FALSE = frozenset({"no", "n", "false", "0", "off"})
@@ -55,8 +66,31 @@ class IsoMoment(click.ParamType):  # type: ignore[type-arg]
         return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+class NewFile(click.Path):
+    """A new file the command writes that cannot be stdout (a binary archive, a file
+    other steps depend on): ``-`` is a usage error rather than a file named ``-``."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+        self.what = what
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> object:
+        if value == "-":
+            self.fail(f"{self.what} cannot go to stdout ('-'); give a file path", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 KEY_VALUE = KeyValue()
 ISO_MOMENT = IsoMoment()
+# An output that may also stream to stdout: ``-`` (see file_or_stdout).
+OUTPUT_FILE = click.Path(dir_okay=False, allow_dash=True, path_type=Path)
+
+
+def file_or_stdout(path: Path | None) -> Path | None:
+    """The file to write, or None for stdout (no path given, or ``-``)."""
+    return None if path is None or str(path) == "-" else path
 
 
 def comma_list(values: Iterable[str]) -> list[str]:

@@ -1,15 +1,14 @@
-"""Erasure receipts on disk: writing them safely, keeping those a crash recovery issued,
-and ``receipt verify``, which checks one offline with no vault, passphrase or network.
+"""Erasure receipts on disk: keeping those a crash recovery issued, and ``receipt
+verify``, which checks one offline with no vault, passphrase or network.
 
 A receipt names the customer next to the subject tag of its old log entries, so it is
-written owner-only and replaced atomically: half a receipt is no proof, and a copy left
-lying around re-links a shredded customer to its history.
+written like every file (``Receipt.write``: owner-only, atomically, never over another
+file): half a receipt is no proof, and a copy left lying around re-links a shredded
+customer to its history.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from typing import Any
 import click
 
 from ..vault import (
-    Receipt,
     ReceiptReport,
     Vault,
     VerificationError,
@@ -33,27 +31,11 @@ __all__ = [
     "RECOVERED_DIR",
     "receipt_group",
     "save_recovered_receipts",
-    "write_receipt",
 ]
 
 RECOVERED_DIR = "recovered-receipts"
 _MAX_PUBKEY_FILE = 4096
 _READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
-
-
-def write_receipt(receipt: Receipt, path: Path) -> None:
-    """Write ``receipt`` as JSON to ``path``: mode 0600, replaced atomically (a reader
-    sees the old file or the whole new one). Raises ``OSError``; leaves no temp file."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(receipt.dumps())
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def save_recovered_receipts(vault: Vault) -> Path | None:
@@ -66,7 +48,7 @@ def save_recovered_receipts(vault: Vault) -> Path | None:
     try:
         target.mkdir(mode=0o700, exist_ok=True)
         for receipt in vault.recovered_receipts:
-            write_receipt(receipt, target / f"{receipt.customer}.json")
+            receipt.write(target / f"{receipt.customer}.json")
     except OSError as error:
         note(
             f"warning: opening the vault finished {count} interrupted shred(s), but their "

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
-from ..vault import SchemaError, load_receipt, render_markdown
+from ..vault import SchemaError, load_receipt, render_markdown, write_file
 from ..vault.audit_reports import normalize_time
 from .audit import audit_group
 from .context import open_session, store_options, token_option, unlock_options
 from .customers import customer_group
 from .output import note, print_json, print_pairs, print_table
+from .params import OUTPUT_FILE, file_or_stdout
 
 
 def _deliver(report: dict[str, Any], fmt: str, out: Path | None) -> None:
@@ -24,13 +24,12 @@ def _deliver(report: dict[str, Any], fmt: str, out: Path | None) -> None:
         if fmt == "md"
         else json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     )
-    if out is None:
+    target = file_or_stdout(out)
+    if target is None:
         click.echo(text, nl=False)
         return
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    note(f"report written to {out} (owner-only: it holds personal data)")
+    write_file(target, text.encode("utf-8"))
+    note(f"report written to {target} (owner-only: it holds personal data)")
 
 
 _format_option = click.option(
@@ -45,8 +44,8 @@ _json_flag = click.option("--json", "as_json", is_flag=True, help="Same as --for
 _out_option = click.option(
     "--out",
     "out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write to a new file (mode 0600) instead of stdout.",
+    type=OUTPUT_FILE,
+    help="Write to a new file (mode 0600) instead of stdout ('-').",
 )
 
 

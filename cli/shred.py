@@ -21,7 +21,7 @@ from .context import open_session, store_options, token_option, unlock_options
 from .exit_codes import CommandError, describe
 from .meter import Meter
 from .output import json_option, note, print_json, print_pairs
-from .receipts import write_receipt
+from .params import OUTPUT_FILE, file_or_stdout
 
 __all__ = ["compact_command", "shred_command"]
 
@@ -64,8 +64,8 @@ def _save(receipts: list[Receipt], paths: list[Path]) -> None:
     (they cannot be issued again) and fail with exit 1."""
     for i, (receipt, path) in enumerate(zip(receipts, paths, strict=True)):
         try:
-            write_receipt(receipt, path)
-        except OSError as error:
+            receipt.write(path)
+        except OSError as error:  # including OutputExistsError: never over another file
             print_json([r.to_json() for r in receipts[i:]])
             raise CommandError(
                 f"shredded, but the receipt could not be written to {path} "
@@ -90,8 +90,8 @@ def _save(receipts: list[Receipt], paths: list[Path]) -> None:
     "--receipt",
     "receipt_file",
     metavar="FILE",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write the erasure receipt here (a new file, mode 0600).",
+    type=OUTPUT_FILE,
+    help="Write the erasure receipt here (a new file, mode 0600); '-' or none: stdout.",
 )
 @click.option(
     "--receipt-dir",
@@ -150,6 +150,7 @@ def shred_command(
         raise click.UsageError("--receipt-dir is for --expired; use --receipt FILE")
     if not reason or not reason.strip():
         raise click.UsageError("say why with --reason (it is logged; no personal data)")
+    receipt_file = file_or_stdout(receipt_file)
     if receipt_file is not None:
         _check_new_file(receipt_file)
     confirm_or_stop(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "DecryptionError",
     "InvalidKeyError",
     "KeysError",
     "KeystoreError",
+    "OutputExistsError",
     "UnsupportedFormatError",
     "WeakParametersError",
     "WrongKeyError",
@@ -39,3 +42,14 @@ class UnsupportedFormatError(DecryptionError):
 
 class KeystoreError(KeysError):
     """The keystore file is missing, locked, corrupt, or from another vault."""
+
+
+class OutputExistsError(KeysError, FileExistsError):
+    """The file to write already exists (or is being written by another process) and
+    overwriting was not asked for: nothing was written, the existing file is untouched.
+    ``path`` is the file."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.errno = errno.EEXIST
+        self.path = path

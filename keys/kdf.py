@@ -12,6 +12,7 @@ from pathlib import Path
 from argon2.low_level import Type, hash_secret_raw
 
 from .errors import InvalidKeyError, WeakParametersError, WrongKeyError
+from .files import write_file
 from .secret import SecretBytes
 
 __all__ = [
@@ -112,14 +113,10 @@ def check_key(root: SecretBytes, expected: bytes) -> None:
         raise WrongKeyError("wrong passphrase or keyfile")
 
 
-def generate_keyfile(path: Path) -> None:
-    """Write 32 random bytes to a new file readable only by its owner (mode 0600)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, os.urandom(KEY_SIZE))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def generate_keyfile(path: str | os.PathLike[str]) -> None:
+    """Write 32 random bytes to a new file readable only by its owner (mode 0600,
+    atomically). Raises :class:`~keys.errors.OutputExistsError` if ``path`` exists."""
+    write_file(path, os.urandom(KEY_SIZE))
 
 
 def load_keyfile(path: Path) -> SecretBytes:

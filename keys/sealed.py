@@ -30,6 +30,7 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 from nacl.secret import SecretBox
 
 from .errors import DecryptionError, InvalidKeyError, WrongKeyError
+from .files import check_absent, write_file
 from .kdf import SALT_SIZE, KdfParams, derive_root_key, recommended_params
 from .secret import SecretBytes
 
@@ -145,26 +146,18 @@ def _dump(document: dict[str, Any]) -> bytes:
     return (json.dumps(document, sort_keys=True, indent=2) + "\n").encode("utf-8")
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_handover_key(
     stem: Path, passphrase: bytes, *, params: KdfParams | None = None
 ) -> tuple[Path, Path, str]:
-    """Generate a key pair; write ``stem.pub`` (0644) and ``stem.key`` (0600, the private
-    key sealed under Argon2id(passphrase)). Refuses to overwrite either file; on failure
-    leaves neither. Returns both paths and the fingerprint."""
+    """Generate a key pair; write ``stem.pub`` and ``stem.key`` (the private key sealed
+    under Argon2id(passphrase)), both 0600 like every file shredvault writes. Refuses
+    to overwrite either file (:class:`~keys.errors.OutputExistsError`, checked before
+    the slow key derivation); on failure leaves neither. Returns both paths and the
+    fingerprint."""
     pub_path = stem.with_name(stem.name + ".pub")
     key_path = stem.with_name(stem.name + ".key")
     for path in (pub_path, key_path):
-        if path.exists():
-            raise FileExistsError(f"{path} exists; refusing to overwrite a key file")
+        check_absent(path)
     kdf = params or recommended_params()
     salt = os.urandom(SALT_SIZE)
     wrapping = derive_root_key(passphrase, salt, kdf)
@@ -185,9 +178,9 @@ def write_handover_key(
         "kdf": {"alg": "argon2id", **kdf.to_dict(), "salt": salt.hex()},
         "sealed": sealed.hex(),
     }
-    _write_new(key_path, _dump(private_doc), 0o600)
+    write_file(key_path, _dump(private_doc))
     try:
-        _write_new(pub_path, _dump({**common, "format": PUBLIC_FORMAT}), 0o644)
+        write_file(pub_path, _dump({**common, "format": PUBLIC_FORMAT}))
     except BaseException:
         key_path.unlink(missing_ok=True)
         raise

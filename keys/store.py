@@ -8,7 +8,6 @@ what they protect. Every write is one ``BEGIN IMMEDIATE`` transaction.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,7 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import KeystoreError
+from .errors import KeystoreError, OutputExistsError
+from .files import create_empty
 
 __all__ = ["SCHEMA_VERSION", "DekRow", "KeyStore", "KeystoreHeader"]
 
@@ -114,10 +114,10 @@ class KeyStore:
     def create(cls, path: Path, header: KeystoreHeader) -> KeyStore:
         """Create a new keystore file; refuses to touch an existing one."""
         path = Path(path)
-        if path.exists():
-            raise KeystoreError(f"keystore {path} already exists")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
+        try:
+            create_empty(path)  # 0600 before SQLite opens it; its -wal/-shm inherit that
+        except OutputExistsError:
+            raise KeystoreError(f"keystore {path} already exists") from None
         try:
             conn = cls._connect(path)
             store = cls(path, conn)

@@ -30,6 +30,7 @@ LAYERS: dict[str, list[str]] = {
         "ids",
         "faults",
         "layout",
+        "files",
         "locks",
         "schema",
         "inputs",
@@ -69,6 +70,7 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("schema", "errors"): "",
     ("inputs", "ids"): "",
     ("locks", "errors"): "",
+    ("files", "errors"): "the writer's refusal maps through keys_errors",
     ("inputs", "errors"): "",
     ("access", "clock"): "expiries are RFC 3339 times",
     ("access", "errors"): "",
@@ -282,9 +284,12 @@ def test_keys_errors_are_translated_only_in_errors_py() -> None:
         assert translators_of(name) in ([], ["vault/errors.py"]), name
 
 
-def test_os_locks_are_taken_only_in_locks_py() -> None:
-    assert homes_of("fcntl") in ([], ["vault/locks.py"])
-    assert homes_of("flock") in ([], ["vault/locks.py"])
+def test_os_locks_are_taken_only_in_keys_locks_py() -> None:
+    for name in ("fcntl", "msvcrt", "flock"):
+        users = sorted(
+            f"{p.parent.name}/{p.name}" for p in library_modules() if name in calls_or_names(p)
+        )
+        assert users in ([], ["keys/locks.py"]), name
 
 
 # -- size and surface ----------------------------------------------------------------------

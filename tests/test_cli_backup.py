@@ -194,6 +194,16 @@ def test_backup_create_refuses_to_overwrite_a_file(run: Run, tmp_path: Path) -> 
     assert archive.read_bytes() == b"precious"
 
 
+def test_backup_create_to_dash_is_a_usage_error_not_a_file_named_dash(
+    run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run("backup", "create", "-")
+    assert result.exit_code == 2
+    assert "cannot go to stdout" in result.stderr
+    assert not (tmp_path / "-").exists()
+
+
 def test_backup_list_shows_the_key_copy_clock(run: Run, setup: Setup, tmp_path: Path) -> None:
     backed_up_then_shredded(run, setup, tmp_path)
     ok(run("backup", "create", str(tmp_path / "t1.tar"), "--expires", "7"))

@@ -156,6 +156,15 @@ def test_out_refuses_an_existing_path_and_leaves_it_alone(
     assert ALICE["name"] not in result.output
 
 
+def test_out_dash_means_stdout(
+    run: Run, setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    report = ok_json(run("customer", "report", setup.alice, "--out", "-"))
+    assert report["customer"]["id"] == setup.alice
+    assert not (tmp_path / "-").exists()
+
+
 def test_customer_report_of_a_shredded_customer_exits_4(run: Run, setup: Setup) -> None:
     result = run("customer", "report", setup.dan)
     assert result.exit_code == 4

@@ -141,6 +141,16 @@ def test_without_receipt_the_receipt_is_stdout_and_the_summary_stderr(
     assert run("receipt", "verify", str(saved)).exit_code == 0
 
 
+def test_receipt_dash_means_stdout_and_writes_no_file(
+    run: Run, setup: Setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = run("shred", setup.customer, "--reason", REASON, "--yes", "--receipt", "-")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["customer"] == setup.customer
+    assert not (tmp_path / "-").exists()
+
+
 def test_shred_json_reports_the_entry_and_carries_the_receipt(run: Run, setup: Setup) -> None:
     result = run("shred", setup.customer, "--reason", REASON, "--yes", "--json")
     assert result.exit_code == 0, result.output

@@ -160,6 +160,7 @@ SHREDVAULT_ALL = [
     "LegalHoldError",
     "LogHead",
     "NotFoundError",
+    "OutputExistsError",
     "Principal",
     "PurposeError",
     "Receipt",
@@ -180,6 +181,7 @@ SHREDVAULT_ALL = [
     "VaultError",
     "VerificationError",
     "VerifyReport",
+    "create_file",
     "decommission_state",
     "decommissioned_certificate",
     "format_public_key",
@@ -200,6 +202,7 @@ SHREDVAULT_ALL = [
     "verify_completion",
     "verify_export",
     "verify_receipt",
+    "write_file",
 ]
 
 KEYS_ALL = [
@@ -213,6 +216,7 @@ KEYS_ALL = [
     "KeyStore",
     "KeysError",
     "KeystoreError",
+    "OutputExistsError",
     "SecretBytes",
     "Signer",
     "UnsupportedFormatError",

@@ -3,7 +3,7 @@
 The public Python API. Everything not listed in ``__all__`` is private.
 """
 
-from ..keys import DecryptionError, KdfParams, KeysError, UnsupportedFormatError, generate_keyfile
+from ..keys import DecryptionError, KdfParams, KeysError, UnsupportedFormatError
 from .access import ACTIONS, Role
 from .archive import BackupReport, verify_backup
 from .audit import Auditor, format_public_key, parse_public_key, read_anchor, verify_export
@@ -25,6 +25,7 @@ from .errors import (
     HandoverConflictError,
     LegalHoldError,
     NotFoundError,
+    OutputExistsError,
     PurposeError,
     SchemaError,
     ShreddedError,
@@ -35,6 +36,7 @@ from .errors import (
     VaultError,
     VerificationError,
 )
+from .files import create_file, generate_keyfile, write_file
 from .handover_complete import HandoverCompletion
 from .handover_export import HandoverExport
 from .handover_import import HandoverImport
@@ -87,6 +89,7 @@ __all__ = [
     "LegalHoldError",
     "LogHead",
     "NotFoundError",
+    "OutputExistsError",
     "Principal",
     "PurposeError",
     "Receipt",
@@ -107,6 +110,7 @@ __all__ = [
     "VaultError",
     "VerificationError",
     "VerifyReport",
+    "create_file",
     "decommission_state",
     "decommissioned_certificate",
     "format_public_key",
@@ -127,4 +131,5 @@ __all__ = [
     "verify_completion",
     "verify_export",
     "verify_receipt",
+    "write_file",
 ]

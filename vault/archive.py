@@ -23,6 +23,7 @@ from ..keys import verify_signature
 from .audit import Auditor
 from .canonical import canonical
 from .errors import VaultError, VerificationError
+from .files import create_file
 from .layout import DATA_FILE, KEYS_FILE
 
 __all__ = [
@@ -173,7 +174,7 @@ def _extract_checked(tar: tarfile.TarFile, name: str, dest: Path, expected: dict
         raise VerificationError(f"{name} in the archive is not a file", reason="malformed")
     h = hashlib.sha256()
     size = 0
-    with open(dest, "wb") as out:
+    with create_file(dest) as out:
         while chunk := source.read(_CHUNK):
             h.update(chunk)
             size += len(chunk)

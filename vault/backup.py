@@ -41,7 +41,7 @@ from .archive import (
 from .canonical import canonical
 from .clock import format_ts
 from .context import Tx, VaultContext
-from .errors import StorageError
+from .files import check_absent, create_empty, create_file
 from .keycopies import shredded_since
 from .layout import DATA_FILE, KEYS_FILE
 from .store import DataStore, backups, log, metadata, tables_in
@@ -92,8 +92,7 @@ def create_backup(
 ) -> dict[str, Any]:
     """Write one archive at ``out`` (refuses to overwrite) and return its manifest."""
     target = Path(out)
-    if target.exists():
-        raise StorageError(f"{target} exists; not overwriting it")
+    check_absent(target)
     actor.authorize("export", "backup.create")
     backup_id = ids.new_id("bak_")
     now = ctx.clock()
@@ -144,6 +143,7 @@ def create_backup(
 
 
 def _copy_keystore(source: Path, dest: Path) -> None:
+    create_empty(dest)  # owner-only from the start, like every file we write
     src = sqlite3.connect(source)
     dst = sqlite3.connect(dest)
     try:
@@ -166,6 +166,7 @@ def _copy_data(
 
     ``progress`` counts log entries (``entries`` in all): rows as they are streamed,
     or, for the SQLite page copy, the share of pages copied scaled to ``entries``."""
+    create_empty(dest)  # owner-only from the start, like every file we write
     if data.is_sqlite:
         # The backup API cannot read through the connection holding the write lock; a
         # second connection can (WAL readers never wait) and, since nobody else may
@@ -213,18 +214,14 @@ def _copy_data(
 
 
 def _write_archive(target: Path, body: bytes, signature: bytes, work_dir: Path) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            _add_bytes(tar, MANIFEST, body)
-            _add_bytes(tar, SIGNATURE, signature.hex().encode("ascii"))
-            for name in MEMBERS:
-                tar.add(work_dir / name, arcname=name)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with (
+        create_file(target) as out,
+        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        _add_bytes(tar, MANIFEST, body)
+        _add_bytes(tar, SIGNATURE, signature.hex().encode("ascii"))
+        for name in MEMBERS:
+            tar.add(work_dir / name, arcname=name)
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -24,7 +24,8 @@ from ..keys import verify_signature
 from .audit import format_public_key, parse_public_key, read_export_entries, verify_export
 from .canonical import canonical
 from .checkpoint import Checkpoint, checkpoint_from_json
-from .errors import VerificationError
+from .errors import OutputExistsError, VerificationError
+from .files import write_file
 from .log import entry_hash
 from .receipt import load_json_document
 
@@ -97,18 +98,23 @@ class Certificate:
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Write the JSON to ``path`` and the Markdown to :func:`markdown_path` beside
-        it, each atomically. An existing file is left alone when it already holds
-        exactly this content (a rerun re-emitting the same certificate), else refused
-        with ``FileExistsError`` before either file is touched. Returns the Markdown path."""
+        it, each owner-only (0600) and atomically. An existing file is left alone when it
+        already holds exactly this content (a rerun re-emitting the same certificate),
+        else refused with :class:`OutputExistsError` (a ``FileExistsError``) before
+        either file is touched. Returns the Markdown path."""
         target = Path(path)
         md = markdown_path(target)
-        files = [(target, self.dumps()), (md, self.markdown())]
-        for file, text in files:
-            if file.exists() and file.read_text("utf-8") != text:
-                raise FileExistsError(f"{file} exists with other content; not replacing it")
-        for file, text in files:
+        files = [(target, self.dumps().encode("utf-8")), (md, self.markdown().encode("utf-8"))]
+        for file, data in files:
+            if file.exists() and file.read_bytes() != data:
+                raise OutputExistsError(
+                    f"{file} already exists with other content; not overwriting it (move it "
+                    "away or choose another path)",
+                    path=str(file),
+                )
+        for file, data in files:
             if not file.exists():
-                _write_atomic(file, text)
+                write_file(file, data)
         return md
 
 
@@ -119,20 +125,6 @@ def markdown_path(path: str | os.PathLike[str]) -> Path:
     if target.suffix.lower() == ".json":
         return target.with_suffix(".md")
     return target.with_name(target.name + ".md")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def signed_bytes(document: dict[str, Any]) -> bytes:

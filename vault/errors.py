@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 from collections.abc import Iterator
 
 from ..keys import InvalidKeyError, KeystoreError, WeakParametersError, WrongKeyError
+from ..keys import OutputExistsError as KeysOutputExistsError
 
 __all__ = [
     "AccessDeniedError",
@@ -14,6 +16,7 @@ __all__ = [
     "HandoverConflictError",
     "LegalHoldError",
     "NotFoundError",
+    "OutputExistsError",
     "PurposeError",
     "SchemaError",
     "ShreddedError",
@@ -104,6 +107,18 @@ class StorageError(VaultError):
     """The data store or keystore failed (missing, unwritable, mismatched, too new)."""
 
 
+class OutputExistsError(StorageError, FileExistsError):
+    """A file to write (receipt, certificate, report, archive, package, key file)
+    already exists, or another process is writing it, and overwriting was not asked
+    for: nothing was written and the existing file is untouched. ``path`` is the file.
+    Also a ``FileExistsError``, so code catching ``OSError`` keeps working."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.errno = errno.EEXIST
+        self.path = path
+
+
 @contextlib.contextmanager
 def keys_errors(
     doing: str | None = None, *, bad_key: type[VaultError] | None = UnlockError
@@ -113,11 +128,15 @@ def keys_errors(
     ``doing`` prefixes storage failures ("KEK rotation stopped: ..."); ``bad_key`` is
     the error for an unusable key or secret (an unlock failure by default, a
     :class:`SchemaError` where a *new* secret is bad input; None lets the keys
-    package's ``InvalidKeyError`` through, where it is documented). ``DecryptionError`` and
-    ``UnsupportedFormatError`` pass through: they are part of the public tree as they are.
+    package's ``InvalidKeyError`` through, where it is documented). The writer's
+    refusal to overwrite becomes :class:`OutputExistsError`, message and path kept.
+    ``DecryptionError`` and ``UnsupportedFormatError`` pass through: they are part of
+    the public tree as they are.
     """
     try:
         yield
+    except KeysOutputExistsError as error:
+        raise OutputExistsError(str(error), path=error.path) from None
     except (WrongKeyError, WeakParametersError) as error:
         raise UnlockError(str(error)) from None
     except InvalidKeyError as error:

@@ -1,31 +1,9 @@
-"""Named crash points for crash-recovery tests.
-
-``SHREDVAULT_CRASH_AT=<name>`` makes the process exit abruptly (``os._exit``, no
-cleanup, no commit) when it reaches that point, exactly like a power cut or a kill
-between two steps of a protocol. ``SHREDVAULT_PAUSE_AT=<name>`` with
-``SHREDVAULT_PAUSE_DIR=<dir>`` instead stops there: the process creates ``<dir>/reached``
-and waits (at most a minute) for ``<dir>/go``, so a test can act while a protocol is
-half-way in a live process. Unset in normal use; reading env vars is cheap.
-"""
+"""Named crash points for crash-recovery tests: the helper lives in ``keys/faults.py``
+(a leaf, so the file writer in ``keys`` can have crash points too); the vault's modules
+import it from here."""
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
+from ..keys.faults import CRASH_EXIT_CODE, crash_point
 
-__all__ = ["crash_point"]
-
-CRASH_EXIT_CODE = 97
-
-
-def crash_point(name: str) -> None:
-    """Exit at once if the environment asks to crash at ``name``."""
-    if os.environ.get("SHREDVAULT_CRASH_AT") == name:
-        os._exit(CRASH_EXIT_CODE)
-    if os.environ.get("SHREDVAULT_PAUSE_AT") == name:
-        where = Path(os.environ["SHREDVAULT_PAUSE_DIR"])
-        (where / "reached").touch()
-        deadline = time.monotonic() + 60
-        while not (where / "go").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
+__all__ = ["CRASH_EXIT_CODE", "crash_point"]

@@ -23,7 +23,7 @@ from .errors import (
     VaultError,
     VerificationError,
 )
-from .handover_export import write_new_file
+from .files import write_file
 from .package import (
     PURPOSE,
     SUMMARY_TYPE,
@@ -55,7 +55,7 @@ class HandoverCompletion:
     def write(self, path: str | os.PathLike[str], *, replace: bool = False) -> None:
         """Write the signed summary (0600, atomically). Refuses to replace a file unless
         ``replace`` (a rerun replacing the summary of the same package)."""
-        write_new_file(Path(path), self.dumps().encode("utf-8"), replace=replace)
+        write_file(path, self.dumps().encode("utf-8"), overwrite=replace)
 
 
 def complete_package(
@@ -129,7 +129,7 @@ def complete_package(
                     receipts.append(receipt)
                     text = receipt.dumps().encode("utf-8")
                     if where is not None:
-                        write_new_file(where / f"{cid}.json", text)
+                        write_file(where / f"{cid}.json", text)
                     item.update(
                         state="shredded",
                         receipt_sha256=hashlib.sha256(text).hexdigest(),

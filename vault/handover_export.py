@@ -38,6 +38,7 @@ from .errors import (
     StorageError,
 )
 from .faults import crash_point
+from .files import PartialFile, check_absent
 from .package import (
     CUSTOMER,
     KEY,
@@ -54,7 +55,7 @@ from .package import (
 from .sealing import envelope, open_record
 from .store import customers, records
 
-__all__ = ["HandoverExport", "export_package", "write_new_file"]
+__all__ = ["HandoverExport", "export_package"]
 
 _BATCH = 100  # customers read, decrypted and re-sealed per data-store read
 
@@ -110,8 +111,7 @@ def export_package(
     if not isinstance(recipient_public_key, bytes) or len(recipient_public_key) != 32:
         raise SchemaError("the acquirer's public key must be 32 bytes (X25519)")
     target = Path(out)
-    if target.exists():
-        raise StorageError(f"{target} exists; not overwriting it")
+    check_absent(target)
     if not target.parent.is_dir():
         raise StorageError(f"{target.parent} is not a directory")
     actor.authorize("export", "handover.export")
@@ -126,12 +126,10 @@ def export_package(
     sealed_key = seal_package_key(recipient_public_key, package_key)
     cipher = PackageCipher(package_key)
     package_key.wipe()
-    partial = target.with_name(f".{target.name}.handover-partial")
-    partial.unlink(missing_ok=True)  # left by an export that crashed
+    partial = PartialFile(target)  # removes one an export that crashed left
     counts: dict[str, int] = {}
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
+        with partial.writing() as handle:  # fsynced when the block ends
             writer = PackageWriter(handle)
             writer.frame(KEY, sealed_key)
             index = hashlib.sha256()
@@ -169,16 +167,14 @@ def export_package(
             writer.frame(MANIFEST, body)
             writer.frame(SIGNATURE, ctx.keys.signer.sign(body))
             writer.trailer(manifest_offset)
-            handle.flush()
-            os.fsync(handle.fileno())
         crash_point("handover:before-log")
         manifest_sha256 = hashlib.sha256(body).hexdigest()
         _log_export(ctx, actor, package_id, counts, manifest, manifest_sha256)
     except BaseException:
-        partial.unlink(missing_ok=True)
+        partial.discard()
         raise
     crash_point("handover:after-log")
-    _link_into_place(partial, target)
+    partial.publish()
     return HandoverExport(
         package_id,
         str(target),
@@ -394,46 +390,3 @@ def _log_export(
         tx.checkpoint = True
 
     ctx.transact(work)
-
-
-def _link_into_place(partial: Path, target: Path) -> None:
-    """Give the finished package its name without replacing anything, durably."""
-    try:
-        os.link(partial, target)
-    except FileExistsError:
-        raise StorageError(
-            f"{target} appeared during the export; the package is at {partial}"
-        ) from None
-    except FileNotFoundError:
-        raise StorageError(
-            f"the finished package vanished before it could be named {target} (another "
-            "export to the same path?); its handover entries are logged: export again"
-        ) from None
-    partial.unlink()
-    fsync_dir(target.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_new_file(path: Path, data: bytes, *, replace: bool = False) -> None:
-    if path.exists() and not replace:
-        raise FileExistsError(f"{path} exists; not replacing it")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""OS file locks: the one module that takes them (the shred lock, docs/shredding.md).
+"""The shred lock (docs/shredding.md): an exclusive OS file lock with a timeout, through
+the one module that calls the OS (``keys/locks.py``).
 
 A lock here is exclusive and advisory, on a file beside the keystore, and held through an
 open file descriptor, so the kernel drops it when the holding process dies, however it
@@ -13,25 +14,18 @@ the offline verifiers run, and taking a lock raises StorageError before any file
 
 from __future__ import annotations
 
-import errno
 import os
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
 
+from ..keys.locks import LockCalls, lock_calls
 from .errors import StorageError, VaultBusyError
 
 __all__ = ["exclusive_lock"]
 
 _POLL_S = 0.005
-
-
-class _Primitives(NamedTuple):
-    try_lock: Callable[[int], bool]  # True if taken now, False if another process holds it
-    unlock: Callable[[int], None]
 
 
 @contextmanager
@@ -44,7 +38,7 @@ def exclusive_lock(path: Path, *, timeout: float, holder: str) -> Iterator[None]
     this platform has no file locks. Released on leaving the block, or by the kernel when
     the process dies.
     """
-    lock = _primitives()
+    lock = _calls()
     try:
         # os.open's descriptors are not inherited by child processes (PEP 446).
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -69,56 +63,19 @@ def exclusive_lock(path: Path, *, timeout: float, holder: str) -> Iterator[None]
         os.close(fd)
 
 
-def _attempt(lock: _Primitives, fd: int, path: Path) -> bool:
+def _attempt(lock: LockCalls, fd: int, path: Path) -> bool:
     try:
         return lock.try_lock(fd)
     except OSError as error:
         raise StorageError(f"cannot lock {path.name}: {error.strerror}") from None
 
 
-if sys.platform == "win32":
-
-    def _msvcrt_primitives() -> _Primitives:
-        import msvcrt
-
-        def try_lock(fd: int) -> bool:
-            os.lseek(fd, 0, os.SEEK_SET)  # msvcrt locks from the current position
-            try:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            except OSError as error:
-                if error.errno in (errno.EACCES, errno.EDEADLK):
-                    return False  # a region another handle holds
-                raise
-            return True
-
-        def unlock(fd: int) -> None:
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-
-        return _Primitives(try_lock, unlock)
-
-
-def _primitives() -> _Primitives:
-    """This platform's lock calls; StorageError if it has none. Imported here, not at
-    module level, so that importing shredvault never needs them."""
-    if sys.platform == "win32":
-        return _msvcrt_primitives()
-    try:
-        import fcntl
-    except ImportError:
+def _calls() -> LockCalls:
+    """This platform's lock calls (keys/locks.py); StorageError if it has none."""
+    calls = lock_calls()
+    if calls is None:
         raise StorageError(
             "this Python has no file locks (neither fcntl nor msvcrt), which shredding "
             "and opening a vault need; verifying exports, receipts and certificates does not"
-        ) from None
-
-    def try_lock(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-    return _Primitives(try_lock, unlock)
+        )
+    return calls

@@ -18,6 +18,7 @@ from .actor import ADMIN
 from .clock import Clock, format_ts, system_clock
 from .context import VaultContext, load_keyfile_key
 from .errors import StorageError, VaultDecommissionedError, keys_errors
+from .files import create_empty
 from .layout import DATA_FILE, KEYS_FILE, RESTORE_MARKER
 from .lifecycle import DECOMMISSIONED, INTENT_SEQ_KEY, LIFECYCLE_KEY, final_entry_seq
 from .log import Event
@@ -68,6 +69,8 @@ def create_context(
             )
         with keyring.store.transaction() as conn:
             keyring.store.set_meta(conn, "data_location", "external" if data_url else "sqlite")
+        if not data_url:
+            create_empty(root / DATA_FILE)  # owner-only before SQLite opens it
         data = _connect_data(root, data_url, busy_timeout)
         if data.has_schema():
             raise StorageError("the data store already holds a vault; refusing to overwrite it")

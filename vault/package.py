@@ -100,7 +100,7 @@ def handover_keygen(
     """Write a new X25519 key pair: ``OUT.pub`` to share, ``OUT.key`` (0600) sealed under
     Argon2id(passphrase). Returns both paths and the key's fingerprint. Refuses to
     overwrite; raises :class:`UnlockError` for an empty passphrase or weak parameters."""
-    with keys_errors():
+    with keys_errors():  # also the writer's refusal to overwrite a key file
         return write_handover_key(Path(out), passphrase, params=params)
 
 

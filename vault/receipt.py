@@ -19,6 +19,7 @@ from typing import Any
 from .canonical import canonical
 from .checkpoint import checkpoint_from_json
 from .errors import VerificationError
+from .files import write_file
 from .log import entry_hash
 
 __all__ = [
@@ -80,21 +81,9 @@ class Receipt:
 
     def write(self, path: str | os.PathLike[str]) -> None:
         """Write owner-only (0600) and atomically: a receipt links a customer to its
-        history. Refuses to replace an existing file."""
-        target = Path(path)
-        if target.exists():
-            raise FileExistsError(f"{target} exists; not replacing a receipt")
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.dumps())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        history. Never replaces a file: :class:`OutputExistsError` if ``path`` exists
+        (or appears while it is written)."""
+        write_file(path, self.dumps().encode("utf-8"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from .backup import COPY_BATCH
 from .context import Tx, VaultContext
 from .errors import StorageError, VerificationError
 from .faults import crash_point
+from .files import move_into_place, write_file
 from .layout import DATA_FILE, KEYS_FILE, RESTORE_MARKER
 from .log import Event
 from .opening import open_context
@@ -163,7 +164,7 @@ def restore_backup(
         )
     created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    (root / RESTORE_MARKER).write_text("restore in progress\n", encoding="utf-8")
+    write_file(root / RESTORE_MARKER, b"restore in progress\n")
     staged = root / ".restore-staging"
     staged.mkdir()
     try:
@@ -187,8 +188,8 @@ def restore_backup(
                 root.rmdir()
         raise
     if data_url is None:
-        os.replace(staged / DATA_FILE, root / DATA_FILE)
-    os.replace(staged / KEYS_FILE, root / KEYS_FILE)
+        move_into_place(staged / DATA_FILE, root / DATA_FILE)
+    move_into_place(staged / KEYS_FILE, root / KEYS_FILE)
     shutil.rmtree(staged)
     _set_data_location(root / KEYS_FILE, "external" if data_url is not None else "sqlite")
     crash_point("restore:after-files")
