@@ -9,7 +9,6 @@ shredding and rotation.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import os
@@ -23,6 +22,7 @@ from .envelope import (
     Envelope,
     blob_key_version,
     dek_aad,
+    fingerprint,
     kek_aad,
     record_aad_prefix,
     signing_seed_aad,
@@ -41,7 +41,7 @@ from .secret import SecretBytes
 from .signing import Signer
 from .store import DekRow, KeyStore, KeystoreHeader
 
-__all__ = ["SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing", "fingerprint"]
+__all__ = ["SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing"]
 
 SUBJECT_TAG_SIZE = 16
 PENDING_EVENT = "pending_event"  # keystore meta: a key event not yet logged
@@ -56,11 +56,6 @@ class ScrubOutcome:
 
 
 _ROOT_VERSION = 0  # the root key has no versions; wrapped KEKs and seeds name version 0
-
-
-def fingerprint(wrapped: bytes) -> str:
-    """SHA-256 hex of a wrapped key: names a key in logs and receipts without revealing it."""
-    return hashlib.sha256(wrapped).hexdigest()
 
 
 @dataclass(slots=True)
