@@ -6,13 +6,14 @@ unwraps KEK epochs and the signing seed at unlock, and DEKs on demand, caching o
 per record. Dropping a customer from the cache (:meth:`KeyRing.forget`) is part of
 shredding and rotation.
 
-The key ring is the one object callers hold; the root key and KEK epochs (rotation,
-retirement, a new passphrase) live beside it in :mod:`keys.epochs`, reached through it.
+The key ring is the one object callers hold; two parts of its work live beside it and
+are reached through it: the root key and KEK epochs (rotation, retirement, a new
+passphrase) in :mod:`keys.epochs`, and destroying every key at decommission in
+:mod:`keys.decommission`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from .decommission import destroy_all_keys, destroy_signing_seed
 from .envelope import (
     Envelope,
     blob_key_version,
@@ -407,62 +409,23 @@ class KeyRing:
         new = new_root(passphrase, keyfile_key, params)
         self._epochs.change_root(new, pending_event=pending_event)
 
-    # -- decommission -----------------------------------------------------------------
+    # -- decommission (keys/decommission.py) -------------------------------------------
 
     def destroy_all_keys(self, *, record_as: str) -> dict[str, object]:
-        """Delete every KEK epoch, DEK, subject tag and receipt salt in ONE keystore
-        transaction, then scrub the keystore. What went (epoch fingerprints, counts) is
-        stored in the same transaction under meta ``record_as`` and returned, so a rerun
-        after a crash returns the same summary and deletes nothing more."""
+        """Forget every unwrapped key, then delete every KEK epoch, DEK, subject tag and
+        receipt salt in ONE transaction and scrub; returns (and keeps, under meta
+        ``record_as``) what went (:func:`~keys.decommission.destroy_all_keys`)."""
         self._customers.clear()
         self._epochs.forget()
-        with self.store.transaction() as conn:
-            kept = conn.execute("SELECT v FROM meta WHERE k = ?", (record_as,)).fetchone()
-            if kept is None:
-                epochs, deks, tags = self.store.delete_all_keys(conn)
-                summary: dict[str, object] = {
-                    "kek_epochs": [
-                        {"epoch": e, "fingerprint": fingerprint(w)}
-                        for e, w in sorted(epochs.items())
-                    ],
-                    "deks": deks,
-                    "subject_tags": tags,
-                }
-                self.store.set_meta(conn, record_as, json.dumps(summary, sort_keys=True))
-            else:
-                self.store.delete_all_keys(conn)  # anything made since (nothing, normally)
-                summary = json.loads(kept[0])
-        self.store.scrub()
-        return summary
+        return destroy_all_keys(self.store, record_as=record_as)
 
     def destroy_signing_key(self, meta: dict[str, str]) -> None:
-        """Delete the wrapped signing seed, keeping the public key in meta for
-        verifiers, and set ``meta`` in the same transaction. Afterwards this key ring
-        (and any unlock of this keystore) can sign nothing. The caller scrubs the
-        keystore (``store.scrub``) once this commits."""
-        with self.store.transaction() as conn:
-            self.store.set_meta(conn, "public_key", self.public_key.hex())
-            for key, value in meta.items():
-                self.store.set_meta(conn, key, value)
-            self.store.delete_signing_seeds(conn)
-        self.signer = _DestroyedSigner(self.public_key)
+        """:func:`~keys.decommission.destroy_signing_seed`: afterwards this key ring (and
+        any unlock of this keystore) can sign nothing. The caller scrubs the keystore."""
+        self.signer = destroy_signing_seed(self.store, self.public_key, meta)
 
     def close(self) -> None:
         """Forget every unwrapped key and close the keystore."""
         self._customers.clear()
         self._epochs.forget()
         self.store.close()
-
-
-class _DestroyedSigner(Signer):
-    """Stands in for a signer whose seed was destroyed: it has a public key, and
-    refuses to sign."""
-
-    def __init__(self, public_key: bytes) -> None:  # no seed: nothing to build
-        self.public_key = public_key
-
-    def __repr__(self) -> str:
-        return f"<Signer public_key={self.public_key.hex()[:16]}..., seed destroyed>"
-
-    def sign(self, message: bytes) -> bytes:
-        raise KeystoreError("the signing key was destroyed (the vault is decommissioned)")
