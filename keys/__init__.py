@@ -3,7 +3,15 @@
 This package knows nothing of customers' records, roles or the access log.
 """
 
-from .envelope import Envelope, aad, dek_aad, kek_aad, record_aad, signing_seed_aad
+from .envelope import (
+    Envelope,
+    aad,
+    dek_aad,
+    fingerprint,
+    kek_aad,
+    record_aad,
+    signing_seed_aad,
+)
 from .errors import (
     DecryptionError,
     InvalidKeyError,
@@ -23,7 +31,7 @@ from .kdf import (
     needs_rehash,
     recommended_params,
 )
-from .keyring import CustomerKeys, KeyRing, fingerprint
+from .keyring import CustomerKeys, KeyRing
 from .secret import SecretBytes
 from .signing import Signer, verify_signature
 from .store import KeyStore

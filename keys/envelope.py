@@ -10,6 +10,7 @@ version bytes were edited fails to open rather than being tried under another ke
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections.abc import Sequence
@@ -29,6 +30,7 @@ __all__ = [
     "aad",
     "blob_key_version",
     "dek_aad",
+    "fingerprint",
     "kek_aad",
     "record_aad",
     "record_aad_prefix",
@@ -115,6 +117,11 @@ def blob_key_version(blob: bytes) -> int:
     if alg != ALG_AES256GCM:
         raise UnsupportedFormatError(f"unknown envelope algorithm byte 0x{alg:02x}")
     return int(version)
+
+
+def fingerprint(wrapped: bytes) -> str:
+    """SHA-256 hex of a wrapped key: names a key in logs and receipts without revealing it."""
+    return hashlib.sha256(wrapped).hexdigest()
 
 
 class Envelope:

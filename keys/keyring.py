@@ -5,13 +5,15 @@ unwraps KEK epochs and the signing seed at unlock, and DEKs on demand, caching o
 :class:`~keys.envelope.Envelope` per customer and version so hot paths never unwrap
 per record. Dropping a customer from the cache (:meth:`KeyRing.forget`) is part of
 shredding and rotation.
+
+The key ring is the one object callers hold; two parts of its work live beside it and
+are reached through it: the root key and KEK epochs (rotation, retirement, a new
+passphrase) in :mod:`keys.epochs`, and destroying every key at decommission in
+:mod:`keys.decommission`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,32 +21,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from .decommission import destroy_all_keys, destroy_signing_seed
 from .envelope import (
     Envelope,
     blob_key_version,
     dek_aad,
+    fingerprint,
     kek_aad,
     record_aad_prefix,
     signing_seed_aad,
 )
-from .errors import DecryptionError, InvalidKeyError, KeystoreError, WrongKeyError
-from .kdf import (
-    SALT_SIZE,
-    KdfParams,
-    check_floor,
-    check_key,
-    derive_root_key,
-    key_check_value,
-    recommended_params,
-)
+from .epochs import KekEpochs
+from .errors import DecryptionError, KeystoreError
+from .kdf import KdfParams, key_check_value
+from .root import ROOT_VERSION, new_root, unlock_root
 from .secret import SecretBytes
 from .signing import Signer
 from .store import DekRow, KeyStore, KeystoreHeader
 
-__all__ = ["SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing", "fingerprint"]
+__all__ = ["SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing"]
 
 SUBJECT_TAG_SIZE = 16
-PENDING_EVENT = "pending_event"  # keystore meta: a key event not yet logged
 SCRUB_DUE = "scrub_due"  # keystore meta: deletions made that a scrub has not yet erased
 
 
@@ -53,14 +50,6 @@ class ScrubOutcome:
     """Set when :meth:`KeyRing.scrub_once` ends: whether its scrub was done."""
 
     done: bool = False
-
-
-_ROOT_VERSION = 0  # the root key has no versions; wrapped KEKs and seeds name version 0
-
-
-def fingerprint(wrapped: bytes) -> str:
-    """SHA-256 hex of a wrapped key: names a key in logs and receipts without revealing it."""
-    return hashlib.sha256(wrapped).hexdigest()
 
 
 @dataclass(slots=True)
@@ -80,27 +69,17 @@ class CustomerKeys:
         raise TypeError("customer keys cannot be pickled")
 
 
-def _kdf_params(header: KeystoreHeader) -> KdfParams:
-    try:
-        return KdfParams.from_dict(json.loads(header.kdf))
-    except (ValueError, KeyError, TypeError):
-        raise KeystoreError("the keystore header holds damaged KDF parameters") from None
-
-
 class KeyRing:
     """An unlocked keystore. Not thread-safe; one per open vault."""
 
     def __init__(self, store: KeyStore, root: SecretBytes, header: KeystoreHeader) -> None:
         self.store = store
         self.vault_id = header.vault_id
-        self._root = Envelope(root, _ROOT_VERSION)
-        self._header = header
-        self._keks: dict[int, Envelope] = {}
+        self._epochs = KekEpochs(store, root, header)
         self._customers: dict[str, CustomerKeys] = {}
         self._deferring = False
-        self._unwrap_keks()
         generation, wrapped_seed, public = store.signing_seed()
-        seed = self._open_root(wrapped_seed, signing_seed_aad(self.vault_id, generation))
+        seed = self._epochs.unwrap_signing_seed(generation, wrapped_seed)
         self.signer = Signer(seed)
         seed.wipe()
         if self.signer.public_key != public:
@@ -108,7 +87,7 @@ class KeyRing:
         self.public_key = public
 
     def __repr__(self) -> str:
-        return f"<KeyRing vault={self.vault_id} epochs={sorted(self._keks)}, keys redacted>"
+        return f"<KeyRing vault={self.vault_id} epochs={self._epochs.unwrapped()}, keys redacted>"
 
     def __reduce_ex__(self, protocol: object) -> NoReturn:
         raise TypeError("key rings cannot be pickled")
@@ -127,29 +106,21 @@ class KeyRing:
         params: KdfParams | None = None,
     ) -> KeyRing:
         """Create ``keys.db`` with a first KEK epoch and a signing seed, and unlock it."""
-        if (passphrase is None) == (keyfile_key is None):
-            raise InvalidKeyError("give exactly one of a passphrase or a keyfile key")
-        if passphrase is not None:
-            params = params or recommended_params()
-            salt = os.urandom(SALT_SIZE)
-            root = derive_root_key(passphrase, salt, params)
-            source, kdf = "passphrase", json.dumps(params.to_dict(), sort_keys=True)
-        else:
-            assert keyfile_key is not None
-            root, salt, source, kdf = keyfile_key, b"", "keyfile", ""
+        new = new_root(passphrase, keyfile_key, params)
+        root = new.root
         header = KeystoreHeader(
             vault_id=vault_id,
             schema_version=1,
-            key_source=source,
-            kdf=kdf,
-            salt=salt,
+            key_source=new.key_source,
+            kdf=new.kdf,
+            salt=new.salt,
             key_check=key_check_value(root),
             active_epoch=1,
             created=created,
         )
         store = KeyStore.create(path, header)
         try:
-            wrap = Envelope(root, _ROOT_VERSION)
+            wrap = Envelope(root, ROOT_VERSION)
             seed = SecretBytes(os.urandom(32))
             public = Signer(seed).public_key
             with store.transaction() as conn:
@@ -183,60 +154,23 @@ class KeyRing:
         :class:`~keys.errors.WeakParametersError` for a header below the KDF floor.
         """
         header = store.header()
-        root = cls._root_key(header, passphrase, keyfile_key)
-        check_key(root, header.key_check)
-        return cls(store, root, header)
-
-    @staticmethod
-    def _root_key(
-        header: KeystoreHeader, passphrase: bytes | None, keyfile_key: SecretBytes | None
-    ) -> SecretBytes:
-        if header.key_source == "passphrase":
-            if passphrase is None:
-                raise InvalidKeyError("this vault is unlocked with a passphrase")
-            params = _kdf_params(header)
-            check_floor(params)
-            return derive_root_key(passphrase, header.salt, params)
-        if header.key_source == "keyfile":
-            if keyfile_key is None:
-                raise InvalidKeyError("this vault is unlocked with a keyfile")
-            return keyfile_key
-        raise KeystoreError(f"unknown key source {header.key_source!r} in keystore header")
+        return cls(store, unlock_root(header, passphrase, keyfile_key), header)
 
     @property
     def kdf_params(self) -> KdfParams | None:
-        if self._header.key_source != "passphrase":
-            return None
-        return _kdf_params(self._header)
+        """The header's KDF parameters; None for a keyfile vault."""
+        return self._epochs.kdf_params
 
     @property
     def key_source(self) -> str:
-        return self._header.key_source
-
-    def _open_root(self, blob: bytes, context: bytes) -> SecretBytes:
-        try:
-            return SecretBytes(self._root.open(blob, context))
-        except DecryptionError:
-            raise KeystoreError("a key wrapped by the root key failed to unwrap") from None
-
-    def _unwrap_keks(self) -> None:
-        for epoch, wrapped in self.store.epochs().items():
-            if epoch not in self._keks:
-                kek = self._open_root(wrapped, kek_aad(self.vault_id, epoch))
-                self._keks[epoch] = Envelope(kek, epoch)
-                kek.wipe()
+        return self._epochs.key_source
 
     @property
     def active_epoch(self) -> int:
-        return int(self.store.get_meta("active_epoch") or self._header.active_epoch)
+        return self._epochs.active_epoch
 
     def _kek(self, epoch: int) -> Envelope:
-        if epoch not in self._keks:
-            self._unwrap_keks()  # another process may have rotated
-        try:
-            return self._keks[epoch]
-        except KeyError:
-            raise KeystoreError(f"KEK epoch {epoch} is not in the keystore") from None
+        return self._epochs.kek(epoch)
 
     # -- customers' keys ----------------------------------------------------------------
 
@@ -402,115 +336,7 @@ class KeyRing:
                 self.store.delete_customer(conn, cid)
         self._scrub()
 
-    # -- rotation -----------------------------------------------------------------------
-
-    def begin_kek_rotation(self, created: str) -> tuple[int, bool]:
-        """Make a new active KEK epoch, unless DEKs still sit under older epochs (an
-        unfinished rotation), in which case the active epoch is kept. Returns
-        ``(active epoch, whether it is new)``."""
-        kek = SecretBytes(os.urandom(32))
-        try:
-            # Decide and write in one transaction: another process may be rotating or
-            # changing the passphrase at the same moment.
-            with self.store.transaction() as conn:
-                self._check_root_unchanged()
-                active = self.active_epoch
-                # Unfinished: marked as such (a crash after the last batch leaves no
-                # DEK outside the epoch, yet the rotation never finished), or DEKs
-                # still outside.
-                if self.store.get_meta("rotating_to") == str(
-                    active
-                ) or self.store.deks_outside_epoch(active, 1):
-                    return active, False
-                epoch = max(self.store.epochs()) + 1
-                wrapped = self._root.seal(kek.reveal(), kek_aad(self.vault_id, epoch))
-                self.store.add_epoch(conn, epoch, wrapped, created)
-                self.store.set_meta(conn, "active_epoch", str(epoch))
-                self.store.set_meta(conn, "rotating_to", str(epoch))
-            self._keks[epoch] = Envelope(kek, epoch)
-            return epoch, True
-        finally:
-            kek.wipe()
-
-    def _check_root_unchanged(self) -> None:
-        """Inside a keystore write transaction, before wrapping anything under the root
-        key: refuse if another process changed the passphrase or keyfile since this
-        key ring unlocked (what it wrapped would open with neither secret)."""
-        current = self.store.header().key_check
-        if not hmac.compare_digest(current, self._header.key_check):
-            raise WrongKeyError(
-                "the vault's passphrase or keyfile was changed by another process since "
-                "this one unlocked it; open the vault again with the new one"
-            )
-
-    def finish_kek_rotation(self) -> None:
-        """Clear the in-progress mark once every DEK is under the active epoch."""
-        with self.store.transaction() as conn:
-            self.store.delete_meta(conn, "rotating_to")
-
-    def rewrap_batch(self, limit: int = 2000) -> int:
-        """Re-wrap up to ``limit`` DEKs that are not under the active epoch, in one
-        keystore transaction; returns how many. Every DEK stays readable throughout:
-        each row names the epoch that wraps it."""
-        active = self.active_epoch
-        kek = self._kek(active)
-        rows = self.store.deks_outside_epoch(active, limit)
-        raws: list[bytes] = []
-        contexts: list[bytes] = []
-        vid = self.vault_id
-        for row in rows:
-            try:
-                raws.append(
-                    self._kek(row.epoch).open(
-                        row.wrapped, dek_aad(vid, row.customer_id, row.version, row.epoch)
-                    )
-                )
-            except DecryptionError:
-                raise KeystoreError(f"the DEK of {row.customer_id} failed to unwrap") from None
-            contexts.append(dek_aad(vid, row.customer_id, row.version, active))
-        sealed = kek.seal_many(raws, contexts)
-        updates = [
-            (active, new, row.customer_id, row.version, row.epoch)
-            for row, new in zip(rows, sealed, strict=True)
-        ]
-        if updates:
-            with self.store.transaction() as conn:
-                self.store.rewrap_deks(conn, updates)
-        return len(updates)
-
-    def retire_epoch(self, epoch: int, *, pending_event: str | None = None) -> str:
-        """Delete a KEK epoch no DEK uses any more; returns the fingerprint of what was
-        deleted. Refuses the active epoch or one still in use. The caller scrubs the
-        keystore (``store.scrub``) once the deletion is recorded. ``pending_event`` is
-        kept in the same transaction (see :meth:`pending_event`)."""
-        if epoch == self.active_epoch:
-            raise InvalidKeyError(f"epoch {epoch} is the active epoch")
-        in_use = self.store.dek_counts().get(epoch, 0)
-        if in_use:
-            raise InvalidKeyError(f"epoch {epoch} still wraps {in_use} DEK(s): finish the rotation")
-        with self.store.transaction() as conn:
-            wrapped = self.store.delete_epoch(conn, epoch)
-            if wrapped is not None and pending_event is not None:
-                self.store.set_meta(conn, PENDING_EVENT, pending_event)
-        if wrapped is None:
-            raise InvalidKeyError(f"there is no epoch {epoch}")
-        self._keks.pop(epoch, None)
-        return fingerprint(wrapped)
-
-    def pending_event(self) -> str | None:
-        """A key event committed in the keystore whose log entry may not be written yet
-        (the caller logs it, then :meth:`clear_pending_event`; a crash in between is
-        finished at the next open). Opaque text for the caller."""
-        return self.store.get_meta(PENDING_EVENT)
-
-    def clear_pending_event(self) -> None:
-        with self.store.transaction() as conn:
-            self.store.delete_meta(conn, PENDING_EVENT)
-
-    def retirable_epochs(self) -> list[int]:
-        counts = self.store.dek_counts()
-        active = self.active_epoch
-        return [e for e in self.store.epochs() if e != active and not counts.get(e)]
+    # -- DEK versions ------------------------------------------------------------------
 
     def add_dek_version(self, customer_id: str, created: str, *, after: int) -> int:
         """Ensure the customer has a DEK version newer than ``after`` and return the
@@ -539,6 +365,36 @@ class KeyRing:
             self._scrub()
         return [fingerprint(r.wrapped) for r in rows]
 
+    # -- KEK epochs and the root key (keys/epochs.py) ----------------------------------
+
+    def begin_kek_rotation(self, created: str) -> tuple[int, bool]:
+        """:meth:`KekEpochs.begin_kek_rotation`: a new active epoch unless one is unfinished."""
+        return self._epochs.begin_kek_rotation(created)
+
+    def finish_kek_rotation(self) -> None:
+        """:meth:`KekEpochs.finish_kek_rotation`: clear the in-progress mark."""
+        self._epochs.finish_kek_rotation()
+
+    def rewrap_batch(self, limit: int = 2000) -> int:
+        """:meth:`KekEpochs.rewrap_batch`: re-wrap up to ``limit`` DEKs under the active epoch."""
+        return self._epochs.rewrap_batch(limit)
+
+    def retire_epoch(self, epoch: int, *, pending_event: str | None = None) -> str:
+        """:meth:`KekEpochs.retire_epoch`: delete an unused epoch, return its fingerprint."""
+        return self._epochs.retire_epoch(epoch, pending_event=pending_event)
+
+    def retirable_epochs(self) -> list[int]:
+        """:meth:`KekEpochs.retirable_epochs`: inactive epochs that wrap no DEK."""
+        return self._epochs.retirable_epochs()
+
+    def pending_event(self) -> str | None:
+        """:meth:`KekEpochs.pending_event`: a key event committed but maybe not logged."""
+        return self._epochs.pending_event()
+
+    def clear_pending_event(self) -> None:
+        """:meth:`KekEpochs.clear_pending_event`, once its log entry is written."""
+        self._epochs.clear_pending_event()
+
     def change_root(
         self,
         *,
@@ -547,105 +403,29 @@ class KeyRing:
         params: KdfParams | None = None,
         pending_event: str | None = None,
     ) -> None:
-        """Re-wrap every KEK epoch and the signing seed under a new root key, and swap
-        the header's salt, KDF parameters and key-check value, all in ONE keystore
-        transaction: afterwards exactly one of the old and new secrets works.
-        ``pending_event`` is kept in the same transaction (see :meth:`pending_event`)."""
-        if (passphrase is None) == (keyfile_key is None):
-            raise InvalidKeyError("give exactly one of a passphrase or a keyfile key")
-        if passphrase is not None:
-            params = params or recommended_params()
-            salt = os.urandom(SALT_SIZE)
-            root = derive_root_key(passphrase, salt, params)
-            meta = {
-                "key_source": "passphrase",
-                "kdf": json.dumps(params.to_dict(), sort_keys=True),
-                "salt": salt.hex(),
-            }
-        else:
-            assert keyfile_key is not None
-            root = keyfile_key
-            meta = {"key_source": "keyfile", "kdf": "", "salt": ""}
-        meta["key_check"] = key_check_value(root).hex()
-        new_root = Envelope(root, _ROOT_VERSION)
-        # Read and re-wrap inside the write transaction, so an epoch another process
-        # adds meanwhile cannot be left wrapped under the old root.
-        with self.store.transaction() as conn:
-            self._check_root_unchanged()
-            epochs: dict[int, bytes] = {}
-            for epoch, wrapped in self.store.epochs().items():
-                kek = self._open_root(wrapped, kek_aad(self.vault_id, epoch))
-                epochs[epoch] = new_root.seal(kek.reveal(), kek_aad(self.vault_id, epoch))
-                kek.wipe()
-            seeds: dict[int, bytes] = {}
-            for generation, wrapped in self.store.signing_seeds().items():
-                seed = self._open_root(wrapped, signing_seed_aad(self.vault_id, generation))
-                seeds[generation] = new_root.seal(
-                    seed.reveal(), signing_seed_aad(self.vault_id, generation)
-                )
-                seed.wipe()
-            self.store.replace_root_wrapped(conn, epochs, seeds, meta)
-            if pending_event is not None:
-                self.store.set_meta(conn, PENDING_EVENT, pending_event)
-        self.store.scrub()  # old wrappings leave the file and the WAL too
-        self._root = new_root
-        self._header = self.store.header()
+        """Re-wrap every KEK epoch and the signing seed under the root key of exactly one
+        new passphrase or keyfile, in ONE keystore transaction
+        (:func:`~keys.root.new_root`, :meth:`KekEpochs.change_root`)."""
+        new = new_root(passphrase, keyfile_key, params)
+        self._epochs.change_root(new, pending_event=pending_event)
 
-    # -- decommission -----------------------------------------------------------------
+    # -- decommission (keys/decommission.py) -------------------------------------------
 
     def destroy_all_keys(self, *, record_as: str) -> dict[str, object]:
-        """Delete every KEK epoch, DEK, subject tag and receipt salt in ONE keystore
-        transaction, then scrub the keystore. What went (epoch fingerprints, counts) is
-        stored in the same transaction under meta ``record_as`` and returned, so a rerun
-        after a crash returns the same summary and deletes nothing more."""
+        """Forget every unwrapped key, then delete every KEK epoch, DEK, subject tag and
+        receipt salt in ONE transaction and scrub; returns (and keeps, under meta
+        ``record_as``) what went (:func:`~keys.decommission.destroy_all_keys`)."""
         self._customers.clear()
-        self._keks.clear()
-        with self.store.transaction() as conn:
-            kept = conn.execute("SELECT v FROM meta WHERE k = ?", (record_as,)).fetchone()
-            if kept is None:
-                epochs, deks, tags = self.store.delete_all_keys(conn)
-                summary: dict[str, object] = {
-                    "kek_epochs": [
-                        {"epoch": e, "fingerprint": fingerprint(w)}
-                        for e, w in sorted(epochs.items())
-                    ],
-                    "deks": deks,
-                    "subject_tags": tags,
-                }
-                self.store.set_meta(conn, record_as, json.dumps(summary, sort_keys=True))
-            else:
-                self.store.delete_all_keys(conn)  # anything made since (nothing, normally)
-                summary = json.loads(kept[0])
-        self.store.scrub()
-        return summary
+        self._epochs.forget()
+        return destroy_all_keys(self.store, record_as=record_as)
 
     def destroy_signing_key(self, meta: dict[str, str]) -> None:
-        """Delete the wrapped signing seed, keeping the public key in meta for
-        verifiers, and set ``meta`` in the same transaction. Afterwards this key ring
-        (and any unlock of this keystore) can sign nothing. The caller scrubs the
-        keystore (``store.scrub``) once this commits."""
-        with self.store.transaction() as conn:
-            self.store.set_meta(conn, "public_key", self.public_key.hex())
-            for key, value in meta.items():
-                self.store.set_meta(conn, key, value)
-            self.store.delete_signing_seeds(conn)
-        self.signer = _DestroyedSigner(self.public_key)
+        """:func:`~keys.decommission.destroy_signing_seed`: afterwards this key ring (and
+        any unlock of this keystore) can sign nothing. The caller scrubs the keystore."""
+        self.signer = destroy_signing_seed(self.store, self.public_key, meta)
 
     def close(self) -> None:
+        """Forget every unwrapped key and close the keystore."""
         self._customers.clear()
-        self._keks.clear()
+        self._epochs.forget()
         self.store.close()
-
-
-class _DestroyedSigner(Signer):
-    """Stands in for a signer whose seed was destroyed: it has a public key, and
-    refuses to sign."""
-
-    def __init__(self, public_key: bytes) -> None:  # no seed: nothing to build
-        self.public_key = public_key
-
-    def __repr__(self) -> str:
-        return f"<Signer public_key={self.public_key.hex()[:16]}..., seed destroyed>"
-
-    def sign(self, message: bytes) -> bytes:
-        raise KeystoreError("the signing key was destroyed (the vault is decommissioned)")

@@ -3,28 +3,28 @@
 Plain ``sqlite3`` rather than SQLAlchemy: the keystore's guarantees are pragmas
 (``secure_delete``, ``synchronous=FULL``, WAL checkpoints with TRUNCATE) that must be
 set and checked exactly. It stores only wrapped (encrypted) keys and knows nothing of
-what they protect. Every write is one ``BEGIN IMMEDIATE`` transaction.
+what they protect. This module holds the tables and their SQL; :mod:`keys.connection`
+sets the pragmas, runs every write as one ``BEGIN IMMEDIATE`` transaction, and scrubs
+deleted key bytes out of the file and its WAL.
 """
 
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .connection import TRUNCATE_DEADLINE_S, connect, scrub_deleted, truncate_wal, write_transaction
 from .errors import KeystoreError, OutputExistsError
 from .files import create_empty
 
 __all__ = ["SCHEMA_VERSION", "DekRow", "KeyStore", "KeystoreHeader"]
 
 SCHEMA_VERSION = 1
-_BUSY_TIMEOUT_S = 30.0
 _CHUNK = 500  # stays under SQLite's host-parameter limit
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_TRUNCATE_DEADLINE_S = 10.0
 
 _SCHEMA = """
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
@@ -98,17 +98,7 @@ class KeyStore:
 
     @staticmethod
     def _connect(path: Path) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-        )
-        conn.execute("PRAGMA secure_delete=ON")
-        # VACUUM (see scrub) builds the new file in a temporary database: keep it in
-        # memory, never in a temp file on disk.
-        conn.execute("PRAGMA temp_store=MEMORY")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        return conn
+        return connect(path)  # the pragmas the keystore's guarantees rest on
 
     @classmethod
     def create(cls, path: Path, header: KeystoreHeader) -> KeyStore:
@@ -179,82 +169,22 @@ class KeyStore:
 
     # -- transactions ----------------------------------------------------------------
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (``BEGIN IMMEDIATE``); rolled back on any error."""
-        conn = self._conn
-        try:
-            if not conn.in_transaction:
-                conn.execute("BEGIN IMMEDIATE")
-                own = True
-            else:
-                own = False
-        except sqlite3.OperationalError as exc:
-            raise KeystoreError(f"keystore is busy or unwritable: {exc}") from None
-        try:
-            yield conn
-        except sqlite3.DatabaseError as exc:
-            if own and conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise KeystoreError(f"keystore write failed: {exc}") from None
-        except BaseException:
-            if own and conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        if own:
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise KeystoreError(f"keystore commit failed: {exc}") from None
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``); rolled back on any error, which
+        surfaces as :class:`KeystoreError` (:func:`~keys.connection.write_transaction`)."""
+        return write_transaction(self._conn)
 
-    def scrub(self, deadline_s: float = _TRUNCATE_DEADLINE_S) -> None:
-        """Make deleted key bytes leave the keystore's files: rewrite every page from
-        the live rows (``VACUUM``), then truncate the WAL (:meth:`checkpoint_truncate`).
+    def scrub(self, deadline_s: float = TRUNCATE_DEADLINE_S) -> None:
+        """Make deleted key bytes leave the keystore's file and WAL: ``VACUUM``, then
+        the WAL truncated (:func:`~keys.connection.scrub_deleted` says why both).
+        Raises :class:`KeystoreError` if the keystore stays busy or cannot be written."""
+        scrub_deleted(self._conn, deadline_s)
 
-        ``secure_delete`` zeroes the cell of a deleted row, but SQLite moves rows between
-        pages when it rebalances a B-tree and does not clear the space a moved row left
-        behind; a row deleted later can survive there as a stale copy (seen: a destroyed
-        customer's subject tag in a live index page, about one shred in thirty among
-        2,000 customers). Rebuilding the file from live rows leaves no such copy. Cost
-        grows with the keystore's size (~17 ms at 10,000 customers), not with records.
-        Raises :class:`KeystoreError` if the keystore stays busy or cannot be written.
-        """
-        try:
-            self._conn.execute("VACUUM")
-        except sqlite3.OperationalError as exc:
-            raise KeystoreError(
-                f"could not rewrite the keystore to erase deleted key bytes: {exc}"
-            ) from None
-        self.checkpoint_truncate(deadline_s)
-
-    def checkpoint_truncate(self, deadline_s: float = _TRUNCATE_DEADLINE_S) -> None:
-        """Copy the WAL into the file and truncate it, so deleted key bytes leave the WAL.
-
-        A reader in another process can hold the WAL open; retry with a short busy
-        wait until ``deadline_s``, then raise :class:`KeystoreError` rather than claim
-        an erasure that did not reach disk (the deleted rows stay deleted; a later
-        truncation finishes the job).
-        """
-        conn = self._conn
-        deadline = time.monotonic() + deadline_s
-        conn.execute("PRAGMA busy_timeout=200")
-        try:
-            while True:
-                try:
-                    busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                except sqlite3.OperationalError:
-                    busy = 1
-                if busy == 0:
-                    return
-                if time.monotonic() >= deadline:
-                    raise KeystoreError(
-                        "could not truncate the keystore WAL: another process holds it open"
-                    )
-                time.sleep(0.02)
-        finally:
-            conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
+    def checkpoint_truncate(self, deadline_s: float = TRUNCATE_DEADLINE_S) -> None:
+        """Copy the WAL into the file and truncate it, retrying until ``deadline_s``;
+        :class:`KeystoreError` if another process keeps it open
+        (:func:`~keys.connection.truncate_wal`)."""
+        truncate_wal(self._conn, deadline_s)
 
     # -- header ----------------------------------------------------------------------
 

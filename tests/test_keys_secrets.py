@@ -22,6 +22,8 @@ from shredvault.keys import (
     record_aad,
 )
 from shredvault.keys.envelope import dek_aad, kek_aad, signing_seed_aad
+from shredvault.keys.epochs import KekEpochs
+from shredvault.keys.root import NewRoot
 
 VAULT = "vlt_secrets"
 CUSTOMER = "cus_aaaaaaaaaaaaaaaaaaaaaaaaaa"
@@ -92,6 +94,11 @@ HOLDERS: dict[str, Callable[[KeyRing, SecretBytes], Holder]] = {
     "CustomerKeys": lambda ring, root: Holder(
         ring.customer_keys([CUSTOMER])[CUSTOMER], ring_secrets(ring, root)[-1:]
     ),
+    # what a KeyRing holds for its root key and KEK epochs, and a root key being chosen
+    "KekEpochs": lambda ring, root: Holder(
+        KekEpochs(ring.store, root, ring.store.header()), ring_secrets(ring, root)[:-1]
+    ),
+    "NewRoot": lambda ring, root: Holder(NewRoot(root, "keyfile", "", b""), [root.reveal()]),
 }
 
 

@@ -1,0 +1,101 @@
+"""The root key of a keystore (DESIGN §3): chosen when the keystore is made or its
+secret changes, derived again at every unlock from what the header stores.
+
+:mod:`keys.kdf` holds the primitives (Argon2id, key-check values); this module applies
+them to a keystore header: which secret a vault takes, its salt and KDF parameters,
+and the floor that refuses a weakened header.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import NoReturn
+
+from .errors import InvalidKeyError, KeystoreError
+from .kdf import (
+    SALT_SIZE,
+    KdfParams,
+    check_floor,
+    check_key,
+    derive_root_key,
+    recommended_params,
+)
+from .secret import SecretBytes
+from .store import KeystoreHeader
+
+__all__ = ["ROOT_VERSION", "NewRoot", "new_root", "stored_kdf_params", "unlock_root"]
+
+ROOT_VERSION = 0  # the root key has no versions; wrapped KEKs and seeds name version 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewRoot:
+    """A fresh root key and the header fields that let the same secret derive it again."""
+
+    root: SecretBytes
+    key_source: str  # "passphrase" | "keyfile"
+    kdf: str  # JSON text of KdfParams.to_dict(), empty for a keyfile
+    salt: bytes  # empty for a keyfile
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("root keys cannot be pickled")
+
+
+def new_root(
+    passphrase: bytes | None, keyfile_key: SecretBytes | None, params: KdfParams | None
+) -> NewRoot:
+    """The root key for exactly one of a passphrase (Argon2id under a new random salt,
+    ``params`` or today's recommendation) or a keyfile key.
+
+    Raises :class:`~keys.errors.InvalidKeyError` unless exactly one is given, or for an
+    empty passphrase; :class:`~keys.errors.WeakParametersError` below the floor.
+    """
+    if (passphrase is None) == (keyfile_key is None):
+        raise InvalidKeyError("give exactly one of a passphrase or a keyfile key")
+    if passphrase is not None:
+        params = params or recommended_params()
+        salt = os.urandom(SALT_SIZE)
+        root = derive_root_key(passphrase, salt, params)
+        return NewRoot(root, "passphrase", json.dumps(params.to_dict(), sort_keys=True), salt)
+    assert keyfile_key is not None
+    return NewRoot(keyfile_key, "keyfile", "", b"")
+
+
+def unlock_root(
+    header: KeystoreHeader, passphrase: bytes | None, keyfile_key: SecretBytes | None
+) -> SecretBytes:
+    """Derive the root key the header names and check it against the key-check value.
+
+    Raises :class:`~keys.errors.WrongKeyError` for a wrong passphrase or keyfile,
+    :class:`~keys.errors.WeakParametersError` for a header below the KDF floor,
+    :class:`~keys.errors.InvalidKeyError` when the other kind of secret is given.
+    """
+    root = _derive(header, passphrase, keyfile_key)
+    check_key(root, header.key_check)
+    return root
+
+
+def _derive(
+    header: KeystoreHeader, passphrase: bytes | None, keyfile_key: SecretBytes | None
+) -> SecretBytes:
+    if header.key_source == "passphrase":
+        if passphrase is None:
+            raise InvalidKeyError("this vault is unlocked with a passphrase")
+        params = stored_kdf_params(header)
+        check_floor(params)
+        return derive_root_key(passphrase, header.salt, params)
+    if header.key_source == "keyfile":
+        if keyfile_key is None:
+            raise InvalidKeyError("this vault is unlocked with a keyfile")
+        return keyfile_key
+    raise KeystoreError(f"unknown key source {header.key_source!r} in keystore header")
+
+
+def stored_kdf_params(header: KeystoreHeader) -> KdfParams:
+    """The KDF parameters of a passphrase vault's header; :class:`KeystoreError` if damaged."""
+    try:
+        return KdfParams.from_dict(json.loads(header.kdf))
+    except (ValueError, KeyError, TypeError):
+        raise KeystoreError("the keystore header holds damaged KDF parameters") from None
