@@ -45,7 +45,7 @@ from .context import (
 from .exit_codes import CommandError
 from .meter import Meter
 from .output import json_option, note, print_json, print_pairs, print_table
-from .params import NewFile
+from .params import NewFile, refuse_existing
 from .receipts import read_pubkey
 
 __all__ = ["backup_group"]
@@ -82,10 +82,7 @@ def backup_group() -> None:
 
 def _check_new_archive(path: Path) -> None:
     """Refuse, before unlocking, a path that cannot take the archive."""
-    if path.exists():
-        raise click.BadParameter(
-            f"{path} already exists; refusing to overwrite it", param_hint="'OUT'"
-        )
+    refuse_existing(path, "OUT")
     parent = path.parent
     if not parent.is_dir():
         raise click.BadParameter(f"{parent} is not a directory", param_hint="'OUT'")

@@ -42,7 +42,7 @@ from .context import (
 from .exit_codes import CommandError, describe
 from .meter import Meter
 from .output import json_option, note, print_json, print_pairs
-from .params import NewFile
+from .params import NewFile, refuse_existing
 from .receipts import read_pubkey
 
 __all__ = ["HANDOVER_PASSPHRASE_ENV", "handover_group"]
@@ -170,10 +170,7 @@ def export_command(
     business-transfer), committed only once the package is complete: an interrupted
     export leaves no package and no entries. Admin, or a role granted `export`.
     """
-    if out.exists():
-        raise click.BadParameter(
-            f"{out} already exists; refusing to overwrite it", param_hint="'--out'"
-        )
+    refuse_existing(out, "--out")
     if not out.parent.is_dir():
         raise click.BadParameter(f"{out.parent} is not a directory", param_hint="'--out'")
     public_key = read_handover_public_key(recipient)

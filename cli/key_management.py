@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from ..vault import KeyPolicy, KeyStatus, generate_keyfile
+from ..vault import KeyPolicy, KeyStatus, LogPendingError, generate_keyfile
 from .confirm import confirm_or_stop, yes_option
 from .context import (
     open_session,
@@ -329,6 +329,8 @@ def change_passphrase_command(
             generate_keyfile(new_keyfile)
             try:
                 session.change_passphrase(keyfile=str(new_keyfile))
+            except LogPendingError:
+                raise  # the vault opens only with the new keyfile now: keep it
             except BaseException:
                 new_keyfile.unlink(missing_ok=True)  # a key to nothing is only a liability
                 raise

@@ -6,6 +6,7 @@ Error messages name the option, never the value given: a value may be personal d
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -21,6 +22,7 @@ __all__ = [
     "consent_flags",
     "field_values",
     "file_or_stdout",
+    "refuse_existing",
 ]
 
 _TRUE = frozenset({"yes", "y", "true", "1", "on"})
@@ -125,3 +127,13 @@ def consent_flags(pairs: Iterable[tuple[str, str]]) -> dict[str, bool]:
                 f"consent {name!r} must be yes or no, not {value!r}", param_hint="'--consent'"
             )
     return out
+
+
+def refuse_existing(path: Path | None, hint: str) -> None:
+    """Refuse, before any work (exit 2), an output path where something already is,
+    dangling links included (the writer refuses those too, but only after the work):
+    nothing is overwritten unless a command says it may (docs/files.md)."""
+    if path is not None and str(path) != "-" and os.path.lexists(path):
+        raise click.BadParameter(
+            f"{path} already exists; refusing to overwrite it", param_hint=f"'{hint}'"
+        )

@@ -13,7 +13,7 @@ from .audit import audit_group
 from .context import open_session, store_options, token_option, unlock_options
 from .customers import customer_group
 from .output import note, print_json, print_pairs, print_table
-from .params import OUTPUT_FILE, file_or_stdout
+from .params import OUTPUT_FILE, file_or_stdout, refuse_existing
 
 
 def _deliver(report: dict[str, Any], fmt: str, out: Path | None) -> None:
@@ -82,6 +82,7 @@ def customer_report_command(
     if (customer_id is None) == (receipt_file is None):
         raise click.UsageError("give exactly one of CUSTOMER and --receipt FILE")
     receipt = None if receipt_file is None else load_receipt(receipt_file)
+    refuse_existing(out, "--out")  # before anything is decrypted or logged
     with open_session(ctx) as session:
         if receipt is not None:
             report = session.customer_report_from_receipt(receipt)
@@ -191,6 +192,7 @@ def query_command(
 def report_command(ctx: click.Context, fmt: str, as_json: bool, out: Path | None) -> None:
     """One page for an inspector: principals and roles, keys against policy, backups
     and the key-copy clock, checkpoints, chain verification, shreds, holds, denials."""
+    refuse_existing(out, "--out")  # before anything is decrypted or logged
     with open_session(ctx) as session:
         report = session.audit_report()
     _deliver(report, "json" if as_json else fmt, out)

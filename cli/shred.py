@@ -21,7 +21,7 @@ from .context import open_session, store_options, token_option, unlock_options
 from .exit_codes import CommandError, describe
 from .meter import Meter
 from .output import json_option, note, print_json, print_pairs
-from .params import OUTPUT_FILE, file_or_stdout
+from .params import OUTPUT_FILE, file_or_stdout, refuse_existing
 
 __all__ = ["compact_command", "shred_command"]
 
@@ -42,10 +42,7 @@ def _summary(receipt: Receipt) -> dict[str, Any]:
 
 def _check_new_file(path: Path) -> None:
     """Refuse, before anything is shredded, a receipt path that cannot take the receipt."""
-    if path.exists():
-        raise click.BadParameter(
-            f"{path} already exists; refusing to overwrite a receipt", param_hint="'--receipt'"
-        )
+    refuse_existing(path, "--receipt")
     if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
         raise click.BadParameter(f"cannot write into {path.parent}", param_hint="'--receipt'")
 

@@ -29,6 +29,8 @@ from shredvault.vault import Auditor, Role, Vault, ids
 from shredvault.vault.checkpoint import checkpoint_from_json
 from shredvault.vault.log import Event, append
 
+from logrows import scalar
+
 ALICE = {"name": "Alice Liddell", "phone": "+44 7700 900001"}
 ALICE_NOTE = {"name": "Alice L.", "phone": "+44 7700 900002"}
 DAN = {"name": "Daniel Gone", "phone": "+49 30 901820"}
@@ -148,9 +150,11 @@ def test_out_refuses_an_existing_path_and_leaves_it_alone(
     out = tmp_path / "taken.md"
     out.write_text("someone else's file\n")
     os.chmod(out, 0o644)
+    before = scalar(setup.root / "data.db", "SELECT MAX(seq) FROM sv_log")
     result = run("customer", "report", setup.alice, "--format", "md", "--out", str(out))
-    assert result.exit_code == 1
-    assert result.stderr.startswith("error: ") and str(out) in result.stderr
+    assert result.exit_code == 2  # refused before anything is decrypted or logged
+    assert str(out) in result.stderr and "already exists" in result.stderr
+    assert scalar(setup.root / "data.db", "SELECT MAX(seq) FROM sv_log") == before
     assert out.read_text() == "someone else's file\n"
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
     assert ALICE["name"] not in result.output
@@ -502,7 +506,7 @@ def test_audit_report_markdown_to_an_owner_only_file(
     assert md.startswith("# Audit report — vault ")
     assert "- chain: **verifies**" in md
     assert "| olga | operator | active |" in md
-    assert run("audit", "report", "--out", str(out)).exit_code == 1  # exists now
+    assert run("audit", "report", "--out", str(out)).exit_code == 2  # exists now: refused before any work
     assert out.read_text("utf-8") == md
 
 

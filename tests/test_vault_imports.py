@@ -159,6 +159,7 @@ SHREDVAULT_ALL = [
     "KindSpec",
     "LegalHoldError",
     "LogHead",
+    "LogPendingError",
     "NotFoundError",
     "OutputExistsError",
     "Principal",

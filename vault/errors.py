@@ -15,6 +15,7 @@ __all__ = [
     "DecommissionHoldError",
     "HandoverConflictError",
     "LegalHoldError",
+    "LogPendingError",
     "NotFoundError",
     "OutputExistsError",
     "PurposeError",
@@ -105,6 +106,12 @@ class VaultBusyError(VaultError):
 
 class StorageError(VaultError):
     """The data store or keystore failed (missing, unwritable, mismatched, too new)."""
+
+
+class LogPendingError(StorageError):
+    """A key change committed in the keystore, but its log entry could not be written
+    yet: the change stands (e.g. only the new passphrase or keyfile opens the vault) and
+    the entry, kept in the keystore, is written at the vault's next open."""
 
 
 class OutputExistsError(StorageError, FileExistsError):

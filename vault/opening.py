@@ -57,6 +57,7 @@ def create_context(
     data: DataStore | None = None
     keyring: KeyRing | None = None
     made_schema = False
+    made_files: list[str] = []  # only what this call created is removed on failure
     try:
         with keys_errors():
             keyring = KeyRing.create(
@@ -67,10 +68,12 @@ def create_context(
                 keyfile_key=keyfile_key,
                 params=kdf_params,
             )
+        made_files.append(KEYS_FILE)
         with keyring.store.transaction() as conn:
             keyring.store.set_meta(conn, "data_location", "external" if data_url else "sqlite")
         if not data_url:
             create_empty(root / DATA_FILE)  # owner-only before SQLite opens it
+            made_files.append(DATA_FILE)
         data = _connect_data(root, data_url, busy_timeout)
         if data.has_schema():
             raise StorageError("the data store already holds a vault; refusing to overwrite it")
@@ -109,11 +112,14 @@ def create_context(
             data.dispose()
         if keyring is not None:
             keyring.close()
-        for name in (KEYS_FILE, DATA_FILE):
+        # Another process creating a vault in the same directory at the same moment
+        # owns whatever it made: a failed call never removes files it did not create.
+        for name in made_files:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 (root / (name + suffix)).unlink(missing_ok=True)
         if made_dir:
-            root.rmdir()
+            with contextlib.suppress(OSError):  # not empty: someone else's files are in it
+                root.rmdir()
         raise
 
 

@@ -121,8 +121,9 @@ def update_record(
     purpose: str,
 ) -> Record:
     """Merge ``fields`` into a record (a ``None`` value is stored as null) and
-    re-encrypt it under the customer's current key; returns the new record (with
-    the fields this role may see)."""
+    re-encrypt it under the customer's current key; returns the new record with the
+    fields this role may read — only the fields it wrote when it may write but not
+    read the record (an update is never a way to read)."""
     check_customer_id(customer_id)
     check_record_id(record_id)
     check_name("purpose", purpose)
@@ -159,7 +160,9 @@ def update_record(
                 detail={"kind": kind, "fields": sorted(fields), "version": version},
             )
         )
-        visible = role.visible(kind, merged)
+        may_read = role.denial("read", now=now, kind=kind, purpose=purpose) is None
+        shown = merged if may_read else {name: merged[name] for name in fields}
+        visible = role.visible(kind, shown)
         return Record(record_id, customer_id, kind, visible, version, str(row["created"]), now)
 
     return ctx.transact(work)

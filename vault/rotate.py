@@ -19,7 +19,15 @@ from ..keys import KdfParams, KeystoreError, SecretBytes, needs_rehash, recommen
 from .actor import Actor
 from .clock import format_ts, parse_ts
 from .context import Tx, VaultContext
-from .errors import NotFoundError, SchemaError, ShreddedError, StorageError, keys_errors
+from .errors import (
+    LogPendingError,
+    NotFoundError,
+    SchemaError,
+    ShreddedError,
+    StorageError,
+    VaultError,
+    keys_errors,
+)
 from .faults import crash_point
 from .keycopies import backup_key_copies
 from .log import Event
@@ -134,7 +142,7 @@ def retire_epoch(ctx: VaultContext, actor: Actor, epoch: int) -> int:
     # The deletion is committed: record it before anything else can fail.
     truncated = _truncate(keyring)
     detail = {"epoch": epoch, "key_fingerprint": fp, "wal_truncated": truncated, "event": event_id}
-    _log(ctx, actor, "keys.retire-epoch", detail, checkpoint=True)
+    _log_committed(ctx, actor, "keys.retire-epoch", detail, f"epoch {epoch} was deleted")
     _clear_pending(keyring)
     if not truncated:
         raise StorageError(
@@ -288,7 +296,13 @@ def change_passphrase(
             passphrase=passphrase, keyfile_key=keyfile_key, params=params, pending_event=pending
         )
     crash_point("change-passphrase:after-keys")
-    _log(ctx, actor, "keys.change-passphrase", {**detail, "event": event_id}, checkpoint=True)
+    _log_committed(
+        ctx,
+        actor,
+        "keys.change-passphrase",
+        {**detail, "event": event_id},
+        f"the vault's {source} WAS changed: only the new one opens it",
+    )
     _clear_pending(ctx.keys)
 
 
@@ -327,7 +341,7 @@ def key_status(ctx: VaultContext, actor: Actor, policy: KeyPolicy | None = None)
     if rehash:
         violations.append("KDF parameters are below today's recommendation: change the passphrase")
     copies = ctx.data.read(lambda conn: backup_key_copies(conn, format_ts(now)))
-    _log(ctx, actor, "keys.status", {"violations": len(violations)})
+    _log(ctx, actor, "keys.status", {"violations": len(violations)}, gate="audit")
     return KeyStatus(
         active_epoch=active,
         active_epoch_created=created[active],
@@ -352,11 +366,32 @@ def _log(
     detail: dict[str, Any],
     *,
     checkpoint: bool = False,
+    gate: str | None = None,
 ) -> None:
+    """Log one key event; with ``gate``, the actor is checked for that action in the
+    same transaction (what the call returns is only returned once that holds)."""
+
     def work(tx: Tx) -> None:
+        if gate is not None:
+            actor.gate(tx.conn, gate, action)
         tx.log(actor.event(action, detail=detail))
 
     ctx.transact(work, checkpoint=checkpoint)
+
+
+def _log_committed(
+    ctx: VaultContext, actor: Actor, action: str, detail: dict[str, Any], what: str
+) -> None:
+    """Log a key event whose keystore change has committed (and cannot be undone): if
+    the entry cannot be written now, :class:`LogPendingError` says the change stands
+    (the keystore keeps the entry, and the next open writes it)."""
+    try:
+        _log(ctx, actor, action, detail, checkpoint=True)
+    except VaultError as error:
+        raise LogPendingError(
+            f"{what}; its log entry could not be written yet ({error}) and will be written "
+            "at the vault's next open"
+        ) from None
 
 
 # -- key events the keystore committed but the log may not have --------------------------
