@@ -24,7 +24,7 @@ from ..vault import (
 )
 from .context import open_auditor, open_session, store_options, token_option, unlock_options
 from .output import json_option, note, print_json, print_pairs
-from .params import OUTPUT_FILE, file_or_stdout
+from .params import OUTPUT_FILE, file_or_stdout, refuse_existing
 from .progress import LazyProgress
 
 __all__ = ["audit_group"]
@@ -166,17 +166,24 @@ def verify_command(
     metavar="FILE",
     type=OUTPUT_FILE,
     default="-",
-    help="Write here (mode 0600, replaced atomically when done) instead of stdout.",
+    help="Write here (mode 0600, published atomically when done) instead of stdout.",
+)
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace an existing --out file (only once the new export is complete).",
 )
 @store_options
 @click.pass_context
-def export_command(ctx: click.Context, since: int, out_path: Path) -> None:
+def export_command(ctx: click.Context, since: int, out_path: Path, replace: bool) -> None:
     """Export the access log as JSON Lines (header, checkpoints, entries), streaming.
 
     No passphrase needed. Verify the file anywhere with
     `shredvault audit verify --from-export FILE --pubkey KEY`.
     """
     target = file_or_stdout(out_path)
+    if not replace:
+        refuse_existing(target, "--out")
     with open_auditor(ctx) as auditor:
         latest = auditor.latest_checkpoint()
         expected = (latest.seq - since + 1) if latest and latest.seq >= since else None
@@ -184,7 +191,7 @@ def export_command(ctx: click.Context, since: int, out_path: Path) -> None:
             LazyProgress("exporting", expected) as progress,
             click.open_file("-", "wb")
             if target is None
-            else create_file(target, overwrite=True) as out,
+            else create_file(target, overwrite=replace) as out,
         ):
             count = auditor.export(out, since=since, progress=progress)
     if target is not None:

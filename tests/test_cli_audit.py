@@ -245,3 +245,15 @@ def test_a_vault_whose_recent_log_was_tampered_refuses_to_open_with_exit_5(
     result = run("customer", "list")
     assert result.exit_code == 5
     assert result.stderr.startswith("error: ") and "refuses to serve" in result.stderr
+
+
+def test_export_refuses_an_existing_out_file_unless_told_to_replace_it(
+    audit: Run, vault: Path, tmp_path: Path
+) -> None:
+    exported = tmp_path / "log.jsonl"
+    exported.write_text("someone else's file\n")
+    refused = audit("audit", "export", "--out", str(exported))
+    assert refused.exit_code == 2 and "already exists" in refused.stderr
+    assert exported.read_text() == "someone else's file\n"
+    assert audit("audit", "export", "--replace", "--out", str(exported)).exit_code == 0
+    assert json.loads(exported.read_text().splitlines()[0])["format"] == "shredvault-log-export"

@@ -338,7 +338,7 @@ for kind in kinds:
     elif kind == "subject report":
         run_cli("customer", "report", ids["c2"], "--out", str(out / "report.json"))
     elif kind == "log export":
-        run_cli("audit", "export", "--out", str(out / "log.jsonl"))
+        run_cli("audit", "export", "--replace", "--out", str(out / "log.jsonl"))
     elif kind == "restored stores":
         restore_backup(
             base / "backup.svb", out / "restored", keyfile=keyfile,

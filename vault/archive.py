@@ -7,10 +7,10 @@ Ed25519 signature of it, hex), ``data.db`` and ``keys.db``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import sqlite3
 import tarfile
 import tempfile
 from collections.abc import Iterator
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..keys import verify_signature
+from ..keys import KeyStore, verify_signature
 from .audit import Auditor
 from .canonical import canonical
-from .errors import VaultError, VerificationError
+from .errors import StorageError, VaultError, VerificationError, keys_errors
 from .files import create_file
 from .layout import DATA_FILE, KEYS_FILE
 
@@ -186,13 +186,11 @@ def _extract_checked(tar: tarfile.TarFile, name: str, dest: Path, expected: dict
 
 
 def keystore_public_key(path: Path) -> bytes:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    """The vault public key a keystore snapshot holds (read-only, no unlocking)."""
     try:
-        row = conn.execute(
-            "SELECT public_key FROM signing ORDER BY generation DESC LIMIT 1"
-        ).fetchone()
-    finally:
-        conn.close()
-    if row is None:
-        raise VerificationError("the keystore snapshot holds no public key", reason="malformed")
-    return bytes(row[0])
+        with keys_errors(), contextlib.closing(KeyStore.open(path)) as store:
+            return store.public_key()
+    except StorageError as error:
+        raise VerificationError(
+            f"the keystore snapshot cannot be read: {error}", reason="malformed"
+        ) from None

@@ -97,7 +97,12 @@ def create_backup(
     backup_id = ids.new_id("bak_")
     now = ctx.clock()
     expires = format_ts(now + timedelta(days=expires_days)) if expires_days else None
-    with tempfile.TemporaryDirectory(prefix="shredvault-backup-") as tmp:
+    # Staged beside the archive, not in the system temp folder: a killed run must not
+    # leave a copy of keys.db somewhere nobody looks (it sits, owner-only, next to the
+    # archive it was meant for, under a hidden name that says what it is).
+    with tempfile.TemporaryDirectory(
+        prefix=f".{target.name}.shredvault-staging-", dir=target.parent
+    ) as tmp:
         work_dir = Path(tmp)
 
         def snapshot(tx: Tx) -> dict[str, Any]:

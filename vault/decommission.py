@@ -142,7 +142,7 @@ def decommission(
     if ctx.final_seq is None:
         shred_all(ctx, actor, reason, intent_seq, override, progress)
         crash_point("decommission:after-shred")
-        compact(ctx, actor)
+        compact(ctx, actor, gated=False)
         crash_point("decommission:after-compact")
         with keys_errors(
             "the keys could not be fully destroyed yet (run the decommission again to finish it)"

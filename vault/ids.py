@@ -31,4 +31,6 @@ def new_id(prefix: str) -> str:
 
 def is_id(value: object, prefix: str) -> bool:
     """True if ``value`` is a well-formed id with ``prefix``."""
-    return isinstance(value, str) and value.startswith(prefix) and _ID_RE.match(value) is not None
+    return (
+        isinstance(value, str) and value.startswith(prefix) and _ID_RE.fullmatch(value) is not None
+    )

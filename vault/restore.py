@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, exc, insert, select
 
+from ..keys import KeyStore
 from .actor import system_actor
 from .archive import (
     keystore_public_key,
@@ -26,7 +26,7 @@ from .archive import (
 from .audit import Auditor, format_public_key, read_export_entries, verify_export
 from .backup import COPY_BATCH
 from .context import Tx, VaultContext
-from .errors import StorageError, VerificationError
+from .errors import StorageError, VerificationError, keys_errors
 from .faults import crash_point
 from .files import move_into_place, write_file
 from .layout import DATA_FILE, KEYS_FILE, RESTORE_MARKER
@@ -289,9 +289,9 @@ def _load_into(snapshot: Path, data_url: str) -> None:
 def _set_data_location(keys_path: Path, where: str) -> None:
     """Where the restored vault's data lives: the backup's keystore says where the
     source vault kept it, which is not where the restore put it."""
-    conn = sqlite3.connect(keys_path)
-    try:
-        with conn:
-            conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('data_location', ?)", (where,))
-    finally:
-        conn.close()
+    with (
+        keys_errors("cannot record where the restored data lives"),
+        contextlib.closing(KeyStore.open(keys_path)) as store,
+        store.transaction() as conn,
+    ):
+        store.set_meta(conn, "data_location", where)

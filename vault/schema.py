@@ -33,7 +33,7 @@ FieldValue = str | int | bool | None | list[str | int | bool | None]
 
 def check_name(what: str, name: object) -> str:
     """Validate a kind, field or purpose name: lowercase ASCII, digits, ``_``/``-``."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise SchemaError(
             f"{what} name must be 1-63 characters of a-z, 0-9, '_' or '-', starting with a "
             f"letter; got {name!r}"

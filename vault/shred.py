@@ -328,13 +328,23 @@ def _find_shred(ctx: VaultContext, customer_id: str, salt: bytes) -> Receipt | N
     return None
 
 
-def compact(ctx: VaultContext, actor: Actor, progress: Callable[[int], None] | None = None) -> int:
+def compact(
+    ctx: VaultContext,
+    actor: Actor,
+    progress: Callable[[int], None] | None = None,
+    *,
+    gated: bool = True,
+) -> int:
     """Delete the ciphertext rows of shredded customers, a batch per transaction (safe to
-    interrupt: each batch commits with its own ``vault.compact`` entry). Returns rows removed."""
+    interrupt: each batch commits with its own ``vault.compact`` entry). Returns rows
+    removed. Each batch checks the actor (admin) in its own transaction, unless
+    ``gated`` is false: a decommission, whose own gate allowed it, compacts as its step 4."""
     removed = 0
     while True:
 
         def work(tx: Tx, first: bool = removed == 0) -> int:
+            if gated:
+                actor.gate(tx.conn, "admin", "vault.compact")
             shredded = select(customers.c.id).where(customers.c.state == "shredded")
             ids = [
                 str(r.id)
