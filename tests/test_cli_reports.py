@@ -506,7 +506,9 @@ def test_audit_report_markdown_to_an_owner_only_file(
     assert md.startswith("# Audit report — vault ")
     assert "- chain: **verifies**" in md
     assert "| olga | operator | active |" in md
-    assert run("audit", "report", "--out", str(out)).exit_code == 2  # exists now: refused before any work
+    assert (
+        run("audit", "report", "--out", str(out)).exit_code == 2
+    )  # exists now: refused before any work
     assert out.read_text("utf-8") == md
 
 
