@@ -15,27 +15,13 @@ from .context import (
     unlock_options,
 )
 from .output import json_option, note, print_json, print_pairs
-from .params import NewFile
+from .params import NewFile, check_new_keyfile
 
 __all__ = ["init_command"]
 
 
-def _inside(path: Path, directory: Path) -> bool:
-    return path.resolve().is_relative_to(directory.resolve())
-
-
 def _new_keyfile(path: Path, vault_dir: Path) -> Credential:
-    if _inside(path, vault_dir):
-        raise click.BadParameter(
-            "keep the keyfile outside the vault directory: whoever copies the directory "
-            "would get the key with it",
-            param_hint="'--new-keyfile'",
-        )
-    if path.exists():
-        raise click.BadParameter(
-            f"{path} already exists; refusing to overwrite a key", param_hint="'--new-keyfile'"
-        )
-    generate_keyfile(path)
+    generate_keyfile(check_new_keyfile(path, vault_dir))
     return Credential(keyfile=path)
 
 

@@ -26,7 +26,7 @@ from .context import (
 )
 from .meter import Meter
 from .output import json_option, note, print_json, print_pairs
-from .params import NewFile
+from .params import NewFile, check_new_keyfile
 
 __all__ = ["NEW_PASSPHRASE_ENV", "key_group"]
 
@@ -242,20 +242,6 @@ def rotate_dek_command(
 # -- the root secret --------------------------------------------------------------------
 
 
-def _fresh_keyfile_path(path: Path, vault_dir: Path) -> Path:
-    if path.resolve().is_relative_to(vault_dir.resolve()):
-        raise click.BadParameter(
-            "keep the keyfile outside the vault directory: whoever copies the directory "
-            "would get the key with it",
-            param_hint="'--new-keyfile'",
-        )
-    if path.exists():
-        raise click.BadParameter(
-            f"{path} already exists; refusing to overwrite a key", param_hint="'--new-keyfile'"
-        )
-    return path
-
-
 def _given_passphrase(passphrase_file: Path | None) -> bytes | None:
     """The new passphrase from the option or the environment; None means "prompt"."""
     if passphrase_file is not None:
@@ -316,7 +302,7 @@ def change_passphrase_command(
     if new_keyfile is not None:
         if new_passphrase_file is not None:
             raise click.UsageError("give --new-passphrase-file or --new-keyfile, not both")
-        _fresh_keyfile_path(new_keyfile, settings.require_vault())
+        check_new_keyfile(new_keyfile, settings.require_vault())
     else:
         new_passphrase = _given_passphrase(new_passphrase_file)
         if new_passphrase is None and not sys.stdin.isatty():

@@ -18,6 +18,7 @@ __all__ = [
     "KEY_VALUE",
     "OUTPUT_FILE",
     "NewFile",
+    "check_new_keyfile",
     "comma_list",
     "consent_flags",
     "field_values",
@@ -137,3 +138,16 @@ def refuse_existing(path: Path | None, hint: str) -> None:
         raise click.BadParameter(
             f"{path} already exists; refusing to overwrite it", param_hint=f"'{hint}'"
         )
+
+
+def check_new_keyfile(path: Path, vault_dir: Path) -> Path:
+    """A path for a new keyfile: outside the vault directory (whoever copies the
+    directory would get the key with it) and not taken (exit 2 otherwise)."""
+    if path.resolve().is_relative_to(vault_dir.resolve()):
+        raise click.BadParameter(
+            "keep the keyfile outside the vault directory: whoever copies the directory "
+            "would get the key with it",
+            param_hint="'--new-keyfile'",
+        )
+    refuse_existing(path, "--new-keyfile")
+    return path
