@@ -275,6 +275,60 @@ def export_table(results: list[Result]) -> list[str]:
     return lines
 
 
+def reconcile_table(results: list[Result]) -> list[str]:
+    """Opening with reconciliation next to the same open without it, and what a keystore
+    without a mark costs (the whole log verified and scanned once)."""
+    ops = sorted(
+        {r.op for r in results if r.op.startswith("reconcile_")},
+        key=lambda op: int(op.split("_")[1]),
+    )
+    if not ops:
+        return []
+    lines = [
+        "",
+        "## Reconciliation at open (ms, medians; ratio = baseline / vault)",
+        "",
+        "| backend | customers | log entries | open | open without reconciliation | ratio | "
+        "open, whole log rescanned | verify whole log | read whole log | rescan / read | "
+        "repair (customers) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for backend in backends(results):
+        for op in ops:
+            vault = find(results, op, "vault", backend)
+            if vault is None:
+                continue
+            got = {
+                role: find(results, op, role, backend)
+                for role in ("no_reconcile", "rescan", "verify", "read", "repair")
+            }
+
+            def ms(r: Result | None) -> str:
+                return "—" if r is None else f"{r.median * 1e3:.1f}"
+
+            base, rescan, read, repair = (
+                got["no_reconcile"],
+                got["rescan"],
+                got["read"],
+                got["repair"],
+            )
+            ratio = "—" if base is None else f"{base.median / vault.median:.2f}"
+            per_read = (
+                "—" if rescan is None or read is None else f"{rescan.median / read.median:.2f}x"
+            )
+            fixed = (
+                "—"
+                if repair is None
+                else f"{repair.median * 1e3:.0f} ({repair.extra.get('repaired', '?')})"
+            )
+            lines.append(
+                f"| {backend} | {vault.extra.get('customers')} | {vault.extra.get('entries')} | "
+                f"{ms(vault)} | {ms(base)} | {ratio} | {ms(rescan)} | {ms(got['verify'])} | "
+                f"{ms(read)} | {per_read} | {fixed} |"
+            )
+    return lines
+
+
 def keys_table(results: list[Result]) -> list[str]:
     lines = [
         "",
@@ -397,6 +451,7 @@ def main(argv: list[str]) -> int:
         + unlock_table(results)
         + export_table(results)
         + keys_table(results)
+        + reconcile_table(results)
     )
     if len(runs) > 1:
         lines += spread_table(runs)

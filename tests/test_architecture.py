@@ -53,6 +53,7 @@ LAYERS: dict[str, list[str]] = {
     ],
     "workflows": [
         "retention",
+        "reconcile",
         "opening",
         "restore",
         "handover_complete",
@@ -95,6 +96,7 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("actor", "context"): "the gate logs its refusals through the transaction",
     ("sealing", "context"): "",
     ("restore", "opening"): "a restore opens the restored vault to replay shreds",
+    ("opening", "reconcile"): "opening reconciles the keystore with the log before serving",
     ("decommission", "bulk_shred"): "a decommission shreds everyone in batches",
     ("vault", "session"): "a Vault hands out Sessions",
 }

@@ -118,6 +118,7 @@ def test_vault_all_covers_the_documented_error_tree() -> None:
     ):
         assert name in vault.__all__
     assert issubclass(vault.ShreddedError, vault.NotFoundError)
+    assert issubclass(vault.StateConflictError, vault.ShreddedError)
     assert issubclass(vault.AuditChainError, vault.VerificationError)
     assert issubclass(vault.NotFoundError, LookupError)
     assert issubclass(vault.SchemaError, ValueError)
@@ -173,6 +174,7 @@ SHREDVAULT_ALL = [
     "ShredExpiredResult",
     "ShredSource",
     "ShreddedError",
+    "StateConflictError",
     "StorageError",
     "UnlockError",
     "UnsupportedFormatError",

@@ -26,6 +26,7 @@ from .errors import (
     NotFoundError,
     PurposeError,
     ShreddedError,
+    StateConflictError,
     VaultDecommissionedError,
 )
 from .lifecycle import DECOMMISSION_ACTION
@@ -248,15 +249,47 @@ class Actor:
             if cid not in found:
                 raise self.not_found(action, cid, purpose=purpose)
             if found[cid][0] != "active":
-                self.ctx.keys.forget([cid])
+                raise self.inactive_refusal(cid, found[cid][0], action, purpose=purpose)
+        return {cid: v for cid, (_s, v) in found.items()}
+
+    def inactive_refusal(
+        self,
+        customer_id: str,
+        state: str,
+        action: str,
+        *,
+        purpose: str | None = None,
+        message: str | None = None,
+    ) -> Refusal:
+        """The logged refusal for a customer that is not active: shredded (or being
+        shredded), :class:`ShreddedError`; or a row that says ``shredded`` while the
+        keystore still holds the customer's keys, which no shred leaves behind (the
+        keys go before the row changes, and opening destroys the keys of every shred
+        the log confirms): the stores disagree, :class:`StateConflictError`."""
+        keys = self.ctx.keys
+        keys.forget([customer_id])
+        if state == "shredded":
+            tag = keys.store.subject_tags([customer_id]).get(customer_id)
+            if tag is not None or keys.store.deks([customer_id]):
                 ev = self.event(
                     action,
                     outcome="error",
                     purpose=purpose,
-                    detail={"reason_code": "customer_shredded"},
+                    subject=None if tag is None else tag.hex(),
+                    detail={"reason_code": "state_conflict"},
                 )
-                raise Refusal(ShreddedError(f"customer {cid} was shredded; its data is gone"), ev)
-        return {cid: v for cid, (_s, v) in found.items()}
+                return Refusal(
+                    StateConflictError(
+                        f"customer {customer_id} is marked shredded in the data store but "
+                        "its keys are still in the keystore: refused (see docs/shredding.md)"
+                    ),
+                    ev,
+                )
+        ev = self.event(
+            action, outcome="error", purpose=purpose, detail={"reason_code": "customer_shredded"}
+        )
+        text = message or f"customer {customer_id} was shredded; its data is gone"
+        return Refusal(ShreddedError(text), ev)
 
 
 def system_actor(ctx: VaultContext) -> Actor:

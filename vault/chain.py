@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from sqlalchemy import Connection, func, select
 
 from .checkpoint import Checkpoint, load_checkpoints
-from .log import iter_entries
+from .log import LogEntry, iter_entries
 from .store import DataStore, LogHead, log, log_head
 from .verify import VerifyReport, verify_chain
 
@@ -30,8 +30,13 @@ def verify_store(
     anchor_shortfall: str = "truncated",
     strict: bool = False,
     progress: Callable[[int], None] | None = None,
+    observe: Callable[[LogEntry], None] | None = None,
 ) -> VerifyReport:
-    """Verify a data store's chain, its checkpoints and its head row."""
+    """Verify a data store's chain, its checkpoints and its head row.
+
+    ``observe`` sees every entry as it is read, in the same pass (so a caller that
+    needs the entries' content pays no second read); what it saw is verified only if
+    the report is ok."""
 
     # Order matters with writers running: a checkpoint commits with the head row that
     # covers it, so checkpoints read *before* the head are all at or below it, and every
@@ -39,8 +44,11 @@ def verify_store(
     # simply not part of this verification.
     cps = data.read(lambda conn: load_checkpoints(conn, since=since))
     head = data.read(read_head)
+    entries: Iterable[LogEntry] = iter_entries(data, since=since, until=head.seq)
+    if observe is not None:
+        entries = _tapped(entries, observe)
     report = verify_chain(
-        iter_entries(data, since=since, until=head.seq),
+        entries,
         vault_id=vault_id,
         public_key=public_key,
         checkpoints=cps,
@@ -71,3 +79,9 @@ def verify_store(
                 f"entries up to seq {highest} lie beyond the head row (seq {latest.seq})",
             )
     return report
+
+
+def _tapped(entries: Iterable[LogEntry], observe: Callable[[LogEntry], None]) -> Iterator[LogEntry]:
+    for entry in entries:
+        observe(entry)
+        yield entry

@@ -39,7 +39,7 @@ from .errors import (
     keys_errors,
 )
 from .lifecycle import DECOMMISSION_ACTION
-from .log import Event, append
+from .log import Event, LogEntry, append
 from .receipt import Receipt
 from .schema import KindSpec
 from .store import DataStore, LogHead, checkpoints, kinds
@@ -250,13 +250,21 @@ class VaultContext:
         if cp is not None:
             self._advance_anchor(cp)
 
-    def check_anchor(self) -> None:
-        """Verify the log from the keystore's anchor to the head; refuse a rolled-back,
-        truncated or forked data store (:class:`AuditChainError`)."""
+    def check_anchor(
+        self, *, since: int | None = None, observe: Callable[[LogEntry], None] | None = None
+    ) -> VerifyReport:
+        """Verify the log from the keystore's anchor (or from ``since``, if that is
+        earlier) to the head; refuse a rolled-back, truncated or forked data store
+        (:class:`AuditChainError`). ``observe`` sees each entry in the same pass (what it
+        saw is verified once this returns). Returns the report."""
         anchor_row = self.keys.store.anchor()
         anchor = None if anchor_row is None else parse_checkpoint(anchor_row[1], anchor_row[2])
-        since = anchor.seq if anchor is not None else 1
-        report = self.verify_log(since=since, anchor=anchor, anchor_shortfall="rolled back")
+        start = anchor.seq if anchor is not None else 1
+        if since is not None:
+            start = max(1, min(start, since))
+        report = self.verify_log(
+            since=start, anchor=anchor, anchor_shortfall="rolled back", observe=observe
+        )
         if not report.ok:
             raise AuditChainError(
                 f"the access log fails verification ({report.reason} at seq {report.bad_seq}): "
@@ -264,6 +272,7 @@ class VaultContext:
                 reason=report.reason or "invalid",
                 seq=report.bad_seq,
             )
+        return report
 
     def verify_log(
         self,
@@ -273,6 +282,7 @@ class VaultContext:
         anchor_shortfall: str = "truncated",
         strict: bool = False,
         progress: Callable[[int], None] | None = None,
+        observe: Callable[[LogEntry], None] | None = None,
     ) -> VerifyReport:
         """Verify the stored chain (from ``since``) against the stored checkpoints."""
         return verify_store(
@@ -284,6 +294,7 @@ class VaultContext:
             anchor_shortfall=anchor_shortfall,
             strict=strict,
             progress=progress,
+            observe=observe,
         )
 
     def read_in(self, stmt: Any, column: Any, values: Sequence[str]) -> list[Any]:

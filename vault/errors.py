@@ -21,6 +21,7 @@ __all__ = [
     "PurposeError",
     "SchemaError",
     "ShreddedError",
+    "StateConflictError",
     "StorageError",
     "UnlockError",
     "VaultBusyError",
@@ -61,6 +62,12 @@ class NotFoundError(VaultError, LookupError):
 
 class ShreddedError(NotFoundError):
     """The customer was crypto-shredded: its records are gone for good."""
+
+
+class StateConflictError(ShreddedError):
+    """The data store says the customer is shredded, yet the keystore still holds its
+    keys and no shred of it is confirmed: the stores disagree, so the customer is
+    refused (never served) and the refusal logged; docs/shredding.md says what to do."""
 
 
 class VaultDecommissionedError(ShreddedError):

@@ -22,6 +22,7 @@ from .files import create_empty
 from .layout import DATA_FILE, KEYS_FILE, RESTORE_MARKER
 from .lifecycle import DECOMMISSIONED, INTENT_SEQ_KEY, LIFECYCLE_KEY, final_entry_seq
 from .log import Event
+from .reconcile import ClaimScan, plan_reconcile, read_mark, reconcile, refuse_unconfirmed
 from .rotate import log_pending_key_event
 from .shred import roll_forward
 from .store import SCHEMA_VERSION, DataStore, meta, metadata
@@ -140,7 +141,12 @@ def open_context(
     Raises :class:`UnlockError` (wrong passphrase/keyfile, weakened KDF header),
     :class:`StorageError` (missing or mismatched stores, newer schema) and
     :class:`AuditChainError` (log shorter than or different from the keystore's
-    anchor: the vault refuses to serve). Nothing is changed when it raises.
+    anchor, or recording a shred the keystore cannot confirm of a customer whose row
+    says active: the vault refuses to serve). Nothing is changed when it raises
+    before the ``vault.unlock`` entry; after it, an open that fails leaves what it
+    finished logged, and the next open finishes the rest. Before serving, it erases
+    again every customer whose shred the log records but whose keys the keystore
+    still holds (:mod:`.reconcile`).
     """
     root = Path(path)
     if (root / RESTORE_MARKER).exists() and not restoring:
@@ -183,19 +189,28 @@ def open_context(
             checkpoint_interval=checkpoint_interval,
             lifecycle=keyring.store.get_meta(LIFECYCLE_KEY),
         )
-        ctx.check_anchor()
         if ctx.lifecycle is not None:
+            ctx.check_anchor()
             # Decommissioning: the decommission itself finishes interrupted shreds,
             # and once its final entry exists nothing more may be logged.
             intent_seq = int(keyring.store.get_meta(INTENT_SEQ_KEY) or 0)
             ctx.final_seq = final_entry_seq(data, intent_seq)
             if ctx.final_seq is not None:
                 return ctx
+            ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
+            return ctx
+        # The shreds the log records after the keystore's mark are read in the same
+        # pass that verifies the log, which then starts at the mark if that is earlier
+        # than the anchor: nothing unverified is acted on.
+        mark = read_mark(keyring.store)
+        scan = ClaimScan(after=mark)
+        report = ctx.check_anchor(since=mark + 1, observe=scan.observe)
+        refuse_unconfirmed(plan_reconcile(ctx, scan))  # before anything is written
         ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
-        if ctx.lifecycle is None:
-            ctx.recovered_receipts = roll_forward(ctx)
-            log_pending_key_event(ctx)
-            keyring.finish_pending_scrub()  # a bulk shred cut short before its scrub
+        reconcile(ctx, scan, report.last_seq)
+        ctx.recovered_receipts = roll_forward(ctx)
+        log_pending_key_event(ctx)
+        keyring.finish_pending_scrub()  # a bulk shred or reconciliation cut short before it
         return ctx
     except BaseException:
         if data is not None:

@@ -17,7 +17,7 @@ from .audit import format_public_key
 from .chain import read_head
 from .checkpoint import Checkpoint, checkpoint_from_json, latest_checkpoint
 from .context import Refusal, Tx, VaultContext
-from .errors import ShreddedError, VerificationError
+from .errors import VerificationError
 from .log import export_line
 from .receipt import ReceiptReport, verify_receipt
 from .sealing import envelope, open_fields
@@ -36,7 +36,8 @@ def customer_report(ctx: VaultContext, actor: Actor, customer_id: str) -> dict[s
     a checkpoint is signed over the report's own entries. A role limited in kinds,
     fields or purposes gets only what it may see (``Role.withholds``, ``Role.visible``);
     ``withheld`` counts the rest, and a summary entry logs it. Raises NotFoundError, or
-    ShreddedError (a shredded customer is answered by its erasure receipt).
+    ShreddedError (a shredded customer is answered by its erasure receipt), or
+    StateConflictError (the row says shredded but the keys are still held).
     """
     keys_of = ctx.keys
 
@@ -55,14 +56,11 @@ def customer_report(ctx: VaultContext, actor: Actor, customer_id: str) -> dict[s
         if row is None:
             raise actor.not_found("customer.report", customer_id)
         if row.state != "active":
-            ev = actor.event(
-                "customer.report", outcome="error", detail={"reason_code": "customer_shredded"}
-            )
-            raise Refusal(
-                ShreddedError(
-                    f"customer {customer_id} was shredded: report through its erasure receipt"
-                ),
-                ev,
+            raise actor.inactive_refusal(
+                customer_id,
+                str(row.state),
+                "customer.report",
+                message=f"customer {customer_id} was shredded: report through its erasure receipt",
             )
         ck = keys_of.customer_keys([customer_id])[customer_id]
         keys = {customer_id: ck}

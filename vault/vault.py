@@ -27,6 +27,7 @@ from .lifecycle import DECOMMISSIONED
 from .log import Event
 from .opening import create_context, open_context
 from .receipt import Receipt
+from .reconcile import advance_mark
 from .schema import KindSpec
 from .session import Session
 from .store import LogHead, principals
@@ -145,8 +146,12 @@ class Vault:
 
     def close(self) -> None:
         """Sign a checkpoint at the head (if the log moved since the last one), then
-        release the stores and forget every key."""
-        self._ctx.close()
+        release the stores and forget every key. The keystore's reconciliation mark
+        moves to the head first, when no shred is mid-way (:func:`advance_mark`)."""
+        try:
+            advance_mark(self._ctx)
+        finally:
+            self._ctx.close()
 
     # -- sessions -----------------------------------------------------------------------
 
