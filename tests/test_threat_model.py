@@ -394,7 +394,6 @@ def test_an_older_ciphertext_of_a_record_written_back_is_not_served(world: World
     assert refused(lambda: served.append(read_as(world))) or served == [{"name": "Ama Mensah"}]
 
 
-@NOT_YET_16
 def test_an_old_keys_db_put_back_loses_the_keys_of_customers_the_log_shows_shredded(
     world: World, tmp_path: Path
 ) -> None:
