@@ -22,6 +22,7 @@ from .files import create_empty
 from .layout import DATA_FILE, KEYS_FILE, RESTORE_MARKER
 from .lifecycle import DECOMMISSIONED, INTENT_SEQ_KEY, LIFECYCLE_KEY, final_entry_seq
 from .log import Event
+from .migrate import upgrade_stores
 from .rotate import log_pending_key_event
 from .shred import roll_forward
 from .store import SCHEMA_VERSION, DataStore, meta, metadata
@@ -193,6 +194,7 @@ def open_context(
                 return ctx
         ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
         if ctx.lifecycle is None:
+            upgrade_stores(ctx)  # a vault from before key separation (vault/migrate.py)
             ctx.recovered_receipts = roll_forward(ctx)
             log_pending_key_event(ctx)
             keyring.finish_pending_scrub()  # a bulk shred cut short before its scrub
