@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from verifiers import verifier_by_hand
 
 from shredvault.keys import load_keyfile
 from shredvault.vault import AccessDeniedError, Vault
+
+from verifiers import verifier_by_hand
 
 TOKEN_RE = re.compile(r"^svp_(?P<lookup>[0-9a-f]{12})_(?P<secret>[A-Za-z0-9_-]{43})$")
 
