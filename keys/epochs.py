@@ -201,19 +201,21 @@ class KekEpochs:
         under the wrap subkey, store a new MAC seed, the new key-check value and
         schema 2, and keep ``note`` with what was re-wrapped as the pending upgrade
         (:meth:`upgrade_pending`). Returns False, changing nothing, when another
-        process upgraded first (this key ring then uses what it stored)."""
-        assert self._next is not None and self._new_mac_seed is not None
+        process upgraded first (this key ring then uses what it stored), or when
+        this key ring's keystore had schema 2 already."""
+        upgraded, mac_seed_raw = self._next, self._new_mac_seed
+        if upgraded is None or mac_seed_raw is None:
+            return False
         header = self.store.header()
         if header.schema_version != LEGACY_SCHEMA:
-            if not hmac.compare_digest(header.key_check, self._next.key_check):
+            if not hmac.compare_digest(header.key_check, upgraded.key_check):
                 raise WrongKeyError(
                     "the vault's passphrase or keyfile was changed by another process "
                     "since this one unlocked it; open the vault again with the new one"
                 )
-            self._adopt(header, self._load_tokens(self._next))
+            self._adopt(upgraded, header, self._load_tokens(upgraded))
             return False
         self._check_root_unchanged()
-        upgraded = self._next
         epochs, seeds, _none = self._rewrapped(upgraded.wrap)
         pending = {
             "from": LEGACY_SCHEMA,
@@ -227,7 +229,7 @@ class KekEpochs:
             "key_check": upgraded.key_check.hex(),
             UPGRADE_PENDING: json.dumps(pending, sort_keys=True),
         }
-        mac_seed = upgraded.wrap.seal(self._new_mac_seed.reveal(), mac_seed_aad(self.vault_id))
+        mac_seed = upgraded.wrap.seal(mac_seed_raw.reveal(), mac_seed_aad(self.vault_id))
         self.store.replace_root_wrapped(conn, epochs, seeds, meta)
         self.store.add_mac_seed(conn, mac_seed, created)
         crash_point("migrate:keystore-uncommitted")
@@ -236,11 +238,10 @@ class KekEpochs:
     def adopt_upgrade(self) -> None:
         """After :meth:`upgrade` committed: use the new keys from now on."""
         if self._next is not None:
-            self._adopt(self.store.header(), self._tokens)
+            self._adopt(self._next, self.store.header(), self._tokens)
 
-    def _adopt(self, header: KeystoreHeader, tokens: TokenMac | None) -> None:
-        assert self._next is not None
-        self._keys, self._next, self._header = self._next, None, header
+    def _adopt(self, keys: RootKeys, header: KeystoreHeader, tokens: TokenMac | None) -> None:
+        self._keys, self._next, self._header = keys, None, header
         self._tokens = tokens
         if self._new_mac_seed is not None:
             self._new_mac_seed.wipe()

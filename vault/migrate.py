@@ -139,5 +139,12 @@ def _sha256_hex(text: str) -> bytes | None:
 
 
 def _logged(conn: Connection, event: str, after: int) -> bool:
+    """Whether a ``vault.migrate`` entry with this event id follows seq ``after``."""
     rows = conn.execute(select(log.c.body).where(log.c.seq > after, log.c.action == MIGRATE_ACTION))
-    return any(json.loads(body)["detail"].get("event") == event for (body,) in rows)
+    for (body,) in rows:
+        try:
+            if json.loads(body)["detail"]["event"] == event:
+                return True
+        except (ValueError, KeyError, TypeError):
+            continue  # not an entry this code wrote: it does not count
+    return False
