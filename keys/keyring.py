@@ -460,8 +460,9 @@ class KeyRing:
         params: KdfParams | None = None,
         pending_event: str | None = None,
     ) -> None:
-        """Re-wrap every KEK epoch and the signing seed under the root key of exactly one
-        new passphrase or keyfile, in ONE keystore transaction
+        """Re-wrap every KEK epoch, the signing seed and the MAC seed under the root key
+        (its wrap subkey) of exactly one new passphrase or keyfile, in ONE keystore
+        transaction; token verifiers stay valid
         (:func:`~keys.root.new_root`, :meth:`KekEpochs.change_root`)."""
         new = new_root(passphrase, keyfile_key, params)
         self._epochs.change_root(new, pending_event=pending_event)
