@@ -1,7 +1,8 @@
 """Destroying a keystore's keys when its vault is decommissioned (docs/decommission.md).
 
 First every KEK epoch, DEK, subject tag and receipt salt in one transaction, with a
-summary kept so that a rerun after a crash reports the same; then the signing seed,
+summary kept so that a rerun after a crash reports the same; then the signing seed
+(and the MAC seed, which until then lets the unfinished decommission unlock again),
 keeping the public key so that verifiers can still check what the vault signed.
 """
 
@@ -42,8 +43,9 @@ def destroy_all_keys(store: KeyStore, *, record_as: str) -> dict[str, object]:
 
 
 def destroy_signing_seed(store: KeyStore, public_key: bytes, meta: dict[str, str]) -> Signer:
-    """Delete the wrapped signing seed, keeping ``public_key`` in meta for verifiers,
-    and set ``meta`` in the same transaction; returns the signer that stands in for it.
+    """Delete the wrapped signing seed and the MAC seed, keeping ``public_key`` in meta
+    for verifiers, and set ``meta`` in the same transaction; returns the signer that
+    stands in for it.
     The caller scrubs the keystore (``store.scrub``) once this commits."""
     with store.transaction() as conn:
         store.set_meta(conn, "public_key", public_key.hex())

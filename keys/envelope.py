@@ -32,6 +32,7 @@ __all__ = [
     "dek_aad",
     "fingerprint",
     "kek_aad",
+    "mac_seed_aad",
     "record_aad",
     "record_aad_prefix",
     "record_aad_suffix",
@@ -105,6 +106,11 @@ def kek_aad(vault_id: str, epoch: int) -> bytes:
 def signing_seed_aad(vault_id: str, generation: int) -> bytes:
     """AAD binding the wrapped Ed25519 seed to its vault and generation."""
     return aad(b"shredvault/sign/v1", vault_id.encode(), _U32.pack(generation))
+
+
+def mac_seed_aad(vault_id: str) -> bytes:
+    """AAD binding the wrapped MAC seed (keys/subkeys.py) to its vault."""
+    return aad(b"shredvault/mac-seed/v1", vault_id.encode())
 
 
 def blob_key_version(blob: bytes) -> int:

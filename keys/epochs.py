@@ -1,28 +1,50 @@
-"""The root key and the KEK epochs it wraps (DESIGN §3), unwrapped for one key ring.
+"""The root key's subkeys and what they wrap (DESIGN §3), unwrapped for one key ring.
 
-:class:`KekEpochs` unwraps every epoch at unlock (and again when another process has
-added one), rotates the KEK (a new active epoch, every DEK re-wrapped under it in
-resumable batches), retires epochs no DEK uses, and changes the root key: the epochs
-and the signing seed re-wrapped under a new secret in one transaction. A key event
-committed here whose log entry is not written yet is kept as a *pending event*.
+:class:`KekEpochs` unwraps every KEK epoch at unlock (and again when another process
+has added one) and the MAC seed (whose token-MAC subkey checks principals' tokens),
+rotates the KEK (a new active epoch, every DEK re-wrapped under it in resumable
+batches), retires epochs no DEK uses, and changes the root key: the epochs, signing
+seeds and MAC seed re-wrapped under a new secret in one transaction. It also upgrades
+a keystore from before key separation (schema 1, where the root key itself wrapped
+and was checked) in one transaction. A key event committed here whose log entry is not
+written yet is kept as a *pending event*.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import os
+import sqlite3
+from dataclasses import dataclass
 from typing import NoReturn
 
-from .envelope import Envelope, dek_aad, fingerprint, kek_aad, signing_seed_aad
+from .envelope import Envelope, dek_aad, fingerprint, kek_aad, mac_seed_aad, signing_seed_aad
 from .errors import DecryptionError, InvalidKeyError, KeystoreError, WrongKeyError
-from .kdf import KdfParams, key_check_value
-from .root import ROOT_VERSION, NewRoot, stored_kdf_params
+from .faults import crash_point
+from .kdf import KdfParams
+from .root import LEGACY_SCHEMA, NewRoot, RootKeys, stored_kdf_params
 from .secret import SecretBytes
-from .store import KeyStore, KeystoreHeader
+from .store import SCHEMA_VERSION, KeyStore, KeystoreHeader
+from .subkeys import SUBKEY_SIZE, TOKEN_MAC, derive_subkey
+from .tokenmac import TokenMac
 
-__all__ = ["PENDING_EVENT", "KekEpochs"]
+__all__ = ["PENDING_EVENT", "UPGRADE_PENDING", "KekEpochs", "KeystoreUpgrade"]
 
 PENDING_EVENT = "pending_event"  # keystore meta: a key event not yet logged
+UPGRADE_PENDING = "upgrade_pending"  # keystore meta: an upgrade whose data side may be owed
+
+
+@dataclass(frozen=True, slots=True)
+class KeystoreUpgrade:
+    """A keystore upgrade that committed, kept until the caller has done its side
+    (:meth:`KekEpochs.upgrade_pending`): what was re-wrapped, and the caller's note."""
+
+    from_schema: int
+    to_schema: int
+    kek_epochs: int
+    signing_seeds: int
+    note: str  # opaque text the caller gave to :meth:`KekEpochs.upgrade`
 
 
 class KekEpochs:
@@ -31,10 +53,21 @@ class KekEpochs:
     def __init__(self, store: KeyStore, root: SecretBytes, header: KeystoreHeader) -> None:
         self.store = store
         self.vault_id = header.vault_id
-        self._root = Envelope(root, ROOT_VERSION)
+        self._keys = RootKeys(root, self.vault_id, header.schema_version)
         self._header = header
         self._keks: dict[int, Envelope] = {}
         self._unwrap_keks()
+        # A schema-1 keystore waits for :meth:`upgrade`: the keys it will use, and the
+        # MAC seed it will store, are made now (the root key is not kept).
+        self._next: RootKeys | None = None
+        self._new_mac_seed: SecretBytes | None = None
+        self._tokens: TokenMac | None = None
+        if header.schema_version == LEGACY_SCHEMA:
+            self._next = RootKeys(root, self.vault_id, SCHEMA_VERSION)
+            self._new_mac_seed = SecretBytes(os.urandom(SUBKEY_SIZE))
+            self._tokens = self._token_mac(self._new_mac_seed)
+        else:
+            self._tokens = self._load_tokens(self._keys)
 
     def __repr__(self) -> str:
         return f"<KekEpochs vault={self.vault_id} epochs={self.unwrapped()}, keys redacted>"
@@ -55,11 +88,37 @@ class KekEpochs:
             return None
         return stored_kdf_params(self._header)
 
-    def _open_root(self, blob: bytes, context: bytes) -> SecretBytes:
+    def _open_root(self, blob: bytes, context: bytes, keys: RootKeys | None = None) -> SecretBytes:
         try:
-            return SecretBytes(self._root.open(blob, context))
+            return SecretBytes((keys or self._keys).wrap.open(blob, context))
         except DecryptionError:
             raise KeystoreError("a key wrapped by the root key failed to unwrap") from None
+
+    # -- the MAC seed and token verifiers ------------------------------------------------
+
+    def _token_mac(self, mac_seed: SecretBytes) -> TokenMac:
+        key = derive_subkey(mac_seed, TOKEN_MAC, self.vault_id)
+        try:
+            return TokenMac(key)
+        finally:
+            key.wipe()
+
+    def _load_tokens(self, keys: RootKeys) -> TokenMac:
+        wrapped = self.store.mac_seed()
+        if wrapped is None:
+            raise KeystoreError("the keystore holds no MAC seed (damaged keystore)")
+        seed = self._open_root(wrapped, mac_seed_aad(self.vault_id), keys)
+        try:
+            return self._token_mac(seed)
+        finally:
+            seed.wipe()
+
+    @property
+    def tokens(self) -> TokenMac:
+        """The token-MAC key (:class:`KeystoreError` once the keys are forgotten)."""
+        if self._tokens is None:
+            raise KeystoreError("the keys of this key ring were forgotten")
+        return self._tokens
 
     def unwrap_signing_seed(self, generation: int, wrapped: bytes) -> SecretBytes:
         """The Ed25519 seed of one generation; the caller wipes it once used."""
@@ -76,40 +135,139 @@ class KekEpochs:
                 "this one unlocked it; open the vault again with the new one"
             )
 
+    def _rewrapped(self, wrap: Envelope) -> tuple[dict[int, bytes], dict[int, bytes], bytes | None]:
+        """Every epoch, signing seed and the MAC seed (if stored), unwrapped with the
+        current keys and sealed under ``wrap``. Call inside a write transaction."""
+        vid = self.vault_id
+        epochs: dict[int, bytes] = {}
+        for epoch, wrapped in self.store.epochs().items():
+            kek = self._open_root(wrapped, kek_aad(vid, epoch))
+            epochs[epoch] = wrap.seal(kek.reveal(), kek_aad(vid, epoch))
+            kek.wipe()
+        seeds: dict[int, bytes] = {}
+        for generation, wrapped in self.store.signing_seeds().items():
+            seed = self.unwrap_signing_seed(generation, wrapped)
+            seeds[generation] = wrap.seal(seed.reveal(), signing_seed_aad(vid, generation))
+            seed.wipe()
+        stored = self.store.mac_seed()
+        mac_seed = None
+        if stored is not None:
+            raw = self._open_root(stored, mac_seed_aad(vid))
+            mac_seed = wrap.seal(raw.reveal(), mac_seed_aad(vid))
+            raw.wipe()
+        return epochs, seeds, mac_seed
+
     def change_root(self, new: NewRoot, *, pending_event: str | None = None) -> None:
-        """Re-wrap every KEK epoch and the signing seed under ``new``, and swap the
-        header's salt, KDF parameters and key-check value, all in ONE keystore
-        transaction: afterwards exactly one of the old and new secrets works.
-        ``pending_event`` is kept in the same transaction (see :meth:`pending_event`)."""
+        """Re-wrap every KEK epoch, the signing seeds and the MAC seed under the wrap
+        subkey of ``new``, and swap the header's salt, KDF parameters and key-check
+        value, all in ONE keystore transaction: afterwards exactly one of the old and
+        new secrets works. Token verifiers stay valid (the MAC seed is kept).
+        ``pending_event`` is kept in the same transaction (see :meth:`pending_event`).
+        Refuses a keystore not yet upgraded (:meth:`upgrade`): :class:`KeystoreError`."""
+        if self._next is not None:
+            raise KeystoreError(
+                "this keystore predates key separation: open the vault once (which "
+                "upgrades it) before changing its passphrase or keyfile"
+            )
+        new_keys = RootKeys(new.root, self.vault_id, SCHEMA_VERSION)
         meta = {
             "key_source": new.key_source,
             "kdf": new.kdf,
             "salt": new.salt.hex(),
-            "key_check": key_check_value(new.root).hex(),
+            "key_check": new_keys.key_check.hex(),
         }
-        new_root = Envelope(new.root, ROOT_VERSION)
         # Read and re-wrap inside the write transaction, so an epoch another process
         # adds meanwhile cannot be left wrapped under the old root.
         with self.store.transaction() as conn:
             self._check_root_unchanged()
-            epochs: dict[int, bytes] = {}
-            for epoch, wrapped in self.store.epochs().items():
-                kek = self._open_root(wrapped, kek_aad(self.vault_id, epoch))
-                epochs[epoch] = new_root.seal(kek.reveal(), kek_aad(self.vault_id, epoch))
-                kek.wipe()
-            seeds: dict[int, bytes] = {}
-            for generation, wrapped in self.store.signing_seeds().items():
-                seed = self.unwrap_signing_seed(generation, wrapped)
-                seeds[generation] = new_root.seal(
-                    seed.reveal(), signing_seed_aad(self.vault_id, generation)
-                )
-                seed.wipe()
-            self.store.replace_root_wrapped(conn, epochs, seeds, meta)
+            epochs, seeds, mac_seed = self._rewrapped(new_keys.wrap)
+            self.store.replace_root_wrapped(conn, epochs, seeds, meta, mac_seed)
             if pending_event is not None:
                 self.store.set_meta(conn, PENDING_EVENT, pending_event)
         self.store.scrub()  # old wrappings leave the file and the WAL too
-        self._root = new_root
+        self._keys = new_keys
         self._header = self.store.header()
+
+    # -- upgrading a keystore from before key separation ---------------------------------
+
+    @property
+    def upgrade_due(self) -> bool:
+        """Whether this keystore still has schema 1 (see :meth:`upgrade`)."""
+        return self._next is not None
+
+    def upgrade(self, conn: sqlite3.Connection, note: str, created: str) -> bool:
+        """Upgrade a schema-1 keystore in the caller's write transaction ``conn``:
+        check the old key-check value again, re-wrap every KEK epoch and signing seed
+        under the wrap subkey, store a new MAC seed, the new key-check value and
+        schema 2, and keep ``note`` with what was re-wrapped as the pending upgrade
+        (:meth:`upgrade_pending`). Returns False, changing nothing, when another
+        process upgraded first (this key ring then uses what it stored), or when
+        this key ring's keystore had schema 2 already."""
+        upgraded, mac_seed_raw = self._next, self._new_mac_seed
+        if upgraded is None or mac_seed_raw is None:
+            return False
+        header = self.store.header()
+        if header.schema_version != LEGACY_SCHEMA:
+            if not hmac.compare_digest(header.key_check, upgraded.key_check):
+                raise WrongKeyError(
+                    "the vault's passphrase or keyfile was changed by another process "
+                    "since this one unlocked it; open the vault again with the new one"
+                )
+            self._adopt(upgraded, header, self._load_tokens(upgraded))
+            return False
+        self._check_root_unchanged()
+        epochs, seeds, _none = self._rewrapped(upgraded.wrap)
+        pending = {
+            "from": LEGACY_SCHEMA,
+            "to": SCHEMA_VERSION,
+            "kek_epochs": len(epochs),
+            "signing_seeds": len(seeds),
+            "note": note,
+        }
+        meta = {
+            "schema_version": str(SCHEMA_VERSION),
+            "key_check": upgraded.key_check.hex(),
+            UPGRADE_PENDING: json.dumps(pending, sort_keys=True),
+        }
+        mac_seed = upgraded.wrap.seal(mac_seed_raw.reveal(), mac_seed_aad(self.vault_id))
+        self.store.replace_root_wrapped(conn, epochs, seeds, meta)
+        self.store.add_mac_seed(conn, mac_seed, created)
+        crash_point("migrate:keystore-uncommitted")
+        return True
+
+    def adopt_upgrade(self) -> None:
+        """After :meth:`upgrade` committed: use the new keys from now on."""
+        if self._next is not None:
+            self._adopt(self._next, self.store.header(), self._tokens)
+
+    def _adopt(self, keys: RootKeys, header: KeystoreHeader, tokens: TokenMac | None) -> None:
+        self._keys, self._next, self._header = keys, None, header
+        self._tokens = tokens
+        if self._new_mac_seed is not None:
+            self._new_mac_seed.wipe()
+            self._new_mac_seed = None
+
+    def upgrade_pending(self) -> KeystoreUpgrade | None:
+        """An upgrade that committed here and whose note the caller has not cleared."""
+        raw = self.store.get_meta(UPGRADE_PENDING)
+        if raw is None:
+            return None
+        try:
+            kept = json.loads(raw)
+            return KeystoreUpgrade(
+                int(kept["from"]),
+                int(kept["to"]),
+                int(kept["kek_epochs"]),
+                int(kept["signing_seeds"]),
+                str(kept["note"]),
+            )
+        except (ValueError, KeyError, TypeError):
+            raise KeystoreError("the keystore's pending upgrade record is damaged") from None
+
+    def clear_upgrade_pending(self) -> None:
+        """Forget the pending upgrade once the caller's side of it is done."""
+        with self.store.transaction() as conn:
+            self.store.delete_meta(conn, UPGRADE_PENDING)
 
     # -- KEK epochs --------------------------------------------------------------------
 
@@ -125,8 +283,12 @@ class KekEpochs:
         return sorted(self._keks)
 
     def forget(self) -> None:
-        """Drop every unwrapped KEK from memory (closing, decommission)."""
+        """Drop every unwrapped KEK and the token-MAC key from memory (closing,
+        decommission)."""
         self._keks.clear()
+        if self._tokens is not None:
+            self._tokens.wipe()
+            self._tokens = None
 
     @property
     def active_epoch(self) -> int:
@@ -160,7 +322,7 @@ class KekEpochs:
                 ) or self.store.deks_outside_epoch(active, 1):
                     return active, False
                 epoch = max(self.store.epochs()) + 1
-                wrapped = self._root.seal(kek.reveal(), kek_aad(self.vault_id, epoch))
+                wrapped = self._keys.wrap.seal(kek.reveal(), kek_aad(self.vault_id, epoch))
                 self.store.add_epoch(conn, epoch, wrapped, created)
                 self.store.set_meta(conn, "active_epoch", str(epoch))
                 self.store.set_meta(conn, "rotating_to", str(epoch))

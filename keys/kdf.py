@@ -102,14 +102,16 @@ def derive_root_key(passphrase: bytes, salt: bytes, params: KdfParams) -> Secret
     return SecretBytes(raw)
 
 
-def key_check_value(root: SecretBytes) -> bytes:
-    """HMAC-SHA256 of a fixed label under the root key: proves a key without using it."""
-    return hmac.new(root.reveal(), _KEY_CHECK_LABEL, hashlib.sha256).digest()
+def key_check_value(key: SecretBytes) -> bytes:
+    """HMAC-SHA256 of a fixed label under ``key``: proves a key without using it. The
+    keystore applies it to the root key's key-check subkey (:func:`keys.root.key_check_for`;
+    schema 1 applied it to the root key itself)."""
+    return hmac.new(key.reveal(), _KEY_CHECK_LABEL, hashlib.sha256).digest()
 
 
-def check_key(root: SecretBytes, expected: bytes) -> None:
-    """Raise :class:`WrongKeyError` unless ``root`` matches ``expected`` (constant time)."""
-    if not hmac.compare_digest(key_check_value(root), expected):
+def check_key(key: SecretBytes, expected: bytes) -> None:
+    """Raise :class:`WrongKeyError` unless ``key`` matches ``expected`` (constant time)."""
+    if not hmac.compare_digest(key_check_value(key), expected):
         raise WrongKeyError("wrong passphrase or keyfile")
 
 

@@ -7,9 +7,11 @@ per record. Dropping a customer from the cache (:meth:`KeyRing.forget`) is part 
 shredding and rotation.
 
 The key ring is the one object callers hold; two parts of its work live beside it and
-are reached through it: the root key and KEK epochs (rotation, retirement, a new
-passphrase) in :mod:`keys.epochs`, and destroying every key at decommission in
-:mod:`keys.decommission`.
+are reached through it: the root key's subkeys and what they wrap (KEK rotation and
+retirement, a new passphrase, the token-MAC key, the upgrade of a keystore from before
+key separation) in :mod:`keys.epochs`, and destroying every key at decommission in
+:mod:`keys.decommission`. Callers never hold a raw subkey: token verifiers are made and
+checked here (:meth:`KeyRing.token_mac`, :meth:`KeyRing.token_matches`).
 """
 
 from __future__ import annotations
@@ -28,18 +30,21 @@ from .envelope import (
     dek_aad,
     fingerprint,
     kek_aad,
+    mac_seed_aad,
     record_aad_prefix,
     signing_seed_aad,
 )
-from .epochs import KekEpochs
+from .epochs import KekEpochs, KeystoreUpgrade
 from .errors import DecryptionError, KeystoreError
-from .kdf import KdfParams, key_check_value
-from .root import ROOT_VERSION, new_root, unlock_root
+from .faults import crash_point
+from .kdf import KdfParams
+from .root import RootKeys, key_check_for, new_root, unlock_root
 from .secret import SecretBytes
 from .signing import Signer
-from .store import DekRow, KeyStore, KeystoreHeader
+from .store import SCHEMA_VERSION, DekRow, KeyStore, KeystoreHeader
+from .subkeys import SUBKEY_SIZE
 
-__all__ = ["SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing"]
+__all__ = ["SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing", "KeystoreUpgrade"]
 
 SUBJECT_TAG_SIZE = 16
 SCRUB_DUE = "scrub_due"  # keystore meta: deletions made that a scrub has not yet erased
@@ -105,22 +110,23 @@ class KeyRing:
         keyfile_key: SecretBytes | None = None,
         params: KdfParams | None = None,
     ) -> KeyRing:
-        """Create ``keys.db`` with a first KEK epoch and a signing seed, and unlock it."""
+        """Create ``keys.db`` (the current schema: subkeys of the root key) with a first
+        KEK epoch, a signing seed and a MAC seed, and unlock it."""
         new = new_root(passphrase, keyfile_key, params)
         root = new.root
         header = KeystoreHeader(
             vault_id=vault_id,
-            schema_version=1,
+            schema_version=SCHEMA_VERSION,
             key_source=new.key_source,
             kdf=new.kdf,
             salt=new.salt,
-            key_check=key_check_value(root),
+            key_check=key_check_for(root, vault_id, SCHEMA_VERSION),
             active_epoch=1,
             created=created,
         )
         store = KeyStore.create(path, header)
         try:
-            wrap = Envelope(root, ROOT_VERSION)
+            wrap = RootKeys(root, vault_id, SCHEMA_VERSION).wrap
             seed = SecretBytes(os.urandom(32))
             public = Signer(seed).public_key
             with store.transaction() as conn:
@@ -132,6 +138,8 @@ class KeyRing:
                     public,
                     created,
                 )
+                mac_seed = wrap.seal(os.urandom(SUBKEY_SIZE), mac_seed_aad(vault_id))
+                store.add_mac_seed(conn, mac_seed, created)
             seed.wipe()
             return cls(store, root, header)
         except BaseException:
@@ -171,6 +179,55 @@ class KeyRing:
 
     def _kek(self, epoch: int) -> Envelope:
         return self._epochs.kek(epoch)
+
+    # -- principals' token verifiers (keys/tokenmac.py) --------------------------------
+
+    def token_mac(self, token: str) -> str:
+        """The verifier (hex) to store for a new principal's ``token``:
+        HMAC-SHA-256(token-MAC subkey, SHA-256(token)). The key never leaves the ring."""
+        return self._epochs.tokens.of_token(token)
+
+    def token_matches(self, token: str, stored: str) -> bool:
+        """Whether ``token`` satisfies a ``stored`` verifier (constant time)."""
+        return self._epochs.tokens.matches(token, stored)
+
+    def token_mac_of_digest(self, digest: bytes) -> str:
+        """The verifier of a token known only by its SHA-256 ``digest``: how a verifier
+        stored before key separation (plain SHA-256) is upgraded without the token."""
+        return self._epochs.tokens.of_digest(digest)
+
+    # -- upgrading a keystore from before key separation (keys/epochs.py) --------------
+
+    @property
+    def upgrade_due(self) -> bool:
+        """Whether the keystore has schema 1 and waits for :meth:`upgrade_keystore`.
+        Until then token verifiers are made under the MAC seed the upgrade will store."""
+        return self._epochs.upgrade_due
+
+    def upgrade_keystore(self, note: str, created: str) -> bool:
+        """Upgrade a schema-1 keystore in ONE transaction: every KEK epoch and signing
+        seed re-wrapped under the wrap subkey, a MAC seed stored, the new key-check value
+        and schema 2, and ``note`` kept as the pending upgrade (:meth:`upgrade_pending`)
+        for the caller's own side; then the old wrappings are scrubbed from the file (a
+        mark makes the next unlock finish a scrub a crash cut short). Afterwards exactly
+        one scheme opens the keystore. Returns False when another process upgraded
+        first (nothing written; this ring uses what that one stored)."""
+        with self.store.transaction() as conn:
+            done = self._epochs.upgrade(conn, note, created)
+            if done:
+                self.store.set_meta(conn, SCRUB_DUE, "1")
+        self._epochs.adopt_upgrade()
+        crash_point("migrate:before-scrub")
+        self.finish_pending_scrub()
+        return done
+
+    def upgrade_pending(self) -> KeystoreUpgrade | None:
+        """:meth:`KekEpochs.upgrade_pending`: an upgrade whose caller's side may be owed."""
+        return self._epochs.upgrade_pending()
+
+    def clear_upgrade_pending(self) -> None:
+        """:meth:`KekEpochs.clear_upgrade_pending`, once the caller's side is done."""
+        self._epochs.clear_upgrade_pending()
 
     # -- customers' keys ----------------------------------------------------------------
 
@@ -403,8 +460,9 @@ class KeyRing:
         params: KdfParams | None = None,
         pending_event: str | None = None,
     ) -> None:
-        """Re-wrap every KEK epoch and the signing seed under the root key of exactly one
-        new passphrase or keyfile, in ONE keystore transaction
+        """Re-wrap every KEK epoch, the signing seed and the MAC seed under the root key
+        (its wrap subkey) of exactly one new passphrase or keyfile, in ONE keystore
+        transaction; token verifiers stay valid
         (:func:`~keys.root.new_root`, :meth:`KekEpochs.change_root`)."""
         new = new_root(passphrase, keyfile_key, params)
         self._epochs.change_root(new, pending_event=pending_event)

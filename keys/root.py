@@ -3,7 +3,9 @@ secret changes, derived again at every unlock from what the header stores.
 
 :mod:`keys.kdf` holds the primitives (Argon2id, key-check values); this module applies
 them to a keystore header: which secret a vault takes, its salt and KDF parameters,
-and the floor that refuses a weakened header.
+the floor that refuses a weakened header, and what the root key gives under the
+keystore's schema (:class:`RootKeys`): since schema 2 a wrap subkey and a key-check
+subkey (:mod:`keys.subkeys`); in schema 1 the root key itself did both.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from dataclasses import dataclass
 from typing import NoReturn
 
+from .envelope import Envelope
 from .errors import InvalidKeyError, KeystoreError
 from .kdf import (
     SALT_SIZE,
@@ -20,14 +23,70 @@ from .kdf import (
     check_floor,
     check_key,
     derive_root_key,
+    key_check_value,
     recommended_params,
 )
 from .secret import SecretBytes
-from .store import KeystoreHeader
+from .store import SCHEMA_VERSION, KeystoreHeader
+from .subkeys import KEY_CHECK, ROOT_WRAP, derive_subkey
 
-__all__ = ["ROOT_VERSION", "NewRoot", "new_root", "stored_kdf_params", "unlock_root"]
+__all__ = [
+    "LEGACY_SCHEMA",
+    "ROOT_VERSION",
+    "NewRoot",
+    "RootKeys",
+    "key_check_for",
+    "new_root",
+    "stored_kdf_params",
+    "unlock_root",
+]
 
 ROOT_VERSION = 0  # the root key has no versions; wrapped KEKs and seeds name version 0
+LEGACY_SCHEMA = 1  # keys.db before key separation: the root key wrapped and was checked
+
+
+def key_check_for(root: SecretBytes, vault_id: str, schema: int) -> bytes:
+    """The key-check value of ``root`` as a keystore of ``schema`` stores it: HMAC of a
+    fixed label under the key-check subkey (schema 2), or under the root key itself
+    (schema 1). :class:`KeystoreError` for a schema this code does not know."""
+    checking = _key_check_key(root, vault_id, schema)
+    try:
+        return key_check_value(checking)
+    finally:
+        if checking is not root:
+            checking.wipe()
+
+
+def _key_check_key(root: SecretBytes, vault_id: str, schema: int) -> SecretBytes:
+    if schema == LEGACY_SCHEMA:
+        return root
+    if schema == SCHEMA_VERSION:
+        return derive_subkey(root, KEY_CHECK, vault_id)
+    raise KeystoreError(f"unknown keystore schema version {schema}")
+
+
+class RootKeys:
+    """What an unlocked root key gives under one keystore schema: the key that wraps
+    the KEK epochs, signing seeds and MAC seed, and the key-check value. The root key
+    itself is not kept (in schema 1 the wrapping key *is* the root key)."""
+
+    __slots__ = ("key_check", "schema", "wrap")
+
+    def __init__(self, root: SecretBytes, vault_id: str, schema: int) -> None:
+        self.schema = schema
+        self.key_check = key_check_for(root, vault_id, schema)
+        if schema == LEGACY_SCHEMA:
+            self.wrap = Envelope(root, ROOT_VERSION)
+        else:
+            wrap_key = derive_subkey(root, ROOT_WRAP, vault_id)
+            self.wrap = Envelope(wrap_key, ROOT_VERSION)
+            wrap_key.wipe()
+
+    def __repr__(self) -> str:
+        return f"<RootKeys schema={self.schema}, keys redacted>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("root keys cannot be pickled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +125,20 @@ def new_root(
 def unlock_root(
     header: KeystoreHeader, passphrase: bytes | None, keyfile_key: SecretBytes | None
 ) -> SecretBytes:
-    """Derive the root key the header names and check it against the key-check value.
+    """Derive the root key the header names and check it against the key-check value,
+    computed as the header's schema says (:func:`key_check_for`), in constant time.
 
     Raises :class:`~keys.errors.WrongKeyError` for a wrong passphrase or keyfile,
     :class:`~keys.errors.WeakParametersError` for a header below the KDF floor,
     :class:`~keys.errors.InvalidKeyError` when the other kind of secret is given.
     """
     root = _derive(header, passphrase, keyfile_key)
-    check_key(root, header.key_check)
+    checking = _key_check_key(root, header.vault_id, header.schema_version)
+    try:
+        check_key(checking, header.key_check)
+    finally:
+        if checking is not root:
+            checking.wipe()
     return root
 
 

@@ -22,11 +22,22 @@ from .files import create_empty
 
 __all__ = ["SCHEMA_VERSION", "DekRow", "KeyStore", "KeystoreHeader"]
 
-SCHEMA_VERSION = 1
+# 1: the root key itself wrapped the epochs and seeds and made the key-check value.
+# 2: subkeys of the root do (keys/subkeys.py), and a wrapped MAC seed (table mac_seed).
+SCHEMA_VERSION = 2
 _CHUNK = 500  # stays under SQLite's host-parameter limit
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
-_SCHEMA = """
+_MAC_SEED_TABLE = """CREATE TABLE IF NOT EXISTS mac_seed (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    wrapped BLOB NOT NULL,
+    created TEXT NOT NULL
+)"""
+
+_SCHEMA = (
+    _MAC_SEED_TABLE
+    + ";\n"
+    + """
 CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE kek_epochs (
     epoch INTEGER PRIMARY KEY,
@@ -57,6 +68,7 @@ CREATE TABLE anchor (
     signature BLOB NOT NULL
 );
 """
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,15 +406,37 @@ class KeyStore:
         epochs: dict[int, bytes],
         seeds: dict[int, bytes],
         meta: dict[str, str],
+        mac_seed: bytes | None = None,
     ) -> None:
         conn.executemany(
             "UPDATE kek_epochs SET wrapped = ? WHERE epoch = ?", [(w, e) for e, w in epochs.items()]
         )
+        if mac_seed is not None:
+            conn.execute("UPDATE mac_seed SET wrapped = ? WHERE id = 1", (mac_seed,))
         conn.executemany(
             "UPDATE signing SET wrapped = ? WHERE generation = ?",
             [(w, g) for g, w in seeds.items()],
         )
         conn.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", list(meta.items()))
+
+    def mac_seed(self) -> bytes | None:
+        """The wrapped MAC seed (schema 2 on); None when the keystore holds none."""
+        if not self._has_mac_seed_table(self._conn):
+            return None
+        row = self._conn.execute("SELECT wrapped FROM mac_seed WHERE id = 1").fetchone()
+        return None if row is None else bytes(row[0])
+
+    def add_mac_seed(self, conn: sqlite3.Connection, wrapped: bytes, created: str) -> None:
+        """Store the wrapped MAC seed (making its table in a schema-1 file)."""
+        conn.execute(_MAC_SEED_TABLE)
+        conn.execute(
+            "INSERT INTO mac_seed (id, wrapped, created) VALUES (1, ?, ?)", (wrapped, created)
+        )
+
+    @staticmethod
+    def _has_mac_seed_table(conn: sqlite3.Connection) -> bool:
+        found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mac_seed'"
+        return conn.execute(found).fetchone() is not None
 
     def signing_seeds(self) -> dict[int, bytes]:
         rows = self._conn.execute("SELECT generation, wrapped FROM signing")
@@ -442,8 +476,10 @@ class KeyStore:
         return epochs, int(deks), int(tags)
 
     def delete_signing_seeds(self, conn: sqlite3.Connection) -> int:
-        """Delete every wrapped signing seed (the public key must be kept in ``meta``
-        first, see :meth:`public_key`); returns how many rows went."""
+        """Delete every wrapped signing seed and the MAC seed (the public key must be
+        kept in ``meta`` first, see :meth:`public_key`); returns how many seeds went."""
+        if self._has_mac_seed_table(conn):
+            conn.execute("DELETE FROM mac_seed")
         return int(conn.execute("DELETE FROM signing").rowcount)
 
     # -- rollback anchor -------------------------------------------------------------

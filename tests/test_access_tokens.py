@@ -1,7 +1,8 @@
 """Principal tokens (DESIGN §6): random (>= 128 bits), shown once, stored only as their
-SHA-256, compared in constant time, and never written anywhere: not in the stores'
-files, the access log, error messages, a session's repr or the principal listing.
-A refused login is logged as a denied ``auth.login`` without token material.
+verifier (HMAC-SHA-256 under the token-MAC key of their SHA-256; docs/keys.md),
+compared in constant time, and never written anywhere: not in the stores' files, the
+access log, error messages, a session's repr or the principal listing. A refused login
+is logged as a denied ``auth.login`` without token material.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from typing import Any
 
 import pytest
 
+from shredvault.keys import load_keyfile
 from shredvault.vault import AccessDeniedError, Vault
+
+from verifiers import verifier_by_hand
 
 TOKEN_RE = re.compile(r"^svp_(?P<lookup>[0-9a-f]{12})_(?P<secret>[A-Za-z0-9_-]{43})$")
 
@@ -39,6 +43,7 @@ def clock() -> ManualClock:
 
 @pytest.fixture
 def v(tmp_path: Path, keyfile: Path, clock: ManualClock) -> Iterator[Vault]:
+    """A keyfile vault (``keyfile`` is its root key) with one declared kind."""
     with Vault.create(tmp_path / "vault", keyfile=keyfile, clock=clock) as opened:
         opened.declare_kind("profile", fields=["name"], purposes=["service"])
         yield opened
@@ -98,9 +103,11 @@ def test_every_token_and_lookup_id_is_fresh(v: Vault) -> None:
     assert len({parts(t)[1] for t in tokens}) == len(tokens)
 
 
-def test_token_is_stored_only_as_its_sha256(v: Vault) -> None:
+def test_token_is_stored_only_as_its_mac_under_the_token_key(v: Vault, keyfile: Path) -> None:
     token = v.admin().add_principal("olga", role="operator")
-    assert stored_hash(v, "olga") == hashlib.sha256(token.encode("utf-8")).hexdigest()
+    stored = stored_hash(v, "olga")
+    assert stored == verifier_by_hand(v.path / "keys.db", load_keyfile(keyfile), token)
+    assert stored != hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 def test_token_never_reaches_any_file_of_the_vault(v: Vault) -> None:
@@ -258,8 +265,8 @@ def test_successful_login_is_logged_with_principal_and_role(v: Vault) -> None:
 
 @pytest.fixture
 def compare_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, object]]:
-    """Record every hmac.compare_digest call made by vault.access (the real function
-    still decides)."""
+    """Record every hmac.compare_digest call made by keys.tokenmac, the one place token
+    verifiers are compared (the real function still decides)."""
     real = hmac.compare_digest
     calls: list[tuple[object, object]] = []
 
@@ -267,18 +274,18 @@ def compare_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, object]
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr("shredvault.vault.access.hmac.compare_digest", recording)
+    monkeypatch.setattr("shredvault.keys.tokenmac.hmac.compare_digest", recording)
     return calls
 
 
-def test_login_compares_the_token_hash_with_compare_digest(
-    v: Vault, compare_calls: list[tuple[object, object]]
+def test_login_compares_the_token_verifier_with_compare_digest(
+    v: Vault, keyfile: Path, compare_calls: list[tuple[object, object]]
 ) -> None:
     token = v.admin().add_principal("olga", role="operator")
     compare_calls.clear()
     v.login(token)
-    digest = hashlib.sha256(token.encode()).hexdigest()
-    assert compare_calls == [(digest, stored_hash(v, "olga"))]
+    expected = verifier_by_hand(v.path / "keys.db", load_keyfile(keyfile), token)
+    assert compare_calls == [(expected.encode(), stored_hash(v, "olga").encode())]
 
 
 def test_login_compares_even_when_no_principal_matches(
@@ -300,5 +307,5 @@ def test_wrong_secret_is_rejected_by_the_real_comparison(
     with pytest.raises(AccessDeniedError):
         v.login(wrong_tokens(token)["wrong-secret"])  # type: ignore[arg-type]
     ((presented, stored),) = compare_calls
-    assert stored == stored_hash(v, "olga")
+    assert stored == stored_hash(v, "olga").encode()
     assert presented != stored

@@ -44,6 +44,7 @@ LAYERS: dict[str, list[str]] = {
         "records",
         "principals",
         "kinds",
+        "migrate",
         "shred",
         "rotate",
         "backup",

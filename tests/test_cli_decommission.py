@@ -26,6 +26,7 @@ from shredvault.keys import (
     kek_aad,
     signing_seed_aad,
 )
+from shredvault.keys.subkeys import ROOT_WRAP, derive_subkey
 from shredvault.vault.certificate import signed_bytes
 
 Proc = subprocess.CompletedProcess[str]
@@ -89,11 +90,12 @@ def build(base: Path, customers: int = 3) -> Built:
 
 def key_material(root: Path, keyfile: Path) -> dict[str, bytes]:
     """Every epoch, DEK and signing seed in keys.db, wrapped and unwrapped by hand."""
-    rootkey = Envelope(SecretBytes(keyfile.read_bytes()), 0)
     conn = sqlite3.connect(root / "keys.db")
     out: dict[str, bytes] = {}
     try:
         (vault_id,) = conn.execute("SELECT v FROM meta WHERE k = 'vault_id'").fetchone()
+        wrap_key = derive_subkey(SecretBytes(keyfile.read_bytes()), ROOT_WRAP, vault_id)
+        rootkey = Envelope(wrap_key, 0)
         keks = {}
         for epoch, wrapped in conn.execute("SELECT epoch, wrapped FROM kek_epochs"):
             keks[epoch] = rootkey.open(bytes(wrapped), kek_aad(vault_id, epoch))

@@ -25,6 +25,7 @@ from click.testing import CliRunner, Result
 from shredvault.cli.main import cli
 from shredvault.keys import Envelope, KeyStore, SecretBytes, load_keyfile
 from shredvault.keys.envelope import dek_aad, kek_aad, signing_seed_aad
+from shredvault.keys.subkeys import ROOT_WRAP, derive_subkey
 from shredvault.vault import Auditor, Role, Vault, ids
 from shredvault.vault.checkpoint import checkpoint_from_json
 from shredvault.vault.log import Event, append
@@ -301,7 +302,7 @@ def key_material(setup: Setup, vault_id: str, customers: list[str]) -> list[byte
     root = load_keyfile(setup.keyfile)
     store = KeyStore.open(setup.root / "keys.db")
     try:
-        unwrap_root = Envelope(root, ROOT_KEY_VERSION)
+        unwrap_root = Envelope(derive_subkey(root, ROOT_WRAP, vault_id), ROOT_KEY_VERSION)
         keks = {
             epoch: unwrap_root.open(wrapped, kek_aad(vault_id, epoch))
             for epoch, wrapped in store.epochs().items()

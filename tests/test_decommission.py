@@ -18,6 +18,7 @@ from nacl.signing import SigningKey
 from sqlalchemy import func, select
 
 from shredvault.keys import Envelope, SecretBytes, dek_aad, kek_aad, signing_seed_aad
+from shredvault.keys.subkeys import ROOT_WRAP, derive_subkey
 from shredvault.vault import (
     AccessDeniedError,
     Auditor,
@@ -327,8 +328,8 @@ def test_an_empty_reason_is_refused_before_anything_happens(make_vault: MakeVaul
 
 def key_material(v: Vault, keyfile: Path) -> dict[str, bytes]:
     """Every epoch, DEK and signing seed, wrapped (from keys.db) and raw (unwrapped with
-    the root key, which for a keyfile vault is the keyfile's bytes)."""
-    root = Envelope(SecretBytes(keyfile.read_bytes()), 0)
+    the root key's wrap subkey; the root key of a keyfile vault is the keyfile's bytes)."""
+    root = Envelope(derive_subkey(SecretBytes(keyfile.read_bytes()), ROOT_WRAP, v.vault_id), 0)
     conn = sqlite3.connect(v.path / "keys.db")
     out: dict[str, bytes] = {}
     try:

@@ -21,9 +21,12 @@ from shredvault.keys import (
     load_keyfile,
     record_aad,
 )
-from shredvault.keys.envelope import dek_aad, kek_aad, signing_seed_aad
+from shredvault.keys.envelope import dek_aad, kek_aad, mac_seed_aad, signing_seed_aad
 from shredvault.keys.epochs import KekEpochs
-from shredvault.keys.root import NewRoot
+from shredvault.keys.root import LEGACY_SCHEMA, NewRoot, RootKeys
+from shredvault.keys.store import SCHEMA_VERSION
+from shredvault.keys.subkeys import KEY_CHECK, ROOT_WRAP, TOKEN_MAC, derive_subkey
+from shredvault.keys.tokenmac import TokenMac
 
 VAULT = "vlt_secrets"
 CUSTOMER = "cus_aaaaaaaaaaaaaaaaaaaaaaaaaa"
@@ -70,9 +73,20 @@ def ring(tmp_path: Path, keyfile_key: SecretBytes) -> Iterator[KeyRing]:
     ring.close()
 
 
+def root_subkeys(root: SecretBytes) -> list[bytes]:
+    """The root key and its wrap and key-check subkeys."""
+    subkeys = [derive_subkey(root, label, VAULT).reveal() for label in (ROOT_WRAP, KEY_CHECK)]
+    return [root.reveal(), *subkeys]
+
+
 def ring_secrets(ring: KeyRing, root: SecretBytes) -> list[bytes]:
-    """Root key, every KEK, the signing seed and the customer's DEK, unwrapped by hand."""
-    unwrap_root = Envelope(root, ROOT_KEY_VERSION)
+    """Root key and its subkeys, the MAC seed and its token-MAC subkey, every KEK, the
+    signing seed and the customer's DEK, unwrapped by hand (the DEK last)."""
+    unwrap_root = Envelope(derive_subkey(root, ROOT_WRAP, VAULT), ROOT_KEY_VERSION)
+    wrapped_mac_seed = ring.store.mac_seed()
+    assert wrapped_mac_seed is not None
+    mac_seed = unwrap_root.open(wrapped_mac_seed, mac_seed_aad(VAULT))
+    token_key = derive_subkey(SecretBytes(mac_seed), TOKEN_MAC, VAULT).reveal()
     keks = {
         epoch: unwrap_root.open(wrapped, kek_aad(VAULT, epoch))
         for epoch, wrapped in ring.store.epochs().items()
@@ -83,7 +97,7 @@ def ring_secrets(ring: KeyRing, root: SecretBytes) -> list[bytes]:
     dek = Envelope(SecretBytes(keks[row.epoch]), row.epoch).open(
         row.wrapped, dek_aad(VAULT, CUSTOMER, row.version, row.epoch)
     )
-    return [root.reveal(), *keks.values(), seed, dek]
+    return [*root_subkeys(root), mac_seed, token_key, *keks.values(), seed, dek]
 
 
 HOLDERS: dict[str, Callable[[KeyRing, SecretBytes], Holder]] = {
@@ -99,6 +113,14 @@ HOLDERS: dict[str, Callable[[KeyRing, SecretBytes], Holder]] = {
         KekEpochs(ring.store, root, ring.store.header()), ring_secrets(ring, root)[:-1]
     ),
     "NewRoot": lambda ring, root: Holder(NewRoot(root, "keyfile", "", b""), [root.reveal()]),
+    # what the root key gives (today, and before key separation), and the token-MAC key
+    "RootKeys": lambda ring, root: Holder(
+        RootKeys(root, VAULT, SCHEMA_VERSION), root_subkeys(root)
+    ),
+    "RootKeys-legacy": lambda ring, root: Holder(
+        RootKeys(root, VAULT, LEGACY_SCHEMA), [root.reveal()]
+    ),
+    "TokenMac": lambda ring, root: Holder(TokenMac(SecretBytes(PRINTABLE_KEY)), [PRINTABLE_KEY]),
 }
 
 

@@ -35,6 +35,7 @@ from shredvault.keys import (
 )
 from shredvault.keys.envelope import blob_key_version, dek_aad, kek_aad
 from shredvault.keys.store import SCHEMA_VERSION, KeystoreHeader
+from shredvault.keys.subkeys import ROOT_WRAP, derive_subkey
 
 VAULT = "vlt_store"
 CREATED = "2024-01-01T00:00:00.000000Z"
@@ -68,10 +69,12 @@ def keystore_files(path: Path) -> dict[str, bytes]:
 
 
 def unwrap_dek_by_hand(ring: KeyRing, root: SecretBytes, customer_id: str) -> bytes:
-    """The raw DEK of a customer, unwrapped root -> KEK -> DEK with only the envelope API."""
+    """The raw DEK of a customer, unwrapped root (its wrap subkey) -> KEK -> DEK with only
+    the envelope API."""
     (row,) = ring.store.deks([customer_id])
     wrapped_kek = ring.store.epochs()[row.epoch]
-    kek = Envelope(root, ROOT_KEY_VERSION).open(wrapped_kek, kek_aad(ring.vault_id, row.epoch))
+    wrap = Envelope(derive_subkey(root, ROOT_WRAP, ring.vault_id), ROOT_KEY_VERSION)
+    kek = wrap.open(wrapped_kek, kek_aad(ring.vault_id, row.epoch))
     return Envelope(SecretBytes(kek), row.epoch).open(
         row.wrapped, dek_aad(ring.vault_id, customer_id, row.version, row.epoch)
     )
@@ -424,7 +427,7 @@ def test_each_customer_has_its_own_dek(ring: KeyRing) -> None:
         keys[customer(2)].current.open(blob, context)
 
 
-def test_wrapped_dek_unwraps_under_the_active_kek_which_unwraps_under_the_root_key(
+def test_wrapped_dek_unwraps_under_the_active_kek_which_unwraps_under_the_root_wrap_subkey(
     ring: KeyRing, keyfile_key: SecretBytes
 ) -> None:
     ring.create_customers([customer(1)], CREATED)

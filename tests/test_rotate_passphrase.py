@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import select
 
 from shredvault.keys import KdfParams, derive_root_key, generate_keyfile, recommended_params
-from shredvault.keys.kdf import key_check_value
+from shredvault.keys.root import key_check_for
+from shredvault.keys.store import SCHEMA_VERSION
 from shredvault.vault import AccessDeniedError, SchemaError, UnlockError, Vault
 from shredvault.vault.store import checkpoints, log
 
@@ -73,18 +74,21 @@ def keystore_meta(path: Path) -> dict[str, str]:
 
 
 def root_wrapped(path: Path) -> list[bytes]:
-    """Every key wrapped by the root key: KEK epochs and signing seeds."""
+    """Every key wrapped by the root key: KEK epochs, signing seeds and the MAC seed."""
     uri = f"file:{path / 'keys.db'}?mode=ro"
     with closing(sqlite3.connect(uri, uri=True)) as conn:
         epochs = [bytes(r[0]) for r in conn.execute("SELECT wrapped FROM kek_epochs")]
         seeds = [bytes(r[0]) for r in conn.execute("SELECT wrapped FROM signing")]
-    return epochs + seeds
+        mac_seed = [bytes(r[0]) for r in conn.execute("SELECT wrapped FROM mac_seed")]
+    assert len(mac_seed) == 1
+    return epochs + seeds + mac_seed
 
 
 def key_check_of(passphrase: bytes, meta: dict[str, str]) -> bytes:
     """The key-check value a passphrase yields under a stored header (one derivation)."""
     params = KdfParams.from_dict(json.loads(meta["kdf"]))
-    return key_check_value(derive_root_key(passphrase, bytes.fromhex(meta["salt"]), params))
+    root = derive_root_key(passphrase, bytes.fromhex(meta["salt"]), params)
+    return key_check_for(root, meta["vault_id"], SCHEMA_VERSION)
 
 
 def sqlite_copy(source: Path, target: Path) -> None:

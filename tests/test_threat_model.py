@@ -365,7 +365,6 @@ def test_a_role_raised_in_data_db_is_not_obeyed(world: World) -> None:
     assert refused(lambda: read_as(world, token))
 
 
-@NOT_YET_16
 def test_a_principal_row_written_without_the_vault_key_cannot_log_in(world: World) -> None:
     """Row "only data.db, editing": token hashes are plain SHA-256, so a row inserted
     with the hash of a token of the writer's choosing logs in as admin."""

@@ -9,8 +9,6 @@ denials with outcome ``denied`` and a reason code (never the requested values).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -25,11 +23,9 @@ __all__ = [
     "ACTIONS",
     "BUILTIN_ROLES",
     "Role",
-    "hash_token",
     "new_token",
     "normalize_expiry",
     "split_token",
-    "token_matches",
 ]
 
 ACTIONS = frozenset({"read", "write", "delete", "list", "shred", "export", "audit", "admin"})
@@ -205,7 +201,9 @@ BUILTIN_ROLES: dict[str, Role] = {
 
 def new_token() -> tuple[str, str]:
     """A fresh principal token and its public lookup id. The token carries 256 random
-    bits after the lookup id; only its SHA-256 is stored."""
+    bits after the lookup id; only its verifier is stored, which the key ring makes and
+    checks (``KeyRing.token_mac``, ``KeyRing.token_matches``: HMAC-SHA-256 under a key
+    the data store never sees)."""
     lookup = secrets.token_hex(_LOOKUP_LEN // 2)
     return f"{_TOKEN_PREFIX}{lookup}_{secrets.token_urlsafe(32)}", lookup
 
@@ -218,12 +216,3 @@ def split_token(token: str) -> str | None:
     if not sep or len(lookup) != _LOOKUP_LEN or not secret:
         return None
     return lookup
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def token_matches(token: str, stored_hash: str) -> bool:
-    """Constant-time comparison of a presented token against its stored hash."""
-    return hmac.compare_digest(hash_token(token), stored_hash)

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, insert, select, update
 
-from .access import BUILTIN_ROLES, Role, hash_token, new_token, normalize_expiry
+from .access import BUILTIN_ROLES, Role, new_token, normalize_expiry
 from .actor import Actor, load_role
 from .context import Tx, VaultContext
 from .errors import NotFoundError, SchemaError
@@ -21,7 +21,8 @@ __all__ = ["add_principal", "add_role", "list_principals", "list_roles", "revoke
 def add_principal(
     ctx: VaultContext, actor: Actor, name: str, *, role: str, expires: datetime | None = None
 ) -> str:
-    """Create a principal and return its token: shown once, stored only as SHA-256."""
+    """Create a principal and return its token: shown once, stored only as its
+    verifier (``KeyRing.token_mac``), which no one can make without the keystore."""
     check_name("principal", name)
     check_name("role", role)
     until = normalize_expiry(expires)
@@ -39,7 +40,7 @@ def add_principal(
                 name=name,
                 lookup=lookup,
                 role=role,
-                token_hash=hash_token(token),
+                token_hash=ctx.keys.token_mac(token),
                 expires=until,
                 revoked=False,
                 created=ctx.now(),

@@ -282,9 +282,9 @@ def change_passphrase(
     keyfile_key: SecretBytes | None = None,
     params: KdfParams | None = None,
 ) -> None:
-    """Re-wrap the KEK epochs and signing seed under a new passphrase (or keyfile):
-    O(epochs). The old secret stops working at once; a crash leaves exactly one of
-    them working (one keystore transaction)."""
+    """Re-wrap the KEK epochs, signing seed and MAC seed under a new passphrase (or
+    keyfile): O(epochs); principals' tokens keep working. The old secret stops working
+    at once; a crash leaves exactly one of them working (one keystore transaction)."""
     actor.authorize("admin", "keys.change-passphrase")
     source = "passphrase" if passphrase is not None else "keyfile"
     detail = {"key_source": source}

@@ -57,7 +57,9 @@ __all__ = [
     "roles",
 ]
 
-SCHEMA_VERSION = 1
+# 1: sv_principals.token_hash held SHA-256(token).
+# 2: it holds HMAC-SHA-256(token-MAC key, SHA-256(token)) (keys/tokenmac.py, vault/migrate.py).
+SCHEMA_VERSION = 2
 GENESIS = "0" * 64
 
 metadata = MetaData()
