@@ -52,6 +52,7 @@ from .errors import (
     keys_errors,
 )
 from .faults import crash_point
+from .inputs import check_reason
 from .layout import KEYS_FILE
 from .lifecycle import (
     DECOMMISSION_ACTION,
@@ -63,7 +64,7 @@ from .lifecycle import (
     final_entry_seq,
 )
 from .log import export_line
-from .shred import check_reason, compact
+from .shred import compact
 from .store import backups, checkpoints, customers, log, records
 
 __all__ = ["decommission", "decommission_state", "decommissioned_certificate"]

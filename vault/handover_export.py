@@ -39,6 +39,7 @@ from .errors import (
 )
 from .faults import crash_point
 from .files import PartialFile, check_absent
+from .inputs import check_customer_id
 from .package import (
     CUSTOMER,
     KEY,
@@ -196,8 +197,7 @@ def _select(
     if customer_ids is not None:
         wanted = list(dict.fromkeys(customer_ids))
         for cid in wanted:
-            if not ids.is_id(cid, ids.CUSTOMER):
-                raise NotFoundError("not a customer id (expected cus_ and 26 base32 characters)")
+            check_customer_id(cid)
         rows = ctx.read_in(stmt, customers.c.id, wanted)
         found = {str(r.id) for r in rows}
         missing = [c for c in wanted if c not in found]

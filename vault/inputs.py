@@ -13,9 +13,11 @@ from .errors import NotFoundError, SchemaError
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_REASON",
     "MAX_REF",
     "check_batch",
     "check_customer_id",
+    "check_reason",
     "check_record_id",
     "check_ref",
 ]
@@ -24,6 +26,8 @@ __all__ = [
 MAX_BATCH = 10_000
 #: characters in an application reference
 MAX_REF = 200
+#: characters in a shred or decommission reason (logged: no personal data)
+MAX_REASON = 500
 
 
 def check_customer_id(value: object) -> str:
@@ -51,3 +55,11 @@ def check_ref(ref: object) -> str | None:
     if ref is not None and (not isinstance(ref, str) or not 0 < len(ref) <= MAX_REF):
         raise SchemaError(f"ref must be a string of 1-{MAX_REF} characters")
     return ref
+
+
+def check_reason(reason: object) -> str:
+    """A reason to log: 1 to :data:`MAX_REASON` characters, not blank
+    (:class:`SchemaError` otherwise)."""
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
+        raise SchemaError(f"a shred reason is 1-{MAX_REASON} characters (no personal data)")
+    return reason

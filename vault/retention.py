@@ -12,10 +12,10 @@ from .access import normalize_expiry
 from .actor import Actor
 from .context import Tx, VaultContext
 from .errors import LegalHoldError, ShreddedError, VaultError
-from .inputs import check_customer_id
+from .inputs import check_customer_id, check_reason
 from .model import ExpiredCustomers, ShredExpiredResult
 from .receipt import Receipt
-from .shred import check_reason, shred_customer
+from .shred import shred_customer
 from .store import customers
 
 __all__ = ["expired_customers", "set_retention", "shred_expired"]

@@ -35,14 +35,13 @@ from .context import Refusal, Tx, VaultContext
 from .errors import (
     LegalHoldError,
     NotFoundError,
-    SchemaError,
     ShreddedError,
     StorageError,
     VaultError,
     keys_errors,
 )
 from .faults import crash_point
-from .inputs import check_customer_id
+from .inputs import check_customer_id, check_reason
 from .locks import exclusive_lock
 from .log import export_line
 from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
@@ -50,7 +49,6 @@ from .store import checkpoints, customers, log, records
 
 __all__ = ["compact", "roll_forward", "shred_customer", "shred_one"]
 
-_MAX_REASON = 500
 _COMPACT_BATCH = 1000
 SHRED_LOCK = "shred.lock"
 
@@ -62,12 +60,6 @@ def shred_lock(ctx: VaultContext) -> Iterator[None]:
     timeout = ctx.data.busy_timeout
     with exclusive_lock(ctx.path / SHRED_LOCK, timeout=timeout, holder="shredding"):
         yield
-
-
-def check_reason(reason: object) -> str:
-    if not isinstance(reason, str) or not reason.strip() or len(reason) > _MAX_REASON:
-        raise SchemaError(f"a shred reason is 1-{_MAX_REASON} characters (no personal data)")
-    return reason
 
 
 def shred_one(ctx: VaultContext, actor: Actor, customer_id: str, *, reason: str) -> Receipt:
