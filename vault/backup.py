@@ -284,27 +284,28 @@ def backup_list(ctx: VaultContext, actor: Actor) -> list[BackupInfo]:
     def work(tx: Tx) -> list[BackupInfo]:
         actor.gate(tx.conn, "audit", "backup.list")
         states = backup_states(tx.conn)
-        out = []
-        for row in tx.conn.execute(select(backups).order_by(backups.c.seq)).all():
-            since = shredded_since(tx.conn, int(row.seq))
-            expired = row.expires is not None and now >= row.expires
-            path, forgotten = states.get(str(row.id), (None, None))
-            out.append(
-                BackupInfo(
-                    str(row.id),
-                    int(row.seq),
-                    str(row.created),
-                    row.expires,
-                    expired,
-                    int(since),
-                    path,
-                    forgotten,
-                )
-            )
+        rows = tx.conn.execute(select(backups).order_by(backups.c.seq)).all()
+        out = [_info(tx.conn, row, states, now) for row in rows]
         tx.log(actor.event("backup.list", detail={"count": len(out)}))
         return out
 
     return ctx.transact(work)
+
+
+def _info(
+    conn: Connection, row: Any, states: dict[str, tuple[str | None, str | None]], now: str
+) -> BackupInfo:
+    path, forgotten = states.get(str(row.id), (None, None))
+    return BackupInfo(
+        str(row.id),
+        int(row.seq),
+        str(row.created),
+        row.expires,
+        row.expires is not None and now >= row.expires,
+        shredded_since(conn, int(row.seq)),
+        path,
+        forgotten,
+    )
 
 
 # -- forget ---------------------------------------------------------------------------------
@@ -318,7 +319,7 @@ def forget_backup(ctx: VaultContext, actor: Actor, backup_id: str) -> BackupInfo
     Raises NotFoundError for an unknown id, StorageError if it was already forgotten."""
     check_backup_id(backup_id)
 
-    def work(tx: Tx) -> None:
+    def work(tx: Tx) -> BackupInfo:
         actor.gate(tx.conn, "admin", "backup.forget")
         row = tx.conn.execute(select(backups).where(backups.c.id == backup_id)).first()
         if row is None:
@@ -346,14 +347,17 @@ def forget_backup(ctx: VaultContext, actor: Actor, backup_id: str) -> BackupInfo
             tx.conn.execute(
                 update(backup_state).where(backup_state.c.id == backup_id).values(forgotten=when)
             )
-        since = shredded_since(tx.conn, int(row.seq))
+        info = _info(tx.conn, row, backup_states(tx.conn), when)
         tx.log(
             actor.event(
                 "backup.forget",
-                detail={"backup": backup_id, "seq": int(row.seq), "shredded_since": since},
+                detail={
+                    "backup": backup_id,
+                    "seq": info.seq,
+                    "shredded_since": info.shredded_since,
+                },
             )
         )
+        return info
 
-    ctx.transact(work)
-    (info,) = [b for b in backup_list(ctx, actor) if b.id == backup_id]
-    return info
+    return ctx.transact(work)
