@@ -76,8 +76,9 @@ class BackupReport:
 
 @contextmanager
 def _opened(archive: str | os.PathLike[str] | BinaryIO) -> Iterator[tarfile.TarFile]:
-    """The archive as a tar *stream* (members read once, in order), from a path or from
-    an open binary stream such as stdin: so an archive can come through a pipe."""
+    """The archive's members, read once in order, from a path or from an open binary
+    stream such as stdin (so an archive can come through a pipe). A seekable file is
+    read directly; a pipe through tar's stream mode (slower: it buffers)."""
     with contextlib.ExitStack() as stack:
         if isinstance(archive, (str, os.PathLike)):
             try:
@@ -89,7 +90,10 @@ def _opened(archive: str | os.PathLike[str] | BinaryIO) -> Iterator[tarfile.TarF
         else:
             handle = archive
         try:
-            tar = tarfile.open(fileobj=handle, mode="r|")  # noqa: SIM115 - closed below
+            if handle.seekable():
+                tar = tarfile.open(fileobj=handle, mode="r:")  # noqa: SIM115
+            else:
+                tar = tarfile.open(fileobj=handle, mode="r|", bufsize=_CHUNK)  # noqa: SIM115
         except (OSError, tarfile.TarError) as error:
             raise VerificationError(
                 f"not a readable backup archive: {error}", reason="malformed"
