@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import stat
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -134,6 +135,8 @@ def test_an_archive_written_to_a_stream_verifies_and_restores_from_a_stream(
         keyfile=keyfile,
         source=ShredSource(vault_dir=tmp_path / "live"),
     )
+    for name in ("keys.db", "data.db"):
+        assert stat.S_IMODE((target / name).stat().st_mode) == 0o600
     with Vault.open(target, keyfile=keyfile) as r:
         assert r.admin().get(kept, rid, purpose=PURPOSE).fields == {"name": "Kept Piped"}
         with pytest.raises(ShreddedError):

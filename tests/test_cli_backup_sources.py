@@ -229,3 +229,42 @@ def test_phases_draw_one_bar_per_phase_with_its_total(capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert "verifying the archive" in err and "replaying" in err
     assert phases.done == {"verifying": (4000, 4000), "replaying": (2, 2)}
+
+
+def _on_a_terminal(args: list[str], root: Path, keyfile: Path, stream: str) -> tuple[int, str]:
+    """Run the console script with stdin or stdout on a pseudo-terminal."""
+    import pty
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHREDVAULT_")}
+    env |= {"SHREDVAULT_VAULT": str(root), "SHREDVAULT_KEYFILE": str(keyfile)}
+    leader, follower = pty.openpty()
+    try:
+        where = {"stdin": follower} if stream == "stdin" else {"stdout": follower}
+        done = subprocess.run(
+            [*_console(), *args],
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=120,
+            check=False,
+            **where,  # type: ignore[arg-type]
+        )
+    finally:
+        os.close(follower)
+        os.close(leader)
+    return done.returncode, done.stderr.decode()
+
+
+def test_an_archive_is_never_written_to_or_read_from_a_terminal(
+    vault: tuple[Path, Path, Run], tmp_path: Path
+) -> None:
+    root, keyfile, run = vault
+    code, err = _on_a_terminal(["backup", "create", "-"], root, keyfile, "stdout")
+    assert code == 2 and "stdout is a terminal" in err
+    assert json.loads(ok(run("backup", "list", "--json")).stdout) == []  # nothing recorded
+    code, err = _on_a_terminal(["backup", "verify", "-"], root, keyfile, "stdin")
+    assert code == 2 and "stdin is a terminal" in err
+    target = tmp_path / "restored"
+    args = ["backup", "restore", "-", "--to", str(target), "--replay-from", str(root)]
+    code, err = _on_a_terminal(args, root, keyfile, "stdin")
+    assert code == 2 and "stdin is a terminal" in err
+    assert not target.exists()
