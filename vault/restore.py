@@ -134,9 +134,11 @@ def _newer_shreds(manifest: dict[str, Any], source: ShredSource, public_key: byt
             )
         signed = max(seq, report.last_checkpoint or 0)
         found, mark = _collect(read_export_entries(source.log_export, since=seq), seq, head, signed)
-        if mark is None or _export_vault(source.log_export) != manifest["vault"]:
+        if _export_vault(source.log_export) != manifest["vault"]:
+            raise VerificationError("the exported log is another vault's", reason="foreign vault")
+        if mark is None:  # cannot happen once anchored: the signed head is in the stream
             raise VerificationError(
-                "the exported log is not this vault's history", reason="foreign vault"
+                "the exported log does not reach its own signed head", reason="truncated"
             )
         return _Newer(found, report.last_seq, report.head, mark)
     if source.receipts_dir is not None:
