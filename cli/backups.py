@@ -54,6 +54,9 @@ class _Counted:
     def flush(self) -> None:
         self._out.flush()
 
+    def seekable(self) -> bool:
+        return False  # written in one pass, as a tar stream
+
 
 def _size_text(size: int) -> str:
     """``1.4 MiB (1,468,416 bytes)``."""

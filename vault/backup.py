@@ -61,7 +61,6 @@ STDOUT = "-"
 
 COPY_BATCH = 5000  # rows per batch when a data store is copied table by table
 _BACKUP_PAGES = 256  # pages per step of the SQLite backup API (progress between steps)
-_BUFSIZE = 1 << 20  # tar stream buffer: large writes, not 10 KiB ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,9 +255,13 @@ def _copy_data(
 
 
 def _write_archive(out: BinaryIO, body: bytes, signature: bytes, work_dir: Path) -> None:
-    """The tar, written as a stream (no seeking back), in the order verification reads:
-    manifest, signature, then the stores."""
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, bufsize=_BUFSIZE) as tar:
+    """The tar, in the order verification reads: manifest, signature, then the stores.
+    A file is written directly; a pipe through tar's stream mode (never seeks back)."""
+    if out.seekable():
+        tar = tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - closed by the with below
+    else:
+        tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+    with tar:
         _add_bytes(tar, MANIFEST, body)
         _add_bytes(tar, SIGNATURE, signature.hex().encode("ascii"))
         for name in MEMBERS:
