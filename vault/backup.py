@@ -11,9 +11,9 @@ An archive is an uncompressed tar of four members::
 The snapshots are taken inside a logged transaction that holds the log-head lock, so
 no writer moves while both stores are copied; the ``backup.create`` entry commits with
 it. Restoring verifies the archive, writes the stores into an empty target marked
-*incomplete*, then replays every ``customer.shred`` recorded after the snapshot (from
-the live vault, an exported log, or receipts) before the marker goes and the vault
-serves. Without a newer source it refuses unless told to accept the risk, and logs that.
+*incomplete*, then replays every shred recorded after the snapshot (restore.py) before
+the marker goes and the vault serves. ``backup forget`` retires an archive from the
+key-copy clock; archives can be written to (and read from) a stream, for pipes.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Restoring a backup so that it never brings a shredded customer back (docs/backup.md).
 
-The archive is verified, its stores are put in place behind a marker that keeps the
-vault from serving, every shred recorded after the snapshot (from the live vault, an
-exported log or receipts) is replayed, and only then does the marker go.
+The archive is verified, the source of later shreds is verified under the vault's key,
+the stores are put in place behind a marker that keeps the vault from serving, every
+shred (and shred intent) recorded after the snapshot is replayed, and only then does
+the marker go. Only the live vault knows every shred up to now: an exported log, receipts
+or no source leave a window of unknown shreds, refused unless accepted, then logged.
 """
 
 from __future__ import annotations
