@@ -517,3 +517,39 @@ def test_the_source_key_is_never_trusted_over_the_archives(world: World) -> None
     assert isinstance(outcome.error, VerificationError)
     assert outcome.error.reason == "bad signature"
     shutil.rmtree(outcome.target, ignore_errors=True)
+
+
+def test_a_copy_of_the_whole_vault_directory_passes_as_the_live_vault(
+    tmp_path: Path, keyfile: Path
+) -> None:
+    """The limit of the live-vault source (docs/backup.md): a copy of both files made
+    after the backup and before a shred is self-consistent — its log and its keystore's
+    anchor agree — so a restore from it replays nothing and serves the customer. Only
+    pointing --replay-from at the vault in service prevents it."""
+    root = tmp_path / "live"
+    with Vault.create(root, keyfile=keyfile) as v:
+        v.declare_kind("profile", fields=["name"], purposes=[PURPOSE])
+        s = v.admin()
+        cid = s.add_customer()
+        rid = s.put(cid, "profile", {"name": "Copied Before"}, purpose=PURPOSE)
+        s.backup(str(tmp_path / "t0.svb"))
+    shutil.copytree(root, tmp_path / "copy")
+    with Vault.open(root, keyfile=keyfile) as v:
+        v.admin().shred(cid, reason="erasure request")
+    result = restore_backup(
+        tmp_path / "t0.svb",
+        tmp_path / "restored",
+        keyfile=keyfile,
+        source=ShredSource(vault_dir=tmp_path / "copy"),
+    )
+    assert result["replayed"] == [] and result["unreplayed_window"] is None
+    with Vault.open(tmp_path / "restored", keyfile=keyfile) as r:
+        assert r.admin().get(cid, rid, purpose=PURPOSE).fields == {"name": "Copied Before"}
+    # The real live vault, given instead, replays the shred.
+    again = restore_backup(
+        tmp_path / "t0.svb",
+        tmp_path / "restored-live",
+        keyfile=keyfile,
+        source=ShredSource(vault_dir=root),
+    )
+    assert again["replayed"] == [cid]
