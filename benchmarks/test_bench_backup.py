@@ -10,7 +10,7 @@ Roles (``extra_info["role"]``), SQLite only:
 * ``backup_restore``: ``vault`` is ``restore_backup`` replaying later shreds from the
   live vault (verify the archive and the log inside, move the stores, verify the live
   log, open, log ``vault.restore``); ``vault_no_replay`` the same with
-  ``accept_unreplayed_shreds`` (no live log to verify); ``verify`` is
+  ``accept_unreplayed_window`` (no live log to verify); ``verify`` is
   ``verify_backup`` alone; ``sqlite_backup`` is the same backup-API copy of ``data.db``.
 
 Units are records (5,000), so report rates read as records per second.
@@ -128,7 +128,7 @@ def test_backup_restore_vault(
     if role == "vault":
         options: dict[str, Any] = {"source": ShredSource(vault_dir=workload.vault.path)}
     else:
-        options = {"accept_unreplayed_shreds": True}
+        options = {"accept_unreplayed_window": True}
     result = measure(
         benchmark,
         restore_backup,

@@ -1,12 +1,13 @@
-"""``backup create|list|verify|restore`` (DESIGN §7a): signed archives of both stores that
-never bring a shredded customer back.
+"""``backup create|list|forget|verify|restore`` (DESIGN §7a): signed archives of both
+stores that never bring a shredded customer back.
 
 An archive holds a copy of ``keys.db``: every customer's keys as they were when it was
-taken. ``backup list`` shows, per archive, how many customers were shredded since (the
-key-copy clock): their keys live on in that copy until it is destroyed. ``backup
-restore`` therefore replays every later shred (from the live vault, an exported log or
-erasure receipts) before the restored vault serves, and refuses without such a source
-unless told explicitly to accept the risk.
+taken. ``backup list`` shows, per archive, where it was written, its state and how many
+customers were shredded since (the key-copy clock): their keys live on in that copy
+until it is destroyed; ``backup forget`` records that it was. ``backup restore``
+(cli/backup_restore.py) replays every later shred before the restored vault serves.
+``-`` is stdout for ``create`` and stdin for ``verify`` and ``restore``, so archives
+can be piped through age, gpg or restic.
 
 ``backup verify`` needs no vault and no passphrase. ``backup restore`` unlocks the
 *restored* vault with the usual --passphrase-file/--keyfile/environment (the secret the
@@ -17,47 +18,44 @@ vault and are not used for the target, which has options of its own (--to,
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import click
 
-from ..vault import (
-    BackupInfo,
-    BackupReport,
-    ShredSource,
-    VaultError,
-    VerificationError,
-    format_public_key,
-    restore_backup,
-    verify_backup,
-)
-from .context import (
-    acting_session,
-    check_data_url,
-    open_vault,
-    resolve_credential,
-    settings_of,
-    store_options,
-    token_option,
-    unlock_options,
-)
-from .exit_codes import CommandError
-from .meter import Meter
+from ..vault import BackupInfo, BackupReport, VerificationError, format_public_key, verify_backup
+from .backup_restore import ARCHIVE_IN, archive_input, restore_command
+from .context import acting_session, open_vault, store_options, token_option, unlock_options
+from .meter import Meter, Phases
 from .output import json_option, note, print_json, print_pairs, print_table
-from .params import NewFile, refuse_existing
+from .params import refuse_existing
 from .receipts import read_pubkey
 
 __all__ = ["backup_group"]
 
 _READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
-_READABLE_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
-_NO_SOURCE = (
-    "no newer source of shreds was given: restoring could bring back customers shredded "
-    "after this backup. Pass --replay-from VAULT_DIR (the live vault), --replay-log LOG.jsonl "
-    "(`audit export`) or --replay-receipts DIR, or --accept-unreplayed-shreds only if you "
-    "are sure nobody was shredded since the backup"
-)
+_ARCHIVE_OUT = click.Path(dir_okay=False, allow_dash=True, path_type=Path)
+
+
+class _Counted:
+    """A binary stream that counts what is written through it (stdout's archive size)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._out.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def seekable(self) -> bool:
+        return False  # written in one pass, as a tar stream
 
 
 def _size_text(size: int) -> str:
@@ -77,6 +75,9 @@ def backup_group() -> None:
     """Signed backup archives; restores that replay every later shred."""
 
 
+backup_group.add_command(restore_command)
+
+
 # -- create ---------------------------------------------------------------------------------
 
 
@@ -89,14 +90,15 @@ def _check_new_archive(path: Path) -> None:
 
 
 @backup_group.command("create")
-@click.argument("out", metavar="OUT", type=NewFile("a backup archive"))
+@click.argument("out", metavar="OUT", type=_ARCHIVE_OUT)
 @click.option(
     "--expires",
     "expires_days",
     type=click.FloatRange(min=0, min_open=True),
     metavar="DAYS",
     help="Record that this copy is to be destroyed after DAYS days (for the key-copy "
-    "clock; the archive is not deleted for you). Default: kept until destroyed.",
+    "clock; the archive is not deleted for you). Default: kept until destroyed or "
+    "`backup forget`.",
 )
 @json_option
 @store_options
@@ -106,23 +108,36 @@ def _check_new_archive(path: Path) -> None:
 def create_command(
     ctx: click.Context, out: Path, expires_days: float | None, as_json: bool
 ) -> None:
-    """Write a signed backup archive of the vault to OUT (a new file, mode 0600).
+    """Write a signed backup archive of the vault to OUT (a new file, mode 0600 from its
+    creation; or - for stdout, to pipe into age, gpg or restic).
 
     Both stores are copied in one consistent snapshot while writers wait, and the
     manifest (vault, log seq and head, file hashes, expiry) is signed with the vault's
     key. The backup is logged: `backup list` counts, per archive, the customers shredded
-    since, whose keys that copy still holds until you destroy it.
+    since, whose keys that copy still holds until you destroy it (`backup forget`).
     """
-    _check_new_archive(out)
+    to_stdout = str(out) == "-"
+    if to_stdout:
+        if sys.stdout.isatty():
+            raise click.UsageError(
+                "OUT is '-' but stdout is a terminal: pipe the archive (| age -r KEY > FILE)"
+            )
+    else:
+        _check_new_archive(out)
+    stream = _Counted(sys.stdout.buffer) if to_stdout else None
     with open_vault(ctx) as vault:
         session = acting_session(ctx, vault)
         expected = vault.head.seq
         with Meter("backing up", unit="log entries", expected=expected) as meter:
-            manifest = session.backup(str(out), expires_days=expires_days, progress=meter)
-    size = out.stat().st_size
+            manifest = session.backup(
+                stream if stream is not None else str(out),  # type: ignore[arg-type]
+                expires_days=expires_days,
+                progress=meter,
+            )
+    size = stream.size if stream is not None else out.stat().st_size
     summary = {
         "id": manifest["backup"],
-        "path": str(out),
+        "path": "-" if to_stdout else str(out),
         "vault": manifest["vault"],
         "seq": manifest["seq"],
         "head": manifest["head"],
@@ -130,7 +145,14 @@ def create_command(
         "created": manifest["created"],
         "expires": manifest["expires"],
     }
-    if as_json:
+    if to_stdout:  # the archive is on stdout: the summary goes to stderr
+        note(
+            json.dumps(summary, indent=2, sort_keys=True)
+            if as_json
+            else f"backup {summary['id']} written to stdout: log seq {summary['seq']}, "
+            f"{_size_text(size)}"
+        )
+    elif as_json:
         print_json(summary)
     else:
         click.echo(f"backup {summary['id']} written to {out}")
@@ -146,8 +168,8 @@ def create_command(
         )
     note(
         "note: the archive holds a copy of every customer's keys; a customer shredded from "
-        "now on stays readable from it until it is destroyed. Keep it encrypted at rest "
-        "and destroy it when it expires."
+        "now on stays readable from it until it is destroyed. Keep it encrypted at rest, "
+        f"destroy it when it expires, then run `shredvault backup forget {manifest['backup']}`."
     )
 
 
@@ -167,10 +189,13 @@ def _expiry_text(info: BackupInfo) -> str:
 @token_option
 @click.pass_context
 def list_command(ctx: click.Context, as_json: bool) -> None:
-    """Backups this vault made, with their key-copy clock (logged).
+    """Backups this vault made: where each was written, its state and its key-copy
+    clock (logged).
 
-    SHREDDED SINCE counts the customers shredded after each backup was taken: that
-    archive still holds their keys until it is destroyed.
+    STATE is held (counts on the clock), expired (past --expires) or forgotten (`backup
+    forget`). SHREDDED SINCE counts the customers shredded after each backup was taken:
+    that archive still holds their keys until it is destroyed. PATH is where it was
+    written (- for stdout; unknown for a backup made before paths were recorded).
     """
     with open_vault(ctx) as vault:
         infos = acting_session(ctx, vault).backups()
@@ -181,18 +206,59 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
         click.echo("no backups recorded")
         return
     print_table(
-        ["ID", "SEQ", "CREATED", "EXPIRES", "SHREDDED SINCE"],
+        ["ID", "SEQ", "CREATED", "EXPIRES", "STATE", "SHREDDED SINCE", "PATH"],
         [
-            [info.id, info.seq, info.created, _expiry_text(info), info.shredded_since]
+            [
+                info.id,
+                info.seq,
+                info.created,
+                _expiry_text(info),
+                info.state,
+                info.shredded_since,
+                info.path or "unknown",
+            ]
             for info in infos
         ],
     )
-    holding = [info for info in infos if info.shredded_since and not info.expired]
+    holding = [info for info in infos if info.shredded_since and info.state == "held"]
     if holding:
         note(
             f"note: {len(holding)} unexpired backup(s) still hold keys of customers shredded "
-            "since they were taken; destroy them when no longer needed"
+            "since they were taken; destroy them when no longer needed, then `backup forget ID`"
         )
+
+
+# -- forget ---------------------------------------------------------------------------------
+
+
+@backup_group.command("forget")
+@click.argument("backup_id", metavar="ID")
+@json_option
+@store_options
+@unlock_options
+@token_option
+@click.pass_context
+def forget_command(ctx: click.Context, backup_id: str, as_json: bool) -> None:
+    """Record that backup ID's archive was destroyed: it stops counting on the key-copy
+    clock (`backup list`, `keys status`). Admin only; logged as backup.forget.
+
+    The archive file is not touched (copies may be anywhere): destroy every copy first.
+    Exits 4 for an unknown id, 1 if it was already forgotten.
+    """
+    with open_vault(ctx) as vault:
+        info = acting_session(ctx, vault).forget_backup(backup_id)
+    if as_json:
+        print_json(info.to_json())
+        return
+    click.echo(f"backup {info.id} forgotten at {info.forgotten}")
+    print_pairs(
+        [
+            ("written to", info.path or "unknown"),
+            ("log seq", info.seq),
+            ("shredded since", f"{info.shredded_since} (no longer counted: the copy is gone)"),
+        ],
+        indent="  ",
+    )
 
 
 # -- verify ---------------------------------------------------------------------------------
@@ -224,7 +290,7 @@ def _print_report(report: BackupReport, archive: Path, trusted_key: bool) -> Non
 
 
 @backup_group.command("verify")
-@click.argument("archive", metavar="ARCHIVE", type=_READABLE_FILE)
+@click.argument("archive", metavar="ARCHIVE", type=ARCHIVE_IN)
 @click.option(
     "--pubkey",
     "pubkey_file",
@@ -234,7 +300,8 @@ def _print_report(report: BackupReport, archive: Path, trusted_key: bool) -> Non
 )
 @json_option
 def verify_command(archive: Path, pubkey_file: Path | None, as_json: bool) -> None:
-    """Verify a backup ARCHIVE offline. Needs no vault, passphrase or network.
+    """Verify a backup ARCHIVE (a file, or - for stdin) offline. Needs no vault,
+    passphrase or network.
 
     Checks the manifest's signature, every member's hash and size, and the access log
     inside (chain, signed checkpoints, head at the snapshot). Exits 0 when valid and 5
@@ -244,7 +311,12 @@ def verify_command(archive: Path, pubkey_file: Path | None, as_json: bool) -> No
     whole, not that your vault made it. Pass the vault's key (`audit pubkey`).
     """
     public_key = read_pubkey(pubkey_file) if pubkey_file is not None else None
-    report = verify_backup(archive, public_key=public_key)
+    with Phases({"verifying": ("verifying the archive", "bytes")}) as phases:
+        report = verify_backup(
+            archive_input(archive),
+            public_key=public_key,
+            progress=lambda count, total: phases("verifying", count, total),
+        )
     if as_json:
         print_json(
             {
@@ -265,191 +337,4 @@ def verify_command(archive: Path, pubkey_file: Path | None, as_json: bool) -> No
         raise VerificationError(
             f"backup archive {archive} fails verification: {report.reason}",
             reason=report.reason or "invalid",
-        )
-
-
-# -- restore --------------------------------------------------------------------------------
-
-
-def _shred_source(
-    replay_from: Path | None,
-    replay_data_url: str | None,
-    replay_log: Path | None,
-    replay_receipts: Path | None,
-    accept: bool,
-) -> ShredSource:
-    given = [
-        name
-        for name, value in (
-            ("--replay-from", replay_from),
-            ("--replay-log", replay_log),
-            ("--replay-receipts", replay_receipts),
-        )
-        if value is not None
-    ]
-    if len(given) > 1:
-        raise click.UsageError(f"give one source of newer shreds, not {' and '.join(given)}")
-    if replay_data_url is not None and replay_from is None:
-        raise click.UsageError("--replay-data-url goes with --replay-from VAULT_DIR")
-    if given and accept:
-        raise click.UsageError(
-            "--accept-unreplayed-shreds is for a restore without a source of newer shreds; "
-            f"{given[0]} replays them"
-        )
-    if not given and not accept:
-        raise CommandError(_NO_SOURCE)
-    return ShredSource(
-        vault_dir=replay_from,
-        vault_data_url=replay_data_url,
-        log_export=replay_log,
-        receipts_dir=replay_receipts,
-    )
-
-
-def _url_option(value: str | None, option: str) -> str | None:
-    try:
-        return check_data_url(value)
-    except click.BadParameter as error:
-        error.param_hint = f"'{option}'"
-        raise
-
-
-@backup_group.command("restore")
-@click.argument("archive", metavar="ARCHIVE", type=_READABLE_FILE)
-@click.option(
-    "--to",
-    "target",
-    metavar="DIR",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Restore into this new or empty directory (never over a vault).",
-)
-@click.option(
-    "--to-data-url",
-    metavar="URL",
-    help="Put the restored vault's data in this empty database (PostgreSQL) instead of "
-    "DIR/data.db (never printed).",
-)
-@click.option(
-    "--replay-from",
-    metavar="VAULT_DIR",
-    type=_READABLE_DIR,
-    help="Replay the shreds recorded in this live vault's log since the backup.",
-)
-@click.option(
-    "--replay-data-url",
-    metavar="URL",
-    help="The data URL of the --replay-from vault, when its data is in PostgreSQL.",
-)
-@click.option(
-    "--replay-log",
-    metavar="LOG.jsonl",
-    type=_READABLE_FILE,
-    help="Replay the shreds in this exported log (`audit export`); it must reach back to "
-    "the backup's seq.",
-)
-@click.option(
-    "--replay-receipts",
-    metavar="DIR",
-    type=_READABLE_DIR,
-    help="Replay the shreds these erasure receipts (DIR/*.json) prove.",
-)
-@click.option(
-    "--accept-unreplayed-shreds",
-    "accept",
-    is_flag=True,
-    help="Restore without any source of newer shreds: anyone shredded after the backup "
-    "becomes readable again. Logged in the restored vault.",
-)
-@click.option(
-    "--pubkey",
-    "pubkey_file",
-    metavar="FILE",
-    type=_READABLE_FILE,
-    help="Trust this vault public key (as `audit pubkey` prints it) for the archive and the "
-    "replay source, not the archive's copy.",
-)
-@json_option
-@unlock_options
-@click.pass_context
-def restore_command(
-    ctx: click.Context,
-    archive: Path,
-    target: Path,
-    to_data_url: str | None,
-    replay_from: Path | None,
-    replay_data_url: str | None,
-    replay_log: Path | None,
-    replay_receipts: Path | None,
-    accept: bool,
-    pubkey_file: Path | None,
-    as_json: bool,
-) -> None:
-    """Restore ARCHIVE into a new vault at --to DIR, replaying every later shred first.
-
-    The archive is verified, both stores are written into DIR (marked incomplete), and
-    every customer shredded after the backup, as the replay source shows, is shredded
-    again before the marker goes: a restore never brings back an erased customer. A
-    restore refused before writing (bad archive, occupied database) leaves DIR as it was;
-    one interrupted later leaves DIR refusing to open: restore again into a new empty
-    directory.
-
-    Unlock with the passphrase or keyfile the vault had when the backup was made
-    (--passphrase-file, --keyfile or the environment). The global --vault/--data-url are
-    not used for the target.
-    """
-    target_url = _url_option(to_data_url, "--to-data-url")
-    source = _shred_source(
-        replay_from,
-        _url_option(replay_data_url, "--replay-data-url"),
-        replay_log,
-        replay_receipts,
-        accept,
-    )
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise CommandError(
-            f"{target} exists and is not empty; restore only into a new or empty directory"
-        )
-    public_key = read_pubkey(pubkey_file) if pubkey_file is not None else None
-    credential = resolve_credential(settings_of(ctx))
-    note(f"verifying {archive} and restoring into {target} ...")
-    try:
-        result = restore_backup(
-            archive,
-            target,
-            data_url=target_url,
-            source=source,
-            accept_unreplayed_shreds=accept,
-            public_key=public_key,
-            **credential.kwargs(),
-        )
-    except VaultError:
-        if target.is_dir() and any(target.iterdir()):
-            note(
-                f"note: {target} is left as an unfinished restore and will not open; delete "
-                "it, then restore again into a new or empty directory"
-            )
-        raise
-    summary: dict[str, Any] = {"path": str(target), "data": "external" if target_url else "sqlite"}
-    summary.update(result)
-    if as_json:
-        print_json(summary)
-    else:
-        click.echo(f"restored backup {result['backup']} into {target}")
-        print_pairs(
-            [
-                ("snapshot seq", result["snapshot_seq"]),
-                ("data", "the database at --to-data-url" if target_url else "data.db"),
-                ("replayed from", f"{result['replayed_from']} (up to seq {result['source_seq']})"),
-                ("shreds replayed", result["shreds_replayed"]),
-                ("public key", result["public_key"]),
-            ],
-            indent="  ",
-        )
-        for customer in result["replayed"]:
-            click.echo(f"  shredded again: {customer}")
-    if result["unreplayed_shreds_accepted"]:
-        note(
-            "warning: no newer source of shreds was checked: any customer shredded after "
-            "this backup is readable again in the restored vault (logged there as accepted)"
         )

@@ -75,6 +75,15 @@ def _print_status(status: KeyStatus, policy: KeyPolicy) -> None:
                 "backups still hold)",
             ),
             (
+                "restored with unknown shreds",
+                "no"
+                if status.unreplayed_window is None
+                else f"seq {status.unreplayed_window['from_seq']} "
+                f"({status.unreplayed_window['from_ts']}) to the restore at "
+                f"{status.unreplayed_window['to']}: customers shredded elsewhere then may be "
+                "readable here",
+            ),
+            (
                 "policy",
                 f"KEK at most {policy.max_kek_age_days} days, "
                 f"DEK at most {policy.max_dek_age_days} days",

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-__all__ = ["Meter"]
+__all__ = ["Meter", "Phases"]
 
 
 def _unsized() -> Iterator[str]:
@@ -99,3 +99,54 @@ class Meter:
         self._end = self._clock()
         if self._bar is not None:
             self._bar.__exit__(exc_type, exc, tb)
+
+
+class Phases:
+    """A ``progress(phase, count, total)`` callback for work in named phases (a restore:
+    verifying the archive, then replaying shreds): one :class:`Meter` per phase, with
+    its total, opened when the phase first reports and closed when the next begins.
+    ``units`` names each phase's unit and label. Use as a context manager."""
+
+    def __init__(
+        self,
+        units: dict[str, tuple[str, str]],
+        *,
+        delay: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._units = units
+        self._delay = delay
+        self._clock = clock
+        self._phase: str | None = None
+        self._meter: Meter | None = None
+        #: per phase: (items done, total), for a summary
+        self.done: dict[str, tuple[int, int]] = {}
+
+    def __call__(self, phase: str, count: int, total: int) -> None:
+        if phase != self._phase:
+            self._close()
+            label, unit = self._units.get(phase, (phase, "items"))
+            self._phase = phase
+            self._meter = Meter(
+                label, unit=unit, expected=total, delay=self._delay, clock=self._clock
+            )
+            self._meter.__enter__()
+        assert self._meter is not None
+        self._meter(count)
+        self.done[phase] = (self._meter.done, total)
+
+    def _close(self) -> None:
+        if self._meter is not None:
+            self._meter.__exit__(None, None, None)
+            self._meter = None
+
+    def __enter__(self) -> Phases:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close()

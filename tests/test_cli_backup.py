@@ -132,9 +132,10 @@ def flip_member_byte(archive: Path, out: Path, member: str) -> Path:
 @pytest.mark.parametrize(
     ("command", "mentions"),
     [
-        ([], ["create", "list", "verify", "restore"]),
-        (["create"], ["OUT", "--expires", "--json"]),
-        (["list"], ["SHREDDED SINCE", "--json"]),
+        ([], ["create", "list", "forget", "verify", "restore"]),
+        (["create"], ["OUT", "--expires", "--json", "stdout"]),
+        (["list"], ["SHREDDED SINCE", "STATE", "PATH", "--json"]),
+        (["forget"], ["ID", "destroyed", "--json"]),
         (["verify"], ["ARCHIVE", "--pubkey", "--json"]),
         (
             ["restore"],
@@ -145,7 +146,7 @@ def flip_member_byte(archive: Path, out: Path, member: str) -> Path:
                 "--replay-data-url",
                 "--replay-log",
                 "--replay-receipts",
-                "--accept-unreplayed-shreds",
+                "--accept-unreplayed-window",
                 "--pubkey",
                 "--json",
             ],
@@ -194,14 +195,20 @@ def test_backup_create_refuses_to_overwrite_a_file(run: Run, tmp_path: Path) -> 
     assert archive.read_bytes() == b"precious"
 
 
-def test_backup_create_to_dash_is_a_usage_error_not_a_file_named_dash(
+def test_backup_create_to_dash_writes_the_archive_to_stdout_not_a_file_named_dash(
     run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    result = run("backup", "create", "-")
-    assert result.exit_code == 2
-    assert "cannot go to stdout" in result.stderr
+    result = ok(run("backup", "create", "-"))
     assert not (tmp_path / "-").exists()
+    assert "written to stdout" in result.stderr  # the summary goes to stderr
+    piped = tmp_path / "piped.tar"
+    piped.write_bytes(result.stdout_bytes)
+    assert f"{len(result.stdout_bytes):,} bytes" in result.stderr
+    report = json.loads(ok(run("backup", "verify", str(piped), "--json", **NO_VAULT)).stdout)
+    assert report["ok"] is True
+    (listed,) = json.loads(ok(run("backup", "list", "--json")).stdout)
+    assert (listed["id"], listed["path"]) == (report["manifest"]["backup"], "-")
 
 
 def test_backup_list_shows_the_key_copy_clock(run: Run, setup: Setup, tmp_path: Path) -> None:
@@ -210,9 +217,12 @@ def test_backup_list_shows_the_key_copy_clock(run: Run, setup: Setup, tmp_path: 
     (first, second) = json.loads(ok(run("backup", "list", "--json")).stdout)
     assert (first["shredded_since"], first["expires"], first["expired"]) == (1, None, False)
     assert (second["shredded_since"], second["expired"]) == (0, False)
+    assert (first["state"], first["path"]) == ("held", str(tmp_path / "t0.tar"))
+    assert (second["state"], second["path"]) == ("held", str(tmp_path / "t1.tar"))
     text = ok(run("backup", "list"))
     assert "SHREDDED SINCE" in text.stdout
     assert first["id"] in text.stdout and second["id"] in text.stdout
+    assert str(tmp_path / "t0.tar") in text.stdout
     assert "still hold keys" in text.stderr
 
 
@@ -287,7 +297,9 @@ def test_backup_restore_replays_the_later_shred(
     }[source]
     ok(run("audit", "export", "--out", str(tmp_path / "log.jsonl")))
     target = tmp_path / "restored"
-    result = ok(restore(run, archive, target, source, given))
+    # Only the live vault leaves no window (test_backup_restore_refuses_a_window_...).
+    accept = [] if source == "--replay-from" else ["--accept-unreplayed-window"]
+    result = ok(restore(run, archive, target, source, given, *accept))
     assert f"shredded again: {setup.gone}" in result.stdout
     assert get(run, target, setup.gone, setup.gone_record).exit_code == 4
     kept = ok(get(run, target, setup.kept, setup.kept_record))
@@ -312,7 +324,7 @@ def test_backup_restore_without_a_source_exits_1_and_creates_nothing(
     target = tmp_path / "restored"
     result = restore(run, archive, target)
     assert result.exit_code == 1
-    assert "--accept-unreplayed-shreds" in result.stderr
+    assert "--accept-unreplayed-window" in result.stderr
     assert not target.exists()
 
 

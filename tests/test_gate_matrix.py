@@ -666,6 +666,28 @@ case(
 )
 case("backups", "backup.list", call=lambda s, g: s.backups(), refusal=needs("audit"))
 
+
+def _backed_up(w: World, shape: str) -> Given:
+    manifest = w.admin.backup(str(w.root / w.unique("to-forget")))
+    return {"id": manifest["backup"]}
+
+
+def _forgotten_check(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+    stored = world.count(
+        "SELECT COUNT(*) FROM sv_backup_state WHERE id = ? AND forgotten IS NOT NULL", given["id"]
+    )
+    assert stored == (0 if refused else 1)
+
+
+case(
+    "forget_backup",
+    "backup.forget",
+    prepare=_backed_up,
+    call=lambda s, g: s.forget_backup(g["id"]),
+    refusal=needs("admin"),
+    check=_forgotten_check,
+)
+
 # handover
 
 

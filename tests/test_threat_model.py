@@ -419,11 +419,6 @@ def test_an_old_keys_db_put_back_loses_the_keys_of_customers_the_log_shows_shred
 # -- not yet: a restore can take an empty source (issue 17) --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 17: an empty folder of receipts counts as a complete replay source",
-)
 def test_a_restore_from_an_empty_folder_of_receipts_does_not_serve_a_later_shred(
     world: World, tmp_path: Path
 ) -> None:

@@ -13,11 +13,11 @@ import json
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..keys import KeyStore, verify_signature
 from .audit import Auditor
@@ -75,85 +75,134 @@ class BackupReport:
 
 
 @contextmanager
-def _opened(archive: Path) -> Iterator[tarfile.TarFile]:
-    try:
-        tar = tarfile.open(archive, "r:")  # noqa: SIM115 - closed in the finally below
-    except (OSError, tarfile.TarError) as error:
-        raise VerificationError(
-            f"not a readable backup archive: {error}", reason="malformed"
-        ) from None
-    try:
+def _opened(archive: str | os.PathLike[str] | BinaryIO) -> Iterator[tarfile.TarFile]:
+    """The archive's members, read once in order, from a path or from an open binary
+    stream such as stdin (so an archive can come through a pipe). A seekable file is
+    read directly; a pipe through tar's stream mode (slower: it buffers)."""
+    with contextlib.ExitStack() as stack:
+        if isinstance(archive, (str, os.PathLike)):
+            try:
+                handle: BinaryIO = stack.enter_context(open(archive, "rb"))
+            except OSError as error:
+                raise VerificationError(
+                    f"not a readable backup archive: {error}", reason="malformed"
+                ) from None
+        else:
+            handle = archive
+        try:
+            if handle.seekable():
+                tar = tarfile.open(fileobj=handle, mode="r:")  # noqa: SIM115
+            else:
+                tar = tarfile.open(fileobj=handle, mode="r|", bufsize=_CHUNK)  # noqa: SIM115
+        except (OSError, tarfile.TarError) as error:
+            raise VerificationError(
+                f"not a readable backup archive: {error}", reason="malformed"
+            ) from None
+        stack.callback(tar.close)
         yield tar
-    finally:
-        tar.close()
 
 
-def _member_bytes(tar: tarfile.TarFile, name: str, limit: int = 1 << 20) -> bytes:
-    try:
-        info = tar.getmember(name)
-    except KeyError:
-        raise VerificationError(f"the archive has no {name}", reason="malformed") from None
+def _small(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int = 1 << 20) -> bytes:
     if not info.isfile() or info.size > limit:
-        raise VerificationError(f"{name} in the archive is not a small file", reason="malformed")
+        raise VerificationError(
+            f"{info.name} in the archive is not a small file", reason="malformed"
+        )
     handle = tar.extractfile(info)
     assert handle is not None
     return handle.read()
 
 
-def verify_backup(
-    archive: str | os.PathLike[str],
-    *,
-    public_key: bytes | None = None,
-    extract_to: Path | None = None,
-) -> BackupReport:
-    """Check an archive offline: manifest signature, every member's hash and size, and
-    the access log inside (chain, checkpoints, head at the snapshot). With
-    ``extract_to``, the verified stores are left there. Never raises for bad input."""
-    try:
-        with _opened(Path(archive)) as tar:
-            body = _member_bytes(tar, MANIFEST)
-            signature = bytes.fromhex(_member_bytes(tar, SIGNATURE).decode("ascii").strip())
+def _read_members(
+    tar: tarfile.TarFile,
+    where: Path,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[bytes, bytes, dict[str, Any]]:
+    """Stream the members in the order they were written (manifest, signature, then the
+    stores), extracting each store into ``where`` checked against the manifest."""
+    body: bytes | None = None
+    signature: bytes | None = None
+    manifest: dict[str, Any] | None = None
+    seen: set[str] = set()
+    for info in tar:
+        if info.name in seen:
+            raise VerificationError(f"the archive holds {info.name} twice", reason="malformed")
+        seen.add(info.name)
+        if info.name == MANIFEST:
+            body = _small(tar, info)
             manifest = json.loads(body)
             if (
-                manifest.get("type") != "backup"
+                not isinstance(manifest, dict)
+                or manifest.get("type") != "backup"
                 or manifest.get("v") != 1
                 or canonical(manifest) != body
             ):
-                return BackupReport(False, "malformed", "not a v1 shredvault backup manifest")
-            with tempfile.TemporaryDirectory(prefix="shredvault-verify-") as tmp:
-                where = extract_to or Path(tmp)
-                for name in MEMBERS:
-                    _extract_checked(tar, name, where / name, manifest["members"][name])
-                embedded = keystore_public_key(where / KEYS_FILE)
-                key = public_key if public_key is not None else embedded
-                if not verify_signature(key, body, signature):
+                raise VerificationError("not a v1 shredvault backup manifest", reason="malformed")
+        elif info.name == SIGNATURE:
+            signature = bytes.fromhex(_small(tar, info).decode("ascii").strip())
+        elif info.name in MEMBERS:
+            if manifest is None:
+                raise VerificationError(
+                    f"{info.name} comes before the manifest in the archive", reason="malformed"
+                )
+            members = manifest["members"]
+            total = sum(int(members[name]["size"]) for name in MEMBERS)
+            _extract_checked(tar, info, where / info.name, members[info.name], progress, total)
+    missing = [name for name in (MANIFEST, SIGNATURE, *MEMBERS) if name not in seen]
+    if missing or body is None or signature is None or manifest is None:
+        raise VerificationError(f"the archive has no {', '.join(missing)}", reason="malformed")
+    return body, signature, manifest
+
+
+def verify_backup(
+    archive: str | os.PathLike[str] | BinaryIO,
+    *,
+    public_key: bytes | None = None,
+    extract_to: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BackupReport:
+    """Check an archive offline (a path, or a binary stream such as stdin, read once):
+    manifest signature, every member's hash and size, and the access log inside
+    (chain, checkpoints, head at the snapshot). With ``extract_to``, the verified stores
+    are left there. ``progress(bytes, total)`` as the stores are read. Never raises for
+    bad input."""
+    manifest: dict[str, Any] | None = None
+    try:
+        with (
+            tempfile.TemporaryDirectory(prefix="shredvault-verify-") as tmp,
+            _opened(archive) as tar,
+        ):
+            where = extract_to or Path(tmp)
+            body, signature, manifest = _read_members(tar, where, progress)
+            embedded = keystore_public_key(where / KEYS_FILE)
+            key = public_key if public_key is not None else embedded
+            if not verify_signature(key, body, signature):
+                return BackupReport(
+                    False, "bad signature", "the manifest signature does not verify", manifest
+                )
+            # The snapshot's data is always the SQLite file beside it, wherever the
+            # live vault kept its data (its keystore may say "external").
+            with Auditor.open(where, data_url=f"sqlite:///{where / DATA_FILE}") as auditor:
+                if auditor.vault_id != manifest["vault"]:
                     return BackupReport(
-                        False, "bad signature", "the manifest signature does not verify", manifest
+                        False,
+                        "foreign vault",
+                        "the data snapshot belongs to another vault",
+                        manifest,
                     )
-                # The snapshot's data is always the SQLite file beside it, wherever the
-                # live vault kept its data (its keystore may say "external").
-                with Auditor.open(where, data_url=f"sqlite:///{where / DATA_FILE}") as auditor:
-                    if auditor.vault_id != manifest["vault"]:
-                        return BackupReport(
-                            False,
-                            "foreign vault",
-                            "the data snapshot belongs to another vault",
-                            manifest,
-                        )
-                    report = auditor.verify(public_key=key)
-                    head = auditor.head
-                if not report.ok:
-                    return BackupReport(
-                        False, report.reason, f"the log inside fails: {report.message}", manifest
-                    )
-                if (head.seq, head.hash) != (manifest["seq"], manifest["head"]):
-                    return BackupReport(
-                        False, "modified", "the log head differs from the manifest", manifest
-                    )
+                report = auditor.verify(public_key=key)
+                head = auditor.head
+            if not report.ok:
+                return BackupReport(
+                    False, report.reason, f"the log inside fails: {report.message}", manifest
+                )
+            if (head.seq, head.hash) != (manifest["seq"], manifest["head"]):
+                return BackupReport(
+                    False, "modified", "the log head differs from the manifest", manifest
+                )
     except VerificationError as error:
-        return BackupReport(False, error.reason, str(error))
+        return BackupReport(False, error.reason, str(error), manifest)
     except (ValueError, KeyError, TypeError, OSError, tarfile.TarError, VaultError) as error:
-        return BackupReport(False, "malformed", f"the archive is damaged: {error}")
+        return BackupReport(False, "malformed", f"the archive is damaged: {error}", manifest)
     note = "" if public_key is not None else " (signature checked with the key inside the archive)"
     return BackupReport(
         True,
@@ -164,14 +213,17 @@ def verify_backup(
     )
 
 
-def _extract_checked(tar: tarfile.TarFile, name: str, dest: Path, expected: dict[str, Any]) -> None:
-    try:
-        info = tar.getmember(name)
-    except KeyError:
-        raise VerificationError(f"the archive has no {name}", reason="malformed") from None
+def _extract_checked(
+    tar: tarfile.TarFile,
+    info: tarfile.TarInfo,
+    dest: Path,
+    expected: dict[str, Any],
+    progress: Callable[[int, int], None] | None,
+    total: int,
+) -> None:
     source = tar.extractfile(info) if info.isfile() else None
     if source is None:
-        raise VerificationError(f"{name} in the archive is not a file", reason="malformed")
+        raise VerificationError(f"{info.name} in the archive is not a file", reason="malformed")
     h = hashlib.sha256()
     size = 0
     with create_file(dest) as out:
@@ -179,9 +231,11 @@ def _extract_checked(tar: tarfile.TarFile, name: str, dest: Path, expected: dict
             h.update(chunk)
             size += len(chunk)
             out.write(chunk)
+            if progress is not None:
+                progress(len(chunk), total)
     if h.hexdigest() != expected["sha256"] or size != expected["size"]:
         raise VerificationError(
-            f"{name} does not match the manifest (altered or swapped)", reason="modified"
+            f"{info.name} does not match the manifest (altered or swapped)", reason="modified"
         )
 
 

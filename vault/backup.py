@@ -11,9 +11,9 @@ An archive is an uncompressed tar of four members::
 The snapshots are taken inside a logged transaction that holds the log-head lock, so
 no writer moves while both stores are copied; the ``backup.create`` entry commits with
 it. Restoring verifies the archive, writes the stores into an empty target marked
-*incomplete*, then replays every ``customer.shred`` recorded after the snapshot (from
-the live vault, an exported log, or receipts) before the marker goes and the vault
-serves. Without a newer source it refuses unless told to accept the risk, and logs that.
+*incomplete*, then replays every shred recorded after the snapshot (restore.py) before
+the marker goes and the vault serves. ``backup forget`` retires an archive from the
+key-copy clock; archives can be written to (and read from) a stream, for pipes.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from sqlalchemy import Connection, create_engine, insert, select
+from sqlalchemy import Connection, create_engine, insert, select, update
 
 from . import ids
 from .actor import Actor
@@ -40,17 +40,24 @@ from .archive import (
 )
 from .canonical import canonical
 from .clock import format_ts
-from .context import Tx, VaultContext
+from .context import Refusal, Tx, VaultContext
+from .errors import NotFoundError, StorageError
 from .files import check_absent, create_empty, create_file
-from .keycopies import shredded_since
+from .inputs import check_backup_id
+from .keycopies import backup_states, shredded_since
 from .layout import DATA_FILE, KEYS_FILE
-from .store import DataStore, backups, log, metadata, tables_in
+from .store import DataStore, backup_state, backups, log, metadata, tables_in
 
 __all__ = [
+    "STDOUT",
     "BackupInfo",
     "backup_list",
     "create_backup",
+    "forget_backup",
 ]
+
+#: what ``sv_backup_state.path`` holds for an archive written to a stream (stdout)
+STDOUT = "-"
 
 COPY_BATCH = 5000  # rows per batch when a data store is copied table by table
 _BACKUP_PAGES = 256  # pages per step of the SQLite backup API (progress between steps)
@@ -67,6 +74,18 @@ class BackupInfo:
     expires: str | None
     expired: bool
     shredded_since: int
+    #: where it was written (``-``: to a stream, stdout), None if not recorded (a
+    #: backup made before paths were)
+    path: str | None = None
+    #: when ``backup forget`` retired it: it no longer counts on the key-copy clock
+    forgotten: str | None = None
+
+    @property
+    def state(self) -> str:
+        """``forgotten``, ``expired`` or ``held`` (counts on the key-copy clock)."""
+        if self.forgotten is not None:
+            return "forgotten"
+        return "expired" if self.expired else "held"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +95,9 @@ class BackupInfo:
             "expires": self.expires,
             "expired": self.expired,
             "shredded_since": self.shredded_since,
+            "path": self.path,
+            "forgotten": self.forgotten,
+            "state": self.state,
         }
 
 
@@ -85,24 +107,30 @@ class BackupInfo:
 def create_backup(
     ctx: VaultContext,
     actor: Actor,
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | BinaryIO,
     *,
     expires_days: float | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Write one archive at ``out`` (refuses to overwrite) and return its manifest."""
-    target = Path(out)
-    check_absent(target)
+    """Write one archive at ``out`` (a new file: refuses to overwrite; or a binary
+    stream such as stdout, written in one pass, for a pipe into age/gpg/restic) and
+    return its manifest."""
+    stream = None if isinstance(out, (str, os.PathLike)) else out
+    target = Path(out) if isinstance(out, (str, os.PathLike)) else None
+    if target is not None:
+        check_absent(target)
     actor.authorize("export", "backup.create")
     backup_id = ids.new_id("bak_")
     now = ctx.clock()
     expires = format_ts(now + timedelta(days=expires_days)) if expires_days else None
     # Staged beside the archive, not in the system temp folder: a killed run must not
     # leave a copy of keys.db somewhere nobody looks (it sits, owner-only, next to the
-    # archive it was meant for, under a hidden name that says what it is).
-    with tempfile.TemporaryDirectory(
-        prefix=f".{target.name}.shredvault-staging-", dir=target.parent
-    ) as tmp:
+    # archive it was meant for, under a hidden name that says what it is). An archive
+    # streamed out is staged beside the keystore it copies.
+    staging_dir = target.parent if target is not None else ctx.keys.store.path.parent
+    name = target.name if target is not None else "stdout-backup"
+    recorded_path = STDOUT if target is None else os.path.abspath(target)
+    with tempfile.TemporaryDirectory(prefix=f".{name}.shredvault-staging-", dir=staging_dir) as tmp:
         work_dir = Path(tmp)
 
         def snapshot(tx: Tx) -> dict[str, Any]:
@@ -131,6 +159,8 @@ def create_backup(
                     expires=expires,
                 )
             )
+            ctx.data.ensure_additive_tables(tx.conn)
+            tx.conn.execute(insert(backup_state).values(id=backup_id, path=recorded_path))
             tx.log(
                 actor.event(
                     "backup.create",
@@ -143,7 +173,13 @@ def create_backup(
         manifest = ctx.transact(snapshot)
         body = canonical(manifest)
         signature = ctx.keys.signer.sign(body)
-        _write_archive(target, body, signature, work_dir)
+        if target is not None:
+            with create_file(target) as handle:
+                _write_archive(handle, body, signature, work_dir)
+        else:
+            assert stream is not None
+            _write_archive(stream, body, signature, work_dir)
+            stream.flush()
     return manifest
 
 
@@ -218,11 +254,14 @@ def _copy_data(
         engine.dispose()
 
 
-def _write_archive(target: Path, body: bytes, signature: bytes, work_dir: Path) -> None:
-    with (
-        create_file(target) as out,
-        tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
-    ):
+def _write_archive(out: BinaryIO, body: bytes, signature: bytes, work_dir: Path) -> None:
+    """The tar, in the order verification reads: manifest, signature, then the stores.
+    A file is written directly; a pipe through tar's stream mode (never seeks back)."""
+    if out.seekable():
+        tar = tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115 - closed by the with below
+    else:
+        tar = tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT)  # noqa: SIM115
+    with tar:
         _add_bytes(tar, MANIFEST, body)
         _add_bytes(tar, SIGNATURE, signature.hex().encode("ascii"))
         for name in MEMBERS:
@@ -242,27 +281,87 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def backup_list(ctx: VaultContext, actor: Actor) -> list[BackupInfo]:
-    """Recorded backups with their key-copy clock. Logged as ``backup.list``."""
+    """Recorded backups with where they were written, their state and their key-copy
+    clock. Logged as ``backup.list``."""
     now = ctx.now()
 
     def work(tx: Tx) -> list[BackupInfo]:
         actor.gate(tx.conn, "audit", "backup.list")
-        out = []
-        for row in tx.conn.execute(select(backups).order_by(backups.c.seq)).all():
-            since = shredded_since(tx.conn, int(row.seq))
-            expired = row.expires is not None and now >= row.expires
-            out.append(
-                BackupInfo(
-                    str(row.id), int(row.seq), str(row.created), row.expires, expired, int(since)
-                )
-            )
+        states = backup_states(tx.conn)
+        rows = tx.conn.execute(select(backups).order_by(backups.c.seq)).all()
+        out = [_info(tx.conn, row, states, now) for row in rows]
         tx.log(actor.event("backup.list", detail={"count": len(out)}))
         return out
 
     return ctx.transact(work)
 
 
-# -- verify ---------------------------------------------------------------------------------
+def _info(
+    conn: Connection, row: Any, states: dict[str, tuple[str | None, str | None]], now: str
+) -> BackupInfo:
+    path, forgotten = states.get(str(row.id), (None, None))
+    return BackupInfo(
+        str(row.id),
+        int(row.seq),
+        str(row.created),
+        row.expires,
+        row.expires is not None and now >= row.expires,
+        shredded_since(conn, int(row.seq)),
+        path,
+        forgotten,
+    )
 
 
-# -- restore --------------------------------------------------------------------------------
+# -- forget ---------------------------------------------------------------------------------
+
+
+def forget_backup(ctx: VaultContext, actor: Actor, backup_id: str) -> BackupInfo:
+    """Record that an archive was destroyed (retired): it stops counting on the key-copy
+    clock. Admin only, logged as ``backup.forget``. The archive file itself is not
+    touched (it may be anywhere); whoever forgets it states that it no longer exists.
+
+    Raises NotFoundError for an unknown id, StorageError if it was already forgotten."""
+    check_backup_id(backup_id)
+
+    def work(tx: Tx) -> BackupInfo:
+        actor.gate(tx.conn, "admin", "backup.forget")
+        row = tx.conn.execute(select(backups).where(backups.c.id == backup_id)).first()
+        if row is None:
+            ev = actor.event(
+                "backup.forget", outcome="error", detail={"reason_code": "backup_not_found"}
+            )
+            raise Refusal(NotFoundError(f"no backup {backup_id} is recorded"), ev)
+        ctx.data.ensure_additive_tables(tx.conn)
+        state = tx.conn.execute(
+            select(backup_state.c.forgotten).where(backup_state.c.id == backup_id)
+        ).first()
+        if state is not None and state.forgotten is not None:
+            ev = actor.event(
+                "backup.forget",
+                outcome="error",
+                detail={"backup": backup_id, "reason_code": "already_forgotten"},
+            )
+            raise Refusal(
+                StorageError(f"backup {backup_id} was already forgotten ({state.forgotten})"), ev
+            )
+        when = ctx.now()
+        if state is None:
+            tx.conn.execute(insert(backup_state).values(id=backup_id, forgotten=when))
+        else:
+            tx.conn.execute(
+                update(backup_state).where(backup_state.c.id == backup_id).values(forgotten=when)
+            )
+        info = _info(tx.conn, row, backup_states(tx.conn), when)
+        tx.log(
+            actor.event(
+                "backup.forget",
+                detail={
+                    "backup": backup_id,
+                    "seq": info.seq,
+                    "shredded_since": info.shredded_since,
+                },
+            )
+        )
+        return info
+
+    return ctx.transact(work)

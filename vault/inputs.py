@@ -15,6 +15,7 @@ __all__ = [
     "MAX_BATCH",
     "MAX_REASON",
     "MAX_REF",
+    "check_backup_id",
     "check_batch",
     "check_customer_id",
     "check_reason",
@@ -63,3 +64,10 @@ def check_reason(reason: object) -> str:
     if not isinstance(reason, str) or not reason.strip() or len(reason) > MAX_REASON:
         raise SchemaError(f"a shred reason is 1-{MAX_REASON} characters (no personal data)")
     return reason
+
+
+def check_backup_id(value: object) -> str:
+    """``value`` if it is a backup id, else :class:`NotFoundError` (never a lookup)."""
+    if not ids.is_id(value, "bak_"):
+        raise NotFoundError("not a backup id (expected bak_ and 26 base32 characters)")
+    return value  # type: ignore[return-value]

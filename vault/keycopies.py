@@ -8,9 +8,18 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, func, select
 
-from .store import backups, log
+from .store import backup_state, backups, log
 
-__all__ = ["backup_key_copies", "shredded_since"]
+__all__ = ["backup_key_copies", "backup_states", "shredded_since"]
+
+
+def backup_states(conn: Connection) -> dict[str, tuple[str | None, str | None]]:
+    """``{backup id: (path written to, when forgotten)}`` for the backups that have a
+    state row (none in a data store made before the table existed)."""
+    if not conn.dialect.has_table(conn, backup_state.name):
+        return {}
+    rows = conn.execute(select(backup_state.c.id, backup_state.c.path, backup_state.c.forgotten))
+    return {str(r.id): (r.path, r.forgotten) for r in rows}
 
 
 def shredded_since(conn: Connection, seq: int) -> int:
@@ -38,9 +47,14 @@ def shredded_since(conn: Connection, seq: int) -> int:
 
 
 def backup_key_copies(conn: Connection, now: str) -> int:
-    """Sum over unexpired backups of the customers shredded after each was taken."""
+    """Sum over backups neither expired nor forgotten of the customers shredded after
+    each was taken."""
     total = 0
-    live = select(backups.c.seq).where((backups.c.expires.is_(None)) | (backups.c.expires > now))
-    for (seq,) in conn.execute(live).all():
-        total += shredded_since(conn, int(seq))
+    forgotten = {bid for bid, (_path, when) in backup_states(conn).items() if when is not None}
+    live = select(backups.c.id, backups.c.seq).where(
+        (backups.c.expires.is_(None)) | (backups.c.expires > now)
+    )
+    for bid, seq in conn.execute(live).all():
+        if str(bid) not in forgotten:
+            total += shredded_since(conn, int(seq))
     return total

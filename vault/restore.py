@@ -1,19 +1,22 @@
 """Restoring a backup so that it never brings a shredded customer back (docs/backup.md).
 
-The archive is verified, its stores are put in place behind a marker that keeps the
-vault from serving, every shred recorded after the snapshot (from the live vault, an
-exported log or receipts) is replayed, and only then does the marker go.
+The archive is verified, the source of later shreds is verified under the vault's key,
+the stores are put in place behind a marker that keeps the vault from serving, every
+shred (and shred intent) recorded after the snapshot is replayed, and only then does
+the marker go. Only the live vault knows every shred up to now: an exported log, receipts
+or no source leave a window of unknown shreds, refused unless accepted, then logged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import create_engine, exc, insert, select
 
@@ -36,7 +39,14 @@ from .receipt import load_receipt, verify_receipt
 from .shred import shred_customer
 from .store import DataStore, customers, describe_error, metadata, tables_in
 
-__all__ = ["ShredSource", "restore_backup"]
+__all__ = ["Progress", "ShredSource", "restore_backup"]
+
+_SHREDS = ("customer.shred", "customer.shred-intent")
+
+
+#: ``progress(phase, count, total)``: ``count`` more items done of ``total`` in ``phase``
+#: ("verifying" archive bytes, "replaying" shreds).
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +63,12 @@ class ShredSource:
     def given(self) -> bool:
         return any(x is not None for x in (self.vault_dir, self.log_export, self.receipts_dir))
 
+    @property
+    def complete(self) -> bool:
+        """Only the live vault knows every shred up to now; any other source stops at its
+        last signed head (an export) or shows only the shreds it names (receipts)."""
+        return self.vault_dir is not None
+
     def describe(self) -> str:
         if self.vault_dir is not None:
             return "live vault"
@@ -63,15 +79,41 @@ class ShredSource:
         return "none"
 
 
-def _newer_shreds(
-    manifest: dict[str, Any], source: ShredSource, public_key: bytes
-) -> tuple[dict[str, str], int, str]:
-    """Shreds after the snapshot: ``({subject tag: reason}, seq and hash of the head
-    replayed from)``,
-    plus customer ids from receipts keyed as ``"id:<customer>"``. The source must
-    continue the snapshot's history (same hash at the snapshot's seq)."""
+@dataclass(frozen=True, slots=True)
+class _Newer:
+    """What a source says happened after the snapshot."""
+
+    #: subject tag (hex) -> reason; from receipts ``"id:<customer>"`` -> reason
+    shreds: dict[str, str]
+    #: the last entry replayed from (seq, hash)
+    source_seq: int
+    source_head: str
+    #: where the source's knowledge ends, for a source that is not the live vault:
+    #: {"from_seq", "from_head", "from_ts"} (the window runs from there to the restore)
+    window_from: dict[str, Any] | None
+
+
+def _window_refusal(source: ShredSource) -> str:
+    what = {
+        "exported log": "an exported log shows shreds only up to its last signed head",
+        "receipts": "receipts show only the shreds they name, never that nobody else was shredded",
+        "none": "no newer source of shreds was given (a live vault, an exported log or receipts)",
+    }[source.describe()]
+    return (
+        f"{what}: restoring could bring back customers shredded after that. Replay from "
+        "the live vault (--replay-from), or pass --accept-unreplayed-window "
+        "(accept_unreplayed_window=True) to restore anyway; the window of unknown shreds "
+        "is then printed and logged in the restored vault"
+    )
+
+
+def _newer_shreds(manifest: dict[str, Any], source: ShredSource, public_key: bytes) -> _Newer:
+    """Shreds after the snapshot, from a source verified under ``public_key`` (the
+    vault's key, never one the source carries) that continues the backup's history
+    (same hash at the snapshot's seq). A shred's intent counts as the shred: a shred
+    that crashed after it has begun, and finishes at the next open."""
     seq, head = int(manifest["seq"]), str(manifest["head"])
-    found: dict[str, str] = {}
+    at_snapshot = {"from_seq": seq, "from_head": head, "from_ts": str(manifest["created"])}
     if source.vault_dir is not None:
         with Auditor.open(source.vault_dir, data_url=source.vault_data_url) as auditor:
             if auditor.vault_id != manifest["vault"]:
@@ -84,17 +126,25 @@ def _newer_shreds(
                     f"the replay source's log fails: {report.message}",
                     reason=report.reason or "invalid",
                 )
-            entries = auditor.entries(since=seq)
-            return _collect(entries, seq, head), report.last_seq, report.head
+            found, _mark = _collect(auditor.entries(since=seq), seq, head, None)
+            return _Newer(found, report.last_seq, report.head, None)
     if source.log_export is not None:
         report = verify_export(source.log_export, public_key=public_key)
         if not report.ok:
             raise VerificationError(
                 f"the exported log fails: {report.message}", reason=report.reason or "invalid"
             )
-        found = _collect(read_export_entries(source.log_export, since=seq), seq, head)
-        return found, report.last_seq, report.head
+        signed = max(seq, report.last_checkpoint or 0)
+        found, mark = _collect(read_export_entries(source.log_export, since=seq), seq, head, signed)
+        if _export_vault(source.log_export) != manifest["vault"]:
+            raise VerificationError("the exported log is another vault's", reason="foreign vault")
+        if mark is None:  # cannot happen once anchored: the signed head is in the stream
+            raise VerificationError(
+                "the exported log does not reach its own signed head", reason="truncated"
+            )
+        return _Newer(found, report.last_seq, report.head, mark)
     if source.receipts_dir is not None:
+        found = {}
         last, last_head = seq, head
         for path in sorted(Path(source.receipts_dir).glob("*.json")):
             document = load_receipt(path)
@@ -111,14 +161,26 @@ def _newer_shreds(
             )
             if int(checked.seq or 0) > last:
                 last, last_head = int(checked.seq or 0), str(document["entry"]["hash"])
-        return found, last, last_head
-    return found, seq, head
+        return _Newer(found, last, last_head, at_snapshot)
+    return _Newer({}, seq, head, at_snapshot)
 
 
-def _collect(entries: Iterator[dict[str, Any]], seq: int, head: str) -> dict[str, str]:
+def _export_vault(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return str(json.loads(handle.readline()).get("vault", ""))
+
+
+def _collect(
+    entries: Iterator[dict[str, Any]], seq: int, head: str, mark_seq: int | None
+) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """Shreds (and shred intents) after ``seq`` by subject tag, and the entry at
+    ``mark_seq`` as a window start ``{"from_seq", "from_head", "from_ts"}``."""
     found: dict[str, str] = {}
+    mark: dict[str, Any] | None = None
     anchored = False
     for entry in entries:
+        if entry["seq"] == mark_seq:
+            mark = {"from_seq": entry["seq"], "from_head": entry["hash"], "from_ts": entry["ts"]}
         if entry["seq"] == seq:
             if entry["hash"] != head:
                 raise VerificationError(
@@ -127,48 +189,58 @@ def _collect(entries: Iterator[dict[str, Any]], seq: int, head: str) -> dict[str
                 )
             anchored = True
             continue
-        if entry["action"] == "customer.shred" and entry["outcome"] == "ok" and entry["subject"]:
-            found[str(entry["subject"])] = str(entry["detail"].get("reason", ""))
+        if entry["action"] in _SHREDS and entry["outcome"] == "ok" and entry["subject"]:
+            reason = entry["detail"].get("reason", "")
+            found[str(entry["subject"])] = str(reason if isinstance(reason, str) else "")
     if seq > 0 and not anchored:
         raise VerificationError(
             "the replay source does not reach the backup's seq", reason="truncated"
         )
-    return found
+    return found, mark
 
 
 def restore_backup(
-    archive: str | os.PathLike[str],
+    archive: str | os.PathLike[str] | BinaryIO,
     to: str | os.PathLike[str],
     *,
     passphrase: bytes | None = None,
     keyfile: str | os.PathLike[str] | None = None,
     data_url: str | None = None,
     source: ShredSource = ShredSource(),
+    accept_unreplayed_window: bool = False,
     accept_unreplayed_shreds: bool = False,
     public_key: bytes | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Restore an archive into an empty directory (and, with ``data_url``, an empty
-    database), replaying every later shred before the vault can serve.
+    """Restore an archive (a path, or a binary stream such as stdin) into an empty
+    directory (and, with ``data_url``, an empty database), replaying every later shred
+    before the vault can serve.
 
-    Raises VerificationError (damaged archive or replay source), StorageError (target
-    not empty; no newer source and not accepted), UnlockError (wrong passphrase).
-    An interrupted restore leaves the target marked incomplete: it refuses to open."""
+    Any source but the live vault leaves a window, from where its knowledge ends to
+    now, in which shreds are unknown: the restore refuses unless
+    ``accept_unreplayed_window`` (``accept_unreplayed_shreds`` is its older name), and
+    then logs the window in the restored vault (``vault.restore``; ``keys status``).
+
+    Raises VerificationError (damaged archive or replay source: nothing is written),
+    StorageError (target not empty; a window not accepted: nothing is written),
+    UnlockError (wrong passphrase). An interrupted restore leaves the target marked
+    incomplete: it refuses to open."""
+    accept = accept_unreplayed_window or accept_unreplayed_shreds
     root = Path(to)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise StorageError(f"{root} exists and is not empty; restore only into an empty directory")
-    if not source.given and not accept_unreplayed_shreds:
-        raise StorageError(
-            "no newer source of shreds was given (a live vault, an exported log or receipts): "
-            "restoring could bring back customers shredded after this backup; pass "
-            "--accept-unreplayed-shreds only if you are sure none were"
-        )
+    if not source.complete and not accept:
+        raise StorageError(_window_refusal(source))
     created_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     write_file(root / RESTORE_MARKER, b"restore in progress\n")
     staged = root / ".restore-staging"
-    staged.mkdir()
+    staged.mkdir(mode=0o700)
+    verifying = None if progress is None else (lambda n, total: progress("verifying", n, total))
     try:
-        report = verify_backup(archive, public_key=public_key, extract_to=staged)
+        report = verify_backup(
+            archive, public_key=public_key, extract_to=staged, progress=verifying
+        )
         if not report.ok or report.manifest is None:
             raise VerificationError(
                 f"the backup fails verification: {report.message}",
@@ -176,6 +248,9 @@ def restore_backup(
             )
         manifest = report.manifest
         key = public_key if public_key is not None else keystore_public_key(staged / KEYS_FILE)
+        # The source is read before anything is written: a refused one (forged, tampered,
+        # another vault, short of the snapshot) leaves the target as it was found.
+        newer = _newer_shreds(manifest, source, key)
         if data_url is not None:
             _load_into(staged / DATA_FILE, data_url)
     except BaseException:
@@ -193,21 +268,23 @@ def restore_backup(
     shutil.rmtree(staged)
     _set_data_location(root / KEYS_FILE, "external" if data_url is not None else "sqlite")
     crash_point("restore:after-files")
-    shreds, source_seq, source_head = _newer_shreds(manifest, source, key)
     ctx = open_context(
         root, passphrase=passphrase, keyfile=keyfile, data_url=data_url, restoring=True
     )
     try:
-        replayed = _replay(ctx, shreds)
+        replaying = None if progress is None else (lambda n, total: progress("replaying", n, total))
+        replayed = _replay(ctx, newer.shreds, replaying)
         crash_point("restore:after-replay")
+        window = None if newer.window_from is None else {**newer.window_from, "to": ctx.now()}
         detail = {
             "backup": manifest["backup"],
             "snapshot_seq": manifest["seq"],
             "replayed_from": source.describe(),
-            "source_seq": source_seq,
-            "source_head": source_head,
+            "source_seq": newer.source_seq,
+            "source_head": newer.source_head,
             "shreds_replayed": len(replayed),
-            "unreplayed_shreds_accepted": not source.given,
+            "unreplayed_shreds_accepted": window is not None,
+            "unreplayed_window": window,
         }
 
         def work(tx: Tx) -> None:
@@ -220,9 +297,11 @@ def restore_backup(
     return {**detail, "replayed": replayed, "public_key": format_public_key(key)}
 
 
-def _replay(ctx: VaultContext, shreds: dict[str, str]) -> list[str]:
+def _replay(
+    ctx: VaultContext, shreds: dict[str, str], progress: Callable[[int, int], None] | None
+) -> list[str]:
     """Shred again every restored customer named by a newer shred (by subject tag, or by
-    id from a receipt). Returns their ids."""
+    id from a receipt). Returns their ids. ``progress(1, total)`` after each."""
     active = ctx.data.read(
         lambda conn: [
             str(r.id)
@@ -246,6 +325,8 @@ def _replay(ctx: VaultContext, shreds: dict[str, str]) -> list[str]:
                 f"replayed on restore: {reason}"[:500] or "replayed on restore",
             )
             done.append(cid)
+            if progress is not None:
+                progress(1, len(targets))
     if not scrubbed.done:
         raise StorageError(
             "the replayed shreds are recorded, but the restored keystore could not be "

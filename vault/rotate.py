@@ -75,6 +75,10 @@ class KeyStatus:
     #: The key-copy clock: over unexpired recorded backups, customers shredded after
     #: the backup was taken whose keys that copy still holds.
     backup_key_copies: int = 0
+    #: If this vault was restored from a backup with a window of unknown shreds
+    #: accepted (docs/backup.md): ``{"from_seq", "from_head", "from_ts", "to"}`` of the
+    #: last restore. Customers shredded in that window elsewhere may be readable here.
+    unreplayed_window: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,6 +96,7 @@ class KeyStatus:
             "rehash_due": self.rehash_due,
             "last_rotation": self.last_rotation,
             "backup_key_copies": self.backup_key_copies,
+            "unreplayed_window": self.unreplayed_window,
             "violations": list(self.violations),
         }
 
@@ -341,6 +346,15 @@ def key_status(ctx: VaultContext, actor: Actor, policy: KeyPolicy | None = None)
     if rehash:
         violations.append("KDF parameters are below today's recommendation: change the passphrase")
     copies = ctx.data.read(lambda conn: backup_key_copies(conn, format_ts(now)))
+    restored = ctx.data.read(
+        lambda conn: conn.execute(
+            select(log.c.body)
+            .where(log.c.action == "vault.restore")
+            .order_by(log.c.seq.desc())
+            .limit(1)
+        ).scalar()
+    )
+    window = None if restored is None else json.loads(restored)["detail"].get("unreplayed_window")
     _log(ctx, actor, "keys.status", {"violations": len(violations)}, gate="audit")
     return KeyStatus(
         active_epoch=active,
@@ -356,6 +370,7 @@ def key_status(ctx: VaultContext, actor: Actor, policy: KeyPolicy | None = None)
         last_rotation=last,
         violations=violations,
         backup_key_copies=copies,
+        unreplayed_window=window,
     )
 
 

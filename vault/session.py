@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 from .access import Role
 from .actor import Actor
 from .audit_reports import audit_query, audit_report
-from .backup import BackupInfo, backup_list, create_backup
+from .backup import BackupInfo, backup_list, create_backup, forget_backup
 from .certificate import Certificate
 from .checkpoint import Checkpoint
 from .context import Tx, load_keyfile_key
@@ -255,7 +255,7 @@ class Session:
 
     def backup(
         self,
-        out: str,
+        out: str | BinaryIO,
         *,
         expires_days: float | None = None,
         progress: Callable[[int], None] | None = None,
@@ -267,8 +267,14 @@ class Session:
         )
 
     def backups(self) -> list[BackupInfo]:
-        """Recorded backups with how many customers were shredded since each."""
+        """Recorded backups with where they were written, their state and how many
+        customers were shredded since each."""
         return backup_list(self._ctx, self._actor)
+
+    def forget_backup(self, backup_id: str) -> BackupInfo:
+        """Retire a backup whose archive was destroyed: it stops counting on the
+        key-copy clock. Admin only; logged as ``backup.forget``."""
+        return forget_backup(self._ctx, self._actor, backup_id)
 
     # -- business handover -----------------------------------------------------
 

@@ -44,6 +44,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "DataStore",
     "LogHead",
+    "backup_state",
     "backups",
     "checkpoints",
     "customers",
@@ -137,6 +138,17 @@ backups = Table(
     Column("head", String(64), nullable=False),
     Column("created", String(32), nullable=False),
     Column("expires", String(32), nullable=True),
+)
+
+# Where each backup was written, and when it was forgotten (retired: it stops counting
+# on the key-copy clock). Added after schema version 2 as an additive table, like
+# sv_handover_imports; a backup made before it has no row (path unknown, not forgotten).
+backup_state = Table(
+    "sv_backup_state",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("path", Text, nullable=True),
+    Column("forgotten", String(32), nullable=True),
 )
 
 # Handover packages this vault imported: a package id is accepted once (replay
@@ -293,6 +305,7 @@ class DataStore:
         """Create tables added since schema version 1 (only new tables, no changed ones,
         so the version stays 1) when an older data store lacks them."""
         handover_imports.create(conn, checkfirst=True)
+        backup_state.create(conn, checkfirst=True)
 
     def has_schema(self) -> bool:
         try:
