@@ -40,8 +40,9 @@ from .errors import StorageError, keys_errors
 from .faults import crash_point
 from .log import Event
 from .store import SCHEMA_VERSION, log, log_head, meta, principals
+from .tombstone import coarsen_tombstones, rebuild_without_rowid, scrub_wal
 
-__all__ = ["MIGRATE_ACTION", "upgrade_stores"]
+__all__ = ["MIGRATE_ACTION", "unlink_tombstones", "upgrade_stores"]
 
 MIGRATE_ACTION = "vault.migrate"
 _DIGEST_HEX = 64
@@ -148,3 +149,27 @@ def _logged(conn: Connection, event: str, after: int) -> bool:
         except (ValueError, KeyError, TypeError):
             continue  # not an entry this code wrote: it does not count
     return False
+
+
+def unlink_tombstones(ctx: VaultContext) -> bool:
+    """Bring an older data store's tombstones up to docs/shredding.md ("Unlinkability"),
+    at open, idempotently: on SQLite rebuild ``sv_customers`` without its rowid (rows in
+    id order), and cut every tombstone's dates to its shred day. Logs one
+    ``vault.migrate`` entry (``detail.step = "tombstones"``, counts only) when it did
+    something; returns whether it did. Record rows of customers shredded before are left
+    to ``compact`` (which deletes them in logged batches and rewrites the file).
+    Raises :class:`StorageError` if a store refuses (the next open tries again)."""
+    rebuilt = rebuild_without_rowid(ctx.data)
+
+    def work(tx: Tx) -> bool:
+        coarsened = coarsen_tombstones(tx.conn, ctx.data.is_sqlite)
+        if not (rebuilt or coarsened):
+            return False
+        detail = {"step": "tombstones", "rebuilt_without_rowid": rebuilt, "tombstones": coarsened}
+        tx.log(Event(ADMIN, ADMIN, MIGRATE_ACTION, detail=detail))
+        return True
+
+    wrote = ctx.transact(work)
+    if wrote:
+        scrub_wal(ctx.data)
+    return wrote

@@ -22,7 +22,7 @@ from .files import create_empty
 from .layout import DATA_FILE, KEYS_FILE, RESTORE_MARKER
 from .lifecycle import DECOMMISSIONED, INTENT_SEQ_KEY, LIFECYCLE_KEY, final_entry_seq
 from .log import Event
-from .migrate import upgrade_stores
+from .migrate import unlink_tombstones, upgrade_stores
 from .reconcile import ClaimScan, plan_reconcile, read_mark, reconcile, refuse_unconfirmed
 from .rotate import log_pending_key_event
 from .shred import roll_forward
@@ -209,6 +209,7 @@ def open_context(
         refuse_unconfirmed(plan_reconcile(ctx, scan))  # before anything is written
         ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
         upgrade_stores(ctx)  # a vault from before key separation (vault/migrate.py)
+        unlink_tombstones(ctx)  # tombstones from before issue 16 item 5 (vault/migrate.py)
         reconcile(ctx, scan, report.last_seq)
         ctx.recovered_receipts = roll_forward(ctx)
         log_pending_key_event(ctx)

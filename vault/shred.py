@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -30,7 +29,6 @@ from sqlalchemy import delete, func, select, update
 from .actor import Actor, system_actor
 from .audit import format_public_key
 from .checkpoint import parse_checkpoint
-from .clock import format_ts
 from .context import Refusal, Tx, VaultContext
 from .errors import (
     LegalHoldError,
@@ -46,6 +44,7 @@ from .locks import exclusive_lock
 from .log import export_line
 from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
 from .store import checkpoints, customers, log, records
+from .tombstone import rewrite_physical, scrub_wal, tombstone_window, write_tombstones
 
 __all__ = ["compact", "roll_forward", "shred_customer", "shred_one"]
 
@@ -211,11 +210,7 @@ def _finish(ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes) -> R
         intent = json.loads(body)
         detail = dict(intent["detail"])
         detail["intent_seq"] = int(row.shred_intent_seq)
-        tx.conn.execute(
-            update(customers)
-            .where(customers.c.id == customer_id)
-            .values(shredded_row_values(ctx.clock()))
-        )
+        write_tombstones(tx.conn, ctx.data.is_sqlite, [customer_id], tombstone_window(ctx.clock()))
         tx.log(actor.event("customer.shred", subject=intent["subject"], detail=detail))
         tx.checkpoint = True
         return tx.head.seq + len(tx.events), {"subject": intent["subject"]}
@@ -223,24 +218,9 @@ def _finish(ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes) -> R
     done = ctx.transact(work)
     if done is None:
         return None
+    scrub_wal(ctx.data)
     seq, info = done
     return _receipt(ctx, customer_id, seq, info["subject"], salt)
-
-
-def shredded_row_values(now: datetime) -> dict[str, Any]:
-    """What a shredded customer's row keeps. Nothing that was logged exactly
-    (retention, consent, the creation time) may stay: it would lead from the customer
-    id back to its old entries. Dates only, so they cannot be matched to an entry time."""
-    return {
-        "state": "shredded",
-        "ref": None,
-        "legal_hold": False,
-        "retain_until": None,
-        "consent": "{}",
-        "created": func.substr(customers.c.created, 1, 10),
-        "shredded": format_ts(now)[:10],
-        "shred_intent_seq": None,
-    }
 
 
 def _receipt(ctx: VaultContext, customer_id: str, seq: int, subject: str, salt: bytes) -> Receipt:
@@ -327,14 +307,19 @@ def compact(
     *,
     gated: bool = True,
 ) -> int:
-    """Delete the ciphertext rows of shredded customers, a batch per transaction (safe to
-    interrupt: each batch commits with its own ``vault.compact`` entry). Returns rows
-    removed. Each batch checks the actor (admin) in its own transaction, unless
-    ``gated`` is false: a decommission, whose own gate allowed it, compacts as its step 4."""
+    """Delete the ciphertext rows shredded customers still have (a decommission's, and
+    those a vault from before shreds removed them left behind), a batch per
+    transaction (safe to interrupt: each batch commits with its own ``vault.compact``
+    entry), then rewrite the data store so no physical order follows the log
+    (:func:`tombstone.rewrite_physical`), logged by one last ``vault.compact`` entry
+    (``"rewritten": true``). Returns rows removed. Each transaction checks the actor
+    (admin), unless ``gated`` is false: a decommission, whose own gate allowed it,
+    compacts as its step 4. Raises StorageError if the rewrite is refused; the
+    batches already done stay done and logged."""
     removed = 0
     while True:
 
-        def work(tx: Tx, first: bool = removed == 0) -> int:
+        def work(tx: Tx) -> int:
             if gated:
                 actor.gate(tx.conn, "admin", "vault.compact")
             shredded = select(customers.c.id).where(customers.c.state == "shredded")
@@ -347,8 +332,6 @@ def compact(
                 )
             ]
             if not ids:
-                if first:  # log an empty run too: every decision is logged
-                    tx.log(actor.event("vault.compact", detail={"records": 0}))
                 return 0
             tx.conn.execute(delete(records).where(records.c.id.in_(ids)))
             crash_point("compact:batch")
@@ -357,7 +340,16 @@ def compact(
 
         n = ctx.transact(work)
         if n == 0:
-            return removed
+            break
         removed += n
         if progress is not None:
             progress(n)
+    rewrite_physical(ctx.data)
+
+    def done(tx: Tx) -> None:
+        if gated:
+            actor.gate(tx.conn, "admin", "vault.compact")
+        tx.log(actor.event("vault.compact", detail={"records": 0, "rewritten": True}))
+
+    ctx.transact(done)
+    return removed
