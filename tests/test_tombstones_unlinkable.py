@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import sqlite3
+import subprocess
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -292,7 +295,6 @@ def assert_no_better_than_chance(world: World, h: Holdings) -> dict[str, int]:
     assert k * world.windows >= bound, "too few trials: a linking attack could pass"
     scores = {name: score(world, g) for name, g in attacks(world, h).items()}
     over = {name: n for name, n in scores.items() if n >= bound}
-    print("SCORES", bound, world.shredded, scores)  # DEBUG
     assert over == {}, f"linked better than chance (bound {bound} of {world.shredded}): {scores}"
     return scores
 
@@ -375,3 +377,41 @@ def test_the_sqlite_customer_table_has_no_rowid(tmp_path: Path, keyfile: Path) -
             con.execute("SELECT rowid FROM sv_customers").fetchall()
     finally:
         con.close()
+
+
+def test_the_cli_shows_a_shredded_customer_and_compacts_in_real_processes(
+    tmp_path: Path, keyfile: Path
+) -> None:
+    root = tmp_path / "vault"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SHREDVAULT_")},
+        "SHREDVAULT_VAULT": str(root),
+        "SHREDVAULT_KEYFILE": str(keyfile),
+    }
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shredvault", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    assert cli("init", str(root)).returncode == 0
+    declared = cli("kind", "declare", "profile", "--fields", "name", "--purposes", PURPOSE)
+    assert declared.returncode == 0, declared.stderr
+    cid = cli("customer", "add", "--ref", "crm-1").stdout.strip()
+    put = cli("record", "put", cid, "profile", "--purpose", PURPOSE, "--field", "name=Ana")
+    assert put.returncode == 0, put.stderr
+    shred = cli("shred", cid, "--reason", "erasure request", "--yes")
+    assert shred.returncode == 0, shred.stderr
+    shown = cli("customer", "show", cid, "--json")
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert doc["state"] == "shredded" and doc["ref"] is None
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", doc["shredded"]) and doc["created"] == doc["shredded"]
+    compacted = cli("compact", "--yes", "--json")
+    assert compacted.returncode == 0, compacted.stderr
+    assert json.loads(compacted.stdout)["removed"] == 0  # the shred took the record row
