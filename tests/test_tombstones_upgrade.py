@@ -63,6 +63,8 @@ def make_old(tmp_path: Path, keyfile: Path, data_url: str | None) -> Old:
         s.shred(ids[1], reason="erasure request")
     kept = [ids[0], ids[2], ids[3]]
     kept_records = {rids[i]: f"Person {i}" for i in (0, 2, 3)}
+    # The code before wrote no `tombstones` mark in sv_meta.
+    unmark = "DELETE FROM sv_meta WHERE k = 'tombstones'"
     set_tombstone = "UPDATE sv_customers SET created = :c, shredded = :s WHERE state = 'shredded'"
     if data_url is None:
         con = sqlite3.connect(path / "data.db")
@@ -94,6 +96,7 @@ def make_old(tmp_path: Path, keyfile: Path, data_url: str | None) -> Old:
                     set_tombstone.replace(":c", "?").replace(":s", "?"),
                     (OLD_CREATED, OLD_SHREDDED),
                 )
+                con.execute(unmark)
         finally:
             con.close()
         assert rowids(path) == list(range(1, 5))
@@ -101,6 +104,7 @@ def make_old(tmp_path: Path, keyfile: Path, data_url: str | None) -> Old:
         engine = create_engine(data_url)
         with engine.begin() as conn:
             conn.execute(text(set_tombstone), {"c": OLD_CREATED, "s": OLD_SHREDDED})
+            conn.execute(text(unmark))
         engine.dispose()
     return Old(path, keyfile, data_url, ids[1], kept, kept_records)
 
@@ -186,3 +190,18 @@ def test_a_foreign_key_broken_in_the_old_table_stops_the_rebuild_and_changes_not
         assert con.execute("SELECT * FROM sv_customers ORDER BY id").fetchall() == before
     finally:
         con.close()
+
+
+def test_a_vault_made_now_carries_the_mark_and_is_never_upgraded(
+    tmp_path: Path, keyfile: Path, backend: str | None
+) -> None:
+    path = tmp_path / "vault"
+    with Vault.create(path, keyfile=keyfile, data_url=backend) as v:
+        s = v.admin()
+        s.shred(s.add_customer(), reason="erasure request")
+    with Vault.open(path, keyfile=keyfile, data_url=backend) as v:
+        assert migrate_entries(v) == []
+        mark = v._ctx.data.read(
+            lambda c: c.execute(text("SELECT v FROM sv_meta WHERE k = 'tombstones'")).scalar()
+        )
+        assert mark == "unlinked-v1"

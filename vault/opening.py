@@ -27,6 +27,7 @@ from .reconcile import ClaimScan, plan_reconcile, read_mark, reconcile, refuse_u
 from .rotate import log_pending_key_event
 from .shred import roll_forward
 from .store import SCHEMA_VERSION, DataStore, meta, metadata
+from .tombstone import TOMBSTONES_FORMAT, TOMBSTONES_KEY
 
 __all__ = ["create_context", "open_context"]
 
@@ -90,6 +91,7 @@ def create_context(
                     "schema_version": str(SCHEMA_VERSION),
                     "public_key": keyring.public_key.hex(),
                     "created": created,
+                    TOMBSTONES_KEY: TOMBSTONES_FORMAT,
                 },
             )
         ctx = VaultContext(

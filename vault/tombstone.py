@@ -47,6 +47,8 @@ from .errors import StorageError
 from .store import DataStore, customers, records
 
 __all__ = [
+    "TOMBSTONES_FORMAT",
+    "TOMBSTONES_KEY",
     "TOMBSTONE_WINDOW",
     "coarsen_tombstones",
     "has_rowid",
@@ -61,6 +63,10 @@ __all__ = [
 # The finest time a tombstone keeps. Anyone holding the data store can tell apart
 # tombstones of different windows, no better: see docs/shredding.md.
 TOMBSTONE_WINDOW = "UTC day"
+# sv_meta: set when a data store's tombstones are in this form (a new vault's from its
+# creation, an older one's after its upgrade at open), so an open checks one row.
+TOMBSTONES_KEY = "tombstones"
+TOMBSTONES_FORMAT = "unlinked-v1"
 
 _TABLE = customers.name
 _STAGING = f"{_TABLE}_rowid"
@@ -186,13 +192,25 @@ def rewrite_physical(data: DataStore) -> None:
         else:
             cursor.execute(f"CLUSTER {_TABLE} USING {_TABLE}_pkey")
             raw.commit()
-    except Exception as error:  # the DBAPI's own error classes differ per driver
+    except _driver_error(data) as error:
         raw.rollback()
         raise StorageError(
-            f"compact could not rewrite the data store: {str(error).splitlines()[0][:200]}"
+            f"compact could not rewrite the data store: {_first_line(error)}"
         ) from None
     finally:
         raw.close()
+
+
+def _driver_error(data: DataStore) -> type[Exception]:
+    """The DBAPI's base error class (sqlite3.Error, psycopg.Error): raw connections
+    bypass SQLAlchemy's wrapping, and nothing else may be caught."""
+    error: type[Exception] = data.engine.dialect.loaded_dbapi.Error
+    return error
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
 
 
 def has_rowid(data: DataStore) -> bool:
@@ -217,6 +235,17 @@ def rebuild_without_rowid(data: DataStore) -> bool:
     would break a foreign key (nothing changes then)."""
     if not has_rowid(data):
         return False
+    try:
+        _rebuild(data)
+    except _driver_error(data) as error:
+        raise StorageError(
+            f"the customer table could not be rebuilt (nothing was changed): {_first_line(error)}"
+        ) from None
+    scrub_wal(data)
+    return True
+
+
+def _rebuild(data: DataStore) -> None:
     raw = data.engine.raw_connection()
     try:
         cursor = raw.cursor()
@@ -260,8 +289,6 @@ def rebuild_without_rowid(data: DataStore) -> bool:
             cursor.execute("PRAGMA foreign_keys=ON")
     finally:
         raw.close()
-    scrub_wal(data)
-    return True
 
 
 def coarsen_tombstones(conn: Connection, sqlite: bool) -> int:
