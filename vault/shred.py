@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -44,9 +45,15 @@ from .locks import exclusive_lock
 from .log import export_line
 from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
 from .store import checkpoints, customers, log, records
-from .tombstone import rewrite_physical, scrub_wal, tombstone_window, write_tombstones
+from .tombstone import (
+    relocate_window,
+    rewrite_physical,
+    scrub_wal,
+    tombstone_window,
+    write_tombstones,
+)
 
-__all__ = ["compact", "roll_forward", "shred_customer", "shred_one"]
+__all__ = ["compact", "relocate_tombstones", "roll_forward", "shred_customer", "shred_one"]
 
 _COMPACT_BATCH = 1000
 SHRED_LOCK = "shred.lock"
@@ -71,7 +78,13 @@ def shred_one(ctx: VaultContext, actor: Actor, customer_id: str, *, reason: str)
 
 
 def shred_customer(
-    ctx: VaultContext, actor: Actor, customer_id: str, reason: str, *, gated: bool = False
+    ctx: VaultContext,
+    actor: Actor,
+    customer_id: str,
+    reason: str,
+    *,
+    gated: bool = False,
+    relocate: bool = True,
 ) -> Receipt:
     """Run the three steps for one customer and return its erasure receipt.
 
@@ -81,14 +94,16 @@ def shred_customer(
     that begins the shred, so the records' kinds cannot change before the intent
     commits; a refusal likewise changes nothing. (Ungated: the vault's own work —
     roll-forward, restore replay — and a decommission, which its own gate allowed.)
-    A customer found half-shredded is finished instead (the original reason stands)."""
+    A customer found half-shredded is finished instead (the original reason stands).
+    ``relocate=False``: leave the day's tombstones where they are, for a batch that
+    calls :func:`relocate_tombstones` at its end (tombstone.write_tombstones)."""
     check_reason(reason)
     with shred_lock(ctx):
-        return _shred_locked(ctx, actor, customer_id, reason, gated)
+        return _shred_locked(ctx, actor, customer_id, reason, gated, relocate)
 
 
 def _shred_locked(
-    ctx: VaultContext, actor: Actor, customer_id: str, reason: str, gated: bool
+    ctx: VaultContext, actor: Actor, customer_id: str, reason: str, gated: bool, relocate: bool
 ) -> Receipt:
     def begin(tx: Tx) -> None:
         row = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
@@ -161,7 +176,7 @@ def _shred_locked(
     crash_point("shred:after-intent")
     _destroy_keys(ctx, customer_id)
     crash_point("shred:after-keys")
-    receipt = _finish(ctx, actor, customer_id, salt)
+    receipt = _finish(ctx, actor, customer_id, salt, relocate=relocate)
     if receipt is None:  # another process finished it between our steps
         raise ShreddedError(f"customer {customer_id} is already shredded")
     crash_point("shred:after-finish")
@@ -193,7 +208,9 @@ def _destroy_keys(ctx: VaultContext, customer_id: str) -> None:
         ctx.keys.destroy_customer(customer_id)
 
 
-def _finish(ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes) -> Receipt | None:
+def _finish(
+    ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes, *, relocate: bool = True
+) -> Receipt | None:
     """Step 3; returns None if the customer is no longer in ``shredding``."""
 
     def work(tx: Tx) -> tuple[int, dict[str, Any]] | None:
@@ -210,7 +227,13 @@ def _finish(ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes) -> R
         intent = json.loads(body)
         detail = dict(intent["detail"])
         detail["intent_seq"] = int(row.shred_intent_seq)
-        write_tombstones(tx.conn, ctx.data.is_sqlite, [customer_id], tombstone_window(ctx.clock()))
+        write_tombstones(
+            tx.conn,
+            ctx.data.is_sqlite,
+            [customer_id],
+            tombstone_window(ctx.clock()),
+            relocate=relocate,
+        )
         tx.log(actor.event("customer.shred", subject=intent["subject"], detail=detail))
         tx.checkpoint = True
         return tx.head.seq + len(tx.events), {"subject": intent["subject"]}
@@ -221,6 +244,19 @@ def _finish(ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes) -> R
     scrub_wal(ctx.data)
     seq, info = done
     return _receipt(ctx, customer_id, seq, info["subject"], salt)
+
+
+def relocate_tombstones(ctx: VaultContext, since: datetime) -> None:
+    """The end of a batch of shreds made with ``relocate=False``: rewrite the
+    tombstones of every window from ``since`` to now in id order, one transaction (it
+    logs nothing: no row's content changes, only where it sits)."""
+    days = sorted({tombstone_window(since), tombstone_window(ctx.clock())})
+
+    def work(tx: Tx) -> None:
+        for day in days:
+            relocate_window(tx.conn, ctx.data.is_sqlite, day)
+
+    ctx.transact(work)
 
 
 def _receipt(ctx: VaultContext, customer_id: str, seq: int, subject: str, salt: bytes) -> Receipt:

@@ -53,6 +53,7 @@ __all__ = [
     "coarsen_tombstones",
     "has_rowid",
     "rebuild_without_rowid",
+    "relocate_window",
     "rewrite_physical",
     "scrub_wal",
     "tombstone_values",
@@ -106,6 +107,7 @@ def write_tombstones(
     window: str,
     *,
     drop_records: bool = True,
+    relocate: bool = True,
 ) -> int:
     """Turn the rows of ``ids`` into tombstones of ``window`` (:func:`tombstone_window`)
     inside the caller's transaction (the one that logs the shred, so a crash leaves
@@ -113,7 +115,9 @@ def write_tombstones(
 
     ``drop_records``: delete the customers' record rows too (every shred; a
     decommission keeps them for its own logged ``compact`` step, which follows at
-    once and which its certificate counts)."""
+    once and which its certificate counts). ``relocate``: rewrite the window's
+    tombstones in id order (:func:`relocate_window`); a batch of shreds (``shred
+    --expired``) passes False and relocates once at its end, so its cost stays linear."""
     if not ids:
         return 0
     wanted = {"ids": list(ids)}
@@ -129,11 +133,12 @@ def write_tombstones(
         .values(tombstone_values(window)),
         wanted,
     )
-    _relocate_window(conn, sqlite, window)
+    if relocate:
+        relocate_window(conn, sqlite, window)
     return int(dropped or 0)
 
 
-def _relocate_window(conn: Connection, sqlite: bool, window: str) -> None:
+def relocate_window(conn: Connection, sqlite: bool, window: str) -> None:
     """Write every tombstone of the window again, in id order, so where they sit
     follows their random ids and not the order of the ``customer.shred`` entries: an
     UPDATE puts the new version where the page has room (SQLite: the cell's bytes;
