@@ -38,6 +38,8 @@ from sqlalchemy import text
 
 from shredvault.vault import Auditor, Vault
 
+from processes import CRASH_EXIT_CODE, run_python
+
 PURPOSE = "service"
 ORDERS = ("forward", "reverse", "random")
 
@@ -433,3 +435,46 @@ def test_the_cli_shows_a_shredded_customer_and_compacts_in_real_processes(
     compacted = cli("compact", "--yes", "--json")
     assert compacted.returncode == 0, compacted.stderr
     assert json.loads(compacted.stdout)["removed"] == 0  # the shred took the record row
+
+
+_SHRED = r"""
+import sys
+from shredvault.vault import Vault
+
+path, keyfile, data_url, customer = sys.argv[1:5]
+with Vault.open(path, keyfile=keyfile, data_url=data_url or None) as vault:
+    vault.admin().shred(customer, reason="erasure request")
+"""
+
+
+@pytest.mark.parametrize("crash_at", ["shred:after-intent", "shred:after-keys"])
+def test_a_shred_killed_midway_is_finished_at_open_with_the_same_tombstone(
+    tmp_path: Path, keyfile: Path, backend: str | None, crash_at: str
+) -> None:
+    path = tmp_path / "vault"
+    with Vault.create(path, keyfile=keyfile, data_url=backend) as v:
+        v.declare_kind("profile", fields=["name"], purposes=[PURPOSE])
+        s = v.admin()
+        cid = s.add_customer(ref="crm-1")
+        other = s.add_customer(ref="crm-2")
+        s.put_many(
+            [(cid, "profile", {"name": "A"}), (other, "profile", {"name": "B"})], purpose=PURPOSE
+        )
+    done = run_python(_SHRED, str(path), str(keyfile), backend or "", cid, crash_at=crash_at)
+    assert done.returncode == CRASH_EXIT_CODE, done.stderr
+    with Vault.open(path, keyfile=keyfile, data_url=backend) as v:
+        (receipt,) = v.recovered_receipts
+        assert receipt.customer == cid
+        s = v.admin()
+        shown = s.customer(cid)
+        assert (shown.state, shown.ref) == ("shredded", None)
+        assert shown.created == shown.shredded and len(shown.shredded or "") == 10
+        counts = v._ctx.data.read(
+            lambda c: dict(
+                c.execute(
+                    text("SELECT customer_id, COUNT(*) FROM sv_records GROUP BY customer_id")
+                ).all()
+            )
+        )
+        assert counts == {other: 1}
+        assert s.customer(other).ref == "crm-2"

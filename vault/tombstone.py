@@ -13,10 +13,12 @@ promise: the order rows sit in.
   entries next to the subject tag, and each row named the customer id).
 * **Row order.** On SQLite ``sv_customers`` is a ``WITHOUT ROWID`` table keyed by the
   random id, so neither a rowid nor an unordered ``SELECT`` follows the order of the
-  ``customer.add`` entries (:func:`rebuild_without_rowid` converts an older table). On
-  PostgreSQL the heap keeps insertion order, so each tombstone write moves every
-  tombstone of the window to fresh tuples in id order (:func:`write_tombstones`), and
-  ``compact`` clusters the table on its key (:func:`rewrite_physical`).
+  ``customer.add`` entries (:func:`rebuild_without_rowid` converts an older table).
+  Where a written row lands still follows the order of the writes (SQLite: its cell in
+  the page; PostgreSQL: its tuple, i.e. its ctid and the order of an unordered
+  ``SELECT``), so each tombstone write rewrites every tombstone of the window in id
+  order (:func:`relocate_window`), and ``compact`` rewrites the store in key order
+  (:func:`rewrite_physical`).
 * **Residue.** The data store runs with ``secure_delete`` on SQLite and its WAL is
   truncated after tombstones are written (:func:`scrub_wal`), so the row's earlier
   version and the deleted record rows do not stay readable in the file.
