@@ -478,3 +478,38 @@ def test_a_shred_killed_midway_is_finished_at_open_with_the_same_tombstone(
         )
         assert counts == {other: 1}
         assert s.customer(other).ref == "crm-2"
+
+
+def test_no_earlier_version_of_the_row_or_its_records_stays_in_the_sqlite_files(
+    tmp_path: Path, keyfile: Path
+) -> None:
+    """secure_delete zeroes what the shred deleted or rewrote, and the WAL that held
+    the earlier pages is truncated: the former ref and the ciphertext are in no file.
+    (The vault sets the pragma itself: some SQLite builds have it on by default, most
+    do not.)"""
+    path = tmp_path / "vault"
+    with Vault.create(path, keyfile=keyfile) as v:
+        v.declare_kind("profile", fields=["name"], purposes=[PURPOSE])
+        s = v.admin()
+        cid = s.add_customer(ref="crm-forget-me-7731")
+        others = [s.add_customer(ref=f"crm-keep-{i}") for i in range(30)]
+        s.put_many([(c, "profile", {"name": "x" * 300}) for c in [cid, *others]], purpose=PURPOSE)
+        blobs = v._ctx.data.read(
+            lambda c: [
+                bytes(b)
+                for (b,) in c.execute(
+                    text("SELECT ciphertext FROM sv_records WHERE customer_id = :c"), {"c": cid}
+                )
+            ]
+        )
+        assert len(blobs) == 1
+        files = lambda: b"".join(p.read_bytes() for p in sorted(path.glob("data.db*")))  # noqa: E731
+        assert b"crm-forget-me-7731" in files() and blobs[0][-64:] in files()  # the control
+        s.shred(cid, reason="erasure request")
+        stored = files()
+        assert b"crm-forget-me-7731" not in stored
+        assert blobs[0][-64:] not in stored
+        assert b"crm-keep-3" in stored
+        assert (path / "data.db-wal").stat().st_size == 0
+        with v._ctx.data.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 1

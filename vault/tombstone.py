@@ -72,6 +72,7 @@ TOMBSTONES_KEY = "tombstones"
 TOMBSTONES_FORMAT = "unlinked-v1"
 
 _TABLE = customers.name
+_SCRUB_WAIT_MS = 500
 _STAGING = f"{_TABLE}_rowid"
 _RELOCATE = text(
     f"WITH moved AS (DELETE FROM {_TABLE} AS c WHERE c.state = 'shredded' "
@@ -177,7 +178,16 @@ def scrub_wal(data: DataStore) -> bool:
         return True
     raw = data.engine.raw_connection()
     try:
-        row = raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        cursor = raw.cursor()
+        # A long reader (an export in another process) must not hold the shred up for
+        # the whole busy timeout: wait briefly, then leave the truncation to later.
+        cursor.execute(f"PRAGMA busy_timeout={_SCRUB_WAIT_MS}")
+        try:
+            row = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except _driver_error(data):
+            row = None  # busy: the frames are overwritten later, compact truncates
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout={int(data.busy_timeout * 1000)}")
     finally:
         raw.close()
     return row is not None and int(row[0]) == 0
