@@ -3,8 +3,9 @@
 1. data txn: ``customer.shred-intent`` entry (with the key fingerprints, record count
    and customer commitment), state ``shredding``;
 2. keystore txn: delete every DEK version and the subject tag, truncate the WAL;
-3. data txn: state ``shredded``, ``ref`` cleared, ``customer.shred`` entry, and a signed
-   checkpoint at exactly that entry.
+3. data txn: the row becomes a tombstone and the record rows go
+   (:func:`tombstone.write_tombstones`), ``customer.shred`` entry, and a signed
+   checkpoint at exactly that entry; then the data store's WAL is truncated.
 
 A crash between steps leaves the customer in ``shredding``; opening the vault runs the
 remaining steps (:func:`roll_forward`), so the result is that of an uninterrupted shred,
@@ -13,8 +14,10 @@ keystore; locks.py: the kernel releases it when its process dies) from its salt 
 receipt, and roll-forward takes the same lock: so a customer found in ``shredding``
 under the lock was left by a crash, never by a shred still running in another process.
 
-Nothing here reads or rewrites the customer's records: cost does not grow
-with their number; :func:`compact` removes the unreadable rows later.
+Nothing here reads, decrypts or rewrites the customer's records: the keystore work and
+the statements run do not grow with their number; their rows go in one indexed DELETE
+(docs/decisions.md). :func:`compact` removes rows that shredded customers still have
+(a decommission's, or a vault's from before) and rewrites the store.
 """
 
 from __future__ import annotations
