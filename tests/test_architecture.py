@@ -38,7 +38,7 @@ LAYERS: dict[str, list[str]] = {
     ],
     "ledger": ["store", "log", "checkpoint", "verify", "chain", "lifecycle", "keycopies"],
     "proofs": ["receipt", "model", "audit", "certificate", "archive", "package", "markdown"],
-    "core": ["context", "actor", "sealing"],
+    "core": ["context", "actor", "sealing", "tombstone"],
     "operations": [
         "customers",
         "records",

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 CRASH_EXIT_CODE = 97
 PURPOSE = "service"
 ACTIVE = 6
-RECORDS = ACTIVE + 1  # one per customer, and one of the shredded-before customer
+RECORDS = ACTIVE  # one per customer (the shredded-before customer's went with its shred)
 
 _DECOMMISSION = r"""
 import sys

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import event, insert, select
 
 from shredvault.vault import (
     AccessDeniedError,
@@ -135,10 +135,12 @@ def test_every_record_call_raises_shredded_after_shred(vault: Vault, call: str) 
     cid, rids = add_with_records(s, 3)
     s.get(cid, rids[0], purpose=PURPOSE)
     s.shred(cid, reason="erasure request")
+    before = state_snapshot(vault)
     with pytest.raises(ShreddedError) as caught:
         every_record_call(s, cid, rids[0])[call]()
     assert isinstance(caught.value, NotFoundError)
-    assert record_count(vault, cid) == 3  # nothing written, nothing deleted
+    assert state_snapshot(vault) == before  # nothing written
+    assert record_count(vault, cid) == 0  # the shred took the rows (docs/shredding.md)
 
 
 def test_shred_drops_the_cached_key_and_the_keystore_rows(vault: Vault) -> None:
@@ -290,7 +292,8 @@ def test_other_process_with_a_cached_key_cannot_read_after_shred(
         assert out[call] == "ShreddedError", (call, out)
     assert out["cached_after"] is False
     assert out["other"] == "Person 0"
-    assert record_count(vault, cid) == 2
+    assert record_count(vault, cid) == 0
+    assert record_count(vault, other) == 1
     assert customer_row(vault, cid)["state"] == "shredded"
 
 
@@ -481,6 +484,20 @@ def test_the_dry_run_needs_the_shred_action(
 # -- cost ----------------------------------------------------------------------------
 
 
+class DayClock:
+    """1 ms per reading; ``next_day`` moves to the next UTC day."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2031, 3, 4, 8, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        self.now += timedelta(milliseconds=1)
+        return self.now
+
+    def next_day(self) -> None:
+        self.now += timedelta(days=1)
+
+
 class StatementTrace:
     """Every statement the data store and the keystore run, and the rows they change."""
 
@@ -513,50 +530,61 @@ class StatementTrace:
 def test_shred_runs_the_same_statements_for_one_record_as_for_two_thousand(
     make_vault: Callable[..., Vault],
 ) -> None:
-    v = open_profile_vault(make_vault, checkpoint_interval=10**9)
+    clock = DayClock()
+    v = open_profile_vault(make_vault, checkpoint_interval=10**9, clock=clock)
     s = v.admin()
     warm, _ = add_with_records(s, 1)
     small, _ = add_with_records(s, 1)
     large, _ = add_with_records(s, 2000)
     s.shred(warm, reason="warm-up")
 
+    # Each shred on a day of its own: a shred also rewrites the tombstones of its day
+    # (docs/shredding.md, "Unlinkability"), a cost in shreds per day, not in records.
+    clock.next_day()
     with StatementTrace(v) as for_small:
         s.shred(small, reason="erasure request")
+    clock.next_day()
     with StatementTrace(v) as for_large:
         s.shred(large, reason="erasure request")
 
     assert for_large.data == for_small.data
-    assert for_large.data_rows_changed == for_small.data_rows_changed
+    # The only difference: the one DELETE of the customer's record rows (step 3,
+    # docs/shredding.md "Unlinkability") removes 2,000 rows instead of 1.
+    assert for_large.data_rows_changed - for_small.data_rows_changed == 1999
     assert len(for_large.keystore) == len(for_small.keystore)
     assert for_large.keystore_rows_changed == for_small.keystore_rows_changed
     touching_records = [q for q in for_large.data if "sv_records" in q]
-    assert len(touching_records) == 1
     assert re.match(r"(?is)^\s*select\s+count\(\*\)", touching_records[0])
+    writing = r"(?is)^\s*(insert\s+into|update|delete\s+from)\s+sv_records\b"
+    assert [q for q in for_large.data if re.match(writing, q)] == [touching_records[1]]
+    assert re.match(r"(?is)^\s*delete\s+from\s+sv_records\s", touching_records[1])
     assert not [q for q in for_large.keystore if "sv_records" in q]
 
 
-def test_shred_leaves_every_ciphertext_row_in_place_until_compact(vault: Vault) -> None:
+def test_shred_deletes_the_customers_record_rows_and_no_others(vault: Vault) -> None:
     s = vault.admin()
-    cid, rids = add_with_records(s, 2000)
-    before = vault._ctx.data.read(
-        lambda c: {
-            str(r.id): bytes(r.ciphertext)
-            for r in c.execute(
-                select(records.c.id, records.c.ciphertext).where(records.c.customer_id == cid)
-            )
-        }
-    )
+    cid, _rids = add_with_records(s, 2000)
+    other, other_rids = add_with_records(s, 3)
     s.shred(cid, reason="erasure request")
-    after = vault._ctx.data.read(
-        lambda c: {
-            str(r.id): bytes(r.ciphertext)
-            for r in c.execute(
-                select(records.c.id, records.c.ciphertext).where(records.c.customer_id == cid)
-            )
-        }
+    assert record_count(vault, cid) == 0
+    assert sorted(r.id for r in s.list_records(other, purpose=PURPOSE)) == sorted(other_rids)
+    (shred,) = [e for e in log_entries(vault) if e["action"] == "customer.shred"]
+    assert shred["detail"]["records"] == 2000
+
+
+def rows_of(v: Vault, cid: str) -> list[dict[str, Any]]:
+    return v._ctx.data.read(
+        lambda c: [
+            dict(r._mapping) for r in c.execute(select(records).where(records.c.customer_id == cid))
+        ]
     )
-    assert sorted(after) == sorted(rids)
-    assert after == before
+
+
+def put_back(v: Vault, rows: list[dict[str, Any]]) -> None:
+    """Record rows of a shredded customer as a vault from before shreds deleted them
+    left them behind (the rows are the customer's own, written back unchanged)."""
+    with v._ctx.data.engine.begin() as conn:
+        conn.execute(insert(records), rows)
 
 
 def test_compact_removes_exactly_the_shredded_customers_rows(
@@ -568,8 +596,10 @@ def test_compact_removes_exactly_the_shredded_customers_rows(
     kept, kept_rids = add_with_records(s, 5)
     held, held_rids = add_with_records(s, 2)
     s.hold(held)
+    left = rows_of(vault, gone_a) + rows_of(vault, gone_b)
     s.shred(gone_a, reason="erasure request")
     s.shred(gone_b, reason="erasure request")
+    put_back(vault, left)
     seq = vault.head.seq
 
     reported: list[int] = []
@@ -582,7 +612,8 @@ def test_compact_removes_exactly_the_shredded_customers_rows(
     assert sorted(r.id for r in s.list_records(held, purpose=PURPOSE)) == sorted(held_rids)
     compacts = [e for e in log_entries(vault)[seq:] if e["action"] == "vault.compact"]
     assert sum(e["detail"]["records"] for e in compacts) == 1203
-    assert len(compacts) == 2  # one entry per committed batch
+    assert len(compacts) == 3  # one entry per committed batch, one for the rewrite
+    assert compacts[-1]["detail"] == {"records": 0, "rewritten": True}
     assert all(e["outcome"] == "ok" and e["subject"] is None for e in compacts)
     assert s.compact() == 0
     assert_log_verifies(vault, backend)

@@ -2,7 +2,7 @@
 the bytes of keys.db and its WAL/SHM/journal hold none of the customer's raw DEKs,
 wrapped DEKs or subject tag, in a keystore of thousands of customers. A copy of the
 vault made before the shred is the negative control: there the same scan finds the
-keys, and they still open the ciphertext the live vault keeps until compact."""
+keys, and they still open the ciphertext the copy's data store keeps."""
 
 from __future__ import annotations
 
@@ -160,15 +160,27 @@ def test_key_bytes_never_reach_the_data_store(shredded: Shredded) -> None:
         assert [n for n, b in needles.items() if b in data] == [], path.name
 
 
-def test_a_pre_shred_copy_of_keys_db_still_opens_the_live_ciphertext(shredded: Shredded) -> None:
-    """The receipt's scope statement, measured: the ciphertext is still in the live
-    data store (until compact) and the copy's keystore still holds a key that opens it,
-    while the live keystore does not."""
+def test_a_pre_shred_copy_of_keys_db_still_opens_the_ciphertext_of_its_time(
+    shredded: Shredded,
+) -> None:
+    """The receipt's scope statement, measured: the ciphertext is still in any copy of
+    the data store made before the shred (the live one deleted the rows at the shred),
+    and the copy's keystore still holds a key that opens it, while the live keystore
+    does not."""
     live = shredded.vault
+    for cid in shredded.targets:
+        assert (
+            live._ctx.data.read(
+                lambda c, cid=cid: c.execute(
+                    select(records.c.id).where(records.c.customer_id == cid)
+                ).all()
+            )
+            == []
+        )
     with Vault.open(shredded.copy, keyfile=shredded.keyfile) as copy:
         for cid in shredded.targets:
             rid = shredded.rids[cid]
-            blob, version = live._ctx.data.read(
+            blob, version = copy._ctx.data.read(
                 lambda c, rid=rid: c.execute(
                     select(records.c.ciphertext, records.c.dek_version).where(records.c.id == rid)
                 ).one()

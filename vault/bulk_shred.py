@@ -23,8 +23,9 @@ from .errors import DecommissionHoldError, ShreddedError, keys_errors
 from .faults import crash_point
 from .lifecycle import DECOMMISSION_ACTION
 from .log import Event
-from .shred import shred_customer, shred_lock, shredded_row_values
+from .shred import shred_customer, shred_lock
 from .store import customers, log, records
+from .tombstone import tombstone_window, write_tombstones
 
 __all__ = ["ACTIVE", "hold_denial", "hold_error", "shred_all"]
 
@@ -192,11 +193,14 @@ def _finish_batch(ctx: VaultContext, actor: Actor, ids: Sequence[str]) -> None:
                 {"seqs": seqs},
             )
         }
-        tx.conn.execute(
-            update(customers)
-            .where(customers.c.id.in_(bindparam("done", expanding=True)))
-            .values(shredded_row_values(ctx.clock())),
-            {"done": [str(r.id) for r in rows]},
+        # The record rows stay for the decommission's own compact step, which
+        # follows at once and which its certificate counts (docs/decommission.md).
+        write_tombstones(
+            tx.conn,
+            ctx.data.is_sqlite,
+            [str(r.id) for r in rows],
+            tombstone_window(ctx.clock()),
+            drop_records=False,
         )
         for row in rows:
             seq = None if row.shred_intent_seq is None else int(row.shred_intent_seq)

@@ -31,7 +31,7 @@ import json
 import secrets
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from ..keys import KeystoreError
 from .actor import ADMIN
@@ -40,8 +40,15 @@ from .errors import StorageError, keys_errors
 from .faults import crash_point
 from .log import Event
 from .store import SCHEMA_VERSION, log, log_head, meta, principals
+from .tombstone import (
+    TOMBSTONES_FORMAT,
+    TOMBSTONES_KEY,
+    coarsen_tombstones,
+    rebuild_without_rowid,
+    scrub_wal,
+)
 
-__all__ = ["MIGRATE_ACTION", "upgrade_stores"]
+__all__ = ["MIGRATE_ACTION", "unlink_tombstones", "upgrade_stores"]
 
 MIGRATE_ACTION = "vault.migrate"
 _DIGEST_HEX = 64
@@ -148,3 +155,38 @@ def _logged(conn: Connection, event: str, after: int) -> bool:
         except (ValueError, KeyError, TypeError):
             continue  # not an entry this code wrote: it does not count
     return False
+
+
+def unlink_tombstones(ctx: VaultContext) -> bool:
+    """Bring an older data store's tombstones up to docs/shredding.md ("Unlinkability"),
+    at open, once: on SQLite rebuild ``sv_customers`` without its rowid (rows in id
+    order), and rewrite every tombstone with its shred day as both dates. One
+    ``vault.migrate`` entry (``detail.step = "tombstones"``, counts only) and the
+    ``tombstones`` mark in ``sv_meta`` commit together; a data store with the mark (every
+    vault made since) costs one row read. Returns whether it upgraded. Record rows of
+    customers shredded before are left to ``compact`` (logged batches). Raises
+    :class:`StorageError` if a store refuses (the next open tries again; the rebuild is
+    one transaction, and repeating it finds it done)."""
+    if ctx.data.read(_tombstones_marked):
+        return False
+    rebuilt = rebuild_without_rowid(ctx.data)
+
+    def work(tx: Tx) -> bool:
+        if _tombstones_marked(tx.conn):  # another process upgraded it meanwhile
+            return False
+        coarsened = coarsen_tombstones(tx.conn, ctx.data.is_sqlite)
+        tx.conn.execute(insert(meta).values(k=TOMBSTONES_KEY, v=TOMBSTONES_FORMAT))
+        detail = {"step": "tombstones", "rebuilt_without_rowid": rebuilt, "tombstones": coarsened}
+        tx.log(Event(ADMIN, ADMIN, MIGRATE_ACTION, detail=detail))
+        return True
+
+    wrote = ctx.transact(work)
+    if wrote:
+        scrub_wal(ctx.data)
+    return wrote
+
+
+def _tombstones_marked(conn: Connection) -> bool:
+    """Whether the data store's tombstones are already in a form this code wrote (any
+    mark: a newer form is a newer code's business)."""
+    return conn.execute(select(meta.c.v).where(meta.c.k == TOMBSTONES_KEY)).scalar() is not None

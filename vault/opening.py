@@ -22,11 +22,12 @@ from .files import create_empty
 from .layout import DATA_FILE, KEYS_FILE, RESTORE_MARKER
 from .lifecycle import DECOMMISSIONED, INTENT_SEQ_KEY, LIFECYCLE_KEY, final_entry_seq
 from .log import Event
-from .migrate import upgrade_stores
+from .migrate import unlink_tombstones, upgrade_stores
 from .reconcile import ClaimScan, plan_reconcile, read_mark, reconcile, refuse_unconfirmed
 from .rotate import log_pending_key_event
 from .shred import roll_forward
 from .store import SCHEMA_VERSION, DataStore, meta, metadata
+from .tombstone import TOMBSTONES_FORMAT, TOMBSTONES_KEY
 
 __all__ = ["create_context", "open_context"]
 
@@ -90,6 +91,7 @@ def create_context(
                     "schema_version": str(SCHEMA_VERSION),
                     "public_key": keyring.public_key.hex(),
                     "created": created,
+                    TOMBSTONES_KEY: TOMBSTONES_FORMAT,
                 },
             )
         ctx = VaultContext(
@@ -209,6 +211,7 @@ def open_context(
         refuse_unconfirmed(plan_reconcile(ctx, scan))  # before anything is written
         ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
         upgrade_stores(ctx)  # a vault from before key separation (vault/migrate.py)
+        unlink_tombstones(ctx)  # tombstones from before issue 16 item 5 (vault/migrate.py)
         reconcile(ctx, scan, report.last_seq)
         ctx.recovered_receipts = roll_forward(ctx)
         log_pending_key_event(ctx)

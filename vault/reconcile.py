@@ -40,7 +40,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from ..keys import KeyStore, fingerprint
 from .actor import Actor, system_actor
@@ -49,8 +49,9 @@ from .errors import AuditChainError, VaultError, keys_errors
 from .faults import crash_point
 from .lifecycle import LIFECYCLE_KEY
 from .log import Event, LogEntry
-from .shred import shred_lock, shredded_row_values
+from .shred import shred_lock
 from .store import customers
+from .tombstone import scrub_wal, tombstone_window, write_tombstones
 
 __all__ = [
     "PENDING_KEY",
@@ -254,6 +255,8 @@ def reconcile(ctx: VaultContext, scan: ClaimScan, verified_to: int) -> list[str]
             actor = system_actor(ctx)
             for target in plan.confirmed:
                 _record_recovery(ctx, actor, target, scan)
+            if plan.confirmed:
+                scrub_wal(ctx.data)
             for target in plan.unconfirmed:
                 if target.tag not in scan.noted:
                     _record_unconfirmed(ctx, actor, target)
@@ -281,10 +284,8 @@ def _record_recovery(ctx: VaultContext, actor: Actor, target: Target, scan: Clai
             select(customers.c.state).where(customers.c.id == target.customer)
         ).scalar()
         if state is not None and state != "shredded":
-            tx.conn.execute(
-                update(customers)
-                .where(customers.c.id == target.customer)
-                .values(shredded_row_values(ctx.clock()))
+            write_tombstones(
+                tx.conn, ctx.data.is_sqlite, [target.customer], tombstone_window(ctx.clock())
             )
         if target.tag not in scan.recovered:
             tx.log(_recovery_event(actor, target, None if state is None else str(state)))

@@ -3,8 +3,9 @@
 1. data txn: ``customer.shred-intent`` entry (with the key fingerprints, record count
    and customer commitment), state ``shredding``;
 2. keystore txn: delete every DEK version and the subject tag, truncate the WAL;
-3. data txn: state ``shredded``, ``ref`` cleared, ``customer.shred`` entry, and a signed
-   checkpoint at exactly that entry.
+3. data txn: the row becomes a tombstone and the record rows go
+   (:func:`tombstone.write_tombstones`), ``customer.shred`` entry, and a signed
+   checkpoint at exactly that entry; then the data store's WAL is truncated.
 
 A crash between steps leaves the customer in ``shredding``; opening the vault runs the
 remaining steps (:func:`roll_forward`), so the result is that of an uninterrupted shred,
@@ -13,8 +14,10 @@ keystore; locks.py: the kernel releases it when its process dies) from its salt 
 receipt, and roll-forward takes the same lock: so a customer found in ``shredding``
 under the lock was left by a crash, never by a shred still running in another process.
 
-Nothing here reads or rewrites the customer's records: cost does not grow
-with their number; :func:`compact` removes the unreadable rows later.
+Nothing here reads, decrypts or rewrites the customer's records: the keystore work and
+the statements run do not grow with their number; their rows go in one indexed DELETE
+(docs/decisions.md). :func:`compact` removes rows that shredded customers still have
+(a decommission's, or a vault's from before) and rewrites the store.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from sqlalchemy import delete, func, select, update
 from .actor import Actor, system_actor
 from .audit import format_public_key
 from .checkpoint import parse_checkpoint
-from .clock import format_ts
 from .context import Refusal, Tx, VaultContext
 from .errors import (
     LegalHoldError,
@@ -46,8 +48,15 @@ from .locks import exclusive_lock
 from .log import export_line
 from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
 from .store import checkpoints, customers, log, records
+from .tombstone import (
+    relocate_window,
+    rewrite_physical,
+    scrub_wal,
+    tombstone_window,
+    write_tombstones,
+)
 
-__all__ = ["compact", "roll_forward", "shred_customer", "shred_one"]
+__all__ = ["compact", "relocate_tombstones", "roll_forward", "shred_customer", "shred_one"]
 
 _COMPACT_BATCH = 1000
 SHRED_LOCK = "shred.lock"
@@ -72,7 +81,13 @@ def shred_one(ctx: VaultContext, actor: Actor, customer_id: str, *, reason: str)
 
 
 def shred_customer(
-    ctx: VaultContext, actor: Actor, customer_id: str, reason: str, *, gated: bool = False
+    ctx: VaultContext,
+    actor: Actor,
+    customer_id: str,
+    reason: str,
+    *,
+    gated: bool = False,
+    relocate: bool = True,
 ) -> Receipt:
     """Run the three steps for one customer and return its erasure receipt.
 
@@ -82,14 +97,16 @@ def shred_customer(
     that begins the shred, so the records' kinds cannot change before the intent
     commits; a refusal likewise changes nothing. (Ungated: the vault's own work —
     roll-forward, restore replay — and a decommission, which its own gate allowed.)
-    A customer found half-shredded is finished instead (the original reason stands)."""
+    A customer found half-shredded is finished instead (the original reason stands).
+    ``relocate=False``: leave the day's tombstones where they are, for a batch that
+    calls :func:`relocate_tombstones` at its end (tombstone.write_tombstones)."""
     check_reason(reason)
     with shred_lock(ctx):
-        return _shred_locked(ctx, actor, customer_id, reason, gated)
+        return _shred_locked(ctx, actor, customer_id, reason, gated, relocate)
 
 
 def _shred_locked(
-    ctx: VaultContext, actor: Actor, customer_id: str, reason: str, gated: bool
+    ctx: VaultContext, actor: Actor, customer_id: str, reason: str, gated: bool, relocate: bool
 ) -> Receipt:
     def begin(tx: Tx) -> None:
         row = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
@@ -162,7 +179,7 @@ def _shred_locked(
     crash_point("shred:after-intent")
     _destroy_keys(ctx, customer_id)
     crash_point("shred:after-keys")
-    receipt = _finish(ctx, actor, customer_id, salt)
+    receipt = _finish(ctx, actor, customer_id, salt, relocate=relocate)
     if receipt is None:  # another process finished it between our steps
         raise ShreddedError(f"customer {customer_id} is already shredded")
     crash_point("shred:after-finish")
@@ -194,7 +211,9 @@ def _destroy_keys(ctx: VaultContext, customer_id: str) -> None:
         ctx.keys.destroy_customer(customer_id)
 
 
-def _finish(ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes) -> Receipt | None:
+def _finish(
+    ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes, *, relocate: bool = True
+) -> Receipt | None:
     """Step 3; returns None if the customer is no longer in ``shredding``."""
 
     def work(tx: Tx) -> tuple[int, dict[str, Any]] | None:
@@ -211,10 +230,12 @@ def _finish(ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes) -> R
         intent = json.loads(body)
         detail = dict(intent["detail"])
         detail["intent_seq"] = int(row.shred_intent_seq)
-        tx.conn.execute(
-            update(customers)
-            .where(customers.c.id == customer_id)
-            .values(shredded_row_values(ctx.clock()))
+        write_tombstones(
+            tx.conn,
+            ctx.data.is_sqlite,
+            [customer_id],
+            tombstone_window(ctx.clock()),
+            relocate=relocate,
         )
         tx.log(actor.event("customer.shred", subject=intent["subject"], detail=detail))
         tx.checkpoint = True
@@ -223,24 +244,22 @@ def _finish(ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes) -> R
     done = ctx.transact(work)
     if done is None:
         return None
+    scrub_wal(ctx.data)
     seq, info = done
     return _receipt(ctx, customer_id, seq, info["subject"], salt)
 
 
-def shredded_row_values(now: datetime) -> dict[str, Any]:
-    """What a shredded customer's row keeps. Nothing that was logged exactly
-    (retention, consent, the creation time) may stay: it would lead from the customer
-    id back to its old entries. Dates only, so they cannot be matched to an entry time."""
-    return {
-        "state": "shredded",
-        "ref": None,
-        "legal_hold": False,
-        "retain_until": None,
-        "consent": "{}",
-        "created": func.substr(customers.c.created, 1, 10),
-        "shredded": format_ts(now)[:10],
-        "shred_intent_seq": None,
-    }
+def relocate_tombstones(ctx: VaultContext, since: datetime) -> None:
+    """The end of a batch of shreds made with ``relocate=False``: rewrite the
+    tombstones of every window from ``since`` to now in id order, one transaction (it
+    logs nothing: no row's content changes, only where it sits)."""
+    days = sorted({tombstone_window(since), tombstone_window(ctx.clock())})
+
+    def work(tx: Tx) -> None:
+        for day in days:
+            relocate_window(tx.conn, ctx.data.is_sqlite, day)
+
+    ctx.transact(work)
 
 
 def _receipt(ctx: VaultContext, customer_id: str, seq: int, subject: str, salt: bytes) -> Receipt:
@@ -327,14 +346,19 @@ def compact(
     *,
     gated: bool = True,
 ) -> int:
-    """Delete the ciphertext rows of shredded customers, a batch per transaction (safe to
-    interrupt: each batch commits with its own ``vault.compact`` entry). Returns rows
-    removed. Each batch checks the actor (admin) in its own transaction, unless
-    ``gated`` is false: a decommission, whose own gate allowed it, compacts as its step 4."""
+    """Delete the ciphertext rows shredded customers still have (a decommission's, and
+    those a vault from before shreds removed them left behind), a batch per
+    transaction (safe to interrupt: each batch commits with its own ``vault.compact``
+    entry), then rewrite the data store so no physical order follows the log
+    (:func:`tombstone.rewrite_physical`), logged by one last ``vault.compact`` entry
+    (``"rewritten": true``). Returns rows removed. Each transaction checks the actor
+    (admin), unless ``gated`` is false: a decommission, whose own gate allowed it,
+    compacts as its step 4. Raises StorageError if the rewrite is refused; the
+    batches already done stay done and logged."""
     removed = 0
     while True:
 
-        def work(tx: Tx, first: bool = removed == 0) -> int:
+        def work(tx: Tx) -> int:
             if gated:
                 actor.gate(tx.conn, "admin", "vault.compact")
             shredded = select(customers.c.id).where(customers.c.state == "shredded")
@@ -347,8 +371,6 @@ def compact(
                 )
             ]
             if not ids:
-                if first:  # log an empty run too: every decision is logged
-                    tx.log(actor.event("vault.compact", detail={"records": 0}))
                 return 0
             tx.conn.execute(delete(records).where(records.c.id.in_(ids)))
             crash_point("compact:batch")
@@ -357,7 +379,16 @@ def compact(
 
         n = ctx.transact(work)
         if n == 0:
-            return removed
+            break
         removed += n
         if progress is not None:
             progress(n)
+    rewrite_physical(ctx.data)
+
+    def done(tx: Tx) -> None:
+        if gated:
+            actor.gate(tx.conn, "admin", "vault.compact")
+        tx.log(actor.event("vault.compact", detail={"records": 0, "rewritten": True}))
+
+    ctx.transact(done)
+    return removed

@@ -94,6 +94,9 @@ customers = Table(
     # Only while state is "shredding": where the intent entry is, for roll-forward.
     Column("shred_intent_seq", BigInteger, nullable=True),
     Index("ix_sv_customers_state", "state", "retain_until"),
+    # Keyed by the random id, no rowid: the rows' order must not follow the order of
+    # the customer.add entries (vault/tombstone.py; older tables are rebuilt at open).
+    sqlite_with_rowid=False,
 )
 
 records = Table(
@@ -396,6 +399,9 @@ def _sqlite_discipline(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Deleted rows (record rows and the earlier version of a tombstone) are zeroed
+        # in the file, not left in free space (vault/tombstone.py).
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
