@@ -14,7 +14,6 @@ import click
 
 from ..vault import (
     Checkpoint,
-    VerificationError,
     VerifyReport,
     create_file,
     format_public_key,
@@ -26,6 +25,7 @@ from .context import open_auditor, open_session, store_options, token_option, un
 from .output import json_option, note, print_json, print_pairs
 from .params import OUTPUT_FILE, file_or_stdout, refuse_existing
 from .progress import LazyProgress
+from .trust import NO_TRUSTED_KEY, fail_unless_ok, trust_embedded_option, verdict
 
 __all__ = ["audit_group"]
 
@@ -48,10 +48,10 @@ def _export_head(path: Path) -> int | None:
 
 
 def _print_report(report: VerifyReport, source: str) -> None:
-    if report.ok:
-        click.echo(f"valid: {source}")
-    else:
-        click.echo(f"INVALID: {source}")
+    click.echo(f"{verdict(report.ok, report.reason, report.trust)}: {source}")
+    if report.reason == NO_TRUSTED_KEY:
+        click.echo(f"  {report.message}")
+    elif not report.ok:
         click.echo(f"  first bad seq {report.bad_seq}: {report.reason}: {report.message}")
     span = f" (seq {report.first_seq}-{report.last_seq})" if report.entries else ""
     pairs: list[tuple[str, Any]] = [
@@ -89,8 +89,10 @@ def _print_report(report: VerifyReport, source: str) -> None:
     "export_file",
     metavar="LOG.jsonl",
     type=_READABLE_FILE,
-    help="Verify an exported log offline instead of the vault's data store.",
+    help="Verify an exported log offline instead of the vault's data store "
+    "(needs --pubkey or --anchor, or --trust-embedded-key).",
 )
+@trust_embedded_option
 @click.option(
     "--strict/--no-strict",
     default=None,
@@ -106,12 +108,19 @@ def verify_command(
     anchor_file: Path | None,
     export_file: Path | None,
     strict: bool | None,
+    trust_embedded_key: bool,
     as_json: bool,
 ) -> None:
     """Verify the access log's hash chain and signed checkpoints. No passphrase needed.
 
     Exits 0 when the log verifies and 5 when it does not, naming the first bad seq
     and why (modified, deleted, reordered, forked, truncated, bad signature, ...).
+
+    An export (--from-export) is checked against a trust root: the vault's key
+    (--pubkey, from `audit pubkey` by a second channel) or a checkpoint saved earlier
+    (--anchor), which the export's key must have signed. Without one it exits 7 (not
+    verified: no trusted key), unless --trust-embedded-key accepts the key the export
+    names itself; the result is then reported as self-asserted.
     """
     public_key = (
         parse_public_key(pubkey_file.read_text("utf-8", errors="replace")) if pubkey_file else None
@@ -128,6 +137,7 @@ def verify_command(
                 anchor=anchor,
                 strict=True if strict is None else strict,
                 progress=progress,
+                trust_embedded_key=trust_embedded_key,
             )
     else:
         with open_auditor(ctx) as auditor:
@@ -143,12 +153,14 @@ def verify_command(
         print_json({**result, **report.to_json()})
     else:
         _print_report(report, source)
-    if not report.ok:
-        raise VerificationError(
-            f"{source} fails verification: {report.reason} at seq {report.bad_seq}",
-            reason=report.reason or "invalid",
-            seq=report.bad_seq,
-        )
+    fail_unless_ok(
+        report.ok,
+        report.reason,
+        report.message,
+        source,
+        option="--pubkey FILE or --anchor CHECKPOINT.json",
+        seq=report.bad_seq,
+    )
 
 
 @audit_group.command("export")

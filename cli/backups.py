@@ -27,7 +27,6 @@ from ..vault import (
     BackupReport,
     ShredSource,
     VaultError,
-    VerificationError,
     format_public_key,
     restore_backup,
     verify_backup,
@@ -47,6 +46,7 @@ from .meter import Meter
 from .output import json_option, note, print_json, print_pairs, print_table
 from .params import NewFile, refuse_existing
 from .receipts import read_pubkey
+from .trust import PINNED, SELF_ASSERTED, fail_unless_ok, problem, trust_embedded_option, verdict
 
 __all__ = ["backup_group"]
 
@@ -198,13 +198,12 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
 # -- verify ---------------------------------------------------------------------------------
 
 
-def _print_report(report: BackupReport, archive: Path, trusted_key: bool) -> None:
+def _print_report(report: BackupReport, archive: Path) -> None:
     manifest = report.manifest or {}
+    click.echo(f"{verdict(report.ok, report.reason, report.trust)}: backup archive {archive}")
     if not report.ok:
-        click.echo(f"INVALID: backup archive {archive}")
-        click.echo(f"  {report.reason}: {report.message}")
+        click.echo(problem(report.reason, report.message))
         return
-    click.echo(f"valid: backup archive {archive}")
     members = manifest.get("members") or {}
     print_pairs(
         [
@@ -217,7 +216,12 @@ def _print_report(report: BackupReport, archive: Path, trusted_key: bool) -> Non
                 "members",
                 ", ".join(f"{name} {_size_text(int(m['size']))}" for name, m in members.items()),
             ),
-            ("signed by", "the --pubkey key" if trusted_key else "the archive's own key"),
+            (
+                "signed by",
+                "the --pubkey key"
+                if report.trust == PINNED
+                else "the archive's own key (self-asserted)",
+            ),
         ],
         indent="  ",
     )
@@ -230,21 +234,26 @@ def _print_report(report: BackupReport, archive: Path, trusted_key: bool) -> Non
     "pubkey_file",
     metavar="FILE",
     type=_READABLE_FILE,
-    help="Trust this vault public key (as `audit pubkey` prints it), not the archive's copy.",
+    help="The vault's public key to trust (as `audit pubkey` prints it).",
 )
+@trust_embedded_option
 @json_option
-def verify_command(archive: Path, pubkey_file: Path | None, as_json: bool) -> None:
+def verify_command(
+    archive: Path, pubkey_file: Path | None, trust_embedded_key: bool, as_json: bool
+) -> None:
     """Verify a backup ARCHIVE offline. Needs no vault, passphrase or network.
 
     Checks the manifest's signature, every member's hash and size, and the access log
-    inside (chain, signed checkpoints, head at the snapshot). Exits 0 when valid and 5
-    when not (truncated, altered, swapped members, another vault's key), saying why.
+    inside (chain, signed checkpoints, head at the snapshot). Exits 0 when valid, 5
+    when not (truncated, altered, swapped members, another vault's key), saying why,
+    and 7 when nothing trusted was given to check it against.
 
-    Without --pubkey the key inside the archive is used: that shows the archive is
-    whole, not that your vault made it. Pass the vault's key (`audit pubkey`).
+    Pass the vault's key with --pubkey (`audit pubkey`). The key inside the archive
+    shows only that the archive is whole, not that your vault made it: with
+    --trust-embedded-key it is used and the result is reported as self-asserted.
     """
     public_key = read_pubkey(pubkey_file) if pubkey_file is not None else None
-    report = verify_backup(archive, public_key=public_key)
+    report = verify_backup(archive, public_key=public_key, trust_embedded_key=trust_embedded_key)
     if as_json:
         print_json(
             {
@@ -255,17 +264,13 @@ def verify_command(archive: Path, pubkey_file: Path | None, as_json: bool) -> No
             }
         )
     else:
-        _print_report(report, archive, public_key is not None)
-    if report.ok and public_key is None:
+        _print_report(report, archive)
+    if report.ok and report.trust == SELF_ASSERTED:
         note(
-            "note: checked against the key inside the archive; pass --pubkey FILE with the "
-            "vault's key (`shredvault audit pubkey`) to prove the vault signed it"
+            "note: self-asserted: checked against the key inside the archive; pass --pubkey "
+            "FILE with the vault's key (`shredvault audit pubkey`) to prove the vault signed it"
         )
-    if not report.ok:
-        raise VerificationError(
-            f"backup archive {archive} fails verification: {report.reason}",
-            reason=report.reason or "invalid",
-        )
+    fail_unless_ok(report.ok, report.reason, report.message, f"backup archive {archive}")
 
 
 # -- restore --------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def cli(
     hash-chained log, erasure by destroying keys.
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 access denied, 4 not found or shredded,
-    5 verification failed, 6 unlock failed.
+    5 verification failed, 6 unlock failed, 7 not verified: no trusted key.
 
     Unlocking acts as the administrator; with --token (or SHREDVAULT_TOKEN) data
     commands act as that principal, with its role.

@@ -35,6 +35,7 @@ LAYERS: dict[str, list[str]] = {
         "schema",
         "inputs",
         "access",
+        "trust",
     ],
     "ledger": ["store", "log", "checkpoint", "verify", "chain", "lifecycle", "keycopies"],
     "proofs": ["receipt", "model", "audit", "certificate", "archive", "package", "markdown"],

@@ -161,6 +161,7 @@ SHREDVAULT_ALL = [
     "LegalHoldError",
     "LogHead",
     "LogPendingError",
+    "NoTrustedKeyError",
     "NotFoundError",
     "OutputExistsError",
     "Principal",

@@ -25,6 +25,7 @@ from .canonical import canonical
 from .errors import StorageError, VaultError, VerificationError, keys_errors
 from .files import create_file
 from .layout import DATA_FILE, KEYS_FILE
+from .trust import NO_TRUSTED_KEY, PINNED, no_trusted_key_message, trust_of
 
 __all__ = [
     "MANIFEST",
@@ -64,6 +65,8 @@ class BackupReport:
     reason: str | None
     message: str
     manifest: dict[str, Any] | None = None
+    #: what the key checked against is (``vault.trust``); None when not verified
+    trust: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +74,7 @@ class BackupReport:
             "reason": self.reason,
             "message": self.message,
             "manifest": self.manifest,
+            "trust": self.trust,
         }
 
 
@@ -105,10 +109,16 @@ def verify_backup(
     *,
     public_key: bytes | None = None,
     extract_to: Path | None = None,
+    trust_embedded_key: bool = False,
 ) -> BackupReport:
     """Check an archive offline: manifest signature, every member's hash and size, and
     the access log inside (chain, checkpoints, head at the snapshot). With
-    ``extract_to``, the verified stores are left there. Never raises for bad input."""
+    ``extract_to``, the verified stores are left there. Never raises for bad input.
+
+    ``public_key`` is the vault key the verifier trusts. Without it the archive is
+    checked under the key in its own keystore and, if nothing else is wrong, the report
+    fails with reason ``"no trusted key"`` (never ok) unless ``trust_embedded_key`` is
+    set, when ``trust`` says ``"self-asserted"``."""
     try:
         with _opened(Path(archive)) as tar:
             body = _member_bytes(tar, MANIFEST)
@@ -154,13 +164,17 @@ def verify_backup(
         return BackupReport(False, error.reason, str(error))
     except (ValueError, KeyError, TypeError, OSError, tarfile.TarError, VaultError) as error:
         return BackupReport(False, "malformed", f"the archive is damaged: {error}")
-    note = "" if public_key is not None else " (signature checked with the key inside the archive)"
+    trust = trust_of(public_key, trust_embedded_key=trust_embedded_key)
+    if trust is None:
+        return BackupReport(False, NO_TRUSTED_KEY, no_trusted_key_message("backup"), manifest)
+    note = "" if trust == PINNED else " (self-asserted: under the key inside the archive)"
     return BackupReport(
         True,
         None,
         f"backup {manifest['backup']} of {manifest['vault']} at seq {manifest['seq']} "
         f"verifies{note}",
         manifest,
+        trust,
     )
 
 

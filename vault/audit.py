@@ -39,6 +39,7 @@ from .errors import StorageError, VerificationError, keys_errors
 from .layout import DATA_FILE, KEYS_FILE
 from .log import LogEntry, iter_entries
 from .store import DataStore, LogHead, meta
+from .trust import NO_TRUSTED_KEY, SELF_ASSERTED, no_trusted_key_message, trust_of
 from .verify import VerifyReport, verify_chain
 
 __all__ = [
@@ -310,9 +311,16 @@ def verify_export(
     anchor: Checkpoint | None = None,
     strict: bool = True,
     progress: Callable[[int], None] | None = None,
+    trust_embedded_key: bool = False,
 ) -> VerifyReport:
-    """Verify an exported log offline. Without ``public_key`` the key named in the
-    export is used and the report notes that it was not independently trusted."""
+    """Verify an exported log offline.
+
+    A trust root is needed (``vault.trust``): ``public_key`` (the vault's key, got by a
+    second channel), or an ``anchor`` the caller saw earlier, which the export's own
+    key must have signed. Without either the export is checked under the key it names
+    and, if nothing else is wrong, the report fails with reason ``"no trusted key"``
+    (never ok) unless ``trust_embedded_key`` is set; ``report.trust`` says which."""
+    trust = trust_of(public_key, trust_embedded_key=trust_embedded_key, anchored=anchor is not None)
     with open(path, "rb") as handle:
         header, cps, entries = _read_export(iter(handle))
         key = public_key if public_key is not None else header.public_key
@@ -327,14 +335,25 @@ def verify_export(
             strict=strict,
             progress=progress,
         )
-    if public_key is None:
-        report.notes.append("public key taken from the export itself: pass --pubkey to trust it")
-    elif public_key != header.public_key and report.ok:
+    report.trust = trust
+    if public_key is not None and public_key != header.public_key and report.ok:
         report.notes.append("the export names a different public key than the one given")
     if report.ok and report.last_seq < header.head_seq:
         report.fail(
             "truncated",
             report.last_seq + 1,
             f"the export says its head is seq {header.head_seq} but ends at {report.last_seq}",
+        )
+    if trust == SELF_ASSERTED:
+        report.notes.append("self-asserted: checked only under the key the export names itself")
+    elif trust is None:
+        report.fail(NO_TRUSTED_KEY, None, no_trusted_key_message("log export"))
+    if report.entries and report.last_checkpoint is None:
+        # Nothing in it is signed: a trusted key vouches for none of it.
+        report.fail(
+            "unsigned",
+            report.first_seq,
+            "no checkpoint in the export covers its entries, so no key "
+            "vouches for them; export from a seq a signed checkpoint covers",
         )
     return report

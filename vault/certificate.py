@@ -28,6 +28,7 @@ from .errors import OutputExistsError, VerificationError
 from .files import write_file
 from .log import entry_hash
 from .receipt import load_json_document
+from .trust import NO_TRUSTED_KEY, SELF_ASSERTED, no_trusted_key_message, trust_of
 
 __all__ = [
     "CERTIFICATE_SCOPE",
@@ -156,6 +157,8 @@ class CertificateReport:
     decommissioned_at: str | None = None
     log_checked: bool = False
     notes: list[str] = field(default_factory=list)
+    #: what the key checked against is (``vault.trust``); None when not verified
+    trust: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -168,6 +171,7 @@ class CertificateReport:
             "decommissioned_at": self.decommissioned_at,
             "log_checked": self.log_checked,
             "notes": list(self.notes),
+            "trust": self.trust,
         }
 
 
@@ -219,9 +223,12 @@ def verify_certificate(
     *,
     public_key: bytes | None = None,
     log_export: str | os.PathLike[str] | None = None,
+    trust_embedded_key: bool = False,
 ) -> CertificateReport:
     """Check a certificate offline. ``public_key`` is the vault key the verifier trusts
-    (without it the certificate's own copy is used, and a note says so);
+    (without it the certificate's own copy is used and, if nothing else is wrong, the
+    report fails with reason ``"no trusted key"`` unless ``trust_embedded_key`` is set:
+    then ``trust`` says ``"self-asserted"``);
     ``log_export`` an ``audit export`` file that must verify and end in exactly the
     certified head. Never raises for a bad certificate: the report says why."""
 
@@ -278,14 +285,18 @@ def verify_certificate(
         last_seq=cert.last_seq,
         head=cert.head,
         decommissioned_at=str(entry.get("ts")),
+        trust=trust_of(public_key, trust_embedded_key=trust_embedded_key),
     )
-    if public_key is None:
+    if report.trust == SELF_ASSERTED:
         report.notes.append(
-            "checked against the key inside the certificate: pass the vault's public key "
-            "to prove the vault signed it"
+            "self-asserted: checked against the key inside the certificate; pass the "
+            "vault's public key to prove the vault signed it"
         )
     if log_export is not None:
         _check_log(report, cert, key, log_export)
+    if report.ok and report.trust is None:
+        report.ok, report.reason = False, NO_TRUSTED_KEY
+        report.message = no_trusted_key_message("certificate")
     return report
 
 
@@ -299,6 +310,8 @@ def _check_log(
         report.ok, report.reason, report.message = False, reason, message
 
     try:
+        # ``key`` is the caller's or, on request, the certificate's own: the
+        # certificate's trust is decided by the caller of verify_certificate.
         chain = verify_export(path, public_key=key, strict=True)
     except (OSError, VerificationError) as error:
         fail("malformed", f"cannot read the log export: {error}")

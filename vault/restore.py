@@ -168,7 +168,11 @@ def restore_backup(
     staged = root / ".restore-staging"
     staged.mkdir()
     try:
-        report = verify_backup(archive, public_key=public_key, extract_to=staged)
+        # Without --pubkey a restore checks the archive under its own keystore's key,
+        # the key the restored vault will sign with (backup verify pins it).
+        report = verify_backup(
+            archive, public_key=public_key, extract_to=staged, trust_embedded_key=True
+        )
         if not report.ok or report.manifest is None:
             raise VerificationError(
                 f"the backup fails verification: {report.message}",

@@ -41,6 +41,8 @@ class VerifyReport:
     bad_seq: int | None = None
     message: str = "log verifies"
     notes: list[str] = field(default_factory=list)
+    #: what the key checked against is (``vault.trust``): None for the live store
+    trust: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,6 +72,7 @@ class VerifyReport:
             "bad_seq": self.bad_seq,
             "message": self.message,
             "notes": list(self.notes),
+            "trust": self.trust,
         }
 
 
