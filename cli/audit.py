@@ -6,7 +6,6 @@ an auditor reads ``data.db`` (or the data URL) and the public parts of ``keys.db
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,9 @@ from ..vault import (
     read_anchor,
     verify_export,
 )
+from ..vault.inputs import MAX_DOCUMENT_BYTES, parse_json
 from .context import open_auditor, open_session, store_options, token_option, unlock_options
-from .output import json_option, note, print_json, print_pairs
+from .output import echo, json_option, note, print_json, print_pairs
 from .params import OUTPUT_FILE, file_or_stdout, refuse_existing
 from .progress import LazyProgress
 from .trust import NO_TRUSTED_KEY, fail_unless_ok, trust_embedded_option, verdict
@@ -41,18 +41,19 @@ def _export_head(path: Path) -> int | None:
     """The head seq an export's header line announces (only to size the progress bar)."""
     try:
         with path.open("rb") as handle:
-            header = json.loads(handle.readline())
+            line = handle.readline(MAX_DOCUMENT_BYTES + 1)
+        header = parse_json(line, what="the export header", max_bytes=MAX_DOCUMENT_BYTES)
         return int(header["head_seq"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def _print_report(report: VerifyReport, source: str) -> None:
-    click.echo(f"{verdict(report.ok, report.reason, report.trust)}: {source}")
+    echo(f"{verdict(report.ok, report.reason, report.trust)}: {source}")
     if report.reason == NO_TRUSTED_KEY:
-        click.echo(f"  {report.message}")
+        echo(f"  {report.message}")
     elif not report.ok:
-        click.echo(f"  first bad seq {report.bad_seq}: {report.reason}: {report.message}")
+        echo(f"  first bad seq {report.bad_seq}: {report.reason}: {report.message}")
     span = f" (seq {report.first_seq}-{report.last_seq})" if report.entries else ""
     pairs: list[tuple[str, Any]] = [
         ("entries checked", f"{report.entries}{span}"),
@@ -66,7 +67,7 @@ def _print_report(report: VerifyReport, source: str) -> None:
         pairs.append(("head", report.head))
     print_pairs(pairs, indent="  ")
     for text in report.notes:
-        click.echo(f"  note: {text}")
+        echo(f"  note: {text}")
 
 
 @audit_group.command("verify")
@@ -240,4 +241,4 @@ def pubkey_command(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json({"vault": vault_id, "public_key": text})
     else:
-        click.echo(text)
+        echo(text)

@@ -43,7 +43,7 @@ from .context import (
 )
 from .exit_codes import CommandError
 from .meter import Meter
-from .output import json_option, note, print_json, print_pairs, print_table
+from .output import echo, json_option, note, print_json, print_pairs, print_table
 from .params import NewFile, refuse_existing
 from .receipts import read_pubkey
 from .trust import PINNED, SELF_ASSERTED, fail_unless_ok, problem, trust_embedded_option, verdict
@@ -200,9 +200,9 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
 
 def _print_report(report: BackupReport, archive: Path) -> None:
     manifest = report.manifest or {}
-    click.echo(f"{verdict(report.ok, report.reason, report.trust)}: backup archive {archive}")
+    echo(f"{verdict(report.ok, report.reason, report.trust)}: backup archive {archive}")
     if not report.ok:
-        click.echo(problem(report.reason, report.message))
+        echo(problem(report.reason, report.message))
         return
     members = manifest.get("members") or {}
     print_pairs(

@@ -16,7 +16,7 @@ from ..vault import (
     load_certificate,
     verify_certificate,
 )
-from .output import json_option, note, print_json, print_pairs
+from .output import echo, json_option, note, print_json, print_pairs
 from .receipts import read_pubkey
 from .trust import fail_unless_ok, problem, trust_embedded_option, verdict
 
@@ -93,12 +93,12 @@ def verify_command(
         )
     elif not report.ok:
         word = verdict(report.ok, report.reason, report.trust)
-        click.echo(f"{word}: certificate of destruction {certificate_file}")
-        click.echo(problem(report.reason, report.message))
+        echo(f"{word}: certificate of destruction {certificate_file}")
+        echo(problem(report.reason, report.message))
     else:
         assert document is not None
         word = verdict(report.ok, report.reason, report.trust)
-        click.echo(f"{word}: certificate of destruction {certificate_file}")
+        echo(f"{word}: certificate of destruction {certificate_file}")
         pairs: list[tuple[str, Any]] = [
             ("vault", report.vault),
             ("decommissioned at", report.decommissioned_at),
@@ -112,8 +112,8 @@ def verify_command(
             ),
         ]
         print_pairs(pairs, indent="  ")
-        click.echo("  scope:")
-        click.echo(
+        echo("  scope:")
+        echo(
             textwrap.fill(
                 str(document.get("scope")),
                 width=88,

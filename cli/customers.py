@@ -10,7 +10,7 @@ import click
 
 from ..vault import Customer
 from .context import open_session, store_options, token_option, unlock_options
-from .output import json_option, print_json, print_pairs, print_table
+from .output import echo, json_option, print_json, print_pairs, print_table
 from .params import ISO_MOMENT, KEY_VALUE, consent_flags
 
 __all__ = ["customer_group"]
@@ -68,7 +68,7 @@ def add_command(
     if customer is not None:
         print_json(customer.to_json())
     else:
-        click.echo(customer_id)
+        echo(customer_id)
 
 
 @customer_group.command("list")
@@ -86,7 +86,7 @@ def list_command(ctx: click.Context, state: str | None, as_json: bool) -> None:
         print_json([c.to_json() for c in found])
         return
     if not found:
-        click.echo("no customers" + (f" in state {state}" if state else ""))
+        echo("no customers" + (f" in state {state}" if state else ""))
         return
     print_table(
         ["ID", "STATE", "REF", "CREATED", "RETAIN UNTIL", "HOLD", "CONSENT"],
@@ -160,7 +160,7 @@ def retain_command(
     if as_json:
         print_json({"customer": customer_id, "retain_until": stored})
     else:
-        click.echo(f"customer {customer_id}: kept until {stored or 'shredded on request'}")
+        echo(f"customer {customer_id}: kept until {stored or 'shredded on request'}")
 
 
 @customer_group.command("hold")
@@ -178,7 +178,7 @@ def hold_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
     if as_json:
         print_json({"customer": customer_id, "legal_hold": True})
     else:
-        click.echo(f"customer {customer_id} is under legal hold")
+        echo(f"customer {customer_id} is under legal hold")
 
 
 @customer_group.command("release")
@@ -195,4 +195,4 @@ def release_command(ctx: click.Context, customer_id: str, as_json: bool) -> None
     if as_json:
         print_json({"customer": customer_id, "legal_hold": False})
     else:
-        click.echo(f"released the legal hold on customer {customer_id}")
+        echo(f"released the legal hold on customer {customer_id}")

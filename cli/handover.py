@@ -16,7 +16,6 @@ for an import without the seller's key (``--seller-pubkey``) and no explicit ove
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from ..vault import (
     read_handover_public_key,
     read_manifest,
 )
+from ..vault.inputs import MAX_DOCUMENT_BYTES, parse_json
 from .confirm import confirm_or_stop, yes_option
 from .context import (
     acting_session,
@@ -419,7 +419,9 @@ def complete_command(
 def _summary_package(path: Path) -> object:
     """The package a completion summary file names, or None if it is not one."""
     try:
-        document = json.loads(path.read_text("utf-8"))
+        with path.open("rb") as handle:
+            data = handle.read(MAX_DOCUMENT_BYTES + 1)
+        document = parse_json(data, what=str(path), max_bytes=MAX_DOCUMENT_BYTES)
         return document["summary"]["package"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -42,6 +42,7 @@ from .context import (
     clean_token,
 )
 from .exit_codes import CommandError, describe, exit_code_for
+from .output import echo
 
 __all__ = ["cli", "main"]
 
@@ -56,7 +57,7 @@ class VaultGroup(click.Group):
             raise  # the reader went away (``| head``): click ends quietly
         except (CommandError, VaultError, KeysError, OSError) as error:
             # Expected failures: one line on stderr and the exit code, no traceback.
-            click.echo(f"error: {describe(error)}", err=True)
+            echo(f"error: {describe(error)}", err=True)
             ctx.exit(exit_code_for(error))
 
 

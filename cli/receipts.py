@@ -25,7 +25,7 @@ from ..vault import (
     verify_receipt,
 )
 from .exit_codes import describe
-from .output import json_option, note, print_json, print_pairs
+from .output import echo, json_option, note, print_json, print_pairs
 from .trust import PINNED, SELF_ASSERTED, fail_unless_ok, problem, trust_embedded_option, verdict
 
 __all__ = [
@@ -78,9 +78,9 @@ def read_pubkey(path: Path) -> bytes:
 
 
 def _print_report(report: ReceiptReport, path: Path, key_text: str | None) -> None:
-    click.echo(f"{verdict(report.ok, report.reason, report.trust)}: erasure receipt {path}")
+    echo(f"{verdict(report.ok, report.reason, report.trust)}: erasure receipt {path}")
     if not report.ok:
-        click.echo(problem(report.reason, report.message))
+        echo(problem(report.reason, report.message))
         return
     key_note = "given with --pubkey" if report.trust == PINNED else "self-asserted: its own copy"
     pairs: list[tuple[str, Any]] = [
@@ -153,8 +153,8 @@ def verify_command(
         if report.ok:
             scope = document.get("scope") if document is not None else None
             if isinstance(scope, str):
-                click.echo("  scope:")
-                click.echo(
+                echo("  scope:")
+                echo(
                     textwrap.fill(scope, width=88, initial_indent="    ", subsequent_indent="    ")
                 )
     if report.ok and report.trust == SELF_ASSERTED:

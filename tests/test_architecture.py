@@ -94,6 +94,7 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("certificate", "receipt"): "",
     ("archive", "audit"): "",
     ("markdown", "audit"): "",
+    ("certificate", "markdown"): "the certificate's page escapes values as reports do",
     ("markdown", "receipt"): "",
     ("actor", "context"): "the gate logs its refusals through the transaction",
     ("sealing", "context"): "",

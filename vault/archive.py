@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tarfile
 import tempfile
@@ -24,6 +23,7 @@ from .audit import Auditor
 from .canonical import canonical
 from .errors import StorageError, VaultError, VerificationError, keys_errors
 from .files import create_file
+from .inputs import malformed, parse_json
 from .layout import DATA_FILE, KEYS_FILE
 from .trust import NO_TRUSTED_KEY, PINNED, no_trusted_key_message, trust_of
 
@@ -123,9 +123,10 @@ def verify_backup(
         with _opened(Path(archive)) as tar:
             body = _member_bytes(tar, MANIFEST)
             signature = bytes.fromhex(_member_bytes(tar, SIGNATURE).decode("ascii").strip())
-            manifest = json.loads(body)
+            manifest = parse_json(body, what="the manifest", fail=malformed)
             if (
-                manifest.get("type") != "backup"
+                not isinstance(manifest, dict)
+                or manifest.get("type") != "backup"
                 or manifest.get("v") != 1
                 or canonical(manifest) != body
             ):

@@ -36,6 +36,7 @@ from .checkpoint import (
     parse_checkpoint,
 )
 from .errors import StorageError, VerificationError, keys_errors
+from .inputs import MAX_DOCUMENT_BYTES, malformed, parse_json
 from .layout import DATA_FILE, KEYS_FILE
 from .log import LogEntry, iter_entries
 from .store import DataStore, LogHead, meta
@@ -79,9 +80,13 @@ def parse_public_key(text: str) -> bytes:
 def read_anchor(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a checkpoint an auditor kept (the JSON ``audit checkpoint`` prints)."""
     try:
-        raw = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, ValueError) as error:
-        raise VerificationError(f"cannot read anchor {path}: {error}", reason="malformed") from None
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_DOCUMENT_BYTES + 1)
+    except OSError as error:
+        raise malformed(f"cannot read anchor {path}: {error.strerror}") from None
+    raw = parse_json(data, what=f"anchor {path}", max_bytes=MAX_DOCUMENT_BYTES, fail=malformed)
+    if not isinstance(raw, dict):
+        raise malformed(f"anchor {path} is not a checkpoint (a JSON object)")
     return checkpoint_from_json(raw)
 
 
@@ -248,7 +253,9 @@ def _read_export(
 ) -> tuple[ExportHeader, list[Checkpoint], Iterator[LogEntry]]:
     first = next(lines, b"")
     try:
-        raw: dict[str, Any] = json.loads(first)
+        raw = parse_json(first, what="the export header", max_bytes=MAX_DOCUMENT_BYTES)
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
         if raw.get("format") != EXPORT_FORMAT or raw.get("v") != 1:
             raise ValueError("not a shredvault log export")
         header = ExportHeader(
@@ -270,7 +277,8 @@ def _read_export(
             continue
         if line.startswith(b'{"checkpoint":'):
             try:
-                cps.append(checkpoint_from_json(json.loads(line)))
+                doc = parse_json(line, what=f"line {number}", max_bytes=MAX_DOCUMENT_BYTES)
+                cps.append(checkpoint_from_json(doc))
             except ValueError:
                 raise VerificationError(f"line {number} is malformed", reason="malformed") from None
             continue
@@ -299,7 +307,9 @@ def read_export_entries(
         _header, _cps, entries = _read_export(iter(handle))
         for entry in entries:
             if entry.seq >= since:
-                parsed: dict[str, Any] = json.loads(entry.body)
+                parsed: dict[str, Any] = parse_json(
+                    entry.body, what=f"entry {entry.seq}", fail=malformed
+                )
                 parsed["hash"] = entry.hash
                 yield parsed
 

@@ -27,6 +27,7 @@ from .checkpoint import Checkpoint, checkpoint_from_json
 from .errors import OutputExistsError, VerificationError
 from .files import write_file
 from .log import entry_hash
+from .markdown import md_code, md_text
 from .receipt import load_json_document
 from .trust import NO_TRUSTED_KEY, SELF_ASSERTED, no_trusted_key_message, trust_of
 
@@ -389,34 +390,37 @@ def render_certificate_markdown(document: dict[str, Any]) -> str:
     lines = [
         "# Certificate of destruction",
         "",
-        f"Vault `{document.get('vault')}` was decommissioned on "
-        f"**{document.get('decommissioned_at')}**.",
+        f"Vault {md_code(document.get('vault'))} was decommissioned on "
+        f"**{md_text(document.get('decommissioned_at'))}**.",
         "",
-        f"Reason: {document.get('reason')}",
+        f"Reason: {md_text(document.get('reason'))}",
         "",
         "| | |",
         "|---|---|",
-        f"| customers shredded by the decommission | {counts.get('customers_shredded')} |",
-        f"| customers shredded before it | {counts.get('customers_shredded_before')} |",
-        f"| record rows deleted | {counts.get('records_deleted')} |",
-        f"| legal holds overridden | {counts.get('legal_holds_overridden')} |",
+        f"| customers shredded by the decommission | {md_text(counts.get('customers_shredded'))} |",
+        f"| customers shredded before it | {md_text(counts.get('customers_shredded_before'))} |",
+        f"| record rows deleted | {md_text(counts.get('records_deleted'))} |",
+        f"| legal holds overridden | {md_text(counts.get('legal_holds_overridden'))} |",
         f"| KEK epochs destroyed | {len(epochs)} |",
-        f"| stray DEKs destroyed with them | {counts.get('stray_deks_destroyed')} |",
-        f"| decommission began at log seq | {log.get('first_seq')} |",
-        f"| final log entry (seq) | {log.get('last_seq')} |",
-        f"| final log head | `{log.get('head')}` |",
-        f"| signed checkpoint | seq {cp.get('seq')}, {cp.get('ts')} |",
-        f"| vault public key | `{document.get('public_key')}` |",
+        f"| stray DEKs destroyed with them | {md_text(counts.get('stray_deks_destroyed'))} |",
+        f"| decommission began at log seq | {md_text(log.get('first_seq'))} |",
+        f"| final log entry (seq) | {md_text(log.get('last_seq'))} |",
+        f"| final log head | {md_code(log.get('head'))} |",
+        f"| signed checkpoint | seq {md_text(cp.get('seq'))}, {md_text(cp.get('ts'))} |",
+        f"| vault public key | {md_code(document.get('public_key'))} |",
         "",
         "## KEK epochs destroyed",
         "",
     ]
-    lines += [f"* epoch {e.get('epoch')}: fingerprint `{e.get('fingerprint')}`" for e in epochs]
+    lines += [
+        f"* epoch {md_text(e.get('epoch'))}: fingerprint {md_code(e.get('fingerprint'))}"
+        for e in epochs
+    ]
     lines += ["", "## Backups that may still hold keys", ""]
     if backups:
         lines += [
-            f"* `{b.get('id')}` taken {b.get('created')} (log seq {b.get('seq')}), "
-            f"expires {b.get('expires') or 'never'}"
+            f"* {md_code(b.get('id'))} taken {md_text(b.get('created'))} "
+            f"(log seq {md_text(b.get('seq'))}), expires {md_text(b.get('expires') or 'never')}"
             for b in backups
         ]
         lines.append("")
@@ -427,7 +431,7 @@ def render_certificate_markdown(document: dict[str, Any]) -> str:
         "",
         "## Scope",
         "",
-        str(document.get("scope")),
+        md_text(document.get("scope")),
         "",
         "## How to check",
         "",

@@ -31,6 +31,7 @@ from .errors import (
     VerificationError,
 )
 from .faults import crash_point
+from .inputs import parse_json
 from .package import (
     MAGIC,
     PURPOSE,
@@ -319,8 +320,8 @@ def _customer_metadata(entry: dict[str, Any]) -> tuple[dict[str, bool], str | No
 
 def _fields(text: bytes) -> dict[str, Any]:
     try:
-        fields = json.loads(text)
-    except ValueError:
+        fields = parse_json(text, what="a record's plaintext")
+    except SchemaError:
         fields = None
     if not isinstance(fields, dict):
         raise malformed("a record's plaintext is not a JSON object")

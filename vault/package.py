@@ -24,7 +24,6 @@ by hash, so one signature covers every byte, while export streams customer by cu
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 from collections.abc import Callable
@@ -47,7 +46,8 @@ from ..keys.sealed import (
 )
 from . import ids
 from .canonical import canonical
-from .errors import VerificationError, keys_errors
+from .errors import SchemaError, VerificationError, keys_errors
+from .inputs import parse_json
 
 __all__ = [
     "CUSTOMER",
@@ -220,9 +220,9 @@ def open_package(path: Path) -> Package:
     except OSError as error:
         raise malformed(f"cannot read {path}: {error.strerror}") from None
     try:
-        manifest = json.loads(body)
-    except ValueError:
-        raise malformed("the manifest is not JSON") from None
+        manifest = parse_json(body, what="the manifest")
+    except SchemaError as error:
+        raise malformed(str(error)) from None
     if (
         not isinstance(manifest, dict)
         or manifest.get("type") != MANIFEST_TYPE
@@ -301,7 +301,7 @@ def stream_customers(
                     plain.append((rid, knd, text))
             elif kind == CUSTOMER:
                 try:
-                    entry = json.loads(payload)
+                    entry = parse_json(payload, what="a customer entry", fail=ValueError)
                     if not isinstance(entry, dict) or canonical(entry) != payload:
                         raise ValueError("not canonical")
                     cid = str(entry["customer"])
