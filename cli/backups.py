@@ -44,7 +44,7 @@ from .context import (
 from .exit_codes import CommandError
 from .meter import Meter
 from .output import echo, json_option, note, print_json, print_pairs, print_table
-from .params import NewFile, refuse_existing
+from .params import DAYS, NewFile, refuse_existing
 from .receipts import read_pubkey
 from .trust import PINNED, SELF_ASSERTED, fail_unless_ok, problem, trust_embedded_option, verdict
 
@@ -93,7 +93,7 @@ def _check_new_archive(path: Path) -> None:
 @click.option(
     "--expires",
     "expires_days",
-    type=click.FloatRange(min=0, min_open=True),
+    type=DAYS,
     metavar="DAYS",
     help="Record that this copy is to be destroyed after DAYS days (for the key-copy "
     "clock; the archive is not deleted for you). Default: kept until destroyed.",

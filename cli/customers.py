@@ -11,7 +11,7 @@ import click
 from ..vault import Customer
 from .context import open_session, store_options, token_option, unlock_options
 from .output import echo, json_option, print_json, print_pairs, print_table
-from .params import ISO_MOMENT, KEY_VALUE, consent_flags
+from .params import DATE_HELP, ISO_MOMENT, KEY_VALUE, consent_flags
 
 __all__ = ["customer_group"]
 
@@ -45,8 +45,8 @@ def customer_group() -> None:
 @click.option(
     "--retain-until",
     type=ISO_MOMENT,
-    metavar="ISO-DATE",
-    help="Keep the data at least until then (a date means 00:00 UTC; no offset means UTC).",
+    metavar="DATE|TIME",
+    help=f"Keep the data at least until then: {DATE_HELP}.",
 )
 @json_option
 @store_options
@@ -139,8 +139,8 @@ def show_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
     "--until",
     "until",
     type=ISO_MOMENT,
-    metavar="ISO-DATE",
-    help="The new retention date (a date means 00:00 UTC; no offset means UTC).",
+    metavar="DATE|TIME",
+    help=f"The new retention date: {DATE_HELP}.",
 )
 @click.option("--forever", is_flag=True, help="No retention date: keep until shredded.")
 @json_option
@@ -154,7 +154,7 @@ def retain_command(
     """Change when CUSTOMER's data is due for erasure by `shred --expired` (admin;
     logged). Give exactly one of --until and --forever."""
     if (until is None) == (not forever):
-        raise click.UsageError("give exactly one of --until ISO-DATE and --forever")
+        raise click.UsageError("give exactly one of --until DATE|TIME and --forever")
     with open_session(ctx) as session:
         stored = session.set_retention(customer_id, until)
     if as_json:

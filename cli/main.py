@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,20 @@ from .context import (
 )
 from .exit_codes import CommandError, describe, exit_code_for
 from .output import echo
+from .params import check_text_inputs
 
 __all__ = ["cli", "main"]
 
 
 class VaultGroup(click.Group):
     """A group that turns the library's errors into ``error: ...`` and an exit code."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # The top group sees every argument: refuse bytes that are not UTF-8 here,
+        # before any option is parsed or anything is read or written.
+        if ctx.parent is None:
+            check_text_inputs(args, os.environ)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

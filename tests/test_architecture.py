@@ -71,10 +71,13 @@ LAYERS: dict[str, list[str]] = {
 SAME_LAYER: dict[tuple[str, str], str] = {
     ("schema", "canonical"): "kinds are stored as canonical JSON",
     ("schema", "errors"): "",
+    ("schema", "inputs"): "an undeclared field is named with the closest declared ones",
     ("inputs", "ids"): "",
     ("locks", "errors"): "",
     ("files", "errors"): "the writer's refusal maps through keys_errors",
     ("inputs", "errors"): "",
+    ("inputs", "clock"): "the one date parser gives times as the log stores them",
+    ("access", "inputs"): "expiries go through the one date parser",
     ("access", "clock"): "expiries are RFC 3339 times",
     ("access", "errors"): "",
     ("access", "schema"): "role names follow the name rules",

@@ -42,6 +42,7 @@ from .canonical import canonical
 from .clock import format_ts
 from .context import Tx, VaultContext
 from .files import check_absent, create_empty, create_file
+from .inputs import check_days
 from .keycopies import shredded_since
 from .layout import DATA_FILE, KEYS_FILE
 from .store import DataStore, backups, log, metadata, tables_in
@@ -91,6 +92,8 @@ def create_backup(
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Write one archive at ``out`` (refuses to overwrite) and return its manifest."""
+    if expires_days is not None:
+        expires_days = check_days(expires_days, what="expires_days")
     target = Path(out)
     check_absent(target)
     actor.authorize("export", "backup.create")
