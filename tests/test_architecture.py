@@ -78,6 +78,7 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("inputs", "errors"): "",
     ("inputs", "clock"): "the one date parser gives times as the log stores them",
     ("access", "inputs"): "expiries go through the one date parser",
+    ("trust", "inputs"): "a signed object's type is read with the one JSON parser",
     ("access", "clock"): "expiries are RFC 3339 times",
     ("access", "errors"): "",
     ("access", "schema"): "role names follow the name rules",

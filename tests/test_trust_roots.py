@@ -136,3 +136,30 @@ def test_an_export_no_checkpoint_covers_is_unsigned(files: Path) -> None:
     bare.write_bytes(b"".join(line + b"\n" for line in kept))
     report = verify_export(bare, public_key=bytes.fromhex((files / "vault.pub").read_text()[8:]))
     assert (report.ok, report.reason) == (False, "unsigned")
+
+
+def test_a_signature_is_checked_together_with_the_signed_objects_type(
+    tmp_path: Path, keyfile: Path
+) -> None:
+    """Issue 18 item 6: one vault key signs checkpoints, manifests, certificates and
+    completion summaries; a checkpoint must not pass for a completion summary (it
+    did), nor a summary for a checkpoint."""
+    from shredvault.vault import verify_completion
+    from shredvault.vault.checkpoint import parse_checkpoint
+    from shredvault.vault.trust import verify_typed
+
+    with Vault.create(tmp_path / "v", keyfile=keyfile) as v:
+        cp = v.checkpoint()
+        key = v.public_key
+    checkpoint_body = json.loads(cp.body)
+    as_summary = {"summary": checkpoint_body, "signature": cp.signature.hex()}
+    assert canonical(checkpoint_body) == cp.body  # the signature covers exactly these bytes
+    assert not verify_completion(as_summary, key)
+    assert cp.verify(key)
+    assert verify_typed(key, cp.body, cp.signature, "checkpoint")
+    for other in ("backup", "shredvault-handover", "shredvault-handover-completion"):
+        assert not verify_typed(key, cp.body, cp.signature, other)
+    # A body that is not a JSON object, or a bad signature, never verifies.
+    assert not verify_typed(key, b"[]", cp.signature, "checkpoint")
+    forged = bytes([cp.signature[0] ^ 1]) + cp.signature[1:]
+    assert not parse_checkpoint(cp.body, forged).verify(key)

@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..keys import KeyStore, verify_signature
+from ..keys import KeyStore
 from .audit import Auditor
 from .canonical import canonical
 from .errors import StorageError, VaultError, VerificationError, keys_errors
 from .files import create_file
 from .inputs import malformed, parse_json
 from .layout import DATA_FILE, KEYS_FILE
-from .trust import NO_TRUSTED_KEY, PINNED, no_trusted_key_message, trust_of
+from .trust import NO_TRUSTED_KEY, PINNED, no_trusted_key_message, trust_of, verify_typed
 
 __all__ = [
     "MANIFEST",
@@ -137,7 +137,7 @@ def verify_backup(
                     _extract_checked(tar, name, where / name, manifest["members"][name])
                 embedded = keystore_public_key(where / KEYS_FILE)
                 key = public_key if public_key is not None else embedded
-                if not verify_signature(key, body, signature):
+                if not verify_typed(key, body, signature, "backup"):
                     return BackupReport(
                         False, "bad signature", "the manifest signature does not verify", manifest
                     )

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..keys import verify_signature
 from .audit import format_public_key, parse_public_key, read_export_entries, verify_export
 from .canonical import canonical
 from .checkpoint import Checkpoint, checkpoint_from_json
@@ -29,7 +28,7 @@ from .files import write_file
 from .log import entry_hash
 from .markdown import md_code, md_text
 from .receipt import load_json_document
-from .trust import NO_TRUSTED_KEY, SELF_ASSERTED, no_trusted_key_message, trust_of
+from .trust import NO_TRUSTED_KEY, SELF_ASSERTED, no_trusted_key_message, trust_of, verify_typed
 
 __all__ = [
     "CERTIFICATE_SCOPE",
@@ -251,7 +250,7 @@ def verify_certificate(
         signed, digest = signed_bytes(document), entry_hash(canonical(entry))
     except (TypeError, ValueError) as error:  # e.g. NaN: not canonical JSON
         return fail("malformed", f"certificate is malformed: {error}")
-    if not verify_signature(key, signed, cert.signature):
+    if not verify_typed(key, signed, cert.signature, CERTIFICATE_TYPE):
         return fail("bad signature", "the certificate's signature does not verify (altered?)")
     if document.get("scope") != CERTIFICATE_SCOPE:
         return fail("modified", "the scope statement was altered")

@@ -35,7 +35,6 @@ from ..keys import (
     DecryptionError,
     KdfParams,
     aad,
-    verify_signature,
 )
 from ..keys.sealed import (
     HandoverKey,
@@ -48,6 +47,7 @@ from . import ids
 from .canonical import canonical
 from .errors import SchemaError, VerificationError, keys_errors
 from .inputs import parse_json
+from .trust import verify_typed
 
 __all__ = [
     "CUSTOMER",
@@ -241,7 +241,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def check_signature(package: Package, public_key: bytes) -> None:
-    if not verify_signature(public_key, package.body, package.signature):
+    if not verify_typed(public_key, package.body, package.signature, MANIFEST_TYPE):
         raise VerificationError(
             "handover package: the manifest signature does not verify against the seller key",
             reason="bad signature",
@@ -331,13 +331,14 @@ def stream_customers(
 
 
 def verify_completion(document: dict[str, Any], public_key: bytes) -> bool:
-    """True iff a completion summary is signed by ``public_key``."""
+    """True iff a completion summary is signed by ``public_key`` (and is one: a
+    checkpoint or another signed object of the vault's is not)."""
     try:
         body = canonical(document["summary"])
         signature = bytes.fromhex(str(document["signature"]))
     except (KeyError, TypeError, ValueError):
         return False
-    return verify_signature(public_key, body, signature)
+    return verify_typed(public_key, body, signature, SUMMARY_TYPE)
 
 
 _MANIFEST_FIELDS: dict[str, type] = {

@@ -12,6 +12,9 @@ a trust root a check that otherwise passes ends with the reason
 
 from __future__ import annotations
 
+from ..keys import verify_signature
+from .inputs import parse_json
+
 __all__ = [
     "ANCHORED",
     "NO_TRUSTED_KEY",
@@ -19,6 +22,7 @@ __all__ = [
     "SELF_ASSERTED",
     "no_trusted_key_message",
     "trust_of",
+    "verify_typed",
 ]
 
 #: the key was given by the verifier (``--pubkey``)
@@ -41,6 +45,22 @@ def trust_of(
     if anchored:
         return ANCHORED
     return SELF_ASSERTED if trust_embedded_key else None
+
+
+def verify_typed(public_key: bytes, body: bytes, signature: bytes, expected_type: str) -> bool:
+    """True iff ``signature`` is ``public_key``'s Ed25519 signature of ``body`` AND
+    ``body`` is a JSON object whose ``type`` is ``expected_type``: the vault signs
+    checkpoints, backup manifests, certificates, handover manifests and completion
+    summaries with one key, so a signature alone would let one pass for another (a
+    checkpoint was accepted as a completion summary). Every signature check of a
+    signed object goes through here."""
+    try:
+        document = parse_json(body, what="a signed object")
+    except ValueError:
+        return False
+    if not isinstance(document, dict) or document.get("type") != expected_type:
+        return False
+    return verify_signature(public_key, body, signature)
 
 
 def no_trusted_key_message(what: str) -> str:
