@@ -9,6 +9,7 @@ traceback, and a command on a vault leaves data.db and keys.db byte-identical.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -145,3 +146,34 @@ def test_a_deep_receipt_in_a_real_process_ends_in_one_line(tmp_path: Path) -> No
     )
     assert done.returncode == 5
     assert done.stderr.count("\n") == 1 and "nests deeper" in done.stdout
+
+
+def test_with_json_an_error_is_one_json_line_on_stderr() -> None:
+    deep = next(p for p in CORPUS if p.stem == "deep-array")
+    result = invoke(["receipt", "verify", str(deep), "--json"])
+    assert result.exit_code == 5
+    (line,) = result.stderr.splitlines()
+    error = json.loads(line)
+    assert error["exit_code"] == 5 and error["type"] == "VerificationError"
+    assert json.loads(result.stdout)["reason"] == "malformed"  # the report is unchanged
+
+
+def test_an_unexpected_exception_is_one_line_and_exit_1_without_its_text(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The catch-all for bugs: the test suite sets SHREDVAULT_RAISE_UNEXPECTED so that
+    reaching it fails a test; unset, a person sees one line, never the exception's
+    text (which could hold a value)."""
+    import shredvault.cli.receipts as receipts
+
+    def broken(path: object) -> object:
+        raise RuntimeError("Ana's phone +44 20 7946 0321")
+
+    monkeypatch.setattr(receipts, "load_receipt", broken)
+    monkeypatch.delenv("SHREDVAULT_RAISE_UNEXPECTED")
+    receipt = tmp_path / "r.json"
+    receipt.write_text("{}")
+    result = CliRunner().invoke(cli, ["receipt", "verify", str(receipt)], env=OFFLINE)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert result.stderr.startswith("error: unexpected RuntimeError")
+    assert "Ana" not in result.output
