@@ -54,7 +54,8 @@ def audit_query(
         check_known("action", [action], LOG_ACTIONS | logged)
     if role is not None and role not in BUILTIN_ROLES:
         custom = ctx.data.read(lambda conn: {str(r) for (r,) in conn.execute(select(roles.c.name))})
-        check_known("role", [role], set(BUILTIN_ROLES) | custom)
+        # "none": the role logged for a caller that is no principal (a bad token)
+        check_known("role", [role], {*BUILTIN_ROLES, "none"} | custom)
     since_ts = normalize_time("since", since)
     until_ts = normalize_time("until", until)
     filters = {
