@@ -5,14 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from argon2.low_level import Type, hash_secret_raw
 
 from .errors import InvalidKeyError, WeakParametersError, WrongKeyError
-from .files import write_file
+from .files import read_private_file, write_file
 from .secret import SecretBytes
 
 __all__ = [
@@ -151,40 +150,10 @@ def generate_keyfile(path: str | os.PathLike[str]) -> None:
 
 
 def load_keyfile(path: Path) -> SecretBytes:
-    """Read a keyfile through one open file descriptor (the checks and the read are on
-    the same file: no stat-then-read race). Refuse anything but a regular file of
-    exactly 32 bytes, owned by this user (where the OS has owners) and not accessible
-    by group or others."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        raise InvalidKeyError(f"cannot read keyfile {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InvalidKeyError(f"keyfile {path} is not a regular file")
-        owner = os.getuid() if hasattr(os, "getuid") else None
-        if owner is not None and st.st_uid != owner:
-            raise InvalidKeyError(
-                f"keyfile {path} belongs to another user (uid {st.st_uid}); use a keyfile "
-                "you own (mode 600)"
-            )
-        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise InvalidKeyError(
-                f"keyfile {path} is accessible by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
-            )
-        data = b""
-        while len(data) <= KEY_SIZE:
-            chunk = os.read(fd, KEY_SIZE + 1 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    except OSError as exc:
-        raise InvalidKeyError(f"cannot read keyfile {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
+    """Read a keyfile: a regular file of exactly 32 bytes, owned by this user and not
+    accessible by group or others, checked and read through one open descriptor
+    (:func:`keys.files.read_private_file`)."""
+    data = read_private_file(path, limit=KEY_SIZE, what="keyfile")
     if len(data) != KEY_SIZE:
         raise InvalidKeyError(f"keyfile {path} must hold exactly {KEY_SIZE} bytes")
     return SecretBytes(data)
