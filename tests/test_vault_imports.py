@@ -210,6 +210,7 @@ SHREDVAULT_ALL = [
 ]
 
 KEYS_ALL = [
+    "CEILING",
     "CustomerKeys",
     "DecryptionError",
     "Envelope",
