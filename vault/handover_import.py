@@ -110,7 +110,9 @@ def import_package(
         raise NoTrustedKeyError(
             "handover package: "
             + no_trusted_key_message("package")
-            + " as --seller-pubkey; nothing was imported"
+            + " as seller_public_key / --seller-pubkey (or accept the package's own key "
+            "explicitly, accept_unverified_seller / --accept-unverified-seller, which the "
+            "log records); nothing was imported"
         )
     if manifest.get("recipient_fingerprint") != key.fingerprint:
         raise VerificationError(
