@@ -45,7 +45,13 @@ def invoke(args: list[str], *, input: bytes | None = None, **env: str | None) ->
 def clean_failure(result: Result, code: int) -> None:
     assert result.exit_code == code, (result.exit_code, result.output)
     assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    # one line: "error: ..." or, with --json, a JSON object naming the exit code
+    lines = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("error:")
+        or (line.startswith("{") and json.loads(line).get("exit_code") == code)
+    ]
     assert len(lines) == 1, result.stderr
 
 
