@@ -183,3 +183,16 @@ def test_an_unexpected_exception_is_one_line_and_exit_1_without_its_text(
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
     assert result.stderr.startswith("error: unexpected RuntimeError")
     assert "Ana" not in result.output
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=lambda p: p.stem)
+def test_a_malformed_handover_key_file_is_an_invalid_key(path: Path) -> None:
+    """The handover key files are read by the keys package (which cannot use the
+    vault's parser): each corpus file is a clean InvalidKeyError, never a crash."""
+    from shredvault.keys import InvalidKeyError
+    from shredvault.vault import open_handover_key, read_handover_public_key
+
+    with pytest.raises(InvalidKeyError):
+        read_handover_public_key(path)
+    with pytest.raises(InvalidKeyError):
+        open_handover_key(path, b"passphrase")
