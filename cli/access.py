@@ -14,7 +14,7 @@ import click
 from ..vault import ACTIONS, Principal, Role
 from .context import open_session, store_options, token_option, unlock_options
 from .output import json_option, note, print_json, print_table
-from .params import ISO_MOMENT, comma_list
+from .params import DATE_HELP, ISO_MOMENT, comma_list
 
 __all__ = ["principal_group", "rfc3339", "role_group"]
 
@@ -50,8 +50,8 @@ def principal_group() -> None:
 @click.option(
     "--expires",
     type=ISO_MOMENT,
-    metavar="ISO-DATE",
-    help="The token stops working then (a date means 00:00 UTC; no offset means UTC).",
+    metavar="DATE|TIME",
+    help=f"The token stops working then: {DATE_HELP}.",
 )
 @json_option
 @store_options
@@ -181,8 +181,8 @@ def role_group() -> None:
 @click.option(
     "--expires",
     type=ISO_MOMENT,
-    metavar="ISO-DATE",
-    help="The role allows nothing after then, e.g. the end of a handover.",
+    metavar="DATE|TIME",
+    help=f"The role allows nothing after then, e.g. the end of a handover: {DATE_HELP}.",
 )
 @click.option(
     "--replace",

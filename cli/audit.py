@@ -6,7 +6,6 @@ an auditor reads ``data.db`` (or the data URL) and the public parts of ``keys.db
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,6 @@ import click
 
 from ..vault import (
     Checkpoint,
-    VerificationError,
     VerifyReport,
     create_file,
     format_public_key,
@@ -22,10 +20,12 @@ from ..vault import (
     read_anchor,
     verify_export,
 )
+from ..vault.inputs import MAX_DOCUMENT_BYTES, parse_json
 from .context import open_auditor, open_session, store_options, token_option, unlock_options
-from .output import json_option, note, print_json, print_pairs
+from .output import echo, json_option, note, print_json, print_pairs
 from .params import OUTPUT_FILE, file_or_stdout, refuse_existing
 from .progress import LazyProgress
+from .trust import NO_TRUSTED_KEY, fail_unless_ok, trust_embedded_option, verdict
 
 __all__ = ["audit_group"]
 
@@ -41,18 +41,19 @@ def _export_head(path: Path) -> int | None:
     """The head seq an export's header line announces (only to size the progress bar)."""
     try:
         with path.open("rb") as handle:
-            header = json.loads(handle.readline())
+            line = handle.readline(MAX_DOCUMENT_BYTES + 1)
+        header = parse_json(line, what="the export header", max_bytes=MAX_DOCUMENT_BYTES)
         return int(header["head_seq"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def _print_report(report: VerifyReport, source: str) -> None:
-    if report.ok:
-        click.echo(f"valid: {source}")
-    else:
-        click.echo(f"INVALID: {source}")
-        click.echo(f"  first bad seq {report.bad_seq}: {report.reason}: {report.message}")
+    echo(f"{verdict(report.ok, report.reason, report.trust)}: {source}")
+    if report.reason == NO_TRUSTED_KEY:
+        echo(f"  {report.message}")
+    elif not report.ok:
+        echo(f"  first bad seq {report.bad_seq}: {report.reason}: {report.message}")
     span = f" (seq {report.first_seq}-{report.last_seq})" if report.entries else ""
     pairs: list[tuple[str, Any]] = [
         ("entries checked", f"{report.entries}{span}"),
@@ -66,7 +67,7 @@ def _print_report(report: VerifyReport, source: str) -> None:
         pairs.append(("head", report.head))
     print_pairs(pairs, indent="  ")
     for text in report.notes:
-        click.echo(f"  note: {text}")
+        echo(f"  note: {text}")
 
 
 @audit_group.command("verify")
@@ -89,8 +90,10 @@ def _print_report(report: VerifyReport, source: str) -> None:
     "export_file",
     metavar="LOG.jsonl",
     type=_READABLE_FILE,
-    help="Verify an exported log offline instead of the vault's data store.",
+    help="Verify an exported log offline instead of the vault's data store "
+    "(needs --pubkey or --anchor, or --trust-embedded-key).",
 )
+@trust_embedded_option
 @click.option(
     "--strict/--no-strict",
     default=None,
@@ -106,12 +109,19 @@ def verify_command(
     anchor_file: Path | None,
     export_file: Path | None,
     strict: bool | None,
+    trust_embedded_key: bool,
     as_json: bool,
 ) -> None:
     """Verify the access log's hash chain and signed checkpoints. No passphrase needed.
 
     Exits 0 when the log verifies and 5 when it does not, naming the first bad seq
     and why (modified, deleted, reordered, forked, truncated, bad signature, ...).
+
+    An export (--from-export) is checked against a trust root: the vault's key
+    (--pubkey, from `audit pubkey` by a second channel) or a checkpoint saved earlier
+    (--anchor), which the export's key must have signed. Without one it exits 7 (not
+    verified: no trusted key), unless --trust-embedded-key accepts the key the export
+    names itself; the result is then reported as self-asserted.
     """
     public_key = (
         parse_public_key(pubkey_file.read_text("utf-8", errors="replace")) if pubkey_file else None
@@ -128,6 +138,7 @@ def verify_command(
                 anchor=anchor,
                 strict=True if strict is None else strict,
                 progress=progress,
+                trust_embedded_key=trust_embedded_key,
             )
     else:
         with open_auditor(ctx) as auditor:
@@ -143,12 +154,14 @@ def verify_command(
         print_json({**result, **report.to_json()})
     else:
         _print_report(report, source)
-    if not report.ok:
-        raise VerificationError(
-            f"{source} fails verification: {report.reason} at seq {report.bad_seq}",
-            reason=report.reason or "invalid",
-            seq=report.bad_seq,
-        )
+    fail_unless_ok(
+        report.ok,
+        report.reason,
+        report.message,
+        source,
+        option="--pubkey FILE or --anchor CHECKPOINT.json",
+        seq=report.bad_seq,
+    )
 
 
 @audit_group.command("export")
@@ -228,4 +241,4 @@ def pubkey_command(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         print_json({"vault": vault_id, "public_key": text})
     else:
-        click.echo(text)
+        echo(text)

@@ -25,13 +25,14 @@ from typing import BinaryIO
 
 import click
 
-from ..vault import BackupInfo, BackupReport, VerificationError, format_public_key, verify_backup
+from ..vault import BackupInfo, BackupReport, format_public_key, verify_backup
 from .backup_restore import ARCHIVE_IN, archive_input, restore_command
 from .context import acting_session, open_vault, store_options, token_option, unlock_options
 from .meter import Meter, Phases
-from .output import json_option, note, print_json, print_pairs, print_table
-from .params import refuse_existing
+from .output import echo, json_option, note, print_json, print_pairs, print_table
+from .params import DAYS, refuse_existing
 from .receipts import read_pubkey
+from .trust import PINNED, SELF_ASSERTED, fail_unless_ok, problem, trust_embedded_option, verdict
 
 __all__ = ["backup_group"]
 
@@ -94,7 +95,7 @@ def _check_new_archive(path: Path) -> None:
 @click.option(
     "--expires",
     "expires_days",
-    type=click.FloatRange(min=0, min_open=True),
+    type=DAYS,
     metavar="DAYS",
     help="Record that this copy is to be destroyed after DAYS days (for the key-copy "
     "clock; the archive is not deleted for you). Default: kept until destroyed or "
@@ -264,13 +265,12 @@ def forget_command(ctx: click.Context, backup_id: str, as_json: bool) -> None:
 # -- verify ---------------------------------------------------------------------------------
 
 
-def _print_report(report: BackupReport, archive: Path, trusted_key: bool) -> None:
+def _print_report(report: BackupReport, archive: Path) -> None:
     manifest = report.manifest or {}
+    echo(f"{verdict(report.ok, report.reason, report.trust)}: backup archive {archive}")
     if not report.ok:
-        click.echo(f"INVALID: backup archive {archive}")
-        click.echo(f"  {report.reason}: {report.message}")
+        echo(problem(report.reason, report.message))
         return
-    click.echo(f"valid: backup archive {archive}")
     members = manifest.get("members") or {}
     print_pairs(
         [
@@ -283,7 +283,12 @@ def _print_report(report: BackupReport, archive: Path, trusted_key: bool) -> Non
                 "members",
                 ", ".join(f"{name} {_size_text(int(m['size']))}" for name, m in members.items()),
             ),
-            ("signed by", "the --pubkey key" if trusted_key else "the archive's own key"),
+            (
+                "signed by",
+                "the --pubkey key"
+                if report.trust == PINNED
+                else "the archive's own key (self-asserted)",
+            ),
         ],
         indent="  ",
     )
@@ -296,19 +301,24 @@ def _print_report(report: BackupReport, archive: Path, trusted_key: bool) -> Non
     "pubkey_file",
     metavar="FILE",
     type=_READABLE_FILE,
-    help="Trust this vault public key (as `audit pubkey` prints it), not the archive's copy.",
+    help="The vault's public key to trust (as `audit pubkey` prints it).",
 )
+@trust_embedded_option
 @json_option
-def verify_command(archive: Path, pubkey_file: Path | None, as_json: bool) -> None:
+def verify_command(
+    archive: Path, pubkey_file: Path | None, trust_embedded_key: bool, as_json: bool
+) -> None:
     """Verify a backup ARCHIVE (a file, or - for stdin) offline. Needs no vault,
     passphrase or network.
 
     Checks the manifest's signature, every member's hash and size, and the access log
-    inside (chain, signed checkpoints, head at the snapshot). Exits 0 when valid and 5
-    when not (truncated, altered, swapped members, another vault's key), saying why.
+    inside (chain, signed checkpoints, head at the snapshot). Exits 0 when valid, 5
+    when not (truncated, altered, swapped members, another vault's key), saying why,
+    and 7 when nothing trusted was given to check it against.
 
-    Without --pubkey the key inside the archive is used: that shows the archive is
-    whole, not that your vault made it. Pass the vault's key (`audit pubkey`).
+    Pass the vault's key with --pubkey (`audit pubkey`). The key inside the archive
+    shows only that the archive is whole, not that your vault made it: with
+    --trust-embedded-key it is used and the result is reported as self-asserted.
     """
     public_key = read_pubkey(pubkey_file) if pubkey_file is not None else None
     with Phases({"verifying": ("verifying the archive", "bytes")}) as phases:
@@ -316,6 +326,7 @@ def verify_command(archive: Path, pubkey_file: Path | None, as_json: bool) -> No
             archive_input(archive),
             public_key=public_key,
             progress=lambda count, total: phases("verifying", count, total),
+            trust_embedded_key=trust_embedded_key,
         )
     if as_json:
         print_json(
@@ -327,14 +338,10 @@ def verify_command(archive: Path, pubkey_file: Path | None, as_json: bool) -> No
             }
         )
     else:
-        _print_report(report, archive, public_key is not None)
-    if report.ok and public_key is None:
+        _print_report(report, archive)
+    if report.ok and report.trust == SELF_ASSERTED:
         note(
-            "note: checked against the key inside the archive; pass --pubkey FILE with the "
-            "vault's key (`shredvault audit pubkey`) to prove the vault signed it"
+            "note: self-asserted: checked against the key inside the archive; pass --pubkey "
+            "FILE with the vault's key (`shredvault audit pubkey`) to prove the vault signed it"
         )
-    if not report.ok:
-        raise VerificationError(
-            f"backup archive {archive} fails verification: {report.reason}",
-            reason=report.reason or "invalid",
-        )
+    fail_unless_ok(report.ok, report.reason, report.message, f"backup archive {archive}")

@@ -16,8 +16,9 @@ from ..vault import (
     load_certificate,
     verify_certificate,
 )
-from .output import json_option, note, print_json, print_pairs
+from .output import echo, json_option, note, print_json, print_pairs
 from .receipts import read_pubkey
+from .trust import fail_unless_ok, problem, trust_embedded_option, verdict
 
 __all__ = ["certificate_group"]
 
@@ -36,7 +37,7 @@ def certificate_group() -> None:
     "pubkey_file",
     metavar="FILE",
     type=_READABLE_FILE,
-    help="Trust this vault public key (as `audit pubkey` prints it), not the certificate's.",
+    help="The vault's public key to trust (as `audit pubkey` prints it).",
 )
 @click.option(
     "--log",
@@ -45,9 +46,14 @@ def certificate_group() -> None:
     type=_READABLE_FILE,
     help="An `audit export` of the vault: it must verify and end in the certified head.",
 )
+@trust_embedded_option
 @json_option
 def verify_command(
-    certificate_file: Path, pubkey_file: Path | None, log_file: Path | None, as_json: bool
+    certificate_file: Path,
+    pubkey_file: Path | None,
+    log_file: Path | None,
+    trust_embedded_key: bool,
+    as_json: bool,
 ) -> None:
     """Verify the certificate of destruction in FILE. Needs no vault or passphrase.
 
@@ -55,7 +61,10 @@ def verify_command(
     exactly the certified final entry and head, and that the entry records the
     certified reason and counts. With --log, the exported log must verify and end in
     exactly the certified head, and its entries must add up to the certified counts.
-    Exits 0 when valid and 5 when not, saying why.
+    Exits 0 when valid, 5 when not (saying why) and 7 when nothing trusted was given
+    to check it against: pass the vault's key with --pubkey (`audit pubkey`), or
+    --trust-embedded-key to accept the certificate's own copy (reported as
+    self-asserted).
     """
     public_key = read_pubkey(pubkey_file) if pubkey_file is not None else None
     document: dict[str, Any] | None = None
@@ -64,7 +73,12 @@ def verify_command(
     except VerificationError as error:
         report = CertificateReport(False, error.reason, str(error))
     else:
-        report = verify_certificate(document, public_key=public_key, log_export=log_file)
+        report = verify_certificate(
+            document,
+            public_key=public_key,
+            log_export=log_file,
+            trust_embedded_key=trust_embedded_key,
+        )
     embedded = document.get("public_key") if document is not None else None
     key_text = format_public_key(public_key) if public_key is not None else embedded
     if as_json:
@@ -78,11 +92,13 @@ def verify_command(
             }
         )
     elif not report.ok:
-        click.echo(f"INVALID: certificate of destruction {certificate_file}")
-        click.echo(f"  {report.reason}: {report.message}")
+        word = verdict(report.ok, report.reason, report.trust)
+        echo(f"{word}: certificate of destruction {certificate_file}")
+        echo(problem(report.reason, report.message))
     else:
         assert document is not None
-        click.echo(f"valid: certificate of destruction {certificate_file}")
+        word = verdict(report.ok, report.reason, report.trust)
+        echo(f"{word}: certificate of destruction {certificate_file}")
         pairs: list[tuple[str, Any]] = [
             ("vault", report.vault),
             ("decommissioned at", report.decommissioned_at),
@@ -90,11 +106,14 @@ def verify_command(
             ("final entry", f"seq {report.last_seq}"),
             ("head", report.head),
             ("log", f"{log_file} ends in this head" if log_file is not None else "not checked"),
-            ("signed by", f"{key_text} ({'--pubkey' if public_key else 'its own copy'})"),
+            (
+                "signed by",
+                f"{key_text} ({'--pubkey' if public_key else 'self-asserted: its own copy'})",
+            ),
         ]
         print_pairs(pairs, indent="  ")
-        click.echo("  scope:")
-        click.echo(
+        echo("  scope:")
+        echo(
             textwrap.fill(
                 str(document.get("scope")),
                 width=88,
@@ -105,8 +124,4 @@ def verify_command(
     if report.ok:
         for text in report.notes:
             note(f"note: {text}")
-    else:
-        raise VerificationError(
-            f"certificate {certificate_file} fails verification: {report.reason}",
-            reason=report.reason or "invalid",
-        )
+    fail_unless_ok(report.ok, report.reason, report.message, f"certificate {certificate_file}")

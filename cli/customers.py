@@ -10,8 +10,8 @@ import click
 
 from ..vault import Customer
 from .context import open_session, store_options, token_option, unlock_options
-from .output import json_option, print_json, print_pairs, print_table
-from .params import ISO_MOMENT, KEY_VALUE, consent_flags
+from .output import echo, json_option, print_json, print_pairs, print_table
+from .params import DATE_HELP, ISO_MOMENT, KEY_VALUE, consent_flags
 
 __all__ = ["customer_group"]
 
@@ -45,8 +45,8 @@ def customer_group() -> None:
 @click.option(
     "--retain-until",
     type=ISO_MOMENT,
-    metavar="ISO-DATE",
-    help="Keep the data at least until then (a date means 00:00 UTC; no offset means UTC).",
+    metavar="DATE|TIME",
+    help=f"Keep the data at least until then: {DATE_HELP}.",
 )
 @json_option
 @store_options
@@ -68,7 +68,7 @@ def add_command(
     if customer is not None:
         print_json(customer.to_json())
     else:
-        click.echo(customer_id)
+        echo(customer_id)
 
 
 @customer_group.command("list")
@@ -86,7 +86,7 @@ def list_command(ctx: click.Context, state: str | None, as_json: bool) -> None:
         print_json([c.to_json() for c in found])
         return
     if not found:
-        click.echo("no customers" + (f" in state {state}" if state else ""))
+        echo("no customers" + (f" in state {state}" if state else ""))
         return
     print_table(
         ["ID", "STATE", "REF", "CREATED", "RETAIN UNTIL", "HOLD", "CONSENT"],
@@ -139,8 +139,8 @@ def show_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
     "--until",
     "until",
     type=ISO_MOMENT,
-    metavar="ISO-DATE",
-    help="The new retention date (a date means 00:00 UTC; no offset means UTC).",
+    metavar="DATE|TIME",
+    help=f"The new retention date: {DATE_HELP}.",
 )
 @click.option("--forever", is_flag=True, help="No retention date: keep until shredded.")
 @json_option
@@ -154,13 +154,13 @@ def retain_command(
     """Change when CUSTOMER's data is due for erasure by `shred --expired` (admin;
     logged). Give exactly one of --until and --forever."""
     if (until is None) == (not forever):
-        raise click.UsageError("give exactly one of --until ISO-DATE and --forever")
+        raise click.UsageError("give exactly one of --until DATE|TIME and --forever")
     with open_session(ctx) as session:
         stored = session.set_retention(customer_id, until)
     if as_json:
         print_json({"customer": customer_id, "retain_until": stored})
     else:
-        click.echo(f"customer {customer_id}: kept until {stored or 'shredded on request'}")
+        echo(f"customer {customer_id}: kept until {stored or 'shredded on request'}")
 
 
 @customer_group.command("hold")
@@ -178,7 +178,7 @@ def hold_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
     if as_json:
         print_json({"customer": customer_id, "legal_hold": True})
     else:
-        click.echo(f"customer {customer_id} is under legal hold")
+        echo(f"customer {customer_id} is under legal hold")
 
 
 @customer_group.command("release")
@@ -195,4 +195,4 @@ def release_command(ctx: click.Context, customer_id: str, as_json: bool) -> None
     if as_json:
         print_json({"customer": customer_id, "legal_hold": False})
     else:
-        click.echo(f"released the legal hold on customer {customer_id}")
+        echo(f"released the legal hold on customer {customer_id}")

@@ -252,7 +252,8 @@ def _narrate(s: DemoSummary) -> None:
         "ciphertext row(s) are unreadable junk until `compact` removes them."
     )
     echo(
-        "   Its erasure receipt, checked offline with only the public key: "
+        "   Its erasure receipt, checked offline against the vault's pinned public key "
+        f"(`receipt verify receipt.json --pubkey vault.pub`): "
         f"{'valid' if s.receipt_verified else 'INVALID'}."
     )
     echo(
@@ -261,7 +262,8 @@ def _narrate(s: DemoSummary) -> None:
     )
     echo(
         f"9. Exported the log ({s.export_entries} entries) and verified the export offline "
-        f"with only the public key: {'valid' if s.export_verified else 'INVALID'}."
+        "against the pinned public key (`audit verify --from-export log.jsonl --pubkey "
+        f"vault.pub`): {'valid' if s.export_verified else 'INVALID'}."
     )
 
 

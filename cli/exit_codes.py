@@ -6,6 +6,7 @@ from ..vault import (
     AccessDeniedError,
     KeysError,
     NotFoundError,
+    NoTrustedKeyError,
     SchemaError,
     UnlockError,
     VaultError,
@@ -16,6 +17,7 @@ __all__ = [
     "ACCESS_DENIED",
     "ERROR",
     "NOT_FOUND",
+    "NOT_TRUSTED",
     "OK",
     "UNLOCK_FAILED",
     "USAGE",
@@ -32,6 +34,7 @@ ACCESS_DENIED = 3
 NOT_FOUND = 4
 VERIFICATION_FAILED = 5
 UNLOCK_FAILED = 6
+NOT_TRUSTED = 7  # not verified: no trusted key (no --pubkey / anchor / seller key)
 
 # Most specific first. PurposeError is both an AccessDeniedError and a SchemaError:
 # AccessDeniedError must come before SchemaError so it exits 3, not 1.
@@ -39,6 +42,7 @@ _CODES: tuple[tuple[type[BaseException], int], ...] = (
     (UnlockError, UNLOCK_FAILED),
     (AccessDeniedError, ACCESS_DENIED),
     (NotFoundError, NOT_FOUND),  # includes ShreddedError and VaultDecommissionedError
+    (NoTrustedKeyError, NOT_TRUSTED),  # before VerificationError: it is one
     (VerificationError, VERIFICATION_FAILED),  # includes AuditChainError
     (SchemaError, ERROR),
     (VaultError, ERROR),

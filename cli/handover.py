@@ -10,12 +10,12 @@ summary.
 The handover key's passphrase is not the vault's: it comes from
 ``--key-passphrase-file``, ``SHREDVAULT_HANDOVER_PASSPHRASE`` or a prompt, and is never
 printed. Exit codes as everywhere: 5 for a package that fails verification (tampered,
-another recipient, replayed, not exported by this vault), 6 for a wrong passphrase.
+another recipient, replayed, not exported by this vault), 6 for a wrong passphrase, 7
+for an import without the seller's key (``--seller-pubkey``) and no explicit override.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -30,6 +30,7 @@ from ..vault import (
     read_handover_public_key,
     read_manifest,
 )
+from ..vault.inputs import MAX_DOCUMENT_BYTES, parse_json
 from .confirm import confirm_or_stop, yes_option
 from .context import (
     acting_session,
@@ -228,8 +229,14 @@ def export_command(
     "seller_pubkey",
     metavar="FILE",
     type=_READABLE_FILE,
-    help="Trust this seller vault key (as its `audit pubkey` prints it); without it the "
-    "key the package names is used, which proves nothing about who made it.",
+    help="The seller vault's public key to trust (as its `audit pubkey` prints it), "
+    "obtained by a second channel. Required unless --accept-unverified-seller.",
+)
+@click.option(
+    "--accept-unverified-seller",
+    is_flag=True,
+    help="Import without --seller-pubkey, trusting the key the package names itself "
+    "(anyone can make such a package); the import's log entry records this override.",
 )
 @click.option(
     "--declare-kinds",
@@ -248,6 +255,7 @@ def import_command(
     package: Path,
     key_file: Path,
     seller_pubkey: Path | None,
+    accept_unverified_seller: bool,
     declare_kinds: bool,
     key_passphrase_file: Path | None,
     as_json: bool,
@@ -258,7 +266,8 @@ def import_command(
     and every record, and that it was not imported before, BEFORE writing anything;
     then creates the customers (with fresh keys, their consent and retention) and
     their records in one transaction, logged with the package id. A tampered,
-    misdirected or replayed package exits 5 and changes nothing.
+    misdirected or replayed package exits 5 and changes nothing; without
+    --seller-pubkey (or --accept-unverified-seller) it exits 7 and changes nothing.
     """
     trusted = read_pubkey(seller_pubkey) if seller_pubkey is not None else None
     passphrase = _key_passphrase(key_passphrase_file, confirm=False)
@@ -271,6 +280,7 @@ def import_command(
                 str(package),
                 key,
                 seller_public_key=trusted,
+                accept_unverified_seller=accept_unverified_seller,
                 declare_kinds=declare_kinds,
                 progress=meter,
             )
@@ -287,16 +297,20 @@ def import_command(
                 (
                     "seller key",
                     f"{result.seller_public_key} "
-                    + ("(matches --seller-pubkey)" if trusted else "(self-asserted)"),
+                    + (
+                        "(matches --seller-pubkey)"
+                        if trusted
+                        else "(self-asserted: --accept-unverified-seller)"
+                    ),
                 ),
             ],
             indent="  ",
         )
     if trusted is None:
         note(
-            "warning: the signature was checked against the key the package itself names "
-            "(self-asserted): that shows the package is whole, not who made it. Pass "
-            "--seller-pubkey FILE with the seller's key, obtained by a second channel."
+            "warning: --accept-unverified-seller: the signature was checked against the key "
+            "the package itself names (self-asserted): that shows the package is whole, not "
+            "who made it. The import's log entry records this override."
         )
 
 
@@ -405,7 +419,9 @@ def complete_command(
 def _summary_package(path: Path) -> object:
     """The package a completion summary file names, or None if it is not one."""
     try:
-        document = json.loads(path.read_text("utf-8"))
+        with path.open("rb") as handle:
+            data = handle.read(MAX_DOCUMENT_BYTES + 1)
+        document = parse_json(data, what=str(path), max_bytes=MAX_DOCUMENT_BYTES)
         return document["summary"]["package"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -26,7 +26,7 @@ from .context import (
 )
 from .meter import Meter
 from .output import json_option, note, print_json, print_pairs
-from .params import NewFile, check_new_keyfile
+from .params import DAYS_OR_ZERO, NewFile, check_new_keyfile
 
 __all__ = ["NEW_PASSPHRASE_ENV", "key_group"]
 
@@ -205,7 +205,7 @@ def retire_epoch_command(ctx: click.Context, epoch: int, as_json: bool) -> None:
 @click.option("--all", "rotate_all", is_flag=True, help="Every active customer.")
 @click.option(
     "--older-than",
-    type=click.FloatRange(min=0),
+    type=DAYS_OR_ZERO,
     metavar="DAYS",
     help="Every active customer whose DEK is older than DAYS.",
 )

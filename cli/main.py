@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +43,61 @@ from .context import (
     check_data_url,
     clean_token,
 )
-from .exit_codes import CommandError, describe, exit_code_for
+from .exit_codes import ERROR, CommandError, describe, exit_code_for
+from .output import echo
+from .params import check_text_inputs
 
 __all__ = ["cli", "main"]
 
 
+#: set (to anything) to let an unexpected exception through with its traceback; the
+#: test suite sets it, so that reaching the catch-all below fails a test
+RAISE_UNEXPECTED_ENV = "SHREDVAULT_RAISE_UNEXPECTED"
+_JSON_ERRORS = "shredvault.json_errors"
+
+
 class VaultGroup(click.Group):
-    """A group that turns the library's errors into ``error: ...`` and an exit code."""
+    """A group that turns the library's errors into ``error: ...`` and an exit code
+    (with ``--json``, one JSON line on stderr instead)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # The top group sees every argument: refuse bytes that are not UTF-8 here,
+        # before any option is parsed or anything is read or written.
+        if ctx.parent is None:
+            check_text_inputs(args, os.environ)
+            ctx.meta[_JSON_ERRORS] = "--json" in args
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except BrokenPipeError:
             raise  # the reader went away (``| head``): click ends quietly
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # usage errors, --help, a declined confirmation: click's own
         except (CommandError, VaultError, KeysError, OSError) as error:
             # Expected failures: one line on stderr and the exit code, no traceback.
-            click.echo(f"error: {describe(error)}", err=True)
-            ctx.exit(exit_code_for(error))
+            _fail(ctx, describe(error), exit_code_for(error), type(error).__name__)
+        except Exception as error:
+            # A bug. One line and exit 1 for the person at the terminal; never the
+            # exception's text (it could hold a value).
+            if os.environ.get(RAISE_UNEXPECTED_ENV):
+                raise
+            _fail(
+                ctx,
+                f"unexpected {type(error).__name__} (a bug in shredvault: please report it)",
+                ERROR,
+                type(error).__name__,
+            )
+
+
+def _fail(ctx: click.Context, message: str, code: int, kind: str) -> None:
+    if ctx.meta.get(_JSON_ERRORS):
+        line = json.dumps({"error": message, "exit_code": code, "type": kind}, ensure_ascii=False)
+        echo(line, err=True)
+    else:
+        echo(f"error: {message}", err=True)
+    ctx.exit(code)
 
 
 @click.group(
@@ -101,7 +141,7 @@ def cli(
     hash-chained log, erasure by destroying keys.
 
     Exit codes: 0 ok, 1 error, 2 usage, 3 access denied, 4 not found or shredded,
-    5 verification failed, 6 unlock failed.
+    5 verification failed, 6 unlock failed, 7 not verified: no trusted key.
 
     Unlocking acts as the administrator; with --token (or SHREDVAULT_TOKEN) data
     commands act as that principal, with its role.

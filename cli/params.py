@@ -7,18 +7,25 @@ Error messages name the option, never the value given: a value may be personal d
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from datetime import UTC, date, datetime, time
+from collections.abc import Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 
 import click
 
+from ..vault import SchemaError
+from ..vault.inputs import MOMENT_HELP, check_days, parse_moment
+
 __all__ = [
+    "DATE_HELP",
+    "DAYS",
+    "DAYS_OR_ZERO",
     "ISO_MOMENT",
     "KEY_VALUE",
     "OUTPUT_FILE",
     "NewFile",
     "check_new_keyfile",
+    "check_text_inputs",
     "comma_list",
     "consent_flags",
     "field_values",
@@ -49,24 +56,37 @@ class KeyValue(click.ParamType):  # type: ignore[type-arg]
 
 
 class IsoMoment(click.ParamType):  # type: ignore[type-arg]
-    """An ISO 8601 date or date-time. A date means 00:00 UTC that day; a date-time
-    without an offset is taken as UTC."""
+    """A plain date (00:00 UTC that day) or an RFC 3339 time, through the vault's one
+    date parser (:func:`shredvault.vault.inputs.parse_moment`)."""
 
-    name = "ISO-DATE"
+    name = "DATE|TIME"
 
     def convert(
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
     ) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        text = str(value).strip()
         try:
-            if len(text) == 10:
-                return datetime.combine(date.fromisoformat(text), time(0), tzinfo=UTC)
-            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            self.fail(f"{text!r} is not an ISO date (YYYY-MM-DD) or date-time", param, ctx)
-        return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+            return parse_moment(value, what="the value")
+        except SchemaError as error:
+            self.fail(str(error), param, ctx)
+
+
+class Days(click.ParamType):  # type: ignore[type-arg]
+    """A number of days: finite, above 0 (or 0 where ``allow_zero``), at most 1,000
+    years (``nan``, ``inf`` and ``1e308`` are usage errors)."""
+
+    name = "DAYS"
+
+    def __init__(self, *, allow_zero: bool = False) -> None:
+        self.allow_zero = allow_zero
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = value if isinstance(value, float) else float(str(value).strip())
+            return check_days(number, what="the value", allow_zero=self.allow_zero)
+        except ValueError as error:  # SchemaError is one; float("x") too
+            self.fail(str(error) if isinstance(error, SchemaError) else "not a number", param, ctx)
 
 
 class NewFile(click.Path):
@@ -87,8 +107,35 @@ class NewFile(click.Path):
 
 KEY_VALUE = KeyValue()
 ISO_MOMENT = IsoMoment()
+DAYS = Days()
+DAYS_OR_ZERO = Days(allow_zero=True)
+#: the one wording of the date format, for --help texts
+DATE_HELP = MOMENT_HELP
 # An output that may also stream to stdout: ``-`` (see file_or_stdout).
 OUTPUT_FILE = click.Path(dir_okay=False, allow_dash=True, path_type=Path)
+
+
+def _is_text(value: str) -> bool:
+    """False for a string that came from bytes that are not UTF-8 (Python keeps each bad
+    byte as a lone surrogate) or that holds a NUL."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in value
+
+
+def check_text_inputs(args: Iterable[str], environ: Mapping[str, str]) -> None:
+    """Every command-line argument and every ``SHREDVAULT_*`` variable is valid UTF-8
+    text, before anything else runs (a usage error, exit 2, otherwise). The message
+    names the argument's position or the variable, never its bytes: it may be a
+    passphrase or a token."""
+    for position, arg in enumerate(args, start=1):
+        if not _is_text(arg):
+            raise click.UsageError(f"argument {position} is not valid UTF-8 text")
+    for name in sorted(environ):
+        if name.startswith("SHREDVAULT_") and not _is_text(environ[name]):
+            raise click.UsageError(f"the environment variable {name} is not valid UTF-8 text")
 
 
 def file_or_stdout(path: Path | None) -> Path | None:

@@ -25,7 +25,8 @@ from ..vault import (
     verify_receipt,
 )
 from .exit_codes import describe
-from .output import json_option, note, print_json, print_pairs
+from .output import echo, json_option, note, print_json, print_pairs
+from .trust import PINNED, SELF_ASSERTED, fail_unless_ok, problem, trust_embedded_option, verdict
 
 __all__ = [
     "RECOVERED_DIR",
@@ -76,15 +77,12 @@ def read_pubkey(path: Path) -> bytes:
         raise click.BadParameter(f"{path}: {error}", param_hint="'--pubkey'") from None
 
 
-def _print_report(
-    report: ReceiptReport, path: Path, key_text: str | None, trusted_key: bool
-) -> None:
+def _print_report(report: ReceiptReport, path: Path, key_text: str | None) -> None:
+    echo(f"{verdict(report.ok, report.reason, report.trust)}: erasure receipt {path}")
     if not report.ok:
-        click.echo(f"INVALID: erasure receipt {path}")
-        click.echo(f"  {report.reason}: {report.message}")
+        echo(problem(report.reason, report.message))
         return
-    click.echo(f"valid: erasure receipt {path}")
-    key_note = "given with --pubkey" if trusted_key else "the receipt's own copy"
+    key_note = "given with --pubkey" if report.trust == PINNED else "self-asserted: its own copy"
     pairs: list[tuple[str, Any]] = [
         ("customer", report.customer),
         ("vault", report.vault),
@@ -107,19 +105,24 @@ def receipt_group() -> None:
     "pubkey_file",
     metavar="FILE",
     type=_READABLE_FILE,
-    help="Trust this vault public key (as `audit pubkey` prints it), not the receipt's copy.",
+    help="The vault's public key to trust (as `audit pubkey` prints it).",
 )
+@trust_embedded_option
 @json_option
-def verify_command(receipt_file: Path, pubkey_file: Path | None, as_json: bool) -> None:
+def verify_command(
+    receipt_file: Path, pubkey_file: Path | None, trust_embedded_key: bool, as_json: bool
+) -> None:
     """Verify the erasure receipt in FILE. Needs no vault, passphrase or network.
 
     Checks that the shred entry matches its hash, that the vault's signed checkpoint
     stands at exactly that entry, and that the entry commits to the customer the
-    receipt names. Exits 0 when valid and 5 when not, saying why.
+    receipt names. Exits 0 when valid, 5 when not (saying why) and 7 when nothing
+    trusted was given to check it against.
 
-    Without --pubkey the key inside the receipt is used: that shows the receipt is
-    whole, not that your vault signed it. Get the vault's key from its owner
-    (`shredvault audit pubkey`) and pass it with --pubkey.
+    Pass the vault's key with --pubkey (get it from the vault's owner: `shredvault
+    audit pubkey`). The key inside the receipt shows only that the receipt is whole,
+    not that your vault signed it: with --trust-embedded-key it is used and the result
+    is reported as self-asserted.
     """
     public_key = read_pubkey(pubkey_file) if pubkey_file is not None else None
     document: dict[str, Any] | None = None
@@ -128,7 +131,9 @@ def verify_command(receipt_file: Path, pubkey_file: Path | None, as_json: bool) 
     except VerificationError as error:
         report = ReceiptReport(False, error.reason, str(error))
     else:
-        report = verify_receipt(document, public_key=public_key)
+        report = verify_receipt(
+            document, public_key=public_key, trust_embedded_key=trust_embedded_key
+        )
     if public_key is not None:
         key_text: str | None = format_public_key(public_key)
     else:
@@ -144,21 +149,17 @@ def verify_command(receipt_file: Path, pubkey_file: Path | None, as_json: bool) 
             }
         )
     else:
-        _print_report(report, receipt_file, key_text, public_key is not None)
+        _print_report(report, receipt_file, key_text)
         if report.ok:
             scope = document.get("scope") if document is not None else None
             if isinstance(scope, str):
-                click.echo("  scope:")
-                click.echo(
+                echo("  scope:")
+                echo(
                     textwrap.fill(scope, width=88, initial_indent="    ", subsequent_indent="    ")
                 )
-    if report.ok and public_key is None:
+    if report.ok and report.trust == SELF_ASSERTED:
         note(
-            "note: checked against the key inside the receipt; pass --pubkey FILE with the "
-            "vault's key (`shredvault audit pubkey`) to prove the vault signed it"
+            "note: self-asserted: checked against the key inside the receipt; pass --pubkey "
+            "FILE with the vault's key (`shredvault audit pubkey`) to prove the vault signed it"
         )
-    if not report.ok:
-        raise VerificationError(
-            f"receipt {receipt_file} fails verification: {report.reason}",
-            reason=report.reason or "invalid",
-        )
+    fail_unless_ok(report.ok, report.reason, report.message, f"receipt {receipt_file}")

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
 import click
 
 from ..vault import Record
+from ..vault.inputs import parse_json
 from .context import open_session, store_options, token_option, unlock_options
-from .output import json_option, print_json, print_pairs
+from .output import echo, json_option, print_json, print_pairs
 from .params import KEY_VALUE, field_values
 
 __all__ = ["record_group"]
@@ -27,7 +27,7 @@ purpose_option = click.option(
 
 
 def _print_record(record: Record) -> None:
-    click.echo(
+    echo(
         f"{record.id}  {record.kind} v{record.version}  "
         f"customer {record.customer}  updated {record.updated}"
     )
@@ -35,16 +35,12 @@ def _print_record(record: Record) -> None:
 
 
 def _read_stdin_object() -> dict[str, Any]:
-    text = sys.stdin.read(_MAX_STDIN + 1)
-    if len(text) > _MAX_STDIN:
+    """The JSON object on stdin, through the input layer's parser (limits on size,
+    depth, numbers, duplicate keys, UTF-8); a usage error (exit 2) otherwise."""
+    data = sys.stdin.buffer.read(_MAX_STDIN + 1)
+    if len(data) > _MAX_STDIN:
         raise click.UsageError("the JSON on stdin is too large for one record")
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        # The decoder's message gives only a position, never the text.
-        raise click.UsageError(
-            f"stdin is not valid JSON (line {error.lineno}, column {error.colno})"
-        ) from None
+    value = parse_json(data, what="the JSON on stdin", fail=click.UsageError)
     if not isinstance(value, dict):
         raise click.UsageError("stdin must hold a JSON object of field names to values")
     return value
@@ -101,7 +97,7 @@ def put_command(
     if as_json:
         print_json({"id": record_id, "customer": customer_id, "kind": kind})
     else:
-        click.echo(record_id)
+        echo(record_id)
 
 
 @record_group.command("get")
@@ -144,10 +140,10 @@ def list_command(
         print_json([r.to_json() for r in found])
         return
     if not found:
-        click.echo(f"no records usable for purpose {purpose}")
+        echo(f"no records usable for purpose {purpose}")
     for i, record in enumerate(found):
         if i:
-            click.echo()
+            echo()
         _print_record(record)
 
 
@@ -172,4 +168,4 @@ def delete_command(
     if as_json:
         print_json({"customer": customer_id, "record": record_id, "deleted": True})
     else:
-        click.echo(f"deleted {record_id}")
+        echo(f"deleted {record_id}")

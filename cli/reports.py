@@ -13,7 +13,7 @@ from .audit import audit_group
 from .context import open_session, store_options, token_option, unlock_options
 from .customers import customer_group
 from .output import note, print_json, print_pairs, print_table
-from .params import OUTPUT_FILE, file_or_stdout, refuse_existing
+from .params import DATE_HELP, OUTPUT_FILE, file_or_stdout, refuse_existing
 
 
 def _deliver(report: dict[str, Any], fmt: str, out: Path | None) -> None:
@@ -93,12 +93,12 @@ def customer_report_command(
 
 
 def _check_time(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A malformed window bound is a usage error (exit 2), caught before unlocking."""
+    """A window bound through the one date parser, as the log stores times; a malformed
+    one is a usage error (exit 2), caught before unlocking."""
     try:
-        normalize_time(str(param.name), value)
+        return normalize_time(str(param.name), value)
     except SchemaError as error:
         raise click.BadParameter(str(error)) from None
-    return value
 
 
 def _print_records_by_customer(customers: list[dict[str, Any]]) -> None:
@@ -120,8 +120,18 @@ _IDS_PER_LINE = 3
 @click.option("--role", help="Role name.")
 @click.option("--action", help="Log action, e.g. record.get.")
 @click.option("--outcome", type=click.Choice(["ok", "denied", "error"]))
-@click.option("--since", callback=_check_time, help="From this RFC 3339 time (inclusive).")
-@click.option("--until", callback=_check_time, help="Up to this RFC 3339 time (exclusive).")
+@click.option(
+    "--since",
+    metavar="DATE|TIME",
+    callback=_check_time,
+    help=f"From then (inclusive): {DATE_HELP}.",
+)
+@click.option(
+    "--until",
+    metavar="DATE|TIME",
+    callback=_check_time,
+    help=f"Up to then (exclusive): {DATE_HELP}.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @store_options
 @unlock_options

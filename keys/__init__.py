@@ -23,6 +23,7 @@ from .errors import (
     WrongKeyError,
 )
 from .kdf import (
+    CEILING,
     FLOOR,
     KdfParams,
     derive_root_key,
@@ -37,6 +38,7 @@ from .signing import Signer, verify_signature
 from .store import KeyStore
 
 __all__ = [
+    "CEILING",
     "FLOOR",
     "CustomerKeys",
     "DecryptionError",

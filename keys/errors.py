@@ -29,7 +29,8 @@ class WrongKeyError(InvalidKeyError):
 
 
 class WeakParametersError(InvalidKeyError):
-    """KDF parameters below the floor: refused, since a weakened header is an attack."""
+    """KDF parameters below the floor (or above the ceiling): refused, since a weakened
+    header is an attack and an inflated one would exhaust the machine at unlock."""
 
 
 class DecryptionError(KeysError):

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from .errors import OutputExistsError
+from .errors import InvalidKeyError, OutputExistsError
 from .faults import crash_point
 from .locks import lock_calls
 
@@ -45,6 +45,7 @@ __all__ = [
     "create_file",
     "move_into_place",
     "partial_path",
+    "read_private_file",
     "write_file",
 ]
 
@@ -345,5 +346,44 @@ def _fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _CLOEXEC)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_private_file(path: str | os.PathLike[str], *, limit: int, what: str) -> bytes:
+    """Up to ``limit + 1`` bytes of a secret file (a keyfile), read through one open
+    descriptor whose ``fstat`` is what is checked, so the file checked is the file read
+    (no stat-then-read race). Refuses (:class:`InvalidKeyError`) anything but a regular
+    file owned by this user (where the OS has owners) that group and others cannot
+    access; opening never blocks (a FIFO is refused, not waited on)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise InvalidKeyError(f"cannot read {what} {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidKeyError(f"{what} {path} is not a regular file")
+        owner = os.getuid() if hasattr(os, "getuid") else None
+        if owner is not None and st.st_uid != owner:
+            raise InvalidKeyError(
+                f"{what} {path} belongs to another user (uid {st.st_uid}); use one you "
+                "own (mode 600)"
+            )
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise InvalidKeyError(
+                f"{what} {path} is accessible by group or others "
+                f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
+            )
+        data = b""
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+    except OSError as exc:
+        raise InvalidKeyError(f"cannot read {what} {path}: {exc.strerror}") from None
     finally:
         os.close(fd)

@@ -5,21 +5,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from argon2.low_level import Type, hash_secret_raw
 
 from .errors import InvalidKeyError, WeakParametersError, WrongKeyError
-from .files import write_file
+from .files import read_private_file, write_file
 from .secret import SecretBytes
 
 __all__ = [
+    "CEILING",
     "FLOOR",
     "KEY_SIZE",
     "SALT_SIZE",
     "KdfParams",
+    "check_ceiling",
     "check_floor",
     "check_key",
     "derive_root_key",
@@ -48,12 +49,22 @@ class KdfParams:
 
     @classmethod
     def from_dict(cls, raw: dict[str, int]) -> KdfParams:
-        return cls(time_cost=int(raw["t"]), memory_kib=int(raw["m"]), parallelism=int(raw["p"]))
+        """From a header's ``{"t", "m", "p"}``: each an integer (not a bool, a float or
+        a string of digits), else ValueError."""
+        values = [raw["t"], raw["m"], raw["p"]]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ValueError("KDF parameters are integers")
+        return cls(time_cost=values[0], memory_kib=values[1], parallelism=values[2])
 
 
 # RFC 9106 §4, second recommended option: t=3, m=64 MiB. p only splits the work into
 # lanes; it does not lower the attacker's memory-time cost, so its floor is 1.
 FLOOR = KdfParams(time_cost=3, memory_kib=64 * 1024, parallelism=1)
+
+
+# An edited header must not make an unlock exhaust the machine: no unlock needs more
+# than 16 passes, 1 GiB or 16 lanes (the recommendation is 3 passes, 64 MiB, <= 4 lanes).
+CEILING = KdfParams(time_cost=16, memory_kib=1024 * 1024, parallelism=16)
 
 
 def recommended_params() -> KdfParams:
@@ -75,6 +86,22 @@ def check_floor(params: KdfParams) -> None:
         )
 
 
+def check_ceiling(params: KdfParams) -> None:
+    """Raise :class:`WeakParametersError` (an unusable header, like a weakened one) when
+    any parameter is above :data:`CEILING`, before any memory is asked for."""
+    if (
+        params.time_cost > CEILING.time_cost
+        or params.memory_kib > CEILING.memory_kib
+        or params.parallelism > CEILING.parallelism
+    ):
+        raise WeakParametersError(
+            f"KDF parameters t={params.time_cost} m={params.memory_kib}KiB "
+            f"p={params.parallelism} are above the ceiling t={CEILING.time_cost} "
+            f"m={CEILING.memory_kib}KiB p={CEILING.parallelism}; refusing (an inflated "
+            "header would exhaust memory or CPU at unlock)"
+        )
+
+
 def needs_rehash(params: KdfParams) -> bool:
     """True when the stored parameters are weaker than today's recommendation."""
     rec = recommended_params()
@@ -90,6 +117,7 @@ def derive_root_key(passphrase: bytes, salt: bytes, params: KdfParams) -> Secret
     if len(salt) != SALT_SIZE:
         raise InvalidKeyError(f"KDF salt must be {SALT_SIZE} bytes")
     check_floor(params)
+    check_ceiling(params)
     raw = hash_secret_raw(
         bytes(passphrase),
         salt,
@@ -122,17 +150,10 @@ def generate_keyfile(path: str | os.PathLike[str]) -> None:
 
 
 def load_keyfile(path: Path) -> SecretBytes:
-    """Read a keyfile; refuse one that group or others can access, or of the wrong size."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise InvalidKeyError(f"cannot read keyfile {path}: {exc.strerror}") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise InvalidKeyError(
-            f"keyfile {path} is accessible by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
-        )
-    data = Path(path).read_bytes()
+    """Read a keyfile: a regular file of exactly 32 bytes, owned by this user and not
+    accessible by group or others, checked and read through one open descriptor
+    (:func:`keys.files.read_private_file`)."""
+    data = read_private_file(path, limit=KEY_SIZE, what="keyfile")
     if len(data) != KEY_SIZE:
         raise InvalidKeyError(f"keyfile {path} must hold exactly {KEY_SIZE} bytes")
     return SecretBytes(data)

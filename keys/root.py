@@ -20,6 +20,7 @@ from .errors import InvalidKeyError, KeystoreError
 from .kdf import (
     SALT_SIZE,
     KdfParams,
+    check_ceiling,
     check_floor,
     check_key,
     derive_root_key,
@@ -150,6 +151,7 @@ def _derive(
             raise InvalidKeyError("this vault is unlocked with a passphrase")
         params = stored_kdf_params(header)
         check_floor(params)
+        check_ceiling(params)
         return derive_root_key(passphrase, header.salt, params)
     if header.key_source == "keyfile":
         if keyfile_key is None:
@@ -162,5 +164,5 @@ def stored_kdf_params(header: KeystoreHeader) -> KdfParams:
     """The KDF parameters of a passphrase vault's header; :class:`KeystoreError` if damaged."""
     try:
         return KdfParams.from_dict(json.loads(header.kdf))
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise KeystoreError("the keystore header holds damaged KDF parameters") from None

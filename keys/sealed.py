@@ -199,7 +199,7 @@ def _read_document(path: Path, fmt: str) -> dict[str, Any]:
         document = json.loads(raw)
         if not isinstance(document, dict) or document.get("format") != fmt:
             raise ValueError("wrong format")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting thousands deep
         raise InvalidKeyError(f"{path} is not a {fmt} file") from None
     if document.get("v") != 1 or document.get("alg") != "x25519":
         raise InvalidKeyError(f"{path}: unsupported version or algorithm")

@@ -15,6 +15,11 @@ from shredvault.keys import generate_keyfile
 from shredvault.vault import Vault
 
 PG_URL_ENV = "SHREDVAULT_TEST_POSTGRES_URL"
+
+# The CLI's catch-all for unexpected exceptions prints one line; under test, reaching it
+# is a bug, so let the exception (and its traceback) through, in this process and in
+# every CLI subprocess the tests start.
+os.environ["SHREDVAULT_RAISE_UNEXPECTED"] = "1"
 PASSPHRASE = b"correct horse battery staple"
 
 

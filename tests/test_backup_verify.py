@@ -283,12 +283,19 @@ def test_restore_refuses_the_damaged_archive_and_leaves_nothing_usable(
 # -- whole archives ----------------------------------------------------------------------------
 
 
-def test_a_whole_archive_verifies_with_its_own_key_and_says_so(archives: Archives) -> None:
+def test_a_whole_archive_is_not_verified_without_a_trusted_key(archives: Archives) -> None:
     report = verify_backup(archives.a1)
-    assert report.ok, report.message
-    assert report.reason is None
-    assert "key inside the archive" in report.message
+    assert (report.ok, report.reason, report.trust) == (False, "no trusted key", None)
     assert report.manifest is not None and report.manifest["type"] == "backup"
+
+
+def test_a_whole_archive_verifies_with_its_own_key_and_says_self_asserted(
+    archives: Archives,
+) -> None:
+    report = verify_backup(archives.a1, trust_embedded_key=True)
+    assert report.ok, report.message
+    assert report.reason is None and report.trust == "self-asserted"
+    assert "key inside the archive" in report.message
 
 
 def test_a_whole_archive_verifies_with_the_vaults_public_key(archives: Archives) -> None:
@@ -316,5 +323,5 @@ def test_a_rebuilt_archive_with_the_same_bytes_still_verifies(
 
 def test_verifying_leaves_the_archive_unchanged(archives: Archives) -> None:
     before = archives.a1.read_bytes()
-    assert verify_backup(archives.a1).ok
+    assert verify_backup(archives.a1, public_key=archives.a_public_key).ok
     assert archives.a1.read_bytes() == before

@@ -186,14 +186,18 @@ def test_an_export_verifies_offline_with_pubkey_and_anchor(
     assert report["notes"] == []
 
 
-def test_an_export_verified_without_pubkey_says_the_key_was_not_trusted(
+def test_an_export_verified_without_pubkey_is_not_verified(
     audit: Run, vault: Path, tmp_path: Path
 ) -> None:
     exported = tmp_path / "log.jsonl"
     audit("audit", "export", "--out", str(exported))
     result = audit("audit", "verify", "--from-export", str(exported))
-    assert result.exit_code == 0
-    assert "--pubkey" in result.stdout
+    assert result.exit_code == 7
+    assert result.stdout.startswith("NOT VERIFIED") and "valid" not in result.stdout.lower()
+    assert "--pubkey" in result.stderr and "no trusted key" in result.stderr
+    asserted = audit("audit", "verify", "--from-export", str(exported), "--trust-embedded-key")
+    assert asserted.exit_code == 0, asserted.output
+    assert asserted.stdout.startswith("self-asserted") and "valid" not in asserted.stdout
 
 
 def test_a_truncated_export_fails_against_the_anchor(

@@ -237,8 +237,12 @@ def test_backup_list_without_backups_says_so(run: Run) -> None:
 def test_backup_verify_needs_no_vault_and_no_secret(run: Run, tmp_path: Path) -> None:
     archive = tmp_path / "backup.tar"
     ok(run("backup", "create", str(archive)))
-    result = ok(run("backup", "verify", str(archive), **NO_VAULT))
-    assert result.stdout.startswith(f"valid: backup archive {archive}")
+    unpinned = run("backup", "verify", str(archive), **NO_VAULT)
+    assert unpinned.exit_code == 7, unpinned.output  # not verified: no trusted key
+    assert unpinned.stdout.startswith(f"NOT VERIFIED: backup archive {archive}")
+    assert "--pubkey" in unpinned.stderr and "valid" not in unpinned.stdout
+    result = ok(run("backup", "verify", str(archive), "--trust-embedded-key", **NO_VAULT))
+    assert result.stdout.startswith(f"self-asserted: backup archive {archive}")
     assert "--pubkey" in result.stderr  # says it trusted the archive's own key
 
 
@@ -463,7 +467,7 @@ def test_the_console_script_backs_up_verifies_and_restores(tmp_path: Path) -> No
     created = sh("backup", "create", str(archive), "--json")
     assert created.returncode == 0, created.stderr
     assert PASSPHRASE not in created.stdout + created.stderr
-    verified = sh("backup", "verify", str(archive), passphrase=None)
+    verified = sh("backup", "verify", str(archive), "--trust-embedded-key", passphrase=None)
     assert verified.returncode == 0, verified.stderr
     wrong = sh(
         "backup",

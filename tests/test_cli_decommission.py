@@ -184,13 +184,25 @@ def test_decommission_exits_0_and_writes_the_certificate_and_its_markdown(done: 
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["--pubkey", "vault.pub"], ["--pubkey", "vault.pub", "--log", "log.jsonl"]],
-    ids=["own-key", "pubkey", "pubkey-and-log"],
+    [["--pubkey", "vault.pub"], ["--pubkey", "vault.pub", "--log", "log.jsonl"]],
+    ids=["pubkey", "pubkey-and-log"],
 )
 def test_certificate_verify_passes(done: Done, extra: list[str]) -> None:
     checked = done.sh("certificate", "verify", "cert.json", *extra)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert checked.stdout.startswith("valid: certificate of destruction cert.json")
+
+
+def test_certificate_verify_without_a_trusted_key_exits_7_or_says_self_asserted(
+    done: Done,
+) -> None:
+    unpinned = done.sh("certificate", "verify", "cert.json")
+    assert unpinned.returncode == 7, unpinned.stdout + unpinned.stderr
+    assert unpinned.stdout.startswith("NOT VERIFIED") and "--pubkey" in unpinned.stderr
+    asserted = done.sh("certificate", "verify", "cert.json", "--trust-embedded-key")
+    assert asserted.returncode == 0, asserted.stdout + asserted.stderr
+    assert asserted.stdout.startswith("self-asserted: certificate of destruction")
+    assert "valid" not in asserted.stdout
 
 
 def test_certificate_verify_json_says_the_log_was_checked(done: Done) -> None:
@@ -374,7 +386,7 @@ def test_without_certificate_the_certificate_is_stdout(fresh: Built) -> None:
     assert document["type"] == "shredvault-certificate-of-destruction"
     assert "decommissioned" in result.stderr
     (fresh.base / "c.json").write_text(result.stdout)
-    assert fresh.sh("certificate", "verify", "c.json").returncode == 0
+    assert fresh.sh("certificate", "verify", "c.json", "--trust-embedded-key").returncode == 0
 
 
 def test_an_existing_certificate_file_is_refused_before_anything_is_destroyed(
@@ -395,7 +407,8 @@ def test_an_interrupted_decommission_finishes_when_run_again(fresh: Built, point
     assert fresh.sh("customer", "list").returncode == 4
     finished = fresh.sh(*args)
     assert finished.returncode == 0, finished.stderr
-    assert fresh.sh("certificate", "verify", "cert.json").returncode == 0
+    checked = fresh.sh("certificate", "verify", "cert.json", "--trust-embedded-key")
+    assert checked.returncode == 0
     assert fresh.sh("audit", "verify").returncode == 0
 
 

@@ -184,7 +184,11 @@ def export(world: World, out: str = "package.svho", *extra: str, **env: str) -> 
     return result
 
 
-def import_(world: World, package: Path, *extra: str, **env: str) -> Any:
+def import_(world: World, package: Path, *extra: str, trust: bool = True, **env: str) -> Any:
+    """``handover import`` into the acquirer, pinning the seller's key unless ``extra``
+    chooses otherwise (or ``trust`` is False)."""
+    chosen = {"--seller-pubkey", "--accept-unverified-seller"} & set(extra)
+    pinned = ("--seller-pubkey", str(world.base / "seller.pub")) if trust and not chosen else ()
     return sh(
         world,
         "handover",
@@ -192,6 +196,7 @@ def import_(world: World, package: Path, *extra: str, **env: str) -> Any:
         str(package),
         "--key",
         str(world.key),
+        *pinned,
         *extra,
         vault=world.acquirer,
         **env,
@@ -308,10 +313,31 @@ def test_the_seller_sells_then_deregisters_and_keeps_proof(world: World) -> None
     assert world.cy not in ok(sh(world, "customer", "list", vault=world.acquirer)).stdout
 
 
-def test_import_without_a_trusted_seller_key_says_it_is_self_asserted(world: World) -> None:
+def test_import_without_a_trusted_seller_key_exits_7_unless_overridden_and_logged(
+    world: World,
+) -> None:
     ok(export(world))
-    imported = ok(import_(world, world.base / "package.svho"))
+    package = world.base / "package.svho"
+    before = state(world.acquirer)
+    refused = import_(world, package, trust=False)
+    assert refused.returncode == 7, refused.stderr
+    assert "no trusted key" in refused.stderr and "--seller-pubkey" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    after = state(world.acquirer)
+    assert (after["customers"], after["records"]) == (before["customers"], before["records"])
+    assert "handover.import" not in after["actions"]
+    imported = ok(import_(world, package, "--accept-unverified-seller"))
     assert "self-asserted" in imported.stdout and "warning" in imported.stderr
+    assert "valid" not in imported.stdout
+    conn = sqlite3.connect(world.acquirer / "data.db")
+    try:
+        (body,) = conn.execute(
+            "SELECT body FROM sv_log WHERE action = 'handover.import'"
+        ).fetchone()
+    finally:
+        conn.close()
+    detail = json.loads(body)["detail"]
+    assert detail["seller_key_trusted"] is False and detail["seller_key_override"] is True
 
 
 def test_complete_runs_again_after_an_interruption_keeping_the_receipts(world: World) -> None:

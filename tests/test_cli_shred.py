@@ -89,12 +89,19 @@ def test_shred_with_yes_writes_a_receipt_that_verifies(
     assert f"shredded {setup.customer}" in result.stdout
     assert stat.S_IMODE(receipt.stat().st_mode) == 0o600
     assert json.loads(receipt.read_text())["customer"] == setup.customer
-    verified = run(
-        "receipt", "verify", str(receipt), SHREDVAULT_VAULT=None, SHREDVAULT_KEYFILE=None
-    )
+    offline = {"SHREDVAULT_VAULT": None, "SHREDVAULT_KEYFILE": None}
+    unpinned = run("receipt", "verify", str(receipt), **offline)
+    assert unpinned.exit_code == 7, unpinned.output  # no trusted key: never "valid"
+    assert unpinned.stdout.startswith("NOT VERIFIED") and "--pubkey" in unpinned.stderr
+    asserted = run("receipt", "verify", str(receipt), "--trust-embedded-key", **offline)
+    assert asserted.exit_code == 0, asserted.output
+    assert asserted.stdout.startswith("self-asserted") and "valid" not in asserted.stdout
+    assert "--pubkey" in asserted.stderr  # says the key came from the receipt itself
+    pub = tmp_path / "vault.pub"
+    pub.write_text(run("audit", "pubkey").stdout)
+    verified = run("receipt", "verify", str(receipt), "--pubkey", str(pub), **offline)
     assert verified.exit_code == 0, verified.output
     assert verified.stdout.startswith("valid") and setup.customer in verified.stdout
-    assert "--pubkey" in verified.stderr  # says the key came from the receipt itself
 
 
 def test_reading_a_shredded_customer_exits_4(run: Run, setup: Setup, tmp_path: Path) -> None:
@@ -138,7 +145,7 @@ def test_without_receipt_the_receipt_is_stdout_and_the_summary_stderr(
     assert f"shredded {setup.customer}" in result.stderr
     saved = tmp_path / "from-stdout.json"
     saved.write_text(result.stdout)
-    assert run("receipt", "verify", str(saved)).exit_code == 0
+    assert run("receipt", "verify", str(saved), "--trust-embedded-key").exit_code == 0
 
 
 def test_receipt_dash_means_stdout_and_writes_no_file(
@@ -255,7 +262,8 @@ def test_shred_expired_shreds_past_retention_keeps_held_and_writes_receipts(
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in receipts.iterdir()) == [f"{past}.json"]
     assert held in result.stdout and "legal hold" in result.stdout
-    assert run("receipt", "verify", str(receipts / f"{past}.json")).exit_code == 0
+    checked = run("receipt", "verify", str(receipts / f"{past}.json"), "--trust-embedded-key")
+    assert checked.exit_code == 0
     states = {c["id"]: c["state"] for c in json.loads(run("customer", "list", "--json").stdout)}
     assert states == {
         setup.customer: "active",
@@ -381,7 +389,7 @@ def test_a_receipt_that_is_not_json_exits_5_also_with_json_output(run: Run, tmp_
 def test_receipt_verify_needs_no_vault_and_no_credential(receipt: Path) -> None:
     result = CliRunner().invoke(
         cli,
-        ["receipt", "verify", str(receipt)],
+        ["receipt", "verify", str(receipt), "--trust-embedded-key"],
         env={"SHREDVAULT_VAULT": None, "SHREDVAULT_KEYFILE": None, "SHREDVAULT_PASSPHRASE": None},
     )
     assert result.exit_code == 0, result.output
@@ -413,7 +421,7 @@ def test_a_shred_finished_at_open_leaves_its_receipt_in_the_vault(run: Run, setu
     recovered = setup.root / "recovered-receipts" / f"{setup.customer}.json"
     assert str(recovered.parent) in listed.stderr
     assert stat.S_IMODE(recovered.stat().st_mode) == 0o600
-    assert run("receipt", "verify", str(recovered)).exit_code == 0
+    assert run("receipt", "verify", str(recovered), "--trust-embedded-key").exit_code == 0
     assert read(run, setup).exit_code == 4
 
 

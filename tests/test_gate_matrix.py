@@ -716,7 +716,7 @@ def _exported(w: World, shape: str) -> Given:
 def _from_seller(w: World, shape: str) -> Given:
     out = str(w.root / w.unique("bought"))
     w.seller.admin().handover_export(w.handover_pub, out, customers=[w.seller_customer])
-    return {"out": out, "key": w.handover_key}
+    return {"out": out, "key": w.handover_key, "seller": w.seller.public_key}
 
 
 case(
@@ -732,7 +732,7 @@ case(
     "handover_import",
     "handover.import",
     prepare=_from_seller,
-    call=lambda s, g: s.handover_import(g["out"], g["key"]),
+    call=lambda s, g: s.handover_import(g["out"], g["key"], seller_public_key=g["seller"]),
     refusal=needs("admin"),
     entries=lambda shape, g, r: ok("customer.import", "record.put", "handover.import"),
 )

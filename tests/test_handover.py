@@ -28,6 +28,7 @@ from shredvault.vault import (
     HandoverConflictError,
     HandoverKey,
     NotFoundError,
+    NoTrustedKeyError,
     Role,
     SchemaError,
     ShreddedError,
@@ -345,9 +346,11 @@ def test_import_creates_the_customers_with_their_records_consent_and_retention(
     seller: Seller, acquirer: Vault, acquirer_key: AcquirerKey, tmp_path: Path
 ) -> None:
     package = export(seller, acquirer_key, tmp_path / "p.svho")
-    result = acquirer.admin().handover_import(str(package), acquirer_key.key)
+    result = acquirer.admin().handover_import(
+        str(package), acquirer_key.key, seller_public_key=seller.vault.public_key
+    )
     assert sorted(result.customers) == sorted(seller.consenting)
-    assert result.records == 3 and result.seller_key_trusted is False
+    assert result.records == 3 and result.seller_key_trusted is True
     s = acquirer.admin()
     first = s.customer(seller.consenting[0])
     assert first.consent == {"transfer": True}
@@ -364,7 +367,9 @@ def test_imported_customers_get_fresh_keys(
     seller: Seller, acquirer: Vault, acquirer_key: AcquirerKey, tmp_path: Path
 ) -> None:
     package = export(seller, acquirer_key, tmp_path / "p.svho")
-    acquirer.admin().handover_import(str(package), acquirer_key.key)
+    acquirer.admin().handover_import(
+        str(package), acquirer_key.key, seller_public_key=seller.vault.public_key
+    )
     cid = seller.consenting[0]
     assert seller.vault._ctx.keys.fingerprints(cid) != acquirer._ctx.keys.fingerprints(cid)
     # Shredding at the acquirer leaves the seller's copy alone, and the reverse.
@@ -390,10 +395,14 @@ def test_import_twice_is_refused_as_a_replay_and_changes_nothing(
     seller: Seller, acquirer: Vault, acquirer_key: AcquirerKey, tmp_path: Path
 ) -> None:
     package = export(seller, acquirer_key, tmp_path / "p.svho")
-    acquirer.admin().handover_import(str(package), acquirer_key.key)
+    acquirer.admin().handover_import(
+        str(package), acquirer_key.key, seller_public_key=seller.vault.public_key
+    )
     before = snapshot(acquirer)
     with pytest.raises(VerificationError) as caught:
-        acquirer.admin().handover_import(str(package), acquirer_key.key)
+        acquirer.admin().handover_import(
+            str(package), acquirer_key.key, seller_public_key=seller.vault.public_key
+        )
     assert caught.value.reason == "replayed"
     assert snapshot(acquirer) == before
 
@@ -402,12 +411,16 @@ def test_replay_is_refused_even_after_the_imported_customers_were_shredded(
     seller: Seller, acquirer: Vault, acquirer_key: AcquirerKey, tmp_path: Path
 ) -> None:
     package = export(seller, acquirer_key, tmp_path / "p.svho")
-    acquirer.admin().handover_import(str(package), acquirer_key.key)
+    acquirer.admin().handover_import(
+        str(package), acquirer_key.key, seller_public_key=seller.vault.public_key
+    )
     for cid in seller.consenting:
         acquirer.admin().shred(cid, reason="test")
     before = snapshot(acquirer)
     with pytest.raises(VerificationError):
-        acquirer.admin().handover_import(str(package), acquirer_key.key)
+        acquirer.admin().handover_import(
+            str(package), acquirer_key.key, seller_public_key=seller.vault.public_key
+        )
     assert snapshot(acquirer) == before
 
 
@@ -421,7 +434,9 @@ def test_a_package_for_another_recipient_is_refused(
     package = export(seller, acquirer_key, tmp_path / "p.svho")
     before = snapshot(acquirer)
     with pytest.raises(VerificationError) as caught:
-        acquirer.admin().handover_import(str(package), other_key.key)
+        acquirer.admin().handover_import(
+            str(package), other_key.key, seller_public_key=seller.vault.public_key
+        )
     assert caught.value.reason == "wrong recipient"
     assert snapshot(acquirer) == before
 
@@ -432,7 +447,9 @@ def test_customer_ids_the_vault_already_holds_are_a_conflict(
     package = export(seller, acquirer_key, tmp_path / "p.svho")
     before = snapshot(seller.vault)
     with pytest.raises(HandoverConflictError):
-        seller.vault.admin().handover_import(str(package), acquirer_key.key)
+        seller.vault.admin().handover_import(
+            str(package), acquirer_key.key, seller_public_key=seller.vault.public_key
+        )
     assert snapshot(seller.vault) == before
     assert seller.vault.admin().list_records(seller.consenting[0], purpose=PURPOSE)
 
@@ -444,9 +461,16 @@ def test_undeclared_kinds_are_refused_unless_declared_from_the_manifest(
     bare = other_vault
     before = snapshot(bare)
     with pytest.raises(SchemaError, match="not declared"):
-        bare.admin().handover_import(str(package), acquirer_key.key)
+        bare.admin().handover_import(
+            str(package), acquirer_key.key, seller_public_key=seller.vault.public_key
+        )
     assert snapshot(bare) == before
-    result = bare.admin().handover_import(str(package), acquirer_key.key, declare_kinds=True)
+    result = bare.admin().handover_import(
+        str(package),
+        acquirer_key.key,
+        seller_public_key=seller.vault.public_key,
+        declare_kinds=True,
+    )
     assert result.kinds_declared == ["booking", "profile"]
     assert set(bare.kinds()) == {"booking", "profile"}
 
@@ -460,6 +484,9 @@ def package(seller: Seller, acquirer_key: AcquirerKey, tmp_path: Path) -> Path:
 
 
 def refused(acquirer: Vault, path: Path, key: HandoverKey, **kw: Any) -> VerificationError:
+    """The import of ``path`` fails and writes nothing. Without a seller key the check
+    runs with the override, so it is the tampering that must be caught, not the trust."""
+    kw.setdefault("accept_unverified_seller", "seller_public_key" not in kw)
     before = snapshot(acquirer)
     with pytest.raises(VerificationError) as caught:
         acquirer.admin().handover_import(str(path), key, **kw)
@@ -697,7 +724,7 @@ def _resign_frames(
     return out
 
 
-def test_a_forged_package_passes_only_as_self_asserted_and_fails_with_the_seller_key(
+def test_a_forged_package_is_refused_without_the_seller_key_unless_overridden(
     seller: Seller, package: Path, acquirer: Vault, acquirer_key: AcquirerKey, tmp_path: Path
 ) -> None:
     def extend(entry: dict[str, Any]) -> None:
@@ -706,9 +733,17 @@ def test_a_forged_package_passes_only_as_self_asserted_and_fails_with_the_seller
     forged, _forger = forge(package, tmp_path / "forged.svho", extend)
     error = refused(acquirer, forged, acquirer_key.key, seller_public_key=seller.vault.public_key)
     assert error.reason == "bad signature"
-    # Without the trusted key the forger's own key verifies: reported, never hidden.
-    result = acquirer.admin().handover_import(str(forged), acquirer_key.key)
+    # Without the trusted key the import is refused (nothing written), and only an
+    # explicit override accepts the forger's own key: reported and logged.
+    error = refused(acquirer, forged, acquirer_key.key, accept_unverified_seller=False)
+    assert error.reason == "no trusted key" and isinstance(error, NoTrustedKeyError)
+    result = acquirer.admin().handover_import(
+        str(forged), acquirer_key.key, accept_unverified_seller=True
+    )
     assert result.seller_key_trusted is False
+    (entry,) = entries(acquirer, "handover.import")
+    assert entry["detail"]["seller_key_trusted"] is False
+    assert entry["detail"]["seller_key_override"] is True
     assert result.seller_public_key != "ed25519:" + seller.vault.public_key.hex()
 
 
@@ -728,9 +763,13 @@ def test_a_data_store_from_before_the_imports_table_gets_it_at_its_first_import(
     with acquirer._ctx.data.engine.begin() as conn:
         conn.execute(text("DROP TABLE sv_handover_imports"))
     package = export(seller, acquirer_key, tmp_path / "p.svho")
-    acquirer.admin().handover_import(str(package), acquirer_key.key)
+    acquirer.admin().handover_import(
+        str(package), acquirer_key.key, seller_public_key=seller.vault.public_key
+    )
     with pytest.raises(VerificationError):
-        acquirer.admin().handover_import(str(package), acquirer_key.key)
+        acquirer.admin().handover_import(
+            str(package), acquirer_key.key, seller_public_key=seller.vault.public_key
+        )
 
 
 def test_an_import_that_fails_inside_its_transaction_leaves_no_keys_behind(
@@ -743,10 +782,17 @@ def test_an_import_that_fails_inside_its_transaction_leaves_no_keys_behind(
         raise KeyboardInterrupt  # e.g. Ctrl-C after the first customer was written
 
     with pytest.raises(KeyboardInterrupt):
-        acquirer.admin().handover_import(str(package), acquirer_key.key, progress=interrupt)
+        acquirer.admin().handover_import(
+            str(package),
+            acquirer_key.key,
+            seller_public_key=seller.vault.public_key,
+            progress=interrupt,
+        )
     assert snapshot(acquirer) == before
     assert acquirer._ctx.keys.store.subject_tags(seller.consenting) == {}
-    result = acquirer.admin().handover_import(str(package), acquirer_key.key)
+    result = acquirer.admin().handover_import(
+        str(package), acquirer_key.key, seller_public_key=seller.vault.public_key
+    )
     assert result.records == 3
 
 

@@ -325,3 +325,38 @@ def test_load_keyfile_refuses_a_missing_file_naming_the_path(tmp_path: Path) -> 
     path = tmp_path / "absent.key"
     with pytest.raises(InvalidKeyError, match=re.escape(str(path))):
         load_keyfile(path)
+
+
+# -- keyfiles: owner, type and one file descriptor (issue 18 item 6) ----------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="needs root to chown")
+def test_a_keyfile_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.key"
+    generate_keyfile(path)
+    os.chown(path, 12345, 12345)
+    with pytest.raises(InvalidKeyError, match="belongs to another user"):
+        load_keyfile(path)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_keyfile_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    path = tmp_path / "fifo.key"
+    os.mkfifo(path, 0o600)
+    with pytest.raises(InvalidKeyError, match="not a regular file"):
+        load_keyfile(path)
+
+
+def test_a_keyfile_of_the_wrong_size_or_a_directory_is_refused(tmp_path: Path) -> None:
+    short = tmp_path / "short.key"
+    short.write_bytes(b"x" * 31)
+    short.chmod(0o600)
+    with pytest.raises(InvalidKeyError, match="exactly 32 bytes"):
+        load_keyfile(short)
+    longer = tmp_path / "long.key"
+    longer.write_bytes(b"x" * 33)
+    longer.chmod(0o600)
+    with pytest.raises(InvalidKeyError, match="exactly 32 bytes"):
+        load_keyfile(longer)
+    with pytest.raises(InvalidKeyError):
+        load_keyfile(tmp_path)

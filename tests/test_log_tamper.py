@@ -260,10 +260,17 @@ def test_export_rewritten_and_re_signed_under_another_key_fails_with_bad_signatu
     first_cp = min(c["checkpoint"]["seq"] for c in ex.checkpoints)
     assert_bad(check(ex, tmp_path, sealed), "bad signature", first_cp)
     # Trusting the key named in the export itself is exactly what an attacker wants:
-    # it verifies, and the report says the key was not independently trusted.
-    self_trusted = verify_export(tmp_path / "tampered.jsonl")
-    assert self_trusted.ok
-    assert any("--pubkey" in note for note in self_trusted.notes)
+    # without a trust root the forgery is never ok (issue 18) ...
+    untrusted = verify_export(tmp_path / "tampered.jsonl")
+    assert not untrusted.ok and untrusted.reason == "no trusted key"
+    assert untrusted.trust is None
+    # ... only an explicit opt-in checks it under its own key, and says self-asserted ...
+    self_trusted = verify_export(tmp_path / "tampered.jsonl", trust_embedded_key=True)
+    assert self_trusted.ok and self_trusted.trust == "self-asserted"
+    assert any("self-asserted" in note for note in self_trusted.notes)
+    # ... and an anchor the auditor kept is a trust root the forger's key cannot sign.
+    anchored = verify_export(tmp_path / "tampered.jsonl", anchor=sealed.anchor())
+    assert not anchored.ok and anchored.reason == "bad signature"
 
 
 def test_export_a_checkpoint_spliced_in_from_another_vault_is_foreign(

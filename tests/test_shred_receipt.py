@@ -102,12 +102,16 @@ def test_receipt_names_the_shred_entry_and_the_key_the_vault_publishes(issued: I
         assert auditor.public_key == issued.public_key
 
 
-def test_receipt_without_a_trusted_key_verifies_against_its_own_and_says_so(
+def test_receipt_without_a_trusted_key_is_not_verified_unless_self_asserted(
     issued: Issued,
 ) -> None:
     report = verify_receipt(issued.fresh())
-    assert report.ok
-    assert "public key taken from the receipt" in report.message
+    assert (report.ok, report.reason, report.trust) == (False, "no trusted key", None)
+    asserted = verify_receipt(issued.fresh(), trust_embedded_key=True)
+    assert asserted.ok and asserted.trust == "self-asserted"
+    assert "self-asserted" in asserted.message
+    pinned = verify_receipt(issued.fresh(), public_key=issued.public_key)
+    assert pinned.ok and pinned.trust == "pinned"
 
 
 def test_receipt_states_its_scope_including_copies_of_keys_db(issued: Issued) -> None:

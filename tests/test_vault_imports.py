@@ -161,6 +161,7 @@ SHREDVAULT_ALL = [
     "LegalHoldError",
     "LogHead",
     "LogPendingError",
+    "NoTrustedKeyError",
     "NotFoundError",
     "OutputExistsError",
     "Principal",
@@ -209,6 +210,7 @@ SHREDVAULT_ALL = [
 ]
 
 KEYS_ALL = [
+    "CEILING",
     "CustomerKeys",
     "DecryptionError",
     "Envelope",

@@ -104,6 +104,37 @@ def test_a_weakened_kdf_header_raises_unlock_error_even_with_the_right_passphras
     assert stored(passphrase_vault) == before
 
 
+@pytest.mark.parametrize(
+    "inflate",
+    [
+        {"m": 64 * 1024 * 1024},  # 64 GiB
+        {"t": 10**9},
+        {"p": 2**24},
+        {"m": "65536"},  # a string of digits is not a parameter
+        {"t": True},
+        {"m": "9" * 5000},  # written below as a 5,000-digit number
+    ],
+    ids=["memory", "passes", "lanes", "string", "bool", "digits"],
+)
+def test_an_inflated_kdf_header_is_refused_before_any_derivation(
+    passphrase_vault: Path, inflate: dict[str, object]
+) -> None:
+    """Issue 18 item 6: an edited header must not make an unlock exhaust memory or CPU
+    (a ceiling as well as the floor); refused as a bad header, nothing changed."""
+    keys_db = passphrase_vault / "keys.db"
+    conn = sqlite3.connect(keys_db)
+    kdf = json.loads(conn.execute("SELECT v FROM meta WHERE k = 'kdf'").fetchone()[0])
+    conn.close()
+    header = json.dumps({**kdf, **inflate})
+    if inflate.get("m") == "9" * 5000:
+        header = header.replace('"' + "9" * 5000 + '"', "9" * 5000)
+    sqlite_exec(keys_db, "UPDATE meta SET v = ? WHERE k = 'kdf'", (header,))
+    before = stored(passphrase_vault)
+    with pytest.raises((UnlockError, StorageError)):
+        Vault.open(passphrase_vault, passphrase=PASSPHRASE)
+    assert stored(passphrase_vault) == before
+
+
 def test_a_passphrase_vault_refuses_a_keyfile(passphrase_vault: Path, keyfile: Path) -> None:
     with pytest.raises(UnlockError):
         Vault.open(passphrase_vault, keyfile=keyfile)

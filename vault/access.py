@@ -12,11 +12,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from .clock import format_ts, parse_ts
 from .errors import SchemaError
+from .inputs import moment_text
 from .schema import check_name
 
 __all__ = [
@@ -179,17 +178,9 @@ class Role:
 
 def normalize_expiry(value: object) -> str | None:
     """An expiry as fixed-width RFC 3339 UTC (so text order is time order), or None.
-    Accepts a timezone-aware datetime or an RFC 3339 / ISO 8601 text with an offset."""
-    if value is None:
-        return None
-    try:
-        if isinstance(value, datetime):
-            return format_ts(value)
-        if isinstance(value, str):
-            return format_ts(parse_ts(value))
-    except ValueError:
-        pass
-    raise SchemaError("an expiry must be a timezone-aware time, e.g. 2027-01-31T00:00:00Z")
+    Accepts what the input layer's one date parser does (:func:`.inputs.parse_moment`:
+    a plain date, an RFC 3339 time, a timezone-aware datetime)."""
+    return None if value is None else moment_text(value, what="an expiry")
 
 
 BUILTIN_ROLES: dict[str, Role] = {

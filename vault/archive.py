@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import tarfile
 import tempfile
@@ -19,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..keys import KeyStore, verify_signature
+from ..keys import KeyStore
 from .audit import Auditor
 from .canonical import canonical
 from .errors import StorageError, VaultError, VerificationError, keys_errors
 from .files import create_file
+from .inputs import malformed, parse_json
 from .layout import DATA_FILE, KEYS_FILE
+from .trust import NO_TRUSTED_KEY, PINNED, no_trusted_key_message, trust_of, verify_typed
 
 __all__ = [
     "MANIFEST",
@@ -64,6 +65,8 @@ class BackupReport:
     reason: str | None
     message: str
     manifest: dict[str, Any] | None = None
+    #: what the key checked against is (``vault.trust``); None when not verified
+    trust: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +74,7 @@ class BackupReport:
             "reason": self.reason,
             "message": self.message,
             "manifest": self.manifest,
+            "trust": self.trust,
         }
 
 
@@ -129,7 +133,7 @@ def _read_members(
         seen.add(info.name)
         if info.name == MANIFEST:
             body = _small(tar, info)
-            manifest = json.loads(body)
+            manifest = parse_json(body, what="the manifest", fail=malformed)
             if (
                 not isinstance(manifest, dict)
                 or manifest.get("type") != "backup"
@@ -159,12 +163,18 @@ def verify_backup(
     public_key: bytes | None = None,
     extract_to: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    trust_embedded_key: bool = False,
 ) -> BackupReport:
     """Check an archive offline (a path, or a binary stream such as stdin, read once):
     manifest signature, every member's hash and size, and the access log inside
     (chain, checkpoints, head at the snapshot). With ``extract_to``, the verified stores
     are left there. ``progress(bytes, total)`` as the stores are read. Never raises for
-    bad input."""
+    bad input.
+
+    ``public_key`` is the vault key the verifier trusts. Without it the archive is
+    checked under the key in its own keystore and, if nothing else is wrong, the report
+    fails with reason ``"no trusted key"`` (never ok) unless ``trust_embedded_key`` is
+    set, when ``trust`` says ``"self-asserted"``."""
     manifest: dict[str, Any] | None = None
     try:
         with (
@@ -175,7 +185,7 @@ def verify_backup(
             body, signature, manifest = _read_members(tar, where, progress)
             embedded = keystore_public_key(where / KEYS_FILE)
             key = public_key if public_key is not None else embedded
-            if not verify_signature(key, body, signature):
+            if not verify_typed(key, body, signature, "backup"):
                 return BackupReport(
                     False, "bad signature", "the manifest signature does not verify", manifest
                 )
@@ -203,13 +213,17 @@ def verify_backup(
         return BackupReport(False, error.reason, str(error), manifest)
     except (ValueError, KeyError, TypeError, OSError, tarfile.TarError, VaultError) as error:
         return BackupReport(False, "malformed", f"the archive is damaged: {error}", manifest)
-    note = "" if public_key is not None else " (signature checked with the key inside the archive)"
+    trust = trust_of(public_key, trust_embedded_key=trust_embedded_key)
+    if trust is None:
+        return BackupReport(False, NO_TRUSTED_KEY, no_trusted_key_message("backup"), manifest)
+    note = "" if trust == PINNED else " (self-asserted: under the key inside the archive)"
     return BackupReport(
         True,
         None,
         f"backup {manifest['backup']} of {manifest['vault']} at seq {manifest['seq']} "
         f"verifies{note}",
         manifest,
+        trust,
     )
 
 

@@ -36,9 +36,11 @@ from .checkpoint import (
     parse_checkpoint,
 )
 from .errors import StorageError, VerificationError, keys_errors
+from .inputs import MAX_DOCUMENT_BYTES, malformed, parse_json
 from .layout import DATA_FILE, KEYS_FILE
 from .log import LogEntry, iter_entries
 from .store import DataStore, LogHead, meta
+from .trust import NO_TRUSTED_KEY, SELF_ASSERTED, no_trusted_key_message, trust_of
 from .verify import VerifyReport, verify_chain
 
 __all__ = [
@@ -78,9 +80,13 @@ def parse_public_key(text: str) -> bytes:
 def read_anchor(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a checkpoint an auditor kept (the JSON ``audit checkpoint`` prints)."""
     try:
-        raw = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, ValueError) as error:
-        raise VerificationError(f"cannot read anchor {path}: {error}", reason="malformed") from None
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_DOCUMENT_BYTES + 1)
+    except OSError as error:
+        raise malformed(f"cannot read anchor {path}: {error.strerror}") from None
+    raw = parse_json(data, what=f"anchor {path}", max_bytes=MAX_DOCUMENT_BYTES, fail=malformed)
+    if not isinstance(raw, dict):
+        raise malformed(f"anchor {path} is not a checkpoint (a JSON object)")
     return checkpoint_from_json(raw)
 
 
@@ -247,7 +253,9 @@ def _read_export(
 ) -> tuple[ExportHeader, list[Checkpoint], Iterator[LogEntry]]:
     first = next(lines, b"")
     try:
-        raw: dict[str, Any] = json.loads(first)
+        raw = parse_json(first, what="the export header", max_bytes=MAX_DOCUMENT_BYTES)
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
         if raw.get("format") != EXPORT_FORMAT or raw.get("v") != 1:
             raise ValueError("not a shredvault log export")
         header = ExportHeader(
@@ -269,7 +277,8 @@ def _read_export(
             continue
         if line.startswith(b'{"checkpoint":'):
             try:
-                cps.append(checkpoint_from_json(json.loads(line)))
+                doc = parse_json(line, what=f"line {number}", max_bytes=MAX_DOCUMENT_BYTES)
+                cps.append(checkpoint_from_json(doc))
             except ValueError:
                 raise VerificationError(f"line {number} is malformed", reason="malformed") from None
             continue
@@ -298,7 +307,9 @@ def read_export_entries(
         _header, _cps, entries = _read_export(iter(handle))
         for entry in entries:
             if entry.seq >= since:
-                parsed: dict[str, Any] = json.loads(entry.body)
+                parsed: dict[str, Any] = parse_json(
+                    entry.body, what=f"entry {entry.seq}", fail=malformed
+                )
                 parsed["hash"] = entry.hash
                 yield parsed
 
@@ -310,9 +321,16 @@ def verify_export(
     anchor: Checkpoint | None = None,
     strict: bool = True,
     progress: Callable[[int], None] | None = None,
+    trust_embedded_key: bool = False,
 ) -> VerifyReport:
-    """Verify an exported log offline. Without ``public_key`` the key named in the
-    export is used and the report notes that it was not independently trusted."""
+    """Verify an exported log offline.
+
+    A trust root is needed (``vault.trust``): ``public_key`` (the vault's key, got by a
+    second channel), or an ``anchor`` the caller saw earlier, which the export's own
+    key must have signed. Without either the export is checked under the key it names
+    and, if nothing else is wrong, the report fails with reason ``"no trusted key"``
+    (never ok) unless ``trust_embedded_key`` is set; ``report.trust`` says which."""
+    trust = trust_of(public_key, trust_embedded_key=trust_embedded_key, anchored=anchor is not None)
     with open(path, "rb") as handle:
         header, cps, entries = _read_export(iter(handle))
         key = public_key if public_key is not None else header.public_key
@@ -327,14 +345,25 @@ def verify_export(
             strict=strict,
             progress=progress,
         )
-    if public_key is None:
-        report.notes.append("public key taken from the export itself: pass --pubkey to trust it")
-    elif public_key != header.public_key and report.ok:
+    report.trust = trust
+    if public_key is not None and public_key != header.public_key and report.ok:
         report.notes.append("the export names a different public key than the one given")
     if report.ok and report.last_seq < header.head_seq:
         report.fail(
             "truncated",
             report.last_seq + 1,
             f"the export says its head is seq {header.head_seq} but ends at {report.last_seq}",
+        )
+    if trust == SELF_ASSERTED:
+        report.notes.append("self-asserted: checked only under the key the export names itself")
+    elif trust is None:
+        report.fail(NO_TRUSTED_KEY, None, no_trusted_key_message("log export"))
+    if report.entries and report.last_checkpoint is None:
+        # Nothing in it is signed: a trusted key vouches for none of it.
+        report.fail(
+            "unsigned",
+            report.first_seq,
+            "no checkpoint in the export covers its entries, so no key "
+            "vouches for them; export from a seq a signed checkpoint covers",
         )
     return report

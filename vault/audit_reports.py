@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from .access import normalize_expiry
+from .access import BUILTIN_ROLES
 from .actor import Actor
 from .audit import format_public_key
 from .backup import backup_list
@@ -21,6 +21,8 @@ from .canonical import canonical
 from .clock import format_ts
 from .context import Tx, VaultContext
 from .errors import SchemaError
+from .inputs import check_known, moment_text
+from .log import LOG_ACTIONS
 from .rotate import KeyPolicy, key_status
 from .store import checkpoints, customers, log, principals, roles
 
@@ -45,6 +47,15 @@ def audit_query(
     counts per action. Ids and metadata only. Logged as ``audit.query``."""
     if outcome is not None and outcome not in {"ok", "denied", "error"}:
         raise SchemaError("outcome is one of ok, denied, error")
+    if action is not None and action not in LOG_ACTIONS:
+        logged = ctx.data.read(
+            lambda conn: {str(a) for (a,) in conn.execute(select(log.c.action).distinct())}
+        )
+        check_known("action", [action], LOG_ACTIONS | logged)
+    if role is not None and role not in BUILTIN_ROLES:
+        custom = ctx.data.read(lambda conn: {str(r) for (r,) in conn.execute(select(roles.c.name))})
+        # "none": the role logged for a caller that is no principal (a bad token)
+        check_known("role", [role], {*BUILTIN_ROLES, "none"} | custom)
     since_ts = normalize_time("since", since)
     until_ts = normalize_time("until", until)
     filters = {
@@ -263,9 +274,4 @@ def audit_report(ctx: VaultContext, actor: Actor, *, expiring_days: int = 30) ->
 def normalize_time(name: str, value: str | None) -> str | None:
     """A window bound as the log stores times (fixed-width RFC 3339 UTC), so text
     comparison is time comparison; garbage is a SchemaError, never a silent filter."""
-    if value is None:
-        return None
-    try:
-        return normalize_expiry(value)
-    except SchemaError:
-        raise SchemaError(f"--{name} must be an RFC 3339 time, e.g. 2027-01-31T00:00:00Z") from None
+    return None if value is None else moment_text(value, what=f"--{name}")

@@ -43,7 +43,7 @@ from .clock import format_ts
 from .context import Refusal, Tx, VaultContext
 from .errors import NotFoundError, StorageError
 from .files import check_absent, create_empty, create_file
-from .inputs import check_backup_id
+from .inputs import check_backup_id, check_days
 from .keycopies import backup_states, shredded_since
 from .layout import DATA_FILE, KEYS_FILE
 from .store import DataStore, backup_state, backups, log, metadata, tables_in
@@ -115,6 +115,8 @@ def create_backup(
     """Write one archive at ``out`` (a new file: refuses to overwrite; or a binary
     stream such as stdout, written in one pass, for a pipe into age/gpg/restic) and
     return its manifest."""
+    if expires_days is not None:
+        expires_days = check_days(expires_days, what="expires_days")
     stream = None if isinstance(out, (str, os.PathLike)) else out
     target = Path(out) if isinstance(out, (str, os.PathLike)) else None
     if target is not None:

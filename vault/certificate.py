@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..keys import verify_signature
 from .audit import format_public_key, parse_public_key, read_export_entries, verify_export
 from .canonical import canonical
 from .checkpoint import Checkpoint, checkpoint_from_json
 from .errors import OutputExistsError, VerificationError
 from .files import write_file
 from .log import entry_hash
+from .markdown import md_code, md_text
 from .receipt import load_json_document
+from .trust import NO_TRUSTED_KEY, SELF_ASSERTED, no_trusted_key_message, trust_of, verify_typed
 
 __all__ = [
     "CERTIFICATE_SCOPE",
@@ -156,6 +157,8 @@ class CertificateReport:
     decommissioned_at: str | None = None
     log_checked: bool = False
     notes: list[str] = field(default_factory=list)
+    #: what the key checked against is (``vault.trust``); None when not verified
+    trust: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -168,6 +171,7 @@ class CertificateReport:
             "decommissioned_at": self.decommissioned_at,
             "log_checked": self.log_checked,
             "notes": list(self.notes),
+            "trust": self.trust,
         }
 
 
@@ -219,9 +223,12 @@ def verify_certificate(
     *,
     public_key: bytes | None = None,
     log_export: str | os.PathLike[str] | None = None,
+    trust_embedded_key: bool = False,
 ) -> CertificateReport:
     """Check a certificate offline. ``public_key`` is the vault key the verifier trusts
-    (without it the certificate's own copy is used, and a note says so);
+    (without it the certificate's own copy is used and, if nothing else is wrong, the
+    report fails with reason ``"no trusted key"`` unless ``trust_embedded_key`` is set:
+    then ``trust`` says ``"self-asserted"``);
     ``log_export`` an ``audit export`` file that must verify and end in exactly the
     certified head. Never raises for a bad certificate: the report says why."""
 
@@ -243,7 +250,7 @@ def verify_certificate(
         signed, digest = signed_bytes(document), entry_hash(canonical(entry))
     except (TypeError, ValueError) as error:  # e.g. NaN: not canonical JSON
         return fail("malformed", f"certificate is malformed: {error}")
-    if not verify_signature(key, signed, cert.signature):
+    if not verify_typed(key, signed, cert.signature, CERTIFICATE_TYPE):
         return fail("bad signature", "the certificate's signature does not verify (altered?)")
     if document.get("scope") != CERTIFICATE_SCOPE:
         return fail("modified", "the scope statement was altered")
@@ -278,14 +285,18 @@ def verify_certificate(
         last_seq=cert.last_seq,
         head=cert.head,
         decommissioned_at=str(entry.get("ts")),
+        trust=trust_of(public_key, trust_embedded_key=trust_embedded_key),
     )
-    if public_key is None:
+    if report.trust == SELF_ASSERTED:
         report.notes.append(
-            "checked against the key inside the certificate: pass the vault's public key "
-            "to prove the vault signed it"
+            "self-asserted: checked against the key inside the certificate; pass the "
+            "vault's public key to prove the vault signed it"
         )
     if log_export is not None:
         _check_log(report, cert, key, log_export)
+    if report.ok and report.trust is None:
+        report.ok, report.reason = False, NO_TRUSTED_KEY
+        report.message = no_trusted_key_message("certificate")
     return report
 
 
@@ -299,6 +310,8 @@ def _check_log(
         report.ok, report.reason, report.message = False, reason, message
 
     try:
+        # ``key`` is the caller's or, on request, the certificate's own: the
+        # certificate's trust is decided by the caller of verify_certificate.
         chain = verify_export(path, public_key=key, strict=True)
     except (OSError, VerificationError) as error:
         fail("malformed", f"cannot read the log export: {error}")
@@ -376,34 +389,37 @@ def render_certificate_markdown(document: dict[str, Any]) -> str:
     lines = [
         "# Certificate of destruction",
         "",
-        f"Vault `{document.get('vault')}` was decommissioned on "
-        f"**{document.get('decommissioned_at')}**.",
+        f"Vault {md_code(document.get('vault'))} was decommissioned on "
+        f"**{md_text(document.get('decommissioned_at'))}**.",
         "",
-        f"Reason: {document.get('reason')}",
+        f"Reason: {md_text(document.get('reason'))}",
         "",
         "| | |",
         "|---|---|",
-        f"| customers shredded by the decommission | {counts.get('customers_shredded')} |",
-        f"| customers shredded before it | {counts.get('customers_shredded_before')} |",
-        f"| record rows deleted | {counts.get('records_deleted')} |",
-        f"| legal holds overridden | {counts.get('legal_holds_overridden')} |",
+        f"| customers shredded by the decommission | {md_text(counts.get('customers_shredded'))} |",
+        f"| customers shredded before it | {md_text(counts.get('customers_shredded_before'))} |",
+        f"| record rows deleted | {md_text(counts.get('records_deleted'))} |",
+        f"| legal holds overridden | {md_text(counts.get('legal_holds_overridden'))} |",
         f"| KEK epochs destroyed | {len(epochs)} |",
-        f"| stray DEKs destroyed with them | {counts.get('stray_deks_destroyed')} |",
-        f"| decommission began at log seq | {log.get('first_seq')} |",
-        f"| final log entry (seq) | {log.get('last_seq')} |",
-        f"| final log head | `{log.get('head')}` |",
-        f"| signed checkpoint | seq {cp.get('seq')}, {cp.get('ts')} |",
-        f"| vault public key | `{document.get('public_key')}` |",
+        f"| stray DEKs destroyed with them | {md_text(counts.get('stray_deks_destroyed'))} |",
+        f"| decommission began at log seq | {md_text(log.get('first_seq'))} |",
+        f"| final log entry (seq) | {md_text(log.get('last_seq'))} |",
+        f"| final log head | {md_code(log.get('head'))} |",
+        f"| signed checkpoint | seq {md_text(cp.get('seq'))}, {md_text(cp.get('ts'))} |",
+        f"| vault public key | {md_code(document.get('public_key'))} |",
         "",
         "## KEK epochs destroyed",
         "",
     ]
-    lines += [f"* epoch {e.get('epoch')}: fingerprint `{e.get('fingerprint')}`" for e in epochs]
+    lines += [
+        f"* epoch {md_text(e.get('epoch'))}: fingerprint {md_code(e.get('fingerprint'))}"
+        for e in epochs
+    ]
     lines += ["", "## Backups that may still hold keys", ""]
     if backups:
         lines += [
-            f"* `{b.get('id')}` taken {b.get('created')} (log seq {b.get('seq')}), "
-            f"expires {b.get('expires') or 'never'}"
+            f"* {md_code(b.get('id'))} taken {md_text(b.get('created'))} "
+            f"(log seq {md_text(b.get('seq'))}), expires {md_text(b.get('expires') or 'never')}"
             for b in backups
         ]
         lines.append("")
@@ -414,7 +430,7 @@ def render_certificate_markdown(document: dict[str, Any]) -> str:
         "",
         "## Scope",
         "",
-        str(document.get("scope")),
+        md_text(document.get("scope")),
         "",
         "## How to check",
         "",

@@ -10,10 +10,11 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
-from ..keys import Signer, verify_signature
+from ..keys import Signer
 from .canonical import canonical
 from .errors import VerificationError
 from .store import LogHead, checkpoints
+from .trust import verify_typed
 
 __all__ = [
     "Checkpoint",
@@ -37,7 +38,8 @@ class Checkpoint:
     signature: bytes
 
     def verify(self, public_key: bytes) -> bool:
-        return verify_signature(public_key, self.body, self.signature)
+        """The signature is ``public_key``'s, over a body of type ``checkpoint``."""
+        return verify_typed(public_key, self.body, self.signature, "checkpoint")
 
     def to_json(self) -> dict[str, Any]:
         """The portable form: the signed body's fields plus ``signature`` (hex)."""

@@ -38,6 +38,7 @@ from .errors import (
     VaultError,
     keys_errors,
 )
+from .inputs import suggest
 from .lifecycle import DECOMMISSION_ACTION
 from .log import Event, LogEntry, append
 from .receipt import Receipt
@@ -145,7 +146,10 @@ class VaultContext:
             self.reload_kinds()
             spec = self._kinds.get(name)
             if spec is None:
-                raise SchemaError(f"kind {name!r} is not declared (declare it with declare_kind)")
+                raise SchemaError(
+                    f"kind {str(name)[:64]!r} is not declared{suggest(name, self._kinds)} "
+                    "(declare it with declare_kind)"
+                )
         return spec
 
     def kinds(self) -> dict[str, KindSpec]:

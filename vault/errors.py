@@ -16,6 +16,7 @@ __all__ = [
     "HandoverConflictError",
     "LegalHoldError",
     "LogPendingError",
+    "NoTrustedKeyError",
     "NotFoundError",
     "OutputExistsError",
     "PurposeError",
@@ -96,6 +97,16 @@ class VerificationError(VaultError):
         super().__init__(message)
         self.reason = reason
         self.seq = seq
+
+
+class NoTrustedKeyError(VerificationError):
+    """Nothing was verified against a key the caller trusts: no public key (or anchor)
+    was given and trusting the file's own key was not asked for (CLI exit 7). Raised
+    only when the file otherwise checks out; a broken file is a plain
+    :class:`VerificationError`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="no trusted key")
 
 
 class AuditChainError(VerificationError):

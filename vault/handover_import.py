@@ -25,11 +25,13 @@ from .actor import Actor
 from .context import Tx, VaultContext
 from .errors import (
     HandoverConflictError,
+    NoTrustedKeyError,
     SchemaError,
     VaultError,
     VerificationError,
 )
 from .faults import crash_point
+from .inputs import parse_json
 from .package import (
     MAGIC,
     PURPOSE,
@@ -44,6 +46,7 @@ from .package import (
 from .schema import KindSpec, check_name, encode_fields
 from .sealing import seal_records
 from .store import customers, handover_imports, kinds, records
+from .trust import no_trusted_key_message
 
 __all__ = ["HandoverImport", "import_package"]
 
@@ -80,6 +83,7 @@ def import_package(
     key: HandoverKey,
     *,
     seller_public_key: bytes | None = None,
+    accept_unverified_seller: bool = False,
     declare_kinds: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> HandoverImport:
@@ -90,13 +94,26 @@ def import_package(
     recipient, a package already imported), HandoverConflictError (a customer id this
     vault holds), SchemaError (a kind not declared here, unless ``declare_kinds``; a
     field the declared kind lacks), AccessDeniedError (not admin). In every case
-    nothing is written (a denial is logged)."""
+    nothing is written (a denial is logged).
+
+    ``seller_public_key`` is the seller vault's key, got by a second channel. Without
+    it the package's own key proves nothing about who made it, so the import raises
+    NoTrustedKeyError unless ``accept_unverified_seller`` is set; the import's log
+    entry then records ``seller_key_trusted: false`` and the override."""
     package = open_package(Path(package_path))
     manifest = package.manifest
     trusted = seller_public_key is not None
     check_signature(
         package, seller_public_key if seller_public_key is not None else _seller(package)
     )
+    if not trusted and not accept_unverified_seller:
+        raise NoTrustedKeyError(
+            "handover package: "
+            + no_trusted_key_message("package")
+            + " as seller_public_key / --seller-pubkey (or accept the package's own key "
+            "explicitly, accept_unverified_seller / --accept-unverified-seller, which the "
+            "log records); nothing was imported"
+        )
     if manifest.get("recipient_fingerprint") != key.fingerprint:
         raise VerificationError(
             "handover package: it is sealed for another recipient key", reason="wrong recipient"
@@ -255,6 +272,7 @@ def import_package(
                     "seller_vault": str(manifest["seller_vault"]),
                     "seller_public_key": str(manifest["seller_public_key"]),
                     "seller_key_trusted": trusted,
+                    "seller_key_override": accept_unverified_seller and not trusted,
                     "manifest_sha256": package.manifest_sha256,
                     "customers": len(cids),
                     "records": sum(written),
@@ -304,8 +322,8 @@ def _customer_metadata(entry: dict[str, Any]) -> tuple[dict[str, bool], str | No
 
 def _fields(text: bytes) -> dict[str, Any]:
     try:
-        fields = json.loads(text)
-    except ValueError:
+        fields = parse_json(text, what="a record's plaintext")
+    except SchemaError:
         fields = None
     if not isinstance(fields, dict):
         raise malformed("a record's plaintext is not a JSON object")

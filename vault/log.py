@@ -29,6 +29,7 @@ __all__ = [
     "ENTRY_VERSION",
     "GENESIS",
     "HASH_PREFIX",
+    "LOG_ACTIONS",
     "Event",
     "LogEntry",
     "append",
@@ -42,6 +43,57 @@ ENTRY_VERSION = 1
 GENESIS = "0" * 64
 HASH_PREFIX = b"shredvault/log/v1\n"
 OUTCOMES = frozenset({"ok", "denied", "error"})
+#: the actions this version writes (docs/log-format.md); a query for another action
+#: is refused unless the log holds it (a typo must not answer "nobody was touched")
+LOG_ACTIONS = frozenset(
+    [
+        "audit.checkpoint",
+        "audit.query",
+        "audit.report",
+        "auth.login",
+        "backup.create",
+        "backup.list",
+        "customer.add",
+        "customer.handover",
+        "customer.hold",
+        "customer.import",
+        "customer.list",
+        "customer.reconcile",
+        "customer.release",
+        "customer.report",
+        "customer.retain",
+        "customer.show",
+        "customer.shred",
+        "customer.shred-intent",
+        "handover.complete",
+        "handover.export",
+        "handover.import",
+        "keys.change-passphrase",
+        "keys.retire-epoch",
+        "keys.rotate-dek",
+        "keys.rotate-kek",
+        "keys.status",
+        "principal.add",
+        "principal.list",
+        "principal.revoke",
+        "record.delete",
+        "record.get",
+        "record.list",
+        "record.put",
+        "record.update",
+        "role.add",
+        "role.list",
+        "schema.declare",
+        "schema.list",
+        "vault.compact",
+        "vault.create",
+        "vault.decommission",
+        "vault.decommission-intent",
+        "vault.migrate",
+        "vault.restore",
+        "vault.unlock",
+    ]
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,14 +1,75 @@
-"""Reports rendered as Markdown for people: every value escaped for where it lands."""
+"""Reports rendered as Markdown for people: every value escaped for where it lands.
+
+Values (field values, refs, reasons, names, anything a user or a file supplied) go
+through :func:`md_text`, which makes them inert CommonMark inline text: the ASCII
+punctuation that can start inline markup (``#&*<>[\\]^`{|}~``, and ``_`` outside a
+word) is backslash-escaped, so no HTML tag, comment, entity, link, image, emphasis,
+code span or table pipe can start; so is what would start a block if a value began a
+line (``- ``, ``+ ``, ``1. ``, ``1) ``, ``===``). Line breaks become ``<br>`` (a value
+stays in its paragraph or table cell) and other control and bidirectional characters
+are shown as ``\\uXXXX``. Punctuation that is inert inline (``-.:/,@'"=;?%$+!()``) is kept,
+so dates and ids stay readable in the Markdown source. :func:`md_code` makes a code span and
+:func:`md_fenced` a fenced block that the value cannot close. Rendered to HTML by any
+CommonMark renderer, no tag or attribute comes from a value (tests/test_markdown_safety.py).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from .canonical import canonical
 
-__all__ = ["render_markdown"]
+__all__ = ["md_code", "md_fenced", "md_text", "render_markdown"]
+
+# The ASCII punctuation that can start inline markup (CommonMark lets any ASCII
+# punctuation be backslash-escaped); an underscore only where it is not inside a word
+# (inside one it can neither open nor close emphasis); and what starts a block when a
+# value begins a line (a list item, a setext underline, an ordered list "1. ").
+_PUNCTUATION = re.compile(r"([#&*<>\[\\\]^`{|}~]|(?<![^\W_])_|_(?![^\W_]))")
+_LEADING = re.compile(r"^(?:[-+=](?=[-+= ]|$)|\d{1,9}(?=[.)](?: |$)))")
+_LINE_BREAK = re.compile("\r\n|[\n\r\x0b\x0c\x85\u2028\u2029]")
+# C0/C1 controls (tab aside), DEL, and the bidirectional overrides and isolates.
+_CONTROL = re.compile(
+    "[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def md_text(value: Any) -> str:
+    """``value`` as inert CommonMark inline text (see the module docstring)."""
+    text = _PUNCTUATION.sub(r"\\\1", _as_text(value)).replace("\t", " ")
+    text = _LEADING.sub(
+        lambda m: m.group() + "\\" if m.group()[0].isdigit() else "\\" + m.group(), text
+    )
+    text = _CONTROL.sub(lambda m: f"\\\\u{ord(m.group()):04x}", text)
+    return _LINE_BREAK.sub("<br>", text)
+
+
+def md_code(value: Any) -> str:
+    """``value`` as a code span its backticks cannot close (line breaks and controls
+    shown as ``\\uXXXX``, since a code span holds one line)."""
+    text = _CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", _as_text(value))
+    text = _LINE_BREAK.sub(lambda m: "".join(f"\\u{ord(c):04x}" for c in m.group()), text)
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def md_fenced(text: str, info: str) -> list[str]:
+    """A fenced code block that ``text`` cannot close early: the fence is longer than
+    any run of backticks inside it."""
+    longest = max((len(run) for run in re.findall("`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + info, text, fence]
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -22,29 +83,24 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> list[str]:
     head = list(header)
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        out.append("| " + " | ".join("" if v is None else _cell(v) for v in row) + " |")
+        out.append("| " + " | ".join(md_text(v) for v in row) + " |")
     return out
-
-
-def _cell(value: Any) -> str:
-    """A table cell: pipes escaped and line breaks as <br>, so one value stays in its row."""
-    text = str(value).replace("\\", "\\\\").replace("|", "\\|")
-    return text.replace("\r\n", "<br>").replace("\r", "<br>").replace("\n", "<br>")
 
 
 def _render_subject(r: dict[str, Any]) -> str:
     c = r["customer"]
     lines = [
-        f"# What we hold about you — customer {c['id']}",
+        f"# What we hold about you — customer {md_text(c['id'])}",
         "",
-        f"Vault `{r['vault']}`, generated {r['generated']}.",
+        f"Vault {md_code(r['vault'])}, generated {md_text(r['generated'])}.",
         "",
     ]
     if c["state"] == "shredded":
         lines += [
             "## Your data was erased",
             "",
-            f"Your data was crypto-shredded on {c['shredded_at']} (log entry {c['shred_seq']}): "
+            f"Your data was crypto-shredded on {md_text(c['shredded_at'])} "
+            f"(log entry {md_text(c['shred_seq'])}): "
             "the keys that could decrypt it were destroyed, so the vault can no longer read "
             "any of your records and holds none of your details. This report was made from "
             "your erasure receipt (in the appendix), which links you to the log entries "
@@ -65,7 +121,11 @@ def _render_subject(r: dict[str, Any]) -> str:
         lines += ["", "## Records", ""]
         lines += _withheld_text(r.get("withheld"))
         for rec in r["records"]:
-            lines += [f"### {rec['kind']} ({rec['id']}, version {rec['version']})", ""]
+            lines += [
+                f"### {md_text(rec['kind'])} ({md_text(rec['id'])}, "
+                f"version {md_text(rec['version'])})",
+                "",
+            ]
             lines += _table(["field", "value"], sorted(rec["fields"].items()))
             lines.append("")
     lines += ["## Who accessed your data", ""]
@@ -90,10 +150,11 @@ def _render_subject(r: dict[str, Any]) -> str:
         "",
         "## How to check this report",
         "",
-        r["how_to_check"],
+        md_text(r["how_to_check"]),
         "",
-        f"- vault public key: `{r['public_key']}`",
-        f"- the log at report time: last seq {chain['last_seq']}, head `{chain['head']}`",
+        f"- vault public key: {md_code(r['public_key'])}",
+        f"- the log at report time: last seq {md_text(chain['last_seq'])}, "
+        f"head {md_code(chain['head'])}",
     ]
     cp = r["checkpoint"]
     if cp is None:
@@ -101,20 +162,22 @@ def _render_subject(r: dict[str, Any]) -> str:
     else:
         body = cp["checkpoint"]
         lines += [
-            f"- signed checkpoint: seq {body['seq']}, head `{body['head']}`, time {body['ts']}",
-            f"- signature (Ed25519 over the exact checkpoint bytes below): `{cp['signature']}`",
+            f"- signed checkpoint: seq {md_text(body['seq'])}, head {md_code(body['head'])}, "
+            f"time {md_text(body['ts'])}",
+            "- signature (Ed25519 over the exact checkpoint bytes below): "
+            f"{md_code(cp['signature'])}",
             "",
             "Checkpoint bytes (signed exactly as shown, without a line break):",
             "",
-            *_fenced(canonical(body).decode("utf-8"), "json"),
+            *md_fenced(canonical(body).decode("utf-8"), "json"),
             "",
         ]
     lines += ["## Appendix: the exact log lines", ""]
     for h in r["history"]:
-        lines += [f"### Entry {h['seq']}", "", *_fenced(h["line"], "json"), ""]
+        lines += [f"### Entry {md_text(h['seq'])}", "", *md_fenced(h["line"], "json"), ""]
     if "receipt" in r:
         receipt = json.dumps(r["receipt"], indent=2, sort_keys=True, ensure_ascii=False)
-        lines += ["## Appendix: your erasure receipt", "", *_fenced(receipt, "json"), ""]
+        lines += ["## Appendix: your erasure receipt", "", *md_fenced(receipt, "json"), ""]
     return "\n".join(lines)
 
 
@@ -123,24 +186,15 @@ def _withheld_text(withheld: dict[str, Any] | None) -> list[str]:
     everything (counts and reason codes only)."""
     if not withheld or not (withheld["records"] or withheld["records_with_fields_withheld"]):
         return []
-    reasons = ", ".join(f"{code}: {n}" for code, n in withheld["reasons"].items())
+    reasons = ", ".join(f"{md_text(code)}: {md_text(n)}" for code, n in withheld["reasons"].items())
     return [
         "**This report is incomplete:** the role that made it may not see everything. "
-        f"Records left out: {withheld['records']}" + (f" ({reasons})" if reasons else "") + "; "
-        f"records shown with some fields left out: {withheld['records_with_fields_withheld']}.",
+        f"Records left out: {md_text(withheld['records'])}"
+        + (f" ({reasons})" if reasons else "")
+        + "; records shown with some fields left out: "
+        f"{md_text(withheld['records_with_fields_withheld'])}.",
         "",
     ]
-
-
-def _fenced(text: str, info: str) -> list[str]:
-    """A fenced code block that ``text`` cannot close early: the fence is longer than
-    any run of backticks inside it."""
-    longest = run = 0
-    for ch in text:
-        run = run + 1 if ch == "`" else 0
-        longest = max(longest, run)
-    fence = "`" * max(3, longest + 1)
-    return [fence + info, text, fence]
 
 
 def _render_audit(r: dict[str, Any]) -> str:
@@ -148,17 +202,18 @@ def _render_audit(r: dict[str, Any]) -> str:
     keys = r["keys"]
     policy = keys["policy"]
     lines = [
-        f"# Audit report — vault {r['vault']}",
+        f"# Audit report — vault {md_text(r['vault'])}",
         "",
-        f"Generated {r['generated']}.",
+        f"Generated {md_text(r['generated'])}.",
         "",
         "## Access log",
         "",
-        f"- chain: **{'verifies' if log_state['ok'] else 'FAILS: ' + str(log_state['reason'])}** — "
-        f"{log_state['entries']} entries, last signed checkpoint at seq "
-        f"{log_state['last_checkpoint']}, "
-        f"unsigned tail {log_state['unsigned_tail']}; {r['checkpoints']} checkpoints stored",
-        f"- public key: `{log_state['public_key']}`",
+        f"- chain: **{'verifies' if log_state['ok'] else 'FAILS: ' + md_text(log_state['reason'])}"
+        f"** — {md_text(log_state['entries'])} entries, last signed checkpoint at seq "
+        f"{md_text(log_state['last_checkpoint'])}, "
+        f"unsigned tail {md_text(log_state['unsigned_tail'])}; "
+        f"{md_text(r['checkpoints'])} checkpoints stored",
+        f"- public key: {md_code(log_state['public_key'])}",
         "",
         "## Principals",
         "",
@@ -189,15 +244,17 @@ def _render_audit(r: dict[str, Any]) -> str:
         "",
         "## Keys",
         "",
-        f"- active KEK epoch {keys['active_epoch']}, {keys['active_epoch_age_days']} days old "
-        f"(policy: at most {policy['max_kek_age_days']} days)",
-        f"- oldest DEK {_days_text(keys['oldest_dek_age_days'])} "
-        f"(policy: at most {policy['max_dek_age_days']} days)",
-        f"- last rotation {keys['last_rotation'] or 'never'}",
-        f"- unlock: {_unlock_text(keys)}; re-hash due: {'yes' if keys['rehash_due'] else 'no'}",
-        f"- policy violations: {', '.join(keys['violations']) or 'none'}",
+        f"- active KEK epoch {md_text(keys['active_epoch'])}, "
+        f"{md_text(keys['active_epoch_age_days'])} days old "
+        f"(policy: at most {md_text(policy['max_kek_age_days'])} days)",
+        f"- oldest DEK {md_text(_days_text(keys['oldest_dek_age_days']))} "
+        f"(policy: at most {md_text(policy['max_dek_age_days'])} days)",
+        f"- last rotation {md_text(keys['last_rotation'] or 'never')}",
+        f"- unlock: {md_text(_unlock_text(keys))}; "
+        f"re-hash due: {'yes' if keys['rehash_due'] else 'no'}",
+        f"- policy violations: {md_text(', '.join(keys['violations']) or 'none')}",
         "- backup key copies (shredded customers whose keys unexpired backups hold): "
-        f"{keys['backup_key_copies']}",
+        f"{md_text(keys['backup_key_copies'])}",
         "",
         "## Backups",
         "",
@@ -214,11 +271,13 @@ def _render_audit(r: dict[str, Any]) -> str:
         "",
         "## Customers",
         "",
-        f"- active {c['active']}, shredded {c['shredded']} (in progress {c['shredding']}), "
-        f"under legal hold {c['legal_hold']}, past retention {c['past_retention']}; "
-        f"shreds logged {r['shreds']}",
-        f"- under legal hold: {_ids_text(r['legal_hold_ids'])}",
-        f"- past retention (active, kept-until date passed): {_ids_text(r['past_retention_ids'])}",
+        f"- active {md_text(c['active'])}, shredded {md_text(c['shredded'])} "
+        f"(in progress {md_text(c['shredding'])}), "
+        f"under legal hold {md_text(c['legal_hold'])}, "
+        f"past retention {md_text(c['past_retention'])}; shreds logged {md_text(r['shreds'])}",
+        f"- under legal hold: {md_text(_ids_text(r['legal_hold_ids']))}",
+        "- past retention (active, kept-until date passed): "
+        f"{md_text(_ids_text(r['past_retention_ids']))}",
         "",
         "## Denied accesses by actor",
         "",

@@ -24,7 +24,6 @@ by hash, so one signature covers every byte, while export streams customer by cu
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import struct
 from collections.abc import Callable
@@ -36,7 +35,6 @@ from ..keys import (
     DecryptionError,
     KdfParams,
     aad,
-    verify_signature,
 )
 from ..keys.sealed import (
     HandoverKey,
@@ -47,7 +45,9 @@ from ..keys.sealed import (
 )
 from . import ids
 from .canonical import canonical
-from .errors import VerificationError, keys_errors
+from .errors import SchemaError, VerificationError, keys_errors
+from .inputs import parse_json
+from .trust import verify_typed
 
 __all__ = [
     "CUSTOMER",
@@ -220,9 +220,9 @@ def open_package(path: Path) -> Package:
     except OSError as error:
         raise malformed(f"cannot read {path}: {error.strerror}") from None
     try:
-        manifest = json.loads(body)
-    except ValueError:
-        raise malformed("the manifest is not JSON") from None
+        manifest = parse_json(body, what="the manifest")
+    except SchemaError as error:
+        raise malformed(str(error)) from None
     if (
         not isinstance(manifest, dict)
         or manifest.get("type") != MANIFEST_TYPE
@@ -241,7 +241,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def check_signature(package: Package, public_key: bytes) -> None:
-    if not verify_signature(public_key, package.body, package.signature):
+    if not verify_typed(public_key, package.body, package.signature, MANIFEST_TYPE):
         raise VerificationError(
             "handover package: the manifest signature does not verify against the seller key",
             reason="bad signature",
@@ -301,7 +301,7 @@ def stream_customers(
                     plain.append((rid, knd, text))
             elif kind == CUSTOMER:
                 try:
-                    entry = json.loads(payload)
+                    entry = parse_json(payload, what="a customer entry", fail=ValueError)
                     if not isinstance(entry, dict) or canonical(entry) != payload:
                         raise ValueError("not canonical")
                     cid = str(entry["customer"])
@@ -331,13 +331,14 @@ def stream_customers(
 
 
 def verify_completion(document: dict[str, Any], public_key: bytes) -> bool:
-    """True iff a completion summary is signed by ``public_key``."""
+    """True iff a completion summary is signed by ``public_key`` (and is one: a
+    checkpoint or another signed object of the vault's is not)."""
     try:
         body = canonical(document["summary"])
         signature = bytes.fromhex(str(document["signature"]))
     except (KeyError, TypeError, ValueError):
         return False
-    return verify_signature(public_key, body, signature)
+    return verify_typed(public_key, body, signature, SUMMARY_TYPE)
 
 
 _MANIFEST_FIELDS: dict[str, type] = {

@@ -11,6 +11,7 @@ from .access import BUILTIN_ROLES, Role, new_token, normalize_expiry
 from .actor import Actor, load_role
 from .context import Tx, VaultContext
 from .errors import NotFoundError, SchemaError
+from .inputs import check_known, suggest
 from .model import Principal
 from .schema import check_name
 from .store import principals, roles
@@ -102,6 +103,7 @@ def add_role(ctx: VaultContext, actor: Actor, role: Role, *, replace: bool = Fal
     if not isinstance(role, Role):
         raise SchemaError("add_role takes a Role (build one with Role.build)")
     role = _rebuilt(role)
+    _check_declared(ctx, role)
     spec = json.dumps(role.to_json(), sort_keys=True)
 
     def work(tx: Tx) -> None:
@@ -137,6 +139,22 @@ def list_roles(ctx: VaultContext, actor: Actor) -> list[Role]:
         return list(BUILTIN_ROLES.values()) + custom
 
     return ctx.transact(work)
+
+
+def _check_declared(ctx: VaultContext, role: Role) -> None:
+    """The kinds and fields a role names are declared in this vault (and its purposes
+    are not near-misses of declared ones), else a SchemaError with the closest declared
+    names: a typo would make a role that quietly allows nothing (or less than meant)."""
+    declared = ctx.kinds()
+    named = set(role.kinds or ()) | set(role.fields or {})
+    check_known("kind(s)", sorted(named), declared)
+    for kind, fields in sorted((role.fields or {}).items()):
+        check_known(f"field(s) of kind {kind}", sorted(fields), declared[kind].fields)
+    # A purpose may be named before any kind declares it (it then allows nothing yet);
+    # one that is not declared but close to a declared one is taken for a typo.
+    purposes = {p for spec in declared.values() for p in spec.purposes}
+    typos = [p for p in sorted(role.purposes or ()) if p not in purposes and suggest(p, purposes)]
+    check_known("purpose(s)", typos, purposes)
 
 
 def _rebuilt(role: Role) -> Role:

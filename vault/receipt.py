@@ -13,14 +13,15 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .canonical import canonical
 from .checkpoint import checkpoint_from_json
 from .errors import VerificationError
 from .files import write_file
+from .inputs import MAX_DOCUMENT_BYTES, malformed, parse_json
 from .log import entry_hash
+from .trust import NO_TRUSTED_KEY, PINNED, no_trusted_key_message, trust_of
 
 __all__ = [
     "RECEIPT_TYPE",
@@ -95,6 +96,8 @@ class ReceiptReport:
     vault: str | None = None
     seq: int | None = None
     shredded_at: str | None = None
+    #: what the key checked against is (``vault.trust``); None when not verified
+    trust: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -105,16 +108,20 @@ class ReceiptReport:
             "vault": self.vault,
             "seq": self.seq,
             "shredded_at": self.shredded_at,
+            "trust": self.trust,
         }
 
 
 def load_json_document(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
-    """Read a JSON object (a receipt, a certificate) from a file; raises
-    VerificationError (``malformed``) if it cannot be read or is not an object."""
+    """Read a JSON object (a receipt, a certificate) from a file through the input
+    layer's parser (:func:`.inputs.parse_json`); raises VerificationError
+    (``malformed``) if it cannot be read, is over the limits or is not an object."""
     try:
-        raw = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, ValueError) as error:
-        raise VerificationError(f"cannot read {what} {path}: {error}", reason="malformed") from None
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_DOCUMENT_BYTES + 1)
+    except OSError as error:
+        raise malformed(f"cannot read {what} {path}: {error.strerror}") from None
+    raw = parse_json(data, what=f"{what} {path}", max_bytes=MAX_DOCUMENT_BYTES, fail=malformed)
     if not isinstance(raw, dict):
         raise VerificationError(f"a {what} is a JSON object", reason="malformed")
     return raw
@@ -124,9 +131,16 @@ def load_receipt(path: str | os.PathLike[str]) -> dict[str, Any]:
     return load_json_document(path, "receipt")
 
 
-def verify_receipt(document: dict[str, Any], *, public_key: bytes | None = None) -> ReceiptReport:
-    """Check a receipt offline. ``public_key`` is the vault key the verifier trusts;
-    without it the key inside the receipt is used (and the message says so)."""
+def verify_receipt(
+    document: dict[str, Any],
+    *,
+    public_key: bytes | None = None,
+    trust_embedded_key: bool = False,
+) -> ReceiptReport:
+    """Check a receipt offline. ``public_key`` is the vault key the verifier trusts.
+    Without it the receipt is checked under its own copy of the key and, if nothing
+    else is wrong, fails with reason ``"no trusted key"`` (never ok) unless
+    ``trust_embedded_key`` is set, when ``trust`` says ``"self-asserted"``."""
 
     def fail(reason: str, message: str) -> ReceiptReport:
         return ReceiptReport(False, reason, message)
@@ -167,7 +181,10 @@ def verify_receipt(document: dict[str, Any], *, public_key: bytes | None = None)
     detail = entry.get("detail") or {}
     if detail.get("customer_commitment") != customer_commitment(vault_id, customer, tag, salt):
         return fail("wrong customer", "the entry does not commit to this customer")
-    note = "" if public_key is not None else " (public key taken from the receipt itself)"
+    trust = trust_of(public_key, trust_embedded_key=trust_embedded_key)
+    if trust is None:
+        return fail(NO_TRUSTED_KEY, no_trusted_key_message("receipt"))
+    note = "" if trust == PINNED else " (self-asserted: under the receipt's own key)"
     return ReceiptReport(
         True,
         None,
@@ -176,4 +193,5 @@ def verify_receipt(document: dict[str, Any], *, public_key: bytes | None = None)
         vault=vault_id,
         seq=cp.seq,
         shredded_at=str(entry.get("ts")),
+        trust=trust,
     )

@@ -238,8 +238,14 @@ def restore_backup(
     staged.mkdir(mode=0o700)
     verifying = None if progress is None else (lambda n, total: progress("verifying", n, total))
     try:
+        # Without --pubkey a restore checks the archive under its own keystore's key,
+        # the key the restored vault will sign with (backup verify pins it).
         report = verify_backup(
-            archive, public_key=public_key, extract_to=staged, progress=verifying
+            archive,
+            public_key=public_key,
+            extract_to=staged,
+            progress=verifying,
+            trust_embedded_key=True,
         )
         if not report.ok or report.manifest is None:
             raise VerificationError(

@@ -29,6 +29,7 @@ from .errors import (
     keys_errors,
 )
 from .faults import crash_point
+from .inputs import check_days
 from .keycopies import backup_key_copies
 from .log import Event
 from .sealing import reseal_record
@@ -274,6 +275,7 @@ def customers_due(ctx: VaultContext, actor: Actor, *, older_than_days: float | N
     )
     if older_than_days is None:
         return active
+    older_than_days = check_days(older_than_days, what="older_than_days", allow_zero=True)
     cutoff = format_ts(ctx.clock() - timedelta(days=older_than_days))
     old = set(ctx.keys.store.deks_created_before(cutoff))
     return [c for c in active if c in old]

@@ -13,6 +13,7 @@ from typing import Any
 
 from .canonical import canonical
 from .errors import PurposeError, SchemaError
+from .inputs import suggest
 
 __all__ = [
     "MAX_FIELD_BYTES",
@@ -103,7 +104,7 @@ def encode_fields(spec: KindSpec, fields: Mapping[str, object]) -> bytes:
         raise SchemaError("record fields must be a mapping of field name to value")
     undeclared = [k for k in fields if k not in spec.fields]
     if undeclared:
-        shown = ", ".join(sorted(str(k)[:64] for k in undeclared))
+        shown = ", ".join(sorted(f"{str(k)[:64]}{suggest(k, spec.fields)}" for k in undeclared))
         raise SchemaError(f"field(s) {shown} not declared for kind {spec.name!r}")
     for name, value in fields.items():
         _check_value(spec.name, name, value)

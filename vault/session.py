@@ -304,17 +304,21 @@ class Session:
         key: HandoverKey,
         *,
         seller_public_key: bytes | None = None,
+        accept_unverified_seller: bool = False,
         declare_kinds: bool = False,
         progress: Callable[[int], None] | None = None,
     ) -> HandoverImport:
         """Verify a handover package completely, then import its customers and records
-        in one transaction (admin). Nothing is written when anything fails."""
+        in one transaction (admin). Nothing is written when anything fails. Without
+        ``seller_public_key`` it refuses (NoTrustedKeyError) unless
+        ``accept_unverified_seller`` is set, which the log entry records."""
         return import_package(
             self._ctx,
             self._actor,
             package,
             key,
             seller_public_key=seller_public_key,
+            accept_unverified_seller=accept_unverified_seller,
             declare_kinds=declare_kinds,
             progress=progress,
         )

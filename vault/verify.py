@@ -10,7 +10,6 @@ specifies the same algorithm for independent verifiers.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 from .canonical import canonical
 from .checkpoint import Checkpoint
+from .inputs import parse_json
 from .log import GENESIS, HASH_PREFIX, LogEntry
 
 __all__ = ["VerifyReport", "verify_chain"]
@@ -41,6 +41,8 @@ class VerifyReport:
     bad_seq: int | None = None
     message: str = "log verifies"
     notes: list[str] = field(default_factory=list)
+    #: what the key checked against is (``vault.trust``): None for the live store
+    trust: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,6 +72,7 @@ class VerifyReport:
             "bad_seq": self.bad_seq,
             "message": self.message,
             "notes": list(self.notes),
+            "trust": self.trust,
         }
 
 
@@ -78,7 +81,7 @@ def _fields(body: bytes, strict: bool) -> tuple[int, str]:
     names in sorted order after the only nested object (``detail``), so the last
     occurrence is the top-level one. ``strict`` also demands canonical bytes."""
     if strict:
-        raw = json.loads(body)
+        raw = parse_json(body, what="entry", fail=ValueError)
         if not isinstance(raw, dict) or canonical(raw) != body or raw.get("v") != 1:
             raise ValueError("entry is not canonical v1 JSON")
         seq, prev = raw["seq"], raw["prev"]
