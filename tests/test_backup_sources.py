@@ -512,7 +512,7 @@ def test_the_source_key_is_never_trusted_over_the_archives(world: World) -> None
     from shredvault.vault import verify_export
 
     forged = _export_forged(world)
-    assert verify_export(forged).ok  # under its own key
+    assert verify_export(forged, trust_embedded_key=True).ok  # under its own key
     outcome = attempt(world, ShredSource(log_export=forged), True)
     assert isinstance(outcome.error, VerificationError)
     assert outcome.error.reason == "bad signature"

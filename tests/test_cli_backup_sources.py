@@ -143,7 +143,9 @@ def test_verify_and_restore_read_the_archive_from_stdin(
     root, _keyfile, run = vault
     kept, kept_record = _customer_with_record(run, "Kept Through A Pipe")
     piped = ok(run("backup", "create", "-")).stdout_bytes
-    verified = ok(run("backup", "verify", "-", "--json", input=piped, **NO_VAULT))  # type: ignore[arg-type]
+    verified = ok(
+        run("backup", "verify", "-", "--trust-embedded-key", "--json", input=piped, **NO_VAULT)
+    )  # type: ignore[arg-type]
     assert json.loads(verified.stdout)["ok"] is True
     target = tmp_path / "restored"
     ok(
@@ -190,7 +192,7 @@ def test_an_archive_goes_through_a_real_pipe_between_processes(
         cwd=tmp_path,
     )
     verify = subprocess.run(
-        [*_console(), "backup", "verify", "-", "--json"],
+        [*_console(), "backup", "verify", "-", "--trust-embedded-key", "--json"],
         stdin=create.stdout,
         capture_output=True,
         env=env,
