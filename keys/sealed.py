@@ -10,7 +10,10 @@ Key files (UTF-8 JSON, one object, sorted keys)::
               "public_key":"<hex>","sealed":"<hex: 24-byte nonce | SecretBox ciphertext>","v":1}
 
 The private key is sealed with ``nacl.secret.SecretBox`` under Argon2id(passphrase,
-salt); the KDF parameters sit in the file and are refused below :data:`keys.kdf.FLOOR`.
+salt) (version 0x13, the passphrase's UTF-8 bytes, 32-byte output); the KDF parameters
+sit in the file and are refused below :data:`keys.kdf.FLOOR`. New files use
+:data:`HANDOVER_PARAMS` (one lane, so libsodium's ``crypto_pwhash`` opens them); files
+written with more lanes still open.
 The fingerprint is ``SHA-256(b"shredvault/handover-key/v1" || public key)``, hex.
 This module knows nothing of customers or vaults: callers bind their context in AAD.
 """
@@ -31,10 +34,11 @@ from nacl.secret import SecretBox
 
 from .errors import DecryptionError, InvalidKeyError, WrongKeyError
 from .files import check_absent, write_file
-from .kdf import SALT_SIZE, KdfParams, derive_root_key, recommended_params
+from .kdf import SALT_SIZE, KdfParams, derive_root_key
 from .secret import SecretBytes
 
 __all__ = [
+    "HANDOVER_PARAMS",
     "PACKAGE_KEY_SIZE",
     "PRIVATE_FORMAT",
     "PUBLIC_FORMAT",
@@ -55,6 +59,13 @@ PACKAGE_KEY_SIZE = 32
 NONCE_SIZE = 12
 _FINGERPRINT_LABEL = b"shredvault/handover-key/v1"
 _MAX_KEY_FILE = 16 * 1024
+
+#: Argon2id cost of new handover key files: libsodium's ``crypto_pwhash`` "moderate"
+#: preset (opslimit 3, memlimit 256 MiB). One lane, because ``crypto_pwhash`` computes
+#: only p = 1 and an acquirer may open the file with libsodium; four times the vault's
+#: 64 MiB floor, so a guess costs an attacker more than a vault passphrase guess does
+#: (lanes never changed that cost, only the wall time of one derivation).
+HANDOVER_PARAMS = KdfParams(time_cost=3, memory_kib=256 * 1024, parallelism=1)
 
 
 def handover_fingerprint(public_key: bytes) -> str:
@@ -158,7 +169,7 @@ def write_handover_key(
     key_path = stem.with_name(stem.name + ".key")
     for path in (pub_path, key_path):
         check_absent(path)
-    kdf = params or recommended_params()
+    kdf = params or HANDOVER_PARAMS
     salt = os.urandom(SALT_SIZE)
     wrapping = derive_root_key(passphrase, salt, kdf)
     key = generate_handover_key()
