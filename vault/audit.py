@@ -311,10 +311,16 @@ def verify_export(
     strict: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Verify an exported log offline. Without ``public_key`` the key named in the
-    export is used and the report notes that it was not independently trusted."""
+    """Verify an exported log offline (docs/log-format.md §6). Without ``public_key``
+    the key named in the export is used and the report notes that it was not
+    independently trusted; with it, an export naming another key fails (``wrong
+    key``). The entries must end exactly at the header's ``head_seq`` and ``head``."""
     with open(path, "rb") as handle:
         header, cps, entries = _read_export(iter(handle))
+        if public_key is not None and public_key != header.public_key:
+            return VerifyReport().fail(
+                "wrong key", None, "the export names another public key than the trusted one"
+            )
         key = public_key if public_key is not None else header.public_key
         report = verify_chain(
             entries,
@@ -329,12 +335,30 @@ def verify_export(
         )
     if public_key is None:
         report.notes.append("public key taken from the export itself: pass --pubkey to trust it")
-    elif public_key != header.public_key and report.ok:
-        report.notes.append("the export names a different public key than the one given")
-    if report.ok and report.last_seq < header.head_seq:
+    if report.ok:
+        _check_header_head(report, header)
+    return report
+
+
+def _check_header_head(report: VerifyReport, header: ExportHeader) -> None:
+    """The chain must end at the head the header announces: fewer entries is a cut
+    tail (its checkpoints may have been dropped with it), more is an appended line, and
+    another hash at that seq is a tail replaced by other entries."""
+    if report.last_seq < header.head_seq:
         report.fail(
             "truncated",
             report.last_seq + 1,
             f"the export says its head is seq {header.head_seq} but ends at {report.last_seq}",
         )
-    return report
+    elif report.entries and report.last_seq > header.head_seq:
+        report.fail(
+            "inserted",
+            header.head_seq + 1,
+            f"the export says its head is seq {header.head_seq} but goes on to {report.last_seq}",
+        )
+    elif report.entries and report.head != header.head:
+        report.fail(
+            "forked",
+            report.last_seq,
+            f"entry {report.last_seq} differs from the head the export's header names",
+        )

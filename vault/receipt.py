@@ -125,8 +125,9 @@ def load_receipt(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def verify_receipt(document: dict[str, Any], *, public_key: bytes | None = None) -> ReceiptReport:
-    """Check a receipt offline. ``public_key`` is the vault key the verifier trusts;
-    without it the key inside the receipt is used (and the message says so)."""
+    """Check a receipt offline (docs/log-format.md §8, in that order). ``public_key``
+    is the vault key the verifier trusts: a receipt naming another key fails (``wrong
+    key``); without it the key inside the receipt is used (and the message says so)."""
 
     def fail(reason: str, message: str) -> ReceiptReport:
         return ReceiptReport(False, reason, message)
@@ -143,6 +144,8 @@ def verify_receipt(document: dict[str, Any], *, public_key: bytes | None = None)
         embedded = bytes.fromhex(str(document["public_key"]).removeprefix("ed25519:"))
     except (KeyError, TypeError, ValueError, VerificationError) as error:
         return fail("malformed", f"receipt is malformed: {error}")
+    if public_key is not None and public_key != embedded:
+        return fail("wrong key", "the receipt names another public key than the trusted one")
     if document.get("scope") != SCOPE:
         return fail("modified", "the scope statement was altered")
     key = public_key if public_key is not None else embedded
