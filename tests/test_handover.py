@@ -561,6 +561,10 @@ def test_a_forger_naming_its_own_key_is_caught_by_the_trusted_seller_key(
     edit = {"seller_public_key": "ed25519:" + bytes(forger.verify_key).hex()}
     forged = resign(package, tmp_path / "forged.svho", edit, forger)
     error = refused(acquirer, forged, acquirer_key.key, seller_public_key=seller.vault.public_key)
+    assert error.reason == "wrong key"
+    # Naming the trusted key while signed by another: the signature fails.
+    named = resign(package, tmp_path / "named.svho", {"excluded": 0}, forger)
+    error = refused(acquirer, named, acquirer_key.key, seller_public_key=seller.vault.public_key)
     assert error.reason == "bad signature"
 
 
@@ -705,7 +709,7 @@ def test_a_forged_package_passes_only_as_self_asserted_and_fails_with_the_seller
 
     forged, _forger = forge(package, tmp_path / "forged.svho", extend)
     error = refused(acquirer, forged, acquirer_key.key, seller_public_key=seller.vault.public_key)
-    assert error.reason == "bad signature"
+    assert error.reason == "wrong key"
     # Without the trusted key the forger's own key verifies: reported, never hidden.
     result = acquirer.admin().handover_import(str(forged), acquirer_key.key)
     assert result.seller_key_trusted is False
