@@ -53,7 +53,8 @@ def _print_report(report: VerifyReport, source: str) -> None:
     if report.reason == NO_TRUSTED_KEY:
         echo(f"  {report.message}")
     elif not report.ok:
-        echo(f"  first bad seq {report.bad_seq}: {report.reason}: {report.message}")
+        where = "" if report.bad_seq is None else f"first bad seq {report.bad_seq}: "
+        echo(f"  {where}{report.reason}: {report.message}")
     span = f" (seq {report.first_seq}-{report.last_seq})" if report.entries else ""
     pairs: list[tuple[str, Any]] = [
         ("entries checked", f"{report.entries}{span}"),

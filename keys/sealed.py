@@ -10,7 +10,10 @@ Key files (UTF-8 JSON, one object, sorted keys)::
               "public_key":"<hex>","sealed":"<hex: 24-byte nonce | SecretBox ciphertext>","v":1}
 
 The private key is sealed with ``nacl.secret.SecretBox`` under Argon2id(passphrase,
-salt); the KDF parameters sit in the file and are refused below :data:`keys.kdf.FLOOR`.
+salt) (version 0x13, the passphrase's UTF-8 bytes, 32-byte output); the KDF parameters
+sit in the file and are refused below :data:`keys.kdf.FLOOR`. New files use
+:data:`HANDOVER_PARAMS` (one lane, so libsodium's ``crypto_pwhash`` opens them); files
+written with more lanes still open.
 The fingerprint is ``SHA-256(b"shredvault/handover-key/v1" || public key)``, hex.
 This module knows nothing of customers or vaults: callers bind their context in AAD.
 """
@@ -31,20 +34,24 @@ from nacl.secret import SecretBox
 
 from .errors import DecryptionError, InvalidKeyError, WrongKeyError
 from .files import check_absent, write_file
-from .kdf import SALT_SIZE, KdfParams, derive_root_key, recommended_params
+from .kdf import SALT_SIZE, KdfParams, derive_root_key
 from .secret import SecretBytes
 
 __all__ = [
+    "HANDOVER_PARAMS",
     "PACKAGE_KEY_SIZE",
     "PRIVATE_FORMAT",
     "PUBLIC_FORMAT",
     "HandoverKey",
     "PackageCipher",
+    "dump_key_document",
     "generate_handover_key",
     "handover_fingerprint",
     "load_handover_key",
     "load_handover_public_key",
     "parse_handover_public_key",
+    "private_key_document",
+    "public_key_document",
     "seal_package_key",
     "write_handover_key",
 ]
@@ -53,8 +60,16 @@ PUBLIC_FORMAT = "shredvault-handover-public-key"
 PRIVATE_FORMAT = "shredvault-handover-private-key"
 PACKAGE_KEY_SIZE = 32
 NONCE_SIZE = 12
+NONCE_24 = 24  # SecretBox (XSalsa20-Poly1305) nonce of the private key file
 _FINGERPRINT_LABEL = b"shredvault/handover-key/v1"
 _MAX_KEY_FILE = 16 * 1024
+
+#: Argon2id cost of new handover key files: libsodium's ``crypto_pwhash`` "moderate"
+#: preset (opslimit 3, memlimit 256 MiB). One lane, because ``crypto_pwhash`` computes
+#: only p = 1 and an acquirer may open the file with libsodium; four times the vault's
+#: 64 MiB floor, so a guess costs an attacker more than a vault passphrase guess does
+#: (lanes never changed that cost, only the wall time of one derivation).
+HANDOVER_PARAMS = KdfParams(time_cost=3, memory_kib=256 * 1024, parallelism=1)
 
 
 def handover_fingerprint(public_key: bytes) -> str:
@@ -142,7 +157,8 @@ class PackageCipher:
 # -- key files --------------------------------------------------------------------------------
 
 
-def _dump(document: dict[str, Any]) -> bytes:
+def dump_key_document(document: dict[str, Any]) -> bytes:
+    """A key file's bytes: the object as indented JSON with sorted keys, and a newline."""
     return (json.dumps(document, sort_keys=True, indent=2) + "\n").encode("utf-8")
 
 
@@ -158,33 +174,52 @@ def write_handover_key(
     key_path = stem.with_name(stem.name + ".key")
     for path in (pub_path, key_path):
         check_absent(path)
-    kdf = params or recommended_params()
-    salt = os.urandom(SALT_SIZE)
-    wrapping = derive_root_key(passphrase, salt, kdf)
     key = generate_handover_key()
+    private_doc = private_key_document(
+        key, passphrase, params or HANDOVER_PARAMS, os.urandom(SALT_SIZE), os.urandom(NONCE_24)
+    )
+    write_file(key_path, dump_key_document(private_doc))
     try:
-        sealed = bytes(SecretBox(wrapping.reveal()).encrypt(bytes(key._key)))
-    finally:
-        wrapping.wipe()
-    common = {
-        "alg": "x25519",
-        "fingerprint": key.fingerprint,
-        "public_key": key.public_key.hex(),
-        "v": 1,
-    }
-    private_doc = {
-        **common,
-        "format": PRIVATE_FORMAT,
-        "kdf": {"alg": "argon2id", **kdf.to_dict(), "salt": salt.hex()},
-        "sealed": sealed.hex(),
-    }
-    write_file(key_path, _dump(private_doc))
-    try:
-        write_file(pub_path, _dump({**common, "format": PUBLIC_FORMAT}))
+        write_file(pub_path, dump_key_document(public_key_document(key.public_key)))
     except BaseException:
         key_path.unlink(missing_ok=True)
         raise
     return pub_path, key_path, key.fingerprint
+
+
+def public_key_document(public_key: bytes) -> dict[str, Any]:
+    """The ``OUT.pub`` object for an X25519 public key."""
+    return {
+        "alg": "x25519",
+        "fingerprint": handover_fingerprint(public_key),
+        "format": PUBLIC_FORMAT,
+        "public_key": public_key.hex(),
+        "v": 1,
+    }
+
+
+def private_key_document(
+    key: HandoverKey, passphrase: bytes, kdf: KdfParams, salt: bytes, nonce: bytes
+) -> dict[str, Any]:
+    """The ``OUT.key`` object for ``key``: sealed with SecretBox (``nonce``, 24 random
+    bytes) under Argon2id(passphrase, ``salt``, ``kdf``). Callers pass fresh random
+    salt and nonce; the docs' worked example passes fixed ones."""
+    if len(nonce) != NONCE_24:
+        raise InvalidKeyError(f"a SecretBox nonce is {NONCE_24} bytes")
+    wrapping = derive_root_key(passphrase, salt, kdf)
+    try:
+        sealed = bytes(SecretBox(wrapping.reveal()).encrypt(bytes(key._key), nonce))
+    finally:
+        wrapping.wipe()
+    return {
+        "alg": "x25519",
+        "fingerprint": key.fingerprint,
+        "format": PRIVATE_FORMAT,
+        "kdf": {"alg": "argon2id", **kdf.to_dict(), "salt": salt.hex()},
+        "public_key": key.public_key.hex(),
+        "sealed": sealed.hex(),
+        "v": 1,
+    }
 
 
 def _read_document(path: Path, fmt: str) -> dict[str, Any]:

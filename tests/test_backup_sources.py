@@ -323,7 +323,7 @@ SOURCES: dict[tuple[str, str], tuple[Callable[[World], ShredSource], str, set[st
     ),
     ("exported log", "forged"): (
         lambda w: ShredSource(log_export=_export_forged(w)),
-        "bad signature",
+        "wrong key",  # it names its forger's key, not the vault's
         set(),
     ),
     ("exported log", "tampered"): (
@@ -348,7 +348,7 @@ SOURCES: dict[tuple[str, str], tuple[Callable[[World], ShredSource], str, set[st
     ),
     ("receipts", "forged"): (
         lambda w: ShredSource(receipts_dir=_receipts_copy(w, _forge_receipt)),
-        "bad signature",
+        "wrong key",  # it names its forger's key, not the vault's
         set(),
     ),
     ("receipts", "tampered"): (
@@ -515,7 +515,7 @@ def test_the_source_key_is_never_trusted_over_the_archives(world: World) -> None
     assert verify_export(forged, trust_embedded_key=True).ok  # under its own key
     outcome = attempt(world, ShredSource(log_export=forged), True)
     assert isinstance(outcome.error, VerificationError)
-    assert outcome.error.reason == "bad signature"
+    assert outcome.error.reason == "wrong key"
     shutil.rmtree(outcome.target, ignore_errors=True)
 
 

@@ -285,7 +285,7 @@ def test_backup_verify_exits_5_for_another_vaults_archive_under_this_vaults_key(
         "backup", "verify", str(tmp_path / "other.tar"), "--pubkey", str(pubkey), **NO_VAULT
     )
     assert result.exit_code == 5
-    assert "bad signature" in result.stdout
+    assert "wrong key" in result.stdout
 
 
 # -- restore -------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from shredvault.vault import (
     decommissioned_certificate,
     verify_certificate,
 )
+from shredvault.vault.canonical import canonical
 from shredvault.vault.certificate import signed_bytes
 from shredvault.vault.ids import CUSTOMER, new_ids
 from shredvault.vault.store import customers, log, records
@@ -476,3 +477,12 @@ def test_a_log_export_that_does_not_end_in_the_certified_head_fails(
     report = verify_certificate(cert.to_json(), public_key=key, log_export=tmp_path / "cut.jsonl")
     assert not report.ok
     assert verify_certificate(cert.to_json(), public_key=key, log_export=tmp_path / "full.jsonl").ok
+    # The same entries relabelled as another vault's, its checkpoints dropped (so nothing
+    # in the chain names a vault): the export's vault must be the certificate's.
+    header = json.loads(lines[0])
+    header["vault"] = "vlt_" + "b" * 26
+    kept = [line for line in lines[1:] if not line.startswith(b'{"checkpoint":')]
+    relabelled = tmp_path / "relabelled.jsonl"
+    relabelled.write_bytes(canonical(header) + b"\n" + b"".join(kept))
+    report = verify_certificate(cert.to_json(), public_key=key, log_export=relabelled)
+    assert (report.ok, report.reason) == (False, "log mismatch"), report.message

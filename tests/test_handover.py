@@ -588,6 +588,10 @@ def test_a_forger_naming_its_own_key_is_caught_by_the_trusted_seller_key(
     edit = {"seller_public_key": "ed25519:" + bytes(forger.verify_key).hex()}
     forged = resign(package, tmp_path / "forged.svho", edit, forger)
     error = refused(acquirer, forged, acquirer_key.key, seller_public_key=seller.vault.public_key)
+    assert error.reason == "wrong key"
+    # Naming the trusted key while signed by another: the signature fails.
+    named = resign(package, tmp_path / "named.svho", {"excluded": 0}, forger)
+    error = refused(acquirer, named, acquirer_key.key, seller_public_key=seller.vault.public_key)
     assert error.reason == "bad signature"
 
 
@@ -732,7 +736,7 @@ def test_a_forged_package_is_refused_without_the_seller_key_unless_overridden(
 
     forged, _forger = forge(package, tmp_path / "forged.svho", extend)
     error = refused(acquirer, forged, acquirer_key.key, seller_public_key=seller.vault.public_key)
-    assert error.reason == "bad signature"
+    assert error.reason == "wrong key"
     # Without the trusted key the import is refused (nothing written), and only an
     # explicit override accepts the forger's own key: reported and logged.
     error = refused(acquirer, forged, acquirer_key.key, accept_unverified_seller=False)

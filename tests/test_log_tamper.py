@@ -243,6 +243,59 @@ def test_export_a_clean_tail_cut_is_caught_only_with_an_anchor(
     assert_bad(check(ex, tmp_path, sealed, anchor=sealed.anchor()), "truncated", keep + 1)
 
 
+def test_export_a_cut_tail_with_checkpoints_dropped_and_regrown_fails_against_the_header(
+    sealed: Sealed, tmp_path: Path
+) -> None:
+    """A tail cut with its checkpoints, then grown back to the header's head_seq with
+    entries of the cutter's own: every link holds and no checkpoint covers them, so
+    only the header's head hash tells (docs/log-format.md §6 step 3)."""
+    ex = export_of(sealed, tmp_path)
+    keep = sealed.head_seq - 3
+    ex.checkpoints = [c for c in ex.checkpoints if c["checkpoint"]["seq"] <= keep]
+    ex.entries = ex.entries[:keep]
+    for seq in range(keep + 1, sealed.head_seq + 1):
+        ex.entries.append({**ex.entries[-1], "seq": seq, "action": "record.list"})
+    rechain(ex.entries, keep)
+    assert ex.header["head_seq"] == ex.entries[-1]["seq"] == sealed.head_seq
+    assert_bad(check(ex, tmp_path, sealed), "forked", sealed.head_seq)
+    # Only cut (not regrown): the header's head_seq says more entries belong.
+    ex.entries = ex.entries[:keep]
+    assert_bad(check(ex, tmp_path, sealed), "truncated", keep + 1)
+
+
+def test_export_entries_appended_after_the_header_head_are_found_as_inserted(
+    sealed: Sealed, tmp_path: Path
+) -> None:
+    ex = export_of(sealed, tmp_path)
+    ex.entries.append({**ex.entries[-1], "seq": sealed.head_seq + 1, "action": "record.list"})
+    rechain(ex.entries, len(ex.entries) - 1)
+    assert_bad(check(ex, tmp_path, sealed), "inserted", sealed.head_seq + 1)
+
+
+def test_export_a_non_canonical_line_is_malformed_in_strict_mode_hash_or_not(
+    sealed: Sealed, tmp_path: Path
+) -> None:
+    """Strict verification judges the form before the hash: a re-spaced line is
+    malformed whether or not its hash was recomputed over the new bytes."""
+    ex = export_of(sealed, tmp_path)
+    raw = [canonical(e) for e in ex.entries]
+    raw[4] = raw[4].replace(b'"outcome":', b'"outcome": ')
+    assert_bad(
+        verify_export(
+            ex.write(tmp_path / "spaced.jsonl", raw_entries=raw), public_key=sealed.public_key
+        ),
+        "malformed",
+        5,
+    )
+    body = body_of(ex.entries[4]).replace(b'"outcome":', b'"outcome": ')
+    raw[4] = raw[4].replace(ex.entries[4]["hash"].encode(), sha(body).encode())
+    rehashed = ex.write(tmp_path / "rehashed.jsonl", raw_entries=raw)
+    assert_bad(verify_export(rehashed, public_key=sealed.public_key), "malformed", 5)
+    # The non-strict reader (the live store's path) hashes the bytes as stored.
+    lenient = verify_export(rehashed, public_key=sealed.public_key, strict=False)
+    assert_bad(lenient, "modified", 5)
+
+
 def test_export_rewritten_and_re_signed_under_another_key_fails_with_bad_signature(
     sealed: Sealed, tmp_path: Path
 ) -> None:
@@ -255,10 +308,14 @@ def test_export_rewritten_and_re_signed_under_another_key_fails_with_bad_signatu
         resign({**c["checkpoint"], "head": by_seq[c["checkpoint"]["seq"]]["hash"]}, forger)
         for c in ex.checkpoints
     ]
-    ex.header["public_key"] = "ed25519:" + forger.public_key.hex()
     ex.header["head"] = ex.entries[-1]["hash"]
     first_cp = min(c["checkpoint"]["seq"] for c in ex.checkpoints)
     assert_bad(check(ex, tmp_path, sealed), "bad signature", first_cp)
+    # Naming the forger's key in the header changes nothing for a verifier with the
+    # trusted key: an embedded key that differs from it is a failure of its own.
+    ex.header["public_key"] = "ed25519:" + forger.public_key.hex()
+    wrong = check(ex, tmp_path, sealed)
+    assert (wrong.ok, wrong.reason, wrong.bad_seq) == (False, "wrong key", None)
     # Trusting the key named in the export itself is exactly what an attacker wants:
     # without a trust root the forgery is never ok (issue 18) ...
     untrusted = verify_export(tmp_path / "tampered.jsonl")

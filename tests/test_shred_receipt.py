@@ -208,7 +208,7 @@ TAMPERING: list[tuple[str, Callable[[dict[str, Any], Issued], None], str]] = [
     ("checkpoint-signature-altered", _flip_signature, "bad signature"),
     ("checkpoint-moved-to-another-seq", _move_checkpoint, "bad signature"),
     ("checkpoint-from-another-vault", _splice_foreign_checkpoint, "foreign vault"),
-    ("receipt-of-another-vault", _foreign_receipt, "bad signature"),
+    ("receipt-of-another-vault", _foreign_receipt, "wrong key"),
     ("unknown-customer-id", _unknown_customer, "wrong customer"),
     ("another-receipts-customer-id", _other_receipts_customer, "wrong customer"),
     ("wrong-subject-tag", _wrong_tag, "wrong customer"),
@@ -232,8 +232,17 @@ def test_tampered_receipt_is_refused_with_the_right_reason(
     assert report.customer is None and report.seq is None
 
 
-def test_receipt_checked_with_another_vaults_key_has_a_bad_signature(issued: Issued) -> None:
+def test_receipt_checked_with_another_vaults_key_is_the_wrong_key(issued: Issued) -> None:
     report = verify_receipt(issued.fresh(), public_key=issued.other_public_key)
+    assert (report.ok, report.reason) == (False, "wrong key")
+
+
+def test_receipt_naming_the_trusted_key_but_signed_by_another_has_a_bad_signature(
+    issued: Issued,
+) -> None:
+    doc = issued.fresh()
+    doc["public_key"] = issued.other_receipt["public_key"]
+    report = verify_receipt(doc, public_key=issued.other_public_key)
     assert (report.ok, report.reason) == (False, "bad signature")
 
 

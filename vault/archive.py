@@ -184,6 +184,13 @@ def verify_backup(
             where = extract_to or Path(tmp)
             body, signature, manifest = _read_members(tar, where, progress)
             embedded = keystore_public_key(where / KEYS_FILE)
+            if public_key is not None and public_key != embedded:
+                return BackupReport(
+                    False,
+                    "wrong key",
+                    "the archive's keystore holds another public key than the trusted one",
+                    manifest,
+                )
             key = public_key if public_key is not None else embedded
             if not verify_typed(key, body, signature, "backup"):
                 return BackupReport(

@@ -323,16 +323,22 @@ def verify_export(
     progress: Callable[[int], None] | None = None,
     trust_embedded_key: bool = False,
 ) -> VerifyReport:
-    """Verify an exported log offline.
+    """Verify an exported log offline (docs/log-format.md §6).
 
     A trust root is needed (``vault.trust``): ``public_key`` (the vault's key, got by a
     second channel), or an ``anchor`` the caller saw earlier, which the export's own
     key must have signed. Without either the export is checked under the key it names
     and, if nothing else is wrong, the report fails with reason ``"no trusted key"``
-    (never ok) unless ``trust_embedded_key`` is set; ``report.trust`` says which."""
+    (never ok) unless ``trust_embedded_key`` is set; ``report.trust`` says which. With
+    ``public_key``, an export naming another key fails (``wrong key``). The entries
+    must end exactly at the header's ``head_seq`` and ``head``."""
     trust = trust_of(public_key, trust_embedded_key=trust_embedded_key, anchored=anchor is not None)
     with open(path, "rb") as handle:
         header, cps, entries = _read_export(iter(handle))
+        if public_key is not None and public_key != header.public_key:
+            return VerifyReport().fail(
+                "wrong key", None, "the export names another public key than the trusted one"
+            )
         key = public_key if public_key is not None else header.public_key
         report = verify_chain(
             entries,
@@ -346,14 +352,8 @@ def verify_export(
             progress=progress,
         )
     report.trust = trust
-    if public_key is not None and public_key != header.public_key and report.ok:
-        report.notes.append("the export names a different public key than the one given")
-    if report.ok and report.last_seq < header.head_seq:
-        report.fail(
-            "truncated",
-            report.last_seq + 1,
-            f"the export says its head is seq {header.head_seq} but ends at {report.last_seq}",
-        )
+    if report.ok:
+        _check_header_head(report, header)
     if trust == SELF_ASSERTED:
         report.notes.append("self-asserted: checked only under the key the export names itself")
     elif trust is None:
@@ -367,3 +367,27 @@ def verify_export(
             "vouches for them; export from a seq a signed checkpoint covers",
         )
     return report
+
+
+def _check_header_head(report: VerifyReport, header: ExportHeader) -> None:
+    """The chain must end at the head the header announces: fewer entries is a cut
+    tail (its checkpoints may have been dropped with it), more is an appended line, and
+    another hash at that seq is a tail replaced by other entries."""
+    if report.last_seq < header.head_seq:
+        report.fail(
+            "truncated",
+            report.last_seq + 1,
+            f"the export says its head is seq {header.head_seq} but ends at {report.last_seq}",
+        )
+    elif report.entries and report.last_seq > header.head_seq:
+        report.fail(
+            "inserted",
+            header.head_seq + 1,
+            f"the export says its head is seq {header.head_seq} but goes on to {report.last_seq}",
+        )
+    elif report.entries and report.head != header.head:
+        report.fail(
+            "forked",
+            report.last_seq,
+            f"entry {report.last_seq} differs from the head the export's header names",
+        )

@@ -33,6 +33,7 @@ from .trust import NO_TRUSTED_KEY, SELF_ASSERTED, no_trusted_key_message, trust_
 __all__ = [
     "CERTIFICATE_SCOPE",
     "CERTIFICATE_TYPE",
+    "SIGNING_KEY_NOTE",
     "Certificate",
     "CertificateReport",
     "load_certificate",
@@ -61,6 +62,10 @@ CERTIFICATE_SCOPE = (
     "before is outside the vault, and storage internals (journaling file systems, SSD "
     "wear levelling) may keep old blocks unless the disk itself was encrypted."
 )
+
+#: The fixed note a certificate's ``destroyed_keys.signing_key`` holds (the seed is
+#: deleted after signing, so the signature cannot prove it: docs/decommission.md).
+SIGNING_KEY_NOTE = "deleted right after this certificate was signed"
 
 # The counts a certificate states, each equal to the same member of the final entry's
 # detail (so the signed log head vouches for them too).
@@ -320,6 +325,9 @@ def _check_log(
     if not chain.ok:
         fail(chain.reason or "invalid", f"the log export fails verification: {chain.message}")
         return
+    if _export_vault(path) != cert.vault:
+        fail("log mismatch", "the log export names another vault than the certificate")
+        return
     if chain.last_seq != cert.last_seq or chain.head != cert.head:
         fail(
             "log mismatch",
@@ -351,6 +359,13 @@ def _check_log(
                 f"the log implies {name} = {value}, the certificate says {cert.counts[name]}",
             )
             return
+
+
+def _export_vault(path: str | os.PathLike[str]) -> object:
+    """The vault an export's header names (the header verified already)."""
+    with open(path, "rb") as handle:
+        header = json.loads(handle.readline())
+    return header.get("vault") if isinstance(header, dict) else None
 
 
 def _recount(path: str | os.PathLike[str], cert: _Parsed) -> tuple[int, int, int, int, bool]:

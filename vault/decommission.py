@@ -40,6 +40,7 @@ from .certificate import (
     CERTIFICATE_SCOPE,
     CERTIFICATE_TYPE,
     INTENT_ACTION,
+    SIGNING_KEY_NOTE,
     Certificate,
     sign_certificate,
 )
@@ -350,7 +351,7 @@ def _certificate(ctx: VaultContext, reason: str, intent_seq: int, final_seq: int
         "checkpoint": parse_checkpoint(cp_body, cp_sig).to_json(),
         "destroyed_keys": {
             "kek_epochs": destroyed.get("kek_epochs", []),
-            "signing_key": "deleted right after this certificate was signed",
+            "signing_key": SIGNING_KEY_NOTE,
         },
         "backups_outstanding": [b for b in listed if b["id"] in outstanding],
         "scope": CERTIFICATE_SCOPE,

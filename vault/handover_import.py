@@ -103,6 +103,11 @@ def import_package(
     package = open_package(Path(package_path))
     manifest = package.manifest
     trusted = seller_public_key is not None
+    if trusted and seller_public_key != _seller(package):
+        raise VerificationError(
+            "handover package: the manifest names another seller key than the trusted one",
+            reason="wrong key",
+        )
     check_signature(
         package, seller_public_key if seller_public_key is not None else _seller(package)
     )

@@ -137,9 +137,10 @@ def verify_receipt(
     public_key: bytes | None = None,
     trust_embedded_key: bool = False,
 ) -> ReceiptReport:
-    """Check a receipt offline. ``public_key`` is the vault key the verifier trusts.
-    Without it the receipt is checked under its own copy of the key and, if nothing
-    else is wrong, fails with reason ``"no trusted key"`` (never ok) unless
+    """Check a receipt offline (docs/log-format.md §8, in that order). ``public_key``
+    is the vault key the verifier trusts: a receipt naming another key fails (``wrong
+    key``). Without it the receipt is checked under its own copy of the key and, if
+    nothing else is wrong, fails with reason ``"no trusted key"`` (never ok) unless
     ``trust_embedded_key`` is set, when ``trust`` says ``"self-asserted"``."""
 
     def fail(reason: str, message: str) -> ReceiptReport:
@@ -157,6 +158,8 @@ def verify_receipt(
         embedded = bytes.fromhex(str(document["public_key"]).removeprefix("ed25519:"))
     except (KeyError, TypeError, ValueError, VerificationError) as error:
         return fail("malformed", f"receipt is malformed: {error}")
+    if public_key is not None and public_key != embedded:
+        return fail("wrong key", "the receipt names another public key than the trusted one")
     if document.get("scope") != SCOPE:
         return fail("modified", "the scope statement was altered")
     key = public_key if public_key is not None else embedded

@@ -162,12 +162,18 @@ def verify_chain(
             report.first_seq = entry.seq
             if not from_genesis:
                 expected = entry.seq
+        # Strict mode judges the form before the hash: bytes that are not canonical
+        # JSON are "malformed" even if someone re-hashed them (docs/log-format.md §6).
+        try:
+            parsed = _fields(entry.body, strict) if strict else None
+        except (ValueError, KeyError, UnicodeDecodeError):
+            return report.fail("malformed", entry.seq, f"entry {entry.seq} is malformed")
         hasher = sha()
         hasher.update(entry.body)
         if hasher.hexdigest() != entry.hash:
             return report.fail("modified", entry.seq, f"entry {entry.seq} does not match its hash")
         try:
-            seq, body_prev = _fields(entry.body, strict)
+            seq, body_prev = parsed if parsed is not None else _fields(entry.body, strict)
         except (ValueError, KeyError, UnicodeDecodeError):
             return report.fail("malformed", entry.seq, f"entry {entry.seq} is malformed")
         if seq != entry.seq:
