@@ -485,4 +485,10 @@ def test_a_log_export_that_does_not_end_in_the_certified_head_fails(
     relabelled = tmp_path / "relabelled.jsonl"
     relabelled.write_bytes(canonical(header) + b"\n" + b"".join(kept))
     report = verify_certificate(cert.to_json(), public_key=key, log_export=relabelled)
-    assert (report.ok, report.reason) == (False, "log mismatch"), report.message
+    # Step 8.1 comes first: with its checkpoints dropped nothing in it is signed.
+    assert (report.ok, report.reason) == (False, "unsigned"), report.message
+    # With them kept, they name the real vault: the header's vault is still checked.
+    header_only = tmp_path / "relabelled-signed.jsonl"
+    header_only.write_bytes(canonical(header) + b"\n" + b"".join(lines[1:]))
+    report = verify_certificate(cert.to_json(), public_key=key, log_export=header_only)
+    assert not report.ok and report.reason in {"log mismatch", "foreign vault"}, report.message
