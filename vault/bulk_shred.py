@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select
 
 from ..keys import fingerprint
 from .actor import Actor
@@ -23,7 +23,8 @@ from .errors import DecommissionHoldError, ShreddedError, keys_errors
 from .faults import crash_point
 from .lifecycle import DECOMMISSION_ACTION
 from .log import Event
-from .shred import shred_customer, shred_lock, shredded_row_values
+from .rowauth import update_rows
+from .shred import shred_customer, shred_lock, write_tombstones
 from .store import customers, log, records
 
 __all__ = ["ACTIVE", "hold_denial", "hold_error", "shred_all"]
@@ -122,7 +123,7 @@ def _begin_batch(
                 {"ids": [str(r.id) for r in rows]},
             ).all()
         )
-        updates = []
+        updates: dict[str, int] = {}
         for row in rows:
             cid = str(row.id)
             detail: dict[str, Any] = {
@@ -141,14 +142,10 @@ def _begin_batch(
                     detail=detail,
                 )
             )
-            updates.append({"cid": cid, "intent": tx.head.seq + len(tx.events)})
-        if updates:
-            tx.conn.execute(
-                update(customers)
-                .where(customers.c.id == bindparam("cid"))
-                .values(state="shredding", shred_intent_seq=bindparam("intent")),
-                updates,
-            )
+            updates[cid] = tx.head.seq + len(tx.events)
+        changes = {c: {"state": "shredding", "shred_intent_seq": q} for c, q in updates.items()}
+        # A decommission erases every customer: a forged row is shredded all the same.
+        update_rows(tx.conn, ctx.keys.row_auth, "sv_customers", changes, updates, verify=False)
 
     ctx.transact(work)
 
@@ -192,12 +189,9 @@ def _finish_batch(ctx: VaultContext, actor: Actor, ids: Sequence[str]) -> None:
                 {"seqs": seqs},
             )
         }
-        tx.conn.execute(
-            update(customers)
-            .where(customers.c.id.in_(bindparam("done", expanding=True)))
-            .values(shredded_row_values(ctx.clock())),
-            {"done": [str(r.id) for r in rows]},
-        )
+        first = tx.next_seq()
+        stamps = {str(row.id): first + i for i, row in enumerate(rows)}
+        write_tombstones(ctx, tx, list(stamps), stamps)
         for row in rows:
             seq = None if row.shred_intent_seq is None else int(row.shred_intent_seq)
             intent = intents.get(seq) if seq is not None else None

@@ -40,7 +40,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from ..keys import KeyStore, fingerprint
 from .actor import Actor, system_actor
@@ -49,7 +49,7 @@ from .errors import AuditChainError, VaultError, keys_errors
 from .faults import crash_point
 from .lifecycle import LIFECYCLE_KEY
 from .log import Event, LogEntry
-from .shred import shred_lock, shredded_row_values
+from .shred import shred_lock, write_tombstones
 from .store import customers
 
 __all__ = [
@@ -281,11 +281,7 @@ def _record_recovery(ctx: VaultContext, actor: Actor, target: Target, scan: Clai
             select(customers.c.state).where(customers.c.id == target.customer)
         ).scalar()
         if state is not None and state != "shredded":
-            tx.conn.execute(
-                update(customers)
-                .where(customers.c.id == target.customer)
-                .values(shredded_row_values(ctx.clock()))
-            )
+            write_tombstones(ctx, tx, [target.customer])
         if target.tag not in scan.recovered:
             tx.log(_recovery_event(actor, target, None if state is None else str(state)))
 

@@ -20,12 +20,12 @@ with their number; :func:`compact` removes the unreadable rows later.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 
 from .actor import Actor, system_actor
 from .audit import format_public_key
@@ -45,9 +45,10 @@ from .inputs import check_customer_id, check_reason
 from .locks import exclusive_lock
 from .log import export_line
 from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
+from .rowauth import update_rows
 from .store import checkpoints, customers, log, records
 
-__all__ = ["compact", "roll_forward", "shred_customer", "shred_one"]
+__all__ = ["compact", "roll_forward", "shred_customer", "shred_one", "write_tombstones"]
 
 _COMPACT_BATCH = 1000
 SHRED_LOCK = "shred.lock"
@@ -109,6 +110,7 @@ def _shred_locked(
             raise Refusal(ShreddedError(f"customer {customer_id} is already shredded"), ev)
         if row.state == "shredding":
             return  # interrupted earlier: steps 2 and 3 finish it
+        actor.check_customers(tx.conn, [row._mapping], "customer.shred")
         ck = ctx.keys.customer_keys([customer_id]).get(customer_id)
         if ck is None:
             raise StorageError(f"customer {customer_id} is active but has no keys in the keystore")
@@ -144,11 +146,8 @@ def _shred_locked(
             )
         )
         intent_seq = tx.head.seq + len(tx.events)
-        tx.conn.execute(
-            update(customers)
-            .where(customers.c.id == customer_id)
-            .values(state="shredding", shred_intent_seq=intent_seq)
-        )
+        changes = {customer_id: {"state": "shredding", "shred_intent_seq": intent_seq}}
+        update_rows(tx.conn, ctx.keys.row_auth, "sv_customers", changes, intent_seq)
 
     # The receipt's salt goes to the keystore first, so a crash at any later point
     # can still issue a receipt that proves which customer was shredded.
@@ -211,11 +210,7 @@ def _finish(ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes) -> R
         intent = json.loads(body)
         detail = dict(intent["detail"])
         detail["intent_seq"] = int(row.shred_intent_seq)
-        tx.conn.execute(
-            update(customers)
-            .where(customers.c.id == customer_id)
-            .values(shredded_row_values(ctx.clock()))
-        )
+        write_tombstones(ctx, tx, [customer_id])
         tx.log(actor.event("customer.shred", subject=intent["subject"], detail=detail))
         tx.checkpoint = True
         return tx.head.seq + len(tx.events), {"subject": intent["subject"]}
@@ -225,6 +220,22 @@ def _finish(ctx: VaultContext, actor: Actor, customer_id: str, salt: bytes) -> R
         return None
     seq, info = done
     return _receipt(ctx, customer_id, seq, info["subject"], salt)
+
+
+def write_tombstones(
+    ctx: VaultContext, tx: Tx, customer_ids: Sequence[str], seqs: Mapping[str, int] | None = None
+) -> None:
+    """Set customers' rows to the tombstone (:func:`shredded_row_values`), stamped with
+    their ``seqs`` (by default the seq of the next entry ``tx`` logs) and
+    authenticated (vault/rowauth.py): the one
+    writer of tombstones. What the row held before is overwritten, so it is not
+    checked first (a forged row becomes an authentic tombstone: nothing to serve)."""
+    values = shredded_row_values(ctx.clock())
+    # The row's own creation date, cut in Python so the authenticator covers the value.
+    values["created"] = lambda row: None if row["created"] is None else str(row["created"])[:10]
+    changes = {cid: values for cid in customer_ids}
+    stamp = tx.next_seq() if seqs is None else seqs
+    update_rows(tx.conn, ctx.keys.row_auth, "sv_customers", changes, stamp, verify=False)
 
 
 def shredded_row_values(now: datetime) -> dict[str, Any]:
