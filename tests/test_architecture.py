@@ -55,6 +55,7 @@ LAYERS: dict[str, list[str]] = {
         "kinds",
         "migrate",
         "rowmigrate",
+        "storecheck",
         "shred",
         "rotate",
         "backup",

@@ -101,6 +101,7 @@ def authenticate_rows(ctx: VaultContext) -> bool:
             "log_targets": targets,
         }
         tx.log(Event(ADMIN, ADMIN, AUTHENTICATE_ACTION, detail=detail))
+        crash_point("rowmigrate:uncommitted")
         return True
 
     upgraded = ctx.transact(work, checkpoint=True)
