@@ -9,6 +9,9 @@ found through the log (a later entry changed that object)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -363,3 +366,47 @@ def test_check_store_lists_every_tampered_row(world: World) -> None:
         "sv_customers": 1,
         "sv_records": 1,
     }
+
+
+# -- the CLI, as a real process ------------------------------------------------------------
+
+
+def shredvault(world: World, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("shredvault")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "shredvault"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SHREDVAULT_")}
+    base.update(SHREDVAULT_VAULT=str(world.path), SHREDVAULT_KEYFILE=str(world.keyfile))
+    if world.data_url:
+        base["SHREDVAULT_DATA_URL"] = world.data_url
+    base.update(env)
+    base = {k: v for k, v in base.items() if v}
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, env=base, timeout=120, check=False
+    )
+
+
+def test_the_cli_exits_5_for_a_tampered_row_and_check_store_reports_it(world: World) -> None:
+    with world.open() as v:
+        token = v.admin().add_principal("audra", role="auditor")
+    clean = shredvault(world, "audit", "check-store", "--json")
+    assert clean.returncode == 0, clean.stderr
+    assert json.loads(clean.stdout)["ok"] is True
+    world.sql("UPDATE sv_principals SET role = 'admin' WHERE name = 'audra'")
+
+    got = shredvault(
+        world, "record", "get", world.first, world.first_record, "--purpose", PURPOSE,
+        SHREDVAULT_TOKEN=token,
+    )  # fmt: skip
+    assert got.returncode == 5
+    assert got.stdout == "" and "Ama" not in got.stderr
+    assert got.stderr.startswith("error: ") and "sv_principals" in got.stderr
+
+    checked = shredvault(world, "audit", "check-store", "--json")
+    assert checked.returncode == 5
+    report = json.loads(checked.stdout)
+    assert report["ok"] is False
+    assert report["tampered"] == [{"table": "sv_principals", "row": "audra", "reason": "bad auth"}]
+    assert "error: " in checked.stderr
+
+    offline = shredvault(world, "audit", "verify", "--json", SHREDVAULT_KEYFILE="")
+    assert any("check-store" in note for note in json.loads(offline.stdout)["notes"])
