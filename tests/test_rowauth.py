@@ -8,8 +8,11 @@ found through the log (a later entry changed that object)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +24,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
-from shredvault.keys import FLOOR
+from shredvault.keys import FLOOR, load_keyfile
 from shredvault.vault import (
     AuditChainError,
     Auditor,
@@ -35,6 +38,7 @@ from shredvault.vault import (
 from shredvault.vault.errors import CiphertextTamperError
 
 from legacy import data_engine
+from verifiers import row_key_by_hand
 
 PURPOSE = "service"
 HANDOVER_PASSPHRASE = b"acquirer passphrase for tests"
@@ -117,6 +121,52 @@ def assert_intact(world: World) -> None:
         assert s.get(world.second, world.second_record, purpose=PURPOSE).fields == {
             "name": "Lin Hui"
         }
+
+
+# -- the format, recomputed by hand from docs/rows.md -----------------------------------------
+
+
+def _part(kind: str, value: Any, aad_v: int | None) -> bytes:
+    if kind == "h":
+        return b"n" if aad_v != 1 else b"h" + hashlib.sha256(bytes(value)).digest()
+    if value is None:
+        return b"n"
+    if kind == "b":
+        return b"b1" if value else b"b0"
+    return kind.encode() + str(value).encode("utf-8")
+
+
+COLUMNS = {
+    "sv_kinds": "name t spec t",
+    "sv_principals": "name t lookup t role t token_hash t expires t revoked b created t",
+    "sv_customers": "id t ref t state t dek_version i retain_until t legal_hold b consent t "
+    "created t shredded t shred_intent_seq i",
+    "sv_records": "id t customer_id t kind t version i dek_version i aad_v i created t "
+    "updated t ciphertext h",
+}
+
+
+def test_every_authenticator_recomputes_by_hand_from_the_documented_message(
+    world: World,
+) -> None:
+    with world.open() as v:
+        v.admin().add_principal("audra", role="auditor")
+        v.admin().hold(world.first)
+    key = row_key_by_hand(world.path / "keys.db", load_keyfile(world.keyfile))
+    checked = 0
+    for table, spec in COLUMNS.items():
+        pairs = spec.split()
+        columns = list(zip(pairs[::2], pairs[1::2], strict=True))
+        with world.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(text(f"SELECT * FROM {table}"))]
+        for row in rows:
+            parts = [b"shredvault/row/v1", table.encode()]
+            parts += [_part(k, row[c], row.get("aad_v")) for c, k in columns]
+            parts.append(b"i" + str(row["seq"]).encode())
+            message = b"".join(struct.pack(">I", len(p)) + p for p in parts)
+            assert hmac.new(key, message, hashlib.sha256).hexdigest() == row["auth"], table
+            checked += 1
+    assert checked == 1 + 1 + 2 + 2
 
 
 # -- principals and roles ----------------------------------------------------------------
