@@ -51,11 +51,15 @@ class RowAuth:
 
     def check_hex(self, message: bytes, stored: object) -> bool:
         """Whether a stored hex tag (any value a tampered row may hold) is the tag of
-        ``message``, compared in constant time as bytes; a non-text value is a mismatch."""
+        ``message``, compared in constant time; a non-text or non-ASCII value is a
+        mismatch."""
         if not isinstance(stored, str):
             return False
-        presented = self.tag_hex(message).encode("ascii")
-        return hmac.compare_digest(presented, stored.encode("utf-8", "surrogatepass"))
+        presented = hmac.digest(self._key.reveal(), message, "sha256").hex()
+        try:
+            return hmac.compare_digest(presented, stored)
+        except TypeError:  # non-ASCII text
+            return False
 
     def wipe(self) -> None:
         """Overwrite the key (best effort)."""

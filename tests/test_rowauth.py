@@ -141,8 +141,7 @@ COLUMNS = {
     "sv_principals": "name t lookup t role t token_hash t expires t revoked b created t",
     "sv_customers": "id t ref t state t dek_version i retain_until t legal_hold b consent t "
     "created t shredded t shred_intent_seq i",
-    "sv_records": "id t customer_id t kind t version i dek_version i aad_v i created t "
-    "updated t ciphertext h",
+    "sv_records": "id t customer_id t kind t version i dek_version i aad_v i ciphertext h",
 }
 
 

@@ -289,9 +289,8 @@ class Actor:
     ) -> None:
         """Refuse (logged, :class:`TamperError`) when a customer row fails its
         authenticator or is older than the log's last change of that customer."""
-        ids_ = [str(r["id"]) for r in rows]
-        keys = self.ctx.keys.customer_keys(ids_) if ids_ else {}
-        tags = {cid: ck.subject_tag.hex() for cid, ck in keys.items()}
+        found = self.ctx.keys.store.subject_tags([str(r["id"]) for r in rows]) if rows else {}
+        tags = {cid: tag.hex() for cid, tag in found.items()}
         try:
             require(conn, self.ctx.keys.row_auth, "sv_customers", rows, tags=tags)
         except TamperError as error:

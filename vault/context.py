@@ -262,8 +262,8 @@ class VaultContext:
             return
         tags = None
         if table == "sv_customers":
-            keys = self.keys.customer_keys([str(r["id"]) for r in mappings])
-            tags = {cid: ck.subject_tag.hex() for cid, ck in keys.items()}
+            found = self.keys.store.subject_tags([str(r["id"]) for r in mappings])
+            tags = {cid: tag.hex() for cid, tag in found.items()}
         self.transact(lambda tx: require(tx.conn, self.keys.row_auth, table, mappings, tags=tags))
 
     # -- checkpoints and the anchor ----------------------------------------------------------

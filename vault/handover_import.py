@@ -231,7 +231,7 @@ def import_package(
                 zip(customer.records, blobs, strict=True)
             ):
                 dv, seq = env.version, first + i
-                tag = record_auth(auth, rid, cid, kind, 1, dv, created, created, seq)
+                tag = record_auth(auth, rid, cid, kind, 1, dv, seq)
                 rows.append((rid, cid, kind, 1, dv, blob, created, created, 2, seq, tag))
             ctx.data.insert_many(tx.conn, records, rows)
             tx.log(*events)

@@ -99,7 +99,7 @@ def put_many(
         for i, (cid, _kind, _fields) in enumerate(items):
             ck = keys[cid]
             dv = ck.current.version
-            tag = record_auth(auth, rids[i], cid, kinds_of[i], 1, dv, now, now, first + i)
+            tag = record_auth(auth, rids[i], cid, kinds_of[i], 1, dv, first + i)
             rows.append((rids[i], cid, kinds_of[i], 1, dv, sealed[i], now, now, 2, first + i, tag))
             events.append(
                 actor.event(

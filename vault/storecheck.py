@@ -70,8 +70,8 @@ def _check_table(
         seen.append((len(rows), str(rows[-1][key.name])))
         tags = None
         if table == "sv_customers":
-            keys = ctx.keys.customer_keys([str(r["id"]) for r in rows])
-            tags = {cid: ck.subject_tag.hex() for cid, ck in keys.items()}
+            found = ctx.keys.store.subject_tags([str(r["id"]) for r in rows])
+            tags = {cid: tag.hex() for cid, tag in found.items()}
         return check_rows(conn, auth, table, rows, tags=tags)
 
     seen: list[tuple[int, str]] = []
