@@ -121,7 +121,7 @@ def strip_row_auth(vault_dir: Path, root: SecretBytes, data_url: str | None = No
     try:
         with engine.begin() as conn:
             columns = "id, customer_id, kind, version, dek_version, ciphertext"
-            rows = conn.execute(text(f"SELECT {columns} FROM sv_records")).all()
+            rows = conn.execute(text(f"SELECT {columns} FROM sv_records WHERE aad_v = 2")).all()
             for rid, cid, kind, version, dv, blob in rows:
                 ck = ring.customer_keys([cid])[cid]
                 env = ck.versions[int(dv)]

@@ -245,6 +245,27 @@ def test_a_revoked_or_expired_principal_brought_back_in_the_data_store_is_refuse
     assert len(world.tamper_entries()) == 1
 
 
+def test_a_kind_widened_in_the_data_store_is_refused_until_declared_again(
+    world: World,
+) -> None:
+    spec = world.row("SELECT spec FROM sv_kinds WHERE name = 'profile'")["spec"]
+    widened = json.dumps({**json.loads(spec), "purposes": [PURPOSE, "marketing"]})
+    world.sql("UPDATE sv_kinds SET spec = :s WHERE name = 'profile'", s=widened)
+    with world.open() as v:
+        with pytest.raises(TamperError) as caught:
+            v.admin().get(world.first, world.first_record, purpose="marketing")
+        assert (caught.value.table, caught.value.row) == ("sv_kinds", "profile")
+        with pytest.raises(TamperError):
+            v.admin().get(world.first, world.first_record, purpose=PURPOSE)
+        v.declare_kind("profile", fields=["name"], purposes=[PURPOSE])
+    logged = world.tamper_entries()
+    assert [(e["action"], e["detail"]["table"]) for e in logged] == [
+        ("store.tamper", "sv_kinds"),
+        ("store.tamper", "sv_kinds"),
+    ]
+    assert_intact(world)
+
+
 # -- customers -----------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, exc, text
 
 from shredvault.keys import KeyRing, KeyStore, load_keyfile
 from shredvault.keys.envelope import record_aad_suffix
-from shredvault.vault import TamperError, Vault
+from shredvault.vault import Role, TamperError, Vault
 from shredvault.vault.canonical import canonical
 
 from legacy import data_engine, keystore_meta, strip_row_auth
@@ -147,6 +147,27 @@ def test_an_older_ciphertext_of_a_record_sealed_before_the_upgrade_is_refused(
     with old.open() as v, pytest.raises(TamperError) as caught:
         v.admin().get(old.customer, old.record, purpose=PURPOSE)
     assert caught.value.reason == "bad auth"
+
+
+def test_a_role_holding_admin_before_the_upgrade_is_refused_after_it(
+    old: Old, tmp_path: Path
+) -> None:
+    """The upgrade authenticates rows as they stand; a stored role is still checked as
+    creating one checks it, on every load."""
+    with old.open() as v:
+        v.admin().add_role(Role.build("clerk", actions=["list"]))
+        token = v.admin().add_principal("carl", role="clerk")
+    strip_row_auth(old.path, load_keyfile(old.keyfile), old.data_url)
+    spec = json.loads(old.scalar("SELECT spec FROM sv_roles WHERE name = 'clerk'"))
+    old.sql(
+        "UPDATE sv_roles SET spec = :s WHERE name = 'clerk'",
+        s=json.dumps({**spec, "actions": ["admin"]}),
+    )
+    with old.open() as v:
+        with pytest.raises(TamperError) as caught:
+            v.login(token)
+        assert (caught.value.table, caught.value.reason) == ("sv_roles", "malformed")
+        assert v.admin().get(old.customer, old.record, purpose=PURPOSE).fields
 
 
 def test_a_data_store_put_back_to_schema_2_after_the_upgrade_is_refused(old: Old) -> None:

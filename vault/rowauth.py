@@ -310,7 +310,7 @@ def refusal_error(bad: Sequence[Bad]) -> TamperError:
     what = {
         "stale": "is older than the log says (rolled back)",
         "unauthenticated": "carries no authenticator",
-        "malformed": "holds a value of the wrong type",
+        "malformed": "holds a value the vault never writes",
         "bad auth": "fails its authenticator",
     }.get(first.reason, "fails its check")
     return TamperError(
