@@ -344,6 +344,20 @@ def test_an_older_ciphertext_written_back_is_refused_and_logged(world: World) ->
     assert gets == []  # nothing of the batch was served
 
 
+def test_an_update_writes_every_column_it_changes_and_stays_authentic(world: World) -> None:
+    """The re-authenticating writer also writes columns its authenticator leaves out."""
+    before = world.row("SELECT * FROM sv_records WHERE id = :r", r=world.first_record)
+    with world.open() as v:
+        s = v.admin()
+        updated = s.update(world.first, world.first_record, {"name": "Ama M."}, purpose=PURPOSE)
+        assert s.get(world.first, world.first_record, purpose=PURPOSE).updated == updated.updated
+        assert s.check_store().ok
+    after = world.row("SELECT * FROM sv_records WHERE id = :r", r=world.first_record)
+    assert after["updated"] == updated.updated != before["updated"]
+    assert (after["version"], after["created"]) == (2, before["created"])
+    assert after["seq"] > before["seq"] and after["auth"] != before["auth"]
+
+
 # -- whole rows rolled back to an older authentic copy --------------------------------------
 
 

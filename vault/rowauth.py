@@ -367,15 +367,17 @@ def update_rows(
         if bad:
             raise refusal_error(bad)
     params = []
+    # The same columns for every row of the executemany: the covered ones (the
+    # ciphertext only when it changes) and any other column a change sets.
+    written = [name for name, _k in SPECS[table] if name != "ciphertext"]
+    written += sorted({n for c in changes.values() for n in c} - set(written))
     for row in current:
         ident = str(row[key])
         seq = seqs if isinstance(seqs, int) else seqs[ident]
         merged = {**row}
         for name, value in changes[ident].items():
             merged[name] = value(row) if callable(value) else value
-        values = {name: merged[name] for name, _k in SPECS[table] if name != "ciphertext"}
-        if "ciphertext" in changes[ident]:
-            values["ciphertext"] = merged["ciphertext"]
+        values = {name: merged[name] for name in written}
         values.update(seq=seq, auth=sign(auth, table, merged, seq))
         params.append({"_id": ident, **{f"v_{k}": v for k, v in values.items()}})
     if params:
