@@ -34,6 +34,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -196,7 +197,14 @@ log = Table(
     Index("ix_sv_log_subject", "subject"),
     Index("ix_sv_log_actor_ts", "actor", "ts"),
     Index("ix_sv_log_ts", "ts"),
-    Index("ix_sv_log_target", "target", "seq"),
+    # Partial: reads (most entries) have no target and cost the index nothing.
+    Index(
+        "ix_sv_log_target",
+        "target",
+        "seq",
+        sqlite_where=text("target IS NOT NULL"),
+        postgresql_where=text("target IS NOT NULL"),
+    ),
 )
 
 log_head = Table(
