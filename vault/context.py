@@ -39,7 +39,7 @@ from .errors import (
     VaultError,
     keys_errors,
 )
-from .lifecycle import DECOMMISSION_ACTION
+from .lifecycle import DECOMMISSION_ACTION, DECOMMISSIONED
 from .log import Event, LogEntry, append
 from .receipt import Receipt
 from .rowauth import check_rows, refusal_error, require
@@ -171,6 +171,8 @@ class VaultContext:
     def checked_kinds(self, conn: Connection) -> list[tuple[str, str]]:
         """Every declared kind ``(name, spec JSON)`` whose row passes its checks
         (vault/rowauth.py); the others are refused (:class:`TamperError` on use)."""
+        if self.lifecycle == DECOMMISSIONED:  # its keys, the row-auth key too, are gone
+            raise VaultDecommissionedError("the vault is decommissioned: it serves no data")
         rows = [r._mapping for r in conn.execute(select(kinds))]
         bad = {b.row: b for b in check_rows(conn, self.keys.row_auth, "sv_kinds", rows)}
         out = []
