@@ -54,16 +54,28 @@ def aad(*parts: bytes) -> bytes:
     return b"".join(_U32.pack(len(p)) + p for p in parts)
 
 
-def record_aad(vault_id: str, customer_id: str, record_id: str, kind: str, version: int) -> bytes:
-    """AAD binding a record ciphertext to its vault, customer, record, kind and DEK version."""
-    return aad(
+def record_aad(
+    vault_id: str,
+    customer_id: str,
+    record_id: str,
+    kind: str,
+    version: int,
+    record_version: int | None = None,
+) -> bytes:
+    """AAD binding a record ciphertext to its vault, customer, record, kind and DEK
+    version, and (records sealed from data schema 3 on, ``aad_v`` 2) the record's own
+    version as one more u32 part; None for a record sealed before (``aad_v`` 1)."""
+    parts = [
         b"shredvault/record/v1",
         vault_id.encode(),
         customer_id.encode(),
         record_id.encode(),
         kind.encode(),
         _U32.pack(version),
-    )
+    ]
+    if record_version is not None:
+        parts.append(_U32.pack(record_version))
+    return aad(*parts)
 
 
 def record_aad_prefix(vault_id: str, customer_id: str) -> bytes:
