@@ -30,6 +30,7 @@ from shredvault.vault.canonical import canonical
 from shredvault.vault.clock import format_ts
 from shredvault.vault.layout import DATA_FILE
 from shredvault.vault.log import Event, append, encode_body
+from shredvault.vault.rowauth import stale
 from shredvault.vault.store import DataStore, LogHead, customers, log, log_head, records
 
 PG_URL_ENV = "SHREDVAULT_TEST_POSTGRES_URL"
@@ -182,6 +183,9 @@ class Baseline:
                 "ciphertext": self.ciphertext,
                 "created": now,
                 "updated": now,
+                "aad_v": 2,
+                "seq": 1,
+                "auth": secrets.token_hex(32),
             }
             for i, rid in enumerate(ids.new_ids(ids.RECORD, count))
         ]
@@ -213,7 +217,8 @@ class Baseline:
             )
             body = encode_body(ev, seq, ts, prev, ev.detail, text)
             digest = secrets.token_hex(32)
-            rows.append((seq, prev, digest, ts, ACTOR, action, ev.subject, rid, "ok", body))
+            target = f"record:{rid}" if action == "record.put" else None
+            rows.append((seq, prev, digest, ts, ACTOR, action, ev.subject, rid, "ok", body, target))
             prev = digest
         return rows, LogHead(seq, prev, ts)
 
@@ -251,6 +256,7 @@ class Baseline:
                 select(records).where(records.c.id.in_(bindparam("ids", expanding=True))),
                 {"ids": record_ids},
             ).all()
+            self._newest_changes(conn, [f"record:{r}" for r in record_ids])
             self.store.insert_many(conn, log, log_rows)
             DataStore.set_head(conn, head)
         self.head = head
@@ -262,14 +268,17 @@ class Baseline:
             stmt = stmt.with_for_update()
         conn.execute(stmt).one()
 
-    @staticmethod
-    def _customer_states(conn: Any, cids: list[str]) -> None:
+    def _customer_states(self, conn: Any, cids: list[str]) -> None:
         conn.execute(
-            select(customers.c.id, customers.c.state, customers.c.dek_version).where(
-                customers.c.id.in_(bindparam("ids", expanding=True))
-            ),
+            select(customers).where(customers.c.id.in_(bindparam("ids", expanding=True))),
             {"ids": cids},
         ).all()
+        self._newest_changes(conn, [f"subject:{self.subject_tags[c]}" for c in cids])
+
+    @staticmethod
+    def _newest_changes(conn: Any, targets: list[str]) -> None:
+        """The freshness lookup of authenticated rows (the vault's own query)."""
+        stale(conn, dict.fromkeys(targets, 2**62))
 
 
 def make_baseline(

@@ -54,16 +54,28 @@ def aad(*parts: bytes) -> bytes:
     return b"".join(_U32.pack(len(p)) + p for p in parts)
 
 
-def record_aad(vault_id: str, customer_id: str, record_id: str, kind: str, version: int) -> bytes:
-    """AAD binding a record ciphertext to its vault, customer, record, kind and DEK version."""
-    return aad(
+def record_aad(
+    vault_id: str,
+    customer_id: str,
+    record_id: str,
+    kind: str,
+    version: int,
+    record_version: int | None = None,
+) -> bytes:
+    """AAD binding a record ciphertext to its vault, customer, record, kind and DEK
+    version, and (records sealed from data schema 3 on, ``aad_v`` 2) the record's own
+    version as one more u32 part; None for a record sealed before (``aad_v`` 1)."""
+    parts = [
         b"shredvault/record/v1",
         vault_id.encode(),
         customer_id.encode(),
         record_id.encode(),
         kind.encode(),
         _U32.pack(version),
-    )
+    ]
+    if record_version is not None:
+        parts.append(_U32.pack(record_version))
+    return aad(*parts)
 
 
 def record_aad_prefix(vault_id: str, customer_id: str) -> bytes:
@@ -71,12 +83,19 @@ def record_aad_prefix(vault_id: str, customer_id: str) -> bytes:
     return aad(b"shredvault/record/v1", vault_id.encode(), customer_id.encode())
 
 
-def record_aad_suffix(prefix: bytes, record_id: str, kind: str, version: int) -> bytes:
-    """:func:`record_aad` from a cached :func:`record_aad_prefix`."""
+def record_aad_suffix(
+    prefix: bytes, record_id: str, kind: str, version: int, record_version: int | None = None
+) -> bytes:
+    """:func:`record_aad` from a cached :func:`record_aad_prefix`, plus (from data
+    schema 3) the record's own version as one more length-prefixed u32, so an older
+    ciphertext of the same record no longer opens as the current one. ``None``: the
+    AAD of a record sealed before (``aad_v`` 1 in the data store)."""
     rid, knd = record_id.encode(), kind.encode()
-    return b"".join(
-        (prefix, _U32.pack(len(rid)), rid, _U32.pack(len(knd)), knd, _VERSION_PART.pack(4, version))
-    )
+    parts = [prefix, _U32.pack(len(rid)), rid, _U32.pack(len(knd)), knd]
+    parts.append(_VERSION_PART.pack(4, version))
+    if record_version is not None:
+        parts.append(_VERSION_PART.pack(4, record_version))
+    return b"".join(parts)
 
 
 _DEK_LABEL = aad(b"shredvault/dek/v1")

@@ -24,9 +24,10 @@ from .errors import DecryptionError, InvalidKeyError, KeystoreError, WrongKeyErr
 from .faults import crash_point
 from .kdf import KdfParams
 from .root import LEGACY_SCHEMA, NewRoot, RootKeys, stored_kdf_params
+from .rowauth import RowAuth
 from .secret import SecretBytes
 from .store import SCHEMA_VERSION, KeyStore, KeystoreHeader
-from .subkeys import SUBKEY_SIZE, TOKEN_MAC, derive_subkey
+from .subkeys import ROW_AUTH, SUBKEY_SIZE, TOKEN_MAC, derive_subkey
 from .tokenmac import TokenMac
 
 __all__ = ["PENDING_EVENT", "UPGRADE_PENDING", "KekEpochs", "KeystoreUpgrade"]
@@ -62,6 +63,7 @@ class KekEpochs:
         self._next: RootKeys | None = None
         self._new_mac_seed: SecretBytes | None = None
         self._tokens: TokenMac | None = None
+        self._rows: RowAuth | None = None
         if header.schema_version == LEGACY_SCHEMA:
             self._next = RootKeys(root, self.vault_id, SCHEMA_VERSION)
             self._new_mac_seed = SecretBytes(os.urandom(SUBKEY_SIZE))
@@ -97,6 +99,15 @@ class KekEpochs:
     # -- the MAC seed and token verifiers ------------------------------------------------
 
     def _token_mac(self, mac_seed: SecretBytes) -> TokenMac:
+        """The token-MAC key of ``mac_seed``; the row-auth key of the same seed is
+        kept alongside (both derive from the MAC seed, and change together)."""
+        rows = derive_subkey(mac_seed, ROW_AUTH, self.vault_id)
+        try:
+            if self._rows is not None:
+                self._rows.wipe()
+            self._rows = RowAuth(rows)
+        finally:
+            rows.wipe()
         key = derive_subkey(mac_seed, TOKEN_MAC, self.vault_id)
         try:
             return TokenMac(key)
@@ -119,6 +130,13 @@ class KekEpochs:
         if self._tokens is None:
             raise KeystoreError("the keys of this key ring were forgotten")
         return self._tokens
+
+    @property
+    def rows(self) -> RowAuth:
+        """The row-auth key (:class:`KeystoreError` once the keys are forgotten)."""
+        if self._rows is None:
+            raise KeystoreError("the keys of this key ring were forgotten")
+        return self._rows
 
     def unwrap_signing_seed(self, generation: int, wrapped: bytes) -> SecretBytes:
         """The Ed25519 seed of one generation; the caller wipes it once used."""
@@ -289,6 +307,9 @@ class KekEpochs:
         if self._tokens is not None:
             self._tokens.wipe()
             self._tokens = None
+        if self._rows is not None:
+            self._rows.wipe()
+            self._rows = None
 
     @property
     def active_epoch(self) -> int:

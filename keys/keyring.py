@@ -39,6 +39,7 @@ from .errors import DecryptionError, KeystoreError
 from .faults import crash_point
 from .kdf import KdfParams
 from .root import RootKeys, key_check_for, new_root, unlock_root
+from .rowauth import RowAuth
 from .secret import SecretBytes
 from .signing import Signer
 from .store import SCHEMA_VERSION, DekRow, KeyStore, KeystoreHeader
@@ -195,6 +196,12 @@ class KeyRing:
         """The verifier of a token known only by its SHA-256 ``digest``: how a verifier
         stored before key separation (plain SHA-256) is upgraded without the token."""
         return self._epochs.tokens.of_digest(digest)
+
+    @property
+    def row_auth(self) -> RowAuth:
+        """The row-auth key (keys/rowauth.py): tags and checks the data store's rows.
+        The key never leaves it."""
+        return self._epochs.rows
 
     # -- upgrading a keystore from before key separation (keys/epochs.py) --------------
 

@@ -53,13 +53,13 @@ LABELS: Mapping[bytes, str] = MappingProxyType(
         ROOT_WRAP: "AES-256-GCM key wrapping the KEK epochs, signing seeds and MAC seed",
         KEY_CHECK: "HMAC key of the key-check value in the keystore header",
         TOKEN_MAC: "HMAC key of principals' stored token verifiers",
-        ROW_AUTH: "reserved: authenticators of data-store rows",
+        ROW_AUTH: "HMAC key of the data store's row authenticators (vault/rowauth.py)",
         BLIND_INDEX: "reserved: blind indexes",
     }
 )
 
 #: labels set aside for a later use: nothing derives them yet
-RESERVED = frozenset({ROW_AUTH, BLIND_INDEX})
+RESERVED = frozenset({BLIND_INDEX})
 
 
 def derive_subkey(source: SecretBytes, label: bytes, vault_id: str) -> SecretBytes:

@@ -23,7 +23,16 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, text
 
-from shredvault.keys import Envelope, SecretBytes, derive_root_key, kek_aad, signing_seed_aad
+from shredvault.keys import (
+    Envelope,
+    KeyRing,
+    KeyStore,
+    SecretBytes,
+    derive_root_key,
+    kek_aad,
+    signing_seed_aad,
+)
+from shredvault.keys.envelope import record_aad_suffix
 from shredvault.keys.kdf import KdfParams
 from shredvault.keys.subkeys import ROOT_WRAP, derive_subkey
 
@@ -36,6 +45,7 @@ __all__ = [
     "make_legacy",
     "passphrase_root",
     "sha256_hex",
+    "strip_row_auth",
 ]
 
 LEGACY_KEY_CHECK_LABEL = b"shredvault/key-check/v1"
@@ -80,6 +90,7 @@ def make_legacy(
 ) -> LegacyBlobs:
     """Rewrite a closed vault's stores into the schema-1 format. ``tokens``: every
     principal's token by name (their rows get the plain SHA-256 the old code stored)."""
+    strip_row_auth(vault_dir, root, data_url)
     blobs = _legacy_keystore(vault_dir / "keys.db", root)
     engine = data_engine(vault_dir, data_url)
     try:
@@ -93,6 +104,46 @@ def make_legacy(
     finally:
         engine.dispose()
     return blobs
+
+
+_AUTH_TABLES = ("sv_kinds", "sv_roles", "sv_principals", "sv_customers", "sv_records")
+
+
+def strip_row_auth(vault_dir: Path, root: SecretBytes, data_url: str | None = None) -> None:
+    """Rewrite a closed vault made by today's code into data schema 2, as the code before
+    authenticated rows wrote it: records re-sealed with the AAD without their version,
+    no ``seq``/``auth``/``aad_v`` columns, no log ``target`` column or its index, data
+    ``schema_version = 2``, and no row-auth mark in the keystore."""
+    keys_db = vault_dir / "keys.db"
+    store = KeyStore.open(keys_db)
+    ring = KeyRing(store, SecretBytes(root.reveal()), store.header())
+    engine = data_engine(vault_dir, data_url)
+    try:
+        with engine.begin() as conn:
+            columns = "id, customer_id, kind, version, dek_version, ciphertext"
+            rows = conn.execute(text(f"SELECT {columns} FROM sv_records WHERE aad_v = 2")).all()
+            for rid, cid, kind, version, dv, blob in rows:
+                ck = ring.customer_keys([cid])[cid]
+                env = ck.versions[int(dv)]
+                now = record_aad_suffix(ck.record_prefix, rid, kind, int(dv), int(version))
+                before = record_aad_suffix(ck.record_prefix, rid, kind, int(dv))
+                resealed = env.seal(env.open(bytes(blob), now), before)
+                conn.execute(
+                    text("UPDATE sv_records SET ciphertext = :c WHERE id = :i"),
+                    {"c": resealed, "i": rid},
+                )
+            conn.execute(text("DROP INDEX ix_sv_log_target"))
+            conn.execute(text("ALTER TABLE sv_log DROP COLUMN target"))
+            conn.execute(text("ALTER TABLE sv_records DROP COLUMN aad_v"))
+            for table in _AUTH_TABLES:
+                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN seq"))
+                conn.execute(text(f"ALTER TABLE {table} DROP COLUMN auth"))
+            conn.execute(text("UPDATE sv_meta SET v = '2' WHERE k = 'schema_version'"))
+    finally:
+        engine.dispose()
+        ring.close()
+    with closing(sqlite3.connect(keys_db)) as conn, conn:
+        conn.execute("DELETE FROM meta WHERE k = 'data_rows_authenticated'")
 
 
 def _legacy_keystore(keys_db: Path, root: SecretBytes) -> LegacyBlobs:

@@ -333,6 +333,7 @@ case(
 )
 case("kinds", "schema.list", call=lambda s, g: s.kinds(), refusal=needs("list"))
 case("checkpoint", "audit.checkpoint", call=lambda s, g: s.checkpoint(), refusal=needs("audit"))
+case("check_store", "store.check", call=lambda s, g: s.check_store(), refusal=needs("audit"))
 
 # customers
 

@@ -24,7 +24,7 @@ from shredvault.vault import (
     AuditChainError,
     Auditor,
     ShreddedError,
-    StateConflictError,
+    TamperError,
     Vault,
     verify_receipt,
 )
@@ -411,14 +411,16 @@ def forge_shred_entry(world: World, tag: str) -> int:
     body = encode_body(event, seq, ts, prev, event.detail, {})
     digest = entry_hash(body)
     world.sql(
-        "INSERT INTO sv_log (seq, prev, hash, ts, actor, action, subject, record, outcome, body) "
-        "VALUES (:seq, :prev, :hash, :ts, 'admin', 'customer.shred', :tag, NULL, 'ok', :body)",
+        "INSERT INTO sv_log (seq, prev, hash, ts, actor, action, subject, record, outcome, body, "
+        "target) VALUES (:seq, :prev, :hash, :ts, 'admin', 'customer.shred', :tag, NULL, 'ok', "
+        ":body, :target)",
         seq=seq,
         prev=prev,
         hash=digest,
         ts=ts,
         tag=tag,
         body=body,
+        target=f"subject:{tag}",
     )
     world.sql("UPDATE sv_log_head SET seq = :seq, hash = :hash", seq=seq, hash=digest)
     return seq
@@ -451,7 +453,8 @@ def test_a_forged_shred_with_an_edited_row_is_refused_not_erased(world: World) -
     victim, rid = next(iter(world.bystanders.items()))
     seq = forge_shred_entry(world, tag_of(world, victim))
     world.set_state(victim, "shredded")
-    with world.open() as v, pytest.raises(StateConflictError):
+    # The edited row fails its authenticator (vault/rowauth.py): refused as tampered.
+    with world.open() as v, pytest.raises(TamperError):
         v.admin().get(victim, rid, purpose=PURPOSE)
     assert world.keystore_holds(victim)
     (noted,) = [e for e in world.entries() if e["action"] == "customer.reconcile"]
@@ -465,13 +468,14 @@ def test_a_forged_shred_with_an_edited_row_is_refused_not_erased(world: World) -
 def test_a_row_edited_to_shredded_is_refused_and_logged_as_a_conflict(world: World) -> None:
     victim, rid = next(iter(world.bystanders.items()))
     world.set_state(victim, "shredded")
+    # The edited row fails its authenticator before its state is looked at.
     with world.open() as v:
-        with pytest.raises(StateConflictError):
+        with pytest.raises(TamperError):
             v.admin().get(victim, rid, purpose=PURPOSE)
-        with pytest.raises(StateConflictError):
+        with pytest.raises(TamperError):
             v.admin().customer_report(victim)
     assert world.keystore_holds(victim)
-    refusals = [e for e in world.entries() if e["detail"].get("reason_code") == "state_conflict"]
+    refusals = [e for e in world.entries() if e["detail"].get("reason_code") == "row_tampered"]
     assert [(e["action"], e["outcome"]) for e in refusals] == [
         ("record.get", "error"),
         ("customer.report", "error"),

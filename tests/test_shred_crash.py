@@ -75,7 +75,8 @@ class Setup:
     target_rids: list[str]
     tag: str
     others: list[str]
-    other_rows: dict[str, tuple[str, str, int, bytes]]  # record id -> (customer, kind, v, ct)
+    # record id -> (customer, kind, DEK version, record version, ciphertext)
+    other_rows: dict[str, tuple[str, str, int, int, bytes]]
     other_deks: list[tuple[str, int, int, bytes]]
 
     def open(self) -> Vault:
@@ -110,17 +111,24 @@ def build(path: Path, keyfile: Path, data_url: str | None, *, target_records: in
     return Setup(path, keyfile, data_url, target, rids, tag, others, rows, deks)
 
 
-def record_rows(v: Vault, cids: list[str]) -> dict[str, tuple[str, str, int, bytes]]:
+def record_rows(v: Vault, cids: list[str]) -> dict[str, tuple[str, str, int, int, bytes]]:
     stmt = select(
         records.c.id,
         records.c.customer_id,
         records.c.kind,
         records.c.dek_version,
+        records.c.version,
         records.c.ciphertext,
     ).where(records.c.customer_id.in_(cids))
     return v._ctx.data.read(
         lambda c: {
-            str(r.id): (str(r.customer_id), str(r.kind), int(r.dek_version), bytes(r.ciphertext))
+            str(r.id): (
+                str(r.customer_id),
+                str(r.kind),
+                int(r.dek_version),
+                int(r.version),
+                bytes(r.ciphertext),
+            )
             for r in c.execute(stmt)
         }
     )
@@ -132,17 +140,19 @@ def wrapped_deks(v: Vault, cids: list[str]) -> list[tuple[str, int, int, bytes]]
     )
 
 
-def decrypt_with_raw_keys(v: Vault, rows: dict[str, tuple[str, str, int, bytes]]) -> dict[str, Any]:
+def decrypt_with_raw_keys(
+    v: Vault, rows: dict[str, tuple[str, str, int, int, bytes]]
+) -> dict[str, Any]:
     """Open each ciphertext with its DEK unwrapped straight from keys.db: proves the
     bystanders' records are still readable, independently of the session code."""
     out = {}
-    for rid, (cid, kind, version, blob) in rows.items():
+    for rid, (cid, kind, version, record_version, blob) in rows.items():
         (dek,) = [d for d in v._ctx.keys.store.deks([cid]) if d.version == version]
         raw = v._ctx.keys._kek(dek.epoch).open(
             dek.wrapped, dek_aad(v.vault_id, cid, version, dek.epoch)
         )
         plain = Envelope(SecretBytes(raw), version).open(
-            blob, record_aad(v.vault_id, cid, rid, kind, version)
+            blob, record_aad(v.vault_id, cid, rid, kind, version, record_version)
         )
         out[rid] = json.loads(plain)
     return out
@@ -205,7 +215,7 @@ def assert_bystanders_untouched(v: Vault, setup: Setup) -> None:
     )
     assert set(states.values()) == {"active"}
     session = v.admin()
-    for rid, (cid, _kind, _version, _blob) in setup.other_rows.items():
+    for rid, (cid, _kind, _version, _record_version, _blob) in setup.other_rows.items():
         assert session.get(cid, rid, purpose=PURPOSE).fields == plain[rid]
 
 

@@ -180,9 +180,11 @@ def test_a_pre_shred_copy_of_keys_db_still_opens_the_ciphertext_of_its_time(
     with Vault.open(shredded.copy, keyfile=shredded.keyfile) as copy:
         for cid in shredded.targets:
             rid = shredded.rids[cid]
-            blob, version = copy._ctx.data.read(
+            blob, version, record_version = copy._ctx.data.read(
                 lambda c, rid=rid: c.execute(
-                    select(records.c.ciphertext, records.c.dek_version).where(records.c.id == rid)
+                    select(records.c.ciphertext, records.c.dek_version, records.c.version).where(
+                        records.c.id == rid
+                    )
                 ).one()
             )
             (dek,) = copy._ctx.keys.store.deks([cid])
@@ -191,7 +193,8 @@ def test_a_pre_shred_copy_of_keys_db_still_opens_the_ciphertext_of_its_time(
             )
             assert raw == shredded.secrets.raw_deks[cid]
             plain = Envelope(SecretBytes(raw), version).open(
-                bytes(blob), record_aad(live.vault_id, cid, rid, "profile", version)
+                bytes(blob),
+                record_aad(live.vault_id, cid, rid, "profile", version, record_version),
             )
             assert json.loads(plain) == {"name": f"Target {cid[-4:]}"}
             assert live._ctx.keys.store.deks([cid]) == []

@@ -350,14 +350,7 @@ def test_an_older_pair_of_both_files_opens_and_only_an_outside_anchor_shows_the_
 
 # -- not yet: the data store is not authenticated (issue 16) -------------------------------
 
-NOT_YET_16 = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="issue 16: data-store rows are not authenticated yet (docs/threat-model.md)",
-)
 
-
-@NOT_YET_16
 def test_a_role_raised_in_data_db_is_not_obeyed(world: World) -> None:
     """Row "only data.db, editing": an auditor's row set to admin reads plaintext."""
     with world.open() as v:
@@ -381,7 +374,6 @@ def test_a_principal_row_written_without_the_vault_key_cannot_log_in(world: Worl
     assert refused(lambda: read_as(world, token))
 
 
-@NOT_YET_16
 def test_an_older_ciphertext_of_a_record_written_back_is_not_served(world: World) -> None:
     """Row "only data.db, editing": the record AAD binds the record id, not its version,
     so an older ciphertext of the same record is served as current."""

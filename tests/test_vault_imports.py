@@ -120,6 +120,7 @@ def test_vault_all_covers_the_documented_error_tree() -> None:
     assert issubclass(vault.ShreddedError, vault.NotFoundError)
     assert issubclass(vault.StateConflictError, vault.ShreddedError)
     assert issubclass(vault.AuditChainError, vault.VerificationError)
+    assert issubclass(vault.TamperError, vault.AuditChainError)
     assert issubclass(vault.NotFoundError, LookupError)
     assert issubclass(vault.SchemaError, ValueError)
 
@@ -177,6 +178,7 @@ SHREDVAULT_ALL = [
     "ShreddedError",
     "StateConflictError",
     "StorageError",
+    "TamperError",
     "UnlockError",
     "UnsupportedFormatError",
     "Vault",

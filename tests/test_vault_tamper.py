@@ -151,7 +151,8 @@ def test_a_record_relabelled_to_another_kind_fails_to_decrypt(world: World) -> N
     with conn:
         conn.execute("UPDATE sv_records SET kind = 'note' WHERE id = ?", (world.alice_1,))
     conn.close()
-    assert_unreadable(world, world.alice, world.alice_1, vault.DecryptionError)
+    # The row fails its authenticator before anything is decrypted (vault/rowauth.py).
+    assert_unreadable(world, world.alice, world.alice_1, vault.TamperError)
     assert_others_read(world, world.alice_1)
 
 
@@ -163,7 +164,7 @@ def test_a_record_moved_to_another_customer_row_fails_to_decrypt(world: World) -
             "UPDATE sv_records SET customer_id = ? WHERE id = ?", (world.bob, world.alice_1)
         )
     conn.close()
-    assert_unreadable(world, world.bob, world.alice_1, vault.DecryptionError)
+    assert_unreadable(world, world.bob, world.alice_1, vault.TamperError)
     assert_others_read(world, world.alice_1)
 
 

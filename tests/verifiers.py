@@ -12,18 +12,23 @@ from pathlib import Path
 
 from shredvault.keys import Envelope, SecretBytes
 from shredvault.keys.envelope import mac_seed_aad
-from shredvault.keys.subkeys import ROOT_WRAP, TOKEN_MAC, derive_subkey
+from shredvault.keys.subkeys import ROOT_WRAP, ROW_AUTH, TOKEN_MAC, derive_subkey
 
-__all__ = ["token_key_by_hand", "verifier_by_hand"]
+__all__ = ["row_key_by_hand", "token_key_by_hand", "verifier_by_hand"]
 
 
-def token_key_by_hand(keys_db: Path, root: SecretBytes) -> bytes:
+def token_key_by_hand(keys_db: Path, root: SecretBytes, label: bytes = TOKEN_MAC) -> bytes:
     with closing(sqlite3.connect(f"file:{keys_db}?mode=ro", uri=True)) as conn:
         (vault_id,) = conn.execute("SELECT v FROM meta WHERE k = 'vault_id'").fetchone()
         (wrapped,) = conn.execute("SELECT wrapped FROM mac_seed WHERE id = 1").fetchone()
     wrap = Envelope(derive_subkey(root, ROOT_WRAP, vault_id), 0)
     seed = wrap.open(bytes(wrapped), mac_seed_aad(vault_id))
-    return derive_subkey(SecretBytes(seed), TOKEN_MAC, vault_id).reveal()
+    return derive_subkey(SecretBytes(seed), label, vault_id).reveal()
+
+
+def row_key_by_hand(keys_db: Path, root: SecretBytes) -> bytes:
+    """The row-auth key (docs/rows.md), from the keystore file and the root key."""
+    return token_key_by_hand(keys_db, root, ROW_AUTH)
 
 
 def verifier_by_hand(keys_db: Path, root: SecretBytes, token: str) -> str:

@@ -12,12 +12,13 @@ plaintext is cut to the role's field allow-list by :func:`visible_fields`, here 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from sqlalchemy import Connection, bindparam, select
 
 from ..keys import CustomerKeys
+from ..keys.rowauth import RowAuth
 from . import ids
 from .access import BUILTIN_ROLES, Role
 from .context import Refusal, VaultContext
@@ -25,12 +26,15 @@ from .errors import (
     AccessDeniedError,
     NotFoundError,
     PurposeError,
+    SchemaError,
     ShreddedError,
     StateConflictError,
+    TamperError,
     VaultDecommissionedError,
 )
 from .lifecycle import DECOMMISSION_ACTION
 from .log import Event
+from .rowauth import Bad, refusal_error, require
 from .store import customers, principals, records, roles
 
 __all__ = ["ADMIN", "Actor", "load_role", "subject_tag", "system_actor"]
@@ -86,17 +90,20 @@ class Actor:
         if cached is not None and txn is not None and cached[0] is txn:
             return cached[1]  # already re-read in this transaction
         now = ctx.now()
-        row = conn.execute(
-            select(principals.c.role, principals.c.expires, principals.c.revoked).where(
-                principals.c.lookup == self.principal
-            )
-        ).first()
+        row = conn.execute(select(principals).where(principals.c.lookup == self.principal)).first()
         reason = None
-        if row is None or row.revoked:
-            reason = "token_revoked"
-        elif row.expires is not None and now >= row.expires:
-            reason = "token_expired"
-        role = None if reason else load_role(conn, str(row.role))  # type: ignore[union-attr]
+        role = None
+        try:
+            if row is not None:
+                require(conn, ctx.keys.row_auth, "sv_principals", [row._mapping])
+            if row is None or row.revoked:
+                reason = "token_revoked"
+            elif row.expires is not None and now >= row.expires:
+                reason = "token_expired"
+            else:
+                role = load_role(conn, str(row.role), ctx.keys.row_auth)
+        except TamperError as error:
+            raise self.tamper_refusal(error, log_action) from None
         if role is None and reason is None:
             reason = "role_missing"
         if reason is not None or role is None:
@@ -214,6 +221,27 @@ class Actor:
 
     # -- refusals that are not denials ------------------------------------------------------
 
+    def tamper_refusal(
+        self,
+        error: TamperError,
+        action: str,
+        *,
+        subject: str | None = None,
+        purpose: str | None = None,
+    ) -> Refusal:
+        """The logged refusal of a row that fails its checks (vault/rowauth.py): the
+        entry names the table and why, never the row's content."""
+        record = error.row if error.table == "sv_records" else None
+        ev = self.event(
+            action,
+            outcome="error",
+            subject=subject,
+            record=record,
+            purpose=purpose,
+            detail={"reason_code": "row_tampered", "table": error.table, "why": error.reason},
+        )
+        return Refusal(error, ev)
+
     def purpose_refusal(self, purpose: str, action: str, subject: str | None) -> Refusal:
         ev = self.event(
             action,
@@ -236,21 +264,38 @@ class Actor:
     ) -> dict[str, int]:
         """DEK version of each customer, after checking each exists and is active
         (a logged :class:`NotFoundError` or :class:`ShreddedError` otherwise)."""
-        found = {
-            str(r.id): (str(r.state), int(r.dek_version))
+        rows = [
+            r._mapping
             for r in conn.execute(
-                select(customers.c.id, customers.c.state, customers.c.dek_version).where(
-                    customers.c.id.in_(bindparam("ids", expanding=True))
-                ),
+                select(customers).where(customers.c.id.in_(bindparam("ids", expanding=True))),
                 {"ids": list(cids)},
             )
-        }
+        ]
+        self.check_customers(conn, rows, action, purpose)
+        found = {str(r["id"]): (str(r["state"]), int(r["dek_version"])) for r in rows}
         for cid in cids:
             if cid not in found:
                 raise self.not_found(action, cid, purpose=purpose)
             if found[cid][0] != "active":
                 raise self.inactive_refusal(cid, found[cid][0], action, purpose=purpose)
         return {cid: v for cid, (_s, v) in found.items()}
+
+    def check_customers(
+        self,
+        conn: Connection,
+        rows: Sequence[Mapping[Any, Any]],
+        action: str,
+        purpose: str | None = None,
+    ) -> None:
+        """Refuse (logged, :class:`TamperError`) when a customer row fails its
+        authenticator or is older than the log's last change of that customer."""
+        found = self.ctx.keys.store.subject_tags([str(r["id"]) for r in rows]) if rows else {}
+        tags = {cid: tag.hex() for cid, tag in found.items()}
+        try:
+            require(conn, self.ctx.keys.row_auth, "sv_customers", rows, tags=tags)
+        except TamperError as error:
+            subject = tags.get(error.row)
+            raise self.tamper_refusal(error, action, subject=subject, purpose=purpose) from None
 
     def inactive_refusal(
         self,
@@ -298,13 +343,35 @@ def system_actor(ctx: VaultContext) -> Actor:
     return Actor(ctx, "vault", Role("system", frozenset(), builtin=True))
 
 
-def load_role(conn: Connection, name: str) -> Role | None:
-    """A built-in role, or a custom one from the data store; None if there is none."""
+def load_role(conn: Connection, name: str, auth: RowAuth) -> Role | None:
+    """A built-in role, or a custom one from the data store; None if there is none.
+
+    A stored role must pass its row's checks (vault/rowauth.py) and the checks that
+    creating one runs (:meth:`Role.build`: no ``admin`` action, known names), else
+    :class:`TamperError`: a role stored by other means than the vault is not obeyed."""
     builtin = BUILTIN_ROLES.get(name)
     if builtin is not None:
         return builtin
-    spec = conn.execute(select(roles.c.spec).where(roles.c.name == name)).scalar()
-    return None if spec is None else Role.from_json(json.loads(spec))
+    row = conn.execute(select(roles).where(roles.c.name == name)).first()
+    if row is None:
+        return None
+    require(conn, auth, "sv_roles", [row._mapping])
+    try:
+        raw = json.loads(row.spec)
+        role = Role.from_json(raw)
+        rebuilt = Role.build(
+            role.name,
+            actions=raw["actions"],
+            kinds=raw["kinds"],
+            fields=raw["fields"],
+            purposes=raw["purposes"],
+            expires=raw["expires"],
+        )
+    except (ValueError, KeyError, TypeError, SchemaError):
+        rebuilt = None
+    if rebuilt is None or rebuilt.name != name or rebuilt != role:
+        raise refusal_error([Bad("sv_roles", name, "malformed")])
+    return role
 
 
 def subject_tag(keys: CustomerKeys | None) -> str | None:

@@ -54,6 +54,12 @@ __all__ = [
     "verify_export",
 ]
 
+#: what offline verification of a data store cannot check, said in every report
+ROWS_NOT_CHECKED = (
+    "row authenticators (principals, roles, kinds, customers, records) need the vault's "
+    "key and were not checked: run `shredvault audit check-store` with the vault unlocked"
+)
+
 EXPORT_FORMAT = "shredvault-log-export"
 _PUBKEY_PREFIX = "ed25519:"
 _HASH_MEMBER = b',"hash":"'
@@ -173,10 +179,12 @@ class Auditor:
         progress: Callable[[int], None] | None = None,
     ) -> VerifyReport:
         """Verify the stored chain against its checkpoints and an anchor: the one given,
-        else the keystore's (a shortfall then reads as ``rolled back``)."""
+        else the keystore's (a shortfall then reads as ``rolled back``). The log's
+        lookup columns are checked against the signed bodies; the data store's rows
+        are not (their authenticators need the vault's key): the report notes it."""
         use_anchor = anchor if anchor is not None else self.anchor
         shortfall = "truncated" if anchor is not None else "rolled back"
-        return verify_store(
+        report = verify_store(
             self._data,
             vault_id=self.vault_id,
             public_key=public_key or self.public_key,
@@ -185,6 +193,8 @@ class Auditor:
             strict=strict,
             progress=progress,
         )
+        report.notes.append(ROWS_NOT_CHECKED)
+        return report
 
     def entries(self, *, since: int = 1) -> Iterator[dict[str, Any]]:
         """Stored entries from ``since`` as parsed objects with ``hash`` (streaming)."""

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, select
 
 from ..keys import fingerprint
 from .actor import Actor
@@ -23,6 +23,7 @@ from .errors import DecommissionHoldError, ShreddedError, keys_errors
 from .faults import crash_point
 from .lifecycle import DECOMMISSION_ACTION
 from .log import Event
+from .rowauth import update_rows
 from .shred import shred_customer, shred_lock
 from .store import customers, log, records
 from .tombstone import tombstone_window, write_tombstones
@@ -123,7 +124,7 @@ def _begin_batch(
                 {"ids": [str(r.id) for r in rows]},
             ).all()
         )
-        updates = []
+        updates: dict[str, int] = {}
         for row in rows:
             cid = str(row.id)
             detail: dict[str, Any] = {
@@ -142,14 +143,10 @@ def _begin_batch(
                     detail=detail,
                 )
             )
-            updates.append({"cid": cid, "intent": tx.head.seq + len(tx.events)})
-        if updates:
-            tx.conn.execute(
-                update(customers)
-                .where(customers.c.id == bindparam("cid"))
-                .values(state="shredding", shred_intent_seq=bindparam("intent")),
-                updates,
-            )
+            updates[cid] = tx.head.seq + len(tx.events)
+        changes = {c: {"state": "shredding", "shred_intent_seq": q} for c, q in updates.items()}
+        # A decommission erases every customer: a forged row is shredded all the same.
+        update_rows(tx.conn, ctx.keys.row_auth, "sv_customers", changes, updates, verify=False)
 
     ctx.transact(work)
 
@@ -195,11 +192,15 @@ def _finish_batch(ctx: VaultContext, actor: Actor, ids: Sequence[str]) -> None:
         }
         # The record rows stay for the decommission's own compact step, which
         # follows at once and which its certificate counts (docs/decommission.md).
+        first = tx.next_seq()
+        stamps = {str(row.id): first + i for i, row in enumerate(rows)}
         write_tombstones(
             tx.conn,
             ctx.data.is_sqlite,
-            [str(r.id) for r in rows],
+            ctx.keys.row_auth,
+            list(stamps),
             tombstone_window(ctx.clock()),
+            stamps,
             drop_records=False,
         )
         for row in rows:

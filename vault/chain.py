@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, inspect, select
 
 from .checkpoint import Checkpoint, load_checkpoints
 from .log import LogEntry, iter_entries
@@ -31,8 +31,12 @@ def verify_store(
     strict: bool = False,
     progress: Callable[[int], None] | None = None,
     observe: Callable[[LogEntry], None] | None = None,
+    columns: bool | None = None,
 ) -> VerifyReport:
     """Verify a data store's chain, its checkpoints and its head row.
+
+    ``columns``: also check each entry's lookup columns against its body (the log's
+    ``target`` column exists from data schema 3 on); None: when the column exists.
 
     ``observe`` sees every entry as it is read, in the same pass (so a caller that
     needs the entries' content pays no second read); what it saw is verified only if
@@ -44,7 +48,9 @@ def verify_store(
     # simply not part of this verification.
     cps = data.read(lambda conn: load_checkpoints(conn, since=since))
     head = data.read(read_head)
-    entries: Iterable[LogEntry] = iter_entries(data, since=since, until=head.seq)
+    if columns is None:
+        columns = data.read(lambda conn: "target" in _log_columns(conn))
+    entries: Iterable[LogEntry] = iter_entries(data, since=since, until=head.seq, columns=columns)
     if observe is not None:
         entries = _tapped(entries, observe)
     report = verify_chain(
@@ -79,6 +85,10 @@ def verify_store(
                 f"entries up to seq {highest} lie beyond the head row (seq {latest.seq})",
             )
     return report
+
+
+def _log_columns(conn: Connection) -> set[str]:
+    return {str(c["name"]) for c in inspect(conn).get_columns(log.name)}
 
 
 def _tapped(entries: Iterable[LogEntry], observe: Callable[[LogEntry], None]) -> Iterator[LogEntry]:

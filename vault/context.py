@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -34,14 +34,16 @@ from .errors import (
     AuditChainError,
     SchemaError,
     StorageError,
+    TamperError,
     VaultDecommissionedError,
     VaultError,
     keys_errors,
 )
 from .inputs import suggest
-from .lifecycle import DECOMMISSION_ACTION
+from .lifecycle import DECOMMISSION_ACTION, DECOMMISSIONED
 from .log import Event, LogEntry, append
 from .receipt import Receipt
+from .rowauth import check_rows, refusal_error, require
 from .schema import KindSpec
 from .store import DataStore, LogHead, checkpoints, kinds
 from .verify import VerifyReport
@@ -63,6 +65,11 @@ class Tx:
 
     def log(self, *events: Event) -> None:
         self.events.extend(events)
+
+    def next_seq(self) -> int:
+        """The seq the next event logged in this transaction will get (rows it changes
+        are stamped with it: vault/rowauth.py)."""
+        return self.head.seq + len(self.events) + 1
 
 
 class Refusal(Exception):
@@ -106,6 +113,8 @@ class VaultContext:
         #: receipts of shreds a crash interrupted that this open (or a decommission) finished
         self.recovered_receipts: list[Receipt] = []
         self._kinds: dict[str, KindSpec] = {}
+        #: kinds whose stored row fails its check: refused until an admin declares them
+        self._tampered_kinds: dict[str, TamperError] = {}
 
     def __repr__(self) -> str:
         return f"<VaultContext {self.vault_id}>"
@@ -146,6 +155,9 @@ class VaultContext:
             self.reload_kinds()
             spec = self._kinds.get(name)
             if spec is None:
+                refused = self._tampered_kinds.get(name)
+                if refused is not None:
+                    raise refused
                 raise SchemaError(
                     f"kind {str(name)[:64]!r} is not declared{suggest(name, self._kinds)} "
                     "(declare it with declare_kind)"
@@ -158,14 +170,34 @@ class VaultContext:
         return dict(self._kinds)
 
     def reload_kinds(self) -> None:
-        self.remember_kinds(self.data.read(read_kinds))
+        self.remember_kinds(self.data.read(lambda conn: self.checked_kinds(conn)))
+
+    def checked_kinds(self, conn: Connection) -> list[tuple[str, str]]:
+        """Every declared kind ``(name, spec JSON)`` whose row passes its checks
+        (vault/rowauth.py); the others are refused (:class:`TamperError` on use)."""
+        if self.lifecycle == DECOMMISSIONED:  # its keys, the row-auth key too, are gone
+            raise VaultDecommissionedError("the vault is decommissioned: it serves no data")
+        rows = [r._mapping for r in conn.execute(select(kinds))]
+        bad = {b.row: b for b in check_rows(conn, self.keys.row_auth, "sv_kinds", rows)}
+        out = []
+        for row in rows:
+            name = str(row["name"])
+            if name in bad:
+                self._kinds.pop(name, None)
+                self._tampered_kinds[name] = refusal_error([bad[name]])
+            else:
+                self._tampered_kinds.pop(name, None)
+                out.append((name, str(row["spec"])))
+        return out
 
     def remember_kinds(self, rows: Iterable[tuple[str, str]]) -> dict[str, KindSpec]:
-        """Cache the kinds ``(name, spec JSON)`` read from the data store; returns them."""
+        """Cache the kinds ``(name, spec JSON)`` read (and checked) from the data
+        store; returns them."""
         found = {}
         for name, text in rows:
             raw = json.loads(text)
             found[name] = KindSpec(name, frozenset(raw["fields"]), frozenset(raw["purposes"]))
+            self._tampered_kinds.pop(name, None)
         self._kinds.update(found)
         return found
 
@@ -183,6 +215,12 @@ class VaultContext:
             result, cp = self.data.run(lambda conn, head: self._chain(conn, head, work, checkpoint))
         except Refusal as refusal:
             self._log_refusal(refusal)
+        except TamperError as error:
+            # A forged or rolled-back row met where no actor logged it: log it here.
+            detail = {"table": error.table, "reason_code": "row_tampered", "why": error.reason}
+            record = error.row if error.table == "sv_records" else None
+            ev = Event("vault", "system", "store.tamper", "error", record=record, detail=detail)
+            self._log_refusal(Refusal(error, ev))
         if cp is not None:
             self._advance_anchor(cp)
         return result
@@ -222,6 +260,17 @@ class VaultContext:
         # rollback detection until the next checkpoint advances it.
         with contextlib.suppress(KeystoreError):
             self.keys.store.advance_anchor(cp.seq, cp.body, cp.signature)
+
+    def require_rows(self, table: str, mappings: Sequence[Mapping[Any, Any]]) -> None:
+        """Check rows read outside a logged transaction (vault/rowauth.py): a row that
+        fails is logged (``store.tamper``) and raises :class:`TamperError`."""
+        if not mappings:
+            return
+        tags = None
+        if table == "sv_customers":
+            found = self.keys.store.subject_tags([str(r["id"]) for r in mappings])
+            tags = {cid: tag.hex() for cid, tag in found.items()}
+        self.transact(lambda tx: require(tx.conn, self.keys.row_auth, table, mappings, tags=tags))
 
     # -- checkpoints and the anchor ----------------------------------------------------------
 

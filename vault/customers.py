@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import RowMapping, insert, select, update
+from sqlalchemy import RowMapping, select
 
 from . import ids
 from .access import normalize_expiry
@@ -15,6 +15,7 @@ from .context import Tx, VaultContext
 from .errors import SchemaError
 from .inputs import check_customer_id, check_ref
 from .model import Customer
+from .rowauth import insert_rows, update_rows
 from .schema import check_name
 from .store import customers
 
@@ -50,11 +51,12 @@ def add_customer(
         "consent": json.dumps(consent_map, sort_keys=True),
         "created": created,
         "shredded": None,
+        "shred_intent_seq": None,
     }
 
     def work(tx: Tx) -> None:
         actor.gate(tx.conn, "write", "customer.add")
-        tx.conn.execute(insert(customers).values(**row))
+        insert_rows(tx.conn, ctx.keys.row_auth, "sv_customers", [row], tx.next_seq())
         tx.log(
             actor.event(
                 "customer.add",
@@ -80,6 +82,7 @@ def show_customer(ctx: VaultContext, actor: Actor, customer_id: str) -> Customer
         row = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
         if row is None:
             raise actor.not_found("customer.show", customer_id)
+        actor.check_customers(tx.conn, [row._mapping], "customer.show")
         tag = ctx.subject_of(customer_id)
         tx.log(actor.event("customer.show", subject=tag))
         return customer_row(row._mapping)
@@ -95,7 +98,9 @@ def list_customers(ctx: VaultContext, actor: Actor, *, state: str | None = None)
 
     def work(tx: Tx) -> list[Customer]:
         actor.gate(tx.conn, "list", "customer.list")
-        out = [customer_row(r._mapping) for r in tx.conn.execute(stmt)]
+        rows = [r._mapping for r in tx.conn.execute(stmt)]
+        actor.check_customers(tx.conn, rows, "customer.list")
+        out = [customer_row(r) for r in rows]
         tx.log(actor.event("customer.list", detail={"count": len(out)}))
         return out
 
@@ -109,9 +114,8 @@ def set_hold(ctx: VaultContext, actor: Actor, customer_id: str, held: bool) -> N
     def work(tx: Tx) -> None:
         actor.gate(tx.conn, "admin", action)
         actor.customer_states(tx.conn, [customer_id], action, None)
-        tx.conn.execute(
-            update(customers).where(customers.c.id == customer_id).values(legal_hold=held)
-        )
+        changes = {customer_id: {"legal_hold": held}}
+        update_rows(tx.conn, ctx.keys.row_auth, "sv_customers", changes, tx.next_seq())
         tag = ctx.subject_of(customer_id)
         tx.log(actor.event(action, subject=tag))
 

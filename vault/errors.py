@@ -6,12 +6,20 @@ import contextlib
 import errno
 from collections.abc import Iterator
 
-from ..keys import InvalidKeyError, KeystoreError, WeakParametersError, WrongKeyError
+from ..keys import (
+    DecryptionError,
+    InvalidKeyError,
+    KeystoreError,
+    UnsupportedFormatError,
+    WeakParametersError,
+    WrongKeyError,
+)
 from ..keys import OutputExistsError as KeysOutputExistsError
 
 __all__ = [
     "AccessDeniedError",
     "AuditChainError",
+    "CiphertextTamperError",
     "DecommissionHoldError",
     "HandoverConflictError",
     "LegalHoldError",
@@ -24,12 +32,14 @@ __all__ = [
     "ShreddedError",
     "StateConflictError",
     "StorageError",
+    "TamperError",
     "UnlockError",
     "VaultBusyError",
     "VaultDecommissionedError",
     "VaultError",
     "VerificationError",
     "keys_errors",
+    "record_ciphertext",
 ]
 
 
@@ -111,6 +121,42 @@ class NoTrustedKeyError(VerificationError):
 
 class AuditChainError(VerificationError):
     """The vault's own access log is broken or rolled back: the vault refuses to serve."""
+
+
+class TamperError(AuditChainError):
+    """A data-store row fails its authenticator, or is older than the log says it is
+    (rolled back): it was written by someone without the vault's key. The vault refuses
+    the object (``table``, ``row``) and serves nothing of it; ``reason`` is
+    ``unauthenticated``, ``bad auth``, ``stale`` or ``malformed`` (docs/rows.md)."""
+
+    def __init__(self, message: str, *, table: str, row: str, reason: str) -> None:
+        super().__init__(message, reason=reason)
+        self.table = table
+        self.row = row
+
+
+class CiphertextTamperError(TamperError, DecryptionError):
+    """A record whose row passes its checks holds a ciphertext that does not open as
+    that record at its version: an older ciphertext written back, bytes moved from
+    elsewhere, or damage. Also a ``DecryptionError``, as any failed decryption is."""
+
+
+@contextlib.contextmanager
+def record_ciphertext(record_id: str) -> Iterator[None]:
+    """Opening a record's ciphertext: a ``DecryptionError`` becomes
+    :class:`CiphertextTamperError` naming the record (never its content)."""
+    try:
+        yield
+    except UnsupportedFormatError:
+        raise  # an unknown format or algorithm byte says so, as it always has
+    except DecryptionError:
+        raise CiphertextTamperError(
+            f"record {record_id} of sv_records holds a ciphertext that does not open as this "
+            "record at its version (written back, moved or damaged): refused",
+            table="sv_records",
+            row=record_id,
+            reason="bad ciphertext",
+        ) from None
 
 
 class HandoverConflictError(VaultError):

@@ -53,7 +53,7 @@ from .package import (
     parts,
     record_aad,
 )
-from .sealing import envelope, open_record
+from .sealing import envelope, open_record, record_version
 from .store import customers, records
 
 __all__ = ["HandoverExport", "export_package"]
@@ -193,7 +193,7 @@ def _select(
     ctx: VaultContext, customer_ids: Sequence[str] | None
 ) -> tuple[list[str], list[str], list[str]]:
     """(exported, excluded for lack of consent, excluded as not active), in a stable order."""
-    stmt = select(customers.c.id, customers.c.state, customers.c.consent)
+    stmt = select(customers)
     if customer_ids is not None:
         wanted = list(dict.fromkeys(customer_ids))
         for cid in wanted:
@@ -209,6 +209,8 @@ def _select(
         rows = ctx.data.read(
             lambda conn: list(conn.execute(stmt.order_by(customers.c.created, customers.c.id)))
         )
+    # consent and state as the vault wrote them
+    ctx.require_rows("sv_customers", [r._mapping for r in rows])
     chosen, no_consent, gone = [], [], []
     for row in rows:
         if row.state != "active":
@@ -273,27 +275,21 @@ def _sealed_customers(
         str(r.id): r
         for r in ctx.data.read(
             lambda conn: conn.execute(
-                select(
-                    customers.c.id, customers.c.consent, customers.c.retain_until, customers.c.state
-                ).where(customers.c.id.in_(bindparam("ids", expanding=True))),
+                select(customers).where(customers.c.id.in_(bindparam("ids", expanding=True))),
                 {"ids": batch},
             ).all()
         )
     }
     rows = ctx.data.read(
         lambda conn: conn.execute(
-            select(
-                records.c.id,
-                records.c.customer_id,
-                records.c.kind,
-                records.c.dek_version,
-                records.c.ciphertext,
-            )
+            select(records)
             .where(records.c.customer_id.in_(bindparam("ids", expanding=True)))
             .order_by(records.c.customer_id, records.c.created, records.c.id),
             {"ids": batch},
         ).all()
     )
+    ctx.require_rows("sv_customers", [r._mapping for r in meta.values()])
+    ctx.require_rows("sv_records", [r._mapping for r in rows])
     by_customer: dict[str, list[Any]] = {cid: [] for cid in batch}
     for row in rows:
         by_customer[str(row.customer_id)].append(row)
@@ -315,7 +311,8 @@ def _sealed_customers(
                     f"no key version {row.dek_version} for customer {cid} (rotated during "
                     "the export?); run the export again"
                 ) from None
-            plaintext = open_record(env, keys[cid], rid, kind, bytes(row.ciphertext))
+            blob = bytes(row.ciphertext)
+            plaintext = open_record(env, keys[cid], rid, kind, record_version(row._mapping), blob)
             blob = cipher.seal(plaintext, record_aad(package_id, cid, rid, kind))
             payload = parts(cid.encode(), rid.encode(), kind.encode()) + blob
             writer.frame(RECORD, payload)

@@ -43,9 +43,10 @@ from .package import (
     read_frame,
     stream_customers,
 )
+from .rowauth import insert_rows, record_auth
 from .schema import KindSpec, check_name, encode_fields
 from .sealing import seal_records
-from .store import customers, handover_imports, kinds, records
+from .store import customers, handover_imports, records
 from .trust import no_trusted_key_message
 
 __all__ = ["HandoverImport", "import_package"]
@@ -191,9 +192,8 @@ def import_package(
         _check_no_collision_in(tx, cids)
         for kind in missing:
             spec = specs[kind]
-            tx.conn.execute(
-                insert(kinds).values(name=kind, spec=json.dumps(spec.to_json(), sort_keys=True))
-            )
+            row = {"name": kind, "spec": json.dumps(spec.to_json(), sort_keys=True)}
+            insert_rows(tx.conn, ctx.keys.row_auth, "sv_kinds", [row], tx.next_seq())
             tx.log(actor.event("schema.declare", detail={"kind": kind, **spec.to_json()}))
         keys = ctx.keys.customer_keys(cids)
         written: list[int] = []
@@ -204,19 +204,19 @@ def import_package(
             env = ck.current
             entry = customer.entry
             consent, retain_until = _customer_metadata(entry)
-            tx.conn.execute(
-                insert(customers).values(
-                    id=cid,
-                    ref=None,
-                    state="active",
-                    dek_version=env.version,
-                    retain_until=retain_until,
-                    legal_hold=False,
-                    consent=json.dumps(consent, sort_keys=True),
-                    created=created,
-                    shredded=None,
-                )
-            )
+            row = {
+                "id": cid,
+                "ref": None,
+                "state": "active",
+                "dek_version": env.version,
+                "retain_until": retain_until,
+                "legal_hold": False,
+                "consent": json.dumps(consent, sort_keys=True),
+                "created": created,
+                "shredded": None,
+                "shred_intent_seq": None,
+            }
+            insert_rows(tx.conn, ctx.keys.row_auth, "sv_customers", [row], tx.next_seq())
             subject = tags[cid].hex()
             tx.log(
                 actor.event(
@@ -232,11 +232,11 @@ def import_package(
             )
             rows = []
             events = []
-            sealing: list[tuple[str, str, bytes]] = []
+            sealing: list[tuple[str, str, int, bytes]] = []
             for rid, kind, text in customer.records:
                 spec = declared.get(kind) or specs[kind]
                 fields = _fields(text)
-                sealing.append((rid, kind, encode_fields(spec, fields)))
+                sealing.append((rid, kind, 1, encode_fields(spec, fields)))
                 events.append(
                     actor.event(
                         "record.put",
@@ -247,8 +247,14 @@ def import_package(
                     )
                 )
             blobs = seal_records(ck, sealing) if sealing else []
-            for (rid, kind, _text), blob in zip(customer.records, blobs, strict=True):
-                rows.append((rid, cid, kind, 1, env.version, blob, created, created))
+            first = tx.next_seq()
+            auth = ctx.keys.row_auth
+            for i, ((rid, kind, _text), blob) in enumerate(
+                zip(customer.records, blobs, strict=True)
+            ):
+                dv, seq = env.version, first + i
+                tag = record_auth(auth, rid, cid, kind, 1, dv, seq)
+                rows.append((rid, cid, kind, 1, dv, blob, created, created, 2, seq, tag))
             ctx.data.insert_many(tx.conn, records, rows)
             tx.log(*events)
             written.append(len(rows))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete
 
 from .actor import Actor
-from .context import Tx, VaultContext, read_kinds
+from .context import Tx, VaultContext
+from .rowauth import insert_rows
 from .schema import KindSpec
 from .store import kinds
 
@@ -29,7 +30,8 @@ def declare_kind(
     def work(tx: Tx) -> None:
         actor.gate(tx.conn, "admin", "schema.declare")
         tx.conn.execute(delete(kinds).where(kinds.c.name == spec.name))
-        tx.conn.execute(insert(kinds).values(name=spec.name, spec=text))
+        row = {"name": spec.name, "spec": text}
+        insert_rows(tx.conn, ctx.keys.row_auth, "sv_kinds", [row], tx.next_seq())
         tx.log(actor.event("schema.declare", detail={"kind": spec.name, **spec.to_json()}))
 
     ctx.transact(work)
@@ -43,7 +45,7 @@ def list_kinds(ctx: VaultContext, actor: Actor) -> dict[str, KindSpec]:
 
     def work(tx: Tx) -> list[tuple[str, str]]:
         actor.gate(tx.conn, "list", "schema.list")
-        rows = read_kinds(tx.conn)
+        rows = ctx.checked_kinds(tx.conn)
         tx.log(actor.event("schema.list", detail={"count": len(rows)}))
         return rows
 

@@ -13,6 +13,7 @@ stored ``body`` is exactly those hashed bytes; an export line is the body with t
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,11 +31,14 @@ __all__ = [
     "GENESIS",
     "HASH_PREFIX",
     "LOG_ACTIONS",
+    "LOOKUP_COLUMNS",
     "Event",
     "LogEntry",
     "append",
+    "body_columns",
     "encode_body",
     "entry_hash",
+    "entry_target",
     "export_line",
     "iter_entries",
 ]
@@ -95,6 +99,29 @@ LOG_ACTIONS = frozenset(
     ]
 )
 
+#: actions whose ``ok`` entries change a record row (target ``record:<record>``)
+RECORD_CHANGES = frozenset({"record.put", "record.update", "record.delete"})
+#: actions whose ``ok`` entries change a customer row (target ``subject:<subject tag>``)
+CUSTOMER_CHANGES = frozenset(
+    {
+        "customer.add",
+        "customer.import",
+        "customer.hold",
+        "customer.release",
+        "customer.retain",
+        "customer.shred-intent",
+        "customer.shred",
+        "keys.rotate-dek",
+    }
+)
+#: actions whose ``ok`` entries change a named row, and the detail member naming it
+NAMED_CHANGES = {
+    "principal.add": ("principal", "principal"),
+    "principal.revoke": ("principal", "principal"),
+    "role.add": ("role", "name"),
+    "schema.declare": ("kind", "kind"),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -113,14 +140,52 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
-    """One stored entry: its seq, hash and the exact hashed bytes."""
+    """One stored entry: its seq, hash and the exact hashed bytes; read from a data
+    store, also its lookup columns (:data:`LOOKUP_COLUMNS`, which verification checks
+    against the body)."""
 
     seq: int
     hash: str
     body: bytes
+    columns: tuple[Any, ...] | None = None
 
     def export_line(self) -> bytes:
         return export_line(self.body, self.hash)
+
+
+#: the log table's columns outside the hashed body that repeat (or derive from) it
+LOOKUP_COLUMNS = ("ts", "actor", "action", "subject", "record", "outcome", "target")
+
+
+def entry_target(
+    action: object, outcome: object, subject: object, record: object, detail: object
+) -> str | None:
+    """Which authenticated row an entry changed, as its ``target`` column holds it
+    (docs/rows.md): ``record:<id>``, ``subject:<tag>``, ``principal:<name>``,
+    ``role:<name>`` or ``kind:<name>``; None for an entry that changed none (reads,
+    denials, errors). Freshness checks find the newest change of a row by it."""
+    if outcome != "ok" or not isinstance(action, str):
+        return None
+    if action in RECORD_CHANGES:
+        return f"record:{record}" if isinstance(record, str) else None
+    if action in CUSTOMER_CHANGES:
+        return f"subject:{subject}" if isinstance(subject, str) else None
+    named = NAMED_CHANGES.get(action)
+    if named is not None and isinstance(detail, Mapping):
+        name = detail.get(named[1])
+        return f"{named[0]}:{name}" if isinstance(name, str) else None
+    return None
+
+
+def body_columns(body: bytes) -> tuple[Any, ...]:
+    """The :data:`LOOKUP_COLUMNS` an entry's body says (ValueError if malformed)."""
+    raw = json.loads(body)
+    if not isinstance(raw, dict):
+        raise ValueError("entry is not an object")
+    action, subject, record = raw.get("action"), raw.get("subject"), raw.get("record")
+    outcome, detail = raw.get("outcome"), raw.get("detail")
+    target = entry_target(action, outcome, subject, record, detail)
+    return (raw.get("ts"), raw.get("actor"), action, subject, record, outcome, target)
 
 
 def entry_hash(body: bytes) -> str:
@@ -211,8 +276,21 @@ def append(
         hasher = base.copy()
         hasher.update(body)
         digest = hasher.hexdigest()
+        target = entry_target(ev.action, ev.outcome, ev.subject, ev.record, detail)
         rows.append(
-            (seq, prev, digest, ts, ev.actor, ev.action, ev.subject, ev.record, ev.outcome, body)
+            (
+                seq,
+                prev,
+                digest,
+                ts,
+                ev.actor,
+                ev.action,
+                ev.subject,
+                ev.record,
+                ev.outcome,
+                body,
+                target,
+            )
         )
         written.append(LogEntry(seq, digest, body))
         prev = digest
@@ -223,16 +301,23 @@ def append(
 
 
 def iter_entries(
-    store: DataStore, *, since: int = 1, until: int | None = None, batch: int = 20000
+    store: DataStore,
+    *,
+    since: int = 1,
+    until: int | None = None,
+    batch: int = 20000,
+    columns: bool = False,
 ) -> Iterator[LogEntry]:
-    """Stream stored entries in seq order, ``batch`` rows per read (flat memory)."""
+    """Stream stored entries in seq order, ``batch`` rows per read (flat memory);
+    ``columns``: with their lookup columns, for verification."""
+    extra = [log.c[name] for name in LOOKUP_COLUMNS] if columns else []
     cursor = since
     while True:
         upper = cursor + batch - 1 if until is None else min(until, cursor + batch - 1)
         if until is not None and cursor > until:
             return
         stmt = (
-            select(log.c.seq, log.c.hash, log.c.body)
+            select(log.c.seq, log.c.hash, log.c.body, *extra)
             .where(log.c.seq >= cursor, log.c.seq <= upper)
             .order_by(log.c.seq)
         )
@@ -248,8 +333,9 @@ def iter_entries(
                 return
             cursor = int(rest)
             continue
-        for seq, digest, body in rows:
+        for row in rows:
+            seq, digest, body = row[0], row[1], row[2]
             # A tampered SQLite row can hold TEXT where bytes belong: verify it as bytes.
             raw = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else bytes(body)
-            yield LogEntry(int(seq), str(digest), raw)
+            yield LogEntry(int(seq), str(digest), raw, tuple(row[3:]) if columns else None)
         cursor = upper + 1

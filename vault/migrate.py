@@ -39,7 +39,7 @@ from .context import Tx, VaultContext
 from .errors import StorageError, keys_errors
 from .faults import crash_point
 from .log import Event
-from .store import SCHEMA_VERSION, log, log_head, meta, principals
+from .store import log, log_head, meta, principals
 from .tombstone import (
     TOMBSTONES_FORMAT,
     TOMBSTONES_KEY,
@@ -51,6 +51,9 @@ from .tombstone import (
 __all__ = ["MIGRATE_ACTION", "unlink_tombstones", "upgrade_stores"]
 
 MIGRATE_ACTION = "vault.migrate"
+#: the data schema this upgrade brings a store to (token verifiers as MACs); schema 3
+#: (authenticated rows) follows in vault/rowmigrate.py
+TOKEN_SCHEMA = 2
 _DIGEST_HEX = 64
 
 
@@ -94,14 +97,14 @@ def upgrade_stores(ctx: VaultContext) -> bool:
                 .values(token_hash=bindparam("mac")),
                 rows,
             )
-        if data_from < SCHEMA_VERSION:
+        if data_from < TOKEN_SCHEMA:
             tx.conn.execute(
-                update(meta).where(meta.c.k == "schema_version").values(v=str(SCHEMA_VERSION))
+                update(meta).where(meta.c.k == "schema_version").values(v=str(TOKEN_SCHEMA))
             )
         detail: dict[str, Any] = {
             "event": event,
             "keystore": keystore,
-            "data": {"from": data_from, "to": max(data_from, SCHEMA_VERSION)},
+            "data": {"from": data_from, "to": max(data_from, TOKEN_SCHEMA)},
             "principals": {"converted": len(rows), "not_converted": len(present) - len(rows)},
         }
         tx.log(Event(ADMIN, ADMIN, MIGRATE_ACTION, detail=detail))
@@ -122,7 +125,7 @@ def _conversion_note(ctx: VaultContext, conn: Connection) -> dict[str, Any]:
     data_from = int(version or 0)
     head = conn.execute(select(log_head.c.seq).where(log_head.c.id == 1)).scalar()
     verifiers: dict[str, str] = {}
-    if data_from < SCHEMA_VERSION:  # a data store already upgraded holds MACs: keep them
+    if data_from < TOKEN_SCHEMA:  # a data store already upgraded holds MACs: keep them
         for lookup, stored in conn.execute(select(principals.c.lookup, principals.c.token_hash)):
             digest = _sha256_hex(str(stored))
             if digest is not None:  # a damaged value stays as it is: it matches no token
@@ -174,7 +177,9 @@ def unlink_tombstones(ctx: VaultContext) -> bool:
     def work(tx: Tx) -> bool:
         if _tombstones_marked(tx.conn):  # another process upgraded it meanwhile
             return False
-        coarsened = coarsen_tombstones(tx.conn, ctx.data.is_sqlite)
+        coarsened = coarsen_tombstones(
+            tx.conn, ctx.data.is_sqlite, ctx.keys.row_auth, tx.next_seq()
+        )
         tx.conn.execute(insert(meta).values(k=TOMBSTONES_KEY, v=TOMBSTONES_FORMAT))
         detail = {"step": "tombstones", "rebuilt_without_rowid": rebuilt, "tombstones": coarsened}
         tx.log(Event(ADMIN, ADMIN, MIGRATE_ACTION, detail=detail))

@@ -25,6 +25,7 @@ from .log import Event
 from .migrate import unlink_tombstones, upgrade_stores
 from .reconcile import ClaimScan, plan_reconcile, read_mark, reconcile, refuse_unconfirmed
 from .rotate import log_pending_key_event
+from .rowmigrate import ROWS_MARK, ROWS_SCHEMA, authenticate_rows
 from .shred import roll_forward
 from .store import SCHEMA_VERSION, DataStore, meta, metadata
 from .tombstone import TOMBSTONES_FORMAT, TOMBSTONES_KEY
@@ -74,6 +75,7 @@ def create_context(
         made_files.append(KEYS_FILE)
         with keyring.store.transaction() as conn:
             keyring.store.set_meta(conn, "data_location", "external" if data_url else "sqlite")
+            keyring.store.set_meta(conn, ROWS_MARK, "1")  # its rows are authenticated from birth
         if not data_url:
             create_empty(root / DATA_FILE)  # owner-only before SQLite opens it
             made_files.append(DATA_FILE)
@@ -211,6 +213,7 @@ def open_context(
         refuse_unconfirmed(plan_reconcile(ctx, scan))  # before anything is written
         ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
         upgrade_stores(ctx)  # a vault from before key separation (vault/migrate.py)
+        authenticate_rows(ctx)  # a vault from before authenticated rows (vault/rowmigrate.py)
         unlink_tombstones(ctx)  # tombstones from before issue 16 item 5 (vault/migrate.py)
         reconcile(ctx, scan, report.last_seq)
         ctx.recovered_receipts = roll_forward(ctx)
@@ -249,6 +252,7 @@ def _check_data_store(data: DataStore, vault_id: str) -> None:
             f"data store schema version {version} is newer than this shredvault supports "
             f"({SCHEMA_VERSION}); upgrade shredvault"
         )
+    data.before_schema_3(version < ROWS_SCHEMA)
 
 
 def _drop_schema(data: DataStore) -> None:

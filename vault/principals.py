@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select
 
 from .access import BUILTIN_ROLES, Role, new_token, normalize_expiry
 from .actor import Actor, load_role
 from .context import Tx, VaultContext
-from .errors import NotFoundError, SchemaError
+from .errors import NotFoundError, SchemaError, TamperError
 from .inputs import check_known, suggest
 from .model import Principal
+from .rowauth import insert_rows, update_rows
 from .schema import check_name
 from .store import principals, roles
 
@@ -31,22 +32,21 @@ def add_principal(
 
     def work(tx: Tx) -> None:
         actor.gate(tx.conn, "admin", "principal.add")
-        if load_role(tx.conn, role) is None:
+        if load_role(tx.conn, role, ctx.keys.row_auth) is None:
             raise SchemaError(f"no role {role!r} (add it with add_role)")
         exists = tx.conn.execute(select(principals.c.name).where(principals.c.name == name)).first()
         if exists is not None:
             raise SchemaError(f"a principal named {name!r} already exists")
-        tx.conn.execute(
-            insert(principals).values(
-                name=name,
-                lookup=lookup,
-                role=role,
-                token_hash=ctx.keys.token_mac(token),
-                expires=until,
-                revoked=False,
-                created=ctx.now(),
-            )
-        )
+        row = {
+            "name": name,
+            "lookup": lookup,
+            "role": role,
+            "token_hash": ctx.keys.token_mac(token),
+            "expires": until,
+            "revoked": False,
+            "created": ctx.now(),
+        }
+        insert_rows(tx.conn, ctx.keys.row_auth, "sv_principals", [row], tx.next_seq())
         tx.log(
             actor.event("principal.add", detail={"principal": name, "role": role, "expires": until})
         )
@@ -61,10 +61,16 @@ def revoke_principal(ctx: VaultContext, actor: Actor, name: str) -> None:
 
     def work(tx: Tx) -> None:
         actor.gate(tx.conn, "admin", "principal.revoke")
-        done = tx.conn.execute(
-            update(principals).where(principals.c.name == name).values(revoked=True)
+        # A forged row is replaced all the same: revoking never grants anything.
+        done = update_rows(
+            tx.conn,
+            ctx.keys.row_auth,
+            "sv_principals",
+            {name: {"revoked": True}},
+            tx.next_seq(),
+            verify=False,
         )
-        if done.rowcount == 0:
+        if done == 0:
             raise NotFoundError(f"no principal {name!r}")
         tx.log(actor.event("principal.revoke", detail={"principal": name}))
 
@@ -117,7 +123,8 @@ def add_role(ctx: VaultContext, actor: Actor, role: Role, *, replace: bool = Fal
                 f"role {role.name} exists; pass replace=True / --replace to change it"
             )
         tx.conn.execute(delete(roles).where(roles.c.name == role.name))
-        tx.conn.execute(insert(roles).values(name=role.name, spec=spec, created=ctx.now()))
+        row = {"name": role.name, "spec": spec, "created": ctx.now()}
+        insert_rows(tx.conn, ctx.keys.row_auth, "sv_roles", [row], tx.next_seq())
         detail = role.to_json()
         if exists:
             detail["replaced"] = True
@@ -131,10 +138,14 @@ def list_roles(ctx: VaultContext, actor: Actor) -> list[Role]:
 
     def work(tx: Tx) -> list[Role]:
         actor.gate(tx.conn, "admin", "role.list")
-        custom = [
-            Role.from_json(json.loads(r.spec))
-            for r in tx.conn.execute(select(roles.c.spec).order_by(roles.c.name))
-        ]
+        custom = []
+        for r in tx.conn.execute(select(roles.c.name).order_by(roles.c.name)).scalars().all():
+            try:
+                loaded = load_role(tx.conn, str(r), ctx.keys.row_auth)
+            except TamperError as error:
+                raise actor.tamper_refusal(error, "role.list") from None
+            if loaded is not None:
+                custom.append(loaded)
         tx.log(actor.event("role.list", detail={"count": len(custom) + len(BUILTIN_ROLES)}))
         return list(BUILTIN_ROLES.values()) + custom
 

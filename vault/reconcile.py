@@ -285,7 +285,12 @@ def _record_recovery(ctx: VaultContext, actor: Actor, target: Target, scan: Clai
         ).scalar()
         if state is not None and state != "shredded":
             write_tombstones(
-                tx.conn, ctx.data.is_sqlite, [target.customer], tombstone_window(ctx.clock())
+                tx.conn,
+                ctx.data.is_sqlite,
+                ctx.keys.row_auth,
+                [target.customer],
+                tombstone_window(ctx.clock()),
+                tx.next_seq(),
             )
         if target.tag not in scan.recovered:
             tx.log(_recovery_event(actor, target, None if state is None else str(state)))

@@ -12,17 +12,19 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import RowMapping, bindparam, delete, select, update
+from sqlalchemy import RowMapping, bindparam, delete, select
 
 from ..keys import CustomerKeys
 from . import ids
 from .actor import Actor, subject_tag
 from .context import Tx, VaultContext
+from .errors import TamperError, record_ciphertext
 from .inputs import check_batch, check_customer_id, check_record_id
 from .log import Event
 from .model import Record
+from .rowauth import record_auth, require, update_rows
 from .schema import check_name, encode_fields
-from .sealing import envelope, open_fields, seal_records
+from .sealing import AAD_V, envelope, open_fields, record_version, seal_records
 from .store import records
 
 __all__ = ["PutItem", "delete_record", "get_many", "list_records", "put_many", "update_record"]
@@ -63,7 +65,7 @@ def put_many(
         out: dict[int, bytes] = {}
         for cid in only:
             idx = by_customer[cid]
-            blobs = seal_records(keys[cid], [(rids[i], kinds_of[i], plaintexts[i]) for i in idx])
+            blobs = seal_records(keys[cid], [(rids[i], kinds_of[i], 1, plaintexts[i]) for i in idx])
             out.update(zip(idx, blobs, strict=True))
         return out
 
@@ -92,9 +94,13 @@ def put_many(
             sealed.update(seal(fresh, stale))
         rows = []
         events = []
+        first = tx.next_seq()
+        auth = ctx.keys.row_auth
         for i, (cid, _kind, _fields) in enumerate(items):
             ck = keys[cid]
-            rows.append((rids[i], cid, kinds_of[i], 1, ck.current.version, sealed[i], now, now))
+            dv = ck.current.version
+            tag = record_auth(auth, rids[i], cid, kinds_of[i], 1, dv, first + i)
+            rows.append((rids[i], cid, kinds_of[i], 1, dv, sealed[i], now, now, 2, first + i, tag))
             events.append(
                 actor.event(
                     "record.put",
@@ -137,20 +143,23 @@ def update_record(
         subject = ctx.subject_of(customer_id)
         actor.deny_fields(role, kind, sorted(fields), "record.update", purpose, subject)
         keys = ctx.keys.customer_keys([customer_id])
-        old = _decrypt(ctx, keys, customer_id, record_id, row)
+        old = _decrypt(ctx, actor, keys, customer_id, record_id, row, purpose, "record.update")
         spec = ctx.kind(kind)
         merged = {**old, **fields}
         plaintext = encode_fields(spec, merged)
         ck = keys[customer_id]
         env = ck.current
-        (blob,) = seal_records(ck, [(record_id, kind, plaintext)])
-        now = ctx.now()
         version = int(row["version"]) + 1
-        tx.conn.execute(
-            update(records)
-            .where(records.c.id == record_id)
-            .values(version=version, dek_version=env.version, ciphertext=blob, updated=now)
-        )
+        (blob,) = seal_records(ck, [(record_id, kind, version, plaintext)])
+        now = ctx.now()
+        change = {
+            "version": version,
+            "dek_version": env.version,
+            "ciphertext": blob,
+            "aad_v": AAD_V,
+            "updated": now,
+        }
+        update_rows(tx.conn, ctx.keys.row_auth, "sv_records", {record_id: change}, tx.next_seq())
         tx.log(
             actor.event(
                 "record.update",
@@ -278,14 +287,35 @@ def _record_rows(
             actor.gate(tx.conn, action, log_action, kind=kind, purpose=purpose, subject=subject)
             checked.add(kind)
         out.append(row)
+    try:
+        require(tx.conn, ctx.keys.row_auth, "sv_records", list({r["id"]: r for r in out}.values()))
+    except TamperError as error:
+        raise actor.tamper_refusal(error, log_action, purpose=purpose) from None
     return out
 
 
 def _decrypt(
-    ctx: VaultContext, keys: dict[str, CustomerKeys], cid: str, rid: str, row: RowMapping
+    ctx: VaultContext,
+    actor: Actor,
+    keys: dict[str, CustomerKeys],
+    cid: str,
+    rid: str,
+    row: RowMapping,
+    purpose: str,
+    action: str,
 ) -> dict[str, Any]:
+    """A record's fields. Its row passed its checks, so a ciphertext that does not
+    open under the AAD the row names (an older ciphertext of the record written back,
+    or bytes from elsewhere) was put there by someone else: a logged
+    :class:`TamperError`, nothing served."""
     env = envelope(ctx.keys, keys, cid, int(row["dek_version"]))
-    return open_fields(env, keys[cid], rid, str(row["kind"]), bytes(row["ciphertext"]))
+    kind, blob = str(row["kind"]), bytes(row["ciphertext"])
+    try:
+        with record_ciphertext(rid):
+            return open_fields(env, keys[cid], rid, kind, record_version(row), blob)
+    except TamperError as error:
+        subject = keys[cid].subject_tag.hex()
+        raise actor.tamper_refusal(error, action, subject=subject, purpose=purpose) from None
 
 
 def _read_records(
@@ -303,7 +333,7 @@ def _read_records(
     events: list[Event] = []
     for (cid, rid), row in zip(pairs, rows, strict=True):
         kind = str(row["kind"])
-        fields = role.visible(kind, _decrypt(ctx, keys, cid, rid, row))
+        fields = role.visible(kind, _decrypt(ctx, actor, keys, cid, rid, row, purpose, action))
         result.append(
             Record(
                 rid,

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from .access import normalize_expiry
 from .actor import Actor
@@ -15,6 +15,7 @@ from .errors import LegalHoldError, ShreddedError, VaultError
 from .inputs import check_customer_id, check_reason
 from .model import ExpiredCustomers, ShredExpiredResult
 from .receipt import Receipt
+from .rowauth import update_rows
 from .shred import relocate_tombstones, shred_customer
 from .store import customers
 
@@ -33,9 +34,8 @@ def set_retention(
     def work(tx: Tx) -> None:
         actor.gate(tx.conn, "admin", "customer.retain")
         actor.customer_states(tx.conn, [customer_id], "customer.retain", None)
-        tx.conn.execute(
-            update(customers).where(customers.c.id == customer_id).values(retain_until=until)
-        )
+        changes = {customer_id: {"retain_until": until}}
+        update_rows(tx.conn, ctx.keys.row_auth, "sv_customers", changes, tx.next_seq())
         tag = ctx.subject_of(customer_id)
         tx.log(actor.event("customer.retain", subject=tag, detail={"retain_until": until}))
 

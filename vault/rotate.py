@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select
 
 from ..keys import KdfParams, KeystoreError, SecretBytes, needs_rehash, recommended_params
 from .actor import Actor
@@ -25,6 +25,7 @@ from .errors import (
     SchemaError,
     ShreddedError,
     StorageError,
+    TamperError,
     VaultError,
     keys_errors,
 )
@@ -32,7 +33,8 @@ from .faults import crash_point
 from .inputs import check_days
 from .keycopies import backup_key_copies
 from .log import Event
-from .sealing import reseal_record
+from .rowauth import require, update_rows
+from .sealing import record_version, reseal_record
 from .store import customers, log, records
 
 __all__ = [
@@ -199,25 +201,32 @@ def rotate_dek(ctx: VaultContext, actor: Actor, customer_id: str) -> int:
             raise ShreddedError(f"customer {customer_id} was shredded meanwhile")
         ctx.keys.forget([customer_id])
         ck = ctx.keys.customer_keys([customer_id])[customer_id]
-        rows = tx.conn.execute(
-            select(records.c.id, records.c.kind, records.c.dek_version, records.c.ciphertext).where(
-                records.c.customer_id == customer_id
-            )
-        ).all()
-        updates = []
+        rows = [
+            r._mapping
+            for r in tx.conn.execute(select(records).where(records.c.customer_id == customer_id))
+        ]
+        # Never re-seal (and so re-authenticate) a forged or rolled-back record.
+        try:
+            require(tx.conn, ctx.keys.row_auth, "sv_records", rows)
+        except TamperError as error:
+            raise actor.tamper_refusal(error, "keys.rotate-dek") from None
+        updates: dict[str, dict[str, object]] = {}
         for r in rows:
-            blob = reseal_record(ck, r.id, r.kind, int(r.dek_version), version, bytes(r.ciphertext))
-            updates.append({"rid": r.id, "dv": version, "ct": blob})
-        if updates:
-            tx.conn.execute(
-                update(records)
-                .where(records.c.id == bindparam("rid"))
-                .values(dek_version=bindparam("dv"), ciphertext=bindparam("ct")),
-                updates,
+            blob = reseal_record(
+                ck,
+                str(r["id"]),
+                str(r["kind"]),
+                int(r["version"]),
+                record_version(r),
+                int(r["dek_version"]),
+                version,
+                bytes(r["ciphertext"]),
             )
-        tx.conn.execute(
-            update(customers).where(customers.c.id == customer_id).values(dek_version=version)
-        )
+            updates[str(r["id"])] = {"dek_version": version, "ciphertext": blob, "aad_v": 2}
+        seq = tx.next_seq()
+        update_rows(tx.conn, ctx.keys.row_auth, "sv_records", updates, seq, verify=False)
+        changes = {customer_id: {"dek_version": version}}
+        update_rows(tx.conn, ctx.keys.row_auth, "sv_customers", changes, seq)
         tx.log(
             actor.event(
                 "keys.rotate-dek",

@@ -1,25 +1,46 @@
 """The sealer: the only place records are encrypted and decrypted (DESIGN §4).
 
 A record's ciphertext is bound by its associated data to the vault, the customer, the
-record id, the kind and the DEK version (``keys.envelope.record_aad_suffix``), so
-bytes moved to another record, customer or vault fail to open. Every operation that
-stores or reads record plaintext (records, rotation, handover export and import)
-goes through these functions; nothing else calls ``record_aad_suffix``.
+record id, the kind, the DEK version and the record's own version
+(``keys.envelope.record_aad_suffix``), so bytes moved to another record, customer or
+vault, or an older ciphertext of the same record written back, fail to open. Records
+sealed before data schema 3 (``aad_v`` 1) lack the record version in their AAD; they
+open as they were, their row authenticator covers the ciphertext's hash instead
+(vault/rowauth.py), and the next update or DEK rotation re-seals them with it. Every
+operation that stores or reads record plaintext (records, rotation, handover export
+and import) goes through these functions; nothing else calls ``record_aad_suffix``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..keys import CustomerKeys, DecryptionError, Envelope, KeyRing
 from ..keys.envelope import record_aad_suffix
 
-__all__ = ["envelope", "open_fields", "open_record", "reseal_record", "seal_records"]
+__all__ = [
+    "AAD_V",
+    "envelope",
+    "open_fields",
+    "open_record",
+    "record_version",
+    "reseal_record",
+    "seal_records",
+]
 
-#: (record id, kind, plaintext) of one record to seal
-SealItem = tuple[str, str, bytes]
+#: the AAD format records are sealed with now (stored in ``sv_records.aad_v``)
+AAD_V = 2
+
+#: (record id, kind, record version, plaintext) of one record to seal
+SealItem = tuple[str, str, int, bytes]
+
+
+def record_version(row: Mapping[Any, Any]) -> int | None:
+    """What a stored record row's AAD binds of its version: the version for ``aad_v``
+    2, None for a record sealed before data schema 3."""
+    return int(row["version"]) if int(row["aad_v"]) >= AAD_V else None
 
 
 def seal_records(keys: CustomerKeys, items: Sequence[SealItem]) -> list[bytes]:
@@ -28,34 +49,57 @@ def seal_records(keys: CustomerKeys, items: Sequence[SealItem]) -> list[bytes]:
     env = keys.current
     prefix, version = keys.record_prefix, env.version
     return env.seal_many(
-        [plaintext for _rid, _kind, plaintext in items],
-        [record_aad_suffix(prefix, rid, kind, version) for rid, kind, _plaintext in items],
+        [plaintext for _rid, _kind, _v, plaintext in items],
+        [record_aad_suffix(prefix, rid, kind, version, rv) for rid, kind, rv, _p in items],
     )
 
 
-def open_record(env: Envelope, keys: CustomerKeys, record_id: str, kind: str, blob: bytes) -> bytes:
-    """The plaintext of a record sealed under ``env`` (one of ``keys.versions``).
-    Raises :class:`DecryptionError` if the bytes or where they belong were changed."""
-    return env.open(blob, record_aad_suffix(keys.record_prefix, record_id, kind, env.version))
+def open_record(
+    env: Envelope,
+    keys: CustomerKeys,
+    record_id: str,
+    kind: str,
+    version: int | None,
+    blob: bytes,
+) -> bytes:
+    """The plaintext of a record sealed under ``env`` (one of ``keys.versions``) at
+    record ``version`` (None: sealed before schema 3). Raises :class:`DecryptionError`
+    if the bytes, where they belong or their version were changed."""
+    aad = record_aad_suffix(keys.record_prefix, record_id, kind, env.version, version)
+    return env.open(blob, aad)
 
 
 def open_fields(
-    env: Envelope, keys: CustomerKeys, record_id: str, kind: str, blob: bytes
+    env: Envelope,
+    keys: CustomerKeys,
+    record_id: str,
+    kind: str,
+    version: int | None,
+    blob: bytes,
 ) -> dict[str, Any]:
     """:func:`open_record`, decoded: the record's fields."""
-    fields: dict[str, Any] = json.loads(open_record(env, keys, record_id, kind, blob))
+    fields: dict[str, Any] = json.loads(open_record(env, keys, record_id, kind, version, blob))
     return fields
 
 
 def reseal_record(
-    keys: CustomerKeys, record_id: str, kind: str, from_version: int, to_version: int, blob: bytes
+    keys: CustomerKeys,
+    record_id: str,
+    kind: str,
+    version: int,
+    sealed_version: int | None,
+    from_version: int,
+    to_version: int,
+    blob: bytes,
 ) -> bytes:
-    """Re-encrypt a record from one of the customer's DEK versions to another."""
-    plaintext = open_record(keys.versions[from_version], keys, record_id, kind, blob)
-    target = keys.versions[to_version]
-    return target.seal(
-        plaintext, record_aad_suffix(keys.record_prefix, record_id, kind, target.version)
+    """Re-encrypt a record (at record ``version``, sealed binding ``sealed_version``)
+    from one of the customer's DEK versions to another, binding ``version`` now."""
+    plaintext = open_record(
+        keys.versions[from_version], keys, record_id, kind, sealed_version, blob
     )
+    target = keys.versions[to_version]
+    aad = record_aad_suffix(keys.record_prefix, record_id, kind, target.version, version)
+    return target.seal(plaintext, aad)
 
 
 def envelope(keyring: KeyRing, keys: dict[str, CustomerKeys], cid: str, version: int) -> Envelope:

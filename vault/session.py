@@ -45,6 +45,7 @@ from .rotate import (
 )
 from .schema import KindSpec
 from .shred import compact, shred_one
+from .storecheck import StoreCheck, check_store
 from .subject_report import customer_report, customer_report_from_receipt
 
 __all__ = ["Session"]
@@ -82,6 +83,12 @@ class Session:
         """Every declared kind (names, fields, purposes: schema, no personal data).
         Needs ``list``; logged as one ``schema.list`` entry."""
         return list_kinds(self._ctx, self._actor)
+
+    def check_store(self, *, progress: Callable[[int], None] | None = None) -> StoreCheck:
+        """Check every authenticated row of the data store (vault/storecheck.py): the
+        rows that fail their authenticator or were rolled back, by table and id.
+        Needs ``audit``; logged as one ``store.check`` entry (counts only)."""
+        return check_store(self._ctx, self._actor, progress=progress)
 
     def checkpoint(self) -> Checkpoint:
         """Sign a checkpoint at the log head now and return it (see

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select
 
 from .actor import Actor, system_actor
 from .audit import format_public_key
@@ -47,6 +47,7 @@ from .inputs import check_customer_id, check_reason
 from .locks import exclusive_lock
 from .log import export_line
 from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
+from .rowauth import update_rows
 from .store import checkpoints, customers, log, records
 from .tombstone import (
     relocate_window,
@@ -126,6 +127,7 @@ def _shred_locked(
             raise Refusal(ShreddedError(f"customer {customer_id} is already shredded"), ev)
         if row.state == "shredding":
             return  # interrupted earlier: steps 2 and 3 finish it
+        actor.check_customers(tx.conn, [row._mapping], "customer.shred")
         ck = ctx.keys.customer_keys([customer_id]).get(customer_id)
         if ck is None:
             raise StorageError(f"customer {customer_id} is active but has no keys in the keystore")
@@ -161,11 +163,8 @@ def _shred_locked(
             )
         )
         intent_seq = tx.head.seq + len(tx.events)
-        tx.conn.execute(
-            update(customers)
-            .where(customers.c.id == customer_id)
-            .values(state="shredding", shred_intent_seq=intent_seq)
-        )
+        changes = {customer_id: {"state": "shredding", "shred_intent_seq": intent_seq}}
+        update_rows(tx.conn, ctx.keys.row_auth, "sv_customers", changes, intent_seq)
 
     # The receipt's salt goes to the keystore first, so a crash at any later point
     # can still issue a receipt that proves which customer was shredded.
@@ -233,8 +232,10 @@ def _finish(
         write_tombstones(
             tx.conn,
             ctx.data.is_sqlite,
+            ctx.keys.row_auth,
             [customer_id],
             tombstone_window(ctx.clock()),
+            tx.next_seq(),
             relocate=relocate,
         )
         tx.log(actor.event("customer.shred", subject=intent["subject"], detail=detail))

@@ -34,6 +34,7 @@ from sqlalchemy import (
     insert,
     inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -41,6 +42,7 @@ from sqlalchemy.engine import make_url
 from .errors import StorageError, VaultBusyError
 
 __all__ = [
+    "AUTH_TABLES",
     "SCHEMA_VERSION",
     "DataStore",
     "LogHead",
@@ -60,7 +62,11 @@ __all__ = [
 
 # 1: sv_principals.token_hash held SHA-256(token).
 # 2: it holds HMAC-SHA-256(token-MAC key, SHA-256(token)) (keys/tokenmac.py, vault/migrate.py).
-SCHEMA_VERSION = 2
+# 3: principals, roles, kinds, customers and records carry ``seq`` and ``auth`` (vault/rowauth.py,
+#    docs/rows.md), records ``aad_v``, and the log a ``target`` column (vault/log.py).
+SCHEMA_VERSION = 3
+#: the tables whose rows carry an authenticator (vault/rowauth.py)
+AUTH_TABLES = ("sv_kinds", "sv_roles", "sv_principals", "sv_customers", "sv_records")
 GENESIS = "0" * 64
 
 metadata = MetaData()
@@ -77,6 +83,9 @@ kinds = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("spec", Text, nullable=False),
+    # The log seq of the entry that last changed the row, and the row's authenticator.
+    Column("seq", BigInteger, nullable=True),
+    Column("auth", String(64), nullable=True),
 )
 
 customers = Table(
@@ -93,6 +102,9 @@ customers = Table(
     Column("shredded", String(32), nullable=True),
     # Only while state is "shredding": where the intent entry is, for roll-forward.
     Column("shred_intent_seq", BigInteger, nullable=True),
+    # The log seq of the entry that last changed the row, and the row's authenticator.
+    Column("seq", BigInteger, nullable=True),
+    Column("auth", String(64), nullable=True),
     Index("ix_sv_customers_state", "state", "retain_until"),
     # Keyed by the random id, no rowid: the rows' order must not follow the order of
     # the customer.add entries (vault/tombstone.py; older tables are rebuilt at open).
@@ -110,6 +122,11 @@ records = Table(
     Column("ciphertext", LargeBinary, nullable=False),
     Column("created", String(32), nullable=False),
     Column("updated", String(32), nullable=False),
+    # 1: sealed before schema 3 (the AAD lacks the record version); 2: the AAD binds it.
+    Column("aad_v", Integer, nullable=False, default=2),
+    # The log seq of the entry that last changed the row, and the row's authenticator.
+    Column("seq", BigInteger, nullable=True),
+    Column("auth", String(64), nullable=True),
     Index("ix_sv_records_customer", "customer_id", "kind"),
 )
 
@@ -119,6 +136,9 @@ roles = Table(
     Column("name", String(64), primary_key=True),
     Column("spec", Text, nullable=False),
     Column("created", String(32), nullable=False),
+    # The log seq of the entry that last changed the row, and the row's authenticator.
+    Column("seq", BigInteger, nullable=True),
+    Column("auth", String(64), nullable=True),
 )
 
 principals = Table(
@@ -131,6 +151,9 @@ principals = Table(
     Column("expires", String(32), nullable=True),
     Column("revoked", Boolean, nullable=False, default=False),
     Column("created", String(32), nullable=False),
+    # The log seq of the entry that last changed the row, and the row's authenticator.
+    Column("seq", BigInteger, nullable=True),
+    Column("auth", String(64), nullable=True),
 )
 
 backups = Table(
@@ -182,10 +205,21 @@ log = Table(
     Column("outcome", String(16), nullable=False),
     # The exact bytes that were hashed: canonical JSON of the entry without "hash".
     Column("body", LargeBinary, nullable=False),
+    # Which authenticated row the entry changed (log.entry_target): outside the hashed
+    # body, so verification checks it against the body. Freshness checks look it up.
+    Column("target", String(100), nullable=True),
     # Reports: a subject's entries, and an actor's or a time window's (breach scope).
     Index("ix_sv_log_subject", "subject"),
     Index("ix_sv_log_actor_ts", "actor", "ts"),
     Index("ix_sv_log_ts", "ts"),
+    # Partial: reads (most entries) have no target and cost the index nothing.
+    Index(
+        "ix_sv_log_target",
+        "target",
+        "seq",
+        sqlite_where=text("target IS NOT NULL"),
+        postgresql_where=text("target IS NOT NULL"),
+    ),
 )
 
 log_head = Table(
@@ -247,9 +281,23 @@ class DataStore:
             for t in (records, log)
         }
 
+        self._log_width = len(log.columns)
+
+    def before_schema_3(self, legacy: bool) -> None:
+        """Whether the data store predates schema 3 (its log has no ``target`` column
+        until vault/rowmigrate.py adds it): entries are then inserted without it."""
+        mark = "?" if self.is_sqlite else "%s"
+        names = [c.name for c in log.columns if not (legacy and c.name == "target")]
+        self._log_width = len(names)
+        self._insert_sql[log.name] = (
+            f"INSERT INTO {log.name} ({', '.join(names)}) VALUES ({', '.join(mark for _ in names)})"
+        )
+
     def insert_many(self, conn: Connection, table: Table, rows: list[tuple[Any, ...]]) -> None:
         """Insert tuples in ``table``'s column order with one prebuilt ``executemany``."""
         if rows:
+            if table is log and self._log_width < len(log.columns):
+                rows = [r[: self._log_width] for r in rows]
             conn.exec_driver_sql(self._insert_sql[table.name], rows)
 
     def __repr__(self) -> str:

@@ -17,10 +17,11 @@ from .audit import format_public_key
 from .chain import read_head
 from .checkpoint import Checkpoint, checkpoint_from_json, latest_checkpoint
 from .context import Refusal, Tx, VaultContext
-from .errors import VerificationError
+from .errors import TamperError, VerificationError
 from .log import export_line
 from .receipt import ReceiptReport, verify_receipt
-from .sealing import envelope, open_fields
+from .rowauth import require
+from .sealing import envelope, open_fields, record_version
 from .store import LogHead, customers, log, records
 
 __all__ = ["SUBJECT_ACCESS", "customer_report", "customer_report_from_receipt"]
@@ -55,6 +56,7 @@ def customer_report(ctx: VaultContext, actor: Actor, customer_id: str) -> dict[s
         )
         if row is None:
             raise actor.not_found("customer.report", customer_id)
+        actor.check_customers(tx.conn, [row._mapping], "customer.report")
         if row.state != "active":
             raise actor.inactive_refusal(
                 customer_id,
@@ -68,6 +70,10 @@ def customer_report(ctx: VaultContext, actor: Actor, customer_id: str) -> dict[s
         rows = tx.conn.execute(
             select(records).where(records.c.customer_id == customer_id).order_by(records.c.created)
         ).all()
+        try:
+            require(tx.conn, ctx.keys.row_auth, "sv_records", [r._mapping for r in rows])
+        except TamperError as error:
+            raise actor.tamper_refusal(error, "customer.report", subject=tag) from None
         held = []
         withheld: Counter[str] = Counter()
         partial = 0
@@ -78,7 +84,8 @@ def customer_report(ctx: VaultContext, actor: Actor, customer_id: str) -> dict[s
                 withheld[why] += 1
                 continue
             env = envelope(ctx.keys, keys, customer_id, int(r.dek_version))
-            plain = open_fields(env, ck, str(r.id), str(r.kind), bytes(r.ciphertext))
+            version = record_version(r._mapping)
+            plain = open_fields(env, ck, str(r.id), str(r.kind), version, bytes(r.ciphertext))
             fields = role.visible(str(r.kind), plain)
             partial += len(fields) < len(plain)
             held.append(

@@ -27,7 +27,7 @@ promise: the order rows sit in.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -41,11 +41,12 @@ from sqlalchemy import (
     or_,
     select,
     text,
-    update,
 )
 
+from ..keys.rowauth import RowAuth
 from .clock import format_ts
 from .errors import StorageError
+from .rowauth import update_rows
 from .store import DataStore, customers, records
 
 __all__ = [
@@ -106,15 +107,20 @@ def tombstone_values(window: str) -> dict[str, Any]:
 def write_tombstones(
     conn: Connection,
     sqlite: bool,
+    auth: RowAuth,
     ids: Sequence[str],
     window: str,
+    seqs: Mapping[str, int] | int,
     *,
     drop_records: bool = True,
     relocate: bool = True,
 ) -> int:
     """Turn the rows of ``ids`` into tombstones of ``window`` (:func:`tombstone_window`)
     inside the caller's transaction (the one that logs the shred, so a crash leaves
-    all of it or none). Returns how many record rows were deleted.
+    all of it or none), each stamped with its seq in ``seqs`` (one for all, or per id:
+    the entry that records the change) and authenticated (vault/rowauth.py). What a
+    row held before is overwritten, so it is not checked first (a forged row becomes an
+    authentic tombstone: nothing to serve). Returns how many record rows were deleted.
 
     ``drop_records``: delete the customers' record rows too (every shred; a
     decommission keeps them for its own logged ``compact`` step, which follows at
@@ -130,12 +136,8 @@ def write_tombstones(
             delete(records).where(records.c.customer_id.in_(bindparam("ids", expanding=True))),
             wanted,
         ).rowcount
-    conn.execute(
-        update(customers)
-        .where(customers.c.id.in_(bindparam("ids", expanding=True)))
-        .values(tombstone_values(window)),
-        wanted,
-    )
+    values = tombstone_values(window)
+    update_rows(conn, auth, customers.name, {cid: values for cid in ids}, seqs, verify=False)
     if relocate:
         relocate_window(conn, sqlite, window)
     return int(dropped or 0)
@@ -308,11 +310,12 @@ def _rebuild(data: DataStore) -> None:
         raw.close()
 
 
-def coarsen_tombstones(conn: Connection, sqlite: bool) -> int:
+def coarsen_tombstones(conn: Connection, sqlite: bool, auth: RowAuth, seq: int) -> int:
     """Tombstones written before this change kept their creation day (and older ones
     a finer shred time): rewrite each through :func:`write_tombstones` with its own
-    shred day as the window. Their record rows are left to ``compact`` (logged per
-    batch). Returns how many tombstones were rewritten; 0 once done (idempotent)."""
+    shred day as the window, stamped with ``seq`` (the entry that logs the upgrade).
+    Their record rows are left to ``compact`` (logged per batch). Returns how many
+    tombstones were rewritten; 0 once done (idempotent)."""
     day = func.substr(customers.c.shredded, 1, 10)
     stale = conn.execute(
         select(customers.c.id, day.label("day")).where(
@@ -325,5 +328,5 @@ def coarsen_tombstones(conn: Connection, sqlite: bool) -> int:
     for row in stale:
         by_day.setdefault(str(row.day), []).append(str(row.id))
     for window, ids in sorted(by_day.items()):
-        write_tombstones(conn, sqlite, ids, window, drop_records=False)
+        write_tombstones(conn, sqlite, auth, ids, window, seq, drop_records=False)
     return len(stale)

@@ -21,6 +21,7 @@ from .clock import Clock, system_clock
 from .context import Refusal, Tx, VaultContext
 from .errors import (
     AccessDeniedError,
+    TamperError,
     VaultDecommissionedError,
 )
 from .lifecycle import DECOMMISSIONED
@@ -28,6 +29,7 @@ from .log import Event
 from .opening import create_context, open_context
 from .receipt import Receipt
 from .reconcile import advance_mark
+from .rowauth import require
 from .schema import KindSpec
 from .session import Session
 from .store import LogHead, principals
@@ -207,7 +209,24 @@ class Vault:
                 reason = "token_revoked"
             elif row.expires is not None and now >= row.expires:
                 reason = "token_expired"
-            role = None if reason else load_role(tx.conn, str(row.role))  # type: ignore[union-attr]
+            role = None
+            if reason is None and row is not None:
+                try:
+                    require(tx.conn, ctx.keys.row_auth, "sv_principals", [row._mapping])
+                    role = load_role(tx.conn, str(row.role), ctx.keys.row_auth)
+                except TamperError as error:
+                    ev = Event(
+                        str(row.name),
+                        "none",
+                        "auth.login",
+                        outcome="error",
+                        detail={
+                            "reason_code": "row_tampered",
+                            "table": error.table,
+                            "why": error.reason,
+                        },
+                    )
+                    raise Refusal(error, ev) from None
             if reason is None and role is None:
                 reason = "role_missing"
             elif role is not None and role.expires is not None and now >= role.expires:

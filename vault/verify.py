@@ -18,7 +18,7 @@ from typing import Any
 from .canonical import canonical
 from .checkpoint import Checkpoint
 from .inputs import parse_json
-from .log import GENESIS, HASH_PREFIX, LogEntry
+from .log import GENESIS, HASH_PREFIX, LOOKUP_COLUMNS, LogEntry, body_columns
 
 __all__ = ["VerifyReport", "verify_chain"]
 
@@ -91,6 +91,20 @@ def _fields(body: bytes, strict: bool) -> tuple[int, str]:
     i = body.rindex(_PREV)
     j = body.rindex(_SEQ)
     return int(body[j + 7 : body.index(b",", j + 7)]), body[i + 9 : i + 73].decode("ascii")
+
+
+def _column_mismatch(entry: LogEntry) -> str | None:
+    """The first lookup column of a stored entry that differs from what its hashed
+    body says (a hidden or redirected entry), or None."""
+    try:
+        said = body_columns(entry.body)
+    except (ValueError, UnicodeDecodeError):
+        return "body"
+    assert entry.columns is not None
+    for name, stored, expected in zip(LOOKUP_COLUMNS, entry.columns, said, strict=True):
+        if stored != expected:
+            return name
+    return None
 
 
 def verify_chain(
@@ -210,6 +224,14 @@ def verify_chain(
             return report.fail("reordered", seq, f"entry {seq} appears after entry {expected - 1}")
         if report.entries == 0 and not from_genesis:
             prev = body_prev
+        if entry.columns is not None:
+            bad = _column_mismatch(entry)
+            if bad is not None:
+                return report.fail(
+                    "modified",
+                    seq,
+                    f"entry {seq}'s {bad} column does not match its signed body",
+                )
         if body_prev != prev:
             return report.fail(
                 "modified",

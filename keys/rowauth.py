@@ -1,0 +1,66 @@
+"""The row-authentication key: MACs over the data store's rows (issue 16, item 2).
+
+``HMAC-SHA-256(row-auth key, message)``, where the row-auth key derives from the
+vault's MAC seed (:mod:`keys.subkeys`, label ``shredvault/mac/row-auth/v1``), so it
+survives a change of passphrase or keyfile, and nobody who can only write the data
+store can make a tag. What a message is (a row's canonical encoding) is the vault's
+business (vault/rowauth.py, docs/rows.md): this module only tags bytes and checks tags
+in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import NoReturn
+
+from .errors import InvalidKeyError
+from .secret import SecretBytes
+
+__all__ = ["TAG_SIZE", "RowAuth"]
+
+TAG_SIZE = 32
+
+
+class RowAuth:
+    """The row-auth key. Its repr is redacted and it cannot be pickled or copied."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: SecretBytes) -> None:
+        if len(key) != 32:
+            raise InvalidKeyError("a row-auth key must be 32 bytes")
+        self._key = SecretBytes(key.reveal())
+
+    def __repr__(self) -> str:
+        return "<RowAuth HMAC-SHA-256, key redacted>"
+
+    def __reduce_ex__(self, protocol: object) -> NoReturn:
+        raise TypeError("row-auth keys cannot be pickled or copied")
+
+    def tag(self, message: bytes) -> bytes:
+        """The 32-byte tag of ``message``."""
+        return hmac.digest(self._key.reveal(), message, "sha256")
+
+    def tag_hex(self, message: bytes) -> str:
+        """:meth:`tag` as 64 lowercase hex digits (what the data store holds)."""
+        return hmac.digest(self._key.reveal(), message, "sha256").hex()
+
+    def check(self, message: bytes, tag: bytes) -> bool:
+        """Whether ``tag`` is the tag of ``message`` (constant time)."""
+        return hmac.compare_digest(self.tag(message), tag)
+
+    def check_hex(self, message: bytes, stored: object) -> bool:
+        """Whether a stored hex tag (any value a tampered row may hold) is the tag of
+        ``message``, compared in constant time; a non-text or non-ASCII value is a
+        mismatch."""
+        if not isinstance(stored, str):
+            return False
+        presented = hmac.digest(self._key.reveal(), message, "sha256").hex()
+        try:
+            return hmac.compare_digest(presented, stored)
+        except TypeError:  # non-ASCII text
+            return False
+
+    def wipe(self) -> None:
+        """Overwrite the key (best effort)."""
+        self._key.wipe()

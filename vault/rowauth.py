@@ -1,0 +1,414 @@
+"""Authenticated rows: the one place data-store rows get and pass their authenticators.
+
+Whoever can write the data store (a DBA, a backup operator, a compromised host) must
+not be able to change what the vault obeys (issue 16). Every row of ``sv_principals``,
+``sv_roles``, ``sv_kinds``, ``sv_customers`` and ``sv_records`` carries ``seq`` (the
+log seq of the entry that last changed it, written in the same transaction) and
+``auth``, ``HMAC-SHA-256(row-auth key, message)`` in hex, where ``message`` is the
+canonical encoding of the table name, every content column and ``seq``
+(:func:`message`; docs/rows.md specifies it). The row-auth key derives from the
+keystore's MAC seed (keys/rowauth.py), so a row written without the keystore's secret
+fails. A row put back whole from an older copy (authentic, but stale) is found by its
+``seq``: a later entry of the log changed that object (:func:`stale`, an index lookup
+on the log's ``target`` column, which chain verification checks against each entry's
+signed body).
+
+Every writer of those tables calls :func:`insert_rows` / :func:`update_rows` (or, on
+the record hot paths, :func:`record_auth`); every reader that acts on a row calls
+:func:`check_rows` first. A second copy of the encoding anywhere is a bug.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    ARRAY,
+    Connection,
+    String,
+    Table,
+    any_,
+    bindparam,
+    func,
+    insert,
+    select,
+    update,
+)
+
+from ..keys.envelope import aad
+from ..keys.rowauth import RowAuth
+from .errors import TamperError
+from .store import customers, kinds, log, principals, records, roles
+
+__all__ = [
+    "LABEL",
+    "SPECS",
+    "Bad",
+    "check_rows",
+    "insert_rows",
+    "message",
+    "record_auth",
+    "record_message",
+    "refusal_error",
+    "require",
+    "sign",
+    "stale",
+    "target_of",
+    "update_rows",
+]
+
+LABEL = b"shredvault/row/v1"
+
+#: per table, its columns in encoding order with their types: ``t`` text, ``i``
+#: integer, ``b`` boolean, ``h`` the SHA-256 of the ciphertext of a record sealed
+#: before schema 3 (``aad_v`` 1; from ``aad_v`` 2 the AEAD binds the record version
+#: and the column encodes as null). The first column is the row's identity.
+SPECS: dict[str, tuple[tuple[str, str], ...]] = {
+    "sv_kinds": (("name", "t"), ("spec", "t")),
+    "sv_roles": (("name", "t"), ("spec", "t"), ("created", "t")),
+    "sv_principals": (
+        ("name", "t"),
+        ("lookup", "t"),
+        ("role", "t"),
+        ("token_hash", "t"),
+        ("expires", "t"),
+        ("revoked", "b"),
+        ("created", "t"),
+    ),
+    "sv_customers": (
+        ("id", "t"),
+        ("ref", "t"),
+        ("state", "t"),
+        ("dek_version", "i"),
+        ("retain_until", "t"),
+        ("legal_hold", "b"),
+        ("consent", "t"),
+        ("created", "t"),
+        ("shredded", "t"),
+        ("shred_intent_seq", "i"),
+    ),
+    # (its created/updated times are display metadata, not authenticated: the log
+    # holds the authentic times; docs/rows.md)
+    "sv_records": (
+        ("id", "t"),
+        ("customer_id", "t"),
+        ("kind", "t"),
+        ("version", "i"),
+        ("dek_version", "i"),
+        ("aad_v", "i"),
+        ("ciphertext", "h"),
+    ),
+}
+TABLES: dict[str, Table] = {t.name: t for t in (kinds, roles, principals, customers, records)}
+#: the ``target`` prefix of each table's rows in the log (vault/log.py ``entry_target``)
+_TARGET = {
+    "sv_kinds": "kind:",
+    "sv_roles": "role:",
+    "sv_principals": "principal:",
+    "sv_customers": "subject:",
+    "sv_records": "record:",
+}
+_NULL = b"n"
+_CHUNK = 500
+
+
+def _part(kind: str, value: Any, row: Mapping[Any, Any]) -> bytes:
+    if kind == "h":
+        if int(row["aad_v"]) != 1:
+            return _NULL
+        return b"h" + hashlib.sha256(bytes(value)).digest()
+    if value is None:
+        return _NULL
+    if kind == "t":
+        return b"t" + str(value).encode("utf-8", "surrogatepass")
+    if kind == "i":
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ValueError("not an integer")
+        return b"i" + str(int(value)).encode("ascii")
+    return b"b1" if value else b"b0"
+
+
+def message(table: str, row: Mapping[Any, Any], seq: int) -> bytes:
+    """The bytes a row's authenticator is over: each part length-prefixed (u32 BE) —
+    the label, the table name, each column of :data:`SPECS` in order, and ``seq``.
+    ValueError for a value that cannot be one of its column (a tampered row)."""
+    if table == "sv_records":
+        aad_v = int(row["aad_v"])
+        digest = hashlib.sha256(bytes(row["ciphertext"])).digest() if aad_v == 1 else None
+        return record_message(
+            str(row["id"]),
+            str(row["customer_id"]),
+            str(row["kind"]),
+            _int(row["version"]),
+            _int(row["dek_version"]),
+            aad_v,
+            digest,
+            int(seq),
+        )
+    parts = [LABEL, table.encode("ascii")]
+    parts += [_part(kind, row[name], row) for name, kind in SPECS[table]]
+    parts.append(b"i" + str(int(seq)).encode("ascii"))
+    return aad(*parts)
+
+
+_RECORD_HEAD = aad(LABEL, b"sv_records")
+_LEN = struct.Struct(">I").pack
+_NULL_PART = _LEN(1) + _NULL
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("not an integer")
+    return int(value)
+
+
+def record_message(
+    rid: str,
+    cid: str,
+    kind: str,
+    version: int,
+    dek_version: int,
+    aad_v: int,
+    ciphertext_sha256: bytes | None,
+    seq: int,
+) -> bytes:
+    """:func:`message` of a record row (the hot paths: put_many, get_many), the same
+    bytes built without a mapping. ``ciphertext_sha256``: for ``aad_v`` 1 only."""
+    r, c, k = rid.encode("utf-8", "surrogatepass"), cid.encode(), kind.encode()
+    v, d, a, s = b"i%d" % version, b"i%d" % dek_version, b"i%d" % aad_v, b"i%d" % seq
+    h = _NULL_PART if ciphertext_sha256 is None else _LEN(33) + b"h" + ciphertext_sha256
+    return b"".join(
+        (
+            _RECORD_HEAD,
+            _LEN(len(r) + 1),
+            b"t",
+            r,
+            _LEN(len(c) + 1),
+            b"t",
+            c,
+            _LEN(len(k) + 1),
+            b"t",
+            k,
+            _LEN(len(v)),
+            v,
+            _LEN(len(d)),
+            d,
+            _LEN(len(a)),
+            a,
+            h,
+            _LEN(len(s)),
+            s,
+        )
+    )
+
+
+def sign(auth: RowAuth, table: str, row: Mapping[Any, Any], seq: int) -> str:
+    """The ``auth`` value (hex) of ``row`` stamped with ``seq``."""
+    return auth.tag_hex(message(table, row, seq))
+
+
+def record_auth(
+    auth: RowAuth, rid: str, cid: str, kind: str, version: int, dek_version: int, seq: int
+) -> str:
+    """:func:`sign` of a record row sealed with the record version in its AAD
+    (``aad_v`` 2): the hot paths (put_many, imports)."""
+    return auth.tag_hex(record_message(rid, cid, kind, version, dek_version, 2, None, seq))
+
+
+def target_of(table: str, row: Mapping[Any, Any], tag: str | None = None) -> str | None:
+    """The log ``target`` naming ``row``'s object (a customer's is its subject tag,
+    given as ``tag``: None when its keys are gone)."""
+    if table == "sv_customers":
+        return None if tag is None else _TARGET[table] + tag
+    key = SPECS[table][0][0]
+    return _TARGET[table] + str(row[key])
+
+
+@dataclass(frozen=True, slots=True)
+class Bad:
+    """A row that fails: its table, identity and why (``unauthenticated``,
+    ``bad auth``, ``stale`` or ``malformed``)."""
+
+    table: str
+    row: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"table": self.table, "row": self.row, "reason": self.reason}
+
+
+def _authentic(auth: RowAuth, table: str, row: Mapping[Any, Any]) -> str | None:
+    seq, stored = row["seq"], row["auth"]
+    if seq is None or stored is None:
+        return "unauthenticated"
+    try:
+        text = message(table, row, int(seq))
+    except (ValueError, TypeError, KeyError):
+        return "malformed"
+    return None if auth.check_hex(text, stored) else "bad auth"
+
+
+def check_rows(
+    conn: Connection,
+    auth: RowAuth,
+    table: str,
+    rows: Iterable[Mapping[Any, Any]],
+    *,
+    tags: Mapping[str, str] | None = None,
+) -> list[Bad]:
+    """The rows of ``table`` that fail their authenticator, or that a later log entry
+    changed (one query for the batch). ``tags``: customers' subject tags by id (a
+    customer without one, its keys gone, is checked for its authenticator only)."""
+    key = SPECS[table][0][0]
+    bad: list[Bad] = []
+    fresh: dict[str, tuple[str, int]] = {}
+    for row in rows:
+        why = _authentic(auth, table, row)
+        ident = str(row[key])
+        if why is not None:
+            bad.append(Bad(table, ident, why))
+            continue
+        tag = None if tags is None else tags.get(ident)
+        target = target_of(table, row, tag)
+        if target is not None:
+            fresh[target] = (ident, int(row["seq"]))
+    for target in stale(conn, {t: s for t, (_i, s) in fresh.items()}):
+        bad.append(Bad(table, fresh[target][0], "stale"))
+    return bad
+
+
+def require(
+    conn: Connection,
+    auth: RowAuth,
+    table: str,
+    rows: Iterable[Mapping[Any, Any]],
+    *,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """:func:`check_rows`, raising :class:`TamperError` for the first failing row."""
+    bad = check_rows(conn, auth, table, rows, tags=tags)
+    if bad:
+        raise refusal_error(bad)
+
+
+def stale(conn: Connection, seqs: Mapping[str, int]) -> list[str]:
+    """The targets of ``seqs`` (target -> the seq its row carries) that a log entry
+    after that seq changed: rows put back from an older copy. One grouped query on the
+    log's (target, seq) index: on PostgreSQL with the targets as one array parameter
+    (``= ANY``: the driver does not parse hundreds of placeholders), on SQLite per 500."""
+    targets = list(seqs)
+    if not targets:
+        return []
+    newest = select(log.c.target, func.max(log.c.seq)).group_by(log.c.target)
+    if conn.dialect.name == "postgresql":
+        array = bindparam("t", type_=ARRAY(String()))
+        batches = [conn.execute(newest.where(log.c.target == any_(array)), {"t": targets})]
+    else:
+        where = newest.where(log.c.target.in_(bindparam("t", expanding=True)))
+        batches = [
+            conn.execute(where, {"t": targets[i : i + _CHUNK]})
+            for i in range(0, len(targets), _CHUNK)
+        ]
+    return [
+        str(target)
+        for rows in batches
+        for target, seq in rows
+        if seq is not None and int(seq) > seqs[str(target)]
+    ]
+
+
+def refusal_error(bad: Sequence[Bad]) -> TamperError:
+    """The error for the first failing row (the message names table, row and why)."""
+    first = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    what = {
+        "stale": "is older than the log says (rolled back)",
+        "unauthenticated": "carries no authenticator",
+        "malformed": "holds a value the vault never writes",
+        "bad auth": "fails its authenticator",
+    }.get(first.reason, "fails its check")
+    return TamperError(
+        f"row {first.row} of {first.table} {what}: it was changed outside the vault and "
+        f"is refused{more} (an admin can set it again; docs/rows.md)",
+        table=first.table,
+        row=first.row,
+        reason=first.reason,
+    )
+
+
+def insert_rows(
+    conn: Connection, auth: RowAuth, table: str, rows: Sequence[Mapping[Any, Any]], seq: int
+) -> None:
+    """Insert rows of ``table`` (every content column given), each stamped with ``seq``
+    (the log entry recording the change, in this transaction) and authenticated."""
+    if not rows:
+        return
+    out = [{**row, "seq": seq, "auth": sign(auth, table, row, seq)} for row in rows]
+    conn.execute(insert(TABLES[table]), out)
+
+
+def update_rows(
+    conn: Connection,
+    auth: RowAuth,
+    table: str,
+    changes: Mapping[str, Mapping[str, Any]],
+    seqs: Mapping[str, int] | int,
+    *,
+    verify: bool = True,
+) -> int:
+    """Change rows of ``table`` (identity -> the columns to set), each re-stamped with
+    its seq (one for all, or per identity) and re-authenticated. ``verify``: a row that
+    fails its authenticator now raises :class:`TamperError` (so a change never launders
+    a forged row); writes that overwrite what matters anyway (a tombstone) pass False.
+    A change may be a function of the current row (e.g. a date cut from it).
+    Returns how many rows were changed (rows that do not exist are skipped)."""
+    if not changes:
+        return 0
+    t = TABLES[table]
+    key = SPECS[table][0][0]
+    current: list[Mapping[Any, Any]] = []
+    ids = list(changes)
+    for start in range(0, len(ids), _CHUNK):
+        part = ids[start : start + _CHUNK]
+        current += [
+            r._mapping
+            for r in conn.execute(
+                select(t).where(t.c[key].in_(bindparam("ids", expanding=True))), {"ids": part}
+            )
+        ]
+    if verify:
+        bad = [b for b in (_bad_now(auth, table, row, key) for row in current) if b is not None]
+        if bad:
+            raise refusal_error(bad)
+    params = []
+    # The same columns for every row of the executemany: the covered ones (the
+    # ciphertext only when it changes) and any other column a change sets.
+    written = [name for name, _k in SPECS[table] if name != "ciphertext"]
+    written += sorted({n for c in changes.values() for n in c} - set(written))
+    for row in current:
+        ident = str(row[key])
+        seq = seqs if isinstance(seqs, int) else seqs[ident]
+        merged = {**row}
+        for name, value in changes[ident].items():
+            merged[name] = value(row) if callable(value) else value
+        values = {name: merged[name] for name in written}
+        values.update(seq=seq, auth=sign(auth, table, merged, seq))
+        params.append({"_id": ident, **{f"v_{k}": v for k, v in values.items()}})
+    if params:
+        names = [k[2:] for k in params[0] if k.startswith("v_")]
+        conn.execute(
+            update(t)
+            .where(t.c[key] == bindparam("_id"))
+            .values({n: bindparam(f"v_{n}") for n in names if n != key}),
+            params,
+        )
+    return len(params)
+
+
+def _bad_now(auth: RowAuth, table: str, row: Mapping[Any, Any], key: str) -> Bad | None:
+    why = _authentic(auth, table, row)
+    return None if why is None else Bad(table, str(row[key]), why)
