@@ -490,7 +490,7 @@ def test_the_cli_exits_5_for_a_tampered_row_and_check_store_reports_it(world: Wo
     report = json.loads(checked.stdout)
     assert report["ok"] is False
     assert report["tampered"] == [{"table": "sv_principals", "row": "audra", "reason": "bad auth"}]
-    assert "error: " in checked.stderr
+    assert json.loads(checked.stderr)["type"] == "TamperError"  # --json: errors as JSON too
 
     offline = shredvault(world, "audit", "verify", "--json", SHREDVAULT_KEYFILE="")
     assert any("check-store" in note for note in json.loads(offline.stdout)["notes"])
