@@ -14,6 +14,7 @@ from .envelope import (
 )
 from .errors import (
     DecryptionError,
+    DiskFaultError,
     InvalidKeyError,
     KeysError,
     KeystoreError,
@@ -21,6 +22,8 @@ from .errors import (
     UnsupportedFormatError,
     WeakParametersError,
     WrongKeyError,
+    disk_fault,
+    disk_fault_message,
 )
 from .kdf import (
     CEILING,
@@ -42,6 +45,7 @@ __all__ = [
     "FLOOR",
     "CustomerKeys",
     "DecryptionError",
+    "DiskFaultError",
     "Envelope",
     "InvalidKeyError",
     "KdfParams",
@@ -58,6 +62,8 @@ __all__ = [
     "aad",
     "dek_aad",
     "derive_root_key",
+    "disk_fault",
+    "disk_fault_message",
     "fingerprint",
     "generate_keyfile",
     "kek_aad",
