@@ -33,6 +33,7 @@ from .kdf import (
     generate_keyfile,
     load_keyfile,
     needs_rehash,
+    normalize_passphrase,
     recommended_params,
 )
 from .keyring import CustomerKeys, KeyRing
@@ -69,6 +70,7 @@ __all__ = [
     "kek_aad",
     "load_keyfile",
     "needs_rehash",
+    "normalize_passphrase",
     "recommended_params",
     "record_aad",
     "signing_seed_aad",

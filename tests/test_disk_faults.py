@@ -176,6 +176,9 @@ def test_files_written_to_a_full_disk_are_refused_whole(tmp_path: Path, small_di
     before = entries(sh)
     filler = fill(small_disk)
 
+    report = small_disk / "report.md"
+    assert_refused(sh("customer", "report", customer, "--out", str(report)), "the disk is full")
+    assert not report.exists()
     archive = small_disk / "vault.svbk"
     assert_refused(sh("backup", "create", str(archive)), "the disk is full")
     export = small_disk / "log.jsonl"
@@ -228,3 +231,33 @@ def test_an_open_vault_keeps_serving_unlogged_reads_on_a_full_disk(
     finally:
         reopened.close()
     assert leftovers(small_disk) == []
+
+
+def test_a_receipt_the_full_disk_refuses_is_printed_instead_and_verifies(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    """A shred cannot be undone: when the disk refuses its receipt the shred stands, the
+    receipt file is not half-written, and the receipt is printed on stdout (exit 1)."""
+    keyfile = tmp_path / "vault.key"
+    generate_keyfile(keyfile)
+    root = tmp_path / "vault"
+    assert make_shell(SHREDVAULT_KEYFILE=str(keyfile))("init", str(root)).returncode == 0
+    sh = make_shell(SHREDVAULT_KEYFILE=str(keyfile), SHREDVAULT_VAULT=str(root))
+    customer = sh("customer", "add").stdout.strip()
+    pubkey = tmp_path / "vault.pub"
+    pubkey.write_text(sh("audit", "pubkey").stdout)
+    filler = fill(small_disk)
+
+    receipt = small_disk / "receipt.json"
+    shred = sh("shred", customer, "--yes", "--reason", "closed account", "--receipt", str(receipt))
+    assert_refused(shred, "the disk is full")
+    assert "shredded, but the receipt could not be written" in shred.stderr
+    assert not receipt.exists() and leftovers(small_disk) == []
+    filler.unlink()
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(json.loads(shred.stdout)[0]))
+    checked = sh("receipt", "verify", str(saved), "--pubkey", str(pubkey))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    shown = sh("customer", "show", customer, "--json")
+    assert json.loads(shown.stdout)["state"] == "shredded"
+    entries(sh)  # the log verifies

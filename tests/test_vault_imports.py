@@ -239,6 +239,7 @@ KEYS_ALL = [
     "kek_aad",
     "load_keyfile",
     "needs_rehash",
+    "normalize_passphrase",
     "recommended_params",
     "record_aad",
     "signing_seed_aad",

@@ -138,15 +138,17 @@ class StorageError(VaultError):
     """The data store or keystore failed (missing, unwritable, mismatched, too new)."""
 
 
-class DiskFaultError(StorageError):
+class DiskFaultError(StorageError, OSError):
     """The disk under the data store, the keystore or a file being written is full
     (``fault == "full"``) or read-only (``fault == "read-only"``). The write failed
     closed: its transaction rolled back, its file never published, so records, keys and
     log entries are as before; what reads can be served without writing still are
-    (docs/files.md). Exit 1, as every StorageError."""
+    (docs/files.md). Exit 1, as every StorageError; also an ``OSError`` (``errno``
+    ENOSPC or EROFS), so code catching the OS's errors keeps working."""
 
     def __init__(self, message: str, *, fault: str) -> None:
         super().__init__(message)
+        self.errno = errno.ENOSPC if fault == "full" else errno.EROFS
         self.fault = fault
 
 
@@ -226,9 +228,6 @@ def keys_errors(
         fault = disk_fault(error, None)
         if fault is None:
             raise
-        where = f"{error.filename}: " if error.filename else ""
-        raise DiskFaultError(
-            f"{doing + ': ' if doing else ''}{where}{disk_fault_message(fault)}; "
-            "nothing was written",
-            fault=fault,
-        ) from None
+        what = f"{error.filename} was not written" if error.filename else "nothing was written"
+        prefix = f"{doing}: " if doing else ""
+        raise DiskFaultError(f"{prefix}{disk_fault_message(fault)}; {what}", fault=fault) from None
