@@ -14,6 +14,7 @@ from .envelope import (
 )
 from .errors import (
     DecryptionError,
+    DiskFaultError,
     InvalidKeyError,
     KeysError,
     KeystoreError,
@@ -21,6 +22,8 @@ from .errors import (
     UnsupportedFormatError,
     WeakParametersError,
     WrongKeyError,
+    disk_fault,
+    disk_fault_message,
 )
 from .kdf import (
     CEILING,
@@ -30,6 +33,7 @@ from .kdf import (
     generate_keyfile,
     load_keyfile,
     needs_rehash,
+    normalize_passphrase,
     recommended_params,
 )
 from .keyring import CustomerKeys, KeyRing
@@ -42,6 +46,7 @@ __all__ = [
     "FLOOR",
     "CustomerKeys",
     "DecryptionError",
+    "DiskFaultError",
     "Envelope",
     "InvalidKeyError",
     "KdfParams",
@@ -58,11 +63,14 @@ __all__ = [
     "aad",
     "dek_aad",
     "derive_root_key",
+    "disk_fault",
+    "disk_fault_message",
     "fingerprint",
     "generate_keyfile",
     "kek_aad",
     "load_keyfile",
     "needs_rehash",
+    "normalize_passphrase",
     "recommended_params",
     "record_aad",
     "signing_seed_aad",

@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import KeystoreError
+from .errors import DiskFaultError, KeystoreError, disk_fault, disk_fault_message
 
 __all__ = [
     "BUSY_TIMEOUT_S",
     "TRUNCATE_DEADLINE_S",
     "connect",
+    "keystore_error",
     "scrub_deleted",
     "truncate_wal",
     "write_transaction",
@@ -56,13 +57,13 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         else:
             own = False
     except sqlite3.OperationalError as exc:
-        raise KeystoreError(f"keystore is busy or unwritable: {exc}") from None
+        raise keystore_error(conn, exc, "keystore is busy or unwritable") from None
     try:
         yield conn
     except sqlite3.DatabaseError as exc:
         if own and conn.in_transaction:
             conn.execute("ROLLBACK")
-        raise KeystoreError(f"keystore write failed: {exc}") from None
+        raise keystore_error(conn, exc, "keystore write failed") from None
     except BaseException:
         if own and conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -73,7 +74,25 @@ def write_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         except sqlite3.OperationalError as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise KeystoreError(f"keystore commit failed: {exc}") from None
+            raise keystore_error(conn, exc, "keystore commit failed") from None
+
+
+def keystore_error(
+    conn: sqlite3.Connection | None, exc: sqlite3.Error, doing: str, path: Path | None = None
+) -> KeystoreError:
+    """The error for an SQLite failure of the keystore: a :class:`DiskFaultError` when
+    the disk is full or read-only (nothing was written), else a :class:`KeystoreError`."""
+    if path is None and conn is not None:
+        try:
+            path = Path(conn.execute("PRAGMA database_list").fetchone()[2])
+        except (sqlite3.Error, TypeError):
+            path = None
+    fault = disk_fault(exc, path)
+    if fault is not None:
+        return DiskFaultError(
+            f"{doing}: {disk_fault_message(fault)} ({exc}); nothing was written", fault=fault
+        )
+    return KeystoreError(f"{doing}: {exc}")
 
 
 def scrub_deleted(conn: sqlite3.Connection, deadline_s: float = TRUNCATE_DEADLINE_S) -> None:

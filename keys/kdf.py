@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ __all__ = [
     "key_check_value",
     "load_keyfile",
     "needs_rehash",
+    "normalize_passphrase",
     "recommended_params",
 ]
 
@@ -157,3 +159,15 @@ def load_keyfile(path: Path) -> SecretBytes:
     if len(data) != KEY_SIZE:
         raise InvalidKeyError(f"keyfile {path} must hold exactly {KEY_SIZE} bytes")
     return SecretBytes(data)
+
+
+def normalize_passphrase(passphrase: bytes) -> bytes:
+    """The passphrase as Argon2id takes it: its UTF-8 text in Unicode NFC, so the same
+    words typed on keyboards that compose accents differently (``é`` as one code point
+    or as ``e`` + combining accent) give the same key. Bytes that are not UTF-8 are
+    taken as they are (docs/keys.md, "Passphrases")."""
+    try:
+        text = bytes(passphrase).decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(passphrase)
+    return unicodedata.normalize("NFC", text).encode("utf-8")

@@ -25,6 +25,7 @@ from .kdf import (
     check_key,
     derive_root_key,
     key_check_value,
+    normalize_passphrase,
     recommended_params,
 )
 from .secret import SecretBytes
@@ -117,7 +118,7 @@ def new_root(
     if passphrase is not None:
         params = params or recommended_params()
         salt = os.urandom(SALT_SIZE)
-        root = derive_root_key(passphrase, salt, params)
+        root = derive_root_key(normalize_passphrase(passphrase), salt, params)
         return NewRoot(root, "passphrase", json.dumps(params.to_dict(), sort_keys=True), salt)
     assert keyfile_key is not None
     return NewRoot(keyfile_key, "keyfile", "", b"")

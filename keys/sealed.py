@@ -34,7 +34,7 @@ from nacl.secret import SecretBox
 
 from .errors import DecryptionError, InvalidKeyError, WrongKeyError
 from .files import check_absent, write_file
-from .kdf import SALT_SIZE, KdfParams, derive_root_key
+from .kdf import SALT_SIZE, KdfParams, derive_root_key, normalize_passphrase
 from .secret import SecretBytes
 
 __all__ = [
@@ -176,7 +176,11 @@ def write_handover_key(
         check_absent(path)
     key = generate_handover_key()
     private_doc = private_key_document(
-        key, passphrase, params or HANDOVER_PARAMS, os.urandom(SALT_SIZE), os.urandom(NONCE_24)
+        key,
+        normalize_passphrase(passphrase),
+        params or HANDOVER_PARAMS,
+        os.urandom(SALT_SIZE),
+        os.urandom(NONCE_24),
     )
     write_file(key_path, dump_key_document(private_doc))
     try:
@@ -276,15 +280,21 @@ def load_handover_key(path: Path, passphrase: bytes) -> HandoverKey:
         public = parse_handover_public_key(document)
     except (KeyError, TypeError, ValueError, AttributeError):
         raise InvalidKeyError(f"{path} is a damaged private key file") from None
-    wrapping = derive_root_key(passphrase, salt, params)  # refuses a weakened header
-    try:
-        raw = SecretBox(wrapping.reveal()).decrypt(sealed)
-    except (CryptoError, ValueError):
-        raise WrongKeyError(
-            "wrong passphrase for the handover key (or an altered key file)"
-        ) from None
-    finally:
-        wrapping.wipe()
+    # New files are sealed under the NFC form; older ones under the bytes as given.
+    normalized = normalize_passphrase(passphrase)
+    forms = [normalized] if normalized == bytes(passphrase) else [normalized, bytes(passphrase)]
+    raw: bytes | None = None
+    for form in forms:
+        wrapping = derive_root_key(form, salt, params)  # refuses a weakened header
+        try:
+            raw = SecretBox(wrapping.reveal()).decrypt(sealed)
+            break
+        except (CryptoError, ValueError):
+            continue
+        finally:
+            wrapping.wipe()
+    if raw is None:
+        raise WrongKeyError("wrong passphrase for the handover key (or an altered key file)")
     key = HandoverKey(PrivateKey(raw))
     if key.public_key != public:
         raise InvalidKeyError(f"{path}: the private key does not match its public key")

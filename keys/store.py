@@ -16,8 +16,15 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .connection import TRUNCATE_DEADLINE_S, connect, scrub_deleted, truncate_wal, write_transaction
-from .errors import KeystoreError, OutputExistsError
+from .connection import (
+    TRUNCATE_DEADLINE_S,
+    connect,
+    keystore_error,
+    scrub_deleted,
+    truncate_wal,
+    write_transaction,
+)
+from .errors import DiskFaultError, KeystoreError, OutputExistsError
 from .files import create_empty
 
 __all__ = ["SCHEMA_VERSION", "DekRow", "KeyStore", "KeystoreHeader"]
@@ -164,6 +171,10 @@ class KeyStore:
         except (sqlite3.DatabaseError, KeyError, ValueError) as exc:
             if conn is not None:
                 conn.close()
+            if isinstance(exc, sqlite3.Error):  # opening writes its WAL index
+                error = keystore_error(None, exc, f"cannot open the keystore {path}", path)
+                if isinstance(error, DiskFaultError):
+                    raise error from None
             raise KeystoreError(f"{path} is not a shredvault keystore ({exc})") from None
         if version > SCHEMA_VERSION:
             conn.close()

@@ -36,7 +36,7 @@ from .checkpoint import (
     parse_checkpoint,
 )
 from .errors import StorageError, VerificationError, keys_errors
-from .inputs import MAX_DOCUMENT_BYTES, malformed, parse_json
+from .inputs import MAX_DOCUMENT_BYTES, malformed, parse_json, read_lines
 from .layout import DATA_FILE, KEYS_FILE
 from .log import LogEntry, iter_entries
 from .store import DataStore, LogHead, meta
@@ -314,7 +314,7 @@ def read_export_entries(
     """Entries of an export from ``since`` as parsed objects with ``hash`` (streaming;
     verify the export first with :func:`verify_export`)."""
     with open(path, "rb") as handle:
-        _header, _cps, entries = _read_export(iter(handle))
+        _header, _cps, entries = _read_export(read_lines(handle, what="the export"))
         for entry in entries:
             if entry.seq >= since:
                 parsed: dict[str, Any] = parse_json(
@@ -344,7 +344,7 @@ def verify_export(
     must end exactly at the header's ``head_seq`` and ``head``."""
     trust = trust_of(public_key, trust_embedded_key=trust_embedded_key, anchored=anchor is not None)
     with open(path, "rb") as handle:
-        header, cps, entries = _read_export(iter(handle))
+        header, cps, entries = _read_export(read_lines(handle, what="the export"))
         if public_key is not None and public_key != header.public_key:
             return VerifyReport().fail(
                 "wrong key", None, "the export names another public key than the trusted one"

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from .access import BUILTIN_ROLES
-from .actor import Actor
+from .actor import ADMIN, Actor
 from .audit import format_public_key
 from .backup import backup_list
 from .canonical import canonical
@@ -56,6 +56,17 @@ def audit_query(
         custom = ctx.data.read(lambda conn: {str(r) for (r,) in conn.execute(select(roles.c.name))})
         # "none": the role logged for a caller that is no principal (a bad token)
         check_known("role", [role], {*BUILTIN_ROLES, "none"} | custom)
+    if actor is not None:
+        # Every name an entry can carry: principals (revoked ones too, and those only the
+        # log still names), the administrator and the system's own actors.
+        named = ctx.data.read(
+            lambda conn: (
+                {str(a) for (a,) in conn.execute(select(log.c.actor).distinct())}
+                | {str(n) for (n,) in conn.execute(select(principals.c.name))}
+            )
+        )
+        if actor not in named | {ADMIN}:
+            check_known("actor", [actor], named | {ADMIN})
     since_ts = normalize_time("since", since)
     until_ts = normalize_time("until", until)
     filters = {

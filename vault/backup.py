@@ -41,7 +41,7 @@ from .archive import (
 from .canonical import canonical
 from .clock import format_ts
 from .context import Refusal, Tx, VaultContext
-from .errors import NotFoundError, StorageError
+from .errors import NotFoundError, StorageError, disk_faults
 from .files import check_absent, create_empty, create_file
 from .inputs import check_backup_id, check_days
 from .keycopies import backup_states, shredded_since
@@ -190,7 +190,8 @@ def _copy_keystore(source: Path, dest: Path) -> None:
     src = sqlite3.connect(source)
     dst = sqlite3.connect(dest)
     try:
-        src.backup(dst)
+        with disk_faults(dest, "backup stopped"):
+            src.backup(dst)
     finally:
         dst.close()
         src.close()
@@ -229,7 +230,8 @@ def _copy_data(
                     reported = now
 
         try:
-            src.backup(dst, pages=_BACKUP_PAGES, progress=pages_done)
+            with disk_faults(dest, "backup stopped"):
+                src.backup(dst, pages=_BACKUP_PAGES, progress=pages_done)
         finally:
             dst.close()
             src.close()

@@ -12,7 +12,7 @@ from . import ids
 from .access import normalize_expiry
 from .actor import Actor
 from .context import Tx, VaultContext
-from .errors import SchemaError
+from .errors import SchemaError, keys_errors
 from .inputs import check_customer_id, check_ref
 from .model import Customer
 from .rowauth import insert_rows, update_rows
@@ -40,7 +40,8 @@ def add_customer(
     actor.authorize("write", "customer.add")
     cid = ids.new_id(ids.CUSTOMER)
     created = ctx.now()
-    tags = ctx.keys.create_customers([cid], created)
+    with keys_errors("cannot add the customer"):
+        tags = ctx.keys.create_customers([cid], created)
     row = {
         "id": cid,
         "ref": ref,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import Iterator
+from pathlib import Path
 
 from ..keys import (
     DecryptionError,
@@ -13,7 +14,10 @@ from ..keys import (
     UnsupportedFormatError,
     WeakParametersError,
     WrongKeyError,
+    disk_fault,
+    disk_fault_message,
 )
+from ..keys import DiskFaultError as KeysDiskFaultError
 from ..keys import OutputExistsError as KeysOutputExistsError
 
 __all__ = [
@@ -21,6 +25,7 @@ __all__ = [
     "AuditChainError",
     "CiphertextTamperError",
     "DecommissionHoldError",
+    "DiskFaultError",
     "HandoverConflictError",
     "LegalHoldError",
     "LogPendingError",
@@ -38,6 +43,8 @@ __all__ = [
     "VaultDecommissionedError",
     "VaultError",
     "VerificationError",
+    "disk_fault_error",
+    "disk_faults",
     "keys_errors",
     "record_ciphertext",
 ]
@@ -172,6 +179,44 @@ class StorageError(VaultError):
     """The data store or keystore failed (missing, unwritable, mismatched, too new)."""
 
 
+class DiskFaultError(StorageError, OSError):
+    """The disk under the data store, the keystore or a file being written is full
+    (``fault == "full"``) or read-only (``fault == "read-only"``). The write failed
+    closed: its transaction rolled back, its file never published, so records, keys and
+    log entries are as before; what reads can be served without writing still are
+    (docs/files.md). Exit 1, as every StorageError; also an ``OSError`` (``errno``
+    ENOSPC or EROFS), so code catching the OS's errors keeps working."""
+
+    def __init__(self, message: str, *, fault: str) -> None:
+        super().__init__(message)
+        self.errno = errno.ENOSPC if fault == "full" else errno.EROFS
+        self.fault = fault
+
+
+def disk_fault_error(
+    error: BaseException, where: str | Path | None, doing: str
+) -> DiskFaultError | None:
+    """A :class:`DiskFaultError` when ``error`` is the disk refusing a write (the keys
+    package's ``disk_fault`` decides), for code that catches driver or OS errors."""
+    fault = disk_fault(error, where)
+    if fault is None:
+        return None
+    return DiskFaultError(f"{doing}: {disk_fault_message(fault)}; nothing was written", fault=fault)
+
+
+@contextlib.contextmanager
+def disk_faults(where: str | Path | None, doing: str) -> Iterator[None]:
+    """Turn a driver's or the OS's error in the block into a :class:`DiskFaultError`
+    when it is the disk refusing a write (others pass through unchanged)."""
+    try:
+        yield
+    except Exception as error:
+        fault = disk_fault_error(error, where, doing)
+        if fault is None:
+            raise
+        raise fault from None
+
+
 class LogPendingError(StorageError):
     """A key change committed in the keystore, but its log entry could not be written
     yet: the change stands (e.g. only the new passphrase or keyfile opens the vault) and
@@ -208,6 +253,10 @@ def keys_errors(
         yield
     except KeysOutputExistsError as error:
         raise OutputExistsError(str(error), path=error.path) from None
+    except KeysDiskFaultError as error:
+        raise DiskFaultError(
+            f"{doing}: {error}" if doing else str(error), fault=error.fault
+        ) from None
     except (WrongKeyError, WeakParametersError) as error:
         raise UnlockError(str(error)) from None
     except InvalidKeyError as error:
@@ -216,3 +265,10 @@ def keys_errors(
         raise bad_key(str(error)) from None
     except KeystoreError as error:
         raise StorageError(f"{doing}: {error}" if doing else str(error)) from None
+    except OSError as error:
+        fault = disk_fault(error, None)
+        if fault is None:
+            raise
+        what = f"{error.filename} was not written" if error.filename else "nothing was written"
+        prefix = f"{doing}: " if doing else ""
+        raise DiskFaultError(f"{prefix}{disk_fault_message(fault)}; {what}", fault=fault) from None

@@ -15,9 +15,9 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from datetime import UTC, date, datetime, time
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import ids
 from .clock import format_ts
@@ -48,6 +48,7 @@ __all__ = [
     "moment_text",
     "parse_json",
     "parse_moment",
+    "read_lines",
     "suggest",
 ]
 
@@ -170,6 +171,28 @@ def parse_json(
     if _SURROGATE_ESCAPE.search(data) and not _valid_text(value):
         raise fail(f"{what} is refused: a string escapes half of a UTF-16 surrogate pair")
     return value
+
+
+def read_lines(
+    handle: BinaryIO,
+    *,
+    what: str,
+    max_bytes: int = MAX_DOCUMENT_BYTES,
+    fail: Callable[[str], Exception] = malformed,
+) -> Iterator[bytes]:
+    """The lines of a file from outside (a log export), each with its newline, read at
+    most ``max_bytes`` + 1 bytes at a time: a line longer than ``max_bytes`` (a file
+    of one endless line) is ``fail(message)`` naming the line's number, not read into
+    memory whole."""
+    number = 0
+    while True:
+        line = handle.readline(max_bytes + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > max_bytes and not (len(line) == max_bytes + 1 and line.endswith(b"\n")):
+            raise fail(f"{what}: line {number} is longer than {max_bytes:,} bytes")
+        yield line
 
 
 #: records in one put_many / get_many

@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from .errors import StorageError, VaultBusyError
+from .errors import StorageError, VaultBusyError, disk_fault_error
 
 __all__ = [
     "AUTH_TABLES",
@@ -363,7 +363,7 @@ class DataStore:
             with self.engine.connect() as conn:
                 return self.engine.dialect.has_table(conn, "sv_meta")
         except exc.SQLAlchemyError as error:
-            raise StorageError(f"cannot reach the data store: {describe_error(error)}") from None
+            raise self._failure(error, "cannot reach the data store") from None
 
     def run(self, work: Callable[[Connection, LogHead], T]) -> T:
         """Run ``work`` in one transaction holding the log-head lock; commit or roll back.
@@ -393,13 +393,13 @@ class DataStore:
                     raise VaultBusyError(
                         "the vault is busy: the log lock was not had in time; nothing was changed"
                     ) from None
-                raise StorageError(f"data store failure: {describe_error(error)}") from None
+                raise self._failure(error) from None
             except exc.IntegrityError as error:
                 if not self.is_sqlite and _pg_retryable(error) and time.monotonic() < deadline:
                     continue
                 raise StorageError(f"data store refused a write: {describe_error(error)}") from None
             except exc.DBAPIError as error:
-                raise StorageError(f"data store failure: {describe_error(error)}") from None
+                raise self._failure(error) from None
         raise VaultBusyError("the vault is busy: too many conflicting writers; nothing was changed")
 
     def read(self, work: Callable[[Connection], T]) -> T:
@@ -411,9 +411,21 @@ class DataStore:
         except exc.OperationalError as error:
             if self.is_sqlite and _is_sqlite_busy(error):
                 raise VaultBusyError("the vault is busy; try again") from None
-            raise StorageError(f"data store failure: {describe_error(error)}") from None
+            raise self._failure(error) from None
         except exc.DBAPIError as error:
-            raise StorageError(f"data store failure: {describe_error(error)}") from None
+            raise self._failure(error) from None
+
+    def _failure(
+        self, error: exc.SQLAlchemyError, doing: str = "data store failure"
+    ) -> StorageError:
+        """The error for a failed transaction: a DiskFaultError when the SQLite file's
+        disk is full or read-only (the transaction rolled back), else a StorageError."""
+        if self.is_sqlite:
+            where = self.engine.url.database
+            fault = disk_fault_error(getattr(error, "orig", error), where, doing)
+            if fault is not None:
+                return fault
+        return StorageError(f"{doing}: {describe_error(error)}")
 
     def _lock_head(self, conn: Connection) -> LogHead:
         stmt = select(log_head.c.seq, log_head.c.hash, log_head.c.ts).where(log_head.c.id == 1)

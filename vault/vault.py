@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from sqlalchemy import select
 
-from ..keys import KdfParams
+from ..keys import KdfParams, normalize_passphrase
 from .access import BUILTIN_ROLES, split_token
 from .actor import ADMIN, Actor, load_role
 from .checkpoint import Checkpoint
@@ -22,6 +22,7 @@ from .context import Refusal, Tx, VaultContext
 from .errors import (
     AccessDeniedError,
     TamperError,
+    UnlockError,
     VaultDecommissionedError,
 )
 from .lifecycle import DECOMMISSIONED
@@ -122,18 +123,37 @@ class Vault:
         anchor: the vault refuses to serve). Nothing is changed when it raises.
         Receipts of shreds a crash interrupted, finished by this open, are in
         :attr:`recovered_receipts`.
+
+        A passphrase is tried in Unicode NFC first; a vault made before passphrases
+        were normalized opens with the bytes as given and is then re-keyed to the NFC
+        form (a logged ``keys.change-passphrase``), after which only that form opens
+        it, however it is typed (docs/keys.md, "Passphrases").
         """
-        return cls(
-            open_context(
+
+        def attempt(secret: bytes | None) -> VaultContext:
+            return open_context(
                 path,
-                passphrase=passphrase,
+                passphrase=secret,
                 keyfile=keyfile,
                 data_url=data_url,
                 clock=clock,
                 checkpoint_interval=checkpoint_interval,
                 busy_timeout=busy_timeout,
             )
-        )
+
+        normalized = None if passphrase is None else normalize_passphrase(passphrase)
+        try:
+            return cls(attempt(normalized))
+        except UnlockError:
+            if passphrase is None or normalized == bytes(passphrase):
+                raise
+        vault = cls(attempt(bytes(passphrase)))  # an older vault: the bytes as given
+        try:
+            vault.admin().change_passphrase(passphrase=normalized)
+        except BaseException:
+            vault.close()
+            raise
+        return vault
 
     def __enter__(self) -> Vault:
         return self
