@@ -57,11 +57,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def fill(disk: Path) -> Path:
     """Write a filler file until the disk refuses (ENOSPC); returns it."""
     filler = disk / "filler"
-    with open(filler, "wb") as out:
+    # Unbuffered: a buffered file would keep the bytes that did not fit and raise
+    # ENOSPC again when closed.
+    with open(filler, "wb", buffering=0) as out:
         try:
             while True:
                 out.write(b"\0" * 65536)
-                out.flush()
         except OSError as error:
             assert error.errno == errno.ENOSPC
     return filler
