@@ -36,7 +36,7 @@ from .checkpoint import (
     parse_checkpoint,
 )
 from .errors import StorageError, VerificationError, keys_errors
-from .inputs import MAX_DOCUMENT_BYTES, malformed, parse_json, read_lines
+from .inputs import MAX_DOCUMENT_BYTES, load_json_document, malformed, parse_json, read_lines
 from .layout import DATA_FILE, KEYS_FILE
 from .log import LogEntry, iter_entries
 from .store import DataStore, LogHead, meta
@@ -85,15 +85,7 @@ def parse_public_key(text: str) -> bytes:
 
 def read_anchor(path: str | os.PathLike[str]) -> Checkpoint:
     """Load a checkpoint an auditor kept (the JSON ``audit checkpoint`` prints)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_DOCUMENT_BYTES + 1)
-    except OSError as error:
-        raise malformed(f"cannot read anchor {path}: {error.strerror}") from None
-    raw = parse_json(data, what=f"anchor {path}", max_bytes=MAX_DOCUMENT_BYTES, fail=malformed)
-    if not isinstance(raw, dict):
-        raise malformed(f"anchor {path} is not a checkpoint (a JSON object)")
-    return checkpoint_from_json(raw)
+    return checkpoint_from_json(load_json_document(path, "anchor"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,9 @@ from .canonical import canonical
 from .checkpoint import Checkpoint, checkpoint_from_json
 from .errors import OutputExistsError, VerificationError
 from .files import write_file
+from .inputs import load_json_document
 from .log import entry_hash
 from .markdown import md_code, md_text
-from .receipt import load_json_document
 from .trust import NO_TRUSTED_KEY, SELF_ASSERTED, no_trusted_key_message, trust_of, verify_typed
 
 __all__ = [

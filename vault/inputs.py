@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sized
 from datetime import UTC, date, datetime, time
@@ -44,6 +45,7 @@ __all__ = [
     "check_record_id",
     "check_ref",
     "check_text",
+    "load_json_document",
     "malformed",
     "moment_text",
     "parse_json",
@@ -335,3 +337,18 @@ def check_backup_id(value: object) -> str:
     if not ids.is_id(value, "bak_"):
         raise NotFoundError("not a backup id (expected bak_ and 26 base32 characters)")
     return value  # type: ignore[return-value]
+
+
+def load_json_document(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """Read a JSON object (a receipt, a certificate) from a file through the input
+    layer's parser (:func:`.inputs.parse_json`); raises VerificationError
+    (``malformed``) if it cannot be read, is over the limits or is not an object."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_DOCUMENT_BYTES + 1)
+    except OSError as error:
+        raise malformed(f"cannot read {what} {path}: {error.strerror}") from None
+    raw = parse_json(data, what=f"{what} {path}", max_bytes=MAX_DOCUMENT_BYTES, fail=malformed)
+    if not isinstance(raw, dict):
+        raise VerificationError(f"a {what} is a JSON object", reason="malformed")
+    return raw

@@ -19,7 +19,7 @@ from .canonical import canonical
 from .checkpoint import checkpoint_from_json
 from .errors import VerificationError
 from .files import write_file
-from .inputs import MAX_DOCUMENT_BYTES, malformed, parse_json
+from .inputs import load_json_document
 from .log import entry_hash
 from .trust import NO_TRUSTED_KEY, PINNED, no_trusted_key_message, trust_of
 
@@ -110,21 +110,6 @@ class ReceiptReport:
             "shredded_at": self.shredded_at,
             "trust": self.trust,
         }
-
-
-def load_json_document(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
-    """Read a JSON object (a receipt, a certificate) from a file through the input
-    layer's parser (:func:`.inputs.parse_json`); raises VerificationError
-    (``malformed``) if it cannot be read, is over the limits or is not an object."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_DOCUMENT_BYTES + 1)
-    except OSError as error:
-        raise malformed(f"cannot read {what} {path}: {error.strerror}") from None
-    raw = parse_json(data, what=f"{what} {path}", max_bytes=MAX_DOCUMENT_BYTES, fail=malformed)
-    if not isinstance(raw, dict):
-        raise VerificationError(f"a {what} is a JSON object", reason="malformed")
-    return raw
 
 
 def load_receipt(path: str | os.PathLike[str]) -> dict[str, Any]:
