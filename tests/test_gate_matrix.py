@@ -358,6 +358,20 @@ case(
     refusal=needs("list"),
 )
 case("list_customers", "customer.list", call=lambda s, g: s.list_customers(), refusal=needs("list"))
+case(
+    "customer_by_ref",
+    "customer.show",
+    prepare=lambda w, shape: {"ref": w.admin.customer(w.admin.add_customer(ref=w.unique("r"))).ref},
+    call=lambda s, g: s.customer_by_ref(g["ref"]),
+    refusal=needs("list"),
+)
+# Off: the shared vault's customers share refs ("gate"), so turning it on is refused.
+case(
+    "set_unique_refs",
+    "customer.refs",
+    call=lambda s, g: s.set_unique_refs(False),
+    refusal=needs("admin"),
+)
 
 
 def _fresh_customer(w: World, shape: str) -> Given:

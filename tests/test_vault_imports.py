@@ -147,6 +147,7 @@ SHREDVAULT_ALL = [
     "Customer",
     "DecommissionHoldError",
     "DecryptionError",
+    "DuplicateRefError",
     "Event",
     "ExpiredCustomers",
     "HandoverCompletion",

@@ -63,6 +63,7 @@ LOG_ACTIONS = frozenset(
         "customer.import",
         "customer.list",
         "customer.reconcile",
+        "customer.refs",
         "customer.release",
         "customer.report",
         "customer.retain",

@@ -74,13 +74,15 @@ class Record:
 @dataclass(frozen=True, slots=True)
 class ExpiredCustomers:
     """Who ``shred_expired`` would shred now (``due``, with each one's retain-until
-    time) and who it would keep because of a legal hold (``held``)."""
+    time) and who it would keep because of a legal hold (``held``); ``refs`` maps each
+    of them that has an application reference to it (refs are not personal data)."""
 
     due: dict[str, str]
     held: dict[str, str]
+    refs: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"due": dict(self.due), "held": dict(self.held)}
+        return {"due": dict(self.due), "held": dict(self.held), "refs": dict(self.refs)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,14 @@ from .backup import BackupInfo, backup_list, create_backup, forget_backup
 from .certificate import Certificate
 from .checkpoint import Checkpoint
 from .context import Tx, load_keyfile_key
-from .customers import add_customer, list_customers, set_hold, show_customer
+from .customers import (
+    add_customer,
+    customer_by_ref,
+    declare_unique_refs,
+    list_customers,
+    set_hold,
+    show_customer,
+)
 from .decommission import decommission
 from .handover_complete import HandoverCompletion, complete_package
 from .handover_export import HandoverExport, export_package
@@ -120,6 +127,19 @@ class Session:
     def customer(self, customer_id: str) -> Customer:
         """A customer's metadata (also for shredded customers). Logged."""
         return show_customer(self._ctx, self._actor, customer_id)
+
+    def customer_by_ref(self, ref: str) -> Customer:
+        """The customer whose application reference is ``ref``; gated and logged like
+        :meth:`customer`. :class:`NotFoundError` when none has it,
+        :class:`DuplicateRefError` when several do (refs not declared unique)."""
+        return customer_by_ref(self._ctx, self._actor, ref)
+
+    def set_unique_refs(self, unique: bool) -> None:
+        """Declare customer refs unique in this vault (or stop): while on, adding a
+        customer with a ref another customer has is refused (:class:`DuplicateRefError`,
+        nothing written), in the database too (a unique index). Turning it on is refused
+        while customers share a ref. Needs ``admin``; logged as ``customer.refs``."""
+        declare_unique_refs(self._ctx, self._actor, unique)
 
     def list_customers(self, *, state: str | None = None) -> list[Customer]:
         """Every customer's metadata (optionally in one state). Logged as one entry."""
