@@ -331,6 +331,27 @@ case(
     refusal=needs("admin"),
     check=_declared_check,
 )
+
+
+def _kind_to_alter(w: World, shape: str) -> Given:
+    kind = w.unique("kind").replace("-", "_")
+    w.admin.declare_kind(kind, fields=["a"], purposes=["service"])
+    return {"kind": kind}
+
+
+def _altered_check(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+    sql = "SELECT spec FROM sv_kinds WHERE name = ?"
+    assert ('"b"' in str(logrows.scalar(world.data_db, sql, given["kind"]))) is not refused
+
+
+case(
+    "alter_kind",
+    "schema.alter",
+    prepare=_kind_to_alter,
+    call=lambda s, g: s.alter_kind(g["kind"], add_fields=["b"]),
+    refusal=needs("admin"),
+    check=_altered_check,
+)
 case("kinds", "schema.list", call=lambda s, g: s.kinds(), refusal=needs("list"))
 case("checkpoint", "audit.checkpoint", call=lambda s, g: s.checkpoint(), refusal=needs("audit"))
 case("check_store", "store.check", call=lambda s, g: s.check_store(), refusal=needs("audit"))

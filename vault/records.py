@@ -23,7 +23,7 @@ from .inputs import check_batch, check_customer_id, check_record_id
 from .log import Event
 from .model import Record
 from .rowauth import record_auth, require, update_rows
-from .schema import check_name, encode_fields
+from .schema import check_name, encode_fields, removed_by_update
 from .sealing import AAD_V, envelope, open_fields, record_version, seal_records
 from .store import records
 
@@ -126,8 +126,10 @@ def update_record(
     *,
     purpose: str,
 ) -> Record:
-    """Merge ``fields`` into a record (a ``None`` value is stored as null) and
-    re-encrypt it under the customer's current key; returns the new record with the
+    """Merge ``fields`` into a record (a ``None`` value is stored as null, except for
+    a field no longer writable — deprecated, or dropped from the kind — which it
+    removes; such fields are otherwise kept as stored) and re-encrypt it under the
+    customer's current key; returns the new record with the
     fields this role may read — only the fields it wrote when it may write but not
     read the record (an update is never a way to read)."""
     check_customer_id(customer_id)
@@ -145,8 +147,13 @@ def update_record(
         keys = ctx.keys.customer_keys([customer_id])
         old = _decrypt(ctx, actor, keys, customer_id, record_id, row, purpose, "record.update")
         spec = ctx.kind(kind)
-        merged = {**old, **fields}
-        plaintext = encode_fields(spec, merged)
+        # Fields no longer writable (deprecated or dropped from the kind) that the record
+        # holds are kept as they are, or removed by setting them to None.
+        removed = removed_by_update(spec, fields, old)
+        written = {k: v for k, v in fields.items() if k not in removed}
+        encode_fields(spec, written)  # what the update writes must be writable
+        merged = {k: v for k, v in {**old, **written}.items() if k not in removed}
+        plaintext = encode_fields(spec, merged, kept=old.keys())
         ck = keys[customer_id]
         env = ck.current
         version = int(row["version"]) + 1
@@ -170,7 +177,7 @@ def update_record(
             )
         )
         may_read = role.denial("read", now=now, kind=kind, purpose=purpose) is None
-        shown = merged if may_read else {name: merged[name] for name in fields}
+        shown = merged if may_read else {k: merged[k] for k in fields if k in merged}
         visible = role.visible(kind, shown)
         return Record(record_id, customer_id, kind, visible, version, str(row["created"]), now)
 

@@ -32,7 +32,7 @@ from .handover_complete import HandoverCompletion, complete_package
 from .handover_export import HandoverExport, export_package
 from .handover_import import HandoverImport, import_package
 from .inputs import check_customer_id
-from .kinds import declare_kind, list_kinds
+from .kinds import alter_kind, declare_kind, list_kinds
 from .log import Event
 from .model import Customer, ExpiredCustomers, Principal, Record, ShredExpiredResult
 from .package import HandoverKey
@@ -85,6 +85,28 @@ class Session:
         Raises :class:`SchemaError` for a bad name (nothing logged) or
         :class:`AccessDeniedError` (logged as denied); either way nothing changes."""
         return declare_kind(self._ctx, self._actor, name, fields=fields, purposes=purposes)
+
+    def alter_kind(
+        self,
+        name: str,
+        *,
+        add_fields: Iterable[str] = (),
+        deprecate_fields: Iterable[str] = (),
+        add_purposes: Iterable[str] = (),
+    ) -> KindSpec:
+        """Evolve a declared kind without rewriting its records: add fields (a
+        deprecated one becomes writable again), deprecate fields (still read, removed
+        by an update setting them to None, never written again), add purposes; returns
+        it. Needs ``admin``; logged as ``schema.alter``. :class:`SchemaError` (nothing
+        changed or logged) for an undeclared kind, an unknown field or no change."""
+        return alter_kind(
+            self._ctx,
+            self._actor,
+            name,
+            add_fields=add_fields,
+            deprecate_fields=deprecate_fields,
+            add_purposes=add_purposes,
+        )
 
     def kinds(self) -> dict[str, KindSpec]:
         """Every declared kind (names, fields, purposes: schema, no personal data).
@@ -406,9 +428,10 @@ class Session:
     def update(
         self, customer_id: str, record_id: str, fields: Mapping[str, Any], *, purpose: str
     ) -> Record:
-        """Merge ``fields`` into a record (a ``None`` value is stored as null) and
-        re-encrypt it under the customer's current key; returns the new record (with
-        the fields this role may see)."""
+        """Merge ``fields`` into a record (a ``None`` value is stored as null; for a
+        deprecated field, or one dropped from the kind, it removes the field, which is
+        otherwise kept as stored) and re-encrypt it under the customer's current key;
+        returns the new record (with the fields this role may see)."""
         return update_record(
             self._ctx, self._actor, customer_id, record_id, fields, purpose=purpose
         )
