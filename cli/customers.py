@@ -10,8 +10,8 @@ import click
 
 from ..vault import Customer
 from .context import open_session, store_options, token_option, unlock_options
-from .output import echo, json_option, print_json, print_pairs, print_table
-from .params import DATE_HELP, ISO_MOMENT, KEY_VALUE, consent_flags
+from .output import echo, json_option, note, print_json, print_pairs, print_table
+from .params import DATE_HELP, ISO_MOMENT, KEY_VALUE, consent_flags, page_options
 
 __all__ = ["customer_group"]
 
@@ -73,18 +73,26 @@ def add_command(
 
 @customer_group.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only customers in this state.")
+@page_options
 @json_option
 @store_options
 @unlock_options
 @token_option
 @click.pass_context
-def list_command(ctx: click.Context, state: str | None, as_json: bool) -> None:
-    """List customers (oldest first)."""
+def list_command(
+    ctx: click.Context, state: str | None, limit: int | None, after: str | None, as_json: bool
+) -> None:
+    """List customers: all, oldest first; or with --limit/--after one page, in id order.
+    With --json and a page: {"customers": [...], "next": CURSOR or null}."""
+    paged = limit is not None or after is not None
     with open_session(ctx) as session:
-        found = session.list_customers(state=state)
+        found = session.list_customers(state=state, limit=limit, after=after)
     if as_json:
-        print_json([c.to_json() for c in found])
+        items = [c.to_json() for c in found]
+        print_json({"customers": items, "next": found.next} if paged else items)
         return
+    if found.next is not None:
+        note(f"more customers: --after {found.next}")
     if not found:
         echo("no customers" + (f" in state {state}" if state else ""))
         return

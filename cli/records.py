@@ -11,8 +11,8 @@ import click
 from ..vault import Record
 from ..vault.inputs import parse_json
 from .context import open_session, store_options, token_option, unlock_options
-from .output import echo, json_option, print_json, print_pairs
-from .params import KEY_VALUE, field_values
+from .output import echo, json_option, note, print_json, print_pairs
+from .params import KEY_VALUE, field_values, page_options
 
 __all__ = ["record_group"]
 
@@ -190,20 +190,35 @@ def get_command(
 @click.argument("customer_id", metavar="CUSTOMER")
 @purpose_option
 @click.option("--kind", metavar="K", help="Only records of this kind.")
+@page_options
 @json_option
 @store_options
 @unlock_options
 @token_option
 @click.pass_context
 def list_command(
-    ctx: click.Context, customer_id: str, purpose: str, kind: str | None, as_json: bool
+    ctx: click.Context,
+    customer_id: str,
+    purpose: str,
+    kind: str | None,
+    limit: int | None,
+    after: str | None,
+    as_json: bool,
 ) -> None:
-    """Print every record of CUSTOMER usable for the purpose (each read is logged)."""
+    """Print every record of CUSTOMER usable for the purpose, oldest first (each read is
+    logged), or one page with --limit/--after. With --json and a page:
+    {"records": [...], "next": CURSOR or null}."""
+    paged = limit is not None or after is not None
     with open_session(ctx) as session:
-        found = session.list_records(customer_id, purpose=purpose, kind=kind)
+        found = session.list_records(
+            customer_id, purpose=purpose, kind=kind, limit=limit, after=after
+        )
     if as_json:
-        print_json([r.to_json() for r in found])
+        items = [r.to_json() for r in found]
+        print_json({"records": items, "next": found.next} if paged else items)
         return
+    if found.next is not None:
+        note(f"more records: --after {found.next}")
     if not found:
         echo(f"no records usable for purpose {purpose}")
     for i, record in enumerate(found):

@@ -166,6 +166,7 @@ SHREDVAULT_ALL = [
     "NoTrustedKeyError",
     "NotFoundError",
     "OutputExistsError",
+    "Page",
     "Principal",
     "PurposeError",
     "Receipt",

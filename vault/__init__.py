@@ -47,7 +47,7 @@ from .handover_export import HandoverExport
 from .handover_import import HandoverImport
 from .log import Event
 from .markdown import render_markdown
-from .model import Customer, ExpiredCustomers, Principal, Record, ShredExpiredResult
+from .model import Customer, ExpiredCustomers, Page, Principal, Record, ShredExpiredResult
 from .package import (
     HandoverKey,
     handover_keygen,
@@ -98,6 +98,7 @@ __all__ = [
     "NoTrustedKeyError",
     "NotFoundError",
     "OutputExistsError",
+    "Page",
     "Principal",
     "PurposeError",
     "Receipt",

@@ -13,8 +13,8 @@ from .access import normalize_expiry
 from .actor import Actor
 from .context import Refusal, Tx, VaultContext
 from .errors import DuplicateRefError, NotFoundError, SchemaError
-from .inputs import check_customer_id, check_ref
-from .model import Customer
+from .inputs import check_customer_id, check_limit, check_ref, decode_cursor, encode_cursor
+from .model import Customer, Page
 from .rowauth import insert_rows, update_rows
 from .schema import check_name
 from .store import customers, set_unique_refs, unique_refs
@@ -172,19 +172,44 @@ def declare_unique_refs(ctx: VaultContext, actor: Actor, unique: bool) -> None:
     ctx.transact(work)
 
 
-def list_customers(ctx: VaultContext, actor: Actor, *, state: str | None = None) -> list[Customer]:
-    """Every customer's metadata (optionally in one state). Logged as one entry."""
-    stmt = select(customers).order_by(customers.c.created, customers.c.id)
+def list_customers(
+    ctx: VaultContext,
+    actor: Actor,
+    *,
+    state: str | None = None,
+    limit: int | None = None,
+    after: str | None = None,
+) -> Page[Customer]:
+    """Customers' metadata (optionally in one state), logged as one entry. Without
+    ``limit`` or ``after``: all of them, oldest first. With them: a page of at most
+    ``limit`` in id order after the cursor ``after``, read by keyset on the primary key
+    (its cost follows the page, not the vault); ``Page.next`` continues it."""
+    size = check_limit(limit)
+    paged = size is not None or after is not None
+    if paged:
+        stmt = select(customers).order_by(customers.c.id)
+        if after is not None:
+            (last,) = decode_cursor(after, (str,))
+            stmt = stmt.where(customers.c.id > last)
+        if size is not None:
+            stmt = stmt.limit(size + 1)
+    else:
+        stmt = select(customers).order_by(customers.c.created, customers.c.id)
     if state is not None:
         stmt = stmt.where(customers.c.state == state)
 
-    def work(tx: Tx) -> list[Customer]:
+    def work(tx: Tx) -> Page[Customer]:
         actor.gate(tx.conn, "list", "customer.list")
         rows = [r._mapping for r in tx.conn.execute(stmt)]
+        more = size is not None and len(rows) > size
+        rows = rows[:size] if size is not None else rows
         actor.check_customers(tx.conn, rows, "customer.list")
         out = [customer_row(r) for r in rows]
-        tx.log(actor.event("customer.list", detail={"count": len(out)}))
-        return out
+        detail: dict[str, object] = {"count": len(out)}
+        if paged:
+            detail["page"] = True
+        tx.log(actor.event("customer.list", detail=detail))
+        return Page(out, encode_cursor(out[-1].id) if more else None)
 
     return ctx.transact(work)
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .receipt import Receipt
 from .schema import FieldValue
 
-__all__ = ["Customer", "ExpiredCustomers", "Principal", "Record", "ShredExpiredResult"]
+__all__ = ["Customer", "ExpiredCustomers", "Page", "Principal", "Record", "ShredExpiredResult"]
+
+T = TypeVar("T")
+
+
+class Page(list[T]):
+    """A list of results and ``next``, the cursor to pass as ``after`` for the next
+    page (None: this was the last page, or no ``limit`` was given)."""
+
+    def __init__(self, items: Iterable[T] = (), next: str | None = None) -> None:
+        super().__init__(items)
+        self.next = next
 
 
 @dataclass(frozen=True, slots=True)

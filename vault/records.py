@@ -12,16 +12,23 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import RowMapping, bindparam, delete, select
+from sqlalchemy import RowMapping, bindparam, delete, select, tuple_
 
 from ..keys import CustomerKeys
 from . import ids
 from .actor import Actor, subject_tag
 from .context import Tx, VaultContext
 from .errors import TamperError, record_ciphertext
-from .inputs import check_batch, check_customer_id, check_record_id
+from .inputs import (
+    check_batch,
+    check_customer_id,
+    check_limit,
+    check_record_id,
+    decode_cursor,
+    encode_cursor,
+)
 from .log import Event
-from .model import Record
+from .model import Page, Record
 from .rowauth import record_auth, require, update_rows
 from .schema import check_name, encode_fields, removed_by_update
 from .sealing import AAD_V, envelope, open_fields, record_version, seal_records
@@ -226,16 +233,27 @@ def get_many(
 
 
 def list_records(
-    ctx: VaultContext, actor: Actor, customer_id: str, *, purpose: str, kind: str | None = None
-) -> list[Record]:
+    ctx: VaultContext,
+    actor: Actor,
+    customer_id: str,
+    *,
+    purpose: str,
+    kind: str | None = None,
+    limit: int | None = None,
+    after: str | None = None,
+) -> Page[Record]:
     """Every record of a customer that may be used for ``purpose`` (optionally of one
-    kind), oldest first; one log entry per record returned (one if none)."""
+    kind), oldest first; one log entry per record returned (one if none). With
+    ``limit``/``after``: at most ``limit`` of them after the cursor ``after``, and
+    ``Page.next`` continues (only the page is decrypted and logged)."""
     check_customer_id(customer_id)
     check_name("purpose", purpose)
+    size = check_limit(limit)
+    last = None if after is None else decode_cursor(after, (str, str))
     if kind is not None:
         ctx.kind(kind)  # SchemaError for an undeclared kind
 
-    def work(tx: Tx) -> list[Record]:
+    def work(tx: Tx) -> Page[Record]:
         subject = ctx.subject_of(customer_id)
         if kind is None and not any(purpose in k.purposes for k in ctx.kinds().values()):
             raise actor.purpose_refusal(purpose, "record.list", subject)
@@ -243,21 +261,30 @@ def list_records(
             tx.conn, "read", "record.list", kind=kind, purpose=purpose, subject=subject
         )
         actor.customer_states(tx.conn, [customer_id], "record.list", purpose)
-        stmt = select(records.c.id, records.c.kind).where(records.c.customer_id == customer_id)
+        stmt = select(records.c.id, records.c.kind, records.c.created).where(
+            records.c.customer_id == customer_id
+        )
         if kind is not None:
             stmt = stmt.where(records.c.kind == kind)
+        if last is not None:
+            stmt = stmt.where(tuple_(records.c.created, records.c.id) > tuple_(*last))
         rows = tx.conn.execute(stmt.order_by(records.c.created, records.c.id)).all()
         usable = [
-            (customer_id, str(r.id))
+            r
             for r in rows
             if purpose in ctx.kind(r.kind).purposes
             and role.denial("read", now="", kind=r.kind, purpose=purpose) is None
         ]
+        more = size is not None and len(usable) > size
+        usable = usable[:size] if size is not None else usable
         if not usable:
             tag = ctx.subject_of(customer_id)
             tx.log(actor.event("record.list", subject=tag, purpose=purpose, detail={"count": 0}))
-            return []
-        return _read_records(ctx, actor, tx, usable, purpose, "record.list")
+            return Page()
+        pairs = [(customer_id, str(r.id)) for r in usable]
+        found = _read_records(ctx, actor, tx, pairs, purpose, "record.list")
+        tail = usable[-1]
+        return Page(found, encode_cursor(str(tail.created), str(tail.id)) if more else None)
 
     return ctx.transact(work)
 

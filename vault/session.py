@@ -34,7 +34,7 @@ from .handover_import import HandoverImport, import_package
 from .inputs import check_customer_id
 from .kinds import alter_kind, declare_kind, list_kinds
 from .log import Event
-from .model import Customer, ExpiredCustomers, Principal, Record, ShredExpiredResult
+from .model import Customer, ExpiredCustomers, Page, Principal, Record, ShredExpiredResult
 from .package import HandoverKey
 from .principals import add_principal, add_role, list_principals, list_roles, revoke_principal
 from .receipt import Receipt
@@ -163,9 +163,13 @@ class Session:
         while customers share a ref. Needs ``admin``; logged as ``customer.refs``."""
         declare_unique_refs(self._ctx, self._actor, unique)
 
-    def list_customers(self, *, state: str | None = None) -> list[Customer]:
-        """Every customer's metadata (optionally in one state). Logged as one entry."""
-        return list_customers(self._ctx, self._actor, state=state)
+    def list_customers(
+        self, *, state: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> Page[Customer]:
+        """Customers' metadata (optionally in one state), logged as one entry: all of
+        them, oldest first, or with ``limit``/``after`` one page in id order whose
+        ``next`` is the cursor for the following page (None after the last)."""
+        return list_customers(self._ctx, self._actor, state=state, limit=limit, after=after)
 
     def hold(self, customer_id: str) -> None:
         """Put a customer under legal hold: it cannot be shredded until released."""
@@ -291,10 +295,14 @@ class Session:
         the receipt does not verify against this vault. Admin or a role with export."""
         return customer_report_from_receipt(self._ctx, self._actor, receipt)
 
-    def audit_query(self, **filters: str | None) -> dict[str, Any]:
+    def audit_query(
+        self, *, limit: int | None = None, after: str | None = None, **filters: str | None
+    ) -> dict[str, Any]:
         """Which customers and records were touched (actor, role, action, outcome,
-        since, until): the breach-scope question. Ids only, never plaintext."""
-        return audit_query(self._ctx, self._actor, **filters)
+        since, until): the breach-scope question. Ids only, never plaintext. With
+        ``limit``, at most that many entries after the cursor ``after``; the result's
+        ``next`` continues."""
+        return audit_query(self._ctx, self._actor, limit=limit, after=after, **filters)
 
     def audit_report(self) -> dict[str, Any]:
         """The inspector's one-page report (see :func:`.audit_reports.audit_report`)."""
@@ -451,8 +459,23 @@ class Session:
         return get_many(self._ctx, self._actor, pairs, purpose=purpose)
 
     def list_records(
-        self, customer_id: str, *, purpose: str, kind: str | None = None
-    ) -> list[Record]:
+        self,
+        customer_id: str,
+        *,
+        purpose: str,
+        kind: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Page[Record]:
         """Every record of a customer that may be used for ``purpose`` (optionally of one
-        kind), oldest first; one log entry per record returned (one if none)."""
-        return list_records(self._ctx, self._actor, customer_id, purpose=purpose, kind=kind)
+        kind), oldest first; one log entry per record returned (one if none). With
+        ``limit``/``after`` one page; its ``next`` is the cursor for the following one."""
+        return list_records(
+            self._ctx,
+            self._actor,
+            customer_id,
+            purpose=purpose,
+            kind=kind,
+            limit=limit,
+            after=after,
+        )
