@@ -24,6 +24,7 @@ from shredvault.vault import (
     Role,
     SchemaError,
     Vault,
+    restore_backup,
 )
 
 REF = "crm-43"
@@ -282,3 +283,25 @@ def test_cli_unique_refs_show_by_ref_and_dry_run(
     assert ambiguous.returncode == 1 and "more than one customer" in ambiguous.stderr
     assert cli("customer", "refs", env=env).returncode == 2
     assert "--unique / --not-unique" in cli("customer", "refs", "--help", env=env).stdout
+
+
+def test_a_backup_and_restore_keep_unique_refs_enforced(
+    vault: Vault, backend: str | None, keyfile: Path, tmp_path: Path, pg_schemas: Any
+) -> None:
+    s = vault.admin()
+    cid = s.add_customer(ref=REF)
+    archive = tmp_path / "backup.tar"
+    s.backup(str(archive))
+    target_url = pg_schemas() if backend else None
+    restore_backup(
+        archive,
+        tmp_path / "restored",
+        keyfile=keyfile,
+        data_url=target_url,
+        accept_unreplayed_window=True,
+    )
+    with Vault.open(tmp_path / "restored", keyfile=keyfile, data_url=target_url) as back:
+        assert ref_index_exists(back, target_url)
+        assert back.admin().customer_by_ref(REF).id == cid
+        with pytest.raises(DuplicateRefError):
+            back.admin().add_customer(ref=REF)

@@ -52,6 +52,7 @@ __all__ = [
     "backups",
     "checkpoints",
     "customers",
+    "ensure_ref_index",
     "handover_imports",
     "kinds",
     "log",
@@ -460,6 +461,13 @@ def set_unique_refs(conn: Connection, unique: bool) -> None:
         conn.execute(insert(meta).values(k=UNIQUE_REFS_KEY, v="1"))
     else:
         conn.exec_driver_sql(f"DROP INDEX IF EXISTS {REF_INDEX}")
+
+
+def ensure_ref_index(conn: Connection) -> None:
+    """Rebuild the unique-refs index where a copy of the tables lost it (a backup
+    snapshot or a restore made table by table from :data:`metadata`)."""
+    if unique_refs(conn):
+        conn.exec_driver_sql(f"CREATE UNIQUE INDEX IF NOT EXISTS {REF_INDEX} ON sv_customers (ref)")
 
 
 def _sqlite_discipline(engine: Engine) -> None:
