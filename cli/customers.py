@@ -10,8 +10,8 @@ import click
 
 from ..vault import Customer
 from .context import open_session, store_options, token_option, unlock_options
-from .output import echo, json_option, print_json, print_pairs, print_table
-from .params import DATE_HELP, ISO_MOMENT, KEY_VALUE, consent_flags
+from .output import echo, json_option, note, print_json, print_pairs, print_table
+from .params import DATE_HELP, ISO_MOMENT, KEY_VALUE, consent_flags, page_options
 
 __all__ = ["customer_group"]
 
@@ -73,18 +73,26 @@ def add_command(
 
 @customer_group.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only customers in this state.")
+@page_options
 @json_option
 @store_options
 @unlock_options
 @token_option
 @click.pass_context
-def list_command(ctx: click.Context, state: str | None, as_json: bool) -> None:
-    """List customers (oldest first)."""
+def list_command(
+    ctx: click.Context, state: str | None, limit: int | None, after: str | None, as_json: bool
+) -> None:
+    """List customers: all, oldest first; or with --limit/--after one page, in id order.
+    With --json and a page: {"customers": [...], "next": CURSOR or null}."""
+    paged = limit is not None or after is not None
     with open_session(ctx) as session:
-        found = session.list_customers(state=state)
+        found = session.list_customers(state=state, limit=limit, after=after)
     if as_json:
-        print_json([c.to_json() for c in found])
+        items = [c.to_json() for c in found]
+        print_json({"customers": items, "next": found.next} if paged else items)
         return
+    if found.next is not None:
+        note(f"more customers: --after {found.next}")
     if not found:
         echo("no customers" + (f" in state {state}" if state else ""))
         return
@@ -106,16 +114,30 @@ def list_command(ctx: click.Context, state: str | None, as_json: bool) -> None:
 
 
 @customer_group.command("show")
-@click.argument("customer_id", metavar="ID")
+@click.argument("customer_id", metavar="ID", required=False)
+@click.option(
+    "--ref",
+    metavar="R",
+    help="Find the customer by its application reference instead of its id.",
+)
 @json_option
 @store_options
 @unlock_options
 @token_option
 @click.pass_context
-def show_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
-    """Show one customer's metadata (also for a shredded customer)."""
+def show_command(
+    ctx: click.Context, customer_id: str | None, ref: str | None, as_json: bool
+) -> None:
+    """Show one customer's metadata (also for a shredded customer), by ID or by --ref.
+    Exits 4 when there is no such customer."""
+    if (customer_id is None) == (ref is None):
+        raise click.UsageError("give a customer ID or --ref, not both")
     with open_session(ctx) as session:
-        customer = session.customer(customer_id)
+        if ref is not None:
+            customer = session.customer_by_ref(ref)
+        else:
+            assert customer_id is not None
+            customer = session.customer(customer_id)
     if as_json:
         print_json(customer.to_json())
         return
@@ -131,6 +153,31 @@ def show_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
             ("shredded", customer.shredded),
         ]
     )
+
+
+@customer_group.command("refs")
+@click.option(
+    "--unique/--not-unique",
+    "unique",
+    default=None,
+    help="Declare refs unique (refused while customers share a ref) or stop.",
+)
+@json_option
+@store_options
+@unlock_options
+@token_option
+@click.pass_context
+def refs_command(ctx: click.Context, unique: bool | None, as_json: bool) -> None:
+    """Declare whether customer refs are unique in this vault (needs admin). While they
+    are, adding a customer with a ref another customer has is refused."""
+    if unique is None:
+        raise click.UsageError("give --unique or --not-unique")
+    with open_session(ctx) as session:
+        session.set_unique_refs(unique)
+    if as_json:
+        print_json({"unique_refs": unique})
+    else:
+        echo("customer refs are " + ("unique" if unique else "not unique") + " in this vault")
 
 
 @customer_group.command("retain")

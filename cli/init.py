@@ -33,12 +33,18 @@ def _new_keyfile(path: Path, vault_dir: Path) -> Credential:
     type=NewFile("a keyfile"),
     help="Generate a new 32-byte keyfile at PATH (mode 0600) and use it instead of a passphrase.",
 )
+@click.option(
+    "--unique-refs",
+    is_flag=True,
+    help="Declare customer refs unique: a second customer with the same ref is refused "
+    "(change it later with 'customer refs').",
+)
 @json_option
 @data_url_option
 @unlock_options
 @click.pass_context
 def init_command(
-    ctx: click.Context, directory: Path, new_keyfile: Path | None, as_json: bool
+    ctx: click.Context, directory: Path, new_keyfile: Path | None, unique_refs: bool, as_json: bool
 ) -> None:
     """Create a vault in DIR (new or empty).
 
@@ -54,7 +60,9 @@ def init_command(
     else:
         credential = resolve_credential(settings, confirm=True)
     try:
-        vault = Vault.create(directory, data_url=settings.data_url, **credential.kwargs())
+        vault = Vault.create(
+            directory, data_url=settings.data_url, unique_refs=unique_refs, **credential.kwargs()
+        )
     except BaseException:
         if new_keyfile is not None:
             new_keyfile.unlink(missing_ok=True)  # a key to no vault is only a liability
@@ -67,6 +75,7 @@ def init_command(
             "data": "external" if settings.data_url else "sqlite",
             "unlock": "keyfile" if credential.keyfile is not None else "passphrase",
             "keyfile": str(credential.keyfile) if credential.keyfile is not None else None,
+            "unique_refs": unique_refs,
         }
     if as_json:
         print_json(summary)
@@ -78,6 +87,7 @@ def init_command(
                 ("public key", summary["public_key"]),
                 ("data", "PostgreSQL (--data-url)" if settings.data_url else "data.db"),
                 ("unlock", summary["unlock"]),
+                ("unique refs", "yes" if unique_refs else "no"),
             ]
         )
     if new_keyfile is not None:

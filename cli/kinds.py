@@ -1,4 +1,4 @@
-"""``kind declare|list``: the record kinds the vault may hold (minimal collection)."""
+"""``kind declare|alter|list``: the record kinds the vault may hold (minimal collection)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,65 @@ def declare_command(
         )
 
 
+@kind_group.command("alter")
+@click.argument("name")
+@click.option(
+    "--add-fields",
+    "add_fields",
+    multiple=True,
+    metavar="A,B,...",
+    help="Fields to add (a deprecated field becomes writable again; comma-separated).",
+)
+@click.option(
+    "--deprecate-fields",
+    "deprecate_fields",
+    multiple=True,
+    metavar="A,B,...",
+    help="Fields to deprecate: still read, removed by an update setting them to null, "
+    "no longer written (comma-separated).",
+)
+@click.option(
+    "--add-purposes",
+    "add_purposes",
+    multiple=True,
+    metavar="X,Y,...",
+    help="Purposes to add (comma-separated).",
+)
+@json_option
+@store_options
+@unlock_options
+@token_option
+@click.pass_context
+def alter_command(
+    ctx: click.Context,
+    name: str,
+    add_fields: tuple[str, ...],
+    deprecate_fields: tuple[str, ...],
+    add_purposes: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Evolve kind NAME without rewriting its records (admin; logged as schema.alter)."""
+    adds, drops, purposes = (
+        comma_list(add_fields),
+        comma_list(deprecate_fields),
+        comma_list(add_purposes),
+    )
+    if not (adds or drops or purposes):
+        raise click.UsageError("give --add-fields, --deprecate-fields or --add-purposes")
+    with open_session(ctx) as session:
+        spec = session.alter_kind(
+            name, add_fields=adds, deprecate_fields=drops, add_purposes=purposes
+        )
+    if as_json:
+        print_json(_spec_json(spec))
+    else:
+        deprecated = f"; deprecated {', '.join(sorted(spec.deprecated))}" if spec.deprecated else ""
+        click.echo(
+            f"altered kind {spec.name}: fields {', '.join(sorted(spec.writable))}{deprecated}; "
+            f"purposes {', '.join(sorted(spec.purposes))}"
+        )
+
+
 @kind_group.command("list")
 @json_option
 @store_options
@@ -79,6 +138,14 @@ def list_command(ctx: click.Context, as_json: bool) -> None:
         click.echo("no kinds declared (add one with: shredvault kind declare)")
     else:
         print_table(
-            ["KIND", "FIELDS", "PURPOSES"],
-            [[s.name, ",".join(sorted(s.fields)), ",".join(sorted(s.purposes))] for s in specs],
+            ["KIND", "FIELDS", "PURPOSES", "DEPRECATED"],
+            [
+                [
+                    s.name,
+                    ",".join(sorted(s.writable)),
+                    ",".join(sorted(s.purposes)),
+                    ",".join(sorted(s.deprecated)) or None,
+                ]
+                for s in specs
+            ],
         )

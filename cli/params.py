@@ -7,14 +7,14 @@ Error messages name the option, never the value given: a value may be personal d
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 
 import click
 
 from ..vault import SchemaError
-from ..vault.inputs import MOMENT_HELP, check_days, parse_moment
+from ..vault.inputs import MAX_PAGE, MOMENT_HELP, check_days, parse_moment
 
 __all__ = [
     "DATE_HELP",
@@ -30,6 +30,7 @@ __all__ = [
     "consent_flags",
     "field_values",
     "file_or_stdout",
+    "page_options",
     "refuse_existing",
 ]
 
@@ -198,3 +199,19 @@ def check_new_keyfile(path: Path, vault_dir: Path) -> Path:
         )
     refuse_existing(path, "--new-keyfile")
     return path
+
+
+def page_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--limit N`` and ``--after CURSOR``: one page of a listing (keyset, not
+    OFFSET). The next page's cursor is printed on stderr, or as ``next`` with --json."""
+    command = click.option(
+        "--after",
+        metavar="CURSOR",
+        help="Continue after this cursor (printed by the previous page).",
+    )(command)
+    return click.option(
+        "--limit",
+        type=click.IntRange(1, MAX_PAGE),
+        metavar="N",
+        help=f"At most N items (1-{MAX_PAGE}); prints a cursor for the next page.",
+    )(command)

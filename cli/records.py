@@ -1,4 +1,5 @@
-"""``record put|get|list|delete``: encrypted records, each access with a purpose and logged."""
+"""``record put|update|get|list|delete``: encrypted records, each access with a purpose
+and logged."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import click
 from ..vault import Record
 from ..vault.inputs import parse_json
 from .context import open_session, store_options, token_option, unlock_options
-from .output import echo, json_option, print_json, print_pairs
-from .params import KEY_VALUE, field_values
+from .output import echo, json_option, note, print_json, print_pairs
+from .params import KEY_VALUE, field_values, page_options
 
 __all__ = ["record_group"]
 
@@ -100,6 +101,70 @@ def put_command(
         echo(record_id)
 
 
+@record_group.command("update")
+@click.argument("customer_id", metavar="CUSTOMER")
+@click.argument("record_id", metavar="RECORD")
+@click.argument("source", metavar="[-]", required=False)
+@purpose_option
+@click.option(
+    "--field",
+    "field_pairs",
+    multiple=True,
+    type=KEY_VALUE,
+    help="A new field value (a string; repeatable). Wins over the same field from stdin.",
+)
+@click.option(
+    "--remove",
+    "removed",
+    multiple=True,
+    metavar="NAME",
+    help="Set a field to null; a deprecated or dropped field is removed (repeatable).",
+)
+@click.option(
+    "--stdin", "from_stdin", is_flag=True, help="Read a JSON object of fields from stdin (or -)."
+)
+@json_option
+@store_options
+@unlock_options
+@token_option
+@click.pass_context
+def update_command(
+    ctx: click.Context,
+    customer_id: str,
+    record_id: str,
+    source: str | None,
+    purpose: str,
+    field_pairs: tuple[tuple[str, str], ...],
+    removed: tuple[str, ...],
+    from_stdin: bool,
+    as_json: bool,
+) -> None:
+    """Merge fields into RECORD of CUSTOMER (a new version, re-encrypted) and print it.
+
+    Fields come from --field NAME=VALUE, --remove NAME (null) and/or a JSON object on
+    stdin (give - or --stdin); the others keep their values. Prints only what this
+    role may read.
+    """
+    if source is not None and source != "-":
+        raise click.BadParameter("only - (read stdin) may follow RECORD", param_hint="'[-]'")
+    fields: dict[str, Any] = _read_stdin_object() if from_stdin or source == "-" else {}
+    fields.update(field_values(field_pairs, "--field"))
+    for name in removed:
+        if name in fields:
+            raise click.BadParameter(f"{name!r} is also given a value", param_hint="'--remove'")
+        fields[name] = None
+    if not fields:
+        raise click.UsageError(
+            "no fields: give --field NAME=VALUE, --remove NAME or a JSON object on stdin (-)"
+        )
+    with open_session(ctx) as session:
+        record = session.update(customer_id, record_id, fields, purpose=purpose)
+    if as_json:
+        print_json(record.to_json())
+    else:
+        _print_record(record)
+
+
 @record_group.command("get")
 @click.argument("customer_id", metavar="CUSTOMER")
 @click.argument("record_id", metavar="RECORD")
@@ -125,20 +190,35 @@ def get_command(
 @click.argument("customer_id", metavar="CUSTOMER")
 @purpose_option
 @click.option("--kind", metavar="K", help="Only records of this kind.")
+@page_options
 @json_option
 @store_options
 @unlock_options
 @token_option
 @click.pass_context
 def list_command(
-    ctx: click.Context, customer_id: str, purpose: str, kind: str | None, as_json: bool
+    ctx: click.Context,
+    customer_id: str,
+    purpose: str,
+    kind: str | None,
+    limit: int | None,
+    after: str | None,
+    as_json: bool,
 ) -> None:
-    """Print every record of CUSTOMER usable for the purpose (each read is logged)."""
+    """Print every record of CUSTOMER usable for the purpose, oldest first (each read is
+    logged), or one page with --limit/--after. With --json and a page:
+    {"records": [...], "next": CURSOR or null}."""
+    paged = limit is not None or after is not None
     with open_session(ctx) as session:
-        found = session.list_records(customer_id, purpose=purpose, kind=kind)
+        found = session.list_records(
+            customer_id, purpose=purpose, kind=kind, limit=limit, after=after
+        )
     if as_json:
-        print_json([r.to_json() for r in found])
+        items = [r.to_json() for r in found]
+        print_json({"records": items, "next": found.next} if paged else items)
         return
+    if found.next is not None:
+        note(f"more records: --after {found.next}")
     if not found:
         echo(f"no records usable for purpose {purpose}")
     for i, record in enumerate(found):

@@ -13,7 +13,7 @@ from .audit import audit_group
 from .context import open_session, store_options, token_option, unlock_options
 from .customers import customer_group
 from .output import note, print_json, print_pairs, print_table
-from .params import DATE_HELP, OUTPUT_FILE, file_or_stdout, refuse_existing
+from .params import DATE_HELP, OUTPUT_FILE, file_or_stdout, page_options, refuse_existing
 
 
 def _deliver(report: dict[str, Any], fmt: str, out: Path | None) -> None:
@@ -132,6 +132,7 @@ _IDS_PER_LINE = 3
     callback=_check_time,
     help=f"Up to then (exclusive): {DATE_HELP}.",
 )
+@page_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @store_options
 @unlock_options
@@ -145,18 +146,31 @@ def query_command(
     outcome: str | None,
     since: str | None,
     until: str | None,
+    limit: int | None,
+    after: str | None,
     as_json: bool,
 ) -> None:
     """Which customers and records were touched, by whom, in a window: the
-    breach-scope question. Ids and counts only, never record contents."""
+    breach-scope question. Ids and counts only, never record contents. --limit takes
+    that many matching entries (after --after); "next" continues."""
     with open_session(ctx) as session:
         result = session.audit_query(
-            actor=actor, role=role, action=action, outcome=outcome, since=since, until=until
+            actor=actor,
+            role=role,
+            action=action,
+            outcome=outcome,
+            since=since,
+            until=until,
+            limit=limit,
+            after=after,
         )
     if as_json:
         print_json(result)
         return
-    if result["truncated"]:
+    if limit is not None:
+        if result["next"] is not None:
+            note(f"more entries: --after {result['next']}")
+    elif result["truncated"]:
         warning = (
             f"WARNING: truncated: the query stopped at {result['entries']:,} entries "
             f"(seq {result['first_seq']}-{result['last_seq']}); later matching entries "

@@ -20,7 +20,7 @@ from .confirm import confirm_or_stop, yes_option
 from .context import open_session, store_options, token_option, unlock_options
 from .exit_codes import CommandError, describe
 from .meter import Meter
-from .output import json_option, note, print_json, print_pairs
+from .output import echo, json_option, note, print_json, print_pairs, printable
 from .params import OUTPUT_FILE, file_or_stdout, refuse_existing
 
 __all__ = ["compact_command", "shred_command"]
@@ -198,11 +198,15 @@ def _preview_expired(ctx: click.Context, as_json: bool) -> None:
         return
     click.echo(f"would shred {len(preview.due)} customer(s) past retention (dry run):")
     for cid, until in preview.due.items():
-        click.echo(f"  {cid}  retain until {until}")
+        echo(f"  {cid}  retain until {until}{_ref_text(preview.refs.get(cid))}")
     if preview.held:
         click.echo(f"would keep {len(preview.held)} under legal hold:")
         for cid, until in preview.held.items():
-            click.echo(f"  {cid}  retain until {until}")
+            echo(f"  {cid}  retain until {until}{_ref_text(preview.refs.get(cid))}")
+
+
+def _ref_text(ref: str | None) -> str:
+    return "" if ref is None else f"  ref {printable(ref)}"
 
 
 def _shred_expired(

@@ -294,6 +294,7 @@ def test_shred_expired_dry_run_lists_and_changes_nothing(run: Run, setup: Setup)
     assert json.loads(as_json.stdout) == {
         "due": {past: "2000-01-01T00:00:00.000000Z"},
         "held": {held: "2000-01-02T00:00:00.000000Z"},
+        "refs": {},
     }
     states = {c["id"]: c["state"] for c in json.loads(run("customer", "list", "--json").stdout)}
     assert states == {setup.customer: "active", past: "active", held: "active"}

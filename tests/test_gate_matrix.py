@@ -331,6 +331,27 @@ case(
     refusal=needs("admin"),
     check=_declared_check,
 )
+
+
+def _kind_to_alter(w: World, shape: str) -> Given:
+    kind = w.unique("kind").replace("-", "_")
+    w.admin.declare_kind(kind, fields=["a"], purposes=["service"])
+    return {"kind": kind}
+
+
+def _altered_check(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+    sql = "SELECT spec FROM sv_kinds WHERE name = ?"
+    assert ('"b"' in str(logrows.scalar(world.data_db, sql, given["kind"]))) is not refused
+
+
+case(
+    "alter_kind",
+    "schema.alter",
+    prepare=_kind_to_alter,
+    call=lambda s, g: s.alter_kind(g["kind"], add_fields=["b"]),
+    refusal=needs("admin"),
+    check=_altered_check,
+)
 case("kinds", "schema.list", call=lambda s, g: s.kinds(), refusal=needs("list"))
 case("checkpoint", "audit.checkpoint", call=lambda s, g: s.checkpoint(), refusal=needs("audit"))
 case("check_store", "store.check", call=lambda s, g: s.check_store(), refusal=needs("audit"))
@@ -358,6 +379,20 @@ case(
     refusal=needs("list"),
 )
 case("list_customers", "customer.list", call=lambda s, g: s.list_customers(), refusal=needs("list"))
+case(
+    "customer_by_ref",
+    "customer.show",
+    prepare=lambda w, shape: {"ref": w.admin.customer(w.admin.add_customer(ref=w.unique("r"))).ref},
+    call=lambda s, g: s.customer_by_ref(g["ref"]),
+    refusal=needs("list"),
+)
+# Off: the shared vault's customers share refs ("gate"), so turning it on is refused.
+case(
+    "set_unique_refs",
+    "customer.refs",
+    call=lambda s, g: s.set_unique_refs(False),
+    refusal=needs("admin"),
+)
 
 
 def _fresh_customer(w: World, shape: str) -> Given:

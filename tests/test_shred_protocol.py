@@ -450,7 +450,7 @@ def test_the_dry_run_lists_who_is_due_and_who_is_held_and_changes_nothing(
     held = s.add_customer(retain_until=clock.now + timedelta(hours=1))
     later = s.add_customer(retain_until=clock.now + timedelta(days=30))
     s.hold(held)
-    assert s.expired_customers().to_json() == {"due": {}, "held": {}}
+    assert s.expired_customers().to_json() == {"due": {}, "held": {}, "refs": {}}
     clock.advance(days=2)
     before = {c: customer_row(v, c) for c in (due, held, later)}
     preview = s.expired_customers()

@@ -23,6 +23,7 @@ from .errors import (
     AuditChainError,
     DecommissionHoldError,
     DiskFaultError,
+    DuplicateRefError,
     HandoverConflictError,
     LegalHoldError,
     LogPendingError,
@@ -47,7 +48,7 @@ from .handover_export import HandoverExport
 from .handover_import import HandoverImport
 from .log import Event
 from .markdown import render_markdown
-from .model import Customer, ExpiredCustomers, Principal, Record, ShredExpiredResult
+from .model import Customer, ExpiredCustomers, Page, Principal, Record, ShredExpiredResult
 from .package import (
     HandoverKey,
     handover_keygen,
@@ -80,6 +81,7 @@ __all__ = [
     "DecommissionHoldError",
     "DecryptionError",
     "DiskFaultError",
+    "DuplicateRefError",
     "Event",
     "ExpiredCustomers",
     "HandoverCompletion",
@@ -98,6 +100,7 @@ __all__ = [
     "NoTrustedKeyError",
     "NotFoundError",
     "OutputExistsError",
+    "Page",
     "Principal",
     "PurposeError",
     "Receipt",

@@ -21,7 +21,7 @@ from .canonical import canonical
 from .clock import format_ts
 from .context import Tx, VaultContext
 from .errors import SchemaError
-from .inputs import check_known, moment_text
+from .inputs import check_known, check_limit, decode_cursor, encode_cursor, moment_text
 from .log import LOG_ACTIONS
 from .rotate import KeyPolicy, key_status
 from .store import checkpoints, customers, log, principals, roles
@@ -41,10 +41,18 @@ def audit_query(
     outcome: str | None = None,
     since: str | None = None,
     until: str | None = None,
+    limit: int | None = None,
+    after: str | None = None,
 ) -> dict[str, Any]:
     """The breach-scope question: which customers and records were touched (by an
     actor, a role, an action, an outcome, in a time window ``[since, until)``), with
-    counts per action. Ids and metadata only. Logged as ``audit.query``."""
+    counts per action. Ids and metadata only. Logged as ``audit.query``.
+
+    ``limit`` takes at most that many matching entries, in log order after the cursor
+    ``after`` (keyset on ``seq``); ``next`` is the cursor for the following page, or
+    None when no entry is left."""
+    size = check_limit(limit)
+    (after_seq,) = (0,) if after is None else decode_cursor(after, (int,))
     if outcome is not None and outcome not in {"ok", "denied", "error"}:
         raise SchemaError("outcome is one of ok, denied, error")
     if action is not None and action not in LOG_ACTIONS:
@@ -78,6 +86,8 @@ def audit_query(
             "outcome": outcome,
             "since": since_ts,
             "until": until_ts,
+            "limit": size,
+            "after": after,
         }.items()
         if v is not None
     }
@@ -92,9 +102,12 @@ def audit_query(
         stmt = stmt.where(log.c.ts >= since_ts)
     if until_ts is not None:
         stmt = stmt.where(log.c.ts < until_ts)
+    if after is not None:
+        stmt = stmt.where(log.c.seq > after_seq)
     stmt = stmt.order_by(log.c.seq)
+    cap = _QUERY_LIMIT if size is None else size
     if role is None:
-        stmt = stmt.limit(_QUERY_LIMIT + 1)
+        stmt = stmt.limit(cap + 1)
     # The role is inside the hashed body, not a column: stream the candidates and keep
     # those whose entry names the role, up to the limit (a cheap byte test first, then
     # the parsed field, since a detail could hold the same text).
@@ -111,15 +124,15 @@ def audit_query(
                 ):
                     continue
                 kept.append(r)
-            if len(kept) > _QUERY_LIMIT:
+            if len(kept) > cap:
                 result.close()
                 break
         tx.log(asker.event("audit.query", detail={"filters": filters}))
         return kept
 
     rows = ctx.transact(work)
-    truncated = len(rows) > _QUERY_LIMIT
-    rows = rows[:_QUERY_LIMIT]
+    truncated = len(rows) > cap
+    rows = rows[:cap]
     per_action = Counter(str(r.action) for r in rows)
     tags = {str(r.subject) for r in rows if r.subject}
     known = ctx.keys.store.customers_for_tags([bytes.fromhex(t) for t in tags])
@@ -153,6 +166,7 @@ def audit_query(
             for v in sorted(touched.values(), key=lambda x: str(x["customer"]))
         ],
         "entries_about_shredded_customers": unlinked,
+        "next": encode_cursor(int(rows[-1].seq)) if truncated else None,
     }
 
 

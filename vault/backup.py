@@ -46,7 +46,15 @@ from .files import check_absent, create_empty, create_file
 from .inputs import check_backup_id, check_days
 from .keycopies import backup_states, shredded_since
 from .layout import DATA_FILE, KEYS_FILE
-from .store import DataStore, backup_state, backups, log, metadata, tables_in
+from .store import (
+    DataStore,
+    backup_state,
+    backups,
+    ensure_ref_index,
+    log,
+    metadata,
+    tables_in,
+)
 
 __all__ = [
     "STDOUT",
@@ -254,6 +262,7 @@ def _copy_data(
                     out.execute(insert(table), [dict(r._mapping) for r in rows])
                     if progress is not None and table is log:
                         progress(len(rows))
+            ensure_ref_index(out)
     finally:
         engine.dispose()
 

@@ -196,7 +196,7 @@ class VaultContext:
         found = {}
         for name, text in rows:
             raw = json.loads(text)
-            found[name] = KindSpec(name, frozenset(raw["fields"]), frozenset(raw["purposes"]))
+            found[name] = KindSpec.from_json(name, raw)
             self._tampered_kinds.pop(name, None)
         self._kinds.update(found)
         return found

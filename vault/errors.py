@@ -26,6 +26,7 @@ __all__ = [
     "CiphertextTamperError",
     "DecommissionHoldError",
     "DiskFaultError",
+    "DuplicateRefError",
     "HandoverConflictError",
     "LegalHoldError",
     "LogPendingError",
@@ -68,6 +69,12 @@ class SchemaError(VaultError, ValueError):
 
 class PurposeError(AccessDeniedError, SchemaError):
     """The purpose is not declared for this kind (minimal collection): access denied."""
+
+
+class DuplicateRefError(SchemaError):
+    """The vault declares customer refs unique and another customer already has this
+    ref (or, turning the rule on, several customers share one): nothing was written.
+    Also raised by a lookup by ref that matches more than one customer."""
 
 
 class LegalHoldError(VaultError):

@@ -11,6 +11,8 @@ valid UTF-8.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import json
 import math
@@ -33,6 +35,7 @@ __all__ = [
     "MAX_JSON_BYTES",
     "MAX_JSON_DEPTH",
     "MAX_JSON_INT_DIGITS",
+    "MAX_PAGE",
     "MAX_REASON",
     "MAX_REF",
     "MOMENT_HELP",
@@ -41,10 +44,13 @@ __all__ = [
     "check_customer_id",
     "check_days",
     "check_known",
+    "check_limit",
     "check_reason",
     "check_record_id",
     "check_ref",
     "check_text",
+    "decode_cursor",
+    "encode_cursor",
     "load_json_document",
     "malformed",
     "moment_text",
@@ -352,3 +358,45 @@ def load_json_document(path: str | os.PathLike[str], what: str) -> dict[str, Any
     if not isinstance(raw, dict):
         raise VerificationError(f"a {what} is a JSON object", reason="malformed")
     return raw
+
+
+#: the most items one page may hold (``limit``)
+MAX_PAGE = 1000
+_MAX_CURSOR = 400
+
+
+def check_limit(limit: object) -> int | None:
+    """A page size: None (everything) or an int from 1 to :data:`MAX_PAGE`."""
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_PAGE:
+        raise SchemaError(f"limit must be a whole number from 1 to {MAX_PAGE}")
+    return limit
+
+
+def encode_cursor(*parts: str | int) -> str:
+    """An opaque page cursor: base64url (no padding) of the JSON array of the sort key
+    of the last item returned (docs/customers.md, "Paging")."""
+    raw = json.dumps(list(parts), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: object, shape: tuple[type, ...]) -> list[Any]:
+    """The sort key in a cursor from :func:`encode_cursor`, checked against ``shape``
+    (the type of each part); :class:`SchemaError` for anything else."""
+    bad = SchemaError("after is not a cursor that this listing returned")
+    if not isinstance(cursor, str) or not 0 < len(cursor) <= _MAX_CURSOR:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+    except (ValueError, binascii.Error):
+        raise bad from None
+    parts = parse_json(raw, what="after", fail=lambda _message: bad)
+    if not isinstance(parts, list) or len(parts) != len(shape):
+        raise bad
+    for part, kind in zip(parts, shape, strict=True):
+        if isinstance(part, bool) or not isinstance(part, kind):
+            raise bad
+        if isinstance(part, str) and not 0 < len(part) <= 64:
+            raise bad
+    return parts

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from .actor import Actor
 from .context import Tx, VaultContext
-from .rowauth import insert_rows
-from .schema import KindSpec
+from .errors import SchemaError
+from .rowauth import insert_rows, require, update_rows
+from .schema import KindSpec, check_name
 from .store import kinds
 
-__all__ = ["declare_kind", "list_kinds"]
+__all__ = ["alter_kind", "declare_kind", "list_kinds"]
 
 
 def declare_kind(
@@ -37,6 +38,49 @@ def declare_kind(
     ctx.transact(work)
     ctx.remember_kinds([(spec.name, text)])
     return spec
+
+
+def alter_kind(
+    ctx: VaultContext,
+    actor: Actor,
+    name: str,
+    *,
+    add_fields: Iterable[str] = (),
+    deprecate_fields: Iterable[str] = (),
+    add_purposes: Iterable[str] = (),
+) -> KindSpec:
+    """Evolve a declared kind: add fields, deprecate fields (still read, removed by an
+    update setting them to None, no longer written), add purposes; returns it. Records
+    are not rewritten. Needs ``admin``; logged as ``schema.alter`` with what changed
+    and the new spec. :class:`SchemaError` (nothing logged or changed) for an
+    undeclared kind or a change :meth:`KindSpec.altered` refuses."""
+    check_name("kind", name)
+
+    def work(tx: Tx) -> tuple[KindSpec, str]:
+        actor.gate(tx.conn, "admin", "schema.alter")
+        row = tx.conn.execute(select(kinds).where(kinds.c.name == name)).first()
+        if row is None:
+            raise SchemaError(f"kind {name!r} is not declared")
+        require(tx.conn, ctx.keys.row_auth, "sv_kinds", [row._mapping])
+        old = KindSpec.from_json(name, json.loads(row.spec))
+        new = old.altered(
+            add_fields=add_fields, deprecate_fields=deprecate_fields, add_purposes=add_purposes
+        )
+        text = json.dumps(new.to_json(), sort_keys=True)
+        update_rows(tx.conn, ctx.keys.row_auth, "sv_kinds", {name: {"spec": text}}, tx.next_seq())
+        changed = {
+            "added_fields": sorted((new.fields - old.fields) | (old.deprecated - new.deprecated)),
+            "deprecated_fields": sorted(new.deprecated - old.deprecated),
+            "added_purposes": sorted(new.purposes - old.purposes),
+        }
+        tx.log(
+            actor.event("schema.alter", detail={"kind": name, "changed": changed, **new.to_json()})
+        )
+        return new, text
+
+    new, text = ctx.transact(work)
+    ctx.remember_kinds([(name, text)])
+    return new
 
 
 def list_kinds(ctx: VaultContext, actor: Actor) -> dict[str, KindSpec]:

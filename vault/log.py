@@ -63,6 +63,7 @@ LOG_ACTIONS = frozenset(
         "customer.import",
         "customer.list",
         "customer.reconcile",
+        "customer.refs",
         "customer.release",
         "customer.report",
         "customer.retain",
@@ -87,6 +88,7 @@ LOG_ACTIONS = frozenset(
         "record.update",
         "role.add",
         "role.list",
+        "schema.alter",
         "schema.declare",
         "schema.list",
         "vault.compact",
@@ -120,6 +122,7 @@ NAMED_CHANGES = {
     "principal.revoke": ("principal", "principal"),
     "role.add": ("role", "name"),
     "schema.declare": ("kind", "kind"),
+    "schema.alter": ("kind", "kind"),
 }
 
 

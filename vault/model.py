@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .receipt import Receipt
 from .schema import FieldValue
 
-__all__ = ["Customer", "ExpiredCustomers", "Principal", "Record", "ShredExpiredResult"]
+__all__ = ["Customer", "ExpiredCustomers", "Page", "Principal", "Record", "ShredExpiredResult"]
+
+T = TypeVar("T")
+
+
+class Page(list[T]):
+    """A list of results and ``next``, the cursor to pass as ``after`` for the next
+    page (None: this was the last page, or no ``limit`` was given)."""
+
+    def __init__(self, items: Iterable[T] = (), next: str | None = None) -> None:
+        super().__init__(items)
+        self.next = next
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +85,15 @@ class Record:
 @dataclass(frozen=True, slots=True)
 class ExpiredCustomers:
     """Who ``shred_expired`` would shred now (``due``, with each one's retain-until
-    time) and who it would keep because of a legal hold (``held``)."""
+    time) and who it would keep because of a legal hold (``held``); ``refs`` maps each
+    of them that has an application reference to it (refs are not personal data)."""
 
     due: dict[str, str]
     held: dict[str, str]
+    refs: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {"due": dict(self.due), "held": dict(self.held)}
+        return {"due": dict(self.due), "held": dict(self.held), "refs": dict(self.refs)}
 
 
 @dataclass(frozen=True, slots=True)

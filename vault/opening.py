@@ -27,7 +27,7 @@ from .reconcile import ClaimScan, plan_reconcile, read_mark, reconcile, refuse_u
 from .rotate import log_pending_key_event
 from .rowmigrate import ROWS_MARK, ROWS_SCHEMA, authenticate_rows
 from .shred import roll_forward
-from .store import SCHEMA_VERSION, DataStore, meta, metadata
+from .store import SCHEMA_VERSION, DataStore, meta, metadata, set_unique_refs
 from .tombstone import TOMBSTONES_FORMAT, TOMBSTONES_KEY
 
 __all__ = ["create_context", "open_context"]
@@ -43,6 +43,7 @@ def create_context(
     kdf_params: KdfParams | None = None,
     checkpoint_interval: int = 1000,
     busy_timeout: float = 30.0,
+    unique_refs: bool = False,
 ) -> VaultContext:
     """Create a vault in directory ``path`` (new or empty); its open context.
 
@@ -96,6 +97,8 @@ def create_context(
                     TOMBSTONES_KEY: TOMBSTONES_FORMAT,
                 },
             )
+            if unique_refs:
+                set_unique_refs(conn, True)
         ctx = VaultContext(
             root,
             keyring,

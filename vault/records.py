@@ -12,18 +12,25 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import RowMapping, bindparam, delete, select
+from sqlalchemy import RowMapping, bindparam, delete, select, tuple_
 
 from ..keys import CustomerKeys
 from . import ids
 from .actor import Actor, subject_tag
 from .context import Tx, VaultContext
 from .errors import TamperError, record_ciphertext
-from .inputs import check_batch, check_customer_id, check_record_id
+from .inputs import (
+    check_batch,
+    check_customer_id,
+    check_limit,
+    check_record_id,
+    decode_cursor,
+    encode_cursor,
+)
 from .log import Event
-from .model import Record
+from .model import Page, Record
 from .rowauth import record_auth, require, update_rows
-from .schema import check_name, encode_fields
+from .schema import check_name, encode_fields, removed_by_update
 from .sealing import AAD_V, envelope, open_fields, record_version, seal_records
 from .store import records
 
@@ -126,8 +133,10 @@ def update_record(
     *,
     purpose: str,
 ) -> Record:
-    """Merge ``fields`` into a record (a ``None`` value is stored as null) and
-    re-encrypt it under the customer's current key; returns the new record with the
+    """Merge ``fields`` into a record (a ``None`` value is stored as null, except for
+    a field no longer writable — deprecated, or dropped from the kind — which it
+    removes; such fields are otherwise kept as stored) and re-encrypt it under the
+    customer's current key; returns the new record with the
     fields this role may read — only the fields it wrote when it may write but not
     read the record (an update is never a way to read)."""
     check_customer_id(customer_id)
@@ -145,8 +154,13 @@ def update_record(
         keys = ctx.keys.customer_keys([customer_id])
         old = _decrypt(ctx, actor, keys, customer_id, record_id, row, purpose, "record.update")
         spec = ctx.kind(kind)
-        merged = {**old, **fields}
-        plaintext = encode_fields(spec, merged)
+        # Fields no longer writable (deprecated or dropped from the kind) that the record
+        # holds are kept as they are, or removed by setting them to None.
+        removed = removed_by_update(spec, fields, old)
+        written = {k: v for k, v in fields.items() if k not in removed}
+        encode_fields(spec, written)  # what the update writes must be writable
+        merged = {k: v for k, v in {**old, **written}.items() if k not in removed}
+        plaintext = encode_fields(spec, merged, kept=old.keys())
         ck = keys[customer_id]
         env = ck.current
         version = int(row["version"]) + 1
@@ -170,7 +184,7 @@ def update_record(
             )
         )
         may_read = role.denial("read", now=now, kind=kind, purpose=purpose) is None
-        shown = merged if may_read else {name: merged[name] for name in fields}
+        shown = merged if may_read else {k: merged[k] for k in fields if k in merged}
         visible = role.visible(kind, shown)
         return Record(record_id, customer_id, kind, visible, version, str(row["created"]), now)
 
@@ -219,16 +233,27 @@ def get_many(
 
 
 def list_records(
-    ctx: VaultContext, actor: Actor, customer_id: str, *, purpose: str, kind: str | None = None
-) -> list[Record]:
+    ctx: VaultContext,
+    actor: Actor,
+    customer_id: str,
+    *,
+    purpose: str,
+    kind: str | None = None,
+    limit: int | None = None,
+    after: str | None = None,
+) -> Page[Record]:
     """Every record of a customer that may be used for ``purpose`` (optionally of one
-    kind), oldest first; one log entry per record returned (one if none)."""
+    kind), oldest first; one log entry per record returned (one if none). With
+    ``limit``/``after``: at most ``limit`` of them after the cursor ``after``, and
+    ``Page.next`` continues (only the page is decrypted and logged)."""
     check_customer_id(customer_id)
     check_name("purpose", purpose)
+    size = check_limit(limit)
+    last = None if after is None else decode_cursor(after, (str, str))
     if kind is not None:
         ctx.kind(kind)  # SchemaError for an undeclared kind
 
-    def work(tx: Tx) -> list[Record]:
+    def work(tx: Tx) -> Page[Record]:
         subject = ctx.subject_of(customer_id)
         if kind is None and not any(purpose in k.purposes for k in ctx.kinds().values()):
             raise actor.purpose_refusal(purpose, "record.list", subject)
@@ -236,21 +261,30 @@ def list_records(
             tx.conn, "read", "record.list", kind=kind, purpose=purpose, subject=subject
         )
         actor.customer_states(tx.conn, [customer_id], "record.list", purpose)
-        stmt = select(records.c.id, records.c.kind).where(records.c.customer_id == customer_id)
+        stmt = select(records.c.id, records.c.kind, records.c.created).where(
+            records.c.customer_id == customer_id
+        )
         if kind is not None:
             stmt = stmt.where(records.c.kind == kind)
+        if last is not None:
+            stmt = stmt.where(tuple_(records.c.created, records.c.id) > tuple_(*last))
         rows = tx.conn.execute(stmt.order_by(records.c.created, records.c.id)).all()
         usable = [
-            (customer_id, str(r.id))
+            r
             for r in rows
             if purpose in ctx.kind(r.kind).purposes
             and role.denial("read", now="", kind=r.kind, purpose=purpose) is None
         ]
+        more = size is not None and len(usable) > size
+        usable = usable[:size] if size is not None else usable
         if not usable:
             tag = ctx.subject_of(customer_id)
             tx.log(actor.event("record.list", subject=tag, purpose=purpose, detail={"count": 0}))
-            return []
-        return _read_records(ctx, actor, tx, usable, purpose, "record.list")
+            return Page()
+        pairs = [(customer_id, str(r.id)) for r in usable]
+        found = _read_records(ctx, actor, tx, pairs, purpose, "record.list")
+        tail = usable[-1]
+        return Page(found, encode_cursor(str(tail.created), str(tail.id)) if more else None)
 
     return ctx.transact(work)
 

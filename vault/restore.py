@@ -37,7 +37,7 @@ from .log import Event
 from .opening import open_context
 from .receipt import load_receipt, verify_receipt
 from .shred import shred_customer
-from .store import DataStore, customers, describe_error, metadata, tables_in
+from .store import DataStore, customers, describe_error, ensure_ref_index, metadata, tables_in
 
 __all__ = ["Progress", "ShredSource", "restore_backup"]
 
@@ -363,6 +363,7 @@ def _load_into(snapshot: Path, data_url: str) -> None:
                     while rows := result.fetchmany(COPY_BATCH):
                         dst.execute(insert(table), [dict(r._mapping) for r in rows])
                     crash_point("restore:load-table")
+                ensure_ref_index(dst)
         except exc.SQLAlchemyError as error:
             raise StorageError(
                 f"cannot load the snapshot into the target: {describe_error(error)}"

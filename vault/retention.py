@@ -96,15 +96,18 @@ def expired_customers(ctx: VaultContext, actor: Actor) -> ExpiredCustomers:
         actor.gate(tx.conn, "shred", "customer.list")
         due: dict[str, str] = {}
         held: dict[str, str] = {}
+        refs: dict[str, str] = {}
         for row in tx.conn.execute(stmt):
             (held if row.legal_hold else due)[str(row.id)] = str(row.retain_until)
+            if row.ref is not None:
+                refs[str(row.id)] = str(row.ref)
         tx.log(
             actor.event(
                 "customer.list",
                 detail={"expired": len(due), "held": len(held), "dry_run": True},
             )
         )
-        return ExpiredCustomers(due, held)
+        return ExpiredCustomers(due, held, refs)
 
     return ctx.transact(work)
 
@@ -112,7 +115,7 @@ def expired_customers(ctx: VaultContext, actor: Actor) -> ExpiredCustomers:
 def _expired(now: str) -> Any:
     """Active customers whose retain-until time has passed, oldest first."""
     return (
-        select(customers.c.id, customers.c.legal_hold, customers.c.retain_until)
+        select(customers.c.id, customers.c.legal_hold, customers.c.retain_until, customers.c.ref)
         .where(
             customers.c.state == "active",
             customers.c.retain_until.is_not(None),

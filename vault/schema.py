@@ -7,7 +7,7 @@ undeclared is refused with :class:`~vault.errors.SchemaError` before a byte is s
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ __all__ = [
     "KindSpec",
     "check_name",
     "encode_fields",
+    "removed_by_update",
 ]
 
 MAX_FIELD_BYTES = 64 * 1024
@@ -46,11 +47,60 @@ def check_name(what: str, name: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class KindSpec:
-    """A declared kind: its allowed fields and purposes."""
+    """A declared kind: its allowed fields and purposes. ``deprecated`` fields (a
+    subset of ``fields``) are still read, and removed by an update setting them to
+    None, but no longer written (docs/kinds.md)."""
 
     name: str
     fields: frozenset[str]
     purposes: frozenset[str]
+    deprecated: frozenset[str] = frozenset()
+
+    @property
+    def writable(self) -> frozenset[str]:
+        """The fields a put or an update may set."""
+        return self.fields - self.deprecated
+
+    @classmethod
+    def from_json(cls, name: str, raw: Mapping[str, Any]) -> KindSpec:
+        """The spec as stored (``to_json``; no ``deprecated`` member means none)."""
+        return cls(
+            name,
+            frozenset(raw["fields"]),
+            frozenset(raw["purposes"]),
+            frozenset(raw.get("deprecated", ())),
+        )
+
+    def altered(
+        self,
+        *,
+        add_fields: Iterable[str] = (),
+        deprecate_fields: Iterable[str] = (),
+        add_purposes: Iterable[str] = (),
+    ) -> KindSpec:
+        """This kind with fields added (a deprecated one becomes writable again),
+        fields deprecated and purposes added. :class:`SchemaError` for a bad or unknown
+        name, a field both added and deprecated, no writable field left, or no change."""
+        for given in (add_fields, deprecate_fields, add_purposes):
+            if isinstance(given, str):
+                raise SchemaError("fields and purposes must be lists of names, not one string")
+        add = frozenset(check_name("field", f) for f in add_fields)
+        drop = frozenset(check_name("field", f) for f in deprecate_fields)
+        more = frozenset(check_name("purpose", p) for p in add_purposes)
+        if add & drop:
+            raise SchemaError(f"field(s) {', '.join(sorted(add & drop))} both added and deprecated")
+        unknown = drop - self.fields
+        if unknown:
+            shown = ", ".join(f"{f}{suggest(f, self.fields)}" for f in sorted(unknown))
+            raise SchemaError(f"field(s) {shown} not declared for kind {self.name!r}")
+        deprecated = (self.deprecated - add) | drop
+        fields = self.fields | add
+        if not fields - deprecated:
+            raise SchemaError(f"kind {self.name!r} must keep at least one writable field")
+        new = KindSpec(self.name, fields, self.purposes | more, deprecated)
+        if new == self:
+            raise SchemaError(f"the change leaves kind {self.name!r} as it is")
+        return new
 
     @classmethod
     def build(cls, name: str, fields: Iterable[str], purposes: Iterable[str]) -> KindSpec:
@@ -66,7 +116,10 @@ class KindSpec:
         return cls(name, field_set, purpose_set)
 
     def to_json(self) -> dict[str, Any]:
-        return {"fields": sorted(self.fields), "purposes": sorted(self.purposes)}
+        out: dict[str, Any] = {"fields": sorted(self.fields), "purposes": sorted(self.purposes)}
+        if self.deprecated:
+            out["deprecated"] = sorted(self.deprecated)
+        return out
 
     def check_purpose(self, purpose: str) -> None:
         if purpose not in self.purposes:
@@ -95,17 +148,42 @@ def _check_value(kind: str, name: str, value: object) -> None:
     )
 
 
-def encode_fields(spec: KindSpec, fields: Mapping[str, object]) -> bytes:
+def removed_by_update(
+    spec: KindSpec, fields: Mapping[str, object], held: Collection[str]
+) -> frozenset[str]:
+    """The fields an update removes: those set to None that are no longer writable
+    (deprecated, or dropped from the kind) and that the record ``held`` or the kind
+    still declares. Raises :class:`SchemaError` for any other write of such a field."""
+    if not isinstance(fields, Mapping):
+        raise SchemaError("record fields must be a mapping of field name to value")
+    return frozenset(
+        k
+        for k, v in fields.items()
+        if v is None and k not in spec.writable and (k in held or k in spec.deprecated)
+    )
+
+
+def encode_fields(
+    spec: KindSpec, fields: Mapping[str, object], *, kept: Collection[str] = ()
+) -> bytes:
     """Validate ``fields`` against ``spec`` and return their canonical JSON plaintext.
+    Only writable fields may appear, and ``kept`` ones: fields an update carries over
+    unchanged from the stored record (deprecated, or dropped from the kind since).
 
     Raises :class:`SchemaError` naming the offending field (never its value).
     """
     if not isinstance(fields, Mapping):
         raise SchemaError("record fields must be a mapping of field name to value")
-    undeclared = [k for k in fields if k not in spec.fields]
+    undeclared = [k for k in fields if k not in spec.fields and k not in kept]
     if undeclared:
         shown = ", ".join(sorted(f"{str(k)[:64]}{suggest(k, spec.fields)}" for k in undeclared))
         raise SchemaError(f"field(s) {shown} not declared for kind {spec.name!r}")
+    frozen = sorted(k for k in fields if k in spec.deprecated and k not in kept)
+    if frozen:
+        raise SchemaError(
+            f"field(s) {', '.join(frozen)} of kind {spec.name!r} are deprecated: they are "
+            "read, and removed by an update setting them to None, but not written"
+        )
     for name, value in fields.items():
         _check_value(spec.name, name, value)
         # JSON escaping can take 6 bytes per character (\u0001), so measure any string

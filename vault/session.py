@@ -19,15 +19,22 @@ from .backup import BackupInfo, backup_list, create_backup, forget_backup
 from .certificate import Certificate
 from .checkpoint import Checkpoint
 from .context import Tx, load_keyfile_key
-from .customers import add_customer, list_customers, set_hold, show_customer
+from .customers import (
+    add_customer,
+    customer_by_ref,
+    declare_unique_refs,
+    list_customers,
+    set_hold,
+    show_customer,
+)
 from .decommission import decommission
 from .handover_complete import HandoverCompletion, complete_package
 from .handover_export import HandoverExport, export_package
 from .handover_import import HandoverImport, import_package
 from .inputs import check_customer_id
-from .kinds import declare_kind, list_kinds
+from .kinds import alter_kind, declare_kind, list_kinds
 from .log import Event
-from .model import Customer, ExpiredCustomers, Principal, Record, ShredExpiredResult
+from .model import Customer, ExpiredCustomers, Page, Principal, Record, ShredExpiredResult
 from .package import HandoverKey
 from .principals import add_principal, add_role, list_principals, list_roles, revoke_principal
 from .receipt import Receipt
@@ -79,6 +86,28 @@ class Session:
         :class:`AccessDeniedError` (logged as denied); either way nothing changes."""
         return declare_kind(self._ctx, self._actor, name, fields=fields, purposes=purposes)
 
+    def alter_kind(
+        self,
+        name: str,
+        *,
+        add_fields: Iterable[str] = (),
+        deprecate_fields: Iterable[str] = (),
+        add_purposes: Iterable[str] = (),
+    ) -> KindSpec:
+        """Evolve a declared kind without rewriting its records: add fields (a
+        deprecated one becomes writable again), deprecate fields (still read, removed
+        by an update setting them to None, never written again), add purposes; returns
+        it. Needs ``admin``; logged as ``schema.alter``. :class:`SchemaError` (nothing
+        changed or logged) for an undeclared kind, an unknown field or no change."""
+        return alter_kind(
+            self._ctx,
+            self._actor,
+            name,
+            add_fields=add_fields,
+            deprecate_fields=deprecate_fields,
+            add_purposes=add_purposes,
+        )
+
     def kinds(self) -> dict[str, KindSpec]:
         """Every declared kind (names, fields, purposes: schema, no personal data).
         Needs ``list``; logged as one ``schema.list`` entry."""
@@ -121,9 +150,26 @@ class Session:
         """A customer's metadata (also for shredded customers). Logged."""
         return show_customer(self._ctx, self._actor, customer_id)
 
-    def list_customers(self, *, state: str | None = None) -> list[Customer]:
-        """Every customer's metadata (optionally in one state). Logged as one entry."""
-        return list_customers(self._ctx, self._actor, state=state)
+    def customer_by_ref(self, ref: str) -> Customer:
+        """The customer whose application reference is ``ref``; gated and logged like
+        :meth:`customer`. :class:`NotFoundError` when none has it,
+        :class:`DuplicateRefError` when several do (refs not declared unique)."""
+        return customer_by_ref(self._ctx, self._actor, ref)
+
+    def set_unique_refs(self, unique: bool) -> None:
+        """Declare customer refs unique in this vault (or stop): while on, adding a
+        customer with a ref another customer has is refused (:class:`DuplicateRefError`,
+        nothing written), in the database too (a unique index). Turning it on is refused
+        while customers share a ref. Needs ``admin``; logged as ``customer.refs``."""
+        declare_unique_refs(self._ctx, self._actor, unique)
+
+    def list_customers(
+        self, *, state: str | None = None, limit: int | None = None, after: str | None = None
+    ) -> Page[Customer]:
+        """Customers' metadata (optionally in one state), logged as one entry: all of
+        them, oldest first, or with ``limit``/``after`` one page in id order whose
+        ``next`` is the cursor for the following page (None after the last)."""
+        return list_customers(self._ctx, self._actor, state=state, limit=limit, after=after)
 
     def hold(self, customer_id: str) -> None:
         """Put a customer under legal hold: it cannot be shredded until released."""
@@ -249,10 +295,14 @@ class Session:
         the receipt does not verify against this vault. Admin or a role with export."""
         return customer_report_from_receipt(self._ctx, self._actor, receipt)
 
-    def audit_query(self, **filters: str | None) -> dict[str, Any]:
+    def audit_query(
+        self, *, limit: int | None = None, after: str | None = None, **filters: str | None
+    ) -> dict[str, Any]:
         """Which customers and records were touched (actor, role, action, outcome,
-        since, until): the breach-scope question. Ids only, never plaintext."""
-        return audit_query(self._ctx, self._actor, **filters)
+        since, until): the breach-scope question. Ids only, never plaintext. With
+        ``limit``, at most that many entries after the cursor ``after``; the result's
+        ``next`` continues."""
+        return audit_query(self._ctx, self._actor, limit=limit, after=after, **filters)
 
     def audit_report(self) -> dict[str, Any]:
         """The inspector's one-page report (see :func:`.audit_reports.audit_report`)."""
@@ -386,9 +436,10 @@ class Session:
     def update(
         self, customer_id: str, record_id: str, fields: Mapping[str, Any], *, purpose: str
     ) -> Record:
-        """Merge ``fields`` into a record (a ``None`` value is stored as null) and
-        re-encrypt it under the customer's current key; returns the new record (with
-        the fields this role may see)."""
+        """Merge ``fields`` into a record (a ``None`` value is stored as null; for a
+        deprecated field, or one dropped from the kind, it removes the field, which is
+        otherwise kept as stored) and re-encrypt it under the customer's current key;
+        returns the new record (with the fields this role may see)."""
         return update_record(
             self._ctx, self._actor, customer_id, record_id, fields, purpose=purpose
         )
@@ -408,8 +459,23 @@ class Session:
         return get_many(self._ctx, self._actor, pairs, purpose=purpose)
 
     def list_records(
-        self, customer_id: str, *, purpose: str, kind: str | None = None
-    ) -> list[Record]:
+        self,
+        customer_id: str,
+        *,
+        purpose: str,
+        kind: str | None = None,
+        limit: int | None = None,
+        after: str | None = None,
+    ) -> Page[Record]:
         """Every record of a customer that may be used for ``purpose`` (optionally of one
-        kind), oldest first; one log entry per record returned (one if none)."""
-        return list_records(self._ctx, self._actor, customer_id, purpose=purpose, kind=kind)
+        kind), oldest first; one log entry per record returned (one if none). With
+        ``limit``/``after`` one page; its ``next`` is the cursor for the following one."""
+        return list_records(
+            self._ctx,
+            self._actor,
+            customer_id,
+            purpose=purpose,
+            kind=kind,
+            limit=limit,
+            after=after,
+        )

@@ -43,13 +43,16 @@ from .errors import StorageError, VaultBusyError, disk_fault_error
 
 __all__ = [
     "AUTH_TABLES",
+    "REF_INDEX",
     "SCHEMA_VERSION",
+    "UNIQUE_REFS_KEY",
     "DataStore",
     "LogHead",
     "backup_state",
     "backups",
     "checkpoints",
     "customers",
+    "ensure_ref_index",
     "handover_imports",
     "kinds",
     "log",
@@ -58,6 +61,8 @@ __all__ = [
     "principals",
     "records",
     "roles",
+    "set_unique_refs",
+    "unique_refs",
 ]
 
 # 1: sv_principals.token_hash held SHA-256(token).
@@ -68,6 +73,10 @@ SCHEMA_VERSION = 3
 #: the tables whose rows carry an authenticator (vault/rowauth.py)
 AUTH_TABLES = ("sv_kinds", "sv_roles", "sv_principals", "sv_customers", "sv_records")
 GENESIS = "0" * 64
+#: sv_meta key: "1" while customer refs are unique (docs/customers.md); absent otherwise
+UNIQUE_REFS_KEY = "unique_refs"
+#: the unique index that enforces it in the database; it exists exactly while the key does
+REF_INDEX = "ux_sv_customers_ref"
 
 metadata = MetaData()
 
@@ -447,6 +456,30 @@ class DataStore:
             .where(log_head.c.id == 1)
             .values(seq=head.seq, hash=head.hash, ts=head.ts)
         )
+
+
+def unique_refs(conn: Connection) -> bool:
+    """Whether the vault declares customer refs unique."""
+    return conn.execute(select(meta.c.v).where(meta.c.k == UNIQUE_REFS_KEY)).scalar() == "1"
+
+
+def set_unique_refs(conn: Connection, unique: bool) -> None:
+    """Turn the unique-refs rule on (the flag and a unique index on ``sv_customers.ref``;
+    NULL refs never collide) or off (both gone), in the caller's transaction. The
+    caller checks for duplicates first: the index refuses to build over them."""
+    conn.execute(meta.delete().where(meta.c.k == UNIQUE_REFS_KEY))
+    if unique:
+        conn.exec_driver_sql(f"CREATE UNIQUE INDEX IF NOT EXISTS {REF_INDEX} ON sv_customers (ref)")
+        conn.execute(insert(meta).values(k=UNIQUE_REFS_KEY, v="1"))
+    else:
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {REF_INDEX}")
+
+
+def ensure_ref_index(conn: Connection) -> None:
+    """Rebuild the unique-refs index where a copy of the tables lost it (a backup
+    snapshot or a restore made table by table from :data:`metadata`)."""
+    if unique_refs(conn):
+        conn.exec_driver_sql(f"CREATE UNIQUE INDEX IF NOT EXISTS {REF_INDEX} ON sv_customers (ref)")
 
 
 def _sqlite_discipline(engine: Engine) -> None:

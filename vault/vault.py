@@ -83,11 +83,14 @@ class Vault:
         kdf_params: KdfParams | None = None,
         checkpoint_interval: int = 1000,
         busy_timeout: float = 30.0,
+        unique_refs: bool = False,
     ) -> Vault:
         """Create a vault in directory ``path`` (new or empty) and open it.
 
         Give exactly one of ``passphrase`` (bytes) or ``keyfile`` (a 32-byte file, mode
         0600). ``data_url`` puts the data store in another database (PostgreSQL).
+        ``unique_refs`` declares customer refs unique from the start
+        (:meth:`Session.set_unique_refs` changes it later).
         On any failure nothing is left behind.
         """
         return cls(
@@ -100,6 +103,7 @@ class Vault:
                 kdf_params=kdf_params,
                 checkpoint_interval=checkpoint_interval,
                 busy_timeout=busy_timeout,
+                unique_refs=unique_refs,
             )
         )
 
