@@ -160,14 +160,23 @@ class Actor:
     ) -> Role:
         """Allow ``action`` on everything a customer holds (a shred destroys it all): a
         role limited in kinds or purposes must cover the kind of every record of the
-        customer (:meth:`Role.withholds`), else a :class:`Refusal` logs the denial."""
+        customer (:meth:`Role.withholds`), else a :class:`Refusal` logs the denial. For
+        such a role the customer's record rows are checked first (vault/rowauth.py): a
+        row that fails is a logged :class:`TamperError`."""
         role = self.gate(conn, action, log_action, subject=subject)
         if role.kinds is None and role.purposes is None:
             return role
-        held = conn.execute(
-            select(records.c.kind).where(records.c.customer_id == customer_id).distinct()
-        ).scalars()
-        for kind in sorted(str(k) for k in held):
+        # The decision rests on the record rows' kinds: each row must pass its checks
+        # first, or a kind forged in the data store would let a limited role through.
+        rows = [
+            r._mapping
+            for r in conn.execute(select(records).where(records.c.customer_id == customer_id))
+        ]
+        try:
+            require(conn, self.ctx.keys.row_auth, "sv_records", rows)
+        except TamperError as error:
+            raise self.tamper_refusal(error, log_action, subject=subject) from None
+        for kind in sorted({str(r["kind"]) for r in rows}):
             reason = role.withholds(kind, self.ctx.kind(kind).purposes)
             if reason is not None:
                 ev = self.event(

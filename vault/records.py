@@ -236,15 +236,20 @@ def list_records(
             tx.conn, "read", "record.list", kind=kind, purpose=purpose, subject=subject
         )
         actor.customer_states(tx.conn, [customer_id], "record.list", purpose)
-        stmt = select(records.c.id, records.c.kind).where(records.c.customer_id == customer_id)
-        if kind is not None:
-            stmt = stmt.where(records.c.kind == kind)
-        rows = tx.conn.execute(stmt.order_by(records.c.created, records.c.id)).all()
+        # Every row of the customer passes its checks before its kind picks what is
+        # listed: a forged kind neither hides a record nor shows one (TamperError).
+        stmt = select(records).where(records.c.customer_id == customer_id)
+        rows = [r._mapping for r in tx.conn.execute(stmt.order_by(records.c.created, records.c.id))]
+        try:
+            require(tx.conn, ctx.keys.row_auth, "sv_records", rows)
+        except TamperError as error:
+            raise actor.tamper_refusal(error, "record.list", purpose=purpose) from None
         usable = [
-            (customer_id, str(r.id))
+            (customer_id, str(r["id"]))
             for r in rows
-            if purpose in ctx.kind(r.kind).purposes
-            and role.denial("read", now="", kind=r.kind, purpose=purpose) is None
+            if (kind is None or r["kind"] == kind)
+            and purpose in ctx.kind(str(r["kind"])).purposes
+            and role.denial("read", now="", kind=str(r["kind"]), purpose=purpose) is None
         ]
         if not usable:
             tag = ctx.subject_of(customer_id)
@@ -276,21 +281,24 @@ def _record_rows(
         )
     }
     out = []
-    checked: set[str] = set()
     for cid, rid in pairs:
         row = rows.get(rid)
         if row is None or row["customer_id"] != cid:
             raise actor.not_found(log_action, rid, purpose=purpose)
+        out.append(row)
+    # The rows pass their checks before the gate reads their kinds: a kind forged in
+    # the data store decides nothing (it is a logged TamperError, not a denial).
+    try:
+        require(tx.conn, ctx.keys.row_auth, "sv_records", list({r["id"]: r for r in out}.values()))
+    except TamperError as error:
+        raise actor.tamper_refusal(error, log_action, purpose=purpose) from None
+    checked: set[str] = set()
+    for cid, row in zip((c for c, _ in pairs), out, strict=True):
         kind = str(row["kind"])
         if kind not in checked:
             subject = ctx.subject_of(cid)
             actor.gate(tx.conn, action, log_action, kind=kind, purpose=purpose, subject=subject)
             checked.add(kind)
-        out.append(row)
-    try:
-        require(tx.conn, ctx.keys.row_auth, "sv_records", list({r["id"]: r for r in out}.values()))
-    except TamperError as error:
-        raise actor.tamper_refusal(error, log_action, purpose=purpose) from None
     return out
 
 
