@@ -34,7 +34,7 @@ from .errors import (
 )
 from .lifecycle import DECOMMISSION_ACTION
 from .log import Event
-from .rowauth import Bad, refusal_error, require
+from .rowauth import Bad, check_records, records_select, refusal_error, require
 from .store import customers, principals, records, roles
 
 __all__ = ["ADMIN", "Actor", "load_role", "subject_tag", "system_actor"]
@@ -168,15 +168,11 @@ class Actor:
             return role
         # The decision rests on the record rows' kinds: each row must pass its checks
         # first, or a kind forged in the data store would let a limited role through.
-        rows = [
-            r._mapping
-            for r in conn.execute(select(records).where(records.c.customer_id == customer_id))
-        ]
-        try:
-            require(conn, self.ctx.keys.row_auth, "sv_records", rows)
-        except TamperError as error:
-            raise self.tamper_refusal(error, log_action, subject=subject) from None
-        for kind in sorted({str(r["kind"]) for r in rows}):
+        rows = conn.execute(records_select().where(records.c.customer_id == customer_id)).all()
+        bad = check_records(self.ctx.keys.row_auth, rows)
+        if bad:
+            raise self.tamper_refusal(refusal_error(bad), log_action, subject=subject)
+        for kind in sorted({str(r.kind) for r in rows}):
             reason = role.withholds(kind, self.ctx.kind(kind).purposes)
             if reason is not None:
                 ev = self.event(

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import RowMapping, bindparam, delete, select
+from sqlalchemy import RowMapping, bindparam, delete
 
 from ..keys import CustomerKeys
 from . import ids
@@ -22,7 +22,7 @@ from .errors import TamperError, record_ciphertext
 from .inputs import check_batch, check_customer_id, check_record_id
 from .log import Event
 from .model import Record
-from .rowauth import record_auth, require, update_rows
+from .rowauth import check_records, record_auth, records_select, refusal_error, update_rows
 from .schema import check_name, encode_fields
 from .sealing import AAD_V, envelope, open_fields, record_version, seal_records
 from .store import records
@@ -238,12 +238,12 @@ def list_records(
         actor.customer_states(tx.conn, [customer_id], "record.list", purpose)
         # Every row of the customer passes its checks before its kind picks what is
         # listed: a forged kind neither hides a record nor shows one (TamperError).
-        stmt = select(records).where(records.c.customer_id == customer_id)
-        rows = [r._mapping for r in tx.conn.execute(stmt.order_by(records.c.created, records.c.id))]
-        try:
-            require(tx.conn, ctx.keys.row_auth, "sv_records", rows)
-        except TamperError as error:
-            raise actor.tamper_refusal(error, "record.list", purpose=purpose) from None
+        stmt = records_select().where(records.c.customer_id == customer_id)
+        fetched = tx.conn.execute(stmt.order_by(records.c.created, records.c.id)).all()
+        bad = check_records(ctx.keys.row_auth, fetched)
+        if bad:
+            raise actor.tamper_refusal(refusal_error(bad), "record.list", purpose=purpose)
+        rows = [r._mapping for r in fetched]
         usable = [
             (customer_id, str(r["id"]))
             for r in rows
@@ -273,25 +273,23 @@ def _record_rows(
     cids = list(dict.fromkeys(c for c, _ in pairs))
     actor.current_role(tx.conn, log_action)
     actor.customer_states(tx.conn, cids, log_action, purpose)
-    rows = {
-        str(r.id): r._mapping
-        for r in tx.conn.execute(
-            select(records).where(records.c.id.in_(bindparam("ids", expanding=True))),
-            {"ids": list(dict.fromkeys(r for _, r in pairs))},
-        )
-    }
+    fetched = tx.conn.execute(
+        records_select().where(records.c.id.in_(bindparam("ids", expanding=True))),
+        {"ids": list(dict.fromkeys(r for _, r in pairs))},
+    ).all()
+    rows = {str(r.id): r._mapping for r in fetched}
     out = []
     for cid, rid in pairs:
         row = rows.get(rid)
         if row is None or row["customer_id"] != cid:
             raise actor.not_found(log_action, rid, purpose=purpose)
         out.append(row)
-    # The rows pass their checks before the gate reads their kinds: a kind forged in
-    # the data store decides nothing (it is a logged TamperError, not a denial).
-    try:
-        require(tx.conn, ctx.keys.row_auth, "sv_records", list({r["id"]: r for r in out}.values()))
-    except TamperError as error:
-        raise actor.tamper_refusal(error, log_action, purpose=purpose) from None
+    # The rows pass their checks (authenticator and freshness, read in the same
+    # query) before the gate reads their kinds: a kind forged in the data store
+    # decides nothing (it is a logged TamperError, not a denial).
+    bad = check_records(ctx.keys.row_auth, fetched)
+    if bad:
+        raise actor.tamper_refusal(refusal_error(bad), log_action, purpose=purpose)
     checked: set[str] = set()
     for cid, row in zip((c for c, _ in pairs), out, strict=True):
         kind = str(row["kind"])
