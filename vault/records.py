@@ -22,7 +22,7 @@ from .errors import TamperError, record_ciphertext
 from .inputs import check_batch, check_customer_id, check_record_id
 from .log import Event
 from .model import Record
-from .rowauth import check_records, record_auth, records_select, refusal_error, update_rows
+from .rowauth import check_records, record_tagger, records_select, refusal_error, update_rows
 from .schema import check_name, encode_fields
 from .sealing import AAD_V, envelope, open_fields, record_version, seal_records
 from .store import records
@@ -95,11 +95,11 @@ def put_many(
         rows = []
         events = []
         first = tx.next_seq()
-        auth = ctx.keys.row_auth
+        record_tag = record_tagger(ctx.keys.row_auth)
         for i, (cid, _kind, _fields) in enumerate(items):
             ck = keys[cid]
             dv = ck.current.version
-            tag = record_auth(auth, rids[i], cid, kinds_of[i], 1, dv, first + i)
+            tag = record_tag(rids[i], cid, kinds_of[i], 1, dv, first + i)
             rows.append((rids[i], cid, kinds_of[i], 1, dv, sealed[i], now, now, 2, first + i, tag))
             events.append(
                 actor.event(
