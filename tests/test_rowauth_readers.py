@@ -245,3 +245,28 @@ def test_every_covered_column_of_a_record_row_is_checked_on_read(
             s.list_records(owner, purpose=PURPOSE)
         if column != "customer_id":
             assert s.get(world.second, world.second_record, purpose=PURPOSE).fields
+
+
+def dek_versions(world: World, customer: str) -> list[int]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{world.path / 'keys.db'}?mode=ro", uri=True)
+    try:
+        found = conn.execute("SELECT version FROM deks WHERE customer_id = ?", (customer,))
+        return sorted(int(v) for (v,) in found)
+    finally:
+        conn.close()
+
+
+def test_a_dek_version_forged_does_not_steer_a_key_rotation(world: World) -> None:
+    assert dek_versions(world, world.first) == [1]
+    world.sql("UPDATE sv_customers SET dek_version = dek_version + 1 WHERE id = :c", c=world.first)
+    with world.open() as v, pytest.raises(TamperError) as caught:
+        v.admin().rotate_dek(world.first)
+    assert (caught.value.table, caught.value.row) == ("sv_customers", world.first)
+    assert [e["action"] for e in world.tamper_entries()] == ["keys.rotate-dek"]
+    assert dek_versions(world, world.first) == [1]  # refused before any key was made
+    world.sql("UPDATE sv_customers SET dek_version = dek_version - 1 WHERE id = :c", c=world.first)
+    with world.open() as v:
+        assert v.admin().rotate_dek(world.first) == 2
+    assert_first_intact(world)
