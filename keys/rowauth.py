@@ -11,7 +11,11 @@ in constant time.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import NoReturn
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hmac as crypto_hmac
 
 from .errors import InvalidKeyError
 from .secret import SecretBytes
@@ -60,6 +64,35 @@ class RowAuth:
             return hmac.compare_digest(presented, stored)
         except TypeError:  # non-ASCII text
             return False
+
+    def hex_checker(self) -> Callable[[bytes, object], bool]:
+        """:meth:`check_hex` for a batch of rows: the HMAC-SHA-256 state keyed once
+        (``cryptography``'s HMAC, copied per message), about a quarter of the cost of
+        keying it per row. Keep it for one batch only: it holds the keyed state."""
+        base = crypto_hmac.HMAC(self._key.reveal(), hashes.SHA256())
+
+        def check(message: bytes, stored: object) -> bool:
+            if not isinstance(stored, str):
+                return False
+            mac = base.copy()
+            mac.update(message)
+            try:
+                return hmac.compare_digest(mac.finalize().hex(), stored)
+            except TypeError:  # non-ASCII text
+                return False
+
+        return check
+
+    def hex_tagger(self) -> Callable[[bytes], str]:
+        """:meth:`tag_hex` for a batch of rows (keyed once, as :meth:`hex_checker`)."""
+        base = crypto_hmac.HMAC(self._key.reveal(), hashes.SHA256())
+
+        def tag(message: bytes) -> str:
+            mac = base.copy()
+            mac.update(message)
+            return mac.finalize().hex()
+
+        return tag
 
     def wipe(self) -> None:
         """Overwrite the key (best effort)."""

@@ -34,7 +34,7 @@ from .errors import (
 )
 from .lifecycle import DECOMMISSION_ACTION
 from .log import Event
-from .rowauth import Bad, refusal_error, require
+from .rowauth import Bad, check_records, records_select, refusal_error, require
 from .store import customers, principals, records, roles
 
 __all__ = ["ADMIN", "Actor", "load_role", "subject_tag", "system_actor"]
@@ -160,14 +160,19 @@ class Actor:
     ) -> Role:
         """Allow ``action`` on everything a customer holds (a shred destroys it all): a
         role limited in kinds or purposes must cover the kind of every record of the
-        customer (:meth:`Role.withholds`), else a :class:`Refusal` logs the denial."""
+        customer (:meth:`Role.withholds`), else a :class:`Refusal` logs the denial. For
+        such a role the customer's record rows are checked first (vault/rowauth.py): a
+        row that fails is a logged :class:`TamperError`."""
         role = self.gate(conn, action, log_action, subject=subject)
         if role.kinds is None and role.purposes is None:
             return role
-        held = conn.execute(
-            select(records.c.kind).where(records.c.customer_id == customer_id).distinct()
-        ).scalars()
-        for kind in sorted(str(k) for k in held):
+        # The decision rests on the record rows' kinds: each row must pass its checks
+        # first, or a kind forged in the data store would let a limited role through.
+        rows = conn.execute(records_select().where(records.c.customer_id == customer_id)).all()
+        bad = check_records(self.ctx.keys.row_auth, rows)
+        if bad:
+            raise self.tamper_refusal(refusal_error(bad), log_action, subject=subject)
+        for kind in sorted({str(r.kind) for r in rows}):
             reason = role.withholds(kind, self.ctx.kind(kind).purposes)
             if reason is not None:
                 ev = self.event(

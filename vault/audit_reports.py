@@ -20,10 +20,11 @@ from .backup import backup_list
 from .canonical import canonical
 from .clock import format_ts
 from .context import Tx, VaultContext
-from .errors import SchemaError
+from .errors import SchemaError, TamperError
 from .inputs import check_known, check_limit, decode_cursor, encode_cursor, moment_text
 from .log import LOG_ACTIONS
 from .rotate import KeyPolicy, key_status
+from .rowauth import require
 from .store import checkpoints, customers, log, principals, roles
 
 __all__ = ["audit_query", "audit_report", "normalize_time"]
@@ -193,25 +194,33 @@ def audit_report(ctx: VaultContext, actor: Actor, *, expiring_days: int = 30) ->
                 .group_by(log.c.actor)
             ).all()
         )
+        # Every principal, role and listed customer row passes its checks first, else
+        # a logged TamperError and no report: a forged row is never shown as authentic.
+        listed = [r._mapping for r in conn.execute(select(principals).order_by(principals.c.name))]
+        role_rows = [r._mapping for r in conn.execute(select(roles).order_by(roles.c.name))]
+        try:
+            require(conn, ctx.keys.row_auth, "sv_principals", listed)
+            require(conn, ctx.keys.row_auth, "sv_roles", role_rows)
+        except TamperError as error:
+            raise actor.tamper_refusal(error, "audit.report") from None
         people = []
-        for p in conn.execute(select(principals).order_by(principals.c.name)):
-            state = "revoked" if p.revoked else "active"
-            if not p.revoked and p.expires is not None:
-                state = (
-                    "expired" if now >= p.expires else ("expiring" if soon >= p.expires else state)
-                )
+        for p in listed:
+            expires = p["expires"]
+            state = "revoked" if p["revoked"] else "active"
+            if not p["revoked"] and expires is not None:
+                state = "expired" if now >= expires else ("expiring" if soon >= expires else state)
             people.append(
                 {
-                    "name": p.name,
-                    "role": p.role,
-                    "expires": p.expires,
+                    "name": p["name"],
+                    "role": p["role"],
+                    "expires": expires,
                     "state": state,
-                    "last_login": last_use.get(p.name),
+                    "last_login": last_use.get(p["name"]),
                 }
             )
         custom_roles = []
-        for r in conn.execute(select(roles.c.spec).order_by(roles.c.name)):
-            spec = json.loads(r.spec)
+        for r in role_rows:
+            spec = json.loads(r["spec"])
             expires = spec.get("expires")
             spec["state"] = (
                 "expired"
@@ -225,22 +234,24 @@ def audit_report(ctx: VaultContext, actor: Actor, *, expiring_days: int = 30) ->
             conn.execute(select(customers.c.state, func.count()).group_by(customers.c.state)).all()
         )
         # Ids only: the inspector sees who is held or overdue, never their details.
-        held = [
-            str(cid)
-            for cid in conn.execute(
-                select(customers.c.id)
-                .where(customers.c.legal_hold.is_(True))
-                .order_by(customers.c.id)
-            ).scalars()
+        held_rows = [
+            r._mapping
+            for r in conn.execute(
+                select(customers).where(customers.c.legal_hold.is_(True)).order_by(customers.c.id)
+            )
         ]
-        past = [
-            str(cid)
-            for cid in conn.execute(
-                select(customers.c.id)
+        past_rows = [
+            r._mapping
+            for r in conn.execute(
+                select(customers)
                 .where(customers.c.state == "active", customers.c.retain_until < now)
                 .order_by(customers.c.id)
-            ).scalars()
+            )
         ]
+        shown = {str(r["id"]): r for r in [*held_rows, *past_rows]}
+        actor.check_customers(conn, list(shown.values()), "audit.report")
+        held = [str(r["id"]) for r in held_rows]
+        past = [str(r["id"]) for r in past_rows]
         shreds = conn.execute(
             select(func.count())
             .select_from(log)

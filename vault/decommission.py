@@ -174,9 +174,32 @@ def decommission(
 # -- 1-2: intent and state ----------------------------------------------------------------
 
 
+def _check_holds(tx: Tx, actor: Actor, page: int = 2000) -> None:
+    """Without an override the legal holds decide whether the decommission may go on,
+    so every customer not yet shredded must pass its row's checks first (a hold
+    cleared in the data store would otherwise be shredded): a logged TamperError."""
+    after = ""
+    while True:
+        rows = [
+            r._mapping
+            for r in tx.conn.execute(
+                select(customers)
+                .where(customers.c.state != "shredded", customers.c.id > after)
+                .order_by(customers.c.id)
+                .limit(page)
+            )
+        ]
+        if not rows:
+            return
+        actor.check_customers(tx.conn, rows, DECOMMISSION_ACTION)
+        after = str(rows[-1]["id"])
+
+
 def _begin(ctx: VaultContext, actor: Actor, reason: str, override: bool) -> None:
     def work(tx: Tx) -> int:
         actor.gate(tx.conn, "admin", DECOMMISSION_ACTION)
+        if not override:
+            _check_holds(tx, actor)
         state = select(func.count()).select_from(customers)
         held = tx.conn.execute(
             state.where(customers.c.state != "shredded", customers.c.legal_hold.is_(True))

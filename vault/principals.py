@@ -13,7 +13,7 @@ from .context import Tx, VaultContext
 from .errors import NotFoundError, SchemaError, TamperError
 from .inputs import check_known, suggest
 from .model import Principal
-from .rowauth import insert_rows, update_rows
+from .rowauth import insert_rows, require, update_rows
 from .schema import check_name
 from .store import principals, roles
 
@@ -78,22 +78,22 @@ def revoke_principal(ctx: VaultContext, actor: Actor, name: str) -> None:
 
 
 def list_principals(ctx: VaultContext, actor: Actor) -> list[Principal]:
-    """Every principal (never a token or its hash)."""
+    """Every principal (never a token or its hash). Each row passes its checks
+    first, else a logged :class:`TamperError` lists none: a forged row is never shown
+    as if the vault had written it (``audit check-store`` names every failing row)."""
 
     def work(tx: Tx) -> list[Principal]:
         actor.gate(tx.conn, "admin", "principal.list")
-        rows = tx.conn.execute(
-            select(
-                principals.c.name,
-                principals.c.role,
-                principals.c.expires,
-                principals.c.revoked,
-                principals.c.created,
-            ).order_by(principals.c.name)
-        ).all()
+        rows = [r._mapping for r in tx.conn.execute(select(principals).order_by(principals.c.name))]
+        try:
+            require(tx.conn, ctx.keys.row_auth, "sv_principals", rows)
+        except TamperError as error:
+            raise actor.tamper_refusal(error, "principal.list") from None
         tx.log(actor.event("principal.list", detail={"count": len(rows)}))
         return [
-            Principal(str(r.name), str(r.role), r.expires, bool(r.revoked), str(r.created))
+            Principal(
+                str(r["name"]), str(r["role"]), r["expires"], bool(r["revoked"]), str(r["created"])
+            )
             for r in rows
         ]
 

@@ -89,18 +89,22 @@ def shred_expired(
 def expired_customers(ctx: VaultContext, actor: Actor) -> ExpiredCustomers:
     """Who :meth:`shred_expired` would shred now, and who a legal hold keeps: a dry
     run that changes nothing. Needs the ``shred`` action; logged as one
-    ``customer.list`` entry (counts only)."""
-    stmt = _expired(ctx.now())
+    ``customer.list`` entry (counts only). Every customer it would list passes its
+    row's checks first, else a logged :class:`TamperError` lists none (a back-dated
+    ``retain_until`` is never shown as due; ``audit check-store`` names every row)."""
+    stmt = _expired(ctx.now()).with_only_columns(customers)
 
     def work(tx: Tx) -> ExpiredCustomers:
         actor.gate(tx.conn, "shred", "customer.list")
+        rows = [r._mapping for r in tx.conn.execute(stmt)]
+        actor.check_customers(tx.conn, rows, "customer.list")
         due: dict[str, str] = {}
         held: dict[str, str] = {}
         refs: dict[str, str] = {}
-        for row in tx.conn.execute(stmt):
-            (held if row.legal_hold else due)[str(row.id)] = str(row.retain_until)
-            if row.ref is not None:
-                refs[str(row.id)] = str(row.ref)
+        for row in rows:
+            (held if row["legal_hold"] else due)[str(row["id"])] = str(row["retain_until"])
+            if row["ref"] is not None:
+                refs[str(row["id"])] = str(row["ref"])
         tx.log(
             actor.event(
                 "customer.list",

@@ -173,11 +173,16 @@ def rotate_dek(ctx: VaultContext, actor: Actor, customer_id: str) -> int:
     the older versions. Crash-safe: reads accept any version still present, and a rerun
     reuses the version an interrupted run made. Returns the new version."""
     actor.authorize("admin", "keys.rotate-dek")
-    row = ctx.data.read(
-        lambda conn: conn.execute(
-            select(customers.c.state, customers.c.dek_version).where(customers.c.id == customer_id)
-        ).first()
-    )
+
+    def read(tx: Tx) -> Any:
+        # The row's DEK version decides which key versions a rerun deletes: checked
+        # first (a forged one could otherwise drop the version the records need).
+        found = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
+        if found is not None:
+            actor.check_customers(tx.conn, [found._mapping], "keys.rotate-dek")
+        return found
+
+    row = ctx.transact(read)
     if row is None:
         raise NotFoundError(f"no customer {customer_id}")
     if row.state != "active":

@@ -47,7 +47,7 @@ from .inputs import check_customer_id, check_reason
 from .locks import exclusive_lock
 from .log import export_line
 from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
-from .rowauth import update_rows
+from .rowauth import check_rows, update_rows
 from .store import checkpoints, customers, log, records
 from .tombstone import (
     relocate_window,
@@ -125,9 +125,11 @@ def _shred_locked(
                 detail={"reason_code": "already_shredded"},
             )
             raise Refusal(ShreddedError(f"customer {customer_id} is already shredded"), ev)
+        # Checked before its state decides anything: a row forged to ``shredding``
+        # would otherwise skip the gate and the hold and go straight to the keys.
+        actor.check_customers(tx.conn, [row._mapping], "customer.shred")
         if row.state == "shredding":
             return  # interrupted earlier: steps 2 and 3 finish it
-        actor.check_customers(tx.conn, [row._mapping], "customer.shred")
         ck = ctx.keys.customer_keys([customer_id]).get(customer_id)
         if ck is None:
             raise StorageError(f"customer {customer_id} is active but has no keys in the keystore")
@@ -296,13 +298,38 @@ def roll_forward(ctx: VaultContext) -> list[Receipt]:
         return _roll_forward_locked(ctx)
 
 
-def _roll_forward_locked(ctx: VaultContext) -> list[Receipt]:
-    stuck = ctx.data.read(
-        lambda conn: [
-            str(r.id)
-            for r in conn.execute(select(customers.c.id).where(customers.c.state == "shredding"))
-        ]
+def _stuck_authentic(ctx: VaultContext) -> list[str]:
+    """The customers a crash left in ``shredding`` whose rows pass their checks. A row
+    that fails (``shredding`` forged in the data store) destroys no keys: it is
+    logged as a refused ``customer.shred`` (``row_tampered``) and left for an admin;
+    every call on that customer is refused as tampered meanwhile."""
+    shredding = select(customers).where(customers.c.state == "shredding")
+    rows = ctx.data.read(lambda conn: [r._mapping for r in conn.execute(shredding)])
+    if not rows:
+        return []
+    found = ctx.keys.store.subject_tags([str(r["id"]) for r in rows])
+    tags = {cid: tag.hex() for cid, tag in found.items()}
+    bad = ctx.data.read(
+        lambda conn: check_rows(conn, ctx.keys.row_auth, "sv_customers", rows, tags=tags)
     )
+    if bad:
+        actor = system_actor(ctx)
+        events = [
+            actor.event(
+                "customer.shred",
+                outcome="error",
+                subject=tags.get(b.row),
+                detail={"reason_code": "row_tampered", "table": b.table, "why": b.reason},
+            )
+            for b in bad
+        ]
+        ctx.transact(lambda tx: tx.log(*events))
+    refused = {b.row for b in bad}
+    return [str(r["id"]) for r in rows if str(r["id"]) not in refused]
+
+
+def _roll_forward_locked(ctx: VaultContext) -> list[Receipt]:
+    stuck = _stuck_authentic(ctx)
     receipts = []
     for customer_id in stuck:
         salt = _salt(ctx, customer_id)
