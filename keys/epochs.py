@@ -19,6 +19,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import NoReturn
 
+from .blindindex import IndexKey
 from .envelope import Envelope, dek_aad, fingerprint, kek_aad, mac_seed_aad, signing_seed_aad
 from .errors import DecryptionError, InvalidKeyError, KeystoreError, WrongKeyError
 from .faults import crash_point
@@ -27,7 +28,7 @@ from .root import LEGACY_SCHEMA, NewRoot, RootKeys, stored_kdf_params
 from .rowauth import RowAuth
 from .secret import SecretBytes
 from .store import SCHEMA_VERSION, KeyStore, KeystoreHeader
-from .subkeys import ROW_AUTH, SUBKEY_SIZE, TOKEN_MAC, derive_subkey
+from .subkeys import BLIND_INDEX, ROW_AUTH, SUBKEY_SIZE, TOKEN_MAC, derive_subkey
 from .tokenmac import TokenMac
 
 __all__ = ["PENDING_EVENT", "UPGRADE_PENDING", "KekEpochs", "KeystoreUpgrade"]
@@ -64,6 +65,7 @@ class KekEpochs:
         self._new_mac_seed: SecretBytes | None = None
         self._tokens: TokenMac | None = None
         self._rows: RowAuth | None = None
+        self._index: IndexKey | None = None
         if header.schema_version == LEGACY_SCHEMA:
             self._next = RootKeys(root, self.vault_id, SCHEMA_VERSION)
             self._new_mac_seed = SecretBytes(os.urandom(SUBKEY_SIZE))
@@ -99,8 +101,9 @@ class KekEpochs:
     # -- the MAC seed and token verifiers ------------------------------------------------
 
     def _token_mac(self, mac_seed: SecretBytes) -> TokenMac:
-        """The token-MAC key of ``mac_seed``; the row-auth key of the same seed is
-        kept alongside (both derive from the MAC seed, and change together)."""
+        """The token-MAC key of ``mac_seed``; the row-auth and blind-index keys of
+        the same seed are kept alongside (all derive from the MAC seed, and change
+        together)."""
         rows = derive_subkey(mac_seed, ROW_AUTH, self.vault_id)
         try:
             if self._rows is not None:
@@ -108,6 +111,13 @@ class KekEpochs:
             self._rows = RowAuth(rows)
         finally:
             rows.wipe()
+        index = derive_subkey(mac_seed, BLIND_INDEX, self.vault_id)
+        try:
+            if self._index is not None:
+                self._index.wipe()
+            self._index = IndexKey(index)
+        finally:
+            index.wipe()
         key = derive_subkey(mac_seed, TOKEN_MAC, self.vault_id)
         try:
             return TokenMac(key)
@@ -137,6 +147,13 @@ class KekEpochs:
         if self._rows is None:
             raise KeystoreError("the keys of this key ring were forgotten")
         return self._rows
+
+    @property
+    def index(self) -> IndexKey:
+        """The blind-index key (:class:`KeystoreError` once the keys are forgotten)."""
+        if self._index is None:
+            raise KeystoreError("the keys of this key ring were forgotten")
+        return self._index
 
     def unwrap_signing_seed(self, generation: int, wrapped: bytes) -> SecretBytes:
         """The Ed25519 seed of one generation; the caller wipes it once used."""
@@ -310,6 +327,9 @@ class KekEpochs:
         if self._rows is not None:
             self._rows.wipe()
             self._rows = None
+        if self._index is not None:
+            self._index.wipe()
+            self._index = None
 
     @property
     def active_epoch(self) -> int:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from .blindindex import IndexKey
 from .decommission import destroy_all_keys, destroy_signing_seed
 from .envelope import (
     Envelope,
@@ -202,6 +203,12 @@ class KeyRing:
         """The row-auth key (keys/rowauth.py): tags and checks the data store's rows.
         The key never leaves it."""
         return self._epochs.rows
+
+    @property
+    def blind_index(self) -> IndexKey:
+        """The blind-index key (keys/blindindex.py): tags searchable fields' values.
+        The key never leaves it."""
+        return self._epochs.index
 
     # -- upgrading a keystore from before key separation (keys/epochs.py) --------------
 

@@ -54,12 +54,12 @@ LABELS: Mapping[bytes, str] = MappingProxyType(
         KEY_CHECK: "HMAC key of the key-check value in the keystore header",
         TOKEN_MAC: "HMAC key of principals' stored token verifiers",
         ROW_AUTH: "HMAC key of the data store's row authenticators (vault/rowauth.py)",
-        BLIND_INDEX: "reserved: blind indexes",
+        BLIND_INDEX: "HMAC key of the blind-index tags of searchable fields (vault/blindindex.py)",
     }
 )
 
 #: labels set aside for a later use: nothing derives them yet
-RESERVED = frozenset({BLIND_INDEX})
+RESERVED: frozenset[bytes] = frozenset()
 
 
 def derive_subkey(source: SecretBytes, label: bytes, vault_id: str) -> SecretBytes:

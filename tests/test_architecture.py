@@ -36,6 +36,7 @@ LAYERS: dict[str, list[str]] = {
         "inputs",
         "access",
         "trust",
+        "normalize",
     ],
     "ledger": [
         "store",
@@ -46,6 +47,7 @@ LAYERS: dict[str, list[str]] = {
         "lifecycle",
         "keycopies",
         "rowauth",
+        "blindindex",
     ],
     "proofs": ["receipt", "model", "audit", "certificate", "archive", "package", "markdown"],
     "core": ["context", "actor", "sealing", "tombstone"],
@@ -63,6 +65,7 @@ LAYERS: dict[str, list[str]] = {
         "handover_export",
         "handover_import",
         "subject_report",
+        "search",
     ],
     "workflows": [
         "retention",
@@ -104,6 +107,9 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("lifecycle", "store"): "",
     ("keycopies", "store"): "",
     ("rowauth", "store"): "authenticated rows and the log's target index live in the store",
+    ("blindindex", "store"): "blind-index entries live in the store",
+    ("schema", "normalize"): "a searchable field names one of the fixed normalizers",
+    ("kinds", "search"): "a kind whose searchable fields change has its index rebuilt",
     ("model", "receipt"): "a shred result carries receipts",
     ("audit", "receipt"): "",
     ("certificate", "audit"): "a certificate is checked against a log export",

@@ -105,10 +105,11 @@ def test_an_unregistered_label_is_refused() -> None:
         derive_subkey(ROOT, b"shredvault/root/something-else/v1", VAULT)
 
 
-@pytest.mark.parametrize("label", [BLIND_INDEX], ids=lambda b: b.decode())
-def test_reserved_labels_derive_nothing_yet(label: bytes) -> None:
-    with pytest.raises(InvalidKeyError, match="reserved"):
-        derive_subkey(ROOT, label, VAULT)
+def test_the_blind_index_label_is_in_use_no_longer_reserved() -> None:
+    assert BLIND_INDEX in USED
+    assert derive_subkey(ROOT, BLIND_INDEX, VAULT).reveal() == hkdf_by_hand(
+        ROOT.reveal(), BLIND_INDEX, VAULT
+    )
 
 
 @pytest.mark.parametrize("size", [0, 16, 31, 33, 64])
@@ -122,7 +123,7 @@ def test_a_source_that_is_not_32_bytes_is_refused(size: int) -> None:
 
 def test_every_label_is_versioned_and_names_the_key_it_derives_from() -> None:
     assert set(LABELS) == {ROOT_WRAP, KEY_CHECK, TOKEN_MAC, ROW_AUTH, BLIND_INDEX}
-    assert {BLIND_INDEX} == RESERVED
+    assert frozenset() == RESERVED
     for label in LABELS:
         assert re.fullmatch(rb"shredvault/(root|mac)/[a-z-]+/v1", label), label
     assert {lb for lb in LABELS if lb.startswith(b"shredvault/root/")} == {ROOT_WRAP, KEY_CHECK}

@@ -166,6 +166,7 @@ SHREDVAULT_ALL = [
     "LogPendingError",
     "NoTrustedKeyError",
     "NotFoundError",
+    "NotSearchableError",
     "OutputExistsError",
     "Page",
     "Principal",

@@ -203,8 +203,11 @@ class Actor:
         log_action: str,
         purpose: str,
         subject: str | None = None,
+        *,
+        verb: str = "write",
     ) -> None:
-        """Refuse (logged) writing fields of ``kind`` outside the role's allow-list."""
+        """Refuse (logged) writing (or, as ``verb`` says, searching) fields of ``kind``
+        outside the role's allow-list."""
         allowed = role.fields_for(kind)
         if allowed is None:
             return
@@ -219,7 +222,8 @@ class Actor:
             )
             raise Refusal(
                 AccessDeniedError(
-                    f"role {self.role.name!r} may not write field(s) {', '.join(outside)} of {kind}"
+                    f"role {self.role.name!r} may not {verb} field(s) "
+                    f"{', '.join(outside)} of {kind}"
                 ),
                 ev,
             )

@@ -32,6 +32,7 @@ __all__ = [
     "LogPendingError",
     "NoTrustedKeyError",
     "NotFoundError",
+    "NotSearchableError",
     "OutputExistsError",
     "PurposeError",
     "SchemaError",
@@ -75,6 +76,11 @@ class DuplicateRefError(SchemaError):
     """The vault declares customer refs unique and another customer already has this
     ref (or, turning the rule on, several customers share one): nothing was written.
     Also raised by a lookup by ref that matches more than one customer."""
+
+
+class NotSearchableError(SchemaError):
+    """The field is not declared searchable for its kind (docs/search.md): nothing was
+    searched or logged."""
 
 
 class LegalHoldError(VaultError):

@@ -22,6 +22,7 @@ from ..keys.sealed import (
 )
 from .access import normalize_expiry
 from .actor import Actor
+from .blindindex import IndexItem, index_records
 from .context import Tx, VaultContext
 from .errors import (
     HandoverConflictError,
@@ -233,10 +234,12 @@ def import_package(
             rows = []
             events = []
             sealing: list[tuple[str, str, int, bytes]] = []
+            searchable: list[IndexItem] = []
             for rid, kind, text in customer.records:
                 spec = declared.get(kind) or specs[kind]
                 fields = _fields(text)
                 sealing.append((rid, kind, 1, encode_fields(spec, fields)))
+                searchable.append((rid, cid, kind, fields))
                 events.append(
                     actor.event(
                         "record.put",
@@ -256,6 +259,9 @@ def import_package(
                 tag = record_auth(auth, rid, cid, kind, 1, dv, seq)
                 rows.append((rid, cid, kind, 1, dv, blob, created, created, 2, seq, tag))
             ctx.data.insert_many(tx.conn, records, rows)
+            index_records(
+                tx.conn, ctx.keys.blind_index, lambda k: declared.get(k) or specs[k], searchable
+            )
             tx.log(*events)
             written.append(len(rows))
             if progress is not None:

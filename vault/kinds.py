@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from sqlalchemy import delete, select
 
@@ -12,20 +12,30 @@ from .context import Tx, VaultContext
 from .errors import SchemaError
 from .rowauth import insert_rows, require, update_rows
 from .schema import KindSpec, check_name
+from .search import reindex_kind
 from .store import kinds
 
 __all__ = ["alter_kind", "declare_kind", "list_kinds"]
 
 
 def declare_kind(
-    ctx: VaultContext, actor: Actor, name: str, *, fields: Iterable[str], purposes: Iterable[str]
+    ctx: VaultContext,
+    actor: Actor,
+    name: str,
+    *,
+    fields: Iterable[str],
+    purposes: Iterable[str],
+    searchable: Mapping[str, str] | None = None,
 ) -> KindSpec:
-    """Declare (or redeclare) a record kind: the fields it may hold and the purposes
-    it may be used for; returns it. Needs ``admin``; logged as ``schema.declare``.
+    """Declare (or redeclare) a record kind: the fields it may hold, the purposes it
+    may be used for and the fields found by exact match (``searchable``: field ->
+    normalizer, docs/search.md); returns it. The kind's blind-index entries are
+    rebuilt in the same transaction (its records decrypted when it has searchable
+    fields). Needs ``admin``; logged as ``schema.declare``.
 
     Raises :class:`SchemaError` for a bad name (nothing logged) or
     :class:`AccessDeniedError` (logged as denied); either way nothing changes."""
-    spec = KindSpec.build(name, fields, purposes)
+    spec = KindSpec.build(name, fields, purposes, searchable)
     text = json.dumps(spec.to_json(), sort_keys=True)
 
     def work(tx: Tx) -> None:
@@ -33,6 +43,7 @@ def declare_kind(
         tx.conn.execute(delete(kinds).where(kinds.c.name == spec.name))
         row = {"name": spec.name, "spec": text}
         insert_rows(tx.conn, ctx.keys.row_auth, "sv_kinds", [row], tx.next_seq())
+        reindex_kind(ctx, actor, tx, spec, "schema.declare")
         tx.log(actor.event("schema.declare", detail={"kind": spec.name, **spec.to_json()}))
 
     ctx.transact(work)
@@ -48,12 +59,16 @@ def alter_kind(
     add_fields: Iterable[str] = (),
     deprecate_fields: Iterable[str] = (),
     add_purposes: Iterable[str] = (),
+    add_searchable: Mapping[str, str] | None = None,
+    drop_searchable: Iterable[str] = (),
 ) -> KindSpec:
     """Evolve a declared kind: add fields, deprecate fields (still read, removed by an
-    update setting them to None, no longer written), add purposes; returns it. Records
-    are not rewritten. Needs ``admin``; logged as ``schema.alter`` with what changed
-    and the new spec. :class:`SchemaError` (nothing logged or changed) for an
-    undeclared kind or a change :meth:`KindSpec.altered` refuses."""
+    update setting them to None, no longer written), add purposes, make fields
+    searchable (field -> normalizer) or not; returns it. Records are not rewritten; a
+    change of searchable fields rebuilds the kind's blind-index entries in the same
+    transaction (docs/search.md). Needs ``admin``; logged as ``schema.alter`` with
+    what changed and the new spec. :class:`SchemaError` (nothing logged or changed)
+    for an undeclared kind or a change :meth:`KindSpec.altered` refuses."""
     check_name("kind", name)
 
     def work(tx: Tx) -> tuple[KindSpec, str]:
@@ -64,7 +79,11 @@ def alter_kind(
         require(tx.conn, ctx.keys.row_auth, "sv_kinds", [row._mapping])
         old = KindSpec.from_json(name, json.loads(row.spec))
         new = old.altered(
-            add_fields=add_fields, deprecate_fields=deprecate_fields, add_purposes=add_purposes
+            add_fields=add_fields,
+            deprecate_fields=deprecate_fields,
+            add_purposes=add_purposes,
+            add_searchable=add_searchable,
+            drop_searchable=drop_searchable,
         )
         text = json.dumps(new.to_json(), sort_keys=True)
         update_rows(tx.conn, ctx.keys.row_auth, "sv_kinds", {name: {"spec": text}}, tx.next_seq())
@@ -73,6 +92,11 @@ def alter_kind(
             "deprecated_fields": sorted(new.deprecated - old.deprecated),
             "added_purposes": sorted(new.purposes - old.purposes),
         }
+        if new.searchable != old.searchable:
+            before, after = dict(old.searchable), dict(new.searchable)
+            changed["searchable"] = sorted(f for f in after if before.get(f) != after[f])
+            changed["unsearchable"] = sorted(before.keys() - after.keys())
+            reindex_kind(ctx, actor, tx, new, "schema.alter")
         tx.log(
             actor.event("schema.alter", detail={"kind": name, "changed": changed, **new.to_json()})
         )

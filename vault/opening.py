@@ -15,6 +15,7 @@ from sqlalchemy import Connection, exc, select
 from ..keys import KdfParams, KeyRing, KeyStore
 from . import ids
 from .actor import ADMIN
+from .blindindex import ensure_search_table
 from .clock import Clock, format_ts, system_clock
 from .context import VaultContext, load_keyfile_key
 from .errors import StorageError, VaultDecommissionedError, keys_errors
@@ -206,6 +207,7 @@ def open_context(
             if ctx.final_seq is not None:
                 return ctx
             ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
+            data.run(lambda conn, _head: ensure_search_table(conn))
             return ctx
         # The shreds the log records after the keystore's mark are read in the same
         # pass that verifies the log, which then starts at the mark if that is earlier
@@ -215,6 +217,7 @@ def open_context(
         report = ctx.check_anchor(since=mark + 1, observe=scan.observe)
         refuse_unconfirmed(plan_reconcile(ctx, scan))  # before anything is written
         ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
+        data.run(lambda conn, _head: ensure_search_table(conn))  # a store from before it
         upgrade_stores(ctx)  # a vault from before key separation (vault/migrate.py)
         authenticate_rows(ctx)  # a vault from before authenticated rows (vault/rowmigrate.py)
         unlink_tombstones(ctx)  # tombstones from before issue 16 item 5 (vault/migrate.py)

@@ -17,6 +17,7 @@ from sqlalchemy import RowMapping, bindparam, delete
 from ..keys import CustomerKeys
 from . import ids
 from .actor import Actor, subject_tag
+from .blindindex import drop_records, index_records
 from .context import Tx, VaultContext
 from .errors import TamperError, record_ciphertext
 from .inputs import (
@@ -124,6 +125,8 @@ def put_many(
                 )
             )
         ctx.data.insert_many(tx.conn, records, rows)
+        searchable = ((r, c, k, f) for r, (c, k, f) in zip(rids, items, strict=True))
+        index_records(tx.conn, ctx.keys.blind_index, ctx.kind, searchable)
         tx.log(*events)
         return rids
 
@@ -180,6 +183,13 @@ def update_record(
             "updated": now,
         }
         update_rows(tx.conn, ctx.keys.row_auth, "sv_records", {record_id: change}, tx.next_seq())
+        index_records(
+            tx.conn,
+            ctx.keys.blind_index,
+            ctx.kind,
+            [(record_id, customer_id, kind, merged)],
+            replace=True,
+        )
         tx.log(
             actor.event(
                 "record.update",
@@ -210,6 +220,7 @@ def delete_record(
             ctx, actor, tx, [(customer_id, record_id)], purpose, "record.delete", "delete"
         )[0]
         tx.conn.execute(delete(records).where(records.c.id == record_id))
+        drop_records(tx.conn, [record_id])
         tag = ctx.subject_of(customer_id)
         tx.log(
             actor.event(

@@ -14,6 +14,7 @@ from typing import Any
 from .canonical import canonical
 from .errors import PurposeError, SchemaError
 from .inputs import suggest
+from .normalize import NORMALIZERS
 
 __all__ = [
     "MAX_FIELD_BYTES",
@@ -49,12 +50,21 @@ def check_name(what: str, name: object) -> str:
 class KindSpec:
     """A declared kind: its allowed fields and purposes. ``deprecated`` fields (a
     subset of ``fields``) are still read, and removed by an update setting them to
-    None, but no longer written (docs/kinds.md)."""
+    None, but no longer written (docs/kinds.md). ``searchable``: sorted pairs
+    ``(field, normalizer)`` of the fields found by exact match (docs/search.md)."""
 
     name: str
     fields: frozenset[str]
     purposes: frozenset[str]
     deprecated: frozenset[str] = frozenset()
+    searchable: tuple[tuple[str, str], ...] = ()
+
+    def normalizer(self, field: str) -> str | None:
+        """The normalizer of a searchable field; None when the field is not searchable."""
+        for name, normalizer in self.searchable:
+            if name == field:
+                return normalizer
+        return None
 
     @property
     def writable(self) -> frozenset[str]:
@@ -63,12 +73,14 @@ class KindSpec:
 
     @classmethod
     def from_json(cls, name: str, raw: Mapping[str, Any]) -> KindSpec:
-        """The spec as stored (``to_json``; no ``deprecated`` member means none)."""
+        """The spec as stored (``to_json``; no ``deprecated`` or ``searchable`` member
+        means none)."""
         return cls(
             name,
             frozenset(raw["fields"]),
             frozenset(raw["purposes"]),
             frozenset(raw.get("deprecated", ())),
+            tuple(sorted(dict(raw.get("searchable", {})).items())),
         )
 
     def altered(
@@ -77,11 +89,15 @@ class KindSpec:
         add_fields: Iterable[str] = (),
         deprecate_fields: Iterable[str] = (),
         add_purposes: Iterable[str] = (),
+        add_searchable: Mapping[str, str] | None = None,
+        drop_searchable: Iterable[str] = (),
     ) -> KindSpec:
         """This kind with fields added (a deprecated one becomes writable again),
-        fields deprecated and purposes added. :class:`SchemaError` for a bad or unknown
-        name, a field both added and deprecated, no writable field left, or no change."""
-        for given in (add_fields, deprecate_fields, add_purposes):
+        fields deprecated, purposes added, fields made searchable (field -> normalizer)
+        or no longer searchable. :class:`SchemaError` for a bad or unknown name or
+        normalizer, a field both added and deprecated (or made searchable and not), no
+        writable field left, or no change."""
+        for given in (add_fields, deprecate_fields, add_purposes, drop_searchable):
             if isinstance(given, str):
                 raise SchemaError("fields and purposes must be lists of names, not one string")
         add = frozenset(check_name("field", f) for f in add_fields)
@@ -97,13 +113,34 @@ class KindSpec:
         fields = self.fields | add
         if not fields - deprecated:
             raise SchemaError(f"kind {self.name!r} must keep at least one writable field")
-        new = KindSpec(self.name, fields, self.purposes | more, deprecated)
+        search = dict(self.searchable)
+        unsearch = frozenset(check_name("field", f) for f in drop_searchable)
+        made = _searchable(self.name, fields, add_searchable or {})
+        if unsearch & made.keys():
+            both = ", ".join(sorted(unsearch & made.keys()))
+            raise SchemaError(f"field(s) {both} both made searchable and not")
+        missing = sorted(unsearch - search.keys())
+        if missing:
+            raise SchemaError(
+                f"field(s) {', '.join(missing)} of kind {self.name!r} are not searchable"
+            )
+        search = {f: n for f, n in {**search, **made}.items() if f not in unsearch}
+        searchable = tuple(sorted(search.items()))
+        new = KindSpec(self.name, fields, self.purposes | more, deprecated, searchable)
         if new == self:
             raise SchemaError(f"the change leaves kind {self.name!r} as it is")
         return new
 
     @classmethod
-    def build(cls, name: str, fields: Iterable[str], purposes: Iterable[str]) -> KindSpec:
+    def build(
+        cls,
+        name: str,
+        fields: Iterable[str],
+        purposes: Iterable[str],
+        searchable: Mapping[str, str] | None = None,
+    ) -> KindSpec:
+        """A new kind. :class:`SchemaError` for a bad name, no field or purpose, or a
+        searchable field the kind does not declare or whose normalizer is unknown."""
         if isinstance(fields, str) or isinstance(purposes, str):
             raise SchemaError("fields and purposes must be lists of names, not one string")
         check_name("kind", name)
@@ -113,12 +150,15 @@ class KindSpec:
             raise SchemaError(f"kind {name!r} must declare at least one field")
         if not purpose_set:
             raise SchemaError(f"kind {name!r} must declare at least one purpose")
-        return cls(name, field_set, purpose_set)
+        search = _searchable(name, field_set, searchable or {})
+        return cls(name, field_set, purpose_set, searchable=tuple(sorted(search.items())))
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"fields": sorted(self.fields), "purposes": sorted(self.purposes)}
         if self.deprecated:
             out["deprecated"] = sorted(self.deprecated)
+        if self.searchable:
+            out["searchable"] = dict(self.searchable)
         return out
 
     def check_purpose(self, purpose: str) -> None:
@@ -127,6 +167,26 @@ class KindSpec:
                 f"purpose {purpose!r} is not declared for kind {self.name!r} "
                 f"(declared: {', '.join(sorted(self.purposes))})"
             )
+
+
+def _searchable(kind: str, fields: Collection[str], given: Mapping[str, str]) -> dict[str, str]:
+    """``given`` (field -> normalizer) checked: declared fields, known normalizers."""
+    if not isinstance(given, Mapping):
+        raise SchemaError("searchable fields must be a mapping of field name to normalizer")
+    out = {}
+    for field, normalizer in given.items():
+        check_name("field", field)
+        if field not in fields:
+            shown = f"{field}{suggest(field, fields)}"
+            raise SchemaError(f"searchable field {shown} is not declared for kind {kind!r}")
+        if not isinstance(normalizer, str) or normalizer not in NORMALIZERS:
+            known = ", ".join(sorted(NORMALIZERS))
+            shown = (
+                repr(normalizer) if isinstance(normalizer, str) and len(normalizer) <= 40 else "?"
+            )
+            raise SchemaError(f"unknown normalizer {shown} for field {field} (known: {known})")
+        out[field] = normalizer
+    return out
 
 
 def _check_value(kind: str, name: str, value: object) -> None:

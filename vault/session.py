@@ -51,6 +51,7 @@ from .rotate import (
     rotate_kek,
 )
 from .schema import KindSpec
+from .search import find
 from .shred import compact, shred_one
 from .storecheck import StoreCheck, check_store
 from .subject_report import customer_report, customer_report_from_receipt
@@ -77,14 +78,23 @@ class Session:
     # -- schema and checkpoints ------------------------------------------------
 
     def declare_kind(
-        self, name: str, *, fields: Iterable[str], purposes: Iterable[str]
+        self,
+        name: str,
+        *,
+        fields: Iterable[str],
+        purposes: Iterable[str],
+        searchable: Mapping[str, str] | None = None,
     ) -> KindSpec:
-        """Declare (or redeclare) a record kind: the fields it may hold and the purposes
-        it may be used for; returns it. Needs ``admin``; logged as ``schema.declare``.
+        """Declare (or redeclare) a record kind: the fields it may hold, the purposes
+        it may be used for, and ``searchable`` fields (field -> normalizer, found by
+        :meth:`find`; docs/search.md); returns it. Needs ``admin``; logged as
+        ``schema.declare``.
 
         Raises :class:`SchemaError` for a bad name (nothing logged) or
         :class:`AccessDeniedError` (logged as denied); either way nothing changes."""
-        return declare_kind(self._ctx, self._actor, name, fields=fields, purposes=purposes)
+        return declare_kind(
+            self._ctx, self._actor, name, fields=fields, purposes=purposes, searchable=searchable
+        )
 
     def alter_kind(
         self,
@@ -93,12 +103,16 @@ class Session:
         add_fields: Iterable[str] = (),
         deprecate_fields: Iterable[str] = (),
         add_purposes: Iterable[str] = (),
+        add_searchable: Mapping[str, str] | None = None,
+        drop_searchable: Iterable[str] = (),
     ) -> KindSpec:
         """Evolve a declared kind without rewriting its records: add fields (a
         deprecated one becomes writable again), deprecate fields (still read, removed
-        by an update setting them to None, never written again), add purposes; returns
-        it. Needs ``admin``; logged as ``schema.alter``. :class:`SchemaError` (nothing
-        changed or logged) for an undeclared kind, an unknown field or no change."""
+        by an update setting them to None, never written again), add purposes, make
+        fields searchable (field -> normalizer) or not (the kind's index is rebuilt);
+        returns it. Needs ``admin``; logged as ``schema.alter``. :class:`SchemaError`
+        (nothing changed or logged) for an undeclared kind, an unknown field or no
+        change."""
         return alter_kind(
             self._ctx,
             self._actor,
@@ -106,6 +120,8 @@ class Session:
             add_fields=add_fields,
             deprecate_fields=deprecate_fields,
             add_purposes=add_purposes,
+            add_searchable=add_searchable,
+            drop_searchable=drop_searchable,
         )
 
     def kinds(self) -> dict[str, KindSpec]:
@@ -457,6 +473,14 @@ class Session:
         one log entry per record. No data is returned unless the entries commit. A role
         with a field allow-list gets only those fields; the entry names them."""
         return get_many(self._ctx, self._actor, pairs, purpose=purpose)
+
+    def find(self, kind: str, field: str, value: str, *, purpose: str) -> list[Record]:
+        """The records of ``kind`` whose searchable ``field`` holds ``value`` (in its
+        normalized form; docs/search.md), cut to this role's field allow-list. Needs
+        ``read`` and the field; logged per record returned (one entry if none) with the
+        kind, field and count, never the value. :class:`NotSearchableError` (nothing
+        logged) for a field not declared searchable."""
+        return find(self._ctx, self._actor, kind, field, value, purpose=purpose)
 
     def list_records(
         self,

@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 
 from ..keys.rowauth import RowAuth
+from .blindindex import drop_customers
 from .clock import format_ts
 from .errors import StorageError
 from .rowauth import update_rows
@@ -131,6 +132,7 @@ def write_tombstones(
         return 0
     wanted = {"ids": list(ids)}
     dropped = 0
+    drop_customers(conn, ids)  # their blind-index entries, with or without drop_records
     if drop_records:
         dropped = conn.execute(
             delete(records).where(records.c.customer_id.in_(bindparam("ids", expanding=True))),

@@ -7,7 +7,7 @@ the operations; ``Vault`` holds the :class:`~.context.VaultContext` and nothing 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import NoReturn
 
@@ -268,16 +268,24 @@ class Vault:
 
     # -- schema -------------------------------------------------------------------------
 
-    def declare_kind(self, name: str, *, fields: Iterable[str], purposes: Iterable[str]) -> None:
+    def declare_kind(
+        self,
+        name: str,
+        *,
+        fields: Iterable[str],
+        purposes: Iterable[str],
+        searchable: Mapping[str, str] | None = None,
+    ) -> None:
         """Declare (or redeclare) a record kind as the unlocking administrator: the fields
-        it may hold and the purposes it may be used for. Logged as ``schema.declare``.
-        A principal declares with :meth:`Session.declare_kind` (needs ``admin``)."""
+        it may hold, the purposes it may be used for and its searchable fields (field ->
+        normalizer; docs/search.md). Logged as ``schema.declare``. A principal declares
+        with :meth:`Session.declare_kind` (needs ``admin``)."""
         self._ctx.require_open()
         if self._ctx.lifecycle is not None:
             raise VaultDecommissionedError(
                 f"the vault is {self._ctx.lifecycle}: its schema is closed"
             )
-        self.admin().declare_kind(name, fields=fields, purposes=purposes)
+        self.admin().declare_kind(name, fields=fields, purposes=purposes, searchable=searchable)
 
     def kinds(self) -> dict[str, KindSpec]:
         """Every declared kind."""
