@@ -1,9 +1,10 @@
-"""``record put|update|get|list|delete``: encrypted records, each access with a purpose
+"""``record put|update|get|list|find|delete``: encrypted records, each access with a purpose
 and logged."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -221,6 +222,76 @@ def list_command(
         note(f"more records: --after {found.next}")
     if not found:
         echo(f"no records usable for purpose {purpose}")
+    for i, record in enumerate(found):
+        if i:
+            echo()
+        _print_record(record)
+
+
+def _search_value(value: str | None, value_file: Path | None) -> str:
+    """The value to find: the argument, or (kept out of shell history) stdin for ``-``
+    or a file's text; one trailing line break is dropped from either."""
+    given = sum(x is not None for x in (value, value_file))
+    if given != 1:
+        raise click.UsageError("give the VALUE, - (read it from stdin) or --value-file PATH")
+    if value is not None and value != "-":
+        return value
+    if value_file is not None:
+        try:
+            with value_file.open("rb") as handle:
+                data = handle.read(_MAX_STDIN + 1)
+        except OSError as error:
+            raise click.BadParameter(
+                f"cannot read it ({error.strerror})", param_hint="'--value-file'"
+            ) from None
+    else:
+        data = sys.stdin.buffer.read(_MAX_STDIN + 1)
+    if len(data) > _MAX_STDIN:
+        raise click.UsageError("the search value is too large")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise click.UsageError("the search value is not UTF-8 text") from None
+    return text.removesuffix("\n").removesuffix("\r")
+
+
+@record_group.command("find")
+@click.argument("kind")
+@click.argument("field")
+@click.argument("value", metavar="[VALUE|-]", required=False)
+@purpose_option
+@click.option(
+    "--value-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="Read the value from this file (keeps it out of shell history; or give -).",
+)
+@json_option
+@store_options
+@unlock_options
+@token_option
+@click.pass_context
+def find_command(
+    ctx: click.Context,
+    kind: str,
+    field: str,
+    value: str | None,
+    purpose: str,
+    value_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Print the records of KIND whose searchable FIELD holds VALUE (exact match after
+    the field's normalizer; docs/search.md). Each record returned is logged, with the
+    kind, field and count, never the value. Give - to read the value from stdin, or
+    --value-file, so it stays out of shell history."""
+    wanted = _search_value(value, value_file)
+    with open_session(ctx) as session:
+        found = session.find(kind, field, wanted, purpose=purpose)
+    if as_json:
+        print_json([r.to_json() for r in found])
+        return
+    if not found:
+        echo(f"no {kind} record matches")
     for i, record in enumerate(found):
         if i:
             echo()
