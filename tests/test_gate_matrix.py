@@ -217,7 +217,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     clock = ShiftedClock()
     vault = Vault.create(root / "vault", keyfile=keyfile, clock=clock)
     for kind, names in KIND_FIELDS.items():
-        vault.declare_kind(kind, fields=names, purposes=sorted(DECLARED[kind]))
+        search = {"phone": "digits"} if kind == "profile" else None  # for find
+        vault.declare_kind(kind, fields=names, purposes=sorted(DECLARED[kind]), searchable=search)
     admin = vault.admin()
     soon = clock() + timedelta(hours=1)
     for shape in CUSTOM_ROLES:
@@ -943,6 +944,31 @@ case(
     call=lambda s, g: s.list_records(g["cid"], purpose="service"),
     refusal=lambda shape, g: access(shape, "read", purpose="service"),
     check=_read_check("profile"),
+)
+
+
+def _find_refusal(shape: str, given: Given) -> str | None:
+    reason = access(shape, "read", "profile", "service")
+    if reason is None and "phone" not in visible(shape, "profile"):
+        return "field_not_allowed"  # a role may search only a field it may see
+    return reason
+
+
+def _found_check(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+    if not refused:
+        assert given["records"]["profile"] in [r.id for r in result]
+        shown = {k: v for k, v in DOSSIER["profile"].items() if k in visible(shape, "profile")}
+        assert all(dict(r.fields) == shown for r in result)
+
+
+case(
+    "find",
+    "record.find",
+    prepare=_shared,
+    call=lambda s, g: s.find("profile", "phone", DOSSIER["profile"]["phone"], purpose="service"),
+    refusal=_find_refusal,
+    entries=lambda shape, g, result: ok(*["record.find"] * max(1, len(result))),
+    check=_found_check,
 )
 
 
