@@ -202,7 +202,12 @@ def test_a_field_not_searchable_is_a_typed_error_naming_no_value(
 
 @pytest.mark.parametrize(
     ("value", "why"),
-    [("no digits here", "empty once normalized"), (5550109999, "must be text")],
+    [
+        ("no digits here", "empty once normalized"),
+        (5550109999, "must be text"),
+        ("555\ud800", "not valid Unicode"),
+        ("5" * 70_000, "at most"),
+    ],
 )
 def test_a_bad_query_is_refused_without_showing_it(vault: Vault, value: Any, why: str) -> None:
     with pytest.raises(SchemaError, match=why) as caught:
