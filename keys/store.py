@@ -11,6 +11,8 @@ deleted key bytes out of the file and its WAL.
 from __future__ import annotations
 
 import sqlite3
+import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -104,11 +106,53 @@ class DekRow:
 
 
 class KeyStore:
-    """A connection to ``keys.db``. Owns the file handle; close it when done."""
+    """Connections to ``keys.db``: one per thread, so a vault shared by threads keeps
+    each thread's keystore transaction its own, as separate processes do (SQLite's
+    locks and busy timeout order them). Close it when done: that closes them all."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
-        self._conn = conn
+        self._local = threading.local()
+        # Every connection open, so close() reaches them all; a thread's connection is
+        # closed when the thread ends (its local storage is dropped, see _ThreadConn).
+        self._opened: set[sqlite3.Connection] = set()
+        self._guard = threading.Lock()
+        self._closed = False
+        self._adopt(conn)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection, made with the keystore's pragmas on first use."""
+        held: _ThreadConn | None = getattr(self._local, "held", None)
+        if held is not None:
+            return held.conn
+        if self._closed:
+            raise KeystoreError("the keystore is closed")
+        try:
+            conn = self._connect(self.path)
+        except sqlite3.Error as exc:
+            raise keystore_error(None, exc, "cannot open the keystore", self.path) from None
+        return self._adopt(conn)
+
+    def _adopt(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        held = _ThreadConn(conn)
+        opened, guard = self._opened, self._guard
+
+        def release() -> None:  # the thread ended: close its connection
+            with guard:
+                if conn not in opened:
+                    return  # close() has it
+                opened.discard(conn)
+            conn.close()
+
+        with guard:
+            if self._closed:
+                conn.close()
+                raise KeystoreError("the keystore is closed")
+            opened.add(conn)
+        weakref.finalize(held, release)
+        self._local.held = held
+        return conn
 
     def __repr__(self) -> str:
         return f"<KeyStore {self.path}>"
@@ -188,7 +232,13 @@ class KeyStore:
         return store
 
     def close(self) -> None:
-        self._conn.close()
+        """Close every thread's connection."""
+        with self._guard:
+            self._closed = True
+            opened = list(self._opened)
+            self._opened.clear()
+        for conn in opened:
+            conn.close()
 
     # -- transactions ----------------------------------------------------------------
 
@@ -509,6 +559,16 @@ class KeyStore:
                 "signature = excluded.signature WHERE excluded.seq > anchor.seq",
                 (seq, body, signature),
             )
+
+
+class _ThreadConn:
+    """Holds one thread's connection; only that thread's local storage refers to it,
+    so it is dropped (and the connection closed) when the thread ends."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
 
 
 def _chunks(items: Sequence[str]) -> Iterator[list[str]]:

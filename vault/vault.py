@@ -42,8 +42,10 @@ __all__ = ["Vault"]
 class Vault:
     """An open, unlocked vault. Use as a context manager, or call :meth:`close`.
 
-    Not safe to share between threads; open one per thread or process (processes
-    coordinate through the stores' locks).
+    Safe to share between the threads of a process (a web service opens one): each
+    thread gets its own data-store connection from the engine's pool and its own
+    keystore connection, so threads coordinate through the stores' locks exactly as
+    processes do. Sessions too may be shared; close the vault after the last use.
     """
 
     def __init__(self, ctx: VaultContext) -> None:
