@@ -11,8 +11,6 @@ deleted key bytes out of the file and its WAL.
 from __future__ import annotations
 
 import sqlite3
-import threading
-import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from pathlib import Path
 
 from .connection import (
     TRUNCATE_DEADLINE_S,
+    ThreadConnections,
     connect,
     keystore_error,
     scrub_deleted,
@@ -106,62 +105,20 @@ class DekRow:
 
 
 class KeyStore:
-    """Connections to ``keys.db``: one per thread, so a vault shared by threads keeps
-    each thread's keystore transaction its own, as separate processes do (SQLite's
-    locks and busy timeout order them). Close it when done: that closes them all."""
+    """Connections to ``keys.db``, one per thread (keys/connection.py); close when done."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
-        self._local = threading.local()
-        # Every connection open, so close() reaches them all; a thread's connection is
-        # closed when the thread ends (its local storage is dropped, see _ThreadConn).
-        self._opened: set[sqlite3.Connection] = set()
-        self._guard = threading.Lock()
-        self._closed = False
-        self._adopt(conn)
+        self._connections = ThreadConnections(path, conn)
 
     @property
     def _conn(self) -> sqlite3.Connection:
-        """This thread's connection, made with the keystore's pragmas on first use."""
-        held: _ThreadConn | None = getattr(self._local, "held", None)
-        if held is not None:
-            return held.conn
-        if self._closed:
-            raise KeystoreError("the keystore is closed")
-        try:
-            conn = self._connect(self.path)
-        except sqlite3.Error as exc:
-            raise keystore_error(None, exc, "cannot open the keystore", self.path) from None
-        return self._adopt(conn)
-
-    def _adopt(self, conn: sqlite3.Connection) -> sqlite3.Connection:
-        held = _ThreadConn(conn)
-        opened, guard = self._opened, self._guard
-
-        def release() -> None:  # the thread ended: close its connection
-            with guard:
-                if conn not in opened:
-                    return  # close() has it
-                opened.discard(conn)
-            conn.close()
-
-        with guard:
-            if self._closed:
-                conn.close()
-                raise KeystoreError("the keystore is closed")
-            opened.add(conn)
-        weakref.finalize(held, release)
-        self._local.held = held
-        return conn
+        return self._connections.current()  # this thread's
 
     def __repr__(self) -> str:
         return f"<KeyStore {self.path}>"
 
     # -- opening -------------------------------------------------------------------
-
-    @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        return connect(path)  # the pragmas the keystore's guarantees rest on
 
     @classmethod
     def create(cls, path: Path, header: KeystoreHeader) -> KeyStore:
@@ -172,7 +129,7 @@ class KeyStore:
         except OutputExistsError:
             raise KeystoreError(f"keystore {path} already exists") from None
         try:
-            conn = cls._connect(path)
+            conn = connect(path)  # the pragmas the keystore's guarantees rest on
             store = cls(path, conn)
             conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
             with store.transaction() as c:
@@ -209,7 +166,7 @@ class KeyStore:
             raise KeystoreError(f"{path} is not a shredvault keystore (not an SQLite file)")
         conn = None
         try:
-            conn = cls._connect(path)
+            conn = connect(path)
             store = cls(path, conn)
             version = int(store._meta("schema_version"))
         except (sqlite3.DatabaseError, KeyError, ValueError) as exc:
@@ -232,13 +189,7 @@ class KeyStore:
         return store
 
     def close(self) -> None:
-        """Close every thread's connection."""
-        with self._guard:
-            self._closed = True
-            opened = list(self._opened)
-            self._opened.clear()
-        for conn in opened:
-            conn.close()
+        self._connections.close()  # every thread's
 
     # -- transactions ----------------------------------------------------------------
 
@@ -559,16 +510,6 @@ class KeyStore:
                 "signature = excluded.signature WHERE excluded.seq > anchor.seq",
                 (seq, body, signature),
             )
-
-
-class _ThreadConn:
-    """Holds one thread's connection; only that thread's local storage refers to it,
-    so it is dropped (and the connection closed) when the thread ends."""
-
-    __slots__ = ("__weakref__", "conn")
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
 
 
 def _chunks(items: Sequence[str]) -> Iterator[list[str]]:

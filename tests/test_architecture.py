@@ -63,6 +63,7 @@ LAYERS: dict[str, list[str]] = {
         "handover_export",
         "handover_import",
         "subject_report",
+        "logins",
     ],
     "workflows": [
         "retention",
