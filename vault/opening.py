@@ -7,6 +7,7 @@ served, then finishes what a crash interrupted (shreds, key events, a keystore s
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -31,6 +32,8 @@ from .store import SCHEMA_VERSION, DataStore, meta, metadata, set_unique_refs
 from .tombstone import TOMBSTONES_FORMAT, TOMBSTONES_KEY
 
 __all__ = ["create_context", "open_context"]
+
+logger = logging.getLogger(__name__)
 
 
 def create_context(
@@ -113,6 +116,7 @@ def create_context(
             ),
             checkpoint=True,
         )
+        logger.info("vault %s created (%s data store)", vault_id, data.engine.dialect.name)
         return ctx
     except BaseException:
         if data is not None:
@@ -218,10 +222,30 @@ def open_context(
         upgrade_stores(ctx)  # a vault from before key separation (vault/migrate.py)
         authenticate_rows(ctx)  # a vault from before authenticated rows (vault/rowmigrate.py)
         unlink_tombstones(ctx)  # tombstones from before issue 16 item 5 (vault/migrate.py)
-        reconcile(ctx, scan, report.last_seq)
+        erased = reconcile(ctx, scan, report.last_seq)
+        if erased:
+            logger.warning(
+                "vault %s: reconciliation erased the keys of %d customer(s) whose shred "
+                "the log records (an older keystore was put back?)",
+                ctx.vault_id,
+                len(erased),
+            )
         ctx.recovered_receipts = roll_forward(ctx)
+        if ctx.recovered_receipts:
+            logger.warning(
+                "vault %s: finished %d shred(s) a crash interrupted; their receipts are "
+                "kept until collected",
+                ctx.vault_id,
+                len(ctx.recovered_receipts),
+            )
         log_pending_key_event(ctx)
         keyring.finish_pending_scrub()  # a bulk shred or reconciliation cut short before it
+        logger.info(
+            "vault %s opened (%s data store, log at seq %d)",
+            ctx.vault_id,
+            data.engine.dialect.name,
+            report.last_seq,
+        )
         return ctx
     except BaseException:
         if data is not None:

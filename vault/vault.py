@@ -6,6 +6,7 @@ the operations; ``Vault`` holds the :class:`~.context.VaultContext` and nothing 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -33,6 +34,8 @@ from .store import LogHead
 from .verify import VerifyReport
 
 __all__ = ["Vault"]
+
+logger = logging.getLogger(__name__)
 
 
 class Vault:
@@ -173,11 +176,14 @@ class Vault:
         """Sign a checkpoint at the head (if the log moved since the last one), then
         release the stores and forget every key. The keystore's reconciliation mark
         moves to the head first, when no shred is mid-way (:func:`advance_mark`)."""
+        if self._ctx.closed:
+            return
         try:
             advance_mark(self._ctx)
         finally:
             self._logins.clear()
             self._ctx.close()
+            logger.info("vault %s closed", self.vault_id)
 
     # -- sessions -----------------------------------------------------------------------
 
