@@ -36,6 +36,7 @@ LAYERS: dict[str, list[str]] = {
         "inputs",
         "access",
         "trust",
+        "dataurl",
     ],
     "ledger": [
         "store",
@@ -93,6 +94,7 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("trust", "inputs"): "a signed object's type is read with the one JSON parser",
     ("access", "clock"): "expiries are RFC 3339 times",
     ("access", "errors"): "",
+    ("dataurl", "errors"): "",
     ("access", "schema"): "role names follow the name rules",
     ("log", "store"): "the log lives in the data store's tables",
     ("checkpoint", "store"): "",

@@ -18,6 +18,7 @@ from . import ids
 from .actor import ADMIN
 from .clock import Clock, format_ts, system_clock
 from .context import VaultContext, load_keyfile_key
+from .dataurl import DATA_URL_KEY, data_url_for, remembered_form
 from .errors import StorageError, VaultDecommissionedError, keys_errors
 from .files import create_empty
 from .layout import DATA_FILE, KEYS_FILE, RESTORE_MARKER
@@ -58,6 +59,7 @@ def create_context(
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise StorageError(f"{root} exists and is not an empty directory")
     keyfile_key = load_keyfile_key(keyfile)
+    remembered = remembered_form(data_url) if data_url else None  # before anything exists
     vault_id = ids.new_id(ids.VAULT)
     created = format_ts(clock())
     made_dir = not root.exists()
@@ -80,6 +82,8 @@ def create_context(
         with keyring.store.transaction() as conn:
             keyring.store.set_meta(conn, "data_location", "external" if data_url else "sqlite")
             keyring.store.set_meta(conn, ROWS_MARK, "1")  # its rows are authenticated from birth
+            if remembered is not None:
+                keyring.store.set_meta(conn, DATA_URL_KEY, remembered)
         if not data_url:
             create_empty(root / DATA_FILE)  # owner-only before SQLite opens it
             made_files.append(DATA_FILE)
@@ -184,15 +188,14 @@ def open_context(
         raise
     data = None
     try:
-        if data_url is None and store.get_meta("data_location") == "external":
-            raise StorageError(
-                "this vault keeps its data in an external database: pass data_url "
-                "(CLI: --data-url or SHREDVAULT_DATA_URL)"
-            )
+        location, stored = store.get_meta("data_location"), store.get_meta(DATA_URL_KEY)
+        data_url = data_url_for(location, stored, data_url)
         if data_url is None and not (root / DATA_FILE).is_file():
             raise StorageError(f"the data store {root / DATA_FILE} is missing")
         data = _connect_data(root, data_url, busy_timeout)
         _check_data_store(data, keyring.vault_id)
+        if location == "external" and stored is None and data_url:
+            _remember(keyring, data_url)  # a vault from before URLs were remembered
         ctx = VaultContext(
             root,
             keyring,
@@ -258,6 +261,13 @@ def _connect_data(root: Path, data_url: str | None, busy_timeout: float) -> Data
     if data_url:
         return DataStore.connect(url=data_url, busy_timeout=busy_timeout)
     return DataStore.connect(sqlite_path=root / DATA_FILE, busy_timeout=busy_timeout)
+
+
+def _remember(keyring: KeyRing, data_url: str) -> None:
+    remembered = remembered_form(data_url)
+    if remembered is not None:
+        with keys_errors(), keyring.store.transaction() as conn:
+            keyring.store.set_meta(conn, DATA_URL_KEY, remembered)
 
 
 def _check_data_store(data: DataStore, vault_id: str) -> None:
