@@ -49,7 +49,7 @@ LAYERS: dict[str, list[str]] = {
         "rowauth",
     ],
     "proofs": ["receipt", "model", "audit", "certificate", "archive", "package", "markdown"],
-    "core": ["context", "actor", "sealing", "tombstone"],
+    "core": ["context", "actor", "sealing", "tombstone", "keptreceipts"],
     "operations": [
         "customers",
         "records",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
 
@@ -22,6 +23,7 @@ from .errors import (
     UnlockError,
     VaultDecommissionedError,
 )
+from .keptreceipts import collect, kept
 from .lifecycle import DECOMMISSIONED
 from .log import Event
 from .logins import Logins, login
@@ -63,8 +65,23 @@ class Vault:
     @property
     def recovered_receipts(self) -> list[Receipt]:
         """Receipts of shreds that a crash interrupted and this open (or a
-        decommission) finished: hand them to whoever asked for the erasure."""
+        decommission) finished: hand them to whoever asked for the erasure. Those this
+        open finished are also kept in the keystore until :meth:`collect_receipts`."""
         return self._ctx.recovered_receipts
+
+    def kept_receipts(self) -> list[Receipt]:
+        """Receipts of shreds a crash interrupted that an open finished (this one or an
+        earlier one whose opener did not read :attr:`recovered_receipts`), kept in the
+        keystore until :meth:`collect_receipts` writes them out."""
+        self._ctx.require_open()
+        return kept(self._ctx.keys.store)
+
+    def collect_receipts(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write every kept receipt to ``directory/<customer>.json`` (owner-only, never
+        over another file), then delete them from the keystore and scrub it; returns
+        the files. If a write fails nothing is deleted (the error is raised)."""
+        self._ctx.require_open()
+        return collect(self._ctx.keys.store, directory)
 
     @property
     def lifecycle(self) -> str | None:
