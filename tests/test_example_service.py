@@ -48,10 +48,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         token = vault.admin().add_principal("desk", role="admin")
     port = _free_port()
     env = {**os.environ, "SHREDVAULT_VAULT": str(vault_dir), "SHREDVAULT_KEYFILE": str(keyfile)}
+    app_dir = str(ROOT / "docs" / "examples")
+    uvicorn = [sys.executable, "-m", "uvicorn", "--app-dir", app_dir, "--log-level", "warning"]
     server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "docs" / "examples")]
-        + ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "service:app"],
-        env=env,
+        [*uvicorn, "--host", "127.0.0.1", "--port", str(port), "service:app"], env=env
     )
     headers = {"Authorization": f"Bearer {token}"}
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30)
