@@ -130,7 +130,10 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     keyfile = os.environ["SHREDVAULT_KEYFILE"]
     with Vault.open(os.environ["SHREDVAULT_VAULT"], keyfile=keyfile) as vault:
         if KIND not in vault.kinds():
-            vault.declare_kind(KIND, fields=["name", "phone", "email"], purposes=[PURPOSE])
+            # phone and email found by blind index (docs/search.md), where the vault has it
+            search = {"searchable": {"phone": "digits", "email": "email"}}
+            extra = search if hasattr(Session, "find") else {}
+            vault.declare_kind(KIND, fields=["name", "phone", "email"], purposes=[PURPOSE], **extra)
         app.state.vault = vault
         yield
 
