@@ -6,6 +6,7 @@ command that unlocks the vault) writes it out. Real crashes in a subprocess."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,32 +14,45 @@ from pathlib import Path
 
 import pytest
 
+from shredvault.keys import generate_keyfile
 from shredvault.vault import StorageError, Vault, load_receipt, verify_receipt
 
 from clirun import make_run
 
 
-def _crashed_shred(tmp_path: Path, keyfile: Path) -> str:
-    """A vault whose shred of one customer was killed after it committed."""
-    with Vault.create(tmp_path / "vault", keyfile=keyfile) as v:
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """A vault whose shred of one customer was killed after it committed (made once;
+    each test works on a copy)."""
+    base = tmp_path_factory.mktemp("crashed")
+    keyfile = base / "vault.key"
+    generate_keyfile(keyfile)
+    with Vault.create(base / "vault", keyfile=keyfile) as v:
         v.declare_kind("profile", fields=["name"], purposes=["service"])
         cid = v.admin().add_customer(ref="crm-1")
         v.admin().put(cid, "profile", {"name": "Wang Fang"}, purpose="service")
     code = (
         "from shredvault import Vault\n"
-        f"v = Vault.open({str(tmp_path / 'vault')!r}, keyfile={str(keyfile)!r})\n"
+        f"v = Vault.open({str(base / 'vault')!r}, keyfile={str(keyfile)!r})\n"
         f"v.admin().shred({cid!r}, reason='erasure request')\n"
     )
     env = {**os.environ, "SHREDVAULT_CRASH_AT": "shred:after-finish"}
     done = subprocess.run([sys.executable, "-c", code], env=env, check=False)
     assert done.returncode == 97
+    return base / "vault", keyfile, cid
+
+
+def _crashed_shred(tmp_path: Path, keyfile: Path, crashed: tuple[Path, Path, str]) -> str:
+    source, source_key, cid = crashed
+    shutil.copytree(source, tmp_path / "vault")
+    shutil.copyfile(source_key, keyfile)
     return cid
 
 
 def test_a_receipt_the_first_opener_ignores_is_kept_until_collected(
-    tmp_path: Path, keyfile: Path
+    tmp_path: Path, keyfile: Path, crashed: tuple[Path, Path, str]
 ) -> None:
-    cid = _crashed_shred(tmp_path, keyfile)
+    cid = _crashed_shred(tmp_path, keyfile, crashed)
     with Vault.open(tmp_path / "vault", keyfile=keyfile):
         pass  # finishes the shred, never reads recovered_receipts
     with Vault.open(tmp_path / "vault", keyfile=keyfile) as v:
@@ -58,8 +72,10 @@ def test_a_receipt_the_first_opener_ignores_is_kept_until_collected(
         assert not file.exists() or bytes.fromhex(salt) not in file.read_bytes()
 
 
-def test_a_failed_write_keeps_the_receipt(tmp_path: Path, keyfile: Path) -> None:
-    cid = _crashed_shred(tmp_path, keyfile)
+def test_a_failed_write_keeps_the_receipt(
+    tmp_path: Path, keyfile: Path, crashed: tuple[Path, Path, str]
+) -> None:
+    cid = _crashed_shred(tmp_path, keyfile, crashed)
     out = tmp_path / "out"
     out.mkdir()
     (out / f"{cid}.json").write_text("someone else's file\n")
@@ -70,8 +86,10 @@ def test_a_failed_write_keeps_the_receipt(tmp_path: Path, keyfile: Path) -> None
     assert (out / f"{cid}.json").read_text() == "someone else's file\n"
 
 
-def test_any_cli_command_writes_out_kept_receipts(tmp_path: Path, keyfile: Path) -> None:
-    cid = _crashed_shred(tmp_path, keyfile)
+def test_any_cli_command_writes_out_kept_receipts(
+    tmp_path: Path, keyfile: Path, crashed: tuple[Path, Path, str]
+) -> None:
+    cid = _crashed_shred(tmp_path, keyfile, crashed)
     with Vault.open(tmp_path / "vault", keyfile=keyfile):
         pass
     run = make_run(tmp_path / "vault", keyfile)

@@ -4,7 +4,15 @@ exactly one entry per access, on SQLite and PostgreSQL. Real threads, real datab
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from shredvault.vault import Vault
 
 from conftest import VaultFactory
 
@@ -91,3 +99,63 @@ def test_a_threads_keystore_write_never_joins_anothers_transaction(
     assert errors == []
     assert store.get_meta("test_abandoned") is None
     assert store.get_meta("test_kept") == "1"
+
+
+WORKER = r"""
+import sys, threading, time
+from pathlib import Path
+from shredvault.vault import Vault
+
+path, keyfile, url, ready, go, threads, rounds = sys.argv[1:8]
+with Vault.open(path, keyfile=keyfile, data_url=url or None) as vault:
+    session = vault.admin()
+    customers = [session.add_customer() for _ in range(int(threads))]
+    Path(ready).touch()
+    deadline = time.monotonic() + 60
+    while not Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+    def work(customer):
+        for n in range(int(rounds)):
+            rid = session.put(customer, "profile", {"n": n}, purpose="service")
+            assert session.get(customer, rid, purpose="service").fields["n"] == n
+
+    pool = [threading.Thread(target=work, args=(c,)) for c in customers]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+"""
+
+
+@pytest.mark.slow
+def test_threads_in_several_processes_keep_one_chain(
+    tmp_path: Path, keyfile: Path, backend: str | None
+) -> None:
+    """Two processes, four threads each, writing at once: one gap-free chain."""
+    path, threads, rounds = tmp_path / "shared", 4, 10
+    with Vault.create(path, keyfile=keyfile, data_url=backend) as vault:
+        vault.declare_kind("profile", fields=["n"], purposes=["service"])
+        start = vault.head.seq
+    go, procs = tmp_path / "go", []
+    try:
+        for n in range(2):  # opened one at a time, then all write at once
+            ready = tmp_path / f"ready{n}"
+            args = [str(path), str(keyfile), backend or "", str(ready), str(go)]
+            procs.append(
+                subprocess.Popen([sys.executable, "-c", WORKER, *args, str(threads), str(rounds)])
+            )
+            while not ready.exists() and procs[-1].poll() is None:
+                time.sleep(0.005)
+        go.touch()
+        assert [p.wait(120) for p in procs] == [0, 0]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    with Vault.open(path, keyfile=keyfile, data_url=backend) as vault:
+        assert vault.verify_log().ok
+        added = vault.admin().audit_query(action="record.put")["entries"]
+        read = vault.admin().audit_query(action="record.get")["entries"]
+        assert added == read == 2 * threads * rounds
+        assert vault.head.seq > start

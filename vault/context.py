@@ -169,7 +169,7 @@ class VaultContext:
                 if refused is not None:
                     raise refused
                 raise SchemaError(
-                    f"kind {str(name)[:64]!r} is not declared{suggest(name, self._kinds)} "
+                    f"kind {str(name)[:64]!r} is not declared{suggest(name, dict(self._kinds))} "
                     "(declare it with declare_kind)"
                 )
         return spec
