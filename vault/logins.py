@@ -111,8 +111,10 @@ class Logins:
     def __init__(self, limit: int = MAX_REMEMBERED) -> None:
         self._actors: OrderedDict[str, Actor] = OrderedDict()
         self._limit = limit
-        # Held while a login runs, so two first requests with one token log in once.
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the map, held only for a look-up or an insert
+        # Held while a login runs, so two first requests with one token log in once;
+        # requests with remembered tokens do not wait for it.
+        self._logging_in = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Logins {len(self._actors)} remembered>"
@@ -124,16 +126,26 @@ class Logins:
         if split_token(token) is None:
             return login(ctx, token)  # malformed: denied and logged, never remembered
         verifier = ctx.keys.token_mac(token)
+        found = self._remembered(verifier)
+        if found is not None:
+            return found
+        with self._logging_in:
+            found = self._remembered(verifier)  # another thread may just have logged in
+            if found is not None:
+                return found
+            actor = login(ctx, token)
+            with self._lock:
+                self._actors[verifier] = actor
+                if len(self._actors) > self._limit:
+                    self._actors.popitem(last=False)
+            return actor
+
+    def _remembered(self, verifier: str) -> Actor | None:
         with self._lock:
             found = self._actors.get(verifier)
             if found is not None:
                 self._actors.move_to_end(verifier)
-                return found
-            actor = login(ctx, token)
-            self._actors[verifier] = actor
-            if len(self._actors) > self._limit:
-                self._actors.popitem(last=False)
-            return actor
+            return found
 
     def clear(self) -> None:
         """Forget every remembered actor (the next use of each token logs in)."""

@@ -1,7 +1,8 @@
 """The public face of an open vault: create, open, close, sessions, schema, the log.
 
 Everything here is a short call into the core (:mod:`.context`, :mod:`.actor`) and
-the operations; ``Vault`` holds the :class:`~.context.VaultContext` and nothing else.
+the operations; ``Vault`` holds the :class:`~.context.VaultContext` and the sessions
+:meth:`Vault.session_for` remembers (:mod:`.logins`), nothing else.
 """
 
 from __future__ import annotations
