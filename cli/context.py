@@ -330,8 +330,7 @@ def open_vault(ctx: click.Context) -> Iterator[Vault]:
     settings.acting_token()  # a blank token is a usage error before any unlocking
     credential = resolve_credential(settings)
     with Vault.open(root, data_url=settings.data_url, **credential.kwargs()) as vault:
-        if vault.recovered_receipts:
-            save_recovered_receipts(vault)
+        save_recovered_receipts(vault)  # this open's, and any an earlier opener left kept
         yield vault
 
 

@@ -50,7 +50,9 @@ def init_command(
 
     Unlocked by a passphrase (asked twice on a terminal, or --passphrase-file /
     SHREDVAULT_PASSPHRASE), by an existing --keyfile, or by a keyfile made with
-    --new-keyfile. With --data-url the data lives in PostgreSQL; the keystore stays in DIR.
+    --new-keyfile. With --data-url the data lives in PostgreSQL; the keystore stays in DIR
+    and remembers the URL without its password, so later commands need no --data-url
+    (the password then comes from PGPASSWORD or ~/.pgpass).
     """
     settings = settings_of(ctx)
     if new_keyfile is not None:
@@ -85,10 +87,16 @@ def init_command(
                 ("vault", summary["vault"]),
                 ("path", summary["path"]),
                 ("public key", summary["public_key"]),
-                ("data", "PostgreSQL (--data-url)" if settings.data_url else "data.db"),
+                ("data", "PostgreSQL (URL remembered)" if settings.data_url else "data.db"),
                 ("unlock", summary["unlock"]),
                 ("unique refs", "yes" if unique_refs else "no"),
             ]
+        )
+    netloc = (settings.data_url or "").split("://", 1)[-1].split("/", 1)[0]
+    if ":" in netloc.rpartition("@")[0]:  # user:password@host
+        note(
+            "the data URL is remembered without any password: later commands read it from "
+            "PGPASSWORD or ~/.pgpass (or pass --data-url again)"
         )
     if new_keyfile is not None:
         note(

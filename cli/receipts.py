@@ -18,6 +18,7 @@ import click
 from ..vault import (
     ReceiptReport,
     Vault,
+    VaultError,
     VerificationError,
     format_public_key,
     load_receipt,
@@ -40,27 +41,34 @@ _READABLE_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 def save_recovered_receipts(vault: Vault) -> Path | None:
-    """Keep the receipts of shreds that opening ``vault`` finished after a crash, in
-    ``<vault>/recovered-receipts/<customer>.json``, and tell the person at the terminal.
-    They cannot be issued again, so a failure to write them is reported, not raised:
-    the command the user asked for still runs."""
+    """Write the receipts of shreds an open finished after a crash (this open's, and
+    those the keystore kept because an earlier opener did not collect them) to
+    ``<vault>/recovered-receipts/<customer>.json``, collect them from the keystore, and
+    tell the person at the terminal. They cannot be issued again, so a failure to
+    write them is reported, not raised (they stay kept): the command still runs."""
     target = vault.path / RECOVERED_DIR
-    count = len(vault.recovered_receipts)
     try:
-        target.mkdir(mode=0o700, exist_ok=True)
-        for receipt in vault.recovered_receipts:
-            receipt.write(target / f"{receipt.customer}.json")
-    except OSError as error:
+        written = {p.name for p in vault.collect_receipts(target)}
+        for receipt in vault.recovered_receipts:  # a decommission's are not kept
+            name = f"{receipt.customer}.json"
+            if name not in written and not (target / name).exists():
+                target.mkdir(mode=0o700, exist_ok=True)
+                receipt.write(target / name)
+                written.add(name)
+    except (OSError, VaultError) as error:
         note(
-            f"warning: opening the vault finished {count} interrupted shred(s), but their "
-            f"erasure receipts could not be saved in {target}: {describe(error)}"
+            "warning: erasure receipts of shreds a crash interrupted could not be saved "
+            f"in {target}: {describe(error)}; they stay kept in the keystore, and the "
+            "next command that unlocks the vault tries again"
         )
         return None
-    note(
-        f"note: opening the vault finished {count} shred(s) a crash had interrupted; their "
-        f"erasure receipts are in {target}. Hand them to whoever asked for the erasure, "
-        "then delete the copies there: each ties a customer id to its old log entries."
-    )
+    if written:
+        note(
+            f"note: {len(written)} shred(s) a crash had interrupted were finished; their "
+            f"erasure receipts are in {target}. Hand them to whoever asked for the "
+            "erasure, then delete the copies there: each ties a customer id to its old "
+            "log entries."
+        )
     return target
 
 

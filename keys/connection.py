@@ -10,7 +10,9 @@ holds the connection and calls these; the tables and their SQL live there.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,7 @@ from .errors import DiskFaultError, KeystoreError, disk_fault, disk_fault_messag
 __all__ = [
     "BUSY_TIMEOUT_S",
     "TRUNCATE_DEADLINE_S",
+    "ThreadConnections",
     "connect",
     "keystore_error",
     "scrub_deleted",
@@ -44,6 +47,74 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+class ThreadConnections:
+    """One keystore connection per thread, so a keystore shared by threads keeps each
+    thread's transaction its own, as separate processes do (SQLite's locks and busy
+    timeout order them; with one shared connection a second thread's write joined the
+    first's transaction and vanished with its rollback). A thread's connection closes
+    when the thread ends; :meth:`close` closes them all."""
+
+    def __init__(self, path: Path, first: sqlite3.Connection) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._opened: set[sqlite3.Connection] = set()
+        self._guard = threading.Lock()
+        self._closed = False
+        self._adopt(first)  # the opening thread's
+
+    def current(self) -> sqlite3.Connection:
+        """This thread's connection, made with the keystore's pragmas on first use."""
+        held: _Held | None = getattr(self._local, "held", None)
+        if held is not None:
+            return held.conn
+        if self._closed:
+            raise KeystoreError("the keystore is closed")
+        try:
+            conn = connect(self.path)
+        except sqlite3.Error as exc:
+            raise keystore_error(None, exc, "cannot open the keystore", self.path) from None
+        return self._adopt(conn)
+
+    def _adopt(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        held = _Held(conn)
+        opened, guard = self._opened, self._guard
+
+        def release() -> None:  # the thread ended: close its connection
+            with guard:
+                if conn not in opened:
+                    return  # close() has it
+                opened.discard(conn)
+            conn.close()
+
+        with guard:
+            if self._closed:
+                conn.close()
+                raise KeystoreError("the keystore is closed")
+            opened.add(conn)
+        weakref.finalize(held, release)
+        self._local.held = held
+        return conn
+
+    def close(self) -> None:
+        """Close every thread's connection; later use raises :class:`KeystoreError`."""
+        with self._guard:
+            self._closed = True
+            opened = list(self._opened)
+            self._opened.clear()
+        for conn in opened:
+            conn.close()
+
+
+class _Held:
+    """One thread's connection; only that thread's local storage refers to it, so it
+    is dropped (and the connection closed) when the thread ends."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
 
 
 @contextmanager

@@ -17,6 +17,7 @@ checked here (:meth:`KeyRing.token_mac`, :meth:`KeyRing.token_matches`).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,14 +78,16 @@ class CustomerKeys:
 
 
 class KeyRing:
-    """An unlocked keystore. Not thread-safe; one per open vault."""
+    """An unlocked keystore, one per open vault, safe to share between threads: the
+    keystore gives each thread its own connection, the key cache takes whole entries
+    only, and a deferred scrub (:meth:`scrub_once`) belongs to the thread that asked."""
 
     def __init__(self, store: KeyStore, root: SecretBytes, header: KeystoreHeader) -> None:
         self.store = store
         self.vault_id = header.vault_id
         self._epochs = KekEpochs(store, root, header)
         self._customers: dict[str, CustomerKeys] = {}
-        self._deferring = False
+        self._scrubbing = threading.local()  # .deferring: inside this thread's scrub_once
         generation, wrapped_seed, public = store.signing_seed()
         seed = self._epochs.unwrap_signing_seed(generation, wrapped_seed)
         self.signer = Signer(seed)
@@ -285,7 +288,9 @@ class KeyRing:
         missing = [c for c in customer_ids if c not in cache]
         if missing:
             self._load(missing)
-        return {c: cache[c] for c in customer_ids if c in cache}
+        # Another thread may forget a customer meanwhile (a shred): read each entry once.
+        found = {c: cache.get(c) for c in customer_ids}
+        return {c: keys for c, keys in found.items() if keys is not None}
 
     def _load(self, customer_ids: Sequence[str]) -> None:
         tags = self.store.subject_tags(customer_ids)
@@ -344,8 +349,12 @@ class KeyRing:
 
     # -- scrubbing ---------------------------------------------------------------------
 
+    @property
+    def _deferring(self) -> bool:
+        return bool(getattr(self._scrubbing, "deferring", False))
+
     def _scrub(self) -> None:
-        if not self._deferring:  # inside scrub_once, its end scrubs once for all
+        if not self._deferring:  # inside this thread's scrub_once, its end scrubs once for all
             self.store.scrub()
 
     @contextmanager
@@ -363,11 +372,11 @@ class KeyRing:
             return
         with self.store.transaction() as conn:
             self.store.set_meta(conn, SCRUB_DUE, "1")
-        self._deferring = True
+        self._scrubbing.deferring = True
         try:
             yield outcome
         finally:
-            self._deferring = False
+            self._scrubbing.deferring = False
             outcome.done = self.finish_pending_scrub()
 
     def finish_pending_scrub(self) -> bool:

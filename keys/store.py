@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .connection import (
     TRUNCATE_DEADLINE_S,
+    ThreadConnections,
     connect,
     keystore_error,
     scrub_deleted,
@@ -104,20 +105,20 @@ class DekRow:
 
 
 class KeyStore:
-    """A connection to ``keys.db``. Owns the file handle; close it when done."""
+    """Connections to ``keys.db``, one per thread (keys/connection.py); close when done."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
-        self._conn = conn
+        self._connections = ThreadConnections(path, conn)
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        return self._connections.current()  # this thread's
 
     def __repr__(self) -> str:
         return f"<KeyStore {self.path}>"
 
     # -- opening -------------------------------------------------------------------
-
-    @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        return connect(path)  # the pragmas the keystore's guarantees rest on
 
     @classmethod
     def create(cls, path: Path, header: KeystoreHeader) -> KeyStore:
@@ -128,7 +129,7 @@ class KeyStore:
         except OutputExistsError:
             raise KeystoreError(f"keystore {path} already exists") from None
         try:
-            conn = cls._connect(path)
+            conn = connect(path)  # the pragmas the keystore's guarantees rest on
             store = cls(path, conn)
             conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
             with store.transaction() as c:
@@ -165,7 +166,7 @@ class KeyStore:
             raise KeystoreError(f"{path} is not a shredvault keystore (not an SQLite file)")
         conn = None
         try:
-            conn = cls._connect(path)
+            conn = connect(path)
             store = cls(path, conn)
             version = int(store._meta("schema_version"))
         except (sqlite3.DatabaseError, KeyError, ValueError) as exc:
@@ -188,7 +189,7 @@ class KeyStore:
         return store
 
     def close(self) -> None:
-        self._conn.close()
+        self._connections.close()  # every thread's
 
     # -- transactions ----------------------------------------------------------------
 

@@ -37,6 +37,7 @@ LAYERS: dict[str, list[str]] = {
         "access",
         "trust",
         "normalize",
+        "dataurl",
     ],
     "ledger": [
         "store",
@@ -50,7 +51,7 @@ LAYERS: dict[str, list[str]] = {
         "blindindex",
     ],
     "proofs": ["receipt", "model", "audit", "certificate", "archive", "package", "markdown"],
-    "core": ["context", "actor", "sealing", "tombstone"],
+    "core": ["context", "actor", "sealing", "tombstone", "keptreceipts"],
     "operations": [
         "customers",
         "records",
@@ -66,6 +67,7 @@ LAYERS: dict[str, list[str]] = {
         "handover_import",
         "subject_report",
         "search",
+        "logins",
     ],
     "workflows": [
         "retention",
@@ -95,6 +97,7 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("trust", "inputs"): "a signed object's type is read with the one JSON parser",
     ("access", "clock"): "expiries are RFC 3339 times",
     ("access", "errors"): "",
+    ("dataurl", "errors"): "",
     ("access", "schema"): "role names follow the name rules",
     ("log", "store"): "the log lives in the data store's tables",
     ("checkpoint", "store"): "",

@@ -558,6 +558,7 @@ def test_a_vault_with_its_data_in_postgresql(
     assert json.loads(got.stdout)["fields"] == {"name": SECRET_NAME}
     audited = run("audit", "verify", "--json", SHREDVAULT_KEYFILE=None)
     assert audited.exit_code == 0, audited.output
-    without_url = run("customer", "list", SHREDVAULT_DATA_URL=None)
-    assert without_url.exit_code == 1
-    assert "--data-url" in without_url.stderr
+    # the keystore remembers the URL (issue 21 item 5): no --data-url needed any more
+    without_url = run("customer", "list", "--json", SHREDVAULT_DATA_URL=None)
+    assert without_url.exit_code == 0, without_url.output
+    assert customer in without_url.stdout

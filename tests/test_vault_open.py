@@ -363,14 +363,21 @@ def test_an_external_data_vault_opened_without_data_url_names_the_option(
 
 
 @pytest.mark.postgres
-def test_a_postgres_vault_opened_without_data_url_names_the_option(
+def test_a_postgres_vault_that_remembers_no_data_url_names_the_option(
     tmp_path: Path, keyfile: Path, pg_url: str
 ) -> None:
     with Vault.create(tmp_path / "v", keyfile=keyfile, data_url=pg_url):
         pass
+    # a vault from before data URLs were remembered (issue 21 item 5)
+    conn = sqlite3.connect(tmp_path / "v" / "keys.db")
+    with conn:
+        conn.execute("DELETE FROM meta WHERE k = 'data_url'")
+    conn.close()
     with pytest.raises(StorageError, match="data_url"):
         Vault.open(tmp_path / "v", keyfile=keyfile)
     with Vault.open(tmp_path / "v", keyfile=keyfile, data_url=pg_url) as v:
+        assert v.verify_log().ok
+    with Vault.open(tmp_path / "v", keyfile=keyfile) as v:  # remembered by that open
         assert v.verify_log().ok
 
 

@@ -35,6 +35,7 @@ from .checkpoint import (
     load_checkpoints,
     parse_checkpoint,
 )
+from .dataurl import DATA_URL_KEY, data_url_for
 from .errors import StorageError, VerificationError, keys_errors
 from .inputs import MAX_DOCUMENT_BYTES, load_json_document, malformed, parse_json, read_lines
 from .layout import DATA_FILE, KEYS_FILE
@@ -127,10 +128,9 @@ class Auditor:
                     keystore_vault = store.header().vault_id
                     row = store.anchor()
                     anchor = None if row is None else parse_checkpoint(row[1], row[2])
-                    if data_url is None and store.get_meta("data_location") == "external":
-                        raise StorageError(
-                            "this vault keeps its data in an external database: pass data_url"
-                        )
+                    data_url = data_url_for(
+                        store.get_meta("data_location"), store.get_meta(DATA_URL_KEY), data_url
+                    )
         if data_url:
             data = DataStore.connect(url=data_url)
         elif (root / DATA_FILE).is_file():

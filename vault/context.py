@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +51,13 @@ from .schema import KindSpec
 from .store import DataStore, LogHead, checkpoints, kinds
 from .verify import VerifyReport
 
-__all__ = ["Refusal", "Tx", "VaultContext", "load_keyfile_key", "read_kinds"]
+__all__ = ["SLOW_SECONDS", "Refusal", "Tx", "VaultContext", "load_keyfile_key", "read_kinds"]
+
+#: a logged transaction that takes longer (lock wait included) is reported on the
+#: ``shredvault.vault.context`` logger (docs/operations.md)
+SLOW_SECONDS = 1.0
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -108,6 +117,7 @@ class VaultContext:
         self.clock = clock
         self.checkpoint_interval = checkpoint_interval
         self.lifecycle = lifecycle
+        self.slow_seconds = SLOW_SECONDS
         self.final_seq: int | None = None
         self.closed = False
         #: receipts of shreds a crash interrupted that this open (or a decommission) finished
@@ -159,7 +169,7 @@ class VaultContext:
                 if refused is not None:
                     raise refused
                 raise SchemaError(
-                    f"kind {str(name)[:64]!r} is not declared{suggest(name, self._kinds)} "
+                    f"kind {str(name)[:64]!r} is not declared{suggest(name, dict(self._kinds))} "
                     "(declare it with declare_kind)"
                 )
         return spec
@@ -211,8 +221,16 @@ class VaultContext:
         work, commits only its events, then raises its error.
         """
         self.require_open()
+        began, attempts = time.monotonic(), list[Tx]()
+
+        def traced(tx: Tx) -> T:
+            attempts.append(tx)
+            return work(tx)
+
         try:
-            result, cp = self.data.run(lambda conn, head: self._chain(conn, head, work, checkpoint))
+            result, cp = self.data.run(
+                lambda conn, head: self._chain(conn, head, traced, checkpoint)
+            )
         except Refusal as refusal:
             self._log_refusal(refusal)
         except TamperError as error:
@@ -221,9 +239,23 @@ class VaultContext:
             record = error.row if error.table == "sv_records" else None
             ev = Event("vault", "system", "store.tamper", "error", record=record, detail=detail)
             self._log_refusal(Refusal(error, ev))
+        finally:
+            self._report_slow(time.monotonic() - began, attempts)
         if cp is not None:
             self._advance_anchor(cp)
         return result
+
+    def _report_slow(self, elapsed: float, attempts: list[Tx]) -> None:
+        if elapsed < self.slow_seconds:
+            return
+        # Actions and counts only: never an actor's input, a field or a customer.
+        actions = Counter(e.action for e in attempts[-1].events) if attempts else Counter()
+        logger.warning(
+            "slow logged transaction: %.3f s, %d attempt(s), actions %s",
+            elapsed,
+            len(attempts),
+            ", ".join(f"{a} x{n}" for a, n in sorted(actions.items())) or "none",
+        )
 
     def _log_refusal(self, refusal: Refusal) -> NoReturn:
         """Commit a refusal's entries in a transaction of their own, then raise its error."""

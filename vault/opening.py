@@ -7,6 +7,7 @@ served, then finishes what a crash interrupted (shreds, key events, a keystore s
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from .actor import ADMIN
 from .blindindex import ensure_search_table
 from .clock import Clock, format_ts, system_clock
 from .context import VaultContext, load_keyfile_key
+from .dataurl import DATA_URL_KEY, data_url_for, remembered_form
 from .errors import StorageError, VaultDecommissionedError, keys_errors
 from .files import create_empty
 from .layout import DATA_FILE, KEYS_FILE, RESTORE_MARKER
@@ -32,6 +34,8 @@ from .store import SCHEMA_VERSION, DataStore, meta, metadata, set_unique_refs
 from .tombstone import TOMBSTONES_FORMAT, TOMBSTONES_KEY
 
 __all__ = ["create_context", "open_context"]
+
+logger = logging.getLogger(__name__)
 
 
 def create_context(
@@ -56,6 +60,7 @@ def create_context(
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise StorageError(f"{root} exists and is not an empty directory")
     keyfile_key = load_keyfile_key(keyfile)
+    remembered = remembered_form(data_url) if data_url else None  # before anything exists
     vault_id = ids.new_id(ids.VAULT)
     created = format_ts(clock())
     made_dir = not root.exists()
@@ -78,6 +83,8 @@ def create_context(
         with keyring.store.transaction() as conn:
             keyring.store.set_meta(conn, "data_location", "external" if data_url else "sqlite")
             keyring.store.set_meta(conn, ROWS_MARK, "1")  # its rows are authenticated from birth
+            if remembered is not None:
+                keyring.store.set_meta(conn, DATA_URL_KEY, remembered)
         if not data_url:
             create_empty(root / DATA_FILE)  # owner-only before SQLite opens it
             made_files.append(DATA_FILE)
@@ -114,6 +121,7 @@ def create_context(
             ),
             checkpoint=True,
         )
+        logger.info("vault %s created (%s data store)", vault_id, data.engine.dialect.name)
         return ctx
     except BaseException:
         if data is not None:
@@ -181,15 +189,14 @@ def open_context(
         raise
     data = None
     try:
-        if data_url is None and store.get_meta("data_location") == "external":
-            raise StorageError(
-                "this vault keeps its data in an external database: pass data_url "
-                "(CLI: --data-url or SHREDVAULT_DATA_URL)"
-            )
+        location, stored = store.get_meta("data_location"), store.get_meta(DATA_URL_KEY)
+        data_url = data_url_for(location, stored, data_url)
         if data_url is None and not (root / DATA_FILE).is_file():
             raise StorageError(f"the data store {root / DATA_FILE} is missing")
         data = _connect_data(root, data_url, busy_timeout)
         _check_data_store(data, keyring.vault_id)
+        if location == "external" and stored is None and data_url:
+            _remember(keyring, data_url)  # a vault from before URLs were remembered
         ctx = VaultContext(
             root,
             keyring,
@@ -221,10 +228,30 @@ def open_context(
         upgrade_stores(ctx)  # a vault from before key separation (vault/migrate.py)
         authenticate_rows(ctx)  # a vault from before authenticated rows (vault/rowmigrate.py)
         unlink_tombstones(ctx)  # tombstones from before issue 16 item 5 (vault/migrate.py)
-        reconcile(ctx, scan, report.last_seq)
+        erased = reconcile(ctx, scan, report.last_seq)
+        if erased:
+            logger.warning(
+                "vault %s: reconciliation erased the keys of %d customer(s) whose shred "
+                "the log records (an older keystore was put back?)",
+                ctx.vault_id,
+                len(erased),
+            )
         ctx.recovered_receipts = roll_forward(ctx)
+        if ctx.recovered_receipts:
+            logger.warning(
+                "vault %s: finished %d shred(s) a crash interrupted; their receipts are "
+                "kept until collected",
+                ctx.vault_id,
+                len(ctx.recovered_receipts),
+            )
         log_pending_key_event(ctx)
         keyring.finish_pending_scrub()  # a bulk shred or reconciliation cut short before it
+        logger.info(
+            "vault %s opened (%s data store, log at seq %d)",
+            ctx.vault_id,
+            data.engine.dialect.name,
+            report.last_seq,
+        )
         return ctx
     except BaseException:
         if data is not None:
@@ -237,6 +264,13 @@ def _connect_data(root: Path, data_url: str | None, busy_timeout: float) -> Data
     if data_url:
         return DataStore.connect(url=data_url, busy_timeout=busy_timeout)
     return DataStore.connect(sqlite_path=root / DATA_FILE, busy_timeout=busy_timeout)
+
+
+def _remember(keyring: KeyRing, data_url: str) -> None:
+    remembered = remembered_form(data_url)
+    if remembered is not None:
+        with keys_errors(), keyring.store.transaction() as conn:
+            keyring.store.set_meta(conn, DATA_URL_KEY, remembered)
 
 
 def _check_data_store(data: DataStore, vault_id: str) -> None:

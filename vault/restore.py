@@ -29,6 +29,7 @@ from .archive import (
 from .audit import Auditor, format_public_key, read_export_entries, verify_export
 from .backup import COPY_BATCH
 from .context import Tx, VaultContext
+from .dataurl import DATA_URL_KEY, remembered_form
 from .errors import StorageError, VerificationError, keys_errors
 from .faults import crash_point
 from .files import move_into_place, write_file
@@ -272,7 +273,7 @@ def restore_backup(
         move_into_place(staged / DATA_FILE, root / DATA_FILE)
     move_into_place(staged / KEYS_FILE, root / KEYS_FILE)
     shutil.rmtree(staged)
-    _set_data_location(root / KEYS_FILE, "external" if data_url is not None else "sqlite")
+    _set_data_location(root / KEYS_FILE, data_url)
     crash_point("restore:after-files")
     ctx = open_context(
         root, passphrase=passphrase, keyfile=keyfile, data_url=data_url, restoring=True
@@ -374,12 +375,18 @@ def _load_into(snapshot: Path, data_url: str) -> None:
         target.dispose()
 
 
-def _set_data_location(keys_path: Path, where: str) -> None:
+def _set_data_location(keys_path: Path, data_url: str | None) -> None:
     """Where the restored vault's data lives: the backup's keystore says where the
-    source vault kept it, which is not where the restore put it."""
+    source vault kept it (its remembered data URL too), which is not where the
+    restore put it."""
+    remembered = remembered_form(data_url) if data_url is not None else None
     with (
         keys_errors("cannot record where the restored data lives"),
         contextlib.closing(KeyStore.open(keys_path)) as store,
         store.transaction() as conn,
     ):
-        store.set_meta(conn, "data_location", where)
+        store.set_meta(conn, "data_location", "external" if data_url is not None else "sqlite")
+        if remembered is None:
+            store.delete_meta(conn, DATA_URL_KEY)
+        else:
+            store.set_meta(conn, DATA_URL_KEY, remembered)

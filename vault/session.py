@@ -8,6 +8,7 @@ work back and commits a ``denied`` entry on its own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, NoReturn
@@ -57,6 +58,8 @@ from .storecheck import StoreCheck, check_store
 from .subject_report import customer_report, customer_report_from_receipt
 
 __all__ = ["Session"]
+
+logger = logging.getLogger(__name__)
 
 
 class Session:
@@ -211,7 +214,9 @@ class Session:
         Raises :class:`NotFoundError`, :class:`ShreddedError` (already shredded),
         :class:`LegalHoldError` or :class:`AccessDeniedError`; each is logged and
         changes nothing."""
-        return shred_one(self._ctx, self._actor, customer_id, reason=reason)
+        receipt = shred_one(self._ctx, self._actor, customer_id, reason=reason)
+        logger.info("customer %s shredded by %s", receipt.customer, self._actor.name)
+        return receipt
 
     def shred_expired(
         self,
@@ -221,7 +226,9 @@ class Session:
     ) -> ShredExpiredResult:
         """Shred every active customer whose ``retain_until`` has passed, except those
         under legal hold (reported as ``held``)."""
-        return shred_expired(self._ctx, self._actor, reason=reason, progress=progress)
+        result = shred_expired(self._ctx, self._actor, reason=reason, progress=progress)
+        logger.info("retention: %d expired customer(s) shredded", len(result.receipts))
+        return result
 
     def expired_customers(self) -> ExpiredCustomers:
         """Who :meth:`shred_expired` would shred now, and who a legal hold keeps: a dry
@@ -262,7 +269,11 @@ class Session:
         self, *, retire: bool = False, progress: Callable[[int], None] | None = None
     ) -> dict[str, Any]:
         """New KEK epoch; re-wrap every DEK under it in batches (resumable)."""
-        return rotate_kek(self._ctx, self._actor, retire=retire, progress=progress)
+        done = rotate_kek(self._ctx, self._actor, retire=retire, progress=progress)
+        logger.info(
+            "KEK rotated to epoch %s, %s DEK(s) re-wrapped", done["new_epoch"], done["rewrapped"]
+        )
+        return done
 
     def retire_epoch(self, epoch: int) -> None:
         """Delete a KEK epoch that no DEK uses any more."""
@@ -270,7 +281,9 @@ class Session:
 
     def rotate_dek(self, customer_id: str) -> int:
         """New DEK version for one customer, records re-encrypted, old version deleted."""
-        return rotate_dek(self._ctx, self._actor, check_customer_id(customer_id))
+        version = rotate_dek(self._ctx, self._actor, check_customer_id(customer_id))
+        logger.info("DEK of customer %s rotated to version %d", customer_id, version)
+        return version
 
     def rotate_deks(
         self,
@@ -279,9 +292,11 @@ class Session:
         progress: Callable[[int], None] | None = None,
     ) -> list[str]:
         """Rotate the DEK of every active customer (or those older than N days)."""
-        return rotate_deks(
+        rotated = rotate_deks(
             self._ctx, self._actor, older_than_days=older_than_days, progress=progress
         )
+        logger.info("DEKs of %d customer(s) rotated", len(rotated))
+        return rotated
 
     def change_passphrase(
         self, *, passphrase: bytes | None = None, keyfile: str | None = None
@@ -293,6 +308,7 @@ class Session:
             passphrase=passphrase,
             keyfile_key=load_keyfile_key(keyfile),
         )
+        logger.info("root key re-wrapped under a new %s", "keyfile" if keyfile else "passphrase")
 
     def key_status(self, policy: KeyPolicy | None = None) -> KeyStatus:
         """Key ages, DEKs per epoch, KDF parameters vs recommendation, violations."""
@@ -335,9 +351,11 @@ class Session:
     ) -> dict[str, Any]:
         """Write a signed backup archive (a consistent snapshot of both stores) and
         return its manifest. Logged as ``backup.create``; counts on the key-copy clock."""
-        return create_backup(
+        manifest = create_backup(
             self._ctx, self._actor, out, expires_days=expires_days, progress=progress
         )
+        logger.info("backup %s written at log seq %s", manifest["backup"], manifest["seq"])
+        return manifest
 
     def backups(self) -> list[BackupInfo]:
         """Recorded backups with where they were written, their state and how many

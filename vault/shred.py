@@ -44,6 +44,7 @@ from .errors import (
 )
 from .faults import crash_point
 from .inputs import check_customer_id, check_reason
+from .keptreceipts import keep
 from .locks import exclusive_lock
 from .log import export_line
 from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
@@ -337,6 +338,7 @@ def _roll_forward_locked(ctx: VaultContext) -> list[Receipt]:
         receipt = _finish(ctx, system_actor(ctx), customer_id, salt)
         if receipt is not None:
             receipts.append(receipt)
+            keep(ctx.keys.store, [receipt])  # until collected: it cannot be issued again
         ctx.keys.drop_receipt_salt(customer_id)
     # Salts left by a crash after the shred committed (receipt not yet handed out) or
     # before its intent (nothing began).
@@ -345,6 +347,7 @@ def _roll_forward_locked(ctx: VaultContext) -> list[Receipt]:
             found = _find_shred(ctx, customer_id, _salt(ctx, customer_id))
             if found is not None:
                 receipts.append(found)
+                keep(ctx.keys.store, [found])
         ctx.keys.drop_receipt_salt(customer_id)
     return receipts
 

@@ -1,53 +1,58 @@
 """The public face of an open vault: create, open, close, sessions, schema, the log.
 
 Everything here is a short call into the core (:mod:`.context`, :mod:`.actor`) and
-the operations; ``Vault`` holds the :class:`~.context.VaultContext` and nothing else.
+the operations; ``Vault`` holds the :class:`~.context.VaultContext` and the sessions
+:meth:`Vault.session_for` remembers (:mod:`.logins`), nothing else.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import NoReturn
 
-from sqlalchemy import select
-
 from ..keys import KdfParams, normalize_passphrase
-from .access import BUILTIN_ROLES, split_token
-from .actor import ADMIN, Actor, load_role
+from .access import BUILTIN_ROLES
+from .actor import ADMIN, Actor
 from .checkpoint import Checkpoint
 from .clock import Clock, system_clock
-from .context import Refusal, Tx, VaultContext
+from .context import VaultContext
 from .errors import (
-    AccessDeniedError,
-    TamperError,
     UnlockError,
     VaultDecommissionedError,
 )
+from .keptreceipts import collect, kept
 from .lifecycle import DECOMMISSIONED
 from .log import Event
+from .logins import Logins, login
 from .opening import create_context, open_context
 from .receipt import Receipt
 from .reconcile import advance_mark
-from .rowauth import require
 from .schema import KindSpec
 from .session import Session
-from .store import LogHead, principals
+from .store import LogHead
 from .verify import VerifyReport
 
 __all__ = ["Vault"]
+
+logger = logging.getLogger(__name__)
 
 
 class Vault:
     """An open, unlocked vault. Use as a context manager, or call :meth:`close`.
 
-    Not safe to share between threads; open one per thread or process (processes
-    coordinate through the stores' locks).
+    Safe to share between the threads of a process (a web service opens one): each
+    thread gets its own data-store connection from the engine's pool and its own
+    keystore connection, so threads coordinate through the stores' locks exactly as
+    processes do. Sessions too may be shared; close the vault after the last use.
     """
 
     def __init__(self, ctx: VaultContext) -> None:
         self._ctx = ctx
+        self._logins = Logins()  # the sessions session_for hands out again
         self.path = ctx.path
         self.vault_id = ctx.vault_id
         self.public_key = ctx.public_key
@@ -61,8 +66,23 @@ class Vault:
     @property
     def recovered_receipts(self) -> list[Receipt]:
         """Receipts of shreds that a crash interrupted and this open (or a
-        decommission) finished: hand them to whoever asked for the erasure."""
+        decommission) finished: hand them to whoever asked for the erasure. Those this
+        open finished are also kept in the keystore until :meth:`collect_receipts`."""
         return self._ctx.recovered_receipts
+
+    def kept_receipts(self) -> list[Receipt]:
+        """Receipts of shreds a crash interrupted that an open finished (this one or an
+        earlier one whose opener did not read :attr:`recovered_receipts`), kept in the
+        keystore until :meth:`collect_receipts` writes them out."""
+        self._ctx.require_open()
+        return kept(self._ctx.keys.store)
+
+    def collect_receipts(self, directory: str | os.PathLike[str]) -> list[Path]:
+        """Write every kept receipt to ``directory/<customer>.json`` (owner-only, never
+        over another file), then delete them from the keystore and scrub it; returns
+        the files. If a write fails nothing is deleted (the error is raised)."""
+        self._ctx.require_open()
+        return collect(self._ctx.keys.store, directory)
 
     @property
     def lifecycle(self) -> str | None:
@@ -174,10 +194,14 @@ class Vault:
         """Sign a checkpoint at the head (if the log moved since the last one), then
         release the stores and forget every key. The keystore's reconciliation mark
         moves to the head first, when no shred is mid-way (:func:`advance_mark`)."""
+        if self._ctx.closed:
+            return
         try:
             advance_mark(self._ctx)
         finally:
+            self._logins.clear()
             self._ctx.close()
+            logger.info("vault %s closed", self.vault_id)
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -196,75 +220,16 @@ class Vault:
         Raises :class:`AccessDeniedError` (logged as a denied ``auth.login``, without
         any token material) for an unknown, revoked or expired token or a missing role.
         """
-        ctx = self._ctx
-        ctx.require_open()
-        lookup = split_token(token)
+        return Session(login(self._ctx, token))
 
-        def work(tx: Tx) -> Session:
-            if ctx.lifecycle is not None:
-                ev = Event(
-                    "unknown",
-                    "none",
-                    "auth.login",
-                    outcome="denied",
-                    detail={"reason_code": "vault_decommissioned"},
-                )
-                raise Refusal(
-                    VaultDecommissionedError(
-                        f"the vault is {ctx.lifecycle}: it serves no data and takes no logins"
-                    ),
-                    ev,
-                )
-            row = None
-            if lookup is not None:
-                row = tx.conn.execute(
-                    select(principals).where(principals.c.lookup == lookup)
-                ).first()
-            # Compare even when nothing matched, so timing does not tell the cases apart.
-            # The verifier is a MAC under a key the data store never holds: a row
-            # written without it matches no token.
-            stored = str(row.token_hash) if row is not None else "0" * 64
-            matches = ctx.keys.token_matches(token if lookup is not None else "", stored)
-            now = ctx.now()
-            reason = None
-            if row is None or not matches:
-                reason = "unknown_token"
-            elif row.revoked:
-                reason = "token_revoked"
-            elif row.expires is not None and now >= row.expires:
-                reason = "token_expired"
-            role = None
-            if reason is None and row is not None:
-                try:
-                    require(tx.conn, ctx.keys.row_auth, "sv_principals", [row._mapping])
-                    role = load_role(tx.conn, str(row.role), ctx.keys.row_auth)
-                except TamperError as error:
-                    ev = Event(
-                        str(row.name),
-                        "none",
-                        "auth.login",
-                        outcome="error",
-                        detail={
-                            "reason_code": "row_tampered",
-                            "table": error.table,
-                            "why": error.reason,
-                        },
-                    )
-                    raise Refusal(error, ev) from None
-            if reason is None and role is None:
-                reason = "role_missing"
-            elif role is not None and role.expires is not None and now >= role.expires:
-                reason = "role_expired"
-            if reason is not None or role is None or row is None:
-                actor = str(row.name) if row is not None and matches else "unknown"
-                ev = Event(
-                    actor, "none", "auth.login", outcome="denied", detail={"reason_code": reason}
-                )
-                raise Refusal(AccessDeniedError(f"access denied: {reason}"), ev)
-            tx.log(Event(str(row.name), role.name, "auth.login"))
-            return Session(Actor(ctx, str(row.name), role, principal=lookup))
-
-        return ctx.transact(work)
+    def session_for(self, token: str) -> Session:
+        """A session for ``token`` without a log entry per request (a web service calls
+        it on every request): the first call for a token in this open vault is a
+        :meth:`login` (logged ``auth.login``); later calls reuse its session. Every
+        access is still gated and logged, and the gate re-reads the principal each time,
+        so a token revoked or expired, or a role changed, applies to the very next
+        access (refused and logged ``denied``). Raises as :meth:`login`."""
+        return Session(self._logins.actor(self._ctx, token))
 
     # -- schema -------------------------------------------------------------------------
 
