@@ -48,7 +48,7 @@ LAYERS: dict[str, list[str]] = {
         "rowauth",
     ],
     "proofs": ["receipt", "model", "audit", "certificate", "archive", "package", "markdown"],
-    "core": ["context", "actor", "sealing", "tombstone"],
+    "core": ["context", "actor", "sealing", "tombstone", "routine"],
     "operations": [
         "customers",
         "records",
@@ -63,6 +63,7 @@ LAYERS: dict[str, list[str]] = {
         "handover_export",
         "handover_import",
         "subject_report",
+        "notices",
     ],
     "workflows": [
         "retention",
@@ -73,8 +74,9 @@ LAYERS: dict[str, list[str]] = {
         "bulk_shred",
         "audit_reports",
         "decommission",
+        "requests",
     ],
-    "public": ["session", "vault"],
+    "public": ["session", "vault", "desk"],
     "api": ["__init__"],
 }
 
@@ -118,6 +120,7 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("opening", "reconcile"): "opening reconciles the keystore with the log before serving",
     ("decommission", "bulk_shred"): "a decommission shreds everyone in batches",
     ("vault", "session"): "a Vault hands out Sessions",
+    ("session", "desk"): "a Session has the privacy routine's methods",
 }
 
 MODULE_LAYER = {m: i for i, names in enumerate(LAYERS.values()) for m in names}

@@ -28,9 +28,11 @@ from .errors import (
     LegalHoldError,
     LogPendingError,
     NotFoundError,
+    NoticeWindowError,
     NoTrustedKeyError,
     OutputExistsError,
     PurposeError,
+    RequestClosedError,
     SchemaError,
     ShreddedError,
     StateConflictError,
@@ -49,6 +51,7 @@ from .handover_import import HandoverImport
 from .log import Event
 from .markdown import render_markdown
 from .model import Customer, ExpiredCustomers, Page, Principal, Record, ShredExpiredResult
+from .notices import NoticeBatch
 from .package import (
     HandoverKey,
     handover_keygen,
@@ -58,8 +61,10 @@ from .package import (
     verify_completion,
 )
 from .receipt import Receipt, ReceiptReport, load_receipt, verify_receipt
+from .requests import RequestClosure
 from .restore import ShredSource, restore_backup
 from .rotate import KeyPolicy, KeyStatus
+from .routine import CHANNELS, NOTICE_REASONS, OUTCOMES, REQUEST_TYPES, Notice, Request
 from .schema import KindSpec
 from .session import Session
 from .store import LogHead
@@ -68,6 +73,10 @@ from .verify import VerifyReport
 
 __all__ = [
     "ACTIONS",
+    "CHANNELS",
+    "NOTICE_REASONS",
+    "OUTCOMES",
+    "REQUEST_TYPES",
     "AccessDeniedError",
     "AuditChainError",
     "Auditor",
@@ -99,6 +108,9 @@ __all__ = [
     "LogPendingError",
     "NoTrustedKeyError",
     "NotFoundError",
+    "Notice",
+    "NoticeBatch",
+    "NoticeWindowError",
     "OutputExistsError",
     "Page",
     "Principal",
@@ -106,6 +118,9 @@ __all__ = [
     "Receipt",
     "ReceiptReport",
     "Record",
+    "Request",
+    "RequestClosedError",
+    "RequestClosure",
     "Role",
     "SchemaError",
     "Session",

@@ -205,6 +205,7 @@ def open_context(
             ctx.final_seq = final_entry_seq(data, intent_seq)
             if ctx.final_seq is not None:
                 return ctx
+            data.run(lambda conn, _head: data.ensure_additive_tables(conn))
             ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
             return ctx
         # The shreds the log records after the keystore's mark are read in the same
@@ -214,6 +215,7 @@ def open_context(
         scan = ClaimScan(after=mark)
         report = ctx.check_anchor(since=mark + 1, observe=scan.observe)
         refuse_unconfirmed(plan_reconcile(ctx, scan))  # before anything is written
+        data.run(lambda conn, _head: data.ensure_additive_tables(conn))  # tables added later
         ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
         upgrade_stores(ctx)  # a vault from before key separation (vault/migrate.py)
         authenticate_rows(ctx)  # a vault from before authenticated rows (vault/rowmigrate.py)
