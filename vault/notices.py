@@ -24,9 +24,10 @@ from .files import write_file
 from .inputs import check_customer_id, check_text, moment_text
 from .markdown import render_notice
 from .routine import NOTICE_REASONS, Notice, check_channel, check_choice
+from .routine_tables import notices
 from .rowauth import insert_rows, require, update_rows
 from .schema import check_name
-from .store import customers, notices, records
+from .store import customers, records
 
 __all__ = ["NOTICE_TYPE", "NoticeBatch", "mark_notice", "prepare_notices"]
 

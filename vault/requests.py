@@ -35,12 +35,13 @@ from .routine import (
     policy_days,
     write_consent,
 )
+from .routine_tables import request_policy as policy_table
+from .routine_tables import requests
 from .rowauth import insert_rows, require, update_rows
 from .schema import check_name
 from .sealing import seal_note
 from .shred import shred_one
-from .store import customers, requests
-from .store import request_policy as policy_table
+from .store import customers
 from .subject_report import customer_report
 
 __all__ = [

@@ -33,9 +33,10 @@ from .faults import crash_point
 from .inputs import check_days
 from .keycopies import backup_key_copies
 from .log import Event
+from .routine_tables import requests
 from .rowauth import require, update_rows
 from .sealing import record_version, reseal_note, reseal_record
-from .store import customers, log, records, requests
+from .store import customers, log, records
 
 __all__ = [
     "KeyPolicy",

@@ -20,8 +20,9 @@ from . import ids
 from .clock import format_ts, parse_ts
 from .errors import SchemaError, TamperError
 from .inputs import check_text
+from .routine_tables import consents, notices, request_policy, requests
 from .rowauth import insert_rows, require
-from .store import consents, log, notices, request_policy, requests
+from .store import log
 
 __all__ = [
     "CHANNELS",

@@ -46,18 +46,8 @@ from sqlalchemy import (
 from ..keys.envelope import aad
 from ..keys.rowauth import RowAuth
 from .errors import TamperError
-from .store import (
-    consents,
-    customers,
-    kinds,
-    log,
-    notices,
-    principals,
-    records,
-    request_policy,
-    requests,
-    roles,
-)
+from .routine_tables import ROUTINE_SPECS, ROUTINE_TABLES, ROUTINE_TARGETS
+from .store import customers, kinds, log, principals, records, roles
 
 __all__ = [
     "LABEL",
@@ -80,6 +70,7 @@ __all__ = [
 ]
 
 LABEL = b"shredvault/row/v1"
+
 
 #: per table, its columns in encoding order with their types: ``t`` text, ``i``
 #: integer, ``b`` boolean, ``h`` the SHA-256 of the ciphertext of a record sealed
@@ -120,57 +111,10 @@ SPECS: dict[str, tuple[tuple[str, str], ...]] = {
         ("aad_v", "i"),
         ("ciphertext", "h"),
     ),
-    # The privacy routine (docs/requests.md). ``d``: the SHA-256 of a sealed note.
-    "sv_requests": (
-        ("id", "t"),
-        ("customer_id", "t"),
-        ("type", "t"),
-        ("channel", "t"),
-        ("state", "t"),
-        ("opened", "t"),
-        ("due", "t"),
-        ("closed", "t"),
-        ("outcome", "t"),
-        ("reason", "t"),
-        ("receipt", "t"),
-        ("note_dek", "i"),
-        ("note", "d"),
-    ),
-    "sv_request_policy": (("type", "t"), ("days", "i"), ("changed", "t")),
-    "sv_consent_history": (
-        ("id", "t"),
-        ("customer_id", "t"),
-        ("consent", "t"),
-        ("channel", "t"),
-        ("actor", "t"),
-        ("ts", "t"),
-    ),
-    "sv_notices": (
-        ("id", "t"),
-        ("customer_id", "t"),
-        ("batch", "t"),
-        ("reason", "t"),
-        ("recipient", "t"),
-        ("effective", "t"),
-        ("prepared", "t"),
-        ("delivered", "t"),
-        ("channel", "t"),
-        ("objected", "t"),
-    ),
+    **ROUTINE_SPECS,
 }
 TABLES: dict[str, Table] = {
-    t.name: t
-    for t in (
-        kinds,
-        roles,
-        principals,
-        customers,
-        records,
-        requests,
-        request_policy,
-        consents,
-        notices,
-    )
+    t.name: t for t in (kinds, roles, principals, customers, records, *ROUTINE_TABLES)
 }
 #: the ``target`` prefix of each table's rows in the log (vault/log.py ``entry_target``)
 _TARGET = {
@@ -179,10 +123,7 @@ _TARGET = {
     "sv_principals": "principal:",
     "sv_customers": "subject:",
     "sv_records": "record:",
-    "sv_requests": "request:",
-    "sv_request_policy": "request-policy:",
-    "sv_consent_history": "consent:",
-    "sv_notices": "notice:",
+    **ROUTINE_TARGETS,
 }
 _NULL = b"n"
 _CHUNK = 500
@@ -195,7 +136,7 @@ def _part(kind: str, value: Any, row: Mapping[Any, Any]) -> bytes:
         return b"h" + hashlib.sha256(bytes(value)).digest()
     if value is None:
         return _NULL
-    if kind == "d":
+    if kind == "d":  # a sealed request note (docs/requests.md)
         return b"d" + hashlib.sha256(bytes(value)).digest()
     if kind == "t":
         return b"t" + str(value).encode("utf-8", "surrogatepass")

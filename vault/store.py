@@ -51,7 +51,6 @@ __all__ = [
     "backup_state",
     "backups",
     "checkpoints",
-    "consents",
     "customers",
     "ensure_ref_index",
     "handover_imports",
@@ -59,11 +58,8 @@ __all__ = [
     "log",
     "log_head",
     "meta",
-    "notices",
     "principals",
     "records",
-    "request_policy",
-    "requests",
     "roles",
     "set_unique_refs",
     "unique_refs",
@@ -202,72 +198,6 @@ handover_imports = Table(
     Column("customers", Integer, nullable=False),
     Column("records", BigInteger, nullable=False),
     Column("imported", String(32), nullable=False),
-)
-
-# The privacy routine (docs/requests.md): customers' requests, the answer deadlines,
-# consent history and change notices. Additive tables (like sv_handover_imports); each
-# row carries ``seq`` and ``auth`` (vault/rowauth.py).
-requests = Table(
-    "sv_requests",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    # Null once the customer is shredded: the request's tombstone (vault/tombstone.py).
-    Column("customer_id", String(32), nullable=True, index=True),
-    Column("type", String(32), nullable=False),
-    Column("channel", String(16), nullable=False),
-    Column("state", String(16), nullable=False),
-    Column("opened", String(32), nullable=False),
-    Column("due", String(32), nullable=False),
-    Column("closed", String(32), nullable=True),
-    Column("outcome", String(16), nullable=True),
-    Column("reason", Text, nullable=True),
-    Column("receipt", Text, nullable=True),
-    # The note sealed under the customer's DEK version ``note_dek`` (vault/sealing.py).
-    Column("note", LargeBinary, nullable=True),
-    Column("note_dek", Integer, nullable=True),
-    Column("seq", BigInteger, nullable=True),
-    Column("auth", String(64), nullable=True),
-    Index("ix_sv_requests_state", "state", "due"),
-)
-
-request_policy = Table(
-    "sv_request_policy",
-    metadata,
-    Column("type", String(32), primary_key=True),
-    Column("days", Integer, nullable=False),
-    Column("changed", String(32), nullable=False),
-    Column("seq", BigInteger, nullable=True),
-    Column("auth", String(64), nullable=True),
-)
-
-consents = Table(
-    "sv_consent_history",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("customer_id", String(32), nullable=False, index=True),
-    Column("consent", Text, nullable=False),
-    Column("channel", String(16), nullable=False),
-    Column("actor", String(200), nullable=False),
-    Column("ts", String(32), nullable=False),
-    Column("seq", BigInteger, nullable=True),
-    Column("auth", String(64), nullable=True),
-)
-
-notices = Table(
-    "sv_notices",
-    metadata,
-    Column("id", String(32), primary_key=True),
-    Column("customer_id", String(32), nullable=False, index=True),
-    Column("batch", String(32), nullable=False),
-    Column("reason", String(16), nullable=False),
-    Column("recipient", Text, nullable=False),
-    Column("effective", String(32), nullable=False),
-    Column("prepared", String(32), nullable=False),
-    Column("delivered", String(32), nullable=True),
-    Column("channel", String(16), nullable=True),
-    Column("objected", String(32), nullable=True),
-    Column("seq", BigInteger, nullable=True),
-    Column("auth", String(64), nullable=True),
 )
 
 log = Table(
@@ -434,10 +364,9 @@ class DataStore:
     def ensure_additive_tables(self, conn: Connection) -> None:
         """Create tables added since schema version 1 (only new tables, no changed ones,
         so the version stays 1) when an older data store lacks them."""
-        handover_imports.create(conn, checkfirst=True)
-        backup_state.create(conn, checkfirst=True)
-        for table in (requests, request_policy, consents, notices):
-            table.create(conn, checkfirst=True)
+        for table in metadata.sorted_tables:  # and vault/routine_tables.py's
+            if table.name.startswith(("sv_handover", "sv_backup_", "sv_req", "sv_con", "sv_not")):
+                table.create(conn, checkfirst=True)
 
     def has_schema(self) -> bool:
         try:

@@ -46,8 +46,9 @@ from sqlalchemy import (
 from ..keys.rowauth import RowAuth
 from .clock import format_ts
 from .errors import StorageError
+from .routine_tables import consents, notices, requests
 from .rowauth import check_rows, update_rows
-from .store import DataStore, consents, customers, notices, records, requests
+from .store import DataStore, customers, records
 
 __all__ = [
     "TOMBSTONES_FORMAT",
