@@ -150,6 +150,12 @@ def keygen_command(out: Path, key_passphrase_file: Path | None, as_json: bool) -
     help="Only these customers (repeatable); default: every customer. Either way only "
     "active customers whose consent allows transfer go in.",
 )
+@click.option(
+    "--require-notice-window",
+    is_flag=True,
+    help="Refuse unless every exported customer had a transfer notice delivered, its "
+    "objection window passed and no objection (docs/requests.md).",
+)
 @json_option
 @store_options
 @unlock_options
@@ -160,6 +166,7 @@ def export_command(
     recipient: Path,
     out: Path,
     customer_ids: tuple[str, ...],
+    require_notice_window: bool,
     as_json: bool,
 ) -> None:
     """Export the customers who consented to a transfer into a package for the acquirer.
@@ -183,6 +190,7 @@ def export_command(
                 str(out),
                 customers=list(customer_ids) if customer_ids else None,
                 progress=meter,
+                require_notice_window=require_notice_window,
             )
         seller_key = format_public_key(vault.public_key)
     summary = {**result.to_json(), "seller_public_key": seller_key}

@@ -23,9 +23,11 @@ from . import (
     init,
     key_management,
     kinds,
+    notices,
     receipts,
     records,
     reports,
+    requests,
     shred,
 )
 from .context import (
@@ -175,6 +177,9 @@ cli.add_command(backups.backup_group)
 cli.add_command(handover.handover_group)
 cli.add_command(decommission.decommission_command)
 cli.add_command(certificates.certificate_group)
+cli.add_command(requests.request_group)
+cli.add_command(requests.consent_group)
+cli.add_command(notices.notice_group)
 _ = reports  # registers `customer report`, `audit query` and `audit report`
 
 

@@ -49,9 +49,10 @@ LAYERS: dict[str, list[str]] = {
         "keycopies",
         "rowauth",
         "blindindex",
+        "routine_tables",
     ],
     "proofs": ["receipt", "model", "audit", "certificate", "archive", "package", "markdown"],
-    "core": ["context", "actor", "sealing", "tombstone", "keptreceipts"],
+    "core": ["context", "actor", "sealing", "tombstone", "keptreceipts", "routine"],
     "operations": [
         "customers",
         "records",
@@ -68,6 +69,7 @@ LAYERS: dict[str, list[str]] = {
         "subject_report",
         "search",
         "logins",
+        "notices",
     ],
     "workflows": [
         "retention",
@@ -78,8 +80,9 @@ LAYERS: dict[str, list[str]] = {
         "bulk_shred",
         "audit_reports",
         "decommission",
+        "requests",
     ],
-    "public": ["session", "vault"],
+    "public": ["session", "vault", "desk"],
     "api": ["__init__"],
 }
 
@@ -113,6 +116,8 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("blindindex", "store"): "blind-index entries live in the store",
     ("schema", "normalize"): "a searchable field names one of the fixed normalizers",
     ("kinds", "search"): "a kind whose searchable fields change has its index rebuilt",
+    ("rowauth", "routine_tables"): "the routine's rows are authenticated rows",
+    ("routine_tables", "store"): "the routine's tables are in the data store's metadata",
     ("model", "receipt"): "a shred result carries receipts",
     ("audit", "receipt"): "",
     ("certificate", "audit"): "a certificate is checked against a log export",
@@ -127,6 +132,7 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("opening", "reconcile"): "opening reconciles the keystore with the log before serving",
     ("decommission", "bulk_shred"): "a decommission shreds everyone in batches",
     ("vault", "session"): "a Vault hands out Sessions",
+    ("session", "desk"): "a Session has the privacy routine's methods",
 }
 
 MODULE_LAYER = {m: i for i, names in enumerate(LAYERS.values()) for m in names}

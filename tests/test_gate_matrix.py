@@ -782,6 +782,123 @@ case(
     entries=lambda shape, g, r: ok("customer.shred-intent", "customer.shred", "handover.complete"),
 )
 
+# the privacy routine: requests, consent, notices (docs/requests.md)
+
+
+def _opened_check(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+    sql = "SELECT COUNT(*) FROM sv_requests WHERE customer_id = ?"
+    assert world.count(sql, given["cid"]) == (0 if refused else 1)
+
+
+def _notices_check(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+    written = sorted(p.name for p in given["out"].iterdir())
+    assert written == ([] if refused else sorted(Path(f).name for f in result.files))
+    assert refused or written
+
+
+def _open_request(w: World, shape: str) -> Given:
+    cid = w.admin.add_customer()
+    return {"cid": cid, "rid": w.admin.open_request(cid, type="complaint", channel="phone").id}
+
+
+def _closed_check(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+    sql = "SELECT state FROM sv_requests WHERE id = ?"
+    assert logrows.scalar(world.data_db, sql, given["rid"]) == ("open" if refused else "closed")
+
+
+def _consent_check(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+    sql = "SELECT COUNT(*) FROM sv_consent_history WHERE customer_id = ?"
+    assert world.count(sql, given["cid"]) == (0 if refused else 2)
+
+
+def _notice_for(w: World, shape: str) -> Given:
+    cid = w.admin.add_customer(consent={"transfer": True})
+    out = w.root / w.unique("notices")
+    out.mkdir()
+    batch = w.admin.prepare_notices(
+        reason="transfer", effective="2099-01-01", recipients=["Acme Ltd"], out_dir=out
+    )
+    (nid,) = [n.id for n in batch.notices if n.customer == cid]
+    return {"cid": cid, "nid": nid}
+
+
+def _marked_check(column: str) -> Callable[[World, str, Given, Any, bool], None]:
+    def check(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+        sql = f"SELECT COUNT(*) FROM sv_notices WHERE id = ? AND {column} IS NOT NULL"
+        assert world.count(sql, given["nid"]) == (0 if refused else 1)
+
+    return check
+
+
+def _notice_dir(w: World, shape: str) -> Given:
+    out = w.root / w.unique("notices")
+    out.mkdir()
+    return {"out": out}
+
+
+case(
+    "open_request",
+    "request.open",
+    prepare=_fresh_customer,
+    call=lambda s, g: s.open_request(g["cid"], type="access", channel="email", note="see file"),
+    refusal=needs("write"),
+    check=_opened_check,
+)
+case("list_requests", "request.list", call=lambda s, g: s.list_requests(), refusal=needs("list"))
+case(
+    "close_request",
+    "request.close",
+    prepare=_open_request,
+    call=lambda s, g: s.close_request(g["rid"], outcome="refused", reason="not verified"),
+    refusal=needs("write"),
+    check=_closed_check,
+)
+case("request_policy", "request.list", call=lambda s, g: s.request_policy(), refusal=needs("list"))
+case(
+    "set_request_policy",
+    "request.policy",
+    call=lambda s, g: s.set_request_policy("complaint", 30),
+    refusal=needs("admin"),
+)
+case(
+    "set_consent",
+    "customer.consent",
+    prepare=_fresh_customer,
+    call=lambda s, g: s.set_consent(g["cid"], {"transfer": True}, channel="web"),
+    refusal=needs("write"),
+    check=_consent_check,
+)
+case(
+    "prepare_notices",
+    "notice.prepare",
+    prepare=_notice_dir,
+    call=lambda s, g: s.prepare_notices(
+        reason="new-purpose",
+        purpose="research",
+        effective="2099-01-01",
+        recipients=["Acme Ltd"],
+        out_dir=g["out"],
+    ),
+    refusal=needs("write"),
+    check=_notices_check,
+)
+case(
+    "notice_delivered",
+    "notice.deliver",
+    prepare=_notice_for,
+    call=lambda s, g: s.notice_delivered(g["cid"], g["nid"], channel="email"),
+    refusal=needs("write"),
+    check=_marked_check("delivered"),
+)
+case(
+    "notice_objected",
+    "notice.object",
+    prepare=_notice_for,
+    call=lambda s, g: s.notice_objected(g["cid"], g["nid"], channel="phone"),
+    refusal=needs("write"),
+    check=_marked_check("objected"),
+)
+
 # principals and roles
 
 

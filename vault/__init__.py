@@ -28,10 +28,12 @@ from .errors import (
     LegalHoldError,
     LogPendingError,
     NotFoundError,
+    NoticeWindowError,
     NoTrustedKeyError,
     NotSearchableError,
     OutputExistsError,
     PurposeError,
+    RequestClosedError,
     SchemaError,
     ShreddedError,
     StateConflictError,
@@ -50,6 +52,7 @@ from .handover_import import HandoverImport
 from .log import Event
 from .markdown import render_markdown
 from .model import Customer, ExpiredCustomers, Page, Principal, Record, ShredExpiredResult
+from .notices import NoticeBatch
 from .package import (
     HandoverKey,
     handover_keygen,
@@ -59,8 +62,10 @@ from .package import (
     verify_completion,
 )
 from .receipt import Receipt, ReceiptReport, load_receipt, verify_receipt
+from .requests import RequestClosure
 from .restore import ShredSource, restore_backup
 from .rotate import KeyPolicy, KeyStatus
+from .routine import CHANNELS, NOTICE_REASONS, OUTCOMES, REQUEST_TYPES, Notice, Request
 from .schema import KindSpec
 from .session import Session
 from .store import LogHead
@@ -69,6 +74,10 @@ from .verify import VerifyReport
 
 __all__ = [
     "ACTIONS",
+    "CHANNELS",
+    "NOTICE_REASONS",
+    "OUTCOMES",
+    "REQUEST_TYPES",
     "AccessDeniedError",
     "AuditChainError",
     "Auditor",
@@ -101,6 +110,9 @@ __all__ = [
     "NoTrustedKeyError",
     "NotFoundError",
     "NotSearchableError",
+    "Notice",
+    "NoticeBatch",
+    "NoticeWindowError",
     "OutputExistsError",
     "Page",
     "Principal",
@@ -108,6 +120,9 @@ __all__ = [
     "Receipt",
     "ReceiptReport",
     "Record",
+    "Request",
+    "RequestClosedError",
+    "RequestClosure",
     "Role",
     "SchemaError",
     "Session",

@@ -24,6 +24,7 @@ from .errors import SchemaError, TamperError
 from .inputs import check_known, check_limit, decode_cursor, encode_cursor, moment_text
 from .log import LOG_ACTIONS
 from .rotate import KeyPolicy, key_status
+from .routine import request_counts
 from .rowauth import require
 from .store import checkpoints, customers, log, principals, roles
 
@@ -265,6 +266,7 @@ def audit_report(ctx: VaultContext, actor: Actor, *, expiring_days: int = 30) ->
             ).all()
         )
         n_checkpoints = conn.execute(select(func.count()).select_from(checkpoints)).scalar_one()
+        desk = _request_desk(ctx, actor, tx, now)
         tx.log(actor.event("audit.report"))
         return {
             "principals": people,
@@ -281,6 +283,7 @@ def audit_report(ctx: VaultContext, actor: Actor, *, expiring_days: int = 30) ->
             "shreds": int(shreds),
             "denials_by_actor": {str(k): int(v) for k, v in sorted(denials.items())},
             "checkpoints": int(n_checkpoints),
+            "requests": desk,
         }
 
     body = ctx.transact(work)
@@ -305,6 +308,15 @@ def audit_report(ctx: VaultContext, actor: Actor, *, expiring_days: int = 30) ->
             "public_key": format_public_key(ctx.public_key),
         },
     }
+
+
+def _request_desk(ctx: VaultContext, actor: Actor, tx: Tx, now: str) -> dict[str, Any]:
+    """The request desk's figures (docs/requests.md): open, overdue, closed in time and
+    late; a forged, rolled-back or deleted request row refuses the report (logged)."""
+    try:
+        return request_counts(tx.conn, ctx.keys.row_auth, now)
+    except TamperError as error:
+        raise actor.tamper_refusal(error, "audit.report") from None
 
 
 def normalize_time(name: str, value: str | None) -> str | None:

@@ -33,8 +33,10 @@ __all__ = [
     "NoTrustedKeyError",
     "NotFoundError",
     "NotSearchableError",
+    "NoticeWindowError",
     "OutputExistsError",
     "PurposeError",
+    "RequestClosedError",
     "SchemaError",
     "ShreddedError",
     "StateConflictError",
@@ -285,3 +287,17 @@ def keys_errors(
         what = f"{error.filename} was not written" if error.filename else "nothing was written"
         prefix = f"{doing}: " if doing else ""
         raise DiskFaultError(f"{prefix}{disk_fault_message(fault)}; {what}", fault=fault) from None
+
+
+class RequestClosedError(VaultError):
+    """The customer request is already closed (docs/requests.md): nothing was changed."""
+
+
+class NoticeWindowError(VaultError):
+    """A handover that requires the notice window refused customers (docs/requests.md):
+    ``customers`` maps each refused customer id to why (``no_notice``,
+    ``not_delivered``, ``objected``, ``window_open``). Nothing was written."""
+
+    def __init__(self, message: str, *, customers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.customers = customers

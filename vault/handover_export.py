@@ -33,9 +33,11 @@ from .context import Refusal, Tx, VaultContext
 from .errors import (
     AccessDeniedError,
     NotFoundError,
+    NoticeWindowError,
     SchemaError,
     ShreddedError,
     StorageError,
+    TamperError,
 )
 from .faults import crash_point
 from .files import PartialFile, check_absent
@@ -53,6 +55,7 @@ from .package import (
     parts,
     record_aad,
 )
+from .routine import consent_in_force, notice_refusals
 from .sealing import envelope, open_record, record_version
 from .store import customers, records
 
@@ -102,6 +105,7 @@ def export_package(
     *,
     customer_ids: Sequence[str] | None = None,
     progress: Callable[[int], None] | None = None,
+    require_notice_window: bool = False,
 ) -> HandoverExport:
     """Write a package for the acquirer holding ``recipient_public_key``: every active
     customer (of ``customer_ids``, or all) whose consent has ``transfer: True``.
@@ -117,6 +121,8 @@ def export_package(
         raise StorageError(f"{target.parent} is not a directory")
     actor.authorize("export", "handover.export")
     chosen, no_consent, shredded = _select(ctx, customer_ids)
+    if require_notice_window:
+        _require_notice_window(ctx, actor, chosen)
     kinds_used = _kinds_of(ctx, chosen)
     _gate_kinds(ctx, actor, kinds_used)
 
@@ -222,6 +228,40 @@ def _select(
     return chosen, no_consent, gone
 
 
+def _require_notice_window(ctx: VaultContext, actor: Actor, chosen: Sequence[str]) -> None:
+    """Refuse the export (logged, :class:`NoticeWindowError` naming every customer and
+    why) unless each chosen customer had a transfer notice delivered whose objection
+    window has passed, and did not object (docs/requests.md)."""
+
+    def work(tx: Tx) -> None:
+        actor.gate(tx.conn, "export", "handover.export", purpose=PURPOSE)
+        try:
+            refused = notice_refusals(tx.conn, ctx.keys.row_auth, chosen, ctx.now())
+        except TamperError as error:
+            raise actor.tamper_refusal(error, "handover.export") from None
+        if refused:
+            counts: dict[str, int] = {}
+            for why in refused.values():
+                counts[why] = counts.get(why, 0) + 1
+            ev = actor.event(
+                "handover.export",
+                outcome="error",
+                detail={"reason_code": "notice_window", "customers": dict(sorted(counts.items()))},
+            )
+            shown = ", ".join(f"{c} ({w})" for c, w in list(refused.items())[:20])
+            more = f" and {len(refused) - 20} more" if len(refused) > 20 else ""
+            raise Refusal(
+                NoticeWindowError(
+                    f"{len(refused)} customer(s) may not be handed over yet: {shown}{more}; "
+                    "nothing was written",
+                    customers=refused,
+                ),
+                ev,
+            )
+
+    ctx.transact(work)
+
+
 def _kinds_of(ctx: VaultContext, chosen: Sequence[str]) -> set[str]:
     stmt = select(records.c.kind).distinct()
     return {str(r.kind) for r in ctx.read_in(stmt, records.c.customer_id, chosen)}
@@ -290,6 +330,9 @@ def _sealed_customers(
     )
     ctx.require_rows("sv_customers", [r._mapping for r in meta.values()])
     ctx.require_rows("sv_records", [r._mapping for r in rows])
+    given = ctx.data.read(
+        lambda conn: consent_in_force(conn, ctx.keys.row_auth, [r._mapping for r in meta.values()])
+    )
     by_customer: dict[str, list[Any]] = {cid: [] for cid in batch}
     for row in rows:
         by_customer[str(row.customer_id)].append(row)
@@ -321,6 +364,7 @@ def _sealed_customers(
             {
                 "customer": cid,
                 "consent": json.loads(info.consent),
+                "consent_given": given[cid],
                 "retain_until": info.retain_until,
                 "records": listed,
             }

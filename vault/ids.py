@@ -5,12 +5,25 @@ from __future__ import annotations
 import os
 import re
 
-__all__ = ["CUSTOMER", "RECORD", "VAULT", "is_id", "new_id", "new_ids"]
+__all__ = [
+    "CONSENT",
+    "CUSTOMER",
+    "NOTICE",
+    "RECORD",
+    "REQUEST",
+    "VAULT",
+    "is_id",
+    "new_id",
+    "new_ids",
+]
 
 CUSTOMER = "cus_"
 RECORD = "rec_"
 VAULT = "vlt_"
-_ID_RE = re.compile(r"^(cus|rec|vlt|bak|pkg)_[a-z2-7]{26}$")
+REQUEST = "req_"
+NOTICE = "ntc_"
+CONSENT = "cns_"
+_ID_RE = re.compile(r"^(cus|rec|vlt|bak|pkg|req|ntc|cns)_[a-z2-7]{26}$")
 
 
 # Each random byte picks one of 32 characters by its low 5 bits: 256 is a multiple of

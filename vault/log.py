@@ -58,6 +58,7 @@ LOG_ACTIONS = frozenset(
         "backup.create",
         "backup.list",
         "customer.add",
+        "customer.consent",
         "customer.handover",
         "customer.hold",
         "customer.import",
@@ -78,6 +79,9 @@ LOG_ACTIONS = frozenset(
         "keys.rotate-dek",
         "keys.rotate-kek",
         "keys.status",
+        "notice.deliver",
+        "notice.object",
+        "notice.prepare",
         "principal.add",
         "principal.list",
         "principal.revoke",
@@ -86,6 +90,10 @@ LOG_ACTIONS = frozenset(
         "record.list",
         "record.put",
         "record.update",
+        "request.close",
+        "request.list",
+        "request.open",
+        "request.policy",
         "role.add",
         "role.list",
         "schema.alter",
@@ -107,6 +115,7 @@ RECORD_CHANGES = frozenset({"record.put", "record.update", "record.delete"})
 CUSTOMER_CHANGES = frozenset(
     {
         "customer.add",
+        "customer.consent",
         "customer.import",
         "customer.hold",
         "customer.release",
@@ -123,6 +132,11 @@ NAMED_CHANGES = {
     "role.add": ("role", "name"),
     "schema.declare": ("kind", "kind"),
     "schema.alter": ("kind", "kind"),
+    "request.open": ("request", "request"),
+    "request.close": ("request", "request"),
+    "request.policy": ("request-policy", "type"),
+    "notice.deliver": ("notice", "notice"),
+    "notice.object": ("notice", "notice"),
 }
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from .canonical import canonical
 
-__all__ = ["md_code", "md_fenced", "md_text", "render_markdown"]
+__all__ = ["md_code", "md_fenced", "md_text", "render_markdown", "render_notice"]
 
 # The ASCII punctuation that can start inline markup (CommonMark lets any ASCII
 # punctuation be backslash-escaped); an underscore only where it is not inside a word
@@ -118,6 +118,15 @@ def _render_subject(r: dict[str, Any]) -> str:
                 ("since", c["created"]),
             ],
         )
+        if r.get("consent_history"):
+            lines += ["", "## Your consent over time", ""]
+            lines += _table(
+                ["when", "by", "channel", "consent"],
+                [
+                    (h["ts"], h["actor"], h["channel"], json.dumps(h["consent"]))
+                    for h in r["consent_history"]
+                ],
+            )
         lines += ["", "## Records", ""]
         lines += _withheld_text(r.get("withheld"))
         for rec in r["records"]:
@@ -283,6 +292,15 @@ def _render_audit(r: dict[str, Any]) -> str:
         "",
     ]
     lines += _table(["actor", "denials"], sorted(r["denials_by_actor"].items()))
+    if "requests" in r:
+        q = r["requests"]
+        lines += [
+            "",
+            "## Customer requests",
+            "",
+            f"- open {md_text(q['open'])}, overdue {md_text(q['overdue'])}; closed in time "
+            f"{md_text(q['closed_in_time'])}, closed late {md_text(q['closed_late'])}",
+        ]
     lines.append("")
     return "\n".join(lines)
 
@@ -310,3 +328,23 @@ def _unlock_text(keys: dict[str, Any]) -> str:
 
 def _ids_text(ids: list[str]) -> str:
     return ", ".join(ids) if ids else "none"
+
+
+def render_notice(notice: dict[str, Any]) -> str:
+    """A change notice for one customer (docs/requests.md): who receives their data,
+    what, why, how to object and by when; every value escaped."""
+    what = ", ".join(notice["data"]) or "no records (your customer details only)"
+    lines = [
+        f"# Notice of a change — customer {md_text(notice['customer'])}",
+        "",
+        f"Notice {md_code(notice['notice'])}, prepared {md_text(notice['prepared'])}.",
+        "",
+        f"- **Why:** {md_text(notice['why'])}",
+        f"- **Who receives your data:** {md_text(notice['recipients'])}",
+        f"- **What:** {md_text(what)}",
+        f"- **From:** {md_text(notice['effective'])}",
+        f"- **How to object:** {md_text(notice['how_to_object'])}",
+        f"- **By when:** {md_text(notice['object_by'])}",
+        "",
+    ]
+    return "\n".join(lines)

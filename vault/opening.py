@@ -213,6 +213,7 @@ def open_context(
             ctx.final_seq = final_entry_seq(data, intent_seq)
             if ctx.final_seq is not None:
                 return ctx
+            data.run(lambda conn, _head: data.ensure_additive_tables(conn))
             ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
             data.run(lambda conn, _head: ensure_search_table(conn))
             return ctx
@@ -223,6 +224,7 @@ def open_context(
         scan = ClaimScan(after=mark)
         report = ctx.check_anchor(since=mark + 1, observe=scan.observe)
         refuse_unconfirmed(plan_reconcile(ctx, scan))  # before anything is written
+        data.run(lambda conn, _head: data.ensure_additive_tables(conn))  # tables added later
         ctx.transact(lambda tx: tx.log(Event(ADMIN, ADMIN, "vault.unlock")), checkpoint=True)
         data.run(lambda conn, _head: ensure_search_table(conn))  # a store from before it
         upgrade_stores(ctx)  # a vault from before key separation (vault/migrate.py)

@@ -33,8 +33,9 @@ from .faults import crash_point
 from .inputs import check_days
 from .keycopies import backup_key_copies
 from .log import Event
+from .routine_tables import requests
 from .rowauth import require, update_rows
-from .sealing import record_version, reseal_record
+from .sealing import record_version, reseal_note, reseal_record
 from .store import customers, log, records
 
 __all__ = [
@@ -232,6 +233,7 @@ def rotate_dek(ctx: VaultContext, actor: Actor, customer_id: str) -> int:
         update_rows(tx.conn, ctx.keys.row_auth, "sv_records", updates, seq, verify=False)
         changes = {customer_id: {"dek_version": version}}
         update_rows(tx.conn, ctx.keys.row_auth, "sv_customers", changes, seq)
+        _reseal_notes(ctx, tx, ck, customer_id, version, seq)
         tx.log(
             actor.event(
                 "keys.rotate-dek",
@@ -269,6 +271,29 @@ def rotate_deks(
             if progress is not None:
                 progress(1)
     return done
+
+
+def _reseal_notes(
+    ctx: VaultContext, tx: Tx, ck: Any, customer_id: str, version: int, seq: int
+) -> None:
+    """Re-seal the customer's request notes under the new DEK version (docs/requests.md)
+    before the older versions are deleted; a row that fails its check is refused."""
+    rows = [
+        r._mapping
+        for r in tx.conn.execute(
+            select(requests).where(
+                requests.c.customer_id == customer_id, requests.c.note.is_not(None)
+            )
+        )
+    ]
+    if not rows:
+        return
+    require(tx.conn, ctx.keys.row_auth, "sv_requests", rows)
+    changes: dict[str, dict[str, object]] = {}
+    for r in rows:
+        blob = reseal_note(ck, str(r["id"]), int(r["note_dek"]), version, bytes(r["note"]))
+        changes[str(r["id"])] = {"note": blob, "note_dek": version}
+    update_rows(tx.conn, ctx.keys.row_auth, "sv_requests", changes, seq, verify=False)
 
 
 def _drop_old_versions(ctx: VaultContext, customer_id: str, version: int) -> None:

@@ -46,6 +46,7 @@ from sqlalchemy import (
 from ..keys.envelope import aad
 from ..keys.rowauth import RowAuth
 from .errors import TamperError
+from .routine_tables import ROUTINE_SPECS, ROUTINE_TABLES, ROUTINE_TARGETS
 from .store import customers, kinds, log, principals, records, roles
 
 __all__ = [
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 LABEL = b"shredvault/row/v1"
+
 
 #: per table, its columns in encoding order with their types: ``t`` text, ``i``
 #: integer, ``b`` boolean, ``h`` the SHA-256 of the ciphertext of a record sealed
@@ -109,8 +111,11 @@ SPECS: dict[str, tuple[tuple[str, str], ...]] = {
         ("aad_v", "i"),
         ("ciphertext", "h"),
     ),
+    **ROUTINE_SPECS,
 }
-TABLES: dict[str, Table] = {t.name: t for t in (kinds, roles, principals, customers, records)}
+TABLES: dict[str, Table] = {
+    t.name: t for t in (kinds, roles, principals, customers, records, *ROUTINE_TABLES)
+}
 #: the ``target`` prefix of each table's rows in the log (vault/log.py ``entry_target``)
 _TARGET = {
     "sv_kinds": "kind:",
@@ -118,6 +123,7 @@ _TARGET = {
     "sv_principals": "principal:",
     "sv_customers": "subject:",
     "sv_records": "record:",
+    **ROUTINE_TARGETS,
 }
 _NULL = b"n"
 _CHUNK = 500
@@ -130,6 +136,8 @@ def _part(kind: str, value: Any, row: Mapping[Any, Any]) -> bytes:
         return b"h" + hashlib.sha256(bytes(value)).digest()
     if value is None:
         return _NULL
+    if kind == "d":  # a sealed request note (docs/requests.md)
+        return b"d" + hashlib.sha256(bytes(value)).digest()
     if kind == "t":
         return b"t" + str(value).encode("utf-8", "surrogatepass")
     if kind == "i":

@@ -29,6 +29,7 @@ from .customers import (
     show_customer,
 )
 from .decommission import decommission
+from .desk import DeskMethods
 from .handover_complete import HandoverCompletion, complete_package
 from .handover_export import HandoverExport, export_package
 from .handover_import import HandoverImport, import_package
@@ -62,8 +63,9 @@ __all__ = ["Session"]
 logger = logging.getLogger(__name__)
 
 
-class Session:
-    """The vault as seen by one principal (or by the unlocking administrator)."""
+class Session(DeskMethods):
+    """The vault as seen by one principal (or by the unlocking administrator); the
+    privacy routine's methods come from :class:`~.desk.DeskMethods`."""
 
     def __init__(self, actor: Actor) -> None:
         self._actor = actor
@@ -376,10 +378,13 @@ class Session:
         *,
         customers: Sequence[str] | None = None,
         progress: Callable[[int], None] | None = None,
+        require_notice_window: bool = False,
     ) -> HandoverExport:
         """Write a handover package for an acquirer (see :mod:`vault.handover`): only
         active customers whose consent has ``transfer: True``; one ``customer.handover``
-        entry each, committed only once the package is complete. Admin or ``export``."""
+        entry each, committed only once the package is complete. Admin or ``export``.
+        ``require_notice_window``: NoticeWindowError unless every exported customer had
+        a transfer notice delivered, its window passed, and no objection."""
         return export_package(
             self._ctx,
             self._actor,
@@ -387,6 +392,7 @@ class Session:
             out,
             customer_ids=customers,
             progress=progress,
+            require_notice_window=require_notice_window,
         )
 
     def handover_import(

@@ -20,6 +20,7 @@ from .context import Refusal, Tx, VaultContext
 from .errors import TamperError, VerificationError
 from .log import export_line
 from .receipt import ReceiptReport, verify_receipt
+from .routine import consent_history
 from .rowauth import require
 from .sealing import envelope, open_fields, record_version
 from .store import LogHead, customers, log, records
@@ -98,6 +99,10 @@ def customer_report(ctx: VaultContext, actor: Actor, customer_id: str) -> dict[s
                     "updated": r.updated,
                 }
             )
+        try:
+            consents = consent_history(tx.conn, ctx.keys.row_auth, row._mapping)
+        except TamperError as error:
+            raise actor.tamper_refusal(error, "customer.report", subject=tag) from None
         history = [
             _entry_view(body, digest)
             for body, digest in tx.conn.execute(
@@ -133,6 +138,7 @@ def customer_report(ctx: VaultContext, actor: Actor, customer_id: str) -> dict[s
                 "created": row.created,
             },
             "subject_tag": tag,
+            "consent_history": consents,
             "records": held,
             "withheld": {
                 "records": sum(withheld.values()),

@@ -47,7 +47,8 @@ from ..keys.rowauth import RowAuth
 from .blindindex import drop_customers
 from .clock import format_ts
 from .errors import StorageError
-from .rowauth import update_rows
+from .routine_tables import consents, notices, requests
+from .rowauth import check_rows, update_rows
 from .store import DataStore, customers, records
 
 __all__ = [
@@ -62,6 +63,7 @@ __all__ = [
     "scrub_wal",
     "tombstone_values",
     "tombstone_window",
+    "unlink_routine_rows",
     "write_tombstones",
 ]
 
@@ -140,9 +142,45 @@ def write_tombstones(
         ).rowcount
     values = tombstone_values(window)
     update_rows(conn, auth, customers.name, {cid: values for cid in ids}, seqs, verify=False)
+    unlink_routine_rows(conn, auth, ids, seqs)
     if relocate:
         relocate_window(conn, sqlite, window)
     return int(dropped or 0)
+
+
+def unlink_routine_rows(
+    conn: Connection, auth: RowAuth, ids: Sequence[str], seqs: Mapping[str, int] | int
+) -> None:
+    """What the privacy routine keeps of shredded customers (docs/requests.md): their
+    consent history and change notices go (they named the customer beside exact times
+    that the log's entries repeat under the subject tag); their requests stay as
+    tombstones, the customer id cleared (the outcome, dates and receipt stay; the note
+    stays sealed under a key that no longer exists). A request row that fails its check
+    is unlinked too but not re-authenticated, so ``request list`` still refuses it."""
+    wanted = {"ids": list(ids)}
+    among: Any = bindparam("ids", expanding=True)
+    for table in (consents, notices):
+        conn.execute(delete(table).where(table.c.customer_id.in_(among)), wanted)
+    rows = [
+        r._mapping
+        for r in conn.execute(select(requests).where(requests.c.customer_id.in_(among)), wanted)
+    ]
+    if not rows:
+        return
+    bad = {b.row for b in check_rows(conn, auth, requests.name, rows)}
+    good = [r for r in rows if str(r["id"]) not in bad]
+    per = (
+        seqs if isinstance(seqs, int) else {str(r["id"]): seqs[str(r["customer_id"])] for r in good}
+    )
+    changes = {str(r["id"]): {"customer_id": None} for r in good}
+    update_rows(conn, auth, requests.name, changes, per, verify=False)
+    if bad:
+        conn.execute(
+            requests.update()
+            .where(requests.c.id.in_(bindparam("bad", expanding=True)))
+            .values(customer_id=None),
+            {"bad": sorted(bad)},
+        )
 
 
 def relocate_window(conn: Connection, sqlite: bool, window: str) -> None:
