@@ -26,6 +26,7 @@ from . import (
     receipts,
     records,
     reports,
+    serve,
     shred,
 )
 from .context import (
@@ -34,6 +35,8 @@ from .context import (
     KEYFILE_ENV,
     KEYFILE_HELP,
     PASSPHRASE_FILE_HELP,
+    SERVER_ENV,
+    SERVER_HELP,
     TOKEN_ENV,
     TOKEN_HELP,
     VAULT_ENV,
@@ -127,6 +130,7 @@ def _fail(ctx: click.Context, message: str, code: int, kind: str) -> None:
     help=KEYFILE_HELP,
 )
 @click.option("--token", metavar="TOKEN", envvar=TOKEN_ENV, help=TOKEN_HELP)
+@click.option("--server", metavar="URL", envvar=SERVER_ENV, help=SERVER_HELP)
 @click.version_option(package_name="shredvault", prog_name="shredvault")
 @click.pass_context
 def cli(
@@ -136,6 +140,7 @@ def cli(
     passphrase_file: Path | None,
     keyfile: Path | None,
     token: str | None,
+    server: str | None,
 ) -> None:
     """Customer records encrypted under one key per customer, every access in a
     hash-chained log, erasure by destroying keys.
@@ -144,7 +149,9 @@ def cli(
     5 verification failed, 6 unlock failed, 7 not verified: no trusted key.
 
     Unlocking acts as the administrator; with --token (or SHREDVAULT_TOKEN) data
-    commands act as that principal, with its role.
+    commands act as that principal, with its role. With --server URL (or
+    SHREDVAULT_SERVER) and a token, the main data commands go to `shredvault serve`:
+    no passphrase and no file here, so the role binds.
 
     Try `shredvault demo` for a tour in a throw-away vault.
     """
@@ -156,6 +163,7 @@ def cli(
         passphrase_file=passphrase_file,
         token=clean_token(token),
         blank_token=blank_token_source(token, ctx.get_parameter_source("token")),
+        server=server or None,
     )
 
 
@@ -175,6 +183,7 @@ cli.add_command(backups.backup_group)
 cli.add_command(handover.handover_group)
 cli.add_command(decommission.decommission_command)
 cli.add_command(certificates.certificate_group)
+cli.add_command(serve.serve_command)
 _ = reports  # registers `customer report`, `audit query` and `audit report`
 
 
