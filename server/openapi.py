@@ -54,8 +54,8 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
         for name in endpoint.query
     ]
     responses: dict[str, Any] = {str(endpoint.status): _json({"type": "object"}, "ok")}
-    for status, why in _ERROR_RESPONSES.items():
-        responses[status] = _json({"$ref": "#/components/schemas/Error"}, why)
+    for status in _ERROR_RESPONSES:
+        responses[status] = {"$ref": f"#/components/responses/E{status}"}
     operation: dict[str, Any] = {
         "operationId": endpoint.name,
         "summary": endpoint.summary,
@@ -107,6 +107,10 @@ def openapi_document() -> dict[str, Any]:
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": {"Error": _ERROR},
+            "responses": {
+                f"E{status}": _json({"$ref": "#/components/schemas/Error"}, why)
+                for status, why in _ERROR_RESPONSES.items()
+            },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["Served", "free_port", "served", "start_server"]
+__all__ = ["Served", "Staff", "free_port", "prepare_vault", "served", "start_server"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,3 +98,37 @@ def served(root: Path, keyfile: Path, data_url: str | None = None, *extra: str) 
     finally:
         if server.process.poll() is None:
             server.stop()
+
+
+@dataclass(frozen=True)
+class Staff:
+    """Tokens of the principals :func:`prepare_vault` adds."""
+
+    admin: str
+    operator: str
+    auditor: str
+    billing: str  # custom role: read and list profile.name for billing only
+
+
+def prepare_vault(root: Path, keyfile: Path, data_url: str | None = None) -> Staff:
+    """Create a vault with a ``profile`` kind and one principal per role."""
+    from shredvault import Role, Vault
+
+    with Vault.create(root, keyfile=keyfile, data_url=data_url) as vault:
+        vault.declare_kind("profile", fields=["name", "phone"], purposes=["service", "billing"])
+        admin = vault.admin()
+        admin.add_role(
+            Role.build(
+                "billing",
+                actions=["read", "list"],
+                kinds=["profile"],
+                fields=["profile.name"],
+                purposes=["billing"],
+            )
+        )
+        return Staff(
+            admin=admin.add_principal("boss", role="admin"),
+            operator=admin.add_principal("olga", role="operator"),
+            auditor=admin.add_principal("aude", role="auditor"),
+            billing=admin.add_principal("bill", role="billing"),
+        )
