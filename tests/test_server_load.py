@@ -155,7 +155,7 @@ def test_kill_9_mid_load_loses_no_acknowledged_write(
     server.kill()
     load.join(120)
     stop.set()
-    (done, errors, written) = outcome[0]
+    _done, errors, written = outcome[0]
     assert errors == [] and written
     with Vault.open(tmp_path / "vault", keyfile=keyfile, data_url=backend) as vault:
         assert vault.verify_log().ok
