@@ -122,7 +122,9 @@ def test_an_audit_report_and_query_come_over_the_server(staffed: tuple[Served, S
 
 def test_failed_logins_are_limited_per_address_then_429(tmp_path: Path, keyfile: Path) -> None:
     staff = prepare_vault(tmp_path / "vault", keyfile)
-    server = start_server(tmp_path / "vault", keyfile, None, "--login-burst", "3")
+    server = start_server(
+        tmp_path / "vault", keyfile, None, "--login-burst", "3", "--login-per-minute", "0.01"
+    )
     try:
         bad = {"Authorization": "Bearer svp_abcdefghijkl_nope"}
         statuses = [
