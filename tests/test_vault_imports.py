@@ -287,7 +287,7 @@ def test_every_shredvault_name_is_the_same_object_as_in_shredvault_vault() -> No
 
 def test_shredvault_has_no_other_public_names_than_all_and_its_subpackages() -> None:
     public = {n for n in vars(shredvault) if not n.startswith("_")}
-    assert public - set(shredvault.__all__) <= {"keys", "vault", "cli"}
+    assert public - set(shredvault.__all__) <= {"keys", "vault", "cli", "server", "client"}
 
 
 def test_shredvault_keys_exports_exactly_the_pinned_names() -> None:
