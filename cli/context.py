@@ -31,6 +31,8 @@ __all__ = [
     "KEYFILE_HELP",
     "PASSPHRASE_ENV",
     "PASSPHRASE_FILE_HELP",
+    "SERVER_ENV",
+    "SERVER_HELP",
     "TOKEN_ENV",
     "TOKEN_HELP",
     "VAULT_ENV",
@@ -58,6 +60,7 @@ DATA_URL_ENV = "SHREDVAULT_DATA_URL"
 KEYFILE_ENV = "SHREDVAULT_KEYFILE"
 PASSPHRASE_ENV = "SHREDVAULT_PASSPHRASE"  # noqa: S105 (a variable name, not a secret)
 TOKEN_ENV = "SHREDVAULT_TOKEN"  # noqa: S105 (a variable name, not a secret)
+SERVER_ENV = "SHREDVAULT_SERVER"
 
 _MAX_PASSPHRASE_FILE = 64 * 1024
 
@@ -75,6 +78,17 @@ class Settings:
     passphrase_file: Path | None = None
     token: str | None = field(default=None, repr=False)
     blank_token: str | None = None  # where a token was given empty: "--token" or TOKEN_ENV
+    server: str | None = None  # a `shredvault serve` URL: data commands go there
+
+    def refuse_server(self) -> None:
+        """A usage error (exit 2) when a server is named for a command that runs only
+        where the vault is: it must not quietly act on a local vault instead."""
+        if self.server is not None:
+            raise click.UsageError(
+                f"this command runs where the vault is; --server (or {SERVER_ENV}) serves "
+                "customer add/show/list/report/retain/hold/release, "
+                "record put/get/update/delete/list, shred CUSTOMER, audit query and audit report"
+            )
 
     def require_vault(self) -> Path:
         """The vault directory; a usage error (exit 2) when none was given."""
@@ -182,6 +196,10 @@ KEYFILE_HELP = f"Unlock with this 32-byte keyfile (mode 0600) [env: {KEYFILE_ENV
 PASSPHRASE_FILE_HELP = (
     f"Read the passphrase from FILE (one trailing newline is dropped); or set {PASSPHRASE_ENV}, "
     "or be prompted on a terminal."
+)
+SERVER_HELP = (
+    "Send customer, record, shred and audit report/query commands to this "
+    f"`shredvault serve` URL, as the principal the token names [env: {SERVER_ENV}]."
 )
 TOKEN_HELP = (
     "Act as the principal this token names (from `principal add`) instead of as the "
@@ -323,9 +341,12 @@ def resolve_credential(settings: Settings, *, confirm: bool = False) -> Credenti
 
 
 @contextmanager
-def open_vault(ctx: click.Context) -> Iterator[Vault]:
-    """Unlock the vault the options name; closes it (signing a checkpoint) afterwards."""
+def open_vault(ctx: click.Context, *, serving: bool = False) -> Iterator[Vault]:
+    """Unlock the vault the options name; closes it (signing a checkpoint) afterwards.
+    Refused while a server is named, unless ``serving`` (the server itself)."""
     settings = settings_of(ctx)
+    if not serving:
+        settings.refuse_server()
     root = settings.require_vault()
     settings.acting_token()  # a blank token is a usage error before any unlocking
     credential = resolve_credential(settings)
@@ -354,6 +375,7 @@ def open_session(ctx: click.Context) -> Iterator[Session]:
 def open_auditor(ctx: click.Context) -> Iterator[Auditor]:
     """Open the vault read-only for auditing: no passphrase, no keys."""
     settings = settings_of(ctx)
+    settings.refuse_server()
     root = settings.require_vault()
     with Auditor.open(root, data_url=settings.data_url) as auditor:
         yield auditor

@@ -9,6 +9,7 @@ from datetime import datetime
 import click
 
 from ..vault import Customer
+from .backend import open_backend
 from .context import open_session, store_options, token_option, unlock_options
 from .output import echo, json_option, note, print_json, print_pairs, print_table
 from .params import DATE_HELP, ISO_MOMENT, KEY_VALUE, consent_flags, page_options
@@ -62,7 +63,7 @@ def add_command(
 ) -> None:
     """Add a customer with fresh keys and print its id."""
     flags = consent_flags(consent)
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         customer_id = session.add_customer(ref=ref, consent=flags, retain_until=retain_until)
         customer = session.customer(customer_id) if as_json else None
     if customer is not None:
@@ -85,7 +86,7 @@ def list_command(
     """List customers: all, oldest first; or with --limit/--after one page, in id order.
     With --json and a page: {"customers": [...], "next": CURSOR or null}."""
     paged = limit is not None or after is not None
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         found = session.list_customers(state=state, limit=limit, after=after)
     if as_json:
         items = [c.to_json() for c in found]
@@ -132,7 +133,7 @@ def show_command(
     Exits 4 when there is no such customer."""
     if (customer_id is None) == (ref is None):
         raise click.UsageError("give a customer ID or --ref, not both")
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         if ref is not None:
             customer = session.customer_by_ref(ref)
         else:
@@ -202,7 +203,7 @@ def retain_command(
     logged). Give exactly one of --until and --forever."""
     if (until is None) == (not forever):
         raise click.UsageError("give exactly one of --until DATE|TIME and --forever")
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         stored = session.set_retention(customer_id, until)
     if as_json:
         print_json({"customer": customer_id, "retain_until": stored})
@@ -220,7 +221,7 @@ def retain_command(
 def hold_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
     """Put CUSTOMER under legal hold: it cannot be shredded, not even by
     `shred --expired`, until released."""
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         session.hold(customer_id)
     if as_json:
         print_json({"customer": customer_id, "legal_hold": True})
@@ -237,7 +238,7 @@ def hold_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
 @click.pass_context
 def release_command(ctx: click.Context, customer_id: str, as_json: bool) -> None:
     """Release CUSTOMER's legal hold: it may be shredded again."""
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         session.release(customer_id)
     if as_json:
         print_json({"customer": customer_id, "legal_hold": False})

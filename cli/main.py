@@ -28,6 +28,7 @@ from . import (
     records,
     reports,
     requests,
+    serve,
     shred,
 )
 from .context import (
@@ -36,6 +37,8 @@ from .context import (
     KEYFILE_ENV,
     KEYFILE_HELP,
     PASSPHRASE_FILE_HELP,
+    SERVER_ENV,
+    SERVER_HELP,
     TOKEN_ENV,
     TOKEN_HELP,
     VAULT_ENV,
@@ -129,6 +132,7 @@ def _fail(ctx: click.Context, message: str, code: int, kind: str) -> None:
     help=KEYFILE_HELP,
 )
 @click.option("--token", metavar="TOKEN", envvar=TOKEN_ENV, help=TOKEN_HELP)
+@click.option("--server", metavar="URL", envvar=SERVER_ENV, help=SERVER_HELP)
 @click.version_option(package_name="shredvault", prog_name="shredvault")
 @click.pass_context
 def cli(
@@ -138,6 +142,7 @@ def cli(
     passphrase_file: Path | None,
     keyfile: Path | None,
     token: str | None,
+    server: str | None,
 ) -> None:
     """Customer records encrypted under one key per customer, every access in a
     hash-chained log, erasure by destroying keys.
@@ -146,7 +151,9 @@ def cli(
     5 verification failed, 6 unlock failed, 7 not verified: no trusted key.
 
     Unlocking acts as the administrator; with --token (or SHREDVAULT_TOKEN) data
-    commands act as that principal, with its role.
+    commands act as that principal, with its role. With --server URL (or
+    SHREDVAULT_SERVER) and a token, the main data commands go to `shredvault serve`:
+    no passphrase and no file here, so the role binds.
 
     Try `shredvault demo` for a tour in a throw-away vault.
     """
@@ -158,6 +165,7 @@ def cli(
         passphrase_file=passphrase_file,
         token=clean_token(token),
         blank_token=blank_token_source(token, ctx.get_parameter_source("token")),
+        server=server or None,
     )
 
 
@@ -180,6 +188,7 @@ cli.add_command(certificates.certificate_group)
 cli.add_command(requests.request_group)
 cli.add_command(requests.consent_group)
 cli.add_command(notices.notice_group)
+cli.add_command(serve.serve_command)
 _ = reports  # registers `customer report`, `audit query` and `audit report`
 
 

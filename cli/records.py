@@ -11,6 +11,7 @@ import click
 
 from ..vault import Record
 from ..vault.inputs import parse_json
+from .backend import open_backend
 from .context import open_session, store_options, token_option, unlock_options
 from .output import echo, json_option, note, print_json, print_pairs
 from .params import KEY_VALUE, field_values, page_options
@@ -94,7 +95,7 @@ def put_command(
     fields.update(field_values(field_pairs, "--field"))
     if not fields:
         raise click.UsageError("no fields: give --field NAME=VALUE or a JSON object on stdin (-)")
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         record_id = session.put(customer_id, kind, fields, purpose=purpose)
     if as_json:
         print_json({"id": record_id, "customer": customer_id, "kind": kind})
@@ -158,7 +159,7 @@ def update_command(
         raise click.UsageError(
             "no fields: give --field NAME=VALUE, --remove NAME or a JSON object on stdin (-)"
         )
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         record = session.update(customer_id, record_id, fields, purpose=purpose)
     if as_json:
         print_json(record.to_json())
@@ -179,7 +180,7 @@ def get_command(
     ctx: click.Context, customer_id: str, record_id: str, purpose: str, as_json: bool
 ) -> None:
     """Decrypt and print one record (the read is logged with its purpose)."""
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         record = session.get(customer_id, record_id, purpose=purpose)
     if as_json:
         print_json(record.to_json())
@@ -210,7 +211,7 @@ def list_command(
     logged), or one page with --limit/--after. With --json and a page:
     {"records": [...], "next": CURSOR or null}."""
     paged = limit is not None or after is not None
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         found = session.list_records(
             customer_id, purpose=purpose, kind=kind, limit=limit, after=after
         )
@@ -314,7 +315,7 @@ def delete_command(
     """Delete one record of CUSTOMER (logged). Asks first unless --yes."""
     if not yes:
         click.confirm(f"Delete record {record_id} of {customer_id}?", abort=True, err=True)
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         session.delete(customer_id, record_id, purpose=purpose)
     if as_json:
         print_json({"customer": customer_id, "record": record_id, "deleted": True})

@@ -10,7 +10,8 @@ import click
 from ..vault import SchemaError, load_receipt, render_markdown, write_file
 from ..vault.audit_reports import normalize_time
 from .audit import audit_group
-from .context import open_session, store_options, token_option, unlock_options
+from .backend import open_backend
+from .context import store_options, token_option, unlock_options
 from .customers import customer_group
 from .output import note, print_json, print_pairs, print_table
 from .params import DATE_HELP, OUTPUT_FILE, file_or_stdout, page_options, refuse_existing
@@ -83,7 +84,7 @@ def customer_report_command(
         raise click.UsageError("give exactly one of CUSTOMER and --receipt FILE")
     receipt = None if receipt_file is None else load_receipt(receipt_file)
     refuse_existing(out, "--out")  # before anything is decrypted or logged
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         if receipt is not None:
             report = session.customer_report_from_receipt(receipt)
         else:
@@ -153,7 +154,7 @@ def query_command(
     """Which customers and records were touched, by whom, in a window: the
     breach-scope question. Ids and counts only, never record contents. --limit takes
     that many matching entries (after --after); "next" continues."""
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         result = session.audit_query(
             actor=actor,
             role=role,
@@ -217,6 +218,6 @@ def report_command(ctx: click.Context, fmt: str, as_json: bool, out: Path | None
     """One page for an inspector: principals and roles, keys against policy, backups
     and the key-copy clock, checkpoints, chain verification, shreds, holds, denials."""
     refuse_existing(out, "--out")  # before anything is decrypted or logged
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         report = session.audit_report()
     _deliver(report, "json" if as_json else fmt, out)

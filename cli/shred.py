@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from ..vault import Receipt
+from .backend import open_backend
 from .confirm import confirm_or_stop, yes_option
 from .context import open_session, store_options, token_option, unlock_options
 from .exit_codes import CommandError, describe
@@ -155,7 +156,7 @@ def shred_command(
         "be read again.",
         yes=yes,
     )
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         receipt = session.shred(customer_id, reason=reason)
     if receipt_file is not None:
         _save([receipt], [receipt_file])

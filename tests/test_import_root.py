@@ -145,9 +145,13 @@ def test_the_wheel_installs_only_the_shredvault_import_name(wheel: Path) -> None
     recorded_roots = {line.split(",")[0].split("/")[0] for line in record if line}
     assert recorded_roots == {"shredvault", info}
     assert {n.split("/")[0] for n in names} == {"shredvault", info}
-    assert {"shredvault/keys/", "shredvault/vault/", "shredvault/cli/"} <= {
-        n.rsplit("/", 1)[0] + "/" for n in names
-    }
+    assert {
+        "shredvault/keys/",
+        "shredvault/vault/",
+        "shredvault/cli/",
+        "shredvault/server/",
+    } <= {n.rsplit("/", 1)[0] + "/" for n in names}
+    assert "shredvault/client.py" in names
 
 
 def test_the_app_gets_the_api_from_shredvault_and_imports_none_of_its_modules(

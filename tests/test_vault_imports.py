@@ -61,12 +61,35 @@ def sources(package: str) -> list[Path]:
 # Nor the root package: it imports vault, so from inside it is a cycle.
 @pytest.mark.parametrize("path", sources("keys"), ids=lambda p: p.name)
 def test_keys_modules_import_neither_vault_nor_cli(path: Path) -> None:
-    assert not imported_packages(path) & {"vault", "cli", "shredvault"}
+    assert not imported_packages(path) & {"vault", "cli", "server", "client", "shredvault"}
 
 
 @pytest.mark.parametrize("path", sources("vault"), ids=lambda p: p.name)
 def test_vault_modules_import_neither_cli_nor_click(path: Path) -> None:
-    assert not imported_packages(path) & {"cli", "click", "shredvault"}
+    assert not imported_packages(path) & {"cli", "click", "server", "client", "shredvault"}
+
+
+# server -> vault -> keys; cli -> server (docs/architecture.md)
+@pytest.mark.parametrize("path", sources("server"), ids=lambda p: p.name)
+def test_server_modules_import_neither_cli_nor_click(path: Path) -> None:
+    assert not imported_packages(path) & {"cli", "click", "client", "shredvault"}
+
+
+def test_the_client_imports_nothing_of_the_vault() -> None:
+    """Services use shredvault.client without keys or files: stdlib and httpx only."""
+    found = imported_packages(ROOT / "client.py")
+    assert not found & {"vault", "keys", "cli", "server", "click", "shredvault"}
+    assert found - {"__future__", "collections", "typing", "urllib", "httpx"} == set()
+
+
+def test_only_the_cli_imports_the_server() -> None:
+    users = {
+        f"{path.parent.name}/{path.name}"
+        for package in ("keys", "vault", "cli", "server")
+        for path in sources(package)
+        if "server" in imported_packages(path) and path.parent.name != "server"
+    }
+    assert users == {"cli/serve.py"}
 
 
 def test_the_import_scanner_sees_lazy_and_from_imports(tmp_path: Path) -> None:
@@ -275,7 +298,7 @@ def test_every_shredvault_name_is_the_same_object_as_in_shredvault_vault() -> No
 
 def test_shredvault_has_no_other_public_names_than_all_and_its_subpackages() -> None:
     public = {n for n in vars(shredvault) if not n.startswith("_")}
-    assert public - set(shredvault.__all__) <= {"keys", "vault", "cli"}
+    assert public - set(shredvault.__all__) <= {"keys", "vault", "cli", "server", "client"}
 
 
 def test_shredvault_keys_exports_exactly_the_pinned_names() -> None:
