@@ -59,6 +59,8 @@ LAYERS: dict[str, list[str]] = {
         "storecheck",
         "shred",
         "rotate",
+        "routine",
+        "reviews",
         "backup",
         "handover_export",
         "handover_import",
@@ -73,6 +75,7 @@ LAYERS: dict[str, list[str]] = {
         "bulk_shred",
         "audit_reports",
         "decommission",
+        "drill",
     ],
     "public": ["session", "vault"],
     "api": ["__init__"],
@@ -118,6 +121,10 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("opening", "reconcile"): "opening reconciles the keystore with the log before serving",
     ("decommission", "bulk_shred"): "a decommission shreds everyone in batches",
     ("vault", "session"): "a Vault hands out Sessions",
+    ("rotate", "routine"): "key status warns of overdue drills and reviews",
+    ("reviews", "routine"): "a review reads and records where its routine stands",
+    ("drill", "restore"): "a drill is a restore into a temporary copy",
+    ("drill", "opening"): "a drill opens the restored copy to check it",
 }
 
 MODULE_LAYER = {m: i for i, names in enumerate(LAYERS.values()) for m in names}

@@ -148,6 +148,7 @@ SHREDVAULT_ALL = [
     "DecommissionHoldError",
     "DecryptionError",
     "DiskFaultError",
+    "DrillReport",
     "DuplicateRefError",
     "Event",
     "ExpiredCustomers",

@@ -24,10 +24,11 @@ from .errors import SchemaError, TamperError
 from .inputs import check_known, check_limit, decode_cursor, encode_cursor, moment_text
 from .log import LOG_ACTIONS
 from .rotate import KeyPolicy, key_status
+from .routine import routine_status
 from .rowauth import require
 from .store import checkpoints, customers, log, principals, roles
 
-__all__ = ["audit_query", "audit_report", "normalize_time"]
+__all__ = ["audit_query", "audit_report", "normalize_time", "routine_section"]
 
 _QUERY_LIMIT = 100_000
 
@@ -304,7 +305,18 @@ def audit_report(ctx: VaultContext, actor: Actor, *, expiring_days: int = 30) ->
             "latest_checkpoint": None if latest is None else latest.to_json(),
             "public_key": format_public_key(ctx.public_key),
         },
+        **routine_section(ctx),
     }
+
+
+# -- the routine: restore drills and access reviews (issue 23, items 4 and 5) -----------
+
+
+def routine_section(ctx: VaultContext) -> dict[str, Any]:
+    """The report's ``routine``: the last restore drill and the last access review
+    against their intervals, with a warning for each that is overdue."""
+    status = routine_status(ctx)
+    return {"routine": {**status.to_json(), "warnings": status.warnings()}}
 
 
 def normalize_time(name: str, value: str | None) -> str | None:

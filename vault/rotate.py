@@ -33,6 +33,7 @@ from .faults import crash_point
 from .inputs import check_days
 from .keycopies import backup_key_copies
 from .log import Event
+from .routine import routine_status
 from .rowauth import require, update_rows
 from .sealing import record_version, reseal_record
 from .store import customers, log, records
@@ -82,6 +83,9 @@ class KeyStatus:
     #: accepted (docs/backup.md): ``{"from_seq", "from_head", "from_ts", "to"}`` of the
     #: last restore. Customers shredded in that window elsewhere may be readable here.
     unreplayed_window: dict[str, Any] | None = None
+    #: restore drills and access reviews against their intervals (vault/routine.py);
+    #: an overdue one is also a violation
+    routine: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +104,7 @@ class KeyStatus:
             "last_rotation": self.last_rotation,
             "backup_key_copies": self.backup_key_copies,
             "unreplayed_window": self.unreplayed_window,
+            "routine": self.routine,
             "violations": list(self.violations),
         }
 
@@ -371,6 +376,8 @@ def key_status(ctx: VaultContext, actor: Actor, policy: KeyPolicy | None = None)
         ).scalar()
     )
     window = None if restored is None else json.loads(restored)["detail"].get("unreplayed_window")
+    routine = routine_status(ctx)
+    violations += routine.warnings()
     _log(ctx, actor, "keys.status", {"violations": len(violations)}, gate="audit")
     return KeyStatus(
         active_epoch=active,
@@ -387,6 +394,7 @@ def key_status(ctx: VaultContext, actor: Actor, policy: KeyPolicy | None = None)
         violations=violations,
         backup_key_copies=copies,
         unreplayed_window=window,
+        routine=routine.to_json(),
     )
 
 

@@ -8,6 +8,7 @@ work back and commits a ``denied`` entry on its own.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, NoReturn
@@ -28,6 +29,7 @@ from .customers import (
     show_customer,
 )
 from .decommission import decommission
+from .drill import DEFAULT_SAMPLE, DrillReport, Progress, restore_drill
 from .handover_complete import HandoverCompletion, complete_package
 from .handover_export import HandoverExport, export_package
 from .handover_import import HandoverImport, import_package
@@ -40,6 +42,7 @@ from .principals import add_principal, add_role, list_principals, list_roles, re
 from .receipt import Receipt
 from .records import PutItem, delete_record, get_many, list_records, put_many, update_record
 from .retention import expired_customers, set_retention, shred_expired
+from .reviews import review_done, role_review
 from .rotate import (
     KeyPolicy,
     KeyStatus,
@@ -50,6 +53,7 @@ from .rotate import (
     rotate_deks,
     rotate_kek,
 )
+from .routine import set_interval
 from .schema import KindSpec
 from .shred import compact, shred_one
 from .storecheck import StoreCheck, check_store
@@ -332,6 +336,47 @@ class Session:
         """Retire a backup whose archive was destroyed: it stops counting on the
         key-copy clock. Admin only; logged as ``backup.forget``."""
         return forget_backup(self._ctx, self._actor, backup_id)
+
+    # -- the routine: restore drills and access reviews ---------------------------
+
+    def restore_drill(
+        self,
+        archive: str | os.PathLike[str],
+        *,
+        passphrase: bytes | None = None,
+        keyfile: str | os.PathLike[str] | None = None,
+        sample: int = DEFAULT_SAMPLE,
+        progress: Progress | None = None,
+    ) -> DrillReport:
+        """Rehearse a restore of ``archive`` into a temporary copy that is deleted
+        afterwards (see :func:`.drill.restore_drill`). Admin only; logged as
+        ``backup.drill``, passed or failed."""
+        return restore_drill(
+            self._ctx,
+            self._actor,
+            archive,
+            passphrase=passphrase,
+            keyfile=keyfile,
+            sample=sample,
+            progress=progress,
+        )
+
+    def set_drill_interval(self, days: int) -> int:
+        """Days allowed between restore drills (default 90). Admin; ``policy.set``."""
+        return set_interval(self._ctx, self._actor, "drill", days)
+
+    def role_review(self) -> dict[str, Any]:
+        """Roles and principals with their grants, last use and activity since the last
+        review (see :func:`.reviews.role_review`). Needs ``audit``."""
+        return role_review(self._ctx, self._actor)
+
+    def review_done(self, *, note: str | None = None) -> dict[str, Any]:
+        """Record that the access review was made (``role.review``). Admin only."""
+        return review_done(self._ctx, self._actor, note=note)
+
+    def set_review_interval(self, days: int) -> int:
+        """Days allowed between access reviews (default 90). Admin; ``policy.set``."""
+        return set_interval(self._ctx, self._actor, "review", days)
 
     # -- business handover -----------------------------------------------------
 
