@@ -26,6 +26,7 @@ from . import (
     receipts,
     records,
     reports,
+    routine,
     shred,
 )
 from .context import (
@@ -176,6 +177,7 @@ cli.add_command(handover.handover_group)
 cli.add_command(decommission.decommission_command)
 cli.add_command(certificates.certificate_group)
 _ = reports  # registers `customer report`, `audit query` and `audit report`
+_ = routine  # registers `backup drill[-interval]` and `role review[-interval]`
 
 
 def main() -> None:
