@@ -724,6 +724,43 @@ case(
     check=_forgotten_check,
 )
 
+# the routine: restore drills and access reviews (issue 23, items 4 and 5)
+
+
+def _drill_archive(w: World, shape: str) -> Given:
+    out = w.root / w.unique("drilled")
+    w.admin.backup(str(out))
+    return {"archive": out, "keyfile": w.keyfile}
+
+
+def _drill_check(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+    assert [p for p in world.root.iterdir() if ".drill-" in p.name] == []  # no copy left
+    assert refused or (result.ok and result.copy_removed)
+
+
+case(
+    "restore_drill",
+    "backup.drill",
+    prepare=_drill_archive,
+    call=lambda s, g: s.restore_drill(g["archive"], keyfile=g["keyfile"], sample=1),
+    refusal=needs("admin"),
+    check=_drill_check,
+)
+case(
+    "set_drill_interval",
+    "policy.set",
+    call=lambda s, g: s.set_drill_interval(90),
+    refusal=needs("admin"),
+)
+case("role_review", "role.review-list", call=lambda s, g: s.role_review(), refusal=needs("audit"))
+case("review_done", "role.review", call=lambda s, g: s.review_done(), refusal=needs("admin"))
+case(
+    "set_review_interval",
+    "policy.set",
+    call=lambda s, g: s.set_review_interval(90),
+    refusal=needs("admin"),
+)
+
 # handover
 
 
