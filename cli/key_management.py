@@ -94,6 +94,8 @@ def _print_status(status: KeyStatus, policy: KeyPolicy) -> None:
     )
     for text in status.violations:
         click.echo(f"  - {text}")
+    for text in (status.routine or {}).get("warnings", []):
+        click.echo(f"  - routine: {text}")
 
 
 def _routine_pairs(routine: dict[str, Any] | None) -> list[tuple[str, str]]:

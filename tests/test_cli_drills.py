@@ -87,7 +87,7 @@ def test_a_tampered_archive_exits_5_with_a_json_error_and_no_copy_left(
     assert [p.name for p in tmp_path.iterdir() if ".drill-" in p.name] == []
     status = json.loads(sh("keys", "status", "--json").stdout)
     assert status["routine"]["drill"]["last"]["outcome"] == "error"
-    assert any("failed" in v for v in status["violations"])
+    assert any("failed" in v for v in status["routine"]["warnings"])
     assert sh("audit", "verify", "--json").returncode == 0
 
 

@@ -603,12 +603,18 @@ def _new_keyfile(w: World, shape: str) -> Given:
     return {"keyfile": str(path)}
 
 
+def _rekeyed(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+    if not refused:
+        world.keyfile = Path(given["keyfile"])  # what unlocks the vault (and its backups) now
+
+
 case(
     "change_passphrase",
     "keys.change-passphrase",
     prepare=_new_keyfile,
     call=lambda s, g: s.change_passphrase(keyfile=g["keyfile"]),
     refusal=needs("admin"),
+    check=_rekeyed,
 )
 case("key_status", "keys.status", call=lambda s, g: s.key_status(), refusal=needs("audit"))
 

@@ -348,26 +348,17 @@ class Session:
         sample: int = DEFAULT_SAMPLE,
         progress: Progress | None = None,
     ) -> DrillReport:
-        """Rehearse a restore of ``archive`` into a temporary copy that is deleted
-        afterwards (see :func:`.drill.restore_drill`). Admin only; logged as
-        ``backup.drill``, passed or failed."""
-        return restore_drill(
-            self._ctx,
-            self._actor,
-            archive,
-            passphrase=passphrase,
-            keyfile=keyfile,
-            sample=sample,
-            progress=progress,
-        )
+        """Rehearse restoring ``archive`` in a temporary copy, always deleted (see
+        :func:`.drill.restore_drill`). Admin; logged as ``backup.drill``."""
+        options = {"passphrase": passphrase, "keyfile": keyfile, "progress": progress}
+        return restore_drill(self._ctx, self._actor, archive, sample=sample, **options)  # type: ignore[arg-type]
 
     def set_drill_interval(self, days: int) -> int:
         """Days allowed between restore drills (default 90). Admin; ``policy.set``."""
         return set_interval(self._ctx, self._actor, "drill", days)
 
     def role_review(self) -> dict[str, Any]:
-        """Roles and principals with their grants, last use and activity since the last
-        review (see :func:`.reviews.role_review`). Needs ``audit``."""
+        """Grants, last use and activity since the last review (:mod:`.reviews`)."""
         return role_review(self._ctx, self._actor)
 
     def review_done(self, *, note: str | None = None) -> dict[str, Any]:
