@@ -83,6 +83,7 @@ def _print_status(status: KeyStatus, policy: KeyPolicy) -> None:
                 f"{status.unreplayed_window['to']}: customers shredded elsewhere then may be "
                 "readable here",
             ),
+            *_routine_pairs(status.routine),
             (
                 "policy",
                 f"KEK at most {policy.max_kek_age_days} days, "
@@ -93,6 +94,22 @@ def _print_status(status: KeyStatus, policy: KeyPolicy) -> None:
     )
     for text in status.violations:
         click.echo(f"  - {text}")
+    for text in (status.routine or {}).get("warnings", []):
+        click.echo(f"  - routine: {text}")
+
+
+def _routine_pairs(routine: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """When the last restore drill and access review were, and when the next is due."""
+    if routine is None:
+        return []
+    pairs = []
+    for key, label in (("drill", "last restore drill"), ("review", "last access review")):
+        item = routine[key]
+        last = item["last"]
+        when = "never" if last is None else f"{last['ts']} ({last['outcome']})"
+        due = "OVERDUE since" if item["overdue"] else "next due"
+        pairs.append((label, f"{when}; {due} {item['due']} (every {item['interval_days']} days)"))
+    return pairs
 
 
 @key_group.command("status")

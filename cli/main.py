@@ -28,6 +28,7 @@ from . import (
     records,
     reports,
     requests,
+    routine,
     serve,
     shred,
 )
@@ -190,6 +191,7 @@ cli.add_command(requests.consent_group)
 cli.add_command(notices.notice_group)
 cli.add_command(serve.serve_command)
 _ = reports  # registers `customer report`, `audit query` and `audit report`
+_ = routine  # registers `backup drill[-interval]` and `role review[-interval]`
 
 
 def main() -> None:

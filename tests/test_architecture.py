@@ -63,6 +63,8 @@ LAYERS: dict[str, list[str]] = {
         "storecheck",
         "shred",
         "rotate",
+        "cadence",
+        "reviews",
         "backup",
         "handover_export",
         "handover_import",
@@ -81,6 +83,7 @@ LAYERS: dict[str, list[str]] = {
         "audit_reports",
         "decommission",
         "requests",
+        "drill",
     ],
     "public": ["session", "vault", "desk"],
     "api": ["__init__"],
@@ -133,6 +136,10 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("decommission", "bulk_shred"): "a decommission shreds everyone in batches",
     ("vault", "session"): "a Vault hands out Sessions",
     ("session", "desk"): "a Session has the privacy routine's methods",
+    ("rotate", "cadence"): "key status warns of overdue drills and reviews",
+    ("reviews", "cadence"): "a review reads and records where its routine stands",
+    ("drill", "restore"): "a drill is a restore into a temporary copy",
+    ("drill", "opening"): "a drill opens the restored copy to check it",
 }
 
 MODULE_LAYER = {m: i for i, names in enumerate(LAYERS.values()) for m in names}

@@ -604,12 +604,18 @@ def _new_keyfile(w: World, shape: str) -> Given:
     return {"keyfile": str(path)}
 
 
+def _rekeyed(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+    if not refused:
+        world.keyfile = Path(given["keyfile"])  # what unlocks the vault (and its backups) now
+
+
 case(
     "change_passphrase",
     "keys.change-passphrase",
     prepare=_new_keyfile,
     call=lambda s, g: s.change_passphrase(keyfile=g["keyfile"]),
     refusal=needs("admin"),
+    check=_rekeyed,
 )
 case("key_status", "keys.status", call=lambda s, g: s.key_status(), refusal=needs("audit"))
 
@@ -723,6 +729,43 @@ case(
     call=lambda s, g: s.forget_backup(g["id"]),
     refusal=needs("admin"),
     check=_forgotten_check,
+)
+
+# the routine: restore drills and access reviews (issue 23, items 4 and 5)
+
+
+def _drill_archive(w: World, shape: str) -> Given:
+    out = w.root / w.unique("drilled")
+    w.admin.backup(str(out))
+    return {"archive": out, "keyfile": w.keyfile}
+
+
+def _drill_check(world: World, shape: str, given: Given, result: Any, refused: bool) -> None:
+    assert [p for p in world.root.iterdir() if ".drill-" in p.name] == []  # no copy left
+    assert refused or (result.ok and result.copy_removed)
+
+
+case(
+    "restore_drill",
+    "backup.drill",
+    prepare=_drill_archive,
+    call=lambda s, g: s.restore_drill(g["archive"], keyfile=g["keyfile"], sample=1),
+    refusal=needs("admin"),
+    check=_drill_check,
+)
+case(
+    "set_drill_interval",
+    "policy.set",
+    call=lambda s, g: s.set_drill_interval(90),
+    refusal=needs("admin"),
+)
+case("role_review", "role.review-list", call=lambda s, g: s.role_review(), refusal=needs("audit"))
+case("review_done", "role.review", call=lambda s, g: s.review_done(), refusal=needs("admin"))
+case(
+    "set_review_interval",
+    "policy.set",
+    call=lambda s, g: s.set_review_interval(90),
+    refusal=needs("admin"),
 )
 
 # handover

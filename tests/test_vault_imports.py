@@ -172,6 +172,7 @@ SHREDVAULT_ALL = [
     "DecommissionHoldError",
     "DecryptionError",
     "DiskFaultError",
+    "DrillReport",
     "DuplicateRefError",
     "Event",
     "ExpiredCustomers",

@@ -18,6 +18,7 @@ from .certificate import (
 from .checkpoint import Checkpoint
 from .clock import Clock
 from .decommission import decommission_state, decommissioned_certificate
+from .drill import DrillReport
 from .errors import (
     AccessDeniedError,
     AuditChainError,
@@ -91,6 +92,7 @@ __all__ = [
     "DecommissionHoldError",
     "DecryptionError",
     "DiskFaultError",
+    "DrillReport",
     "DuplicateRefError",
     "Event",
     "ExpiredCustomers",

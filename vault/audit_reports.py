@@ -17,6 +17,7 @@ from .access import BUILTIN_ROLES
 from .actor import ADMIN, Actor
 from .audit import format_public_key
 from .backup import backup_list
+from .cadence import routine_status
 from .canonical import canonical
 from .clock import format_ts
 from .context import Tx, VaultContext
@@ -28,7 +29,7 @@ from .routine import request_counts
 from .rowauth import require
 from .store import checkpoints, customers, log, principals, roles
 
-__all__ = ["audit_query", "audit_report", "normalize_time"]
+__all__ = ["audit_query", "audit_report", "normalize_time", "routine_section"]
 
 _QUERY_LIMIT = 100_000
 
@@ -307,6 +308,7 @@ def audit_report(ctx: VaultContext, actor: Actor, *, expiring_days: int = 30) ->
             "latest_checkpoint": None if latest is None else latest.to_json(),
             "public_key": format_public_key(ctx.public_key),
         },
+        **routine_section(ctx),
     }
 
 
@@ -317,6 +319,16 @@ def _request_desk(ctx: VaultContext, actor: Actor, tx: Tx, now: str) -> dict[str
         return request_counts(tx.conn, ctx.keys.row_auth, now)
     except TamperError as error:
         raise actor.tamper_refusal(error, "audit.report") from None
+
+
+# -- the routine: restore drills and access reviews (issue 23, items 4 and 5) -----------
+
+
+def routine_section(ctx: VaultContext) -> dict[str, Any]:
+    """The report's ``routine``: the last restore drill and the last access review
+    against their intervals, with a warning for each that is overdue."""
+    status = routine_status(ctx)
+    return {"routine": {**status.to_json(), "warnings": status.warnings()}}
 
 
 def normalize_time(name: str, value: str | None) -> str | None:

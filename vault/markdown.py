@@ -275,6 +275,7 @@ def _render_audit(r: dict[str, Any]) -> str:
             for b in r["backups"]
         ],
     )
+    lines += _routine_lines(r.get("routine"))
     c = r["customers"]
     lines += [
         "",
@@ -303,6 +304,23 @@ def _render_audit(r: dict[str, Any]) -> str:
         ]
     lines.append("")
     return "\n".join(lines)
+
+
+def _routine_lines(routine: dict[str, Any] | None) -> list[str]:
+    """The last restore drill and access review against their intervals."""
+    if routine is None:
+        return []
+    lines = ["", "## Routine", ""]
+    for key, label in (("drill", "restore drill"), ("review", "access review")):
+        item = routine[key]
+        last = item["last"]
+        when = "never" if last is None else f"{last['ts']} ({last['outcome']})"
+        state = "**OVERDUE**" if item["overdue"] else "next due"
+        lines.append(
+            f"- last {label}: {md_text(when)}; {state} {md_text(item['due'])} "
+            f"(every {md_text(item['interval_days'])} days)"
+        )
+    return lines
 
 
 def _days_text(days: float | None) -> str:

@@ -59,19 +59,23 @@ class ShredSource:
     vault_data_url: str | None = None
     log_export: Path | None = None
     receipts_dir: Path | None = None
+    #: the live vault's log, already open (a restore drill runs inside the live vault);
+    #: left open by the restore
+    live: Auditor | None = None
 
     @property
     def given(self) -> bool:
-        return any(x is not None for x in (self.vault_dir, self.log_export, self.receipts_dir))
+        sources = (self.vault_dir, self.log_export, self.receipts_dir, self.live)
+        return any(x is not None for x in sources)
 
     @property
     def complete(self) -> bool:
         """Only the live vault knows every shred up to now; any other source stops at its
         last signed head (an export) or shows only the shreds it names (receipts)."""
-        return self.vault_dir is not None
+        return self.vault_dir is not None or self.live is not None
 
     def describe(self) -> str:
-        if self.vault_dir is not None:
+        if self.vault_dir is not None or self.live is not None:
             return "live vault"
         if self.log_export is not None:
             return "exported log"
@@ -115,20 +119,11 @@ def _newer_shreds(manifest: dict[str, Any], source: ShredSource, public_key: byt
     that crashed after it has begun, and finishes at the next open."""
     seq, head = int(manifest["seq"]), str(manifest["head"])
     at_snapshot = {"from_seq": seq, "from_head": head, "from_ts": str(manifest["created"])}
+    if source.live is not None:
+        return _from_live(source.live, manifest, public_key)
     if source.vault_dir is not None:
         with Auditor.open(source.vault_dir, data_url=source.vault_data_url) as auditor:
-            if auditor.vault_id != manifest["vault"]:
-                raise VerificationError(
-                    "the replay source is another vault", reason="foreign vault"
-                )
-            report = auditor.verify(public_key=public_key)
-            if not report.ok:
-                raise VerificationError(
-                    f"the replay source's log fails: {report.message}",
-                    reason=report.reason or "invalid",
-                )
-            found, _mark = _collect(auditor.entries(since=seq), seq, head, None)
-            return _Newer(found, report.last_seq, report.head, None)
+            return _from_live(auditor, manifest, public_key)
     if source.log_export is not None:
         report = verify_export(source.log_export, public_key=public_key)
         if not report.ok:
@@ -164,6 +159,20 @@ def _newer_shreds(manifest: dict[str, Any], source: ShredSource, public_key: byt
                 last, last_head = int(checked.seq or 0), str(document["entry"]["hash"])
         return _Newer(found, last, last_head, at_snapshot)
     return _Newer({}, seq, head, at_snapshot)
+
+
+def _from_live(auditor: Auditor, manifest: dict[str, Any], public_key: bytes) -> _Newer:
+    seq, head = int(manifest["seq"]), str(manifest["head"])
+    if auditor.vault_id != manifest["vault"]:
+        raise VerificationError("the replay source is another vault", reason="foreign vault")
+    report = auditor.verify(public_key=public_key)
+    if not report.ok:
+        raise VerificationError(
+            f"the replay source's log fails: {report.message}",
+            reason=report.reason or "invalid",
+        )
+    found, _mark = _collect(auditor.entries(since=seq), seq, head, None)
+    return _Newer(found, report.last_seq, report.head, None)
 
 
 def _export_vault(path: Path) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy import Connection, select
 
 from ..keys import KdfParams, KeystoreError, SecretBytes, needs_rehash, recommended_params
 from .actor import Actor
+from .cadence import routine_status
 from .clock import format_ts, parse_ts
 from .context import Tx, VaultContext
 from .errors import (
@@ -83,6 +84,9 @@ class KeyStatus:
     #: accepted (docs/backup.md): ``{"from_seq", "from_head", "from_ts", "to"}`` of the
     #: last restore. Customers shredded in that window elsewhere may be readable here.
     unreplayed_window: dict[str, Any] | None = None
+    #: restore drills and access reviews against their intervals (vault/routine.py),
+    #: with ``warnings`` for each that is overdue (apart from the key ``violations``)
+    routine: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +105,7 @@ class KeyStatus:
             "last_rotation": self.last_rotation,
             "backup_key_copies": self.backup_key_copies,
             "unreplayed_window": self.unreplayed_window,
+            "routine": self.routine,
             "violations": list(self.violations),
         }
 
@@ -396,6 +401,7 @@ def key_status(ctx: VaultContext, actor: Actor, policy: KeyPolicy | None = None)
         ).scalar()
     )
     window = None if restored is None else json.loads(restored)["detail"].get("unreplayed_window")
+    routine = routine_status(ctx)
     _log(ctx, actor, "keys.status", {"violations": len(violations)}, gate="audit")
     return KeyStatus(
         active_epoch=active,
@@ -412,6 +418,7 @@ def key_status(ctx: VaultContext, actor: Actor, policy: KeyPolicy | None = None)
         violations=violations,
         backup_key_copies=copies,
         unreplayed_window=window,
+        routine={**routine.to_json(), "warnings": routine.warnings()},
     )
 
 

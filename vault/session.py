@@ -9,6 +9,7 @@ work back and commits a ``denied`` entry on its own.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, BinaryIO, NoReturn
@@ -17,6 +18,7 @@ from .access import Role
 from .actor import Actor
 from .audit_reports import audit_query, audit_report
 from .backup import BackupInfo, backup_list, create_backup, forget_backup
+from .cadence import set_interval
 from .certificate import Certificate
 from .checkpoint import Checkpoint
 from .context import Tx, load_keyfile_key
@@ -30,6 +32,7 @@ from .customers import (
 )
 from .decommission import decommission
 from .desk import DeskMethods
+from .drill import DEFAULT_SAMPLE, DrillReport, Progress, restore_drill
 from .handover_complete import HandoverCompletion, complete_package
 from .handover_export import HandoverExport, export_package
 from .handover_import import HandoverImport, import_package
@@ -42,6 +45,7 @@ from .principals import add_principal, add_role, list_principals, list_roles, re
 from .receipt import Receipt
 from .records import PutItem, delete_record, get_many, list_records, put_many, update_record
 from .retention import expired_customers, set_retention, shred_expired
+from .reviews import review_done, role_review
 from .rotate import (
     KeyPolicy,
     KeyStatus,
@@ -368,6 +372,38 @@ class Session(DeskMethods):
         """Retire a backup whose archive was destroyed: it stops counting on the
         key-copy clock. Admin only; logged as ``backup.forget``."""
         return forget_backup(self._ctx, self._actor, backup_id)
+
+    # -- the routine: restore drills and access reviews ---------------------------
+
+    def restore_drill(
+        self,
+        archive: str | os.PathLike[str],
+        *,
+        passphrase: bytes | None = None,
+        keyfile: str | os.PathLike[str] | None = None,
+        sample: int = DEFAULT_SAMPLE,
+        progress: Progress | None = None,
+    ) -> DrillReport:
+        """Rehearse restoring ``archive`` in a temporary copy, always deleted (see
+        :func:`.drill.restore_drill`). Admin; logged as ``backup.drill``."""
+        options = {"passphrase": passphrase, "keyfile": keyfile, "progress": progress}
+        return restore_drill(self._ctx, self._actor, archive, sample=sample, **options)  # type: ignore[arg-type]
+
+    def set_drill_interval(self, days: int) -> int:
+        """Days allowed between restore drills (default 90). Admin; ``policy.set``."""
+        return set_interval(self._ctx, self._actor, "drill", days)
+
+    def role_review(self) -> dict[str, Any]:
+        """Grants, last use and activity since the last review (:mod:`.reviews`)."""
+        return role_review(self._ctx, self._actor)
+
+    def review_done(self, *, note: str | None = None) -> dict[str, Any]:
+        """Record that the access review was made (``role.review``). Admin only."""
+        return review_done(self._ctx, self._actor, note=note)
+
+    def set_review_interval(self, days: int) -> int:
+        """Days allowed between access reviews (default 90). Admin; ``policy.set``."""
+        return set_interval(self._ctx, self._actor, "review", days)
 
     # -- business handover -----------------------------------------------------
 
