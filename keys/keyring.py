@@ -238,9 +238,13 @@ class KeyRing:
 
     # -- customers' keys ----------------------------------------------------------------
 
-    def create_customers(self, customer_ids: Sequence[str], created: str) -> dict[str, bytes]:
+    def create_customers(
+        self, customer_ids: Sequence[str], created: str, *, mark: tuple[str, str] | None = None
+    ) -> dict[str, bytes]:
         """Make DEK version 1 and a random subject tag for each new customer, in one
-        keystore transaction; returns the subject tags. Nothing is written on failure."""
+        keystore transaction; returns the subject tags. Nothing is written on failure.
+        ``mark`` (meta key, value) is set in the same transaction: how the caller
+        finds keys a crash left without their customers (vault/customers.py)."""
         epoch = self.active_epoch
         kek = self._kek(epoch)
         material = os.urandom(32 * len(customer_ids))
@@ -266,6 +270,8 @@ class KeyRing:
         with self.store.transaction() as conn:
             self.store.insert_deks(conn, rows)
             self.store.insert_subject_tags(conn, tags)
+            if mark is not None:
+                self.store.set_meta(conn, *mark)
         self._customers.update(fresh)
         return tags
 

@@ -17,6 +17,7 @@ from . import ids
 from .actor import ADMIN
 from .clock import Clock, format_ts, system_clock
 from .context import VaultContext, load_keyfile_key
+from .customers import finish_interrupted_adds
 from .errors import StorageError, VaultDecommissionedError, keys_errors
 from .files import create_empty
 from .layout import DATA_FILE, KEYS_FILE, RESTORE_MARKER
@@ -219,6 +220,7 @@ def open_context(
         authenticate_rows(ctx)  # a vault from before authenticated rows (vault/rowmigrate.py)
         unlink_tombstones(ctx)  # tombstones from before issue 16 item 5 (vault/migrate.py)
         reconcile(ctx, scan, report.last_seq)
+        finish_interrupted_adds(ctx)  # keys a crash left without their customers' rows
         ctx.recovered_receipts = roll_forward(ctx)
         log_pending_key_event(ctx)
         keyring.finish_pending_scrub()  # a bulk shred or reconciliation cut short before it

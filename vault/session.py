@@ -21,6 +21,7 @@ from .checkpoint import Checkpoint
 from .context import Tx, load_keyfile_key
 from .customers import (
     add_customer,
+    add_customers,
     customer_by_ref,
     declare_unique_refs,
     list_customers,
@@ -144,6 +145,20 @@ class Session:
         reference (not personal data); ``consent`` flags such as ``{"transfer": True}``."""
         return add_customer(
             self._ctx, self._actor, ref=ref, consent=consent, retain_until=retain_until
+        )
+
+    def add_customers(
+        self,
+        customers: Iterable[Mapping[str, Any]],
+        *,
+        batch_size: int | None = None,
+        on_batch: Callable[[list[str]], None] | None = None,
+    ) -> list[str]:
+        """Create many customers (each a mapping of ``ref``, ``consent``,
+        ``retain_until``), one transaction per batch (default 1,000); returns their ids
+        in order. ``on_batch`` gets each committed batch's ids (docs/customers.md)."""
+        return add_customers(
+            self._ctx, self._actor, customers, batch_size=batch_size, on_batch=on_batch
         )
 
     def customer(self, customer_id: str) -> Customer:
