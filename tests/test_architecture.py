@@ -59,6 +59,7 @@ LAYERS: dict[str, list[str]] = {
         "storecheck",
         "shred",
         "rotate",
+        "dek_rotation",
         "backup",
         "handover_export",
         "handover_import",

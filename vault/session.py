@@ -29,6 +29,7 @@ from .customers import (
     show_customer,
 )
 from .decommission import decommission
+from .dek_rotation import rotate_dek, rotate_deks
 from .handover_complete import HandoverCompletion, complete_package
 from .handover_export import HandoverExport, export_package
 from .handover_import import HandoverImport, import_package
@@ -47,8 +48,6 @@ from .rotate import (
     change_passphrase,
     key_status,
     retire_epoch,
-    rotate_dek,
-    rotate_deks,
     rotate_kek,
 )
 from .schema import KindSpec
@@ -276,10 +275,16 @@ class Session:
         *,
         older_than_days: float | None = None,
         progress: Callable[[int], None] | None = None,
+        total: Callable[[int], None] | None = None,
     ) -> list[str]:
-        """Rotate the DEK of every active customer (or those older than N days)."""
+        """Rotate the DEK of every active customer (or those older than N days), in
+        batches; ``total`` gets how many are due, ``progress`` each batch's count."""
         return rotate_deks(
-            self._ctx, self._actor, older_than_days=older_than_days, progress=progress
+            self._ctx,
+            self._actor,
+            older_than_days=older_than_days,
+            progress=progress,
+            total=total,
         )
 
     def change_passphrase(
