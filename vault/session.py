@@ -216,10 +216,11 @@ class Session:
         *,
         reason: str = "retention period ended",
         progress: Callable[[int], None] | None = None,
+        total: Callable[[int], None] | None = None,
     ) -> ShredExpiredResult:
         """Shred every active customer whose ``retain_until`` has passed, except those
-        under legal hold (reported as ``held``)."""
-        return shred_expired(self._ctx, self._actor, reason=reason, progress=progress)
+        under legal hold (reported as ``held``); ``total`` gets how many are due."""
+        return shred_expired(self._ctx, self._actor, reason=reason, progress=progress, total=total)
 
     def expired_customers(self) -> ExpiredCustomers:
         """Who :meth:`shred_expired` would shred now, and who a legal hold keeps: a dry
@@ -239,6 +240,7 @@ class Session:
         override_holds: bool = False,
         progress: Callable[[int], None] | None = None,
         on_certificate: Callable[[Certificate], None] | None = None,
+        total: Callable[[int], None] | None = None,
     ) -> Certificate:
         """Destroy everything the vault holds and return a signed certificate of
         destruction (admin only; see :mod:`vault.decommission`). Refused, with nothing
@@ -252,6 +254,7 @@ class Session:
             override_holds=override_holds,
             progress=progress,
             on_certificate=on_certificate,
+            total=total,
         )
 
     # -- keys (admin; status also for auditors) --------------------------------
