@@ -47,6 +47,19 @@ def rows(paths: list[str]) -> list[str]:
                 f"| {label} ({unit}) | {n:,} | {values[0]:,.1f} | {values[1]:,.1f} | "
                 f"{values[0] / values[1]:.2f} |"
             )
+    for benches in runs:
+        adds = {
+            b["extra_info"]["role"]: b["extra_info"]["units"] / b["stats"]["median"]
+            for b in benches
+            if b["extra_info"].get("op") == "scale_add"
+        }
+        if "vault" in adds and "one_by_one" in adds:
+            n = next(b for b in benches if b["extra_info"].get("op") == "scale_add")
+            out.append(
+                f"| add_customer one by one (customers/s) | {n['extra_info']['customers']:,} | "
+                f"{adds['one_by_one']:,.1f} | — | "
+                f"batches {adds['vault'] / adds['one_by_one']:.1f}x |"
+            )
     return out
 
 
