@@ -125,9 +125,13 @@ class Meter:
         isatty = getattr(self._out(), "isatty", None)
         return bool(isatty and isatty())
 
+    def _due(self) -> bool:
+        """Whether to show progress yet: the work has run for ``delay`` seconds."""
+        return self.elapsed >= self._delay
+
     def __call__(self, count: int) -> None:
         self.done += count
-        if self.elapsed < self._delay:
+        if not self._due():
             return
         if not self._on_terminal():
             now = self._clock()
