@@ -20,10 +20,19 @@ from harness import (
     CUSTOMERS,
     Baseline,
     Workload,
+    bench_customers_from_env,
     make_baseline,
     make_workload,
     pg_schema,
 )
+
+
+@pytest.fixture(scope="session")
+def bench_customers() -> int:
+    """How many customers a scaling benchmark builds its vault with: the environment
+    variable ``SHREDVAULT_BENCH_CUSTOMERS`` (default 1,000), e.g. 100, 1000, 10000,
+    100000 for the curves in README.md; each run measures one size."""
+    return bench_customers_from_env()
 
 
 @pytest.fixture(params=BACKENDS)

@@ -34,6 +34,19 @@ from shredvault.vault.rowauth import stale
 from shredvault.vault.store import DataStore, LogHead, customers, log, log_head, records
 
 PG_URL_ENV = "SHREDVAULT_TEST_POSTGRES_URL"
+#: how many customers the scaling runs build (issue 19 item 7; one size per run)
+BENCH_CUSTOMERS_ENV = "SHREDVAULT_BENCH_CUSTOMERS"
+BENCH_CUSTOMERS_DEFAULT = 1_000
+
+
+def bench_customers_from_env() -> int:
+    """The scaling runs' size: ``SHREDVAULT_BENCH_CUSTOMERS`` (default 1,000)."""
+    raw = os.environ.get(BENCH_CUSTOMERS_ENV, str(BENCH_CUSTOMERS_DEFAULT))
+    size = int(raw.replace("_", "").replace(",", ""))
+    if size < 1:
+        raise ValueError(f"{BENCH_CUSTOMERS_ENV} must be a positive number of customers")
+    return size
+
 
 BATCH = 1_000  # records per put_many / get_many call
 CUSTOMERS = 100  # a batch spreads over this many customers (10 records each)

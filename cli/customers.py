@@ -1,17 +1,24 @@
-"""``customer add|list|show|retain|hold|release``: customers' metadata, retention and
+"""``customer add|add-many|list|show|retain|hold|release``: customers' metadata, retention and
 legal holds.
 Personal data lives only in records."""
 
 from __future__ import annotations
 
+import csv
+import io
+import sys
 from datetime import datetime
+from typing import Any
 
 import click
 
 from ..vault import Customer
+from ..vault.customers import ADD_BATCH
+from ..vault.inputs import MAX_BATCH, MAX_JSON_BYTES, parse_json
 from .backend import open_backend
 from .context import open_session, store_options, token_option, unlock_options
-from .output import echo, json_option, note, print_json, print_pairs, print_table
+from .meter import Meter
+from .output import echo, json_option, note, print_json, print_pairs, print_table, printable
 from .params import DATE_HELP, ISO_MOMENT, KEY_VALUE, consent_flags, page_options
 
 __all__ = ["customer_group"]
@@ -70,6 +77,134 @@ def add_command(
         print_json(customer.to_json())
     else:
         echo(customer_id)
+
+
+@customer_group.command("add-many")
+@click.argument("source", metavar="FILE", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    help="FILE's format (default: csv for a name ending .csv, else JSON lines).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, MAX_BATCH),
+    default=ADD_BATCH,
+    show_default=True,
+    help="Customers per transaction.",
+)
+@json_option
+@store_options
+@unlock_options
+@token_option
+@click.pass_context
+def add_many_command(
+    ctx: click.Context, source: str, fmt: str | None, batch_size: int, as_json: bool
+) -> None:
+    """Add many customers from FILE (`-`: stdin) and print their ids, one per line, in
+    the file's order as each batch commits.
+
+    JSON lines: one object per line, with any of "ref", "consent" (an object of names
+    to true/false) and "retain_until" (a date or RFC 3339 time); blank lines are
+    skipped. CSV: a header row naming "ref", "retain_until" and "consent:NAME" columns
+    (yes/no); an empty cell is no value. Every line is checked before anything is
+    written. Each batch is one transaction; if one fails, the batches before it stay
+    added (their ids were printed) and the command exits 1. With --json, one object:
+    {"added": [ids], "seconds": S}."""
+    raw = _read_source(source)
+    if fmt is None:
+        fmt = "csv" if source.lower().endswith(".csv") else "jsonl"
+    specs = _csv_specs(raw) if fmt == "csv" else _jsonl_specs(raw)
+    added: list[str] = []
+
+    def committed(ids: list[str]) -> None:
+        added.extend(ids)
+        meter(len(ids))
+        if not as_json:
+            for customer_id in ids:
+                echo(customer_id)
+
+    with (
+        open_session(ctx) as session,
+        Meter("adding customers", unit="customers", expected=len(specs)) as meter,
+    ):
+        session.add_customers(specs, batch_size=batch_size, on_batch=committed)
+    if as_json:
+        print_json({"added": added, "seconds": round(meter.elapsed, 3)})
+    else:
+        note(f"added {len(added):,} customer(s) in {meter.elapsed:.1f} s")
+
+
+def _read_source(source: str) -> bytes:
+    try:
+        if source == "-":
+            return sys.stdin.buffer.read(MAX_JSON_BYTES + 1)
+        with open(source, "rb") as handle:
+            return handle.read(MAX_JSON_BYTES + 1)
+    except OSError as error:
+        raise click.BadParameter(f"cannot read {source}: {error.strerror}") from None
+
+
+def _text(raw: bytes) -> str:
+    if len(raw) > MAX_JSON_BYTES:
+        raise click.BadParameter(f"FILE is larger than {MAX_JSON_BYTES:,} bytes")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise click.BadParameter("FILE is not UTF-8 text") from None
+
+
+def _jsonl_specs(raw: bytes) -> list[dict[str, Any]]:
+    out = []
+    for number, line in enumerate(_text(raw).splitlines(), start=1):
+        if not line.strip():
+            continue
+        value = parse_json(line, what=f"line {number}", fail=click.BadParameter)
+        if not isinstance(value, dict):
+            raise click.BadParameter(f"line {number} is not a JSON object")
+        out.append(value)
+    return out
+
+
+def _csv_specs(raw: bytes) -> list[dict[str, Any]]:
+    try:
+        rows = list(csv.reader(io.StringIO(_text(raw), newline="")))
+    except csv.Error as error:
+        raise click.BadParameter(f"FILE is not valid CSV ({error})") from None
+    if not rows:
+        return []
+    header = [name.strip() for name in rows[0]]
+    unknown = [
+        n for n in header if n not in ("ref", "retain_until") and not n.startswith("consent:")
+    ]
+    if unknown or len(set(header)) < len(header):
+        raise click.BadParameter(
+            'the CSV header names each of "ref", "retain_until" and "consent:NAME" at most '
+            f"once (found {printable(', '.join(unknown or header))[:200]})"
+        )
+    out = []
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise click.BadParameter(f"CSV line {number} has {len(row)} cells, not {len(header)}")
+        spec: dict[str, Any] = {}
+        flags = []
+        for name, cell in zip(header, row, strict=True):
+            if not cell:
+                continue
+            if name.startswith("consent:"):
+                flags.append((name.removeprefix("consent:"), cell))
+            else:
+                spec[name] = cell
+        if flags:
+            try:
+                spec["consent"] = consent_flags(flags)
+            except click.BadParameter as error:
+                raise click.BadParameter(f"CSV line {number}: {error.message}") from None
+        out.append(spec)
+    return out
 
 
 @customer_group.command("list")

@@ -139,6 +139,7 @@ def decommission_command(
                 override_holds=override_holds,
                 progress=meter,
                 on_certificate=deliver,
+                total=meter.expect,
             )
             if vault.recovered_receipts:
                 save_recovered_receipts(vault)

@@ -380,7 +380,9 @@ def complete_command(
     )
     with open_vault(ctx) as vault:
         session = acting_session(ctx, vault)
-        with Meter("shredding transferred customers", unit="customers") as meter:
+        count = manifest.get("customers")
+        expected = count if isinstance(count, int) and not isinstance(count, bool) else None
+        with Meter("shredding transferred customers", unit="customers", expected=expected) as meter:
             done = session.handover_complete(
                 str(package), receipts_dir=str(receipts_dir), progress=meter
             )

@@ -258,7 +258,9 @@ def rotate_dek_command(
         open_session(ctx) as session,
         Meter("rotating DEKs", unit="customers") as meter,
     ):
-        rotated = session.rotate_deks(older_than_days=older_than, progress=meter)
+        rotated = session.rotate_deks(
+            older_than_days=older_than, progress=meter, total=meter.expect
+        )
     if as_json:
         print_json({"rotated": rotated, "seconds": round(meter.elapsed, 3)})
         return

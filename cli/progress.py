@@ -1,50 +1,31 @@
-"""A progress bar on stderr that appears only once work turns out to be long."""
+"""A progress meter for operations that report every 10,000 items (verification,
+export, the row check): the same :class:`~cli.meter.Meter`, with the estimated total."""
 
 from __future__ import annotations
 
-import sys
-from types import TracebackType
-from typing import Any
-
-import click
+from .meter import Meter
 
 __all__ = ["LazyProgress"]
 
 
-class LazyProgress:
-    """A ``progress(n)`` callback for the library's long operations.
+class LazyProgress(Meter):
+    """A ``progress(n)`` callback for the library's long operations: appears after a
+    second, or once ``threshold`` items are done short of ``expected`` (an estimate of
+    the total), as a bar on a terminal or lines elsewhere, with the time left. Use as a
+    context manager."""
 
-    The library reports every 10,000 items and once at the end; a short run therefore
-    reports once, and no bar is drawn. ``expected`` is an estimate of the total (a bar
-    never passes 100%). Use as a context manager so the bar is closed.
-    """
-
-    def __init__(self, label: str, expected: int | None, *, threshold: int = 10_000) -> None:
-        self._label = label
-        self._expected = expected
-        self._threshold = threshold
-        self._done = 0
-        self._bar: Any = None
-
-    def __call__(self, count: int) -> None:
-        self._done += count
-        if self._bar is None:
-            if self._done < self._threshold or self._done >= (self._expected or 0):
-                return
-            self._bar = click.progressbar(length=self._expected, label=self._label, file=sys.stderr)
-            self._bar.__enter__()
-            self._bar.update(self._done)
-        else:
-            self._bar.update(count)
-
-    def __enter__(self) -> LazyProgress:
-        return self
-
-    def __exit__(
+    def __init__(
         self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        label: str,
+        expected: int | None,
+        *,
+        threshold: int = 10_000,
+        unit: str = "entries",
     ) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(exc_type, exc, tb)
+        super().__init__(label, unit=unit, expected=expected)
+        self._threshold = threshold
+
+    def _due(self) -> bool:
+        if super()._due():
+            return True
+        return self._threshold <= self.done < (self.expected or 0)

@@ -224,7 +224,7 @@ def _shred_expired(
         open_session(ctx) as session,
         Meter("shredding customers past retention", unit="customers") as meter,
     ):
-        result = session.shred_expired(reason=reason, progress=meter)
+        result = session.shred_expired(reason=reason, progress=meter, total=meter.expect)
     receipts = result.receipts
     paths = [receipt_dir / f"{r.customer}.json" for r in receipts] if receipt_dir else []
     if receipt_dir is not None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,9 +248,13 @@ class KeyRing:
 
     # -- customers' keys ----------------------------------------------------------------
 
-    def create_customers(self, customer_ids: Sequence[str], created: str) -> dict[str, bytes]:
+    def create_customers(
+        self, customer_ids: Sequence[str], created: str, *, mark: tuple[str, str] | None = None
+    ) -> dict[str, bytes]:
         """Make DEK version 1 and a random subject tag for each new customer, in one
-        keystore transaction; returns the subject tags. Nothing is written on failure."""
+        keystore transaction; returns the subject tags. Nothing is written on failure.
+        ``mark`` (meta key, value) is set in the same transaction: how the caller
+        finds keys a crash left without their customers (vault/customers.py)."""
         epoch = self.active_epoch
         kek = self._kek(epoch)
         material = os.urandom(32 * len(customer_ids))
@@ -276,6 +280,8 @@ class KeyRing:
         with self.store.transaction() as conn:
             self.store.insert_deks(conn, rows)
             self.store.insert_subject_tags(conn, tags)
+            if mark is not None:
+                self.store.set_meta(conn, *mark)
         self._customers.update(fresh)
         return tags
 
@@ -418,29 +424,34 @@ class KeyRing:
 
     # -- DEK versions ------------------------------------------------------------------
 
-    def add_dek_version(self, customer_id: str, created: str, *, after: int) -> int:
-        """Ensure the customer has a DEK version newer than ``after`` and return the
-        newest: an unfinished rotation's version is reused rather than another made."""
-        rows = self.store.deks([customer_id])
-        if not rows:
-            raise KeystoreError(f"customer {customer_id} has no keys")
-        newest = max(r.version for r in rows)
-        if newest > after:
-            return newest
-        version = newest + 1
+    def add_dek_versions(self, after: Mapping[str, int], created: str) -> dict[str, int]:
+        """Ensure each customer has a DEK version newer than ``after[customer]``, made
+        in ONE keystore transaction, and return each one's newest: an unfinished
+        rotation's version is reused rather than another made. Customers with no keys
+        (shredded) are left out of the result."""
+        newest: dict[str, int] = {}
+        for row in self.store.deks(list(after)):
+            newest[row.customer_id] = max(newest.get(row.customer_id, 0), row.version)
         epoch = self.active_epoch
-        dek = os.urandom(32)
-        wrapped = self._kek(epoch).seal(dek, dek_aad(self.vault_id, customer_id, version, epoch))
-        with self.store.transaction() as conn:
-            self.store.insert_deks(conn, [DekRow(customer_id, version, epoch, wrapped, created)])
-        self.forget([customer_id])
-        return version
+        kek = self._kek(epoch)
+        rows: list[DekRow] = []
+        for cid, last in after.items():
+            if cid in newest and newest[cid] <= last:
+                version = newest[cid] = newest[cid] + 1
+                aad = dek_aad(self.vault_id, cid, version, epoch)
+                rows.append(DekRow(cid, version, epoch, kek.seal(os.urandom(32), aad), created))
+        if rows:
+            with self.store.transaction() as conn:
+                self.store.insert_deks(conn, rows)
+        self.forget(list(after))
+        return newest
 
-    def drop_dek_versions(self, customer_id: str, below: int) -> list[str]:
-        """Delete a customer's DEK versions older than ``below``; scrub the keystore."""
+    def drop_dek_versions(self, below: Mapping[str, int]) -> list[str]:
+        """Delete each customer's DEK versions older than ``below[customer]`` in ONE
+        keystore transaction; scrub the keystore. Returns the fingerprints deleted."""
         with self.store.transaction() as conn:
-            rows = self.store.delete_dek_versions(conn, customer_id, below)
-        self.forget([customer_id])
+            rows = [r for c, v in below.items() for r in self.store.delete_dek_versions(conn, c, v)]
+        self.forget(list(below))
         if rows:
             self._scrub()
         return [fingerprint(r.wrapped) for r in rows]

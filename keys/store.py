@@ -191,8 +191,6 @@ class KeyStore:
     def close(self) -> None:
         self._connections.close()  # every thread's
 
-    # -- transactions ----------------------------------------------------------------
-
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``); rolled back on any error, which
         surfaces as :class:`KeystoreError` (:func:`~keys.connection.write_transaction`)."""
@@ -238,6 +236,11 @@ class KeyStore:
 
     def delete_meta(self, conn: sqlite3.Connection, key: str) -> None:
         conn.execute("DELETE FROM meta WHERE k = ?", (key,))
+
+    def meta_with_prefix(self, prefix: str) -> dict[str, str]:
+        """Every meta entry whose key starts with ``prefix`` (meta holds a few rows)."""
+        rows = self._conn.execute("SELECT k, v FROM meta")
+        return {str(k): str(v) for k, v in rows if str(k).startswith(prefix)}
 
     def get_meta(self, key: str) -> str | None:
         try:

@@ -65,6 +65,7 @@ LAYERS: dict[str, list[str]] = {
         "rotate",
         "cadence",
         "reviews",
+        "dek_rotation",
         "backup",
         "handover_export",
         "handover_import",
@@ -85,7 +86,7 @@ LAYERS: dict[str, list[str]] = {
         "requests",
         "drill",
     ],
-    "public": ["session", "vault", "desk"],
+    "public": ["session", "vault", "desk", "custody"],
     "api": ["__init__"],
 }
 
@@ -136,6 +137,7 @@ SAME_LAYER: dict[tuple[str, str], str] = {
     ("decommission", "bulk_shred"): "a decommission shreds everyone in batches",
     ("vault", "session"): "a Vault hands out Sessions",
     ("session", "desk"): "a Session has the privacy routine's methods",
+    ("session", "custody"): "a Session has the key, backup and handover methods",
     ("rotate", "cadence"): "key status warns of overdue drills and reviews",
     ("reviews", "cadence"): "a review reads and records where its routine stands",
     ("drill", "restore"): "a drill is a restore into a temporary copy",

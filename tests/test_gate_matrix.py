@@ -372,6 +372,23 @@ case(
     refusal=needs("write"),
     check=_customers_check,
 )
+
+
+def _two_customers_check(
+    world: World, shape: str, given: Given, result: Any, refused: bool
+) -> None:
+    assert world.count("SELECT COUNT(*) FROM sv_customers") == given["before"] + 2 * (not refused)
+
+
+case(
+    "add_customers",
+    "customer.add",
+    prepare=lambda w, shape: {"before": w.count("SELECT COUNT(*) FROM sv_customers")},
+    call=lambda s, g: s.add_customers([{"ref": "gate"}, {}]),
+    refusal=needs("write"),
+    entries=lambda shape, given, result: ok("customer.add", "customer.add"),
+    check=_two_customers_check,
+)
 case(
     "customer",
     "customer.show",

@@ -354,6 +354,6 @@ def test_rotate_deks_without_an_age_rotates_every_active_customer_and_skips_shre
     done = s.rotate_deks(progress=ticks.append)
 
     assert sorted(done) == sorted(active)
-    assert ticks == [1, 1, 1]
+    assert sum(ticks) == 3  # per batch: one batch here
     assert all(keystore_versions(v, c) == [2] for c in active)
     assert keystore_versions(v, shredded) == []

@@ -8,10 +8,11 @@ An archive is an uncompressed tar of four members::
     data.db         a SQLite snapshot of the data store (from PostgreSQL too)
     keys.db         a SQLite snapshot of the keystore
 
-The snapshots are taken inside a logged transaction that holds the log-head lock, so
-no writer moves while both stores are copied; the ``backup.create`` entry commits with
-it. Restoring verifies the archive, writes the stores into an empty target marked
-*incomplete*, then replays every shred recorded after the snapshot (restore.py) before
+Both stores' read snapshots begin while a transaction holds the log-head lock, so they
+show one head; the copies are then made from the snapshots while writers go on
+(:class:`Snapshot`), and the ``backup.create`` entry commits after them. Restoring
+verifies the archive, writes the stores into an empty target marked *incomplete*, then
+replays every shred recorded after the snapshot (restore.py) before
 the marker goes and the vault serves. ``backup forget`` retires an archive from the
 key-copy clock; archives can be written to (and read from) a stream, for pipes.
 """
@@ -42,16 +43,19 @@ from .canonical import canonical
 from .clock import format_ts
 from .context import Refusal, Tx, VaultContext
 from .errors import NotFoundError, StorageError, disk_faults
+from .faults import crash_point
 from .files import check_absent, create_empty, create_file
 from .inputs import check_backup_id, check_days
 from .keycopies import backup_states, shredded_since
 from .layout import DATA_FILE, KEYS_FILE
+from .log import GENESIS
 from .store import (
-    DataStore,
+    LogHead,
     backup_state,
     backups,
     ensure_ref_index,
     log,
+    log_head,
     metadata,
     tables_in,
 )
@@ -59,6 +63,7 @@ from .store import (
 __all__ = [
     "STDOUT",
     "BackupInfo",
+    "Snapshot",
     "backup_list",
     "create_backup",
     "forget_backup",
@@ -142,29 +147,40 @@ def create_backup(
     recorded_path = STDOUT if target is None else os.path.abspath(target)
     with tempfile.TemporaryDirectory(prefix=f".{name}.shredvault-staging-", dir=staging_dir) as tmp:
         work_dir = Path(tmp)
+        with Snapshot(ctx) as snapshot:
 
-        def snapshot(tx: Tx) -> dict[str, Any]:
-            # Holding the log head: no writer can commit while both stores are copied.
-            # A backup copies every kind and field: a role limited to some is refused.
+            def begin(tx: Tx) -> LogHead:
+                # A backup copies every kind and field: a role limited to some is refused.
+                actor.gate(tx.conn, "export", "backup.create", whole_vault=True)
+                # Holding the log head (no writer commits meanwhile), both stores'
+                # read snapshots begin: they show exactly this head. Then it is let go.
+                snapshot.begin(tx.head)
+                return tx.head
+
+            head = ctx.transact(begin)
+            snapshot.copy_keystore(work_dir / KEYS_FILE)
+            crash_point("backup:after-snapshot")
+            snapshot.copy_data(work_dir / DATA_FILE, progress, head.seq)
+        manifest = {
+            "v": 1,
+            "type": "backup",
+            "vault": ctx.vault_id,
+            "backup": backup_id,
+            "seq": head.seq,
+            "head": head.hash,
+            "created": format_ts(now),
+            "expires": expires,
+            "members": {name: file_digest(work_dir / name) for name in MEMBERS},
+        }
+
+        def record(tx: Tx) -> None:
+            # Asked again: a role revoked during the copy gets no archive.
             actor.gate(tx.conn, "export", "backup.create", whole_vault=True)
-            _copy_keystore(ctx.keys.store.path, work_dir / KEYS_FILE)
-            _copy_data(ctx.data, tx.conn, work_dir / DATA_FILE, progress, tx.head.seq)
-            manifest = {
-                "v": 1,
-                "type": "backup",
-                "vault": ctx.vault_id,
-                "backup": backup_id,
-                "seq": tx.head.seq,
-                "head": tx.head.hash,
-                "created": format_ts(now),
-                "expires": expires,
-                "members": {name: file_digest(work_dir / name) for name in MEMBERS},
-            }
             tx.conn.execute(
                 insert(backups).values(
                     id=backup_id,
-                    seq=tx.head.seq,
-                    head=tx.head.hash,
+                    seq=head.seq,
+                    head=head.hash,
                     created=format_ts(now),
                     expires=expires,
                 )
@@ -174,13 +190,12 @@ def create_backup(
             tx.log(
                 actor.event(
                     "backup.create",
-                    detail={"backup": backup_id, "seq": tx.head.seq, "expires": expires},
+                    detail={"backup": backup_id, "seq": head.seq, "expires": expires},
                 )
             )
             tx.checkpoint = True
-            return manifest
 
-        manifest = ctx.transact(snapshot)
+        ctx.transact(record)
         body = canonical(manifest)
         signature = ctx.keys.signer.sign(body)
         if target is not None:
@@ -193,57 +208,122 @@ def create_backup(
     return manifest
 
 
-def _copy_keystore(source: Path, dest: Path) -> None:
-    create_empty(dest)  # owner-only from the start, like every file we write
-    src = sqlite3.connect(source)
-    dst = sqlite3.connect(dest)
-    try:
-        with disk_faults(dest, "backup stopped"):
-            src.backup(dst)
-    finally:
-        dst.close()
-        src.close()
+class Snapshot:
+    """Read snapshots of both stores, begun at one log head, copied without holding it.
 
+    :meth:`begin` is called while the caller holds the log-head lock: the data store's
+    snapshot (SQLite: a read transaction on a second, read-only connection, which WAL
+    serves from its own frame mark; PostgreSQL: a ``REPEATABLE READ`` read-only
+    transaction on a second connection, its snapshot taken by a first query) and the
+    keystore's (a read transaction on a second connection) then show exactly the
+    locked state, and stay on it while writers go on after the lock is released.
+    The keystore, small, is copied first and its snapshot let go at once (a held one
+    would keep a shred's scrub from truncating the keystore's WAL)."""
 
-def _copy_data(
-    data: DataStore,
-    conn: Connection,
-    dest: Path,
-    progress: Callable[[int], None] | None,
-    entries: int,
-) -> None:
-    """A SQLite snapshot of the data store, read through ``conn`` (which holds the log
-    head, so the tables do not move). From SQLite: the online backup API; from any
-    other database: the vault's tables streamed in batches into a SQLite file.
+    def __init__(self, ctx: VaultContext) -> None:
+        self._ctx = ctx
+        self._keys: sqlite3.Connection | None = None
+        self._sqlite: sqlite3.Connection | None = None
+        self._pg: Connection | None = None
 
-    ``progress`` counts log entries (``entries`` in all): rows as they are streamed,
-    or, for the SQLite page copy, the share of pages copied scaled to ``entries``."""
-    create_empty(dest)  # owner-only from the start, like every file we write
-    if data.is_sqlite:
-        # The backup API cannot read through the connection holding the write lock; a
-        # second connection can (WAL readers never wait) and, since nobody else may
-        # commit while we hold the lock, it sees exactly the locked state.
-        source = data.engine.url.database
-        assert source is not None
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-        dst = sqlite3.connect(dest)
-        reported = 0
+    def __enter__(self) -> Snapshot:
+        return self
 
-        def pages_done(_status: int, remaining: int, total: int) -> None:
-            nonlocal reported
-            if progress is not None and total:
-                now = entries * (total - remaining) // total
-                if now > reported:
-                    progress(now - reported)
-                    reported = now
+    def __exit__(self, *exc: object) -> None:
+        self._close_keys()
+        if self._sqlite is not None:
+            self._sqlite.close()
+        if self._pg is not None:
+            self._pg.close()
 
+    def _close_keys(self) -> None:
+        if self._keys is not None:
+            self._keys.close()
+            self._keys = None
+
+    def begin(self, head: LogHead) -> None:
+        """Begin both read snapshots (under the caller's log-head lock) and check the
+        data snapshot's head is ``head``."""
+        data = self._ctx.data
+        try:
+            self._keys = sqlite3.connect(self._ctx.keys.store.path, isolation_level=None)
+            self._keys.execute("BEGIN")
+            self._keys.execute("SELECT count(*) FROM meta").fetchone()
+        except sqlite3.Error as error:
+            raise StorageError(f"cannot read the keystore for a backup: {error}") from None
+        if data.is_sqlite:
+            source = data.engine.url.database
+            assert source is not None
+            try:
+                self._sqlite = sqlite3.connect(
+                    f"file:{source}?mode=ro", uri=True, isolation_level=None
+                )
+                self._sqlite.execute("BEGIN")
+                row = self._sqlite.execute("SELECT seq, hash FROM sv_log_head").fetchone()
+            except sqlite3.Error as error:
+                raise StorageError(f"cannot read the data store for a backup: {error}") from None
+        else:
+            conn = data.engine.connect().execution_options(
+                isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+            self._pg = conn
+            conn.begin()
+            row = conn.execute(select(log_head.c.seq, log_head.c.hash)).first()
+        seen = (0, GENESIS) if row is None else (int(row[0]), str(row[1]))
+        if seen != (head.seq, head.hash):
+            raise StorageError("the data store's snapshot is not at the locked head")
+
+    def copy_keystore(self, dest: Path) -> None:
+        """The keystore's snapshot into a new SQLite file at ``dest``; then let go."""
+        assert self._keys is not None
+        create_empty(dest)  # owner-only from the start, like every file we write
+        out = sqlite3.connect(dest)
         try:
             with disk_faults(dest, "backup stopped"):
-                src.backup(dst, pages=_BACKUP_PAGES, progress=pages_done)
+                self._keys.backup(out)
         finally:
-            dst.close()
-            src.close()
-        return
+            out.close()
+            self._close_keys()
+
+    def copy_data(self, dest: Path, progress: Callable[[int], None] | None, entries: int) -> None:
+        """The data store's snapshot into a new SQLite file at ``dest``: from SQLite
+        by the online backup API in steps (reading the snapshot, so writers never
+        restart it), from PostgreSQL the vault's tables streamed in batches.
+        ``progress`` counts log entries (``entries`` in all)."""
+        create_empty(dest)  # owner-only from the start, like every file we write
+        if self._sqlite is not None:
+            _copy_pages(self._sqlite, dest, progress, entries)
+        else:
+            assert self._pg is not None
+            _copy_tables(self._pg, dest, progress)
+
+
+def _copy_pages(
+    src: sqlite3.Connection, dest: Path, progress: Callable[[int], None] | None, entries: int
+) -> None:
+    """The SQLite page copy; ``progress`` gets the share of pages copied scaled to
+    ``entries``."""
+    out = sqlite3.connect(dest)
+    reported = 0
+
+    def pages_done(_status: int, remaining: int, total: int) -> None:
+        nonlocal reported
+        if progress is not None and total:
+            now = entries * (total - remaining) // total
+            if now > reported:
+                progress(now - reported)
+                reported = now
+
+    try:
+        with disk_faults(dest, "backup stopped"):
+            src.backup(out, pages=_BACKUP_PAGES, progress=pages_done)
+    finally:
+        out.close()
+
+
+def _copy_tables(conn: Connection, dest: Path, progress: Callable[[int], None] | None) -> None:
+    """Every vault table read through ``conn`` streamed into a SQLite file at ``dest``;
+    ``progress`` counts the log rows."""
     engine = create_engine(f"sqlite:///{dest}")
     try:
         metadata.create_all(engine)
@@ -252,7 +332,7 @@ def _copy_data(
             for table in metadata.sorted_tables:
                 if table.name not in present:
                     continue  # an additive table this older data store does not have yet
-                # Per statement: Connection.execution_options() would switch the locked
+                # Per statement: Connection.execution_options() would switch the
                 # connection itself to server-side cursors for everything after.
                 result = conn.execute(select(table), execution_options={"stream_results": True})
                 while True:

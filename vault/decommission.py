@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Connection, func, or_, select
 
 from ..keys import KeyStore
 from .actor import Actor
@@ -114,6 +114,7 @@ def decommission(
     override_holds: bool = False,
     progress: Callable[[int], None] | None = None,
     on_certificate: Callable[[Certificate], None] | None = None,
+    total: Callable[[int], None] | None = None,
 ) -> Certificate:
     """Run (or finish) the decommission of the session's vault; see the module doc.
 
@@ -142,6 +143,8 @@ def decommission(
     reason = store.get_meta(_REASON_KEY) or reason  # the original reason stands
     override = override_holds or store.get_meta(_OVERRIDE_KEY) == "1"
     if ctx.final_seq is None:
+        if total is not None:  # ``progress`` counts the customers not yet shredded
+            total(ctx.data.read(_unshredded))
         shred_all(ctx, actor, reason, intent_seq, override, progress)
         crash_point("decommission:after-shred")
         compact(ctx, actor, gated=False)
@@ -386,3 +389,8 @@ def _certificate(ctx: VaultContext, reason: str, intent_seq: int, final_seq: int
     ):
         store.set_meta(conn, CERTIFICATE_KEY, json.dumps(certificate.document))
     return certificate
+
+
+def _unshredded(conn: Connection) -> int:
+    stmt = select(func.count()).select_from(customers).where(customers.c.state != "shredded")
+    return int(conn.execute(stmt).scalar() or 0)

@@ -41,6 +41,7 @@ __all__ = [
     "MOMENT_HELP",
     "check_backup_id",
     "check_batch",
+    "check_batch_size",
     "check_customer_id",
     "check_days",
     "check_known",
@@ -320,6 +321,14 @@ def check_batch(items: Sized) -> None:
     """A batch holds 1 to :data:`MAX_BATCH` items (:class:`SchemaError` otherwise)."""
     if not 0 < len(items) <= MAX_BATCH:
         raise SchemaError(f"a batch holds 1 to {MAX_BATCH} records")
+
+
+def check_batch_size(value: object) -> int:
+    """How many items one transaction takes: an integer from 1 to :data:`MAX_BATCH`
+    (:class:`SchemaError` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_BATCH:
+        raise SchemaError(f"a batch size is an integer from 1 to {MAX_BATCH}")
+    return value
 
 
 def check_ref(ref: object) -> str | None:

@@ -19,6 +19,7 @@ from .actor import ADMIN
 from .blindindex import ensure_search_table
 from .clock import Clock, format_ts, system_clock
 from .context import VaultContext, load_keyfile_key
+from .customers import finish_interrupted_adds
 from .dataurl import DATA_URL_KEY, data_url_for, remembered_form
 from .errors import StorageError, VaultDecommissionedError, keys_errors
 from .files import create_empty
@@ -238,6 +239,7 @@ def open_context(
                 ctx.vault_id,
                 len(erased),
             )
+        finish_interrupted_adds(ctx)  # keys a crash left without their customers' rows
         ctx.recovered_receipts = roll_forward(ctx)
         if ctx.recovered_receipts:
             logger.warning(

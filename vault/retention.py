@@ -49,13 +49,16 @@ def shred_expired(
     *,
     reason: str = "retention period ended",
     progress: Callable[[int], None] | None = None,
+    total: Callable[[int], None] | None = None,
 ) -> ShredExpiredResult:
     """Shred every active customer whose ``retain_until`` has passed, except those
-    under legal hold (reported as ``held``)."""
+    under legal hold (reported as ``held``). ``total`` gets how many are due first."""
     check_reason(reason)
     actor.authorize("shred", "customer.shred")
     due = _expired(ctx.now())
     rows = ctx.data.read(lambda conn: conn.execute(due).all())
+    if total is not None:
+        total(len(rows))
     receipts: list[Receipt] = []
     held: list[str] = []
     failed: dict[str, str] = {}

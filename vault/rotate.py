@@ -22,33 +22,23 @@ from .clock import format_ts, parse_ts
 from .context import Tx, VaultContext
 from .errors import (
     LogPendingError,
-    NotFoundError,
     SchemaError,
-    ShreddedError,
     StorageError,
-    TamperError,
     VaultError,
     keys_errors,
 )
 from .faults import crash_point
-from .inputs import check_days
 from .keycopies import backup_key_copies
 from .log import Event
-from .routine_tables import requests
-from .rowauth import require, update_rows
-from .sealing import record_version, reseal_note, reseal_record
-from .store import customers, log, records
+from .store import log
 
 __all__ = [
     "KeyPolicy",
     "KeyStatus",
     "change_passphrase",
-    "customers_due",
     "key_status",
     "log_pending_key_event",
     "retire_epoch",
-    "rotate_dek",
-    "rotate_deks",
     "rotate_kek",
 ]
 
@@ -172,157 +162,6 @@ def _truncate(keyring: Any) -> bool:
     except KeystoreError:
         return False
     return True
-
-
-def rotate_dek(ctx: VaultContext, actor: Actor, customer_id: str) -> int:
-    """Give a customer a new DEK version, re-encrypt its records under it, then delete
-    the older versions. Crash-safe: reads accept any version still present, and a rerun
-    reuses the version an interrupted run made. Returns the new version."""
-    actor.authorize("admin", "keys.rotate-dek")
-
-    def read(tx: Tx) -> Any:
-        # The row's DEK version decides which key versions a rerun deletes: checked
-        # first (a forged one could otherwise drop the version the records need).
-        found = tx.conn.execute(select(customers).where(customers.c.id == customer_id)).first()
-        if found is not None:
-            actor.check_customers(tx.conn, [found._mapping], "keys.rotate-dek")
-        return found
-
-    row = ctx.transact(read)
-    if row is None:
-        raise NotFoundError(f"no customer {customer_id}")
-    if row.state != "active":
-        raise ShreddedError(f"customer {customer_id} is {row.state}; its keys are gone")
-    current = int(row.dek_version)
-    versions = {r.version for r in ctx.keys.store.deks([customer_id])}
-    if versions and max(versions) == current and min(versions) < current:
-        # An earlier run re-encrypted the records but died before deleting the old
-        # version: finishing is deleting it, not making yet another version.
-        _drop_old_versions(ctx, customer_id, current)
-        return current
-    version = ctx.keys.add_dek_version(customer_id, ctx.now(), after=int(row.dek_version))
-    crash_point("rotate-dek:after-key")
-
-    def work(tx: Tx) -> int:
-        actor.gate(tx.conn, "admin", "keys.rotate-dek")
-        state = tx.conn.execute(
-            select(customers.c.state).where(customers.c.id == customer_id)
-        ).scalar_one()
-        if state != "active":
-            raise ShreddedError(f"customer {customer_id} was shredded meanwhile")
-        ctx.keys.forget([customer_id])
-        ck = ctx.keys.customer_keys([customer_id])[customer_id]
-        rows = [
-            r._mapping
-            for r in tx.conn.execute(select(records).where(records.c.customer_id == customer_id))
-        ]
-        # Never re-seal (and so re-authenticate) a forged or rolled-back record.
-        try:
-            require(tx.conn, ctx.keys.row_auth, "sv_records", rows)
-        except TamperError as error:
-            raise actor.tamper_refusal(error, "keys.rotate-dek") from None
-        updates: dict[str, dict[str, object]] = {}
-        for r in rows:
-            blob = reseal_record(
-                ck,
-                str(r["id"]),
-                str(r["kind"]),
-                int(r["version"]),
-                record_version(r),
-                int(r["dek_version"]),
-                version,
-                bytes(r["ciphertext"]),
-            )
-            updates[str(r["id"])] = {"dek_version": version, "ciphertext": blob, "aad_v": 2}
-        seq = tx.next_seq()
-        update_rows(tx.conn, ctx.keys.row_auth, "sv_records", updates, seq, verify=False)
-        changes = {customer_id: {"dek_version": version}}
-        update_rows(tx.conn, ctx.keys.row_auth, "sv_customers", changes, seq)
-        _reseal_notes(ctx, tx, ck, customer_id, version, seq)
-        tx.log(
-            actor.event(
-                "keys.rotate-dek",
-                subject=ck.subject_tag.hex(),
-                detail={"version": version, "records": len(updates)},
-            )
-        )
-        tx.checkpoint = True
-        return version
-
-    ctx.transact(work)
-    crash_point("rotate-dek:after-data")
-    _drop_old_versions(ctx, customer_id, version)
-    return version
-
-
-def rotate_deks(
-    ctx: VaultContext,
-    actor: Actor,
-    *,
-    older_than_days: float | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> list[str]:
-    """Rotate the DEK of every active customer (or those older than N days); the
-    old versions leave keys.db in one keystore scrub at the end."""
-    actor.authorize("admin", "keys.rotate-dek")
-    done = []
-    with ctx.keys.scrub_once():
-        for customer_id in customers_due(ctx, actor, older_than_days=older_than_days):
-            try:
-                rotate_dek(ctx, actor, customer_id)
-                done.append(customer_id)
-            except ShreddedError:
-                pass  # shredded meanwhile: nothing left to rotate
-            if progress is not None:
-                progress(1)
-    return done
-
-
-def _reseal_notes(
-    ctx: VaultContext, tx: Tx, ck: Any, customer_id: str, version: int, seq: int
-) -> None:
-    """Re-seal the customer's request notes under the new DEK version (docs/requests.md)
-    before the older versions are deleted; a row that fails its check is refused."""
-    rows = [
-        r._mapping
-        for r in tx.conn.execute(
-            select(requests).where(
-                requests.c.customer_id == customer_id, requests.c.note.is_not(None)
-            )
-        )
-    ]
-    if not rows:
-        return
-    require(tx.conn, ctx.keys.row_auth, "sv_requests", rows)
-    changes: dict[str, dict[str, object]] = {}
-    for r in rows:
-        blob = reseal_note(ck, str(r["id"]), int(r["note_dek"]), version, bytes(r["note"]))
-        changes[str(r["id"])] = {"note": blob, "note_dek": version}
-    update_rows(tx.conn, ctx.keys.row_auth, "sv_requests", changes, seq, verify=False)
-
-
-def _drop_old_versions(ctx: VaultContext, customer_id: str, version: int) -> None:
-    with keys_errors(
-        f"the records of {customer_id} are re-keyed but older key versions could not be "
-        "fully erased yet (run the rotation again to finish)"
-    ):
-        ctx.keys.drop_dek_versions(customer_id, version)
-
-
-def customers_due(ctx: VaultContext, actor: Actor, *, older_than_days: float | None) -> list[str]:
-    """Active customers, optionally only those whose newest DEK is older than N days."""
-    active = ctx.data.read(
-        lambda conn: [
-            str(r.id)
-            for r in conn.execute(select(customers.c.id).where(customers.c.state == "active"))
-        ]
-    )
-    if older_than_days is None:
-        return active
-    older_than_days = check_days(older_than_days, what="older_than_days", allow_zero=True)
-    cutoff = format_ts(ctx.clock() - timedelta(days=older_than_days))
-    old = set(ctx.keys.store.deks_created_before(cutoff))
-    return [c for c in active if c in old]
 
 
 def change_passphrase(

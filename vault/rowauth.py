@@ -445,14 +445,23 @@ def refusal_error(bad: Sequence[Bad]) -> TamperError:
 
 
 def insert_rows(
-    conn: Connection, auth: RowAuth, table: str, rows: Sequence[Mapping[Any, Any]], seq: int
+    conn: Connection,
+    auth: RowAuth,
+    table: str,
+    rows: Sequence[Mapping[Any, Any]],
+    seq: int,
+    *,
+    one_entry_each: bool = False,
 ) -> None:
     """Insert rows of ``table`` (every content column given), each stamped with ``seq``
-    (the log entry recording the change, in this transaction) and authenticated."""
-    if not rows:
-        return
-    out = [{**row, "seq": seq, "auth": sign(auth, table, row, seq)} for row in rows]
-    conn.execute(insert(TABLES[table]), out)
+    (the log entry recording the change, in this transaction) and authenticated; with
+    ``one_entry_each`` row i gets ``seq + i`` (one entry per row, in the rows' order)."""
+    seqs = [seq + i if one_entry_each else seq for i in range(len(rows))]
+    out = [
+        {**r, "seq": n, "auth": sign(auth, table, r, n)} for r, n in zip(rows, seqs, strict=True)
+    ]
+    if out:
+        conn.execute(insert(TABLES[table]), out)
 
 
 def update_rows(

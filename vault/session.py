@@ -9,21 +9,19 @@ work back and commits a ``denied`` entry on its own.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, NoReturn
 
 from .access import Role
 from .actor import Actor
-from .audit_reports import audit_query, audit_report
-from .backup import BackupInfo, backup_list, create_backup, forget_backup
-from .cadence import set_interval
 from .certificate import Certificate
 from .checkpoint import Checkpoint
-from .context import Tx, load_keyfile_key
+from .context import Tx
+from .custody import CustodyMethods
 from .customers import (
     add_customer,
+    add_customers,
     customer_by_ref,
     declare_unique_refs,
     list_customers,
@@ -32,42 +30,24 @@ from .customers import (
 )
 from .decommission import decommission
 from .desk import DeskMethods
-from .drill import DEFAULT_SAMPLE, DrillReport, Progress, restore_drill
-from .handover_complete import HandoverCompletion, complete_package
-from .handover_export import HandoverExport, export_package
-from .handover_import import HandoverImport, import_package
-from .inputs import check_customer_id
 from .kinds import alter_kind, declare_kind, list_kinds
 from .log import Event
 from .model import Customer, ExpiredCustomers, Page, Principal, Record, ShredExpiredResult
-from .package import HandoverKey
 from .principals import add_principal, add_role, list_principals, list_roles, revoke_principal
 from .receipt import Receipt
 from .records import PutItem, delete_record, get_many, list_records, put_many, update_record
 from .retention import expired_customers, set_retention, shred_expired
-from .reviews import review_done, role_review
-from .rotate import (
-    KeyPolicy,
-    KeyStatus,
-    change_passphrase,
-    key_status,
-    retire_epoch,
-    rotate_dek,
-    rotate_deks,
-    rotate_kek,
-)
 from .schema import KindSpec
 from .search import find
 from .shred import compact, shred_one
 from .storecheck import StoreCheck, check_store
-from .subject_report import customer_report, customer_report_from_receipt
 
 __all__ = ["Session"]
 
 logger = logging.getLogger(__name__)
 
 
-class Session(DeskMethods):
+class Session(CustodyMethods, DeskMethods):
     """The vault as seen by one principal (or by the unlocking administrator); the
     privacy routine's methods come from :class:`~.desk.DeskMethods`."""
 
@@ -171,6 +151,20 @@ class Session(DeskMethods):
             self._ctx, self._actor, ref=ref, consent=consent, retain_until=retain_until
         )
 
+    def add_customers(
+        self,
+        customers: Iterable[Mapping[str, Any]],
+        *,
+        batch_size: int | None = None,
+        on_batch: Callable[[list[str]], None] | None = None,
+    ) -> list[str]:
+        """Create many customers (each a mapping of ``ref``, ``consent``,
+        ``retain_until``), one transaction per batch (default 1,000); returns their ids
+        in order. ``on_batch`` gets each committed batch's ids (docs/customers.md)."""
+        return add_customers(
+            self._ctx, self._actor, customers, batch_size=batch_size, on_batch=on_batch
+        )
+
     def customer(self, customer_id: str) -> Customer:
         """A customer's metadata (also for shredded customers). Logged."""
         return show_customer(self._ctx, self._actor, customer_id)
@@ -229,10 +223,13 @@ class Session(DeskMethods):
         *,
         reason: str = "retention period ended",
         progress: Callable[[int], None] | None = None,
+        total: Callable[[int], None] | None = None,
     ) -> ShredExpiredResult:
         """Shred every active customer whose ``retain_until`` has passed, except those
-        under legal hold (reported as ``held``)."""
-        result = shred_expired(self._ctx, self._actor, reason=reason, progress=progress)
+        under legal hold (reported as ``held``); ``total`` gets how many are due."""
+        result = shred_expired(
+            self._ctx, self._actor, reason=reason, progress=progress, total=total
+        )
         logger.info("retention: %d expired customer(s) shredded", len(result.receipts))
         return result
 
@@ -254,6 +251,7 @@ class Session(DeskMethods):
         override_holds: bool = False,
         progress: Callable[[int], None] | None = None,
         on_certificate: Callable[[Certificate], None] | None = None,
+        total: Callable[[int], None] | None = None,
     ) -> Certificate:
         """Destroy everything the vault holds and return a signed certificate of
         destruction (admin only; see :mod:`vault.decommission`). Refused, with nothing
@@ -267,206 +265,7 @@ class Session(DeskMethods):
             override_holds=override_holds,
             progress=progress,
             on_certificate=on_certificate,
-        )
-
-    # -- keys (admin; status also for auditors) --------------------------------
-
-    def rotate_kek(
-        self, *, retire: bool = False, progress: Callable[[int], None] | None = None
-    ) -> dict[str, Any]:
-        """New KEK epoch; re-wrap every DEK under it in batches (resumable)."""
-        done = rotate_kek(self._ctx, self._actor, retire=retire, progress=progress)
-        logger.info(
-            "KEK rotated to epoch %s, %s DEK(s) re-wrapped", done["new_epoch"], done["rewrapped"]
-        )
-        return done
-
-    def retire_epoch(self, epoch: int) -> None:
-        """Delete a KEK epoch that no DEK uses any more."""
-        retire_epoch(self._ctx, self._actor, epoch)
-
-    def rotate_dek(self, customer_id: str) -> int:
-        """New DEK version for one customer, records re-encrypted, old version deleted."""
-        version = rotate_dek(self._ctx, self._actor, check_customer_id(customer_id))
-        logger.info("DEK of customer %s rotated to version %d", customer_id, version)
-        return version
-
-    def rotate_deks(
-        self,
-        *,
-        older_than_days: float | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> list[str]:
-        """Rotate the DEK of every active customer (or those older than N days)."""
-        rotated = rotate_deks(
-            self._ctx, self._actor, older_than_days=older_than_days, progress=progress
-        )
-        logger.info("DEKs of %d customer(s) rotated", len(rotated))
-        return rotated
-
-    def change_passphrase(
-        self, *, passphrase: bytes | None = None, keyfile: str | None = None
-    ) -> None:
-        """Re-wrap the root-wrapped keys under a new passphrase or keyfile (O(epochs))."""
-        change_passphrase(
-            self._ctx,
-            self._actor,
-            passphrase=passphrase,
-            keyfile_key=load_keyfile_key(keyfile),
-        )
-        logger.info("root key re-wrapped under a new %s", "keyfile" if keyfile else "passphrase")
-
-    def key_status(self, policy: KeyPolicy | None = None) -> KeyStatus:
-        """Key ages, DEKs per epoch, KDF parameters vs recommendation, violations."""
-        return key_status(self._ctx, self._actor, policy)
-
-    # -- reports ---------------------------------------------------------------
-
-    def customer_report(self, customer_id: str) -> dict[str, Any]:
-        """Everything held about a customer, decrypted, with its access history and a
-        signed checkpoint (the subject access report). Admin or a role with export."""
-        return customer_report(self._ctx, self._actor, check_customer_id(customer_id))
-
-    def customer_report_from_receipt(self, receipt: dict[str, Any]) -> dict[str, Any]:
-        """The subject access report of a shredded customer, through its erasure receipt
-        (see :func:`.subject_report.customer_report_from_receipt`). VerificationError if
-        the receipt does not verify against this vault. Admin or a role with export."""
-        return customer_report_from_receipt(self._ctx, self._actor, receipt)
-
-    def audit_query(
-        self, *, limit: int | None = None, after: str | None = None, **filters: str | None
-    ) -> dict[str, Any]:
-        """Which customers and records were touched (actor, role, action, outcome,
-        since, until): the breach-scope question. Ids only, never plaintext. With
-        ``limit``, at most that many entries after the cursor ``after``; the result's
-        ``next`` continues."""
-        return audit_query(self._ctx, self._actor, limit=limit, after=after, **filters)
-
-    def audit_report(self) -> dict[str, Any]:
-        """The inspector's one-page report (see :func:`.audit_reports.audit_report`)."""
-        return audit_report(self._ctx, self._actor)
-
-    # -- backups ---------------------------------------------------------------
-
-    def backup(
-        self,
-        out: str | BinaryIO,
-        *,
-        expires_days: float | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> dict[str, Any]:
-        """Write a signed backup archive (a consistent snapshot of both stores) and
-        return its manifest. Logged as ``backup.create``; counts on the key-copy clock."""
-        manifest = create_backup(
-            self._ctx, self._actor, out, expires_days=expires_days, progress=progress
-        )
-        logger.info("backup %s written at log seq %s", manifest["backup"], manifest["seq"])
-        return manifest
-
-    def backups(self) -> list[BackupInfo]:
-        """Recorded backups with where they were written, their state and how many
-        customers were shredded since each."""
-        return backup_list(self._ctx, self._actor)
-
-    def forget_backup(self, backup_id: str) -> BackupInfo:
-        """Retire a backup whose archive was destroyed: it stops counting on the
-        key-copy clock. Admin only; logged as ``backup.forget``."""
-        return forget_backup(self._ctx, self._actor, backup_id)
-
-    # -- the routine: restore drills and access reviews ---------------------------
-
-    def restore_drill(
-        self,
-        archive: str | os.PathLike[str],
-        *,
-        passphrase: bytes | None = None,
-        keyfile: str | os.PathLike[str] | None = None,
-        sample: int = DEFAULT_SAMPLE,
-        progress: Progress | None = None,
-    ) -> DrillReport:
-        """Rehearse restoring ``archive`` in a temporary copy, always deleted (see
-        :func:`.drill.restore_drill`). Admin; logged as ``backup.drill``."""
-        options = {"passphrase": passphrase, "keyfile": keyfile, "progress": progress}
-        return restore_drill(self._ctx, self._actor, archive, sample=sample, **options)  # type: ignore[arg-type]
-
-    def set_drill_interval(self, days: int) -> int:
-        """Days allowed between restore drills (default 90). Admin; ``policy.set``."""
-        return set_interval(self._ctx, self._actor, "drill", days)
-
-    def role_review(self) -> dict[str, Any]:
-        """Grants, last use and activity since the last review (:mod:`.reviews`)."""
-        return role_review(self._ctx, self._actor)
-
-    def review_done(self, *, note: str | None = None) -> dict[str, Any]:
-        """Record that the access review was made (``role.review``). Admin only."""
-        return review_done(self._ctx, self._actor, note=note)
-
-    def set_review_interval(self, days: int) -> int:
-        """Days allowed between access reviews (default 90). Admin; ``policy.set``."""
-        return set_interval(self._ctx, self._actor, "review", days)
-
-    # -- business handover -----------------------------------------------------
-
-    def handover_export(
-        self,
-        recipient_public_key: bytes,
-        out: str,
-        *,
-        customers: Sequence[str] | None = None,
-        progress: Callable[[int], None] | None = None,
-        require_notice_window: bool = False,
-    ) -> HandoverExport:
-        """Write a handover package for an acquirer (see :mod:`vault.handover`): only
-        active customers whose consent has ``transfer: True``; one ``customer.handover``
-        entry each, committed only once the package is complete. Admin or ``export``.
-        ``require_notice_window``: NoticeWindowError unless every exported customer had
-        a transfer notice delivered, its window passed, and no objection."""
-        return export_package(
-            self._ctx,
-            self._actor,
-            recipient_public_key,
-            out,
-            customer_ids=customers,
-            progress=progress,
-            require_notice_window=require_notice_window,
-        )
-
-    def handover_import(
-        self,
-        package: str,
-        key: HandoverKey,
-        *,
-        seller_public_key: bytes | None = None,
-        accept_unverified_seller: bool = False,
-        declare_kinds: bool = False,
-        progress: Callable[[int], None] | None = None,
-    ) -> HandoverImport:
-        """Verify a handover package completely, then import its customers and records
-        in one transaction (admin). Nothing is written when anything fails. Without
-        ``seller_public_key`` it refuses (NoTrustedKeyError) unless
-        ``accept_unverified_seller`` is set, which the log entry records."""
-        return import_package(
-            self._ctx,
-            self._actor,
-            package,
-            key,
-            seller_public_key=seller_public_key,
-            accept_unverified_seller=accept_unverified_seller,
-            declare_kinds=declare_kinds,
-            progress=progress,
-        )
-
-    def handover_complete(
-        self,
-        package: str,
-        *,
-        receipts_dir: str | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> HandoverCompletion:
-        """Shred every customer a package this vault exported transferred (admin), one
-        receipt each, and return a signed summary. Resumable."""
-        return complete_package(
-            self._ctx, self._actor, package, receipts_dir=receipts_dir, progress=progress
+            total=total,
         )
 
     # -- principals and roles (admin only) -------------------------------------
