@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from sqlalchemy import Connection, func, inspect, select
 
 from .checkpoint import Checkpoint, load_checkpoints
-from .log import LogEntry, iter_entries
+from .log import LogEntry, iter_entries, iter_rows
 from .store import DataStore, LogHead, log, log_head
 from .verify import VerifyReport, verify_chain
 
@@ -50,11 +50,15 @@ def verify_store(
     head = data.read(read_head)
     if columns is None:
         columns = data.read(lambda conn: "target" in _log_columns(conn))
-    entries: Iterable[LogEntry] = iter_entries(data, since=since, until=head.seq, columns=columns)
-    if observe is not None:
-        entries = _tapped(entries, observe)
+    entries: Iterable[LogEntry] = ()
+    rows = None
+    if observe is None:
+        rows = iter_rows(data, since=since, until=head.seq, columns=columns)
+    else:
+        entries = _tapped(iter_entries(data, since=since, until=head.seq, columns=columns), observe)
     report = verify_chain(
         entries,
+        rows=rows,
         vault_id=vault_id,
         public_key=public_key,
         checkpoints=cps,
