@@ -304,9 +304,9 @@ class Session:
         ``next`` continues."""
         return audit_query(self._ctx, self._actor, limit=limit, after=after, **filters)
 
-    def audit_report(self) -> dict[str, Any]:
+    def audit_report(self, *, full: bool = False) -> dict[str, Any]:
         """The inspector's one-page report (see :func:`.audit_reports.audit_report`)."""
-        return audit_report(self._ctx, self._actor)
+        return audit_report(self._ctx, self._actor, full=full)
 
     # -- backups ---------------------------------------------------------------
 

@@ -259,12 +259,16 @@ def verify_chain(
     progress: Callable[[int], None] | None = None,
     last_seq_before: int = 0,
     rows: Iterable[Sequence[Row]] | None = None,
+    after: tuple[int, str] | None = None,
 ) -> VerifyReport:
     """Verify a stream of entries (or ``rows``, batches of :data:`Row`, read in bulk);
     never raises for bad input, returns a report.
 
     ``last_seq_before`` is the seq known to precede the stream (for a stream that
     starts after genesis and turns out empty, where the log is known to end).
+
+    ``after``: the seq and hash of an entry verified before (an authenticated mark);
+    the stream must continue it, linked to that hash, from the next seq.
 
     ``anchor_shortfall`` names a log that ends before the anchor: ``"truncated"`` for an
     auditor's anchor, ``"rolled back"`` for the keystore's. Without ``public_key``
@@ -293,6 +297,10 @@ def verify_chain(
 
     marks = sorted({*by_seq, *(() if anchor is None else (anchor.seq,))})
     walk = _Walk(report, by_seq, marks, anchor, public_key, strict, progress)
+    if after is not None:
+        from_genesis = True
+        report.last_seq, report.head = after
+        walk.expected, walk.prev = after[0] + 1, after[1]
     stream = _walked(walk, _batched(entries) if rows is None else rows)
     ahead: deque[LogEntry] = deque()
 
