@@ -114,7 +114,7 @@ CASES: dict[str, tuple[Change, Any, Any]] = {
         ),
         None,
         None,
-    ),  # fmt: skip
+    ),
     "text column of another type": (set_column(2, 5), ("modified", AT), None),
     # canonical (keys sorted) and v1: the format tolerates unknown members after "v"
     "extra member": (replace(b',"v":1}', b',"v":1,"w":2}'), None, None),
