@@ -17,7 +17,7 @@ from sqlalchemy import insert, select, update
 
 from shredvault.vault import Session, Vault
 from shredvault.vault.errors import AccessDeniedError
-from shredvault.vault.store import meta
+from shredvault.vault.store import log, meta
 
 FIGURES = ("shreds", "denials_by_actor", "principals")
 
@@ -121,3 +121,14 @@ def test_a_tally_from_another_vault_is_not_believed(tmp_path: Path, keyfile: Pat
             lambda conn, head: conn.execute(insert(meta).values(k="audit_tally", v=value))
         )
         assert second.admin().audit_report()["log"]["first_seq"] == 1
+
+
+def test_an_entry_edited_behind_the_totals_is_found_by_a_full_report(vault: Vault) -> None:
+    admin, _olga = busy(vault)
+    admin.audit_report()
+    vault._ctx.data.run(
+        lambda conn, head: conn.execute(update(log).where(log.c.seq == 2).values(actor="mallory"))
+    )
+    assert admin.audit_report()["log"]["ok"] is True  # verified from the totals on
+    full = admin.audit_report(full=True)["log"]
+    assert (full["ok"], full["reason"], full["bad_seq"]) == (False, "modified", 2)
