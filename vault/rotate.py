@@ -35,7 +35,7 @@ from .keycopies import backup_key_copies
 from .log import Event
 from .rowauth import require, update_rows
 from .sealing import record_version, reseal_record
-from .store import customers, log, records
+from .store import RARE_WHERE, customers, log, records
 
 __all__ = [
     "KeyPolicy",
@@ -344,7 +344,7 @@ def key_status(ctx: VaultContext, actor: Actor, policy: KeyPolicy | None = None)
     last = ctx.data.read(
         lambda conn: conn.execute(
             select(log.c.ts)
-            .where(log.c.action.in_(["keys.rotate-kek.done", "keys.rotate-dek"]))
+            .where(RARE_WHERE, log.c.action.in_(["keys.rotate-kek.done", "keys.rotate-dek"]))
             .order_by(log.c.seq.desc())
             .limit(1)
         ).scalar()
@@ -365,7 +365,7 @@ def key_status(ctx: VaultContext, actor: Actor, policy: KeyPolicy | None = None)
     restored = ctx.data.read(
         lambda conn: conn.execute(
             select(log.c.body)
-            .where(log.c.action == "vault.restore")
+            .where(RARE_WHERE, log.c.action == "vault.restore")
             .order_by(log.c.seq.desc())
             .limit(1)
         ).scalar()
