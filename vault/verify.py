@@ -185,9 +185,12 @@ def _fast(walk: _Walk, batch: Sequence[Row]) -> bool:
     if seqs[0] is not None and seqs != tuple(range(start, start + count)):
         return False
     try:
-        plain = walk.shapes.plain(bodies, b"".join(bodies))
+        joined = b"".join(bodies)
     except TypeError:  # a body stored as text: the careful path converts it
         return False
+    # Without strict form or columns to check, the careful test is two searches:
+    # cheaper than the shape test.
+    plain = (walk.strict or len(batch[0]) > 3) and walk.shapes.plain(bodies, joined)
     fits, learn, sha = walk.shapes.fits, walk.shapes.learn, _SHA.copy
     prev, seq = walk.prev, start
     for row in batch:
