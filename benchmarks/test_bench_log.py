@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -32,12 +33,16 @@ from sqlalchemy import select
 
 from shredvault.keys import generate_keyfile
 from shredvault.vault import Auditor, Vault, verify_export
-from shredvault.vault.log import HASH_PREFIX, iter_entries
+from shredvault.vault.log import HASH_PREFIX, iter_entries, iter_rows
 from shredvault.vault.store import DataStore, log_head
 
 from harness import BACKENDS, data_store, fill_log, measure, pg_schema
 
 VERIFY_N = int(os.environ.get("SHREDVAULT_BENCH_VERIFY_N", "100000"))
+#: log sizes of the scaling curve (the log grows from one to the next)
+VERIFY_SIZES = [
+    int(n) for n in os.environ.get("SHREDVAULT_BENCH_VERIFY_SIZES", "10000,100000").split(",")
+]
 LOG_N = int(os.environ.get("SHREDVAULT_BENCH_LOG_N", "200000"))
 REPO = Path(__file__).resolve().parent.parent
 
@@ -161,6 +166,48 @@ def test_verify_raw_sha256(benchmark: Any, growing_log: GrowingLog) -> None:
         unit="entry",
         rounds=5,
     )
+
+
+def _best(fn: Any, rounds: int) -> tuple[float, Any]:
+    best, result = float("inf"), None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+@pytest.mark.parametrize("size", VERIFY_SIZES)
+@pytest.mark.benchmark(group="verify_scaling")
+def test_verify_scaling(benchmark: Any, growing_log: GrowingLog, size: int, tmp_path: Path) -> None:
+    """``Vault.verify_log`` at each size (timed), beside baselines taken in the same
+    test (best of 3): reading the same rows in bulk without checking them
+    (``iter_rows``), and, SQLite only, the offline ``verify_export`` (strict) of an
+    export of the log at that size."""
+    filled = growing_log
+    filled.grow_to(size)
+    report = measure(
+        benchmark,
+        filled.vault.verify_log,
+        op="verify_scaling",
+        role=f"vault_{size}",
+        backend=filled.backend,
+        units=filled.entries,
+        unit="entry",
+        rounds=3,
+    )
+    assert report.ok, report.message
+    read_s, seen = _best(
+        lambda: sum(map(len, iter_rows(filled.store, until=filled.entries, columns=True))), 3
+    )
+    assert seen == filled.entries
+    benchmark.extra_info["read_rows_s"] = read_s
+    if filled.backend == "sqlite":
+        out = tmp_path / "log.jsonl"
+        filled.export(out)
+        strict_s, checked = _best(lambda: verify_export(out, trust_embedded_key=True), 2)
+        assert checked.ok, checked.message
+        benchmark.extra_info["verify_export_strict_s"] = strict_s
 
 
 # -- export and offline verification -----------------------------------------------------

@@ -279,7 +279,32 @@ def test_audit_query_one_hour_of_one_actor(
     )
 
 
-@pytest.mark.parametrize("op", ["customer_report", "audit_query"])
+@pytest.mark.benchmark(group="audit_report")
+def test_audit_report(
+    benchmark: Any, big_log: BigLog, figures: dict[tuple[str, str], list[float]]
+) -> None:
+    """``Session.audit_report`` once a first report has stored the totals (that first
+    one verifies and counts the whole log: timed apart, as ``first_report_s``)."""
+    start = time.perf_counter()
+    first = big_log.session.audit_report()
+    benchmark.extra_info["first_report_s"] = time.perf_counter() - start
+    assert first["log"]["ok"], first["log"]["message"]
+    report = measure(
+        benchmark,
+        timed(figures, ("audit_report", big_log.label), big_log.session.audit_report),
+        op="audit_report", role=big_log.label, backend="sqlite",
+        units=big_log.entries, unit="log entry", rounds=ROUNDS,
+    )  # fmt: skip
+    assert report["log"]["ok"], report["log"]["message"]
+    assert report["log"]["entries"] < 100  # only the entries since the previous report
+    full = big_log.session.audit_report(full=True)
+    assert (full["shreds"], full["denials_by_actor"]) == (
+        report["shreds"],
+        report["denials_by_actor"],
+    )
+
+
+@pytest.mark.parametrize("op", ["customer_report", "audit_query", "audit_report"])
 def test_time_does_not_grow_with_the_log(
     figures: dict[tuple[str, str], list[float]], op: str
 ) -> None:

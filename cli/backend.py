@@ -81,7 +81,7 @@ class Backend(Protocol):
     def audit_query(
         self, *, limit: int | None = None, after: str | None = None, **filters: str | None
     ) -> dict[str, Any]: ...
-    def audit_report(self) -> dict[str, Any]: ...
+    def audit_report(self, *, full: bool = False) -> dict[str, Any]: ...
 
 
 #: the error to raise when the server names one this library does not know (or whose
@@ -197,7 +197,9 @@ class RemoteSession:
     ) -> dict[str, Any]:
         return self._client.audit_query(limit=limit, after=after, **filters)
 
-    def audit_report(self) -> dict[str, Any]:
+    def audit_report(self, *, full: bool = False) -> dict[str, Any]:
+        if full:
+            raise click.UsageError("audit report --full verifies the vault's files: run it there")
         return self._client.audit_report()
 
 

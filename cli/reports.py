@@ -213,11 +213,19 @@ def query_command(
 @store_options
 @unlock_options
 @token_option
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Verify and count the whole log again instead of from the totals the last "
+    "report stored (the figures are the same; this re-checks old entries too).",
+)
 @click.pass_context
-def report_command(ctx: click.Context, fmt: str, as_json: bool, out: Path | None) -> None:
+def report_command(
+    ctx: click.Context, fmt: str, as_json: bool, out: Path | None, full: bool
+) -> None:
     """One page for an inspector: principals and roles, keys against policy, backups
     and the key-copy clock, checkpoints, chain verification, shreds, holds, denials."""
     refuse_existing(out, "--out")  # before anything is decrypted or logged
     with open_backend(ctx) as session:
-        report = session.audit_report()
+        report = session.audit_report(full=full)
     _deliver(report, "json" if as_json else fmt, out)

@@ -42,7 +42,7 @@ from .layout import DATA_FILE, KEYS_FILE
 from .log import LogEntry, iter_entries
 from .store import DataStore, LogHead, meta
 from .trust import NO_TRUSTED_KEY, SELF_ASSERTED, no_trusted_key_message, trust_of
-from .verify import VerifyReport, verify_chain
+from .verify import Row, VerifyReport, verify_chain
 
 __all__ = [
     "EXPORT_FORMAT",
@@ -235,13 +235,18 @@ class Auditor:
         return count
 
 
-def _split_line(line: bytes, number: int) -> LogEntry:
-    """An export line -> (seq, hash, exact hashed body) without a full JSON parse."""
+def _split_row(line: bytes, number: int) -> Row:
+    """An export line -> (None, hash, exact hashed body) without a full JSON parse: the
+    verifier takes the seq the body claims when it needs it."""
     at = line.rfind(_HASH_MEMBER)
     if at < 0 or len(line) < at + 75 or line[at + 73 : at + 74] != b'"':
         raise VerificationError(f"line {number} has no hash member", reason="malformed")
-    digest = line[at + 9 : at + 73].decode("ascii", "replace")
-    body = line[:at] + line[at + 74 :]
+    return None, line[at + 9 : at + 73].decode("ascii", "replace"), line[:at] + line[at + 74 :]
+
+
+def _split_line(line: bytes, number: int) -> LogEntry:
+    """An export line -> (seq, hash, exact hashed body) without a full JSON parse."""
+    _, digest, body = _split_row(line, number)
     j = body.rfind(b',"seq":')
     try:
         seq = int(body[j + 7 : body.index(b",", j + 7)]) if j >= 0 else -1
@@ -250,9 +255,27 @@ def _split_line(line: bytes, number: int) -> LogEntry:
     return LogEntry(seq, digest, body)
 
 
+def _row_batches(numbered: Iterator[tuple[int, bytes]], size: int = 5_000) -> Iterator[list[Row]]:
+    """Entry lines as batches of rows for :func:`verify_chain`. A line without a hash
+    member is refused only once the rows before it are verified (as one by one)."""
+    batch: list[Row] = []
+    for number, line in numbered:
+        try:
+            batch.append(_split_row(line, number))
+        except VerificationError:
+            if batch:
+                yield batch
+            raise
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def _read_export(
     lines: Iterator[bytes],
-) -> tuple[ExportHeader, list[Checkpoint], Iterator[LogEntry]]:
+) -> tuple[ExportHeader, list[Checkpoint], Iterator[tuple[int, bytes]]]:
     first = next(lines, b"")
     try:
         raw = parse_json(first, what="the export header", max_bytes=MAX_DOCUMENT_BYTES)
@@ -287,17 +310,17 @@ def _read_export(
         pending = line
         break
 
-    def entries() -> Iterator[LogEntry]:
+    def entry_lines() -> Iterator[tuple[int, bytes]]:
         n = number
         if pending is not None:
-            yield _split_line(pending, n)
+            yield n, pending
         for line in lines:
             n += 1
             line = line.rstrip(b"\n")
             if line:
-                yield _split_line(line, n)
+                yield n, line
 
-    return header, cps, entries()
+    return header, cps, entry_lines()
 
 
 def read_export_entries(
@@ -306,8 +329,8 @@ def read_export_entries(
     """Entries of an export from ``since`` as parsed objects with ``hash`` (streaming;
     verify the export first with :func:`verify_export`)."""
     with open(path, "rb") as handle:
-        _header, _cps, entries = _read_export(read_lines(handle, what="the export"))
-        for entry in entries:
+        _header, _cps, numbered = _read_export(read_lines(handle, what="the export"))
+        for entry in (_split_line(line, number) for number, line in numbered):
             if entry.seq >= since:
                 parsed: dict[str, Any] = parse_json(
                     entry.body, what=f"entry {entry.seq}", fail=malformed
@@ -336,14 +359,14 @@ def verify_export(
     must end exactly at the header's ``head_seq`` and ``head``."""
     trust = trust_of(public_key, trust_embedded_key=trust_embedded_key, anchored=anchor is not None)
     with open(path, "rb") as handle:
-        header, cps, entries = _read_export(read_lines(handle, what="the export"))
+        header, cps, numbered = _read_export(read_lines(handle, what="the export"))
         if public_key is not None and public_key != header.public_key:
             return VerifyReport().fail(
                 "wrong key", None, "the export names another public key than the trusted one"
             )
         key = public_key if public_key is not None else header.public_key
         report = verify_chain(
-            entries,
+            rows=_row_batches(numbered),
             vault_id=header.vault,
             public_key=key,
             checkpoints=cps,

@@ -8,26 +8,37 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, insert, select, update
 
 from .access import BUILTIN_ROLES
 from .actor import ADMIN, Actor
 from .audit import format_public_key
 from .backup import backup_list
 from .cadence import routine_status
-from .canonical import canonical
+from .canonical import canonical, canonical_text
+from .chain import verify_store
 from .clock import format_ts
 from .context import Tx, VaultContext
 from .errors import SchemaError, TamperError
-from .inputs import check_known, check_limit, decode_cursor, encode_cursor, moment_text
-from .log import LOG_ACTIONS
+from .inputs import (
+    check_known,
+    check_limit,
+    decode_cursor,
+    encode_cursor,
+    moment_text,
+    parse_json,
+)
+from .log import GENESIS, LOG_ACTIONS
 from .rotate import KeyPolicy, key_status
 from .routine import request_counts
-from .rowauth import require
-from .store import checkpoints, customers, log, principals, roles
+from .rowauth import authentic, require, sign
+from .store import checkpoints, customers, log, meta, principals, roles
+from .verify import Row
 
 __all__ = ["audit_query", "audit_report", "normalize_time", "routine_section"]
 
@@ -173,8 +184,16 @@ def audit_query(
     }
 
 
-def audit_report(ctx: VaultContext, actor: Actor, *, expiring_days: int = 30) -> dict[str, Any]:
-    """One page for an inspector. Logged as ``audit.report``."""
+def audit_report(
+    ctx: VaultContext, actor: Actor, *, expiring_days: int = 30, full: bool = False
+) -> dict[str, Any]:
+    """One page for an inspector. Logged as ``audit.report``.
+
+    The log's totals (shreds, denials, last logins) are running totals kept beside
+    the log with the vault's authenticator, at a verified seq and hash: the report
+    verifies and counts only the entries after them, and stores the new totals (so
+    its cost follows the entries since the last report, not the log's length).
+    ``full``: verify and count the whole log again (docs/decisions.md)."""
     # The report's own gate comes first: a refused report is logged as ``audit.report``,
     # not as whichever part of it (key status, backups) happened to be asked for first.
     actor.authorize("audit", "audit.report")
@@ -184,18 +203,40 @@ def audit_report(ctx: VaultContext, actor: Actor, *, expiring_days: int = 30) ->
     policy = KeyPolicy()
     status = key_status(ctx, actor, policy)
     backup_rows = backup_list(ctx, actor)
-    verification = ctx.verify_log()
+    tally = None if full else _load_tally(ctx)
+    start = None if tally is None else (tally.seq, tally.head)
+    counted = _Tally.empty() if tally is None else tally
+    verification = verify_store(
+        ctx.data,
+        vault_id=ctx.vault_id,
+        public_key=ctx.public_key,
+        after=start,
+        columns=True,
+        tap=counted.count,
+    )
+    if start is not None:
+        verification.notes.append(
+            f"entries up to seq {start[0]} were verified and counted by an earlier report "
+            "(its totals carry the vault's authenticator); `shredvault audit verify` "
+            "re-checks the whole log"
+        )
+    if not verification.ok:
+        # Totals from an unverified stretch are worth nothing: count the log's columns
+        # as before, and the report says the log fails.
+        counted = _Tally.empty()
 
     def work(tx: Tx) -> dict[str, Any]:
         actor.gate(tx.conn, "audit", "audit.report")
         conn = tx.conn
-        last_use = dict(
-            conn.execute(
-                select(log.c.actor, func.max(log.c.ts))
-                .where(log.c.action == "auth.login", log.c.outcome == "ok")
-                .group_by(log.c.actor)
-            ).all()
-        )
+        last_use = counted.logins
+        if not verification.ok:
+            last_use = dict(
+                conn.execute(
+                    select(log.c.actor, func.max(log.c.ts))
+                    .where(log.c.action == "auth.login", log.c.outcome == "ok")
+                    .group_by(log.c.actor)
+                ).all()
+            )
         # Every principal, role and listed customer row passes its checks first, else
         # a logged TamperError and no report: a forged row is never shown as authentic.
         listed = [r._mapping for r in conn.execute(select(principals).order_by(principals.c.name))]
@@ -254,18 +295,23 @@ def audit_report(ctx: VaultContext, actor: Actor, *, expiring_days: int = 30) ->
         actor.check_customers(conn, list(shown.values()), "audit.report")
         held = [str(r["id"]) for r in held_rows]
         past = [str(r["id"]) for r in past_rows]
-        shreds = conn.execute(
-            select(func.count())
-            .select_from(log)
-            .where(log.c.action == "customer.shred", log.c.outcome == "ok")
-        ).scalar_one()
-        denials: dict[Any, Any] = dict(
-            conn.execute(
-                select(log.c.actor, func.count())
-                .where(log.c.outcome == "denied")
-                .group_by(log.c.actor)
-            ).all()
-        )
+        if verification.ok:
+            counted.seq, counted.head = verification.last_seq, verification.head
+            _save_tally(conn, ctx, counted)
+            shreds, denials = counted.shreds, counted.denials
+        else:
+            shreds = conn.execute(
+                select(func.count())
+                .select_from(log)
+                .where(log.c.action == "customer.shred", log.c.outcome == "ok")
+            ).scalar_one()
+            denials = dict(
+                conn.execute(
+                    select(log.c.actor, func.count())
+                    .where(log.c.outcome == "denied")
+                    .group_by(log.c.actor)
+                ).all()
+            )
         n_checkpoints = conn.execute(select(func.count()).select_from(checkpoints)).scalar_one()
         desk = _request_desk(ctx, actor, tx, now)
         tx.log(actor.event("audit.report"))
@@ -329,6 +375,79 @@ def routine_section(ctx: VaultContext) -> dict[str, Any]:
     against their intervals, with a warning for each that is overdue."""
     status = routine_status(ctx)
     return {"routine": {**status.to_json(), "warnings": status.warnings()}}
+
+
+_TALLY = "audit_tally"
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Running totals of the log up to entry ``seq`` (hash ``head``)."""
+
+    seq: int
+    head: str
+    shreds: int
+    denials: dict[str, int]
+    logins: dict[str, str]
+
+    @classmethod
+    def empty(cls) -> _Tally:
+        return cls(0, GENESIS, 0, {}, {})
+
+    def count(self, batch: Sequence[Row]) -> None:
+        """Add a batch of verified rows (seq, hash, body, ts, actor, action, subject,
+        record, outcome, target): the lookup columns, which verification holds to the
+        signed bodies."""
+        denials, logins = self.denials, self.logins
+        for row in batch:
+            ts, who, action, outcome = row[3], str(row[4]), row[5], row[8]
+            if outcome == "denied":
+                denials[who] = denials.get(who, 0) + 1
+            elif outcome == "ok":
+                if action == "customer.shred":
+                    self.shreds += 1
+                elif action == "auth.login" and isinstance(ts, str) and ts > logins.get(who, ""):
+                    logins[who] = ts
+
+    def text(self) -> str:
+        return canonical_text(
+            {
+                "denials": self.denials,
+                "head": self.head,
+                "logins": self.logins,
+                "seq": self.seq,
+                "shreds": self.shreds,
+            }
+        )
+
+
+def _load_tally(ctx: VaultContext) -> _Tally | None:
+    """The stored totals if their authenticator holds, else None (count afresh)."""
+    stored = ctx.data.read(
+        lambda conn: conn.execute(select(meta.c.v).where(meta.c.k == _TALLY)).scalar()
+    )
+    if stored is None:
+        return None
+    try:
+        doc = parse_json(str(stored), what="the audit tally", fail=ValueError)
+        body, seq, auth = doc["tally"], doc["seq"], doc["auth"]
+        if not authentic(ctx.keys.row_auth, meta.name, {"k": _TALLY, "v": body, "seq": seq,
+                                                          "auth": auth}):  # fmt: skip
+            return None
+        raw = json.loads(body)
+        tally = _Tally(raw["seq"], raw["head"], raw["shreds"], raw["denials"], raw["logins"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return tally if tally.seq == seq else None
+
+
+def _save_tally(conn: Connection, ctx: VaultContext, tally: _Tally) -> None:
+    body = tally.text()
+    auth = sign(ctx.keys.row_auth, meta.name, {"k": _TALLY, "v": body}, tally.seq)
+    value = canonical_text({"auth": auth, "seq": tally.seq, "tally": body})
+    done = conn.execute(update(meta).where(meta.c.k == _TALLY).values(v=value)).rowcount
+    if not done:
+        conn.execute(insert(meta).values(k=_TALLY, v=value))
 
 
 def normalize_time(name: str, value: str | None) -> str | None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from sqlalchemy import Connection, func, inspect, select
 
 from .checkpoint import Checkpoint, load_checkpoints
-from .log import LogEntry, iter_entries
+from .log import LogEntry, iter_entries, iter_rows
 from .store import DataStore, LogHead, log, log_head
-from .verify import VerifyReport, verify_chain
+from .verify import Row, VerifyReport, verify_chain
 
 __all__ = ["read_head", "verify_store"]
 
@@ -32,6 +32,8 @@ def verify_store(
     progress: Callable[[int], None] | None = None,
     observe: Callable[[LogEntry], None] | None = None,
     columns: bool | None = None,
+    after: tuple[int, str] | None = None,
+    tap: Callable[[Sequence[Row]], None] | None = None,
 ) -> VerifyReport:
     """Verify a data store's chain, its checkpoints and its head row.
 
@@ -40,7 +42,13 @@ def verify_store(
 
     ``observe`` sees every entry as it is read, in the same pass (so a caller that
     needs the entries' content pays no second read); what it saw is verified only if
-    the report is ok."""
+    the report is ok. ``tap`` does the same for whole batches of rows (with their
+    lookup columns), without making an entry object of each.
+
+    ``after`` (seq, hash): an entry verified before; verification starts after it
+    and checks the link to it (``since`` is then its seq + 1)."""
+    if after is not None:
+        since = after[0] + 1
 
     # Order matters with writers running: a checkpoint commits with the head row that
     # covers it, so checkpoints read *before* the head are all at or below it, and every
@@ -50,11 +58,18 @@ def verify_store(
     head = data.read(read_head)
     if columns is None:
         columns = data.read(lambda conn: "target" in _log_columns(conn))
-    entries: Iterable[LogEntry] = iter_entries(data, since=since, until=head.seq, columns=columns)
-    if observe is not None:
-        entries = _tapped(entries, observe)
+    entries: Iterable[LogEntry] = ()
+    rows: Iterable[list[Row]] | None = None
+    if observe is None:
+        rows = iter_rows(data, since=since, until=head.seq, columns=columns)
+        if tap is not None:
+            rows = _tapped_rows(rows, tap)
+    else:
+        entries = _tapped(iter_entries(data, since=since, until=head.seq, columns=columns), observe)
     report = verify_chain(
         entries,
+        rows=rows,
+        after=after,
         vault_id=vault_id,
         public_key=public_key,
         checkpoints=cps,
@@ -89,6 +104,14 @@ def verify_store(
 
 def _log_columns(conn: Connection) -> set[str]:
     return {str(c["name"]) for c in inspect(conn).get_columns(log.name)}
+
+
+def _tapped_rows(
+    batches: Iterable[list[Row]], tap: Callable[[Sequence[Row]], None]
+) -> Iterator[list[Row]]:
+    for batch in batches:
+        tap(batch)
+        yield batch
 
 
 def _tapped(entries: Iterable[LogEntry], observe: Callable[[LogEntry], None]) -> Iterator[LogEntry]:

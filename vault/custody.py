@@ -124,9 +124,11 @@ class CustodyMethods:
         ``next`` continues."""
         return audit_query(self._ctx, self._actor, limit=limit, after=after, **filters)
 
-    def audit_report(self) -> dict[str, Any]:
-        """The inspector's one-page report (see :func:`.audit_reports.audit_report`)."""
-        return audit_report(self._ctx, self._actor)
+    def audit_report(self, *, full: bool = False) -> dict[str, Any]:
+        """The inspector's one-page report (see :func:`.audit_reports.audit_report`);
+        ``full`` re-verifies and recounts the whole log instead of resuming from the
+        stored totals."""
+        return audit_report(self._ctx, self._actor, full=full)
 
     # -- backups ---------------------------------------------------------------
 

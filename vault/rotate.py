@@ -30,7 +30,7 @@ from .errors import (
 from .faults import crash_point
 from .keycopies import backup_key_copies
 from .log import Event
-from .store import log
+from .store import RARE_WHERE, log
 
 __all__ = [
     "KeyPolicy",
@@ -213,7 +213,7 @@ def key_status(ctx: VaultContext, actor: Actor, policy: KeyPolicy | None = None)
     last = ctx.data.read(
         lambda conn: conn.execute(
             select(log.c.ts)
-            .where(log.c.action.in_(["keys.rotate-kek.done", "keys.rotate-dek"]))
+            .where(RARE_WHERE, log.c.action.in_(["keys.rotate-kek.done", "keys.rotate-dek"]))
             .order_by(log.c.seq.desc())
             .limit(1)
         ).scalar()
@@ -234,7 +234,7 @@ def key_status(ctx: VaultContext, actor: Actor, policy: KeyPolicy | None = None)
     restored = ctx.data.read(
         lambda conn: conn.execute(
             select(log.c.body)
-            .where(log.c.action == "vault.restore")
+            .where(RARE_WHERE, log.c.action == "vault.restore")
             .order_by(log.c.seq.desc())
             .limit(1)
         ).scalar()

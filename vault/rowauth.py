@@ -53,6 +53,7 @@ __all__ = [
     "LABEL",
     "SPECS",
     "Bad",
+    "authentic",
     "check_records",
     "check_rows",
     "insert_rows",
@@ -78,6 +79,8 @@ LABEL = b"shredvault/row/v1"
 #: and the column encodes as null). The first column is the row's identity.
 SPECS: dict[str, tuple[tuple[str, str], ...]] = {
     "sv_kinds": (("name", "t"), ("spec", "t")),
+    # one row: the audit report's running totals (k "audit_tally"; docs/rows.md)
+    "sv_meta": (("k", "t"), ("v", "t")),
     "sv_roles": (("name", "t"), ("spec", "t"), ("created", "t")),
     "sv_principals": (
         ("name", "t"),
@@ -277,6 +280,12 @@ def _authentic(auth: RowAuth, table: str, row: Mapping[Any, Any]) -> str | None:
     except (ValueError, TypeError, KeyError):
         return "malformed"
     return None if auth.check_hex(text, stored) else "bad auth"
+
+
+def authentic(auth: RowAuth, table: str, row: Mapping[Any, Any]) -> bool:
+    """Whether ``row`` (with its ``seq`` and ``auth``) carries a valid authenticator;
+    no freshness check (for rows the log names no change of, like the audit tally)."""
+    return _authentic(auth, table, row) is None
 
 
 def check_rows(

@@ -43,6 +43,7 @@ from .errors import StorageError, VaultBusyError, disk_fault_error
 
 __all__ = [
     "AUTH_TABLES",
+    "RARE_WHERE",
     "REF_INDEX",
     "SCHEMA_VERSION",
     "UNIQUE_REFS_KEY",
@@ -200,6 +201,7 @@ handover_imports = Table(
     Column("imported", String(32), nullable=False),
 )
 
+RARE_WHERE = text("action IN ('keys.rotate-kek.done', 'keys.rotate-dek', 'vault.restore')")
 log = Table(
     "sv_log",
     metadata,
@@ -221,6 +223,8 @@ log = Table(
     Index("ix_sv_log_subject", "subject"),
     Index("ix_sv_log_actor_ts", "actor", "ts"),
     Index("ix_sv_log_ts", "ts"),
+    # Partial, rare actions: a query uses it only when it repeats RARE_WHERE's text.
+    Index("ix_sv_log_rare", "action", "seq", sqlite_where=RARE_WHERE, postgresql_where=RARE_WHERE),
     # Partial: reads (most entries) have no target and cost the index nothing.
     Index(
         "ix_sv_log_target",
@@ -367,6 +371,7 @@ class DataStore:
         for table in metadata.sorted_tables:  # and vault/routine_tables.py's
             if table.name.startswith(("sv_handover", "sv_backup_", "sv_req", "sv_con", "sv_not")):
                 table.create(conn, checkfirst=True)
+        next(i for i in log.indexes if i.name == "ix_sv_log_rare").create(conn, checkfirst=True)
 
     def has_schema(self) -> bool:
         try:
