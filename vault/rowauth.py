@@ -1,21 +1,10 @@
-"""Authenticated rows: the one place data-store rows get and pass their authenticators.
-
-Whoever can write the data store (a DBA, a backup operator, a compromised host) must
-not be able to change what the vault obeys (issue 16). Every row of ``sv_principals``,
-``sv_roles``, ``sv_kinds``, ``sv_customers`` and ``sv_records`` carries ``seq`` (the
-log seq of the entry that last changed it, written in the same transaction) and
-``auth``, ``HMAC-SHA-256(row-auth key, message)`` in hex, where ``message`` is the
-canonical encoding of the table name, every content column and ``seq``
-(:func:`message`; docs/rows.md specifies it). The row-auth key derives from the
-keystore's MAC seed (keys/rowauth.py), so a row written without the keystore's secret
-fails. A row put back whole from an older copy (authentic, but stale) is found by its
-``seq``: a later entry of the log changed that object (:func:`stale`, an index lookup
-on the log's ``target`` column, which chain verification checks against each entry's
-signed body).
-
-Every writer of those tables calls :func:`insert_rows` / :func:`update_rows` (or, on
-the record hot paths, :func:`record_auth`); every reader that acts on a row calls
-:func:`check_rows` first. A second copy of the encoding anywhere is a bug.
+"""Authenticated rows: the one place data-store rows get and pass their authenticators
+(docs/rows.md specifies the encoding; issue 16). Each authenticated row carries ``seq``
+(the log entry that last changed it) and ``auth = HMAC-SHA-256(row-auth key, message)``
+(:func:`message`), the key derived from the keystore's MAC seed; a stale row put back
+whole is found by its ``seq`` (:func:`stale`). Every writer calls :func:`insert_rows` /
+:func:`update_rows` (or :func:`record_auth` on the record hot paths); every reader that
+acts on a row calls :func:`check_rows` first. A second copy of the encoding is a bug.
 """
 
 from __future__ import annotations
@@ -77,45 +66,24 @@ LABEL = b"shredvault/row/v1"
 #: integer, ``b`` boolean, ``h`` the SHA-256 of the ciphertext of a record sealed
 #: before schema 3 (``aad_v`` 1; from ``aad_v`` 2 the AEAD binds the record version
 #: and the column encodes as null). The first column is the row's identity.
+# fmt: off
 SPECS: dict[str, tuple[tuple[str, str], ...]] = {
     "sv_kinds": (("name", "t"), ("spec", "t")),
     # one row: the audit report's running totals (k "audit_tally"; docs/rows.md)
     "sv_meta": (("k", "t"), ("v", "t")),
     "sv_roles": (("name", "t"), ("spec", "t"), ("created", "t")),
-    "sv_principals": (
-        ("name", "t"),
-        ("lookup", "t"),
-        ("role", "t"),
-        ("token_hash", "t"),
-        ("expires", "t"),
-        ("revoked", "b"),
-        ("created", "t"),
-    ),
-    "sv_customers": (
-        ("id", "t"),
-        ("ref", "t"),
-        ("state", "t"),
-        ("dek_version", "i"),
-        ("retain_until", "t"),
-        ("legal_hold", "b"),
-        ("consent", "t"),
-        ("created", "t"),
-        ("shredded", "t"),
-        ("shred_intent_seq", "i"),
-    ),
+    "sv_principals": (("name", "t"), ("lookup", "t"), ("role", "t"), ("token_hash", "t"),
+                      ("expires", "t"), ("revoked", "b"), ("created", "t")),
+    "sv_customers": (("id", "t"), ("ref", "t"), ("state", "t"), ("dek_version", "i"),
+                     ("retain_until", "t"), ("legal_hold", "b"), ("consent", "t"),
+                     ("created", "t"), ("shredded", "t"), ("shred_intent_seq", "i")),
     # (its created/updated times are display metadata, not authenticated: the log
     # holds the authentic times; docs/rows.md)
-    "sv_records": (
-        ("id", "t"),
-        ("customer_id", "t"),
-        ("kind", "t"),
-        ("version", "i"),
-        ("dek_version", "i"),
-        ("aad_v", "i"),
-        ("ciphertext", "h"),
-    ),
+    "sv_records": (("id", "t"), ("customer_id", "t"), ("kind", "t"), ("version", "i"),
+                   ("dek_version", "i"), ("aad_v", "i"), ("ciphertext", "h")),
     **ROUTINE_SPECS,
 }
+# fmt: on
 TABLES: dict[str, Table] = {
     t.name: t for t in (kinds, roles, principals, customers, records, *ROUTINE_TABLES)
 }

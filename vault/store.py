@@ -1,9 +1,8 @@
 """The data store: tables, engines and the one-writer transaction (DESIGN §2, §5, §6).
 
-SQLAlchemy Core only. Every transaction that the log records runs through
-:meth:`DataStore.run`: on SQLite it begins with ``BEGIN IMMEDIATE``; on PostgreSQL it
-takes a row lock on the log-head row first. Either way exactly one writer appends to
-the log at a time, and ``UNIQUE(seq)``/``UNIQUE(prev)`` make a fork impossible to commit.
+SQLAlchemy Core only. Every logged transaction runs through :meth:`DataStore.run`: on
+SQLite it begins with ``BEGIN IMMEDIATE``; on PostgreSQL it locks the log-head row first.
+Exactly one writer appends at a time; ``UNIQUE(seq)``/``UNIQUE(prev)`` forbid a fork.
 """
 
 from __future__ import annotations
