@@ -42,13 +42,16 @@ from .root import RootKeys, key_check_for, new_root, unlock_root
 from .rowauth import RowAuth
 from .secret import SecretBytes
 from .signing import Signer
-from .store import SCHEMA_VERSION, DekRow, KeyStore, KeystoreHeader
+from .store import SCHEMA_VERSION, SCRUB_DUE, DekRow, KeyStore, KeystoreHeader
 from .subkeys import SUBKEY_SIZE
 
-__all__ = ["SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing", "KeystoreUpgrade"]
+__all__ = ["SCRUB_EVERY", "SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing", "KeystoreUpgrade"]
 
 SUBJECT_TAG_SIZE = 16
-SCRUB_DUE = "scrub_due"  # keystore meta: deletions made that a scrub has not yet erased
+# A scrub epoch closes after this many customers destroyed in place (and at the next
+# unlock, and at the end of every bulk operation): the rebuild's cost, which grows with
+# the keystore, is shared by that many shreds (docs/keys.md, "Erasure in place").
+SCRUB_EVERY = 256
 
 
 @dataclass(slots=True)
@@ -329,16 +332,29 @@ class KeyRing:
         return salt
 
     def drop_receipt_salt(self, customer_id: str) -> None:
-        """Delete a customer's receipt salt once its receipt exists; scrub the keystore."""
+        """Delete a customer's receipt salt once its receipt exists, then truncate the
+        WAL. The salt table holds a row only while a shred is under way, so it stays one
+        page that never rebalances: ``secure_delete`` zeroes the deleted cell and the
+        truncation drops the WAL frames that held it; no rebuild is needed."""
         with self.store.transaction() as conn:
             gone = self.store.delete_receipt_salt(conn, customer_id)
-        if gone:
-            self._scrub()
+        if gone and not self._deferring:
+            self.store.erase_in_place()
 
     # -- scrubbing ---------------------------------------------------------------------
 
+    @property
+    def scrub_epoch(self) -> int:
+        """The keystore's open scrub epoch (docs/keys.md, "Erasure in place")."""
+        return self.store.scrub_epoch()
+
     def _scrub(self) -> None:
-        if not self._deferring:  # inside scrub_once, its end scrubs once for all
+        """After keys were destroyed in place: truncate the WAL (O(pages written)), and
+        close the scrub epoch once :data:`SCRUB_EVERY` customers wait for it."""
+        if self._deferring:  # inside scrub_once, its end scrubs once for all
+            return
+        self.store.erase_in_place()
+        if self.store.scrub_pending() >= SCRUB_EVERY:
             self.store.scrub()
 
     @contextmanager
@@ -364,13 +380,12 @@ class KeyRing:
             outcome.done = self.finish_pending_scrub()
 
     def finish_pending_scrub(self) -> bool:
-        """Scrub if a bulk deletion left the mark; True when no scrub is owed after."""
-        if self.store.get_meta(SCRUB_DUE) is None:
+        """Scrub if a bulk deletion or a crash left the mark, or customers destroyed in
+        place wait for their scrub epoch to close; True when no scrub is owed after."""
+        if not self.store.scrub_owed():
             return True
         try:
             self.store.scrub()
-            with self.store.transaction() as conn:
-                self.store.delete_meta(conn, SCRUB_DUE)
         except KeystoreError:
             return False
         return True
@@ -381,8 +396,10 @@ class KeyRing:
         return [fingerprint(r.wrapped) for r in rows]
 
     def destroy_customer(self, customer_id: str) -> list[str]:
-        """Delete every DEK version and the subject tag of a customer, then scrub the
-        keystore (``store.scrub``) so the deleted bytes leave its files. Returns
+        """Destroy every DEK version and the subject tag of a customer by overwriting
+        their cells in place, then truncate the WAL, so the bytes leave the keystore's
+        files before this returns, in time independent of the keystore's size
+        (docs/keys.md, "Erasure in place"). Returns
         fingerprints of what was destroyed (SHA-256 of the wrapped bytes). Idempotent:
         a second call returns []."""
         self.forget([customer_id])
@@ -421,7 +438,7 @@ class KeyRing:
         return version
 
     def drop_dek_versions(self, customer_id: str, below: int) -> list[str]:
-        """Delete a customer's DEK versions older than ``below``; scrub the keystore."""
+        """Destroy a customer's DEK versions older than ``below`` in place; truncate the WAL."""
         with self.store.transaction() as conn:
             rows = self.store.delete_dek_versions(conn, customer_id, below)
         self.forget([customer_id])

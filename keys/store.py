@@ -27,13 +27,38 @@ from .connection import (
 from .errors import DiskFaultError, KeystoreError, OutputExistsError
 from .files import create_empty
 
-__all__ = ["SCHEMA_VERSION", "DekRow", "KeyStore", "KeystoreHeader"]
+__all__ = [
+    "LAYOUT",
+    "LAYOUT_KEY",
+    "SCHEMA_VERSION",
+    "SCRUB_DUE",
+    "SCRUB_EPOCH",
+    "SCRUB_PENDING",
+    "DekRow",
+    "KeyStore",
+    "KeystoreHeader",
+]
 
 # 1: the root key itself wrapped the epochs and seeds and made the key-check value.
 # 2: subkeys of the root do (keys/subkeys.py), and a wrapped MAC seed (table mac_seed).
 SCHEMA_VERSION = 2
 _CHUNK = 500  # stays under SQLite's host-parameter limit
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+
+# Meta keys of the in-place erasure (docs/keys.md, "Erasure in place"). LAYOUT marks a
+# keystore whose key cells never move: no index holds a subject tag, rows are only
+# appended, and destroyed rows are overwritten in place with same-size filler.
+LAYOUT_KEY = "layout"
+LAYOUT = "in-place-v1"
+SCRUB_DUE = "scrub_due"  # a scrub was begun or is owed (a crash left it): finish it
+SCRUB_EPOCH = "scrub_epoch"  # the open scrub epoch: the next scrub closes it
+SCRUB_PENDING = "scrub_pending"  # customers destroyed in the open epoch
+# A destroyed row's customer id becomes this prefix and its row id in hex, padded to the
+# id's own length ('~' sorts after every real id, so live rows are ``< '~'``).
+_DESTROYED = "~"
+_LIVE = "customer_id < '~'"
+_MARKER = f"substr('{'~' * 40}' || printf('%x', rowid), -length(customer_id))"
+_FILLER_TS = f"substr('0000-00-00T00:00:00.000000Z{'~' * 40}', 1, length(created))"
 
 _MAC_SEED_TABLE = """CREATE TABLE IF NOT EXISTS mac_seed (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -60,7 +85,7 @@ CREATE TABLE deks (
     PRIMARY KEY (customer_id, version)
 );
 CREATE INDEX deks_by_epoch ON deks(epoch);
-CREATE TABLE subject_tags (customer_id TEXT PRIMARY KEY, tag BLOB NOT NULL UNIQUE);
+CREATE TABLE subject_tags (customer_id TEXT PRIMARY KEY, tag BLOB NOT NULL);
 CREATE TABLE signing (
     generation INTEGER PRIMARY KEY,
     wrapped BLOB NOT NULL,
@@ -143,6 +168,8 @@ class KeyStore:
                         ("key_check", header.key_check.hex()),
                         ("active_epoch", str(header.active_epoch)),
                         ("created", header.created),
+                        (LAYOUT_KEY, LAYOUT),
+                        (SCRUB_EPOCH, "1"),
                     ],
                 )
         except BaseException:
@@ -185,7 +212,37 @@ class KeyStore:
         if conn.execute("PRAGMA secure_delete").fetchone()[0] != 1:
             conn.close()
             raise KeystoreError("could not enable secure_delete on the keystore")
+        if store.get_meta(LAYOUT_KEY) != LAYOUT:
+            try:
+                store._convert_layout()
+            except BaseException:
+                conn.close()
+                raise
         return store
+
+    def _convert_layout(self) -> None:
+        """A keystore from before in-place erasure: its subject tags had a UNIQUE index,
+        whose B-tree moves tags between pages as it grows and leaves stale copies
+        behind. Rebuild that table without it (one transaction), then scrub once, so
+        from here on no key cell ever moves (docs/keys.md, "Erasure in place")."""
+        with self.transaction() as conn:
+            if self.get_meta(LAYOUT_KEY) == LAYOUT:
+                return  # another process converted it first
+            conn.execute(
+                "CREATE TABLE subject_tags_in_place "
+                "(customer_id TEXT PRIMARY KEY, tag BLOB NOT NULL)"
+            )
+            conn.execute(
+                "INSERT INTO subject_tags_in_place (customer_id, tag) "
+                "SELECT customer_id, tag FROM subject_tags ORDER BY rowid"
+            )
+            conn.execute("DROP TABLE subject_tags")
+            conn.execute("ALTER TABLE subject_tags_in_place RENAME TO subject_tags")
+            self.set_meta(conn, LAYOUT_KEY, LAYOUT)
+            if self.get_meta(SCRUB_EPOCH) is None:
+                self.set_meta(conn, SCRUB_EPOCH, "1")
+            self.set_meta(conn, SCRUB_DUE, "1")
+        self.scrub()
 
     def close(self) -> None:
         self._conn.close()
@@ -198,10 +255,43 @@ class KeyStore:
         return write_transaction(self._conn)
 
     def scrub(self, deadline_s: float = TRUNCATE_DEADLINE_S) -> None:
-        """Make deleted key bytes leave the keystore's file and WAL: ``VACUUM``, then
-        the WAL truncated (:func:`~keys.connection.scrub_deleted` says why both).
+        """Close the scrub epoch: delete the rows destroyed in place, rebuild the file
+        from the live rows (``VACUUM``) and truncate the WAL
+        (:func:`~keys.connection.scrub_deleted` says why both), then open the next
+        epoch. A mark set first stays until the rebuild is done, so a crash between
+        leaves a scrub that the next unlock finishes. Cost grows with the keystore:
+        erasure itself never waits for it (:meth:`erase_in_place`).
         Raises :class:`KeystoreError` if the keystore stays busy or cannot be written."""
+        with self.transaction() as conn:
+            conn.execute(f"DELETE FROM deks WHERE customer_id >= '{_DESTROYED}'")
+            conn.execute(f"DELETE FROM subject_tags WHERE customer_id >= '{_DESTROYED}'")
+            self.set_meta(conn, SCRUB_DUE, "1")
         scrub_deleted(self._conn, deadline_s)
+        with self.transaction() as conn:
+            self.delete_meta(conn, SCRUB_DUE)
+            self.delete_meta(conn, SCRUB_PENDING)
+            self.set_meta(conn, SCRUB_EPOCH, str(self.scrub_epoch() + 1))
+        truncate_wal(self._conn, deadline_s)
+
+    def erase_in_place(self, deadline_s: float = TRUNCATE_DEADLINE_S) -> None:
+        """After key rows were overwritten in place (:meth:`destroy_customer`): copy the
+        WAL into the file and truncate it, so the overwritten cells replace the old
+        ones in the file and no WAL frame keeps an old page. Cost: the pages written
+        since the last checkpoint, not the keystore's size.
+        Raises :class:`KeystoreError` if another process keeps the WAL open."""
+        truncate_wal(self._conn, deadline_s)
+
+    def scrub_epoch(self) -> int:
+        """The open scrub epoch (1 for a keystore that never closed one)."""
+        return int(self.get_meta(SCRUB_EPOCH) or 1)
+
+    def scrub_pending(self) -> int:
+        """Customers destroyed in place in the open scrub epoch."""
+        return int(self.get_meta(SCRUB_PENDING) or 0)
+
+    def scrub_owed(self) -> bool:
+        """Whether a scrub was begun and not finished, or rows wait for one."""
+        return self.get_meta(SCRUB_DUE) is not None or self.scrub_pending() > 0
 
     def checkpoint_truncate(self, deadline_s: float = TRUNCATE_DEADLINE_S) -> None:
         """Copy the WAL into the file and truncate it, retrying until ``deadline_s``;
@@ -253,7 +343,8 @@ class KeyStore:
     def epoch_rows(self) -> list[tuple[int, str, int]]:
         """(epoch, created, DEK count) for every epoch."""
         rows = self._conn.execute(
-            "SELECT e.epoch, e.created, (SELECT COUNT(*) FROM deks d WHERE d.epoch = e.epoch) "
+            "SELECT e.epoch, e.created, (SELECT COUNT(*) FROM deks d WHERE d.epoch = e.epoch "
+            f"AND d.{_LIVE}) "
             "FROM kek_epochs e ORDER BY e.epoch"
         )
         return [(int(e), str(c), int(n)) for e, c, n in rows]
@@ -345,17 +436,42 @@ class KeyStore:
         )
 
     def delete_customer(self, conn: sqlite3.Connection, customer_id: str) -> list[DekRow]:
-        """Delete every DEK version and the subject tag of one customer; return what went."""
+        """Destroy every DEK version and the subject tag of one customer in place
+        (:meth:`_overwrite`); return what went. The rows stay, holding filler, until
+        the scrub epoch closes (:meth:`scrub`); no query sees them meanwhile."""
+        rows = self._overwrite(conn, "customer_id = ?", (customer_id,))
+        found = conn.execute(
+            f"UPDATE subject_tags SET customer_id = {_MARKER}, tag = zeroblob(length(tag)) "
+            "WHERE customer_id = ?",
+            (customer_id,),
+        ).rowcount
+        if rows or found:
+            pending = self.scrub_pending() + 1
+            self.set_meta(conn, SCRUB_PENDING, str(pending))
+        return rows
+
+    def _overwrite(
+        self, conn: sqlite3.Connection, where: str, params: tuple[object, ...]
+    ) -> list[DekRow]:
+        """Overwrite DEK rows in place: every byte of the wrapped key becomes zero, the
+        customer id a marker of the same length, the creation time filler of the same
+        length. A record of the same size is rewritten in its own cell (SQLite's
+        overwrite of an equal-sized cell), so no copy is left where it was; deleting
+        it instead could rebalance the page and leave copies of its neighbours in
+        unallocated space (docs/keys.md, "Erasure in place")."""
         rows = [
             DekRow(str(c), int(v), int(e), bytes(w), str(t))
             for c, v, e, w, t in conn.execute(
-                "SELECT customer_id, version, epoch, wrapped, created FROM deks "
-                "WHERE customer_id = ?",
-                (customer_id,),
+                f"SELECT customer_id, version, epoch, wrapped, created FROM deks WHERE {where}",
+                params,
             )
         ]
-        conn.execute("DELETE FROM deks WHERE customer_id = ?", (customer_id,))
-        conn.execute("DELETE FROM subject_tags WHERE customer_id = ?", (customer_id,))
+        if rows:
+            conn.execute(
+                f"UPDATE deks SET customer_id = {_MARKER}, wrapped = zeroblob(length(wrapped)), "
+                f"created = {_FILLER_TS} WHERE {where}",
+                params,
+            )
         return rows
 
     def deks_outside_epoch(self, epoch: int, limit: int) -> list[DekRow]:
@@ -363,7 +479,7 @@ class KeyStore:
         found through the epoch index rather than a scan."""
         rows = self._conn.execute(
             "SELECT customer_id, version, epoch, wrapped, created FROM deks "
-            "WHERE epoch < ? LIMIT ?",
+            f"WHERE epoch < ? AND {_LIVE} LIMIT ?",
             (epoch, limit),
         )
         return [DekRow(str(c), int(v), int(e), bytes(w), str(t)) for c, v, e, w, t in rows]
@@ -372,6 +488,9 @@ class KeyStore:
         self, conn: sqlite3.Connection, updates: list[tuple[int, bytes, str, int, int]]
     ) -> None:
         """(new epoch, new wrapped, customer, version, old epoch) for each DEK."""
+        # A new epoch number may take more bytes than the old: such a row is rewritten
+        # elsewhere, which can move its neighbours. The rotation's end scrubs.
+        self.set_meta(conn, SCRUB_DUE, "1")
         conn.executemany(
             "UPDATE deks SET epoch = ?, wrapped = ? "
             "WHERE customer_id = ? AND version = ? AND epoch = ?",
@@ -379,36 +498,37 @@ class KeyStore:
         )
 
     def delete_epoch(self, conn: sqlite3.Connection, epoch: int) -> bytes | None:
+        """Delete an epoch and the rows destroyed in place under it (filler); the
+        caller scrubs the keystore afterwards."""
+        destroyed = f"DELETE FROM deks WHERE epoch = ? AND customer_id >= '{_DESTROYED}'"
+        conn.execute(destroyed, (epoch,))
         row = conn.execute("SELECT wrapped FROM kek_epochs WHERE epoch = ?", (epoch,)).fetchone()
         conn.execute("DELETE FROM kek_epochs WHERE epoch = ?", (epoch,))
         return None if row is None else bytes(row[0])
 
     def dek_counts(self) -> dict[int, int]:
-        rows = self._conn.execute("SELECT epoch, COUNT(*) FROM deks GROUP BY epoch")
+        rows = self._conn.execute(f"SELECT epoch, COUNT(*) FROM deks WHERE {_LIVE} GROUP BY epoch")
         return {int(e): int(n) for e, n in rows}
 
     def oldest_dek(self) -> str | None:
-        row = self._conn.execute("SELECT MIN(created) FROM deks").fetchone()
+        row = self._conn.execute(f"SELECT MIN(created) FROM deks WHERE {_LIVE}").fetchone()
         return None if row is None or row[0] is None else str(row[0])
 
     def deks_created_before(self, moment: str) -> list[str]:
         rows = self._conn.execute(
-            "SELECT customer_id FROM deks GROUP BY customer_id HAVING MAX(created) < ?", (moment,)
+            f"SELECT customer_id FROM deks WHERE {_LIVE} GROUP BY customer_id "
+            "HAVING MAX(created) < ?",
+            (moment,),
         )
         return [str(r[0]) for r in rows]
 
     def delete_dek_versions(
         self, conn: sqlite3.Connection, customer_id: str, below: int
     ) -> list[DekRow]:
-        rows = [
-            DekRow(str(c), int(v), int(e), bytes(w), str(t))
-            for c, v, e, w, t in conn.execute(
-                "SELECT customer_id, version, epoch, wrapped, created FROM deks "
-                "WHERE customer_id = ? AND version < ?",
-                (customer_id, below),
-            )
-        ]
-        conn.execute("DELETE FROM deks WHERE customer_id = ? AND version < ?", (customer_id, below))
+        """Destroy a customer's DEK versions below ``below`` in place (:meth:`_overwrite`)."""
+        rows = self._overwrite(conn, "customer_id = ? AND version < ?", (customer_id, below))
+        if rows:
+            self.set_meta(conn, SCRUB_PENDING, str(self.scrub_pending() + 1))
         return rows
 
     def replace_root_wrapped(
@@ -473,7 +593,7 @@ class KeyStore:
         return [str(r[0]) for r in self._conn.execute("SELECT customer_id FROM receipt_salts")]
 
     def count_deks(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM deks").fetchone()[0])
+        return int(self._conn.execute(f"SELECT COUNT(*) FROM deks WHERE {_LIVE}").fetchone()[0])
 
     def delete_all_keys(self, conn: sqlite3.Connection) -> tuple[dict[int, bytes], int, int]:
         """Delete every DEK, subject tag, receipt salt and KEK epoch (decommission);
