@@ -867,3 +867,48 @@ def test_unlock_refuses_a_keystore_whose_public_key_was_replaced(
             KeyRing.unlock(store, keyfile_key=keyfile_key)
     finally:
         store.close()
+
+
+def test_a_keystore_from_before_erasure_in_place_is_converted_at_open(
+    ring: KeyRing, keys_db: Path, keyfile_key: SecretBytes
+) -> None:
+    tags = ring.create_customers([customer(i) for i in range(300)], CREATED)
+    ring.close()
+    with closing(sqlite3.connect(keys_db, isolation_level=None)) as conn:  # the old layout
+        conn.executescript(
+            "BEGIN; CREATE TABLE old_tags (customer_id TEXT PRIMARY KEY, tag BLOB NOT NULL UNIQUE);"
+            "INSERT INTO old_tags SELECT customer_id, tag FROM subject_tags;"
+            "DROP TABLE subject_tags; ALTER TABLE old_tags RENAME TO subject_tags;"
+            "DELETE FROM meta WHERE k IN ('layout', 'scrub_epoch'); COMMIT;"
+        )
+    reopened = reopen_with_keyfile(keys_db, keyfile_key)
+    try:
+        assert reopened.store.get_meta("layout") == "in-place-v1"
+        assert reopened.store.scrub_epoch() == 2  # converted, then scrubbed once
+        assert reopened.store.subject_tags(list(tags)) == tags
+        indexes = reopened.store._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'subject_tags'"
+        ).fetchall()
+        assert indexes == [("sqlite_autoindex_subject_tags_1",)]  # the customer id only
+        assert reopened.store.customers_for_tags([tags[customer(7)]]) == {
+            tags[customer(7)]: customer(7)
+        }
+    finally:
+        reopened.close()
+
+
+def test_destroyed_rows_are_invisible_until_the_scrub_removes_them(ring: KeyRing) -> None:
+    ring.create_customers([customer(1), customer(2)], CREATED)
+    ring.destroy_customer(customer(1))
+    store = ring.store
+    assert store.count_deks() == 1 and store.scrub_pending() == 1
+    assert store.dek_counts() == {1: 1}
+    assert store.deks_created_before("9999") == [customer(2)]
+    assert store.deks_outside_epoch(2, 10) == [store.deks([customer(2)])[0]]
+    raw = store._conn.execute("SELECT customer_id, wrapped, created FROM deks").fetchall()
+    destroyed = [r for r in raw if r[0] != customer(2)]
+    assert len(destroyed) == 1 and destroyed[0][0].startswith("~")
+    assert len(destroyed[0][0]) == len(customer(1)) and set(destroyed[0][1]) == {0}
+    ring.finish_pending_scrub()
+    assert store._conn.execute("SELECT COUNT(*) FROM deks").fetchone() == (1,)
+    assert store.scrub_pending() == 0 and store.scrub_epoch() == 2
