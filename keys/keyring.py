@@ -45,13 +45,29 @@ from .signing import Signer
 from .store import SCHEMA_VERSION, SCRUB_DUE, DekRow, KeyStore, KeystoreHeader
 from .subkeys import SUBKEY_SIZE
 
-__all__ = ["SCRUB_EVERY", "SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing", "KeystoreUpgrade"]
+__all__ = [
+    "SCRUB_EVERY_MAX",
+    "SUBJECT_TAG_SIZE",
+    "CustomerKeys",
+    "KeyRing",
+    "KeystoreUpgrade",
+    "scrub_every",
+]
 
 SUBJECT_TAG_SIZE = 16
-# A scrub epoch closes after this many customers destroyed in place (and at the next
-# unlock, and at the end of every bulk operation): the rebuild's cost, which grows with
-# the keystore, is shared by that many shreds (docs/keys.md, "Erasure in place").
-SCRUB_EVERY = 256
+# A scrub epoch closes after scrub_every(keys) customers destroyed in place (and at the
+# next unlock, and at the end of every bulk operation): one per KEYS_PER_SHRED keys held,
+# so the rebuild, whose cost grows with the keystore, costs each shred about as much as
+# rewriting that many keys, whatever the size (docs/keys.md, "Erasure in place").
+KEYS_PER_SHRED = 400
+SCRUB_EVERY_MAX = 1024
+
+
+def scrub_every(keys: int) -> int:
+    """How many customers destroyed in place close a scrub epoch, in a keystore that
+    holds about ``keys`` customers' keys: 1 up to 800 keys, then one per 400 keys, at
+    most :data:`SCRUB_EVERY_MAX`."""
+    return max(1, min(SCRUB_EVERY_MAX, keys // KEYS_PER_SHRED))
 
 
 @dataclass(slots=True)
@@ -350,11 +366,11 @@ class KeyRing:
 
     def _scrub(self) -> None:
         """After keys were destroyed in place: truncate the WAL (O(pages written)), and
-        close the scrub epoch once :data:`SCRUB_EVERY` customers wait for it."""
+        close the scrub epoch once :func:`scrub_every` customers wait for it."""
         if self._deferring:  # inside scrub_once, its end scrubs once for all
             return
         self.store.erase_in_place()
-        if self.store.scrub_pending() >= SCRUB_EVERY:
+        if self.store.scrub_pending() >= scrub_every(self.store.size_estimate()):
             self.store.scrub()
 
     @contextmanager

@@ -289,6 +289,12 @@ class KeyStore:
         """Customers destroyed in place in the open scrub epoch."""
         return int(self.get_meta(SCRUB_PENDING) or 0)
 
+    def size_estimate(self) -> int:
+        """About how many customers' keys the keystore holds (the newest rowid of the
+        subject tags: O(log n), counting rows destroyed since the last scrub)."""
+        row = self._conn.execute("SELECT max(rowid) FROM subject_tags").fetchone()
+        return int(row[0] or 0)
+
     def scrub_owed(self) -> bool:
         """Whether a scrub was begun and not finished, or rows wait for one."""
         return self.get_meta(SCRUB_DUE) is not None or self.scrub_pending() > 0

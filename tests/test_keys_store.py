@@ -34,6 +34,7 @@ from shredvault.keys import (
     verify_signature,
 )
 from shredvault.keys.envelope import blob_key_version, dek_aad, kek_aad
+from shredvault.keys.keyring import scrub_every
 from shredvault.keys.store import SCHEMA_VERSION, DekRow, KeystoreHeader
 from shredvault.keys.subkeys import ROOT_WRAP, derive_subkey
 
@@ -583,12 +584,13 @@ def test_destroyed_keys_leave_no_bytes_in_keys_db_or_its_wal_and_shm_among_2000_
 
 
 def test_key_cells_never_move_so_shreds_among_inserts_leave_no_stale_copy(
-    ring: KeyRing, keys_db: Path
+    ring: KeyRing, keys_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Erasure in place: rows are only appended and destroyed rows are overwritten in
     their own cells, and no index holds a subject tag, so a live customer's wrapped DEK
     and tag sit in the file exactly once and a destroyed one's nowhere, however the
     keystore grows between shreds, with no rebuild (compare the control below)."""
+    monkeypatch.setattr("shredvault.keys.keyring.scrub_every", lambda keys: 10**9)
     ids: list[str] = []
     destroyed: dict[str, tuple[bytes, bytes]] = {}
     for batch in range(30):
@@ -897,7 +899,10 @@ def test_a_keystore_from_before_erasure_in_place_is_converted_at_open(
         reopened.close()
 
 
-def test_destroyed_rows_are_invisible_until_the_scrub_removes_them(ring: KeyRing) -> None:
+def test_destroyed_rows_are_invisible_until_the_scrub_removes_them(
+    ring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shredvault.keys.keyring.scrub_every", lambda keys: 10**9)
     ring.create_customers([customer(1), customer(2)], CREATED)
     ring.destroy_customer(customer(1))
     store = ring.store
@@ -912,3 +917,19 @@ def test_destroyed_rows_are_invisible_until_the_scrub_removes_them(ring: KeyRing
     ring.finish_pending_scrub()
     assert store._conn.execute("SELECT COUNT(*) FROM deks").fetchone() == (1,)
     assert store.scrub_pending() == 0 and store.scrub_epoch() == 2
+
+
+def test_a_scrub_epoch_closes_after_one_shred_per_400_keys_held(ring: KeyRing) -> None:
+    assert [scrub_every(n) for n in (0, 100, 800, 1_200, 100_000, 10**7)] == [
+        1,
+        1,
+        2,
+        3,
+        250,
+        1024,
+    ]
+    ring.create_customers([customer(i) for i in range(1_200)], CREATED)
+    for i in range(3):
+        assert ring.store.scrub_epoch() == 1
+        ring.destroy_customer(customer(i))
+    assert ring.store.scrub_epoch() == 2 and ring.store.scrub_pending() == 0

@@ -241,8 +241,10 @@ def shred_among_inserts(v: Vault, customers: int, shreds: int) -> tuple[dict[str
     ids=["2k", "10k"],
 )
 def test_shreds_among_inserts_leave_no_key_material_without_any_rebuild(
-    tmp_path: Path, keyfile: Path, customers: int, shreds: int
+    tmp_path: Path, keyfile: Path, customers: int, shreds: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # No scrub epoch closes during the run: erasure in place alone must do it.
+    monkeypatch.setattr("shredvault.keys.keyring.scrub_every", lambda keys: 10**9)
     with Vault.create(tmp_path / "vault", keyfile=keyfile) as v:
         v.declare_kind("profile", fields=["name"], purposes=[PURPOSE])
         epoch = v._ctx.keys.scrub_epoch
@@ -256,8 +258,9 @@ def test_shreds_among_inserts_leave_no_key_material_without_any_rebuild(
 
 
 def test_the_scrub_epoch_closes_at_the_next_open_and_removes_the_filler_rows(
-    tmp_path: Path, keyfile: Path
+    tmp_path: Path, keyfile: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("shredvault.keys.keyring.scrub_every", lambda keys: 10**9)
     with Vault.create(tmp_path / "vault", keyfile=keyfile) as v:
         s = v.admin()
         cid = s.add_customer()
