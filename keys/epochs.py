@@ -358,7 +358,7 @@ class KekEpochs:
         moved row leaves a copy of its old bytes in the page it left."""
         with self.store.transaction() as conn:
             self.store.delete_meta(conn, "rotating_to")
-        if self.store.scrub_owed():
+        if self.store.scrub_state().owed:
             self.store.scrub()
 
     def rewrap_batch(self, limit: int = 2000) -> int:

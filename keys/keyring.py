@@ -35,6 +35,7 @@ from .envelope import (
     signing_seed_aad,
 )
 from .epochs import KekEpochs, KeystoreUpgrade
+from .erasure import SCRUB_DUE
 from .errors import DecryptionError, KeystoreError
 from .faults import crash_point
 from .kdf import KdfParams
@@ -42,32 +43,12 @@ from .root import RootKeys, key_check_for, new_root, unlock_root
 from .rowauth import RowAuth
 from .secret import SecretBytes
 from .signing import Signer
-from .store import SCHEMA_VERSION, SCRUB_DUE, DekRow, KeyStore, KeystoreHeader
+from .store import SCHEMA_VERSION, DekRow, KeyStore, KeystoreHeader
 from .subkeys import SUBKEY_SIZE
 
-__all__ = [
-    "SCRUB_EVERY_MAX",
-    "SUBJECT_TAG_SIZE",
-    "CustomerKeys",
-    "KeyRing",
-    "KeystoreUpgrade",
-    "scrub_every",
-]
+__all__ = ["SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing", "KeystoreUpgrade"]
 
 SUBJECT_TAG_SIZE = 16
-# A scrub epoch closes after scrub_every(keys) customers destroyed in place (and at the
-# next unlock, and at the end of every bulk operation): one per KEYS_PER_SHRED keys held,
-# so the rebuild, whose cost grows with the keystore, costs each shred about as much as
-# rewriting that many keys, whatever the size (docs/keys.md, "Erasure in place").
-KEYS_PER_SHRED = 400
-SCRUB_EVERY_MAX = 1024
-
-
-def scrub_every(keys: int) -> int:
-    """How many customers destroyed in place close a scrub epoch, in a keystore that
-    holds about ``keys`` customers' keys: 1 up to 800 keys, then one per 400 keys, at
-    most :data:`SCRUB_EVERY_MAX`."""
-    return max(1, min(SCRUB_EVERY_MAX, keys // KEYS_PER_SHRED))
 
 
 @dataclass(slots=True)
@@ -362,15 +343,16 @@ class KeyRing:
     @property
     def scrub_epoch(self) -> int:
         """The keystore's open scrub epoch (docs/keys.md, "Erasure in place")."""
-        return self.store.scrub_epoch()
+        return self.store.scrub_state().epoch
 
     def _scrub(self) -> None:
         """After keys were destroyed in place: truncate the WAL (O(pages written)), and
-        close the scrub epoch once :func:`scrub_every` customers wait for it."""
+        close the scrub epoch once its share of customers wait for it
+        (:func:`~keys.erasure.scrub_every`)."""
         if self._deferring:  # inside scrub_once, its end scrubs once for all
             return
         self.store.erase_in_place()
-        if self.store.scrub_pending() >= scrub_every(self.store.size_estimate()):
+        if self.store.scrub_state().full:
             self.store.scrub()
 
     @contextmanager
@@ -398,7 +380,7 @@ class KeyRing:
     def finish_pending_scrub(self) -> bool:
         """Scrub if a bulk deletion or a crash left the mark, or customers destroyed in
         place wait for their scrub epoch to close; True when no scrub is owed after."""
-        if not self.store.scrub_owed():
+        if not self.store.scrub_state().owed:
             return True
         try:
             self.store.scrub()

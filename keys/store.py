@@ -16,49 +16,24 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import erasure
 from .connection import (
     TRUNCATE_DEADLINE_S,
     connect,
     keystore_error,
-    scrub_deleted,
     truncate_wal,
     write_transaction,
 )
 from .errors import DiskFaultError, KeystoreError, OutputExistsError
 from .files import create_empty
 
-__all__ = [
-    "LAYOUT",
-    "LAYOUT_KEY",
-    "SCHEMA_VERSION",
-    "SCRUB_DUE",
-    "SCRUB_EPOCH",
-    "SCRUB_PENDING",
-    "DekRow",
-    "KeyStore",
-    "KeystoreHeader",
-]
+__all__ = ["SCHEMA_VERSION", "DekRow", "KeyStore", "KeystoreHeader"]
 
 # 1: the root key itself wrapped the epochs and seeds and made the key-check value.
 # 2: subkeys of the root do (keys/subkeys.py), and a wrapped MAC seed (table mac_seed).
 SCHEMA_VERSION = 2
 _CHUNK = 500  # stays under SQLite's host-parameter limit
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-
-# Meta keys of the in-place erasure (docs/keys.md, "Erasure in place"). LAYOUT marks a
-# keystore whose key cells never move: no index holds a subject tag, rows are only
-# appended, and destroyed rows are overwritten in place with same-size filler.
-LAYOUT_KEY = "layout"
-LAYOUT = "in-place-v1"
-SCRUB_DUE = "scrub_due"  # a scrub was begun or is owed (a crash left it): finish it
-SCRUB_EPOCH = "scrub_epoch"  # the open scrub epoch: the next scrub closes it
-SCRUB_PENDING = "scrub_pending"  # customers destroyed in the open epoch
-# A destroyed row's customer id becomes this prefix and its row id in hex, padded to the
-# id's own length ('~' sorts after every real id, so live rows are ``< '~'``).
-_DESTROYED = "~"
-_LIVE = "customer_id < '~'"
-_MARKER = f"substr('{'~' * 40}' || printf('%x', rowid), -length(customer_id))"
-_FILLER_TS = f"substr('0000-00-00T00:00:00.000000Z{'~' * 40}', 1, length(created))"
 
 _MAC_SEED_TABLE = """CREATE TABLE IF NOT EXISTS mac_seed (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -168,8 +143,8 @@ class KeyStore:
                         ("key_check", header.key_check.hex()),
                         ("active_epoch", str(header.active_epoch)),
                         ("created", header.created),
-                        (LAYOUT_KEY, LAYOUT),
-                        (SCRUB_EPOCH, "1"),
+                        (erasure.LAYOUT_KEY, erasure.LAYOUT),
+                        (erasure.SCRUB_EPOCH, "1"),
                     ],
                 )
         except BaseException:
@@ -212,37 +187,13 @@ class KeyStore:
         if conn.execute("PRAGMA secure_delete").fetchone()[0] != 1:
             conn.close()
             raise KeystoreError("could not enable secure_delete on the keystore")
-        if store.get_meta(LAYOUT_KEY) != LAYOUT:
+        if store.get_meta(erasure.LAYOUT_KEY) != erasure.LAYOUT:
             try:
-                store._convert_layout()
+                erasure.convert_layout(conn, TRUNCATE_DEADLINE_S)
             except BaseException:
                 conn.close()
                 raise
         return store
-
-    def _convert_layout(self) -> None:
-        """A keystore from before in-place erasure: its subject tags had a UNIQUE index,
-        whose B-tree moves tags between pages as it grows and leaves stale copies
-        behind. Rebuild that table without it (one transaction), then scrub once, so
-        from here on no key cell ever moves (docs/keys.md, "Erasure in place")."""
-        with self.transaction() as conn:
-            if self.get_meta(LAYOUT_KEY) == LAYOUT:
-                return  # another process converted it first
-            conn.execute(
-                "CREATE TABLE subject_tags_in_place "
-                "(customer_id TEXT PRIMARY KEY, tag BLOB NOT NULL)"
-            )
-            conn.execute(
-                "INSERT INTO subject_tags_in_place (customer_id, tag) "
-                "SELECT customer_id, tag FROM subject_tags ORDER BY rowid"
-            )
-            conn.execute("DROP TABLE subject_tags")
-            conn.execute("ALTER TABLE subject_tags_in_place RENAME TO subject_tags")
-            self.set_meta(conn, LAYOUT_KEY, LAYOUT)
-            if self.get_meta(SCRUB_EPOCH) is None:
-                self.set_meta(conn, SCRUB_EPOCH, "1")
-            self.set_meta(conn, SCRUB_DUE, "1")
-        self.scrub()
 
     def close(self) -> None:
         self._conn.close()
@@ -255,55 +206,24 @@ class KeyStore:
         return write_transaction(self._conn)
 
     def scrub(self, deadline_s: float = TRUNCATE_DEADLINE_S) -> None:
-        """Close the scrub epoch: delete the rows destroyed in place, rebuild the file
-        from the live rows (``VACUUM``) and truncate the WAL
-        (:func:`~keys.connection.scrub_deleted` says why both), then open the next
-        epoch. A mark set first stays until the rebuild is done, so a crash between
-        leaves a scrub that the next unlock finishes. Cost grows with the keystore:
-        erasure itself never waits for it (:meth:`erase_in_place`).
-        Raises :class:`KeystoreError` if the keystore stays busy or cannot be written."""
-        with self.transaction() as conn:
-            conn.execute(f"DELETE FROM deks WHERE customer_id >= '{_DESTROYED}'")
-            conn.execute(f"DELETE FROM subject_tags WHERE customer_id >= '{_DESTROYED}'")
-            self.set_meta(conn, SCRUB_DUE, "1")
-        scrub_deleted(self._conn, deadline_s)
-        with self.transaction() as conn:
-            self.delete_meta(conn, SCRUB_DUE)
-            self.delete_meta(conn, SCRUB_PENDING)
-            self.set_meta(conn, SCRUB_EPOCH, str(self.scrub_epoch() + 1))
-        truncate_wal(self._conn, deadline_s)
+        """Close the scrub epoch (:func:`~keys.erasure.close_scrub_epoch`): filler rows
+        deleted, file rebuilt, WAL truncated; :class:`KeystoreError` if busy."""
+        erasure.close_scrub_epoch(self._conn, deadline_s)
 
-    def erase_in_place(self, deadline_s: float = TRUNCATE_DEADLINE_S) -> None:
-        """After key rows were overwritten in place (:meth:`destroy_customer`): copy the
-        WAL into the file and truncate it, so the overwritten cells replace the old
-        ones in the file and no WAL frame keeps an old page. Cost: the pages written
-        since the last checkpoint, not the keystore's size.
-        Raises :class:`KeystoreError` if another process keeps the WAL open."""
-        truncate_wal(self._conn, deadline_s)
-
-    def scrub_epoch(self) -> int:
-        """The open scrub epoch (1 for a keystore that never closed one)."""
-        return int(self.get_meta(SCRUB_EPOCH) or 1)
-
-    def scrub_pending(self) -> int:
-        """Customers destroyed in place in the open scrub epoch."""
-        return int(self.get_meta(SCRUB_PENDING) or 0)
-
-    def size_estimate(self) -> int:
-        """About how many customers' keys the keystore holds (the newest rowid of the
-        subject tags: O(log n), counting rows destroyed since the last scrub)."""
-        row = self._conn.execute("SELECT max(rowid) FROM subject_tags").fetchone()
-        return int(row[0] or 0)
-
-    def scrub_owed(self) -> bool:
-        """Whether a scrub was begun and not finished, or rows wait for one."""
-        return self.get_meta(SCRUB_DUE) is not None or self.scrub_pending() > 0
+    def scrub_state(self) -> erasure.ScrubState:
+        """Where the scrub epoch stands (:func:`~keys.erasure.scrub_state`)."""
+        return erasure.scrub_state(self._conn)
 
     def checkpoint_truncate(self, deadline_s: float = TRUNCATE_DEADLINE_S) -> None:
         """Copy the WAL into the file and truncate it, retrying until ``deadline_s``;
         :class:`KeystoreError` if another process keeps it open
-        (:func:`~keys.connection.truncate_wal`)."""
+        (:func:`~keys.connection.truncate_wal`). After key rows were overwritten in
+        place this is their erasure (``erase_in_place``): the file's pages get the
+        filler and no WAL frame keeps an old page; cost: the pages written since the
+        last checkpoint, not the keystore's size."""
         truncate_wal(self._conn, deadline_s)
+
+    erase_in_place = checkpoint_truncate
 
     # -- header ----------------------------------------------------------------------
 
@@ -350,7 +270,7 @@ class KeyStore:
         """(epoch, created, DEK count) for every epoch."""
         rows = self._conn.execute(
             "SELECT e.epoch, e.created, (SELECT COUNT(*) FROM deks d WHERE d.epoch = e.epoch "
-            f"AND d.{_LIVE}) "
+            f"AND d.{erasure.LIVE}) "
             "FROM kek_epochs e ORDER BY e.epoch"
         )
         return [(int(e), str(c), int(n)) for e, c, n in rows]
@@ -443,41 +363,11 @@ class KeyStore:
 
     def delete_customer(self, conn: sqlite3.Connection, customer_id: str) -> list[DekRow]:
         """Destroy every DEK version and the subject tag of one customer in place
-        (:meth:`_overwrite`); return what went. The rows stay, holding filler, until
+        (:mod:`keys.erasure`); return what went. The rows stay, holding filler, until
         the scrub epoch closes (:meth:`scrub`); no query sees them meanwhile."""
-        rows = self._overwrite(conn, "customer_id = ?", (customer_id,))
-        found = conn.execute(
-            f"UPDATE subject_tags SET customer_id = {_MARKER}, tag = zeroblob(length(tag)) "
-            "WHERE customer_id = ?",
-            (customer_id,),
-        ).rowcount
-        if rows or found:
-            pending = self.scrub_pending() + 1
-            self.set_meta(conn, SCRUB_PENDING, str(pending))
-        return rows
-
-    def _overwrite(
-        self, conn: sqlite3.Connection, where: str, params: tuple[object, ...]
-    ) -> list[DekRow]:
-        """Overwrite DEK rows in place: every byte of the wrapped key becomes zero, the
-        customer id a marker of the same length, the creation time filler of the same
-        length. A record of the same size is rewritten in its own cell (SQLite's
-        overwrite of an equal-sized cell), so no copy is left where it was; deleting
-        it instead could rebalance the page and leave copies of its neighbours in
-        unallocated space (docs/keys.md, "Erasure in place")."""
-        rows = [
-            DekRow(str(c), int(v), int(e), bytes(w), str(t))
-            for c, v, e, w, t in conn.execute(
-                f"SELECT customer_id, version, epoch, wrapped, created FROM deks WHERE {where}",
-                params,
-            )
-        ]
-        if rows:
-            conn.execute(
-                f"UPDATE deks SET customer_id = {_MARKER}, wrapped = zeroblob(length(wrapped)), "
-                f"created = {_FILLER_TS} WHERE {where}",
-                params,
-            )
+        rows = [DekRow(*r) for r in erasure.overwrite_deks(conn, "customer_id = ?", (customer_id,))]
+        if erasure.overwrite_tag(conn, customer_id) or rows:
+            erasure.note_destroyed(conn)
         return rows
 
     def deks_outside_epoch(self, epoch: int, limit: int) -> list[DekRow]:
@@ -485,7 +375,7 @@ class KeyStore:
         found through the epoch index rather than a scan."""
         rows = self._conn.execute(
             "SELECT customer_id, version, epoch, wrapped, created FROM deks "
-            f"WHERE epoch < ? AND {_LIVE} LIMIT ?",
+            f"WHERE epoch < ? AND {erasure.LIVE} LIMIT ?",
             (epoch, limit),
         )
         return [DekRow(str(c), int(v), int(e), bytes(w), str(t)) for c, v, e, w, t in rows]
@@ -496,7 +386,7 @@ class KeyStore:
         """(new epoch, new wrapped, customer, version, old epoch) for each DEK."""
         # A new epoch number may take more bytes than the old: such a row is rewritten
         # elsewhere, which can move its neighbours. The rotation's end scrubs.
-        self.set_meta(conn, SCRUB_DUE, "1")
+        self.set_meta(conn, erasure.SCRUB_DUE, "1")
         conn.executemany(
             "UPDATE deks SET epoch = ?, wrapped = ? "
             "WHERE customer_id = ? AND version = ? AND epoch = ?",
@@ -506,23 +396,24 @@ class KeyStore:
     def delete_epoch(self, conn: sqlite3.Connection, epoch: int) -> bytes | None:
         """Delete an epoch and the rows destroyed in place under it (filler); the
         caller scrubs the keystore afterwards."""
-        destroyed = f"DELETE FROM deks WHERE epoch = ? AND customer_id >= '{_DESTROYED}'"
-        conn.execute(destroyed, (epoch,))
+        erasure.purge_epoch(conn, epoch)
         row = conn.execute("SELECT wrapped FROM kek_epochs WHERE epoch = ?", (epoch,)).fetchone()
         conn.execute("DELETE FROM kek_epochs WHERE epoch = ?", (epoch,))
         return None if row is None else bytes(row[0])
 
     def dek_counts(self) -> dict[int, int]:
-        rows = self._conn.execute(f"SELECT epoch, COUNT(*) FROM deks WHERE {_LIVE} GROUP BY epoch")
+        rows = self._conn.execute(
+            f"SELECT epoch, COUNT(*) FROM deks WHERE {erasure.LIVE} GROUP BY epoch"
+        )
         return {int(e): int(n) for e, n in rows}
 
     def oldest_dek(self) -> str | None:
-        row = self._conn.execute(f"SELECT MIN(created) FROM deks WHERE {_LIVE}").fetchone()
+        row = self._conn.execute(f"SELECT MIN(created) FROM deks WHERE {erasure.LIVE}").fetchone()
         return None if row is None or row[0] is None else str(row[0])
 
     def deks_created_before(self, moment: str) -> list[str]:
         rows = self._conn.execute(
-            f"SELECT customer_id FROM deks WHERE {_LIVE} GROUP BY customer_id "
+            f"SELECT customer_id FROM deks WHERE {erasure.LIVE} GROUP BY customer_id "
             "HAVING MAX(created) < ?",
             (moment,),
         )
@@ -531,10 +422,11 @@ class KeyStore:
     def delete_dek_versions(
         self, conn: sqlite3.Connection, customer_id: str, below: int
     ) -> list[DekRow]:
-        """Destroy a customer's DEK versions below ``below`` in place (:meth:`_overwrite`)."""
-        rows = self._overwrite(conn, "customer_id = ? AND version < ?", (customer_id, below))
+        """Destroy a customer's DEK versions below ``below`` in place (:mod:`keys.erasure`)."""
+        where = "customer_id = ? AND version < ?"
+        rows = [DekRow(*r) for r in erasure.overwrite_deks(conn, where, (customer_id, below))]
         if rows:
-            self.set_meta(conn, SCRUB_PENDING, str(self.scrub_pending() + 1))
+            erasure.note_destroyed(conn)
         return rows
 
     def replace_root_wrapped(
@@ -599,25 +491,9 @@ class KeyStore:
         return [str(r[0]) for r in self._conn.execute("SELECT customer_id FROM receipt_salts")]
 
     def count_deks(self) -> int:
-        return int(self._conn.execute(f"SELECT COUNT(*) FROM deks WHERE {_LIVE}").fetchone()[0])
-
-    def delete_all_keys(self, conn: sqlite3.Connection) -> tuple[dict[int, bytes], int, int]:
-        """Delete every DEK, subject tag, receipt salt and KEK epoch (decommission);
-        returns (the wrapped epochs deleted, DEKs deleted, subject tags deleted)."""
-        rows = conn.execute("SELECT epoch, wrapped FROM kek_epochs")
-        epochs = {int(e): bytes(w) for e, w in rows}
-        deks = conn.execute("DELETE FROM deks").rowcount
-        tags = conn.execute("DELETE FROM subject_tags").rowcount
-        conn.execute("DELETE FROM receipt_salts")
-        conn.execute("DELETE FROM kek_epochs")
-        return epochs, int(deks), int(tags)
-
-    def delete_signing_seeds(self, conn: sqlite3.Connection) -> int:
-        """Delete every wrapped signing seed and the MAC seed (the public key must be
-        kept in ``meta`` first, see :meth:`public_key`); returns how many seeds went."""
-        if self._has_mac_seed_table(conn):
-            conn.execute("DELETE FROM mac_seed")
-        return int(conn.execute("DELETE FROM signing").rowcount)
+        return int(
+            self._conn.execute(f"SELECT COUNT(*) FROM deks WHERE {erasure.LIVE}").fetchone()[0]
+        )
 
     # -- rollback anchor -------------------------------------------------------------
 

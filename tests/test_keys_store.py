@@ -34,7 +34,7 @@ from shredvault.keys import (
     verify_signature,
 )
 from shredvault.keys.envelope import blob_key_version, dek_aad, kek_aad
-from shredvault.keys.keyring import scrub_every
+from shredvault.keys.erasure import scrub_every
 from shredvault.keys.store import SCHEMA_VERSION, DekRow, KeystoreHeader
 from shredvault.keys.subkeys import ROOT_WRAP, derive_subkey
 
@@ -590,7 +590,7 @@ def test_key_cells_never_move_so_shreds_among_inserts_leave_no_stale_copy(
     their own cells, and no index holds a subject tag, so a live customer's wrapped DEK
     and tag sit in the file exactly once and a destroyed one's nowhere, however the
     keystore grows between shreds, with no rebuild (compare the control below)."""
-    monkeypatch.setattr("shredvault.keys.keyring.scrub_every", lambda keys: 10**9)
+    monkeypatch.setattr("shredvault.keys.erasure.scrub_every", lambda keys: 10**9)
     ids: list[str] = []
     destroyed: dict[str, tuple[bytes, bytes]] = {}
     for batch in range(30):
@@ -603,7 +603,7 @@ def test_key_cells_never_move_so_shreds_among_inserts_leave_no_stale_copy(
                 (row,) = ring.store.deks([cid])
                 destroyed[cid] = (tag, row.wrapped)
                 ring.destroy_customer(cid)
-    assert ring.store.scrub_epoch() == 1  # no rebuild ran
+    assert ring.store.scrub_state().epoch == 1  # no rebuild ran
     ring.store.checkpoint_truncate()
     files = keystore_files(keys_db)
     data = b"".join(files.values())
@@ -886,7 +886,7 @@ def test_a_keystore_from_before_erasure_in_place_is_converted_at_open(
     reopened = reopen_with_keyfile(keys_db, keyfile_key)
     try:
         assert reopened.store.get_meta("layout") == "in-place-v1"
-        assert reopened.store.scrub_epoch() == 2  # converted, then scrubbed once
+        assert reopened.store.scrub_state().epoch == 2  # converted, then scrubbed once
         assert reopened.store.subject_tags(list(tags)) == tags
         indexes = reopened.store._conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'subject_tags'"
@@ -902,11 +902,11 @@ def test_a_keystore_from_before_erasure_in_place_is_converted_at_open(
 def test_destroyed_rows_are_invisible_until_the_scrub_removes_them(
     ring: KeyRing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("shredvault.keys.keyring.scrub_every", lambda keys: 10**9)
+    monkeypatch.setattr("shredvault.keys.erasure.scrub_every", lambda keys: 10**9)
     ring.create_customers([customer(1), customer(2)], CREATED)
     ring.destroy_customer(customer(1))
     store = ring.store
-    assert store.count_deks() == 1 and store.scrub_pending() == 1
+    assert store.count_deks() == 1 and store.scrub_state().pending == 1
     assert store.dek_counts() == {1: 1}
     assert store.deks_created_before("9999") == [customer(2)]
     assert store.deks_outside_epoch(2, 10) == [store.deks([customer(2)])[0]]
@@ -916,7 +916,7 @@ def test_destroyed_rows_are_invisible_until_the_scrub_removes_them(
     assert len(destroyed[0][0]) == len(customer(1)) and set(destroyed[0][1]) == {0}
     ring.finish_pending_scrub()
     assert store._conn.execute("SELECT COUNT(*) FROM deks").fetchone() == (1,)
-    assert store.scrub_pending() == 0 and store.scrub_epoch() == 2
+    assert store.scrub_state().pending == 0 and store.scrub_state().epoch == 2
 
 
 def test_a_scrub_epoch_closes_after_one_shred_per_400_keys_held(ring: KeyRing) -> None:
@@ -930,6 +930,6 @@ def test_a_scrub_epoch_closes_after_one_shred_per_400_keys_held(ring: KeyRing) -
     ]
     ring.create_customers([customer(i) for i in range(1_200)], CREATED)
     for i in range(3):
-        assert ring.store.scrub_epoch() == 1
+        assert ring.store.scrub_state().epoch == 1
         ring.destroy_customer(customer(i))
-    assert ring.store.scrub_epoch() == 2 and ring.store.scrub_pending() == 0
+    assert ring.store.scrub_state().epoch == 2 and ring.store.scrub_state().pending == 0

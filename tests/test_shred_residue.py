@@ -244,7 +244,7 @@ def test_shreds_among_inserts_leave_no_key_material_without_any_rebuild(
     tmp_path: Path, keyfile: Path, customers: int, shreds: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No scrub epoch closes during the run: erasure in place alone must do it.
-    monkeypatch.setattr("shredvault.keys.keyring.scrub_every", lambda keys: 10**9)
+    monkeypatch.setattr("shredvault.keys.erasure.scrub_every", lambda keys: 10**9)
     with Vault.create(tmp_path / "vault", keyfile=keyfile) as v:
         v.declare_kind("profile", fields=["name"], purposes=[PURPOSE])
         epoch = v._ctx.keys.scrub_epoch
@@ -260,7 +260,7 @@ def test_shreds_among_inserts_leave_no_key_material_without_any_rebuild(
 def test_the_scrub_epoch_closes_at_the_next_open_and_removes_the_filler_rows(
     tmp_path: Path, keyfile: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("shredvault.keys.keyring.scrub_every", lambda keys: 10**9)
+    monkeypatch.setattr("shredvault.keys.erasure.scrub_every", lambda keys: 10**9)
     with Vault.create(tmp_path / "vault", keyfile=keyfile) as v:
         s = v.admin()
         cid = s.add_customer()
@@ -269,7 +269,7 @@ def test_the_scrub_epoch_closes_at_the_next_open_and_removes_the_filler_rows(
         assert receipt.document["v"] == 2
         erasure = receipt.document["entry"]["detail"]["keystore_erasure"]
         assert erasure == {"method": "in-place/v1", "scrub_epoch": epoch}
-        assert v._ctx.keys.store.scrub_pending() == 1
+        assert v._ctx.keys.store.scrub_state().pending == 1
     conn = sqlite3.connect(tmp_path / "vault" / "keys.db")
     try:
         assert conn.execute("SELECT COUNT(*) FROM deks WHERE customer_id >= '~'").fetchone() == (1,)
@@ -277,7 +277,7 @@ def test_the_scrub_epoch_closes_at_the_next_open_and_removes_the_filler_rows(
         conn.close()
     with Vault.open(tmp_path / "vault", keyfile=keyfile) as v:
         assert v._ctx.keys.scrub_epoch == epoch + 1
-        assert v._ctx.keys.store.scrub_pending() == 0
+        assert v._ctx.keys.store.scrub_state().pending == 0
     conn = sqlite3.connect(tmp_path / "vault" / "keys.db")
     try:
         assert conn.execute("SELECT COUNT(*) FROM deks WHERE customer_id >= '~'").fetchone() == (0,)
