@@ -9,8 +9,10 @@ keeping the public key so that verifiers can still check what the vault signed.
 from __future__ import annotations
 
 import json
+import sqlite3
 
 from .envelope import fingerprint
+from .erasure import LIVE
 from .errors import KeystoreError
 from .signing import Signer
 from .store import KeyStore
@@ -26,7 +28,7 @@ def destroy_all_keys(store: KeyStore, *, record_as: str) -> dict[str, object]:
     with store.transaction() as conn:
         kept = store.get_meta(record_as)
         if kept is None:
-            epochs, deks, tags = store.delete_all_keys(conn)
+            epochs, deks, tags = _delete_all_keys(conn)
             summary: dict[str, object] = {
                 "kek_epochs": [
                     {"epoch": e, "fingerprint": fingerprint(w)} for e, w in sorted(epochs.items())
@@ -36,7 +38,7 @@ def destroy_all_keys(store: KeyStore, *, record_as: str) -> dict[str, object]:
             }
             store.set_meta(conn, record_as, json.dumps(summary, sort_keys=True))
         else:
-            store.delete_all_keys(conn)  # anything made since (nothing, normally)
+            _delete_all_keys(conn)  # anything made since (nothing, normally)
             summary = json.loads(kept)
     store.scrub()
     return summary
@@ -51,7 +53,7 @@ def destroy_signing_seed(store: KeyStore, public_key: bytes, meta: dict[str, str
         store.set_meta(conn, "public_key", public_key.hex())
         for key, value in meta.items():
             store.set_meta(conn, key, value)
-        store.delete_signing_seeds(conn)
+        _delete_signing_seeds(conn)
     return DestroyedSigner(public_key)
 
 
@@ -67,3 +69,25 @@ class DestroyedSigner(Signer):
 
     def sign(self, message: bytes) -> bytes:
         raise KeystoreError("the signing key was destroyed (the vault is decommissioned)")
+
+
+def _delete_all_keys(conn: sqlite3.Connection) -> tuple[dict[int, bytes], int, int]:
+    """Delete every DEK, subject tag, receipt salt and KEK epoch; returns (the wrapped
+    epochs deleted, live DEKs deleted, live subject tags deleted: filler rows of
+    customers destroyed in place are not counted again)."""
+    rows = conn.execute("SELECT epoch, wrapped FROM kek_epochs")
+    epochs = {int(e): bytes(w) for e, w in rows}
+    deks = conn.execute(f"SELECT COUNT(*) FROM deks WHERE {LIVE}").fetchone()[0]
+    tags = conn.execute(f"SELECT COUNT(*) FROM subject_tags WHERE {LIVE}").fetchone()[0]
+    for table in ("deks", "subject_tags", "receipt_salts", "kek_epochs"):
+        conn.execute(f"DELETE FROM {table}")
+    return epochs, int(deks), int(tags)
+
+
+def _delete_signing_seeds(conn: sqlite3.Connection) -> int:
+    """Delete every wrapped signing seed and the MAC seed (the public key must be kept
+    in ``meta`` first); returns how many seeds went."""
+    found = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mac_seed'"
+    if conn.execute(found).fetchone() is not None:
+        conn.execute("DELETE FROM mac_seed")
+    return int(conn.execute("DELETE FROM signing").rowcount)

@@ -373,9 +373,13 @@ class KekEpochs:
             kek.wipe()
 
     def finish_kek_rotation(self) -> None:
-        """Clear the in-progress mark once every DEK is under the active epoch."""
+        """Clear the in-progress mark once every DEK is under the active epoch, then
+        scrub the keystore: re-wrapped rows may have moved (``rewrap_deks``), and a
+        moved row leaves a copy of its old bytes in the page it left."""
         with self.store.transaction() as conn:
             self.store.delete_meta(conn, "rotating_to")
+        if self.store.scrub_state().owed:
+            self.store.scrub()
 
     def rewrap_batch(self, limit: int = 2000) -> int:
         """Re-wrap up to ``limit`` DEKs that are not under the active epoch, in one

@@ -1,17 +1,11 @@
 """The unlocked key hierarchy (DESIGN §3): root -> KEK epochs -> per-customer DEKs.
 
-A :class:`KeyRing` owns an open :class:`~keys.store.KeyStore` and the root key. It
-unwraps KEK epochs and the signing seed at unlock, and DEKs on demand, caching one
-:class:`~keys.envelope.Envelope` per customer and version so hot paths never unwrap
-per record. Dropping a customer from the cache (:meth:`KeyRing.forget`) is part of
-shredding and rotation.
-
-The key ring is the one object callers hold; two parts of its work live beside it and
-are reached through it: the root key's subkeys and what they wrap (KEK rotation and
-retirement, a new passphrase, the token-MAC key, the upgrade of a keystore from before
-key separation) in :mod:`keys.epochs`, and destroying every key at decommission in
-:mod:`keys.decommission`. Callers never hold a raw subkey: token verifiers are made and
-checked here (:meth:`KeyRing.token_mac`, :meth:`KeyRing.token_matches`).
+A :class:`KeyRing` owns an open :class:`~keys.store.KeyStore` and the root key; it
+unwraps KEK epochs and the signing seed at unlock and DEKs on demand, caching one
+:class:`~keys.envelope.Envelope` per customer and version (:meth:`KeyRing.forget` drops
+them). Beside it: the root key's subkeys and what they wrap in :mod:`keys.epochs`,
+destroying every key at decommission in :mod:`keys.decommission`. Callers never hold a
+raw subkey (:meth:`KeyRing.token_mac`, :meth:`KeyRing.token_matches`).
 """
 
 from __future__ import annotations
@@ -37,6 +31,7 @@ from .envelope import (
     signing_seed_aad,
 )
 from .epochs import KekEpochs, KeystoreUpgrade
+from .erasure import SCRUB_DUE
 from .errors import DecryptionError, KeystoreError
 from .faults import crash_point
 from .kdf import KdfParams
@@ -50,7 +45,6 @@ from .subkeys import SUBKEY_SIZE
 __all__ = ["SUBJECT_TAG_SIZE", "CustomerKeys", "KeyRing", "KeystoreUpgrade"]
 
 SUBJECT_TAG_SIZE = 16
-SCRUB_DUE = "scrub_due"  # keystore meta: deletions made that a scrub has not yet erased
 
 
 @dataclass(slots=True)
@@ -85,11 +79,11 @@ class KeyRing:
     def __init__(self, store: KeyStore, root: SecretBytes, header: KeystoreHeader) -> None:
         self.store = store
         self.vault_id = header.vault_id
-        self._epochs = KekEpochs(store, root, header)
+        self.epochs = KekEpochs(store, root, header)
         self._customers: dict[str, CustomerKeys] = {}
         self._scrubbing = threading.local()  # .deferring: inside this thread's scrub_once
         generation, wrapped_seed, public = store.signing_seed()
-        seed = self._epochs.unwrap_signing_seed(generation, wrapped_seed)
+        seed = self.epochs.unwrap_signing_seed(generation, wrapped_seed)
         self.signer = Signer(seed)
         seed.wipe()
         if self.signer.public_key != public:
@@ -97,7 +91,7 @@ class KeyRing:
         self.public_key = public
 
     def __repr__(self) -> str:
-        return f"<KeyRing vault={self.vault_id} epochs={self._epochs.unwrapped()}, keys redacted>"
+        return f"<KeyRing vault={self.vault_id} epochs={self.epochs.unwrapped()}, keys redacted>"
 
     def __reduce_ex__(self, protocol: object) -> NoReturn:
         raise TypeError("key rings cannot be pickled")
@@ -172,46 +166,46 @@ class KeyRing:
     @property
     def kdf_params(self) -> KdfParams | None:
         """The header's KDF parameters; None for a keyfile vault."""
-        return self._epochs.kdf_params
+        return self.epochs.kdf_params
 
     @property
     def key_source(self) -> str:
-        return self._epochs.key_source
+        return self.epochs.key_source
 
     @property
     def active_epoch(self) -> int:
-        return self._epochs.active_epoch
+        return self.epochs.active_epoch
 
     def _kek(self, epoch: int) -> Envelope:
-        return self._epochs.kek(epoch)
+        return self.epochs.kek(epoch)
 
     # -- principals' token verifiers (keys/tokenmac.py) --------------------------------
 
     def token_mac(self, token: str) -> str:
         """The verifier (hex) to store for a new principal's ``token``:
         HMAC-SHA-256(token-MAC subkey, SHA-256(token)). The key never leaves the ring."""
-        return self._epochs.tokens.of_token(token)
+        return self.epochs.tokens.of_token(token)
 
     def token_matches(self, token: str, stored: str) -> bool:
         """Whether ``token`` satisfies a ``stored`` verifier (constant time)."""
-        return self._epochs.tokens.matches(token, stored)
+        return self.epochs.tokens.matches(token, stored)
 
     def token_mac_of_digest(self, digest: bytes) -> str:
         """The verifier of a token known only by its SHA-256 ``digest``: how a verifier
         stored before key separation (plain SHA-256) is upgraded without the token."""
-        return self._epochs.tokens.of_digest(digest)
+        return self.epochs.tokens.of_digest(digest)
 
     @property
     def row_auth(self) -> RowAuth:
         """The row-auth key (keys/rowauth.py): tags and checks the data store's rows.
         The key never leaves it."""
-        return self._epochs.rows
+        return self.epochs.rows
 
     @property
     def blind_index(self) -> IndexKey:
         """The blind-index key (keys/blindindex.py): tags searchable fields' values.
         The key never leaves it."""
-        return self._epochs.index
+        return self.epochs.index
 
     # -- upgrading a keystore from before key separation (keys/epochs.py) --------------
 
@@ -219,7 +213,7 @@ class KeyRing:
     def upgrade_due(self) -> bool:
         """Whether the keystore has schema 1 and waits for :meth:`upgrade_keystore`.
         Until then token verifiers are made under the MAC seed the upgrade will store."""
-        return self._epochs.upgrade_due
+        return self.epochs.upgrade_due
 
     def upgrade_keystore(self, note: str, created: str) -> bool:
         """Upgrade a schema-1 keystore in ONE transaction: every KEK epoch and signing
@@ -230,21 +224,21 @@ class KeyRing:
         one scheme opens the keystore. Returns False when another process upgraded
         first (nothing written; this ring uses what that one stored)."""
         with self.store.transaction() as conn:
-            done = self._epochs.upgrade(conn, note, created)
+            done = self.epochs.upgrade(conn, note, created)
             if done:
                 self.store.set_meta(conn, SCRUB_DUE, "1")
-        self._epochs.adopt_upgrade()
+        self.epochs.adopt_upgrade()
         crash_point("migrate:before-scrub")
         self.finish_pending_scrub()
         return done
 
     def upgrade_pending(self) -> KeystoreUpgrade | None:
         """:meth:`KekEpochs.upgrade_pending`: an upgrade whose caller's side may be owed."""
-        return self._epochs.upgrade_pending()
+        return self.epochs.upgrade_pending()
 
     def clear_upgrade_pending(self) -> None:
         """:meth:`KekEpochs.clear_upgrade_pending`, once the caller's side is done."""
-        self._epochs.clear_upgrade_pending()
+        self.epochs.clear_upgrade_pending()
 
     # -- customers' keys ----------------------------------------------------------------
 
@@ -347,11 +341,14 @@ class KeyRing:
         return salt
 
     def drop_receipt_salt(self, customer_id: str) -> None:
-        """Delete a customer's receipt salt once its receipt exists; scrub the keystore."""
+        """Delete a customer's receipt salt once its receipt exists, then truncate the
+        WAL. The salt table holds a row only while a shred is under way, so it stays one
+        page that never rebalances: ``secure_delete`` zeroes the deleted cell and the
+        truncation drops the WAL frames that held it; no rebuild is needed."""
         with self.store.transaction() as conn:
             gone = self.store.delete_receipt_salt(conn, customer_id)
-        if gone:
-            self._scrub()
+        if gone and not self._deferring:
+            self.store.erase_in_place()
 
     # -- scrubbing ---------------------------------------------------------------------
 
@@ -359,8 +356,19 @@ class KeyRing:
     def _deferring(self) -> bool:
         return bool(getattr(self._scrubbing, "deferring", False))
 
+    @property
+    def scrub_epoch(self) -> int:
+        """The keystore's open scrub epoch (docs/keys.md, "Erasure in place")."""
+        return self.store.scrub_state().epoch
+
     def _scrub(self) -> None:
-        if not self._deferring:  # inside this thread's scrub_once, its end scrubs once for all
+        """After keys were destroyed in place: truncate the WAL (O(pages written)), and
+        close the scrub epoch once its share of customers wait for it
+        (:func:`~keys.erasure.scrub_every`)."""
+        if self._deferring:  # inside this thread's scrub_once, its end scrubs once for all
+            return
+        self.store.erase_in_place()
+        if self.store.scrub_state().full:
             self.store.scrub()
 
     @contextmanager
@@ -386,13 +394,12 @@ class KeyRing:
             outcome.done = self.finish_pending_scrub()
 
     def finish_pending_scrub(self) -> bool:
-        """Scrub if a bulk deletion left the mark; True when no scrub is owed after."""
-        if self.store.get_meta(SCRUB_DUE) is None:
+        """Scrub if a bulk deletion or a crash left the mark, or customers destroyed in
+        place wait for their scrub epoch to close; True when no scrub is owed after."""
+        if not self.store.scrub_state().owed:
             return True
         try:
             self.store.scrub()
-            with self.store.transaction() as conn:
-                self.store.delete_meta(conn, SCRUB_DUE)
         except KeystoreError:
             return False
         return True
@@ -403,8 +410,10 @@ class KeyRing:
         return [fingerprint(r.wrapped) for r in rows]
 
     def destroy_customer(self, customer_id: str) -> list[str]:
-        """Delete every DEK version and the subject tag of a customer, then scrub the
-        keystore (``store.scrub``) so the deleted bytes leave its files. Returns
+        """Destroy every DEK version and the subject tag of a customer by overwriting
+        their cells in place, then truncate the WAL, so the bytes leave the keystore's
+        files before this returns, in time independent of the keystore's size
+        (docs/keys.md, "Erasure in place"). Returns
         fingerprints of what was destroyed (SHA-256 of the wrapped bytes). Idempotent:
         a second call returns []."""
         self.forget([customer_id])
@@ -447,8 +456,8 @@ class KeyRing:
         return newest
 
     def drop_dek_versions(self, below: Mapping[str, int]) -> list[str]:
-        """Delete each customer's DEK versions older than ``below[customer]`` in ONE
-        keystore transaction; scrub the keystore. Returns the fingerprints deleted."""
+        """Destroy each customer's DEK versions older than ``below[customer]`` in place,
+        in ONE keystore transaction; truncate the WAL. Returns the fingerprints."""
         with self.store.transaction() as conn:
             rows = [r for c, v in below.items() for r in self.store.delete_dek_versions(conn, c, v)]
         self.forget(list(below))
@@ -456,35 +465,11 @@ class KeyRing:
             self._scrub()
         return [fingerprint(r.wrapped) for r in rows]
 
-    # -- KEK epochs and the root key (keys/epochs.py) ----------------------------------
-
-    def begin_kek_rotation(self, created: str) -> tuple[int, bool]:
-        """:meth:`KekEpochs.begin_kek_rotation`: a new active epoch unless one is unfinished."""
-        return self._epochs.begin_kek_rotation(created)
-
-    def finish_kek_rotation(self) -> None:
-        """:meth:`KekEpochs.finish_kek_rotation`: clear the in-progress mark."""
-        self._epochs.finish_kek_rotation()
-
-    def rewrap_batch(self, limit: int = 2000) -> int:
-        """:meth:`KekEpochs.rewrap_batch`: re-wrap up to ``limit`` DEKs under the active epoch."""
-        return self._epochs.rewrap_batch(limit)
+    # -- KEK epochs and the root key (keys/epochs.py; the rest through ``epochs``) ------
 
     def retire_epoch(self, epoch: int, *, pending_event: str | None = None) -> str:
         """:meth:`KekEpochs.retire_epoch`: delete an unused epoch, return its fingerprint."""
-        return self._epochs.retire_epoch(epoch, pending_event=pending_event)
-
-    def retirable_epochs(self) -> list[int]:
-        """:meth:`KekEpochs.retirable_epochs`: inactive epochs that wrap no DEK."""
-        return self._epochs.retirable_epochs()
-
-    def pending_event(self) -> str | None:
-        """:meth:`KekEpochs.pending_event`: a key event committed but maybe not logged."""
-        return self._epochs.pending_event()
-
-    def clear_pending_event(self) -> None:
-        """:meth:`KekEpochs.clear_pending_event`, once its log entry is written."""
-        self._epochs.clear_pending_event()
+        return self.epochs.retire_epoch(epoch, pending_event=pending_event)
 
     def change_root(
         self,
@@ -499,7 +484,7 @@ class KeyRing:
         transaction; token verifiers stay valid
         (:func:`~keys.root.new_root`, :meth:`KekEpochs.change_root`)."""
         new = new_root(passphrase, keyfile_key, params)
-        self._epochs.change_root(new, pending_event=pending_event)
+        self.epochs.change_root(new, pending_event=pending_event)
 
     # -- decommission (keys/decommission.py) -------------------------------------------
 
@@ -508,7 +493,7 @@ class KeyRing:
         receipt salt in ONE transaction and scrub; returns (and keeps, under meta
         ``record_as``) what went (:func:`~keys.decommission.destroy_all_keys`)."""
         self._customers.clear()
-        self._epochs.forget()
+        self.epochs.forget()
         return destroy_all_keys(self.store, record_as=record_as)
 
     def destroy_signing_key(self, meta: dict[str, str]) -> None:
@@ -519,5 +504,5 @@ class KeyRing:
     def close(self) -> None:
         """Forget every unwrapped key and close the keystore."""
         self._customers.clear()
-        self._epochs.forget()
+        self.epochs.forget()
         self.store.close()

@@ -1,11 +1,9 @@
 """The keystore file ``keys.db``: wrapped keys, subject tags and the rollback anchor.
 
-Plain ``sqlite3`` rather than SQLAlchemy: the keystore's guarantees are pragmas
-(``secure_delete``, ``synchronous=FULL``, WAL checkpoints with TRUNCATE) that must be
-set and checked exactly. It stores only wrapped (encrypted) keys and knows nothing of
-what they protect. This module holds the tables and their SQL; :mod:`keys.connection`
-sets the pragmas, runs every write as one ``BEGIN IMMEDIATE`` transaction, and scrubs
-deleted key bytes out of the file and its WAL.
+Plain ``sqlite3``: the keystore's guarantees are pragmas (``secure_delete``,
+``synchronous=FULL``, WAL checkpoints with TRUNCATE) set and checked exactly. It holds
+only wrapped keys; :mod:`keys.connection` sets the pragmas and runs each write as one
+``BEGIN IMMEDIATE`` transaction; :mod:`keys.erasure` destroys keys in place.
 """
 
 from __future__ import annotations
@@ -16,12 +14,12 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import erasure
 from .connection import (
     TRUNCATE_DEADLINE_S,
     ThreadConnections,
     connect,
     keystore_error,
-    scrub_deleted,
     truncate_wal,
     write_transaction,
 )
@@ -61,7 +59,7 @@ CREATE TABLE deks (
     PRIMARY KEY (customer_id, version)
 );
 CREATE INDEX deks_by_epoch ON deks(epoch);
-CREATE TABLE subject_tags (customer_id TEXT PRIMARY KEY, tag BLOB NOT NULL UNIQUE);
+CREATE TABLE subject_tags (customer_id TEXT PRIMARY KEY, tag BLOB NOT NULL);
 CREATE TABLE signing (
     generation INTEGER PRIMARY KEY,
     wrapped BLOB NOT NULL,
@@ -144,6 +142,8 @@ class KeyStore:
                         ("key_check", header.key_check.hex()),
                         ("active_epoch", str(header.active_epoch)),
                         ("created", header.created),
+                        (erasure.LAYOUT_KEY, erasure.LAYOUT),
+                        (erasure.SCRUB_EPOCH, "1"),
                     ],
                 )
         except BaseException:
@@ -186,6 +186,12 @@ class KeyStore:
         if conn.execute("PRAGMA secure_delete").fetchone()[0] != 1:
             conn.close()
             raise KeystoreError("could not enable secure_delete on the keystore")
+        if store.get_meta(erasure.LAYOUT_KEY) != erasure.LAYOUT:
+            try:
+                erasure.convert_layout(conn, TRUNCATE_DEADLINE_S)
+            except BaseException:
+                conn.close()
+                raise
         return store
 
     def close(self) -> None:
@@ -197,16 +203,22 @@ class KeyStore:
         return write_transaction(self._conn)
 
     def scrub(self, deadline_s: float = TRUNCATE_DEADLINE_S) -> None:
-        """Make deleted key bytes leave the keystore's file and WAL: ``VACUUM``, then
-        the WAL truncated (:func:`~keys.connection.scrub_deleted` says why both).
-        Raises :class:`KeystoreError` if the keystore stays busy or cannot be written."""
-        scrub_deleted(self._conn, deadline_s)
+        """Close the scrub epoch (:func:`~keys.erasure.close_scrub_epoch`): filler rows
+        deleted, file rebuilt, WAL truncated; :class:`KeystoreError` if busy."""
+        erasure.close_scrub_epoch(self._conn, deadline_s)
+
+    def scrub_state(self) -> erasure.ScrubState:
+        """Where the scrub epoch stands (:func:`~keys.erasure.scrub_state`)."""
+        return erasure.scrub_state(self._conn)
 
     def checkpoint_truncate(self, deadline_s: float = TRUNCATE_DEADLINE_S) -> None:
-        """Copy the WAL into the file and truncate it, retrying until ``deadline_s``;
-        :class:`KeystoreError` if another process keeps it open
-        (:func:`~keys.connection.truncate_wal`)."""
+        """Copy the WAL into the file and truncate it, retrying until ``deadline_s``
+        (:func:`~keys.connection.truncate_wal`; :class:`KeystoreError` if held open).
+        After keys were overwritten in place this is their erasure: the file gets the
+        filler, no WAL frame keeps an old page; cost: pages written, not keystore size."""
         truncate_wal(self._conn, deadline_s)
+
+    erase_in_place = checkpoint_truncate
 
     # -- header ----------------------------------------------------------------------
 
@@ -257,7 +269,8 @@ class KeyStore:
     def epoch_rows(self) -> list[tuple[int, str, int]]:
         """(epoch, created, DEK count) for every epoch."""
         rows = self._conn.execute(
-            "SELECT e.epoch, e.created, (SELECT COUNT(*) FROM deks d WHERE d.epoch = e.epoch) "
+            "SELECT e.epoch, e.created, (SELECT COUNT(*) FROM deks d WHERE d.epoch = e.epoch "
+            f"AND d.{erasure.LIVE}) "
             "FROM kek_epochs e ORDER BY e.epoch"
         )
         return [(int(e), str(c), int(n)) for e, c, n in rows]
@@ -349,17 +362,12 @@ class KeyStore:
         )
 
     def delete_customer(self, conn: sqlite3.Connection, customer_id: str) -> list[DekRow]:
-        """Delete every DEK version and the subject tag of one customer; return what went."""
-        rows = [
-            DekRow(str(c), int(v), int(e), bytes(w), str(t))
-            for c, v, e, w, t in conn.execute(
-                "SELECT customer_id, version, epoch, wrapped, created FROM deks "
-                "WHERE customer_id = ?",
-                (customer_id,),
-            )
-        ]
-        conn.execute("DELETE FROM deks WHERE customer_id = ?", (customer_id,))
-        conn.execute("DELETE FROM subject_tags WHERE customer_id = ?", (customer_id,))
+        """Destroy every DEK version and the subject tag of one customer in place
+        (:mod:`keys.erasure`); return what went. The rows stay, holding filler, until
+        the scrub epoch closes (:meth:`scrub`); no query sees them meanwhile."""
+        rows = [DekRow(*r) for r in erasure.overwrite_deks(conn, "customer_id = ?", (customer_id,))]
+        if erasure.overwrite_tag(conn, customer_id) or rows:
+            erasure.note_destroyed(conn)
         return rows
 
     def deks_outside_epoch(self, epoch: int, limit: int) -> list[DekRow]:
@@ -367,7 +375,7 @@ class KeyStore:
         found through the epoch index rather than a scan."""
         rows = self._conn.execute(
             "SELECT customer_id, version, epoch, wrapped, created FROM deks "
-            "WHERE epoch < ? LIMIT ?",
+            f"WHERE epoch < ? AND {erasure.LIVE} LIMIT ?",
             (epoch, limit),
         )
         return [DekRow(str(c), int(v), int(e), bytes(w), str(t)) for c, v, e, w, t in rows]
@@ -376,6 +384,9 @@ class KeyStore:
         self, conn: sqlite3.Connection, updates: list[tuple[int, bytes, str, int, int]]
     ) -> None:
         """(new epoch, new wrapped, customer, version, old epoch) for each DEK."""
+        # A new epoch number may take more bytes than the old: such a row is rewritten
+        # elsewhere, which can move its neighbours. The rotation's end scrubs.
+        self.set_meta(conn, erasure.SCRUB_DUE, "1")
         conn.executemany(
             "UPDATE deks SET epoch = ?, wrapped = ? "
             "WHERE customer_id = ? AND version = ? AND epoch = ?",
@@ -383,36 +394,39 @@ class KeyStore:
         )
 
     def delete_epoch(self, conn: sqlite3.Connection, epoch: int) -> bytes | None:
+        """Delete an epoch and the rows destroyed in place under it (filler); the
+        caller scrubs the keystore afterwards."""
+        erasure.purge_epoch(conn, epoch)
         row = conn.execute("SELECT wrapped FROM kek_epochs WHERE epoch = ?", (epoch,)).fetchone()
         conn.execute("DELETE FROM kek_epochs WHERE epoch = ?", (epoch,))
         return None if row is None else bytes(row[0])
 
     def dek_counts(self) -> dict[int, int]:
-        rows = self._conn.execute("SELECT epoch, COUNT(*) FROM deks GROUP BY epoch")
+        rows = self._conn.execute(
+            f"SELECT epoch, COUNT(*) FROM deks WHERE {erasure.LIVE} GROUP BY epoch"
+        )
         return {int(e): int(n) for e, n in rows}
 
     def oldest_dek(self) -> str | None:
-        row = self._conn.execute("SELECT MIN(created) FROM deks").fetchone()
+        row = self._conn.execute(f"SELECT MIN(created) FROM deks WHERE {erasure.LIVE}").fetchone()
         return None if row is None or row[0] is None else str(row[0])
 
     def deks_created_before(self, moment: str) -> list[str]:
         rows = self._conn.execute(
-            "SELECT customer_id FROM deks GROUP BY customer_id HAVING MAX(created) < ?", (moment,)
+            f"SELECT customer_id FROM deks WHERE {erasure.LIVE} GROUP BY customer_id "
+            "HAVING MAX(created) < ?",
+            (moment,),
         )
         return [str(r[0]) for r in rows]
 
     def delete_dek_versions(
         self, conn: sqlite3.Connection, customer_id: str, below: int
     ) -> list[DekRow]:
-        rows = [
-            DekRow(str(c), int(v), int(e), bytes(w), str(t))
-            for c, v, e, w, t in conn.execute(
-                "SELECT customer_id, version, epoch, wrapped, created FROM deks "
-                "WHERE customer_id = ? AND version < ?",
-                (customer_id, below),
-            )
-        ]
-        conn.execute("DELETE FROM deks WHERE customer_id = ? AND version < ?", (customer_id, below))
+        """Destroy a customer's DEK versions below ``below`` in place (:mod:`keys.erasure`)."""
+        where = "customer_id = ? AND version < ?"
+        rows = [DekRow(*r) for r in erasure.overwrite_deks(conn, where, (customer_id, below))]
+        if rows:
+            erasure.note_destroyed(conn)
         return rows
 
     def replace_root_wrapped(
@@ -477,25 +491,9 @@ class KeyStore:
         return [str(r[0]) for r in self._conn.execute("SELECT customer_id FROM receipt_salts")]
 
     def count_deks(self) -> int:
-        return int(self._conn.execute("SELECT COUNT(*) FROM deks").fetchone()[0])
-
-    def delete_all_keys(self, conn: sqlite3.Connection) -> tuple[dict[int, bytes], int, int]:
-        """Delete every DEK, subject tag, receipt salt and KEK epoch (decommission);
-        returns (the wrapped epochs deleted, DEKs deleted, subject tags deleted)."""
-        rows = conn.execute("SELECT epoch, wrapped FROM kek_epochs")
-        epochs = {int(e): bytes(w) for e, w in rows}
-        deks = conn.execute("DELETE FROM deks").rowcount
-        tags = conn.execute("DELETE FROM subject_tags").rowcount
-        conn.execute("DELETE FROM receipt_salts")
-        conn.execute("DELETE FROM kek_epochs")
-        return epochs, int(deks), int(tags)
-
-    def delete_signing_seeds(self, conn: sqlite3.Connection) -> int:
-        """Delete every wrapped signing seed and the MAC seed (the public key must be
-        kept in ``meta`` first, see :meth:`public_key`); returns how many seeds went."""
-        if self._has_mac_seed_table(conn):
-            conn.execute("DELETE FROM mac_seed")
-        return int(conn.execute("DELETE FROM signing").rowcount)
+        return int(
+            self._conn.execute(f"SELECT COUNT(*) FROM deks WHERE {erasure.LIVE}").fetchone()[0]
+        )
 
     # -- rollback anchor -------------------------------------------------------------
 

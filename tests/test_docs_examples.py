@@ -66,7 +66,14 @@ from shredvault.vault.package import (
     record_aad,
     stream_customers,
 )
-from shredvault.vault.receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
+from shredvault.vault.receipt import (
+    ERASURE_METHOD,
+    RECEIPT_TYPE,
+    SCOPE,
+    SCOPE_V2,
+    Receipt,
+    customer_commitment,
+)
 from shredvault.vault.schema import check_name
 from shredvault.vault.store import LogHead
 
@@ -120,26 +127,29 @@ def _wrap(hex_text: str, width: int = 64) -> str:
 # -- receipt ----------------------------------------------------------------------------------
 
 
-def receipt_document() -> dict[str, Any]:
+def receipt_document(version: int = 1) -> dict[str, Any]:
     commitment = customer_commitment(VAULT, CUSTOMER_ID, SUBJECT_TAG, RECEIPT_SALT)
+    detail: dict[str, Any] = {
+        "customer_commitment": commitment,
+        "intent_seq": 6,
+        "key_fingerprints": [hashlib.sha256(b"wrapped dek").hexdigest()],
+        "reason": "customer request",
+        "records": 2,
+    }
+    if version == 2:
+        detail["keystore_erasure"] = {"method": ERASURE_METHOD, "scrub_epoch": 3}
     shred = Event(
         "admin",
         "admin",
         "customer.shred",
         subject=SUBJECT_TAG.hex(),
-        detail={
-            "customer_commitment": commitment,
-            "intent_seq": 6,
-            "key_fingerprints": [hashlib.sha256(b"wrapped dek").hexdigest()],
-            "reason": "customer request",
-            "records": 2,
-        },
+        detail=detail,
     )
     entry, digest, _body = _entry(shred, 7, "2026-11-23T09:00:02.000000Z")
     cp = make_checkpoint(signer(), VAULT, LogHead(7, digest, entry["ts"]))
     return {
         "type": RECEIPT_TYPE,
-        "v": 1,
+        "v": version,
         "vault": VAULT,
         "customer": CUSTOMER_ID,
         "subject_tag": SUBJECT_TAG.hex(),
@@ -147,7 +157,7 @@ def receipt_document() -> dict[str, Any]:
         "entry": entry,
         "checkpoint": cp.to_json(),
         "public_key": format_public_key(signer().public_key),
-        "scope": SCOPE,
+        "scope": SCOPE_V2 if version == 2 else SCOPE,
     }
 
 
@@ -392,6 +402,7 @@ def backup_block() -> str:
 BLOCKS: dict[tuple[str, str], Callable[[], str]] = {
     ("log-format.md", "receipt"): receipt_block,
     ("log-format.md", "receipt-scope"): lambda: _fence(SCOPE),
+    ("log-format.md", "receipt-scope-v2"): lambda: _fence(SCOPE_V2),
     ("decommission.md", "certificate-scope"): lambda: _fence(CERTIFICATE_SCOPE),
     ("decommission.md", "signing-key-note"): lambda: _fence(SIGNING_KEY_NOTE),
     ("decommission.md", "certificate"): certificate_block,
@@ -429,6 +440,26 @@ def rewrite() -> None:
 def test_every_example_block_in_the_docs_is_what_the_code_makes() -> None:
     for (doc, name), make in BLOCKS.items():
         assert doc_block(doc, name) == make(), f"docs/{doc} example:{name} drifted"
+
+
+def test_a_v2_receipt_states_when_the_keys_left_the_keystore_and_its_scrub_epoch() -> None:
+    doc = receipt_document(2)
+    report = verify_receipt(json.loads(Receipt(doc).dumps()), public_key=signer().public_key)
+    assert report.ok, report.message
+    assert report.keys_unrecoverable_since == doc["entry"]["ts"]
+    assert report.scrub_epoch == 3
+    v1 = verify_receipt(receipt_document(1), public_key=signer().public_key)
+    assert v1.ok and v1.scrub_epoch is None
+    assert v1.keys_unrecoverable_since == receipt_document(1)["entry"]["ts"]
+
+
+def test_a_v2_receipt_with_the_v1_scope_or_without_its_erasure_member_fails() -> None:
+    doc = receipt_document(2)
+    doc["scope"] = SCOPE
+    assert verify_receipt(doc, public_key=signer().public_key).reason == "modified"
+    plain = receipt_document(1)
+    plain["v"], plain["scope"] = 2, SCOPE_V2
+    assert verify_receipt(plain, public_key=signer().public_key).reason == "modified"
 
 
 def test_the_receipt_example_verifies_and_fails_under_another_key() -> None:

@@ -34,7 +34,8 @@ from shredvault.keys import (
     verify_signature,
 )
 from shredvault.keys.envelope import blob_key_version, dek_aad, kek_aad
-from shredvault.keys.store import SCHEMA_VERSION, KeystoreHeader
+from shredvault.keys.erasure import scrub_every
+from shredvault.keys.store import SCHEMA_VERSION, DekRow, KeystoreHeader
 from shredvault.keys.subkeys import ROOT_WRAP, derive_subkey
 
 VAULT = "vlt_store"
@@ -582,45 +583,55 @@ def test_destroyed_keys_leave_no_bytes_in_keys_db_or_its_wal_and_shm_among_2000_
     assert residue == []
 
 
-def test_stale_copies_sqlite_leaves_when_it_moves_rows_are_erased_too(
-    ring: KeyRing, keys_db: Path
+def test_key_cells_never_move_so_shreds_among_inserts_leave_no_stale_copy(
+    ring: KeyRing, keys_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """secure_delete zeroes a deleted row's cell, but a B-tree split moves rows to a new
-    page and leaves their old bytes in the unallocated space of the page they left. A
-    customer whose key bytes sit in the file more often than its live rows explain has
-    such a stale copy; destroying it must erase that copy too (the keystore is rebuilt
-    from live rows). Without the rebuild every one of these customers left residue."""
+    """Erasure in place: rows are only appended and destroyed rows are overwritten in
+    their own cells, and no index holds a subject tag, so a live customer's wrapped DEK
+    and tag sit in the file exactly once and a destroyed one's nowhere, however the
+    keystore grows between shreds, with no rebuild (compare the control below)."""
+    monkeypatch.setattr("shredvault.keys.erasure.scrub_every", lambda keys: 10**9)
     ids: list[str] = []
-    stale: dict[str, tuple[bytes, bytes]] = {}
-    for batch in range(60):  # grow until a few customers have stale copies
+    destroyed: dict[str, tuple[bytes, bytes]] = {}
+    for batch in range(30):
         new = [customer(i) for i in range(batch * 100, (batch + 1) * 100)]
         ring.create_customers(new, CREATED)
         ids += new
-        ring.store.checkpoint_truncate()
-        data = keys_db.read_bytes()
-        tags = ring.store.subject_tags(ids)
-        wrapped = {r.customer_id: r.wrapped for r in ring.store.deks(ids)}
-        # Live: a tag is in its row and in the tag index; a wrapped DEK in its row.
-        stale = {
-            c: (tags[c], wrapped[c])
-            for c in ids
-            if data.count(tags[c]) > 2 or data.count(wrapped[c]) > 1
-        }
-        if len(stale) >= 3:
-            break
-    assert stale, "no stale copy arose, so this test would prove nothing"
-    for cid in stale:
-        ring.destroy_customer(cid)
+        for cid in ids[batch::37][:3]:
+            if cid not in destroyed:
+                tag = ring.store.subject_tags([cid])[cid]
+                (row,) = ring.store.deks([cid])
+                destroyed[cid] = (tag, row.wrapped)
+                ring.destroy_customer(cid)
+    assert ring.store.scrub_state().epoch == 1  # no rebuild ran
+    ring.store.checkpoint_truncate()
     files = keystore_files(keys_db)
-    residue = [
-        (cid, name)
-        for cid, values in stale.items()
-        for name, content in files.items()
-        if any(value in content for value in values)
-    ]
+    data = b"".join(files.values())
+    residue = [c for c, values in destroyed.items() if any(v in data for v in values)]
     assert residue == []
-    survivors = [c for c in ids if c not in stale]
-    assert len(ring.customer_keys(survivors)) == len(survivors)
+    live = [c for c in ids if c not in destroyed]
+    tags = ring.store.subject_tags(live)
+    wrapped = {r.customer_id: r.wrapped for r in ring.store.deks(live)}
+    copies = [c for c in live if data.count(tags[c]) != 1 or data.count(wrapped[c]) != 1]
+    assert copies == []
+    assert len(ring.customer_keys(live)) == len(live)
+
+
+def test_control_a_unique_index_on_tags_leaves_stale_copies_as_it_grows(tmp_path: Path) -> None:
+    """Why no index holds a tag: the old layout's UNIQUE index moves tags between pages
+    as random tags are inserted, and the pages they leave keep their bytes."""
+    path = tmp_path / "old-layout.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute("CREATE TABLE subject_tags (customer_id TEXT PRIMARY KEY, tag BLOB UNIQUE)")
+    tags = {customer(i): os.urandom(16) for i in range(3000)}
+    items = list(tags.items())
+    for start in range(0, len(items), 100):
+        conn.executemany("INSERT INTO subject_tags VALUES (?, ?)", items[start : start + 100])
+    conn.close()
+    data = path.read_bytes()
+    # Live: a tag is in its row and in the index.
+    assert [c for c, t in tags.items() if data.count(t) > 2] != []
 
 
 def test_a_bulk_deletion_scrubs_once_at_its_end_and_leaves_no_stale_copy(
@@ -681,14 +692,20 @@ def test_the_residue_search_sees_survivors_stored_bytes(
         assert evidence[cid]["subject tag"] in stored
 
 
-def test_the_residue_search_finds_destroyed_keys_when_secure_delete_is_off_and_no_rebuild(
+def test_the_residue_search_finds_destroyed_keys_when_secure_delete_is_off_and_rows_deleted(
     ring: KeyRing, keys_db: Path, keyfile_key: SecretBytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Control: without secure_delete and without the rebuild (scrub reduced to the WAL
-    # truncation), SQLite leaves deleted cells in place, and the search above must
-    # notice. (This machine's SQLite may default secure_delete on; the library sets it
-    # explicitly so builds without that default are covered too.)
-    monkeypatch.setattr(KeyStore, "scrub", KeyStore.checkpoint_truncate)
+    # Control: a plain DELETE (not the overwrite in place) without secure_delete leaves
+    # deleted cells in the file, and the search above must notice. (This machine's
+    # SQLite may default secure_delete on; the library sets it explicitly so builds
+    # without that default are covered too.)
+    def plain_delete(self: KeyStore, conn: sqlite3.Connection, cid: str) -> list[DekRow]:
+        rows = self.deks([cid])
+        conn.execute("DELETE FROM deks WHERE customer_id = ?", (cid,))
+        conn.execute("DELETE FROM subject_tags WHERE customer_id = ?", (cid,))
+        return rows
+
+    monkeypatch.setattr(KeyStore, "delete_customer", plain_delete)
     with ring.store.transaction() as conn:
         conn.execute("PRAGMA secure_delete = OFF")
     residue, _evidence, _survivors = destroy_and_search_residue(
@@ -698,7 +715,7 @@ def test_the_residue_search_finds_destroyed_keys_when_secure_delete_is_off_and_n
     assert {cid for cid, _what, _name in residue} == {customer(i) for i in range(0, 200, 100)}
 
 
-def test_the_rebuild_alone_erases_deleted_cells_when_secure_delete_is_off(
+def test_the_overwrite_in_place_alone_erases_key_cells_when_secure_delete_is_off(
     ring: KeyRing, keys_db: Path, keyfile_key: SecretBytes
 ) -> None:
     with ring.store.transaction() as conn:
@@ -852,3 +869,67 @@ def test_unlock_refuses_a_keystore_whose_public_key_was_replaced(
             KeyRing.unlock(store, keyfile_key=keyfile_key)
     finally:
         store.close()
+
+
+def test_a_keystore_from_before_erasure_in_place_is_converted_at_open(
+    ring: KeyRing, keys_db: Path, keyfile_key: SecretBytes
+) -> None:
+    tags = ring.create_customers([customer(i) for i in range(300)], CREATED)
+    ring.close()
+    with closing(sqlite3.connect(keys_db, isolation_level=None)) as conn:  # the old layout
+        conn.executescript(
+            "BEGIN; CREATE TABLE old_tags (customer_id TEXT PRIMARY KEY, tag BLOB NOT NULL UNIQUE);"
+            "INSERT INTO old_tags SELECT customer_id, tag FROM subject_tags;"
+            "DROP TABLE subject_tags; ALTER TABLE old_tags RENAME TO subject_tags;"
+            "DELETE FROM meta WHERE k IN ('layout', 'scrub_epoch'); COMMIT;"
+        )
+    reopened = reopen_with_keyfile(keys_db, keyfile_key)
+    try:
+        assert reopened.store.get_meta("layout") == "in-place-v1"
+        assert reopened.store.scrub_state().epoch == 2  # converted, then scrubbed once
+        assert reopened.store.subject_tags(list(tags)) == tags
+        indexes = reopened.store._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'subject_tags'"
+        ).fetchall()
+        assert indexes == [("sqlite_autoindex_subject_tags_1",)]  # the customer id only
+        assert reopened.store.customers_for_tags([tags[customer(7)]]) == {
+            tags[customer(7)]: customer(7)
+        }
+    finally:
+        reopened.close()
+
+
+def test_destroyed_rows_are_invisible_until_the_scrub_removes_them(
+    ring: KeyRing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shredvault.keys.erasure.scrub_every", lambda keys: 10**9)
+    ring.create_customers([customer(1), customer(2)], CREATED)
+    ring.destroy_customer(customer(1))
+    store = ring.store
+    assert store.count_deks() == 1 and store.scrub_state().pending == 1
+    assert store.dek_counts() == {1: 1}
+    assert store.deks_created_before("9999") == [customer(2)]
+    assert store.deks_outside_epoch(2, 10) == [store.deks([customer(2)])[0]]
+    raw = store._conn.execute("SELECT customer_id, wrapped, created FROM deks").fetchall()
+    destroyed = [r for r in raw if r[0] != customer(2)]
+    assert len(destroyed) == 1 and destroyed[0][0].startswith("~")
+    assert len(destroyed[0][0]) == len(customer(1)) and set(destroyed[0][1]) == {0}
+    ring.finish_pending_scrub()
+    assert store._conn.execute("SELECT COUNT(*) FROM deks").fetchone() == (1,)
+    assert store.scrub_state().pending == 0 and store.scrub_state().epoch == 2
+
+
+def test_a_scrub_epoch_closes_after_one_shred_per_400_keys_held(ring: KeyRing) -> None:
+    assert [scrub_every(n) for n in (0, 100, 800, 1_200, 100_000, 10**7)] == [
+        1,
+        1,
+        2,
+        3,
+        250,
+        1024,
+    ]
+    ring.create_customers([customer(i) for i in range(1_200)], CREATED)
+    for i in range(3):
+        assert ring.store.scrub_state().epoch == 1
+        ring.destroy_customer(customer(i))
+    assert ring.store.scrub_state().epoch == 2 and ring.store.scrub_state().pending == 0

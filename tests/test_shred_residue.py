@@ -210,3 +210,77 @@ def test_a_pre_shred_copy_still_serves_the_records_while_the_live_vault_cannot(
     with Vault.open(shredded.copy, keyfile=shredded.keyfile) as copy:
         record = copy.admin().get(cid, rid, purpose=PURPOSE)
     assert record.fields == {"name": f"Target {cid[-4:]}"}
+
+
+# -- erasure in place at scale: shreds interleaved with inserts ----------------------------
+
+
+def shred_among_inserts(v: Vault, customers: int, shreds: int) -> tuple[dict[str, bytes], int]:
+    """Grow the keystore to ``customers`` in batches, shredding a real customer (with a
+    record) between batches, and scan the keystore's files after every shred for every
+    shredded customer so far: raw and wrapped DEKs, subject tag (raw and hex) and the
+    receipt's salt. Returns (needles of the shredded, keystore rows of one survivor)."""
+    s = v.admin()
+    batch = max(1, (customers - 2 * shreds) // shreds)
+    needles: dict[str, bytes] = {}
+    survivor = s.add_customer()
+    for _ in range(shreds):
+        v._ctx.keys.create_customers(new_ids(CUSTOMER, batch), "2030-01-01T00:00:00.000000Z")
+        cid = s.add_customer()
+        s.put(cid, "profile", {"name": "Target"}, purpose=PURPOSE)
+        needles.update({k: b for k, b in read_secrets(v, [cid]).needles().items()})
+        receipt = s.shred(cid, reason="erasure request")
+        needles[f"{cid} receipt salt"] = bytes.fromhex(receipt.document["salt"])
+        assert scan_keystore(v.path, needles) == {}
+    return needles, survivor
+
+
+@pytest.mark.parametrize(
+    ("customers", "shreds"),
+    [(2_000, 12), pytest.param(10_000, 40, marks=pytest.mark.slow)],
+    ids=["2k", "10k"],
+)
+def test_shreds_among_inserts_leave_no_key_material_without_any_rebuild(
+    tmp_path: Path, keyfile: Path, customers: int, shreds: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No scrub epoch closes during the run: erasure in place alone must do it.
+    monkeypatch.setattr("shredvault.keys.erasure.scrub_every", lambda keys: 10**9)
+    with Vault.create(tmp_path / "vault", keyfile=keyfile) as v:
+        v.declare_kind("profile", fields=["name"], purposes=[PURPOSE])
+        epoch = v._ctx.keys.scrub_epoch
+        needles, survivor = shred_among_inserts(v, customers, shreds)
+        assert v._ctx.keys.store.count_deks() >= customers - 3 * shreds
+        # No rebuild ran: erasure in place alone removed every byte.
+        assert v._ctx.keys.scrub_epoch == epoch
+        (row,) = v._ctx.keys.store.deks([survivor])
+        assert scan_keystore(v.path, {"survivor": row.wrapped}) == {"keys.db": ["survivor"]}
+    assert scan_keystore(tmp_path / "vault", needles) == {}
+
+
+def test_the_scrub_epoch_closes_at_the_next_open_and_removes_the_filler_rows(
+    tmp_path: Path, keyfile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shredvault.keys.erasure.scrub_every", lambda keys: 10**9)
+    with Vault.create(tmp_path / "vault", keyfile=keyfile) as v:
+        s = v.admin()
+        cid = s.add_customer()
+        epoch = v._ctx.keys.scrub_epoch
+        receipt = s.shred(cid, reason="erasure request")
+        assert receipt.document["v"] == 2
+        erasure = receipt.document["entry"]["detail"]["keystore_erasure"]
+        assert erasure == {"method": "in-place/v1", "scrub_epoch": epoch}
+        assert v._ctx.keys.store.scrub_state().pending == 1
+    conn = sqlite3.connect(tmp_path / "vault" / "keys.db")
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM deks WHERE customer_id >= '~'").fetchone() == (1,)
+    finally:
+        conn.close()
+    with Vault.open(tmp_path / "vault", keyfile=keyfile) as v:
+        assert v._ctx.keys.scrub_epoch == epoch + 1
+        assert v._ctx.keys.store.scrub_state().pending == 0
+    conn = sqlite3.connect(tmp_path / "vault" / "keys.db")
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM deks WHERE customer_id >= '~'").fetchone() == (0,)
+        assert conn.execute("SELECT COUNT(*) FROM subject_tags").fetchone() == (0,)
+    finally:
+        conn.close()

@@ -5,6 +5,11 @@ that entry, the vault's public key and the customer's (now destroyed) subject ta
 entry commits to the customer through ``customer_commitment = SHA-256(label ‖ vault ‖
 customer ‖ tag)``: with the tag destroyed nobody can test a guessed customer id against
 the log, yet whoever holds the receipt can show which customer it names.
+
+Version 2 (keys erased in place, docs/keys.md) also states when the customer's key
+material left the keystore's files: the shred entry's ``detail.keystore_erasure``
+names the method and the keystore's scrub epoch, and the scope says what each means.
+Version 1 receipts (a rebuild of the keystore at every shred) still verify.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from .log import entry_hash
 from .trust import NO_TRUSTED_KEY, PINNED, no_trusted_key_message, trust_of
 
 __all__ = [
+    "ERASURE_METHOD",
     "RECEIPT_TYPE",
     "SCOPE",
+    "SCOPE_V2",
     "Receipt",
     "ReceiptReport",
     "customer_commitment",
@@ -47,6 +54,28 @@ SCOPE = (
     "customer's unreadable ciphertext rows still carry its id and the record ids that "
     "older log entries name; compaction removes them."
 )
+
+
+# Version 2 (docs/log-format.md §8): the keys were overwritten in place.
+ERASURE_METHOD = "in-place/v1"
+SCOPE_V2 = (
+    "Every data-encryption key of this customer and its subject tag were overwritten in "
+    "place in the vault's keystore, and the keystore's WAL truncated, before the time of "
+    "the shred entry: from that time no byte of them is in the keystore's files, so every "
+    "copy of the customer's ciphertext, wherever it is, can no longer be decrypted with "
+    "this vault. The keystore rows that held them (now filler) go, with any index cell "
+    "that may still tie the customer id to where its keys were stored (no key material), "
+    "when the keystore scrub epoch named in the entry closes: after at most 1,024 more "
+    "erased customers (fewer in a smaller keystore), at the vault's next open, or at the "
+    "end of a bulk operation. Not "
+    "covered: a copy of keys.db made before the shred (for example a backup) still holds "
+    "the key until that copy is destroyed or expires; restoring a backup replays this "
+    "shred before the vault serves. Plaintext the business exported or printed before the "
+    "shred is outside the vault. The shred deleted the customer's ciphertext rows from the "
+    "data store; copies of the data store made before it keep them, unreadable without a "
+    "copy of the keys."
+)
+_SCOPES = {1: SCOPE, 2: SCOPE_V2}
 
 
 def customer_commitment(vault_id: str, customer_id: str, subject_tag: bytes, salt: bytes) -> str:
@@ -98,6 +127,11 @@ class ReceiptReport:
     shredded_at: str | None = None
     #: what the key checked against is (``vault.trust``); None when not verified
     trust: str | None = None
+    #: from when no byte of the customer's keys is in the keystore's files: the shred
+    #: entry's time (both versions erased them before writing it)
+    keys_unrecoverable_since: str | None = None
+    #: v2: the keystore scrub epoch whose close removes the rows left in place
+    scrub_epoch: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,6 +143,8 @@ class ReceiptReport:
             "seq": self.seq,
             "shredded_at": self.shredded_at,
             "trust": self.trust,
+            "keys_unrecoverable_since": self.keys_unrecoverable_since,
+            "scrub_epoch": self.scrub_epoch,
         }
 
 
@@ -132,7 +168,12 @@ def verify_receipt(
         return ReceiptReport(False, reason, message)
 
     try:
-        if document.get("type") != RECEIPT_TYPE or document.get("v") != 1:
+        version = document.get("v")
+        if (
+            document.get("type") != RECEIPT_TYPE
+            or type(version) is not int
+            or version not in _SCOPES
+        ):
             return fail("malformed", "not a shredvault erasure receipt")
         vault_id = str(document["vault"])
         customer = str(document["customer"])
@@ -145,7 +186,7 @@ def verify_receipt(
         return fail("malformed", f"receipt is malformed: {error}")
     if public_key is not None and public_key != embedded:
         return fail("wrong key", "the receipt names another public key than the trusted one")
-    if document.get("scope") != SCOPE:
+    if document.get("scope") != _SCOPES[version]:
         return fail("modified", "the scope statement was altered")
     key = public_key if public_key is not None else embedded
     claimed_hash = entry.pop("hash", None)
@@ -169,6 +210,11 @@ def verify_receipt(
     detail = entry.get("detail") or {}
     if detail.get("customer_commitment") != customer_commitment(vault_id, customer, tag, salt):
         return fail("wrong customer", "the entry does not commit to this customer")
+    scrub_epoch = None
+    if version == 2:
+        scrub_epoch = erasure_epoch(detail)
+        if scrub_epoch is None:
+            return fail("modified", "the entry does not say how the keys were erased")
     trust = trust_of(public_key, trust_embedded_key=trust_embedded_key)
     if trust is None:
         return fail(NO_TRUSTED_KEY, no_trusted_key_message("receipt"))
@@ -182,4 +228,18 @@ def verify_receipt(
         seq=cp.seq,
         shredded_at=str(entry.get("ts")),
         trust=trust,
+        keys_unrecoverable_since=str(entry.get("ts")),
+        scrub_epoch=scrub_epoch,
     )
+
+
+def erasure_epoch(detail: dict[str, Any]) -> int | None:
+    """The scrub epoch of a v2 shred entry's ``keystore_erasure``, or None when that
+    member is missing or not exactly ``{"method": "in-place/v1", "scrub_epoch": n ≥ 1}``."""
+    erasure = detail.get("keystore_erasure")
+    if not isinstance(erasure, dict) or set(erasure) != {"method", "scrub_epoch"}:
+        return None
+    epoch = erasure["scrub_epoch"]
+    if erasure["method"] != ERASURE_METHOD or type(epoch) is not int or epoch < 1:
+        return None
+    return epoch

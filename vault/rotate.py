@@ -116,12 +116,12 @@ def rotate_kek(
     actor.authorize("admin", "keys.rotate-kek")
     keyring = ctx.keys
     with keys_errors("KEK rotation could not start"):
-        epoch, new = keyring.begin_kek_rotation(ctx.now())
+        epoch, new = keyring.epochs.begin_kek_rotation(ctx.now())
     _log(ctx, actor, "keys.rotate-kek.start", {"epoch": epoch, "resumed": not new}, checkpoint=True)
     total = 0
     while True:
         with keys_errors("KEK rotation stopped (run it again to finish)"):
-            n = keyring.rewrap_batch(_BATCH)
+            n = keyring.epochs.rewrap_batch(_BATCH)
         if n == 0:
             break
         total += n
@@ -130,8 +130,10 @@ def rotate_kek(
         if progress is not None:
             progress(n)
     _log(ctx, actor, "keys.rotate-kek.done", {"epoch": epoch, "deks": total}, checkpoint=True)
-    keyring.finish_kek_rotation()
-    retired = [retire_epoch(ctx, actor, e) for e in keyring.retirable_epochs()] if retire else []
+    keyring.epochs.finish_kek_rotation()
+    retired = (
+        [retire_epoch(ctx, actor, e) for e in keyring.epochs.retirable_epochs()] if retire else []
+    )
     return {"epoch": epoch, "new_epoch": new, "rewrapped": total, "retired": retired}
 
 
@@ -322,14 +324,14 @@ def _pending(
 def _clear_pending(keyring: Any) -> None:
     # Logged already: if clearing fails, the next open finds the entry and clears it.
     with contextlib.suppress(KeystoreError):
-        keyring.clear_pending_event()
+        keyring.epochs.clear_pending_event()
 
 
 def log_pending_key_event(ctx: VaultContext) -> bool:
     """At open: log a key event whose keystore change committed but whose log entry a
     crash prevented (once: an entry with its event id after its seq counts as logged).
     Returns whether an entry was written."""
-    raw = ctx.keys.pending_event()
+    raw = ctx.keys.epochs.pending_event()
     if raw is None:
         return False
     pending = json.loads(raw)

@@ -47,7 +47,15 @@ from .inputs import check_customer_id, check_reason
 from .keptreceipts import keep
 from .locks import exclusive_lock
 from .log import export_line
-from .receipt import RECEIPT_TYPE, SCOPE, Receipt, customer_commitment
+from .receipt import (
+    ERASURE_METHOD,
+    RECEIPT_TYPE,
+    SCOPE,
+    SCOPE_V2,
+    Receipt,
+    customer_commitment,
+    erasure_epoch,
+)
 from .rowauth import check_rows, update_rows
 from .store import checkpoints, customers, log, records
 from .tombstone import (
@@ -232,6 +240,9 @@ def _finish(
         intent = json.loads(body)
         detail = dict(intent["detail"])
         detail["intent_seq"] = int(row.shred_intent_seq)
+        # Step 2 overwrote the keys in place: say so, and in which scrub epoch the
+        # rows left holding filler go (vault/receipt.py, SCOPE_V2).
+        detail["keystore_erasure"] = {"method": ERASURE_METHOD, "scrub_epoch": epoch}
         write_tombstones(
             tx.conn,
             ctx.data.is_sqlite,
@@ -245,6 +256,8 @@ def _finish(
         tx.checkpoint = True
         return tx.head.seq + len(tx.events), {"subject": intent["subject"]}
 
+    with keys_errors("cannot read the keystore's scrub epoch"):
+        epoch = ctx.keys.scrub_epoch
     done = ctx.transact(work)
     if done is None:
         return None
@@ -276,18 +289,21 @@ def _receipt(ctx: VaultContext, customer_id: str, seq: int, subject: str, salt: 
 
     body, digest, cp_body, cp_sig = ctx.data.read(read)
     cp = parse_checkpoint(cp_body, cp_sig)
+    entry = json.loads(export_line(body, digest))
+    # A shred logged before erasure in place (found again by recovery) keeps v1.
+    version = 2 if erasure_epoch(entry.get("detail") or {}) is not None else 1
     return Receipt(
         {
             "type": RECEIPT_TYPE,
-            "v": 1,
+            "v": version,
             "vault": ctx.vault_id,
             "customer": customer_id,
             "subject_tag": subject,
             "salt": salt.hex(),
-            "entry": json.loads(export_line(body, digest)),
+            "entry": entry,
             "checkpoint": cp.to_json(),
             "public_key": format_public_key(ctx.public_key),
-            "scope": SCOPE,
+            "scope": SCOPE_V2 if version == 2 else SCOPE,
         }
     )
 
