@@ -63,6 +63,14 @@ __all__ = ["serve_command"]
     help="How fast that allowance refills.",
 )
 @click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    default=8,
+    show_default=True,
+    metavar="N",
+    help="Vault calls run at once (a bounded pool of threads sharing the open vault).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -81,6 +89,7 @@ def serve_command(
     max_body: int,
     login_burst: int,
     login_per_minute: float,
+    threads: int,
     log_level: str,
 ) -> None:
     """Serve the vault as a JSON HTTP API until stopped (SIGINT/SIGTERM).
@@ -114,4 +123,5 @@ def serve_command(
             tls_key=tls_key,
             insecure_no_tls=insecure_no_tls,
             config=config,
+            threads=threads,
         )

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from shredvault import Auditor
 from shredvault.client import Client, ServerError
 from shredvault.keys import generate_keyfile
 from shredvault.server import render_openapi
@@ -181,6 +182,64 @@ def test_invalid_input_is_422_schema_error(live: Live) -> None:
     body = {"kind": "profile", "fields": {"nickname": "x"}, "purpose": "service"}
     response = live.call(
         live.staff.operator, "POST", f"/v1/customers/{customer}/records", json=body
+    )
+    assert (response.status_code, response.json()["error"]) == (422, "SchemaError")
+
+
+# -- search -----------------------------------------------------------------------------
+
+
+def logged(live: Live, actor: str, action: str) -> list[dict[str, Any]]:
+    with Auditor.open(live.root, data_url=live.data_url) as auditor:
+        return [e for e in auditor.entries() if (e.get("actor"), e["action"]) == (actor, action)]
+
+
+def test_find_over_http_matches_a_phone_in_another_formatting(live: Live) -> None:
+    customer = new_customer(live)
+    digits = f"{secrets.randbelow(10**7):07d}"
+    phone = f"+1 (555) {digits[:3]}-{digits[3:]}"
+    body = {"kind": "profile", "fields": {"name": "Dee", "phone": phone}, "purpose": "service"}
+    put = live.call(live.staff.operator, "POST", f"/v1/customers/{customer}/records", json=body)
+    query = {"kind": "profile", "field": "phone", "value": f"+1555{digits}", "purpose": "service"}
+    response = live.call(live.staff.operator, "POST", "/v1/records/find", json=query)
+    assert response.status_code == 200, response.text
+    [found] = response.json()["records"]
+    assert (found["id"], found["customer"], found["fields"]["phone"]) == (
+        put.json()["id"],
+        customer,
+        phone,
+    )
+    with Client(live.server.url, live.staff.operator) as client:
+        assert [r["id"] for r in client.find("profile", "phone", phone, purpose="service")] == [
+            found["id"]
+        ]
+        assert client.find("profile", "phone", "+1 000 000 0000", purpose="service") == []
+        with pytest.raises(ServerError) as unsearchable:
+            client.find("profile", "name", "Dee", purpose="service")
+        assert (unsearchable.value.status, unsearchable.value.error) == (
+            422,
+            "NotSearchableError",
+        )
+    log = live.server.server_log()
+    assert "POST /v1/records/find 200" in log
+    for secret in (digits, digits[3:], "Dee"):
+        assert secret not in log
+
+
+def test_find_by_a_role_without_the_field_is_403_and_logged(live: Live) -> None:
+    before = len(logged(live, "bill", "record.find"))
+    query = {"kind": "profile", "field": "phone", "value": "5550100", "purpose": "billing"}
+    response = live.call(live.staff.billing, "POST", "/v1/records/find", json=query)
+    assert (response.status_code, response.json()["error"]) == (403, "AccessDeniedError")
+    entries = logged(live, "bill", "record.find")
+    assert len(entries) == before + 1 and entries[-1]["outcome"] == "denied"
+    assert "5550100" not in json.dumps(entries) + live.server.server_log()
+
+
+def test_find_takes_the_value_only_in_the_body(live: Live) -> None:
+    query = {"kind": "profile", "field": "phone", "purpose": "service"}
+    response = live.call(
+        live.staff.operator, "POST", "/v1/records/find", params={"value": "1"}, json=query
     )
     assert (response.status_code, response.json()["error"]) == (422, "SchemaError")
 
