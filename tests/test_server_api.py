@@ -333,6 +333,21 @@ def test_the_client_round_trips_and_raises_typed_error_names(live: Live) -> None
         assert temp.list_customers(limit=1)["customers"]
 
 
+def test_a_token_logs_in_once_per_server_and_a_revocation_acts_on_the_next_request(
+    live: Live,
+) -> None:
+    name = "rev" + secrets.token_hex(3)
+    with Client(live.server.url, live.staff.admin) as admin:
+        token = admin.add_principal(name, role="operator")
+    for _ in range(3):
+        assert live.call(token, "GET", "/v1/customers", params={"limit": "1"}).status_code == 200
+    assert [e["outcome"] for e in logged(live, name, "auth.login")] == ["ok"]
+    live.call(live.staff.admin, "DELETE", f"/v1/principals/{name}").raise_for_status()
+    refused = live.call(token, "GET", "/v1/customers", params={"limit": "1"})
+    assert refused.status_code in {401, 403}
+    assert refused.json()["error"] == "AccessDeniedError"
+
+
 def test_the_server_log_holds_no_token_no_id_and_no_field_value(live: Live) -> None:
     customer = new_customer(live)
     new_record(live, customer)
