@@ -65,10 +65,9 @@ __all__ = ["serve_command"]
 @click.option(
     "--threads",
     type=click.IntRange(1, 256),
-    default=8,
-    show_default=True,
     metavar="N",
-    help="Vault calls run at once (a bounded pool of threads sharing the open vault).",
+    help="Vault calls run at once, on threads sharing the open vault "
+    "[default: 1 on SQLite (one writer), 8 on PostgreSQL].",
 )
 @click.option(
     "--log-level",
@@ -89,7 +88,7 @@ def serve_command(
     max_body: int,
     login_burst: int,
     login_per_minute: float,
-    threads: int,
+    threads: int | None,
     log_level: str,
 ) -> None:
     """Serve the vault as a JSON HTTP API until stopped (SIGINT/SIGTERM).

@@ -17,7 +17,7 @@ import uvicorn
 
 from ..vault import Auditor, SchemaError, Vault
 from .app import ServerConfig, create_app
-from .worker import DEFAULT_THREADS, VaultWorker
+from .worker import VaultWorker
 
 __all__ = ["Listen", "check_transport", "parse_listen", "serve"]
 
@@ -67,11 +67,11 @@ def serve(
     tls_key: Path | None = None,
     insecure_no_tls: bool = False,
     config: ServerConfig | None = None,
-    threads: int = DEFAULT_THREADS,
+    threads: int | None = None,
 ) -> None:
     """Serve ``vault`` until SIGINT/SIGTERM, running vault calls on ``threads``
-    threads; at shutdown, sign a checkpoint. The caller still owns (and closes) the
-    vault."""
+    threads (default: 1 on SQLite, 8 on PostgreSQL); at shutdown, sign a checkpoint.
+    The caller still owns (and closes) the vault."""
     check_transport(listen, tls=tls_cert is not None, insecure_no_tls=insecure_no_tls)
     if (tls_cert is None) != (tls_key is None):
         raise SchemaError("give both a TLS certificate and its key")
