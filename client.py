@@ -180,6 +180,14 @@ class Client:
         result: dict[str, Any] = self._call("GET", path, query=query)
         return result
 
+    def find(self, kind: str, field: str, value: str, *, purpose: str) -> list[dict[str, Any]]:
+        """The records of ``kind`` whose searchable ``field`` holds ``value`` (exact match
+        after the field's normalizer). The value goes in the request body, so it stays
+        out of URLs, access logs and proxies."""
+        body = {"kind": kind, "field": field, "value": value, "purpose": purpose}
+        result: list[dict[str, Any]] = self._call("POST", "/v1/records/find", body=body)["records"]
+        return result
+
     # -- reports and audit --------------------------------------------------------------
 
     def customer_report(self, customer_id: str) -> dict[str, Any]:

@@ -66,6 +66,7 @@ class Backend(Protocol):
         self, customer_id: str, record_id: str, fields: Mapping[str, Any], *, purpose: str
     ) -> Record: ...
     def delete(self, customer_id: str, record_id: str, *, purpose: str) -> None: ...
+    def find(self, kind: str, field: str, value: str, *, purpose: str) -> list[Record]: ...
     def list_records(
         self,
         customer_id: str,
@@ -168,6 +169,9 @@ class RemoteSession:
 
     def delete(self, customer_id: str, record_id: str, *, purpose: str) -> None:
         self._client.delete(customer_id, record_id, purpose=purpose)
+
+    def find(self, kind: str, field: str, value: str, *, purpose: str) -> list[Record]:
+        return [Record(**r) for r in self._client.find(kind, field, value, purpose=purpose)]
 
     def list_records(
         self,

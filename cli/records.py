@@ -12,7 +12,7 @@ import click
 from ..vault import Record
 from ..vault.inputs import parse_json
 from .backend import open_backend
-from .context import open_session, store_options, token_option, unlock_options
+from .context import store_options, token_option, unlock_options
 from .output import echo, json_option, note, print_json, print_pairs
 from .params import KEY_VALUE, field_values, page_options
 
@@ -286,7 +286,7 @@ def find_command(
     kind, field and count, never the value. Give - to read the value from stdin, or
     --value-file, so it stays out of shell history."""
     wanted = _search_value(value, value_file)
-    with open_session(ctx) as session:
+    with open_backend(ctx) as session:
         found = session.find(kind, field, wanted, purpose=purpose)
     if as_json:
         print_json([r.to_json() for r in found])

@@ -63,6 +63,13 @@ __all__ = ["serve_command"]
     help="How fast that allowance refills.",
 )
 @click.option(
+    "--threads",
+    type=click.IntRange(1, 256),
+    metavar="N",
+    help="Vault calls run at once, on threads sharing the open vault "
+    "[default: 1 on SQLite (one writer), 8 on PostgreSQL].",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -81,6 +88,7 @@ def serve_command(
     max_body: int,
     login_burst: int,
     login_per_minute: float,
+    threads: int | None,
     log_level: str,
 ) -> None:
     """Serve the vault as a JSON HTTP API until stopped (SIGINT/SIGTERM).
@@ -114,4 +122,5 @@ def serve_command(
             tls_key=tls_key,
             insecure_no_tls=insecure_no_tls,
             config=config,
+            threads=threads,
         )

@@ -2,7 +2,8 @@
 mapping, health checks and the OpenAPI document, around the endpoint table.
 
 Nothing here decides who may do what: a request's token becomes a session through
-``Vault.login`` and the endpoint calls that session, so the gate and the log are the
+``Vault.session_for`` (a logged login on the token's first use in this process) and
+the endpoint calls that session, so the gate and the log are the
 library's. The server's own log (stdlib ``logging``, logger ``shredvault.server``)
 holds the route template, status and time of each request and, for a failed login,
 the client address and a hash of the token's public id: never a token, a path with
@@ -52,7 +53,7 @@ class ServerConfig:
 
 
 class _LoginRefused(Exception):
-    """``Vault.login`` refused the token (raised on the vault's thread)."""
+    """The vault refused the token (raised on a vault thread)."""
 
     def __init__(self, error: AccessDeniedError) -> None:
         super().__init__(str(error))

@@ -2,7 +2,7 @@
 method. The table drives both the routes (:mod:`.app`) and the OpenAPI document
 (:mod:`.openapi`).
 
-Handlers run on the vault's thread with the caller's session; they translate JSON to
+Handlers run on a vault thread with the caller's session; they translate JSON to
 arguments and results to JSON, and nothing else: every check (role, fields, purpose,
 input rules) and every log entry is the library's.
 """
@@ -185,6 +185,13 @@ def _delete(session: Session, call: Call) -> Reply:
     customer_id, record_id = call.path["customer"], call.path["record"]
     session.delete(customer_id, record_id, purpose=call.purpose())
     return 200, {"customer": customer_id, "record": record_id, "deleted": True}
+
+
+def _find(session: Session, call: Call) -> Reply:
+    found = session.find(
+        call.text("kind"), call.text("field"), call.text("value"), purpose=call.purpose()
+    )
+    return 200, {"records": [r.to_json() for r in found]}
 
 
 def _list_records(session: Session, call: Call) -> Reply:
@@ -390,6 +397,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Delete one record.",
         _delete,
         query=("purpose",),
+    ),
+    Endpoint(
+        "POST",
+        "/v1/records/find",
+        "findRecords",
+        "Records of a kind whose searchable field holds the value (blind index; the "
+        "value travels in the body, never the URL).",
+        _find,
+        body=_object(
+            ("kind", "field", "value", "purpose"), kind=_ID, field=_ID, value=_ID, purpose=_ID
+        ),
     ),
     Endpoint(
         "GET", "/v1/principals", "listPrincipals", "Every principal (admin).", _list_principals

@@ -67,10 +67,11 @@ def serve(
     tls_key: Path | None = None,
     insecure_no_tls: bool = False,
     config: ServerConfig | None = None,
-    session_ttl: float = 30.0,
+    threads: int | None = None,
 ) -> None:
-    """Serve ``vault`` until SIGINT/SIGTERM; at shutdown, sign a checkpoint. The
-    caller still owns (and closes) the vault."""
+    """Serve ``vault`` until SIGINT/SIGTERM, running vault calls on ``threads``
+    threads (default: 1 on SQLite, 8 on PostgreSQL); at shutdown, sign a checkpoint.
+    The caller still owns (and closes) the vault."""
     check_transport(listen, tls=tls_cert is not None, insecure_no_tls=insecure_no_tls)
     if (tls_cert is None) != (tls_key is None):
         raise SchemaError("give both a TLS certificate and its key")
@@ -81,7 +82,7 @@ def serve(
             auditor.export(out, since=since)
         return out.getvalue()
 
-    worker = VaultWorker(vault, session_ttl=session_ttl)
+    worker = VaultWorker(vault, threads=threads)
     app = create_app(worker, config, export_log=export_log)
     server = uvicorn.Server(
         uvicorn.Config(

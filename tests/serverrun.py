@@ -111,11 +111,17 @@ class Staff:
 
 
 def prepare_vault(root: Path, keyfile: Path, data_url: str | None = None) -> Staff:
-    """Create a vault with a ``profile`` kind and one principal per role."""
+    """Create a vault with a ``profile`` kind (``phone`` searchable, as digits) and one
+    principal per role."""
     from shredvault import Role, Vault
 
     with Vault.create(root, keyfile=keyfile, data_url=data_url) as vault:
-        vault.declare_kind("profile", fields=["name", "phone"], purposes=["service", "billing"])
+        vault.declare_kind(
+            "profile",
+            fields=["name", "phone"],
+            purposes=["service", "billing"],
+            searchable={"phone": "digits"},
+        )
         admin = vault.admin()
         admin.add_role(
             Role.build(

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
+from shredvault import Auditor
 from shredvault.client import Client, ServerError
 from shredvault.keys import generate_keyfile
 from shredvault.server import render_openapi
@@ -185,6 +186,64 @@ def test_invalid_input_is_422_schema_error(live: Live) -> None:
     assert (response.status_code, response.json()["error"]) == (422, "SchemaError")
 
 
+# -- search -----------------------------------------------------------------------------
+
+
+def logged(live: Live, actor: str, action: str) -> list[dict[str, Any]]:
+    with Auditor.open(live.root, data_url=live.data_url) as auditor:
+        return [e for e in auditor.entries() if (e.get("actor"), e["action"]) == (actor, action)]
+
+
+def test_find_over_http_matches_a_phone_in_another_formatting(live: Live) -> None:
+    customer = new_customer(live)
+    digits = f"{secrets.randbelow(10**7):07d}"
+    phone = f"+1 (555) {digits[:3]}-{digits[3:]}"
+    body = {"kind": "profile", "fields": {"name": "Dee", "phone": phone}, "purpose": "service"}
+    put = live.call(live.staff.operator, "POST", f"/v1/customers/{customer}/records", json=body)
+    query = {"kind": "profile", "field": "phone", "value": f"+1555{digits}", "purpose": "service"}
+    response = live.call(live.staff.operator, "POST", "/v1/records/find", json=query)
+    assert response.status_code == 200, response.text
+    [found] = response.json()["records"]
+    assert (found["id"], found["customer"], found["fields"]["phone"]) == (
+        put.json()["id"],
+        customer,
+        phone,
+    )
+    with Client(live.server.url, live.staff.operator) as client:
+        assert [r["id"] for r in client.find("profile", "phone", phone, purpose="service")] == [
+            found["id"]
+        ]
+        assert client.find("profile", "phone", "+1 000 000 0000", purpose="service") == []
+        with pytest.raises(ServerError) as unsearchable:
+            client.find("profile", "name", "Dee", purpose="service")
+        assert (unsearchable.value.status, unsearchable.value.error) == (
+            422,
+            "NotSearchableError",
+        )
+    log = live.server.server_log()
+    assert "POST /v1/records/find 200" in log
+    for secret in (digits, digits[3:], "Dee"):
+        assert secret not in log
+
+
+def test_find_by_a_role_without_the_field_is_403_and_logged(live: Live) -> None:
+    before = len(logged(live, "bill", "record.find"))
+    query = {"kind": "profile", "field": "phone", "value": "5550100", "purpose": "billing"}
+    response = live.call(live.staff.billing, "POST", "/v1/records/find", json=query)
+    assert (response.status_code, response.json()["error"]) == (403, "AccessDeniedError")
+    entries = logged(live, "bill", "record.find")
+    assert len(entries) == before + 1 and entries[-1]["outcome"] == "denied"
+    assert "5550100" not in json.dumps(entries) + live.server.server_log()
+
+
+def test_find_takes_the_value_only_in_the_body(live: Live) -> None:
+    query = {"kind": "profile", "field": "phone", "purpose": "service"}
+    response = live.call(
+        live.staff.operator, "POST", "/v1/records/find", params={"value": "1"}, json=query
+    )
+    assert (response.status_code, response.json()["error"]) == (422, "SchemaError")
+
+
 # -- tokens and bodies -------------------------------------------------------------------
 
 
@@ -272,6 +331,21 @@ def test_the_client_round_trips_and_raises_typed_error_names(live: Live) -> None
         assert admin.customer(customer)["ref"] == "crm-1"
     with Client(live.server.url, token) as temp:
         assert temp.list_customers(limit=1)["customers"]
+
+
+def test_a_token_logs_in_once_per_server_and_a_revocation_acts_on_the_next_request(
+    live: Live,
+) -> None:
+    name = "rev" + secrets.token_hex(3)
+    with Client(live.server.url, live.staff.admin) as admin:
+        token = admin.add_principal(name, role="operator")
+    for _ in range(3):
+        assert live.call(token, "GET", "/v1/customers", params={"limit": "1"}).status_code == 200
+    assert [e["outcome"] for e in logged(live, name, "auth.login")] == ["ok"]
+    live.call(live.staff.admin, "DELETE", f"/v1/principals/{name}").raise_for_status()
+    refused = live.call(token, "GET", "/v1/customers", params={"limit": "1"})
+    assert refused.status_code in {401, 403}
+    assert refused.json()["error"] == "AccessDeniedError"
 
 
 def test_the_server_log_holds_no_token_no_id_and_no_field_value(live: Live) -> None:

@@ -84,6 +84,32 @@ def test_a_staff_member_with_only_a_token_works_within_the_role(
     assert json.loads(shown.stdout)["id"] == customer
 
 
+def test_record_find_goes_through_the_server(staffed: tuple[Served, Staff]) -> None:
+    server, staff = staffed
+    customer = remote(server, staff.admin, "customer", "add").stdout.strip()
+    put = remote(
+        server,
+        staff.operator,
+        "record",
+        "put",
+        customer,
+        "profile",
+        "--purpose",
+        "service",
+        "--field",
+        "phone=+1 (555) 010-4242",
+    )
+    assert put.exit_code == 0, put.output
+    args = ("record", "find", "profile", "phone", "-", "--purpose")
+    found = remote(server, staff.operator, *args, "service", "--json", input="+1 555 010 4242\n")
+    assert found.exit_code == 0, found.output
+    assert [r["id"] for r in json.loads(found.stdout)] == [put.stdout.strip()]
+    denied = remote(server, staff.billing, *args, "billing", input="+1 555 010 4242\n")
+    assert denied.exit_code == 3, denied.output
+    unsearchable = ("record", "find", "profile", "name", "x", "--purpose", "service")
+    assert remote(server, staff.operator, *unsearchable).exit_code == 1
+
+
 def test_denied_over_the_server_exits_3_and_shredded_exits_4(
     staffed: tuple[Served, Staff],
 ) -> None:

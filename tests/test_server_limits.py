@@ -1,15 +1,20 @@
 """The server's pieces that need no server: the failed-login buckets (driven by a fake
-clock), the token id it logs, the error -> status mapping, listen addresses."""
+clock), the token id it logs, the error -> status mapping, listen addresses, the
+worker's pool."""
 
 from __future__ import annotations
+
+import asyncio
+from pathlib import Path
 
 import pytest
 
 import shredvault
-from shredvault import VaultError
+from shredvault import Vault, VaultError
 from shredvault.server.limits import LoginLimiter, RateLimit, TokenBucket, token_id_of
 from shredvault.server.run import check_transport, parse_listen
 from shredvault.server.status import STATUSES, status_for
+from shredvault.server.worker import DEFAULT_THREADS, VaultWorker, default_threads
 
 
 class Clock:
@@ -87,3 +92,18 @@ def test_listen_addresses_parse_and_only_loopback_may_go_without_tls(
 def test_a_malformed_listen_address_is_a_schema_error(text: str) -> None:
     with pytest.raises(shredvault.SchemaError):
         parse_listen(text)
+
+
+def test_the_worker_defaults_to_one_thread_on_sqlite_and_runs_calls_on_its_pool(
+    tmp_path: Path, keyfile: Path, backend: str | None
+) -> None:
+    with Vault.create(tmp_path / "vault", keyfile=keyfile, data_url=backend) as vault:
+        worker = VaultWorker(vault)
+        expected = 1 if backend is None else DEFAULT_THREADS
+        assert default_threads(vault) == expected
+        assert vault.backend == ("sqlite" if backend is None else "postgresql")
+        seq = asyncio.run(worker.run(lambda: vault.head.seq))
+        worker.close()
+        assert vault.head.seq > seq  # the checkpoint at shutdown
+        with pytest.raises(ValueError, match="at least 1"):
+            VaultWorker(vault, threads=0)

@@ -1,5 +1,6 @@
 """The server under load and under kill -9, on SQLite and PostgreSQL: concurrent
-keep-alive clients get no error, the chain verifies, each access is one log entry;
+keep-alive clients get no error, the chain verifies, each access is one log entry
+(plus one ``auth.login`` per token and server process);
 a server killed mid-load loses nothing it acknowledged."""
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def check_load(tmp_path: Path, keyfile: Path, backend: str | None, requests: int
             if e.get("actor") == "olga" and e.get("outcome") == "ok"
         )
     assert {a: logged[a] for a in done} == dict(done)  # one entry per access
+    # Vault.session_for: the token's first use in this server process is its one login,
+    # and no request logs a login of its own
+    assert logged["auth.login"] == 1
+    assert sum(logged.values()) == sum(done.values()) + 1
     with Vault.open(tmp_path / "vault", keyfile=keyfile, data_url=backend) as vault:
         assert vault.verify_log().ok
 

@@ -293,3 +293,8 @@ class Vault:
     @property
     def head(self) -> LogHead:
         return self._ctx.head()
+
+    @property
+    def backend(self) -> str:
+        """The data store's database: ``"sqlite"`` or ``"postgresql"``."""
+        return str(self._ctx.data.engine.dialect.name)
