@@ -14,6 +14,7 @@ and import) goes through these functions; nothing else calls ``record_aad_suffix
 from __future__ import annotations
 
 import json
+import json.scanner
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,7 +49,7 @@ SealItem = tuple[str, str, int, bytes]
 # json.loads of bytes detects the encoding, decodes, and matches whitespace around the
 # value in Python; a record plaintext is canonical JSON (UTF-8, no whitespace, an
 # object), so the C scanner alone parses it. Anything else takes json.loads as before.
-_scan = json.JSONDecoder().scan_once
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
 def record_version(row: Mapping[Any, Any]) -> int | None:
