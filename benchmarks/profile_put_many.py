@@ -33,9 +33,11 @@ from shredvault.keys import generate_keyfile
 from shredvault.keys.envelope import Envelope, record_aad_prefix, record_aad_suffix
 from shredvault.keys.secret import SecretBytes
 from shredvault.vault import ids
+from shredvault.vault.canonical import canonical, canonical_text
 from shredvault.vault.log import HASH_PREFIX, Event, LogEntry, encode_body
 from shredvault.vault.model import Record
 from shredvault.vault.schema import KindSpec, encode_fields
+from shredvault.vault.sealing import parse_fields
 
 from harness import ACTOR, BATCH, FIELDS, KIND, PURPOSE, make_workload, record_fields
 
@@ -123,6 +125,16 @@ def stages() -> None:
             "encode_fields (validate + canonical JSON)",
             lambda: [encode_fields(spec, f) for f in fields],
         ),
+        (
+            "put",
+            "  of which canonical JSON (flat ASCII path)",
+            lambda: [canonical(f) for f in fields],
+        ),
+        (
+            "put",
+            "  the same through the JSON encoder (before)",
+            lambda: [canonical_text(f).encode("utf-8") for f in fields],
+        ),
         ("put", "ids.new_ids (base32 via base64 module)", lambda: ids.new_ids(ids.RECORD, BATCH)),
         ("put", "record_aad_suffix", lambda: [record_aad_suffix(prefix, r, KIND, 1) for r in rids]),
         ("put", "Envelope.seal_many (AES-256-GCM)", lambda: env.seal_many(plaintexts, contexts)),
@@ -139,7 +151,16 @@ def stages() -> None:
             "Envelope.open (AES-256-GCM)",
             lambda: [env.open(b, c) for b, c in zip(blobs, contexts, strict=True)],
         ),
-        ("get", "json.loads of the plaintext", lambda: [json.loads(p) for p in plaintexts]),
+        (
+            "get",
+            "sealing.parse_fields of the plaintext",
+            lambda: [parse_fields(p) for p in plaintexts],
+        ),
+        (
+            "get",
+            "  json.loads of the plaintext (before)",
+            lambda: [json.loads(p) for p in plaintexts],
+        ),
         (
             "get",
             "Record objects",

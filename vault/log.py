@@ -242,11 +242,18 @@ _BODY = (
 
 
 def encode_body(
-    ev: Event, seq: int, ts: str, prev: str, detail: Mapping[str, Any], text: dict[Any, str]
+    ev: Event,
+    seq: int,
+    ts: str,
+    prev: str,
+    detail: Mapping[str, Any],
+    text: dict[Any, str],
+    detail_text: str | None = None,
 ) -> bytes:
     """Canonical JSON of an entry without ``hash``, built from a template in sorted key
     order (byte-identical to :func:`~vault.canonical.canonical` of the dict; tested).
-    ``text`` memoizes JSON string encodings across a batch."""
+    ``text`` memoizes JSON string encodings across a batch; ``detail_text``, when
+    given, is ``canonical_text(detail)`` already made."""
 
     def enc(value: str | None) -> str:
         out = text.get(value)
@@ -260,7 +267,7 @@ def encode_body(
         % (
             enc(ev.action),
             enc(ev.actor),
-            canonical_text(detail) if detail else "{}",
+            detail_text if detail_text is not None else canonical_text(detail) if detail else "{}",
             enc(ev.outcome),
             prev,
             enc(ev.purpose),
@@ -289,12 +296,20 @@ def append(
     written: list[LogEntry] = []
     base = hashlib.sha256(HASH_PREFIX)
     text: dict[Any, str] = {}
+    # Batches share one detail mapping between entries (records.put_many, get_many):
+    # encode it once. Keyed by identity, which is stable while ``events`` holds them.
+    details: dict[int, str] = {}
     for ev in events:
         seq += 1
         detail: Mapping[str, Any] = ev.detail
         if clamped_us:
             detail = {**detail, "clock_clamped_us": clamped_us}
-        body = encode_body(ev, seq, ts, prev, detail, text)
+            body = encode_body(ev, seq, ts, prev, detail, text)
+        else:
+            known = details.get(id(detail))
+            if known is None:
+                known = details[id(detail)] = canonical_text(detail) if detail else "{}"
+            body = encode_body(ev, seq, ts, prev, detail, text, known)
         hasher = base.copy()
         hasher.update(body)
         digest = hasher.hexdigest()

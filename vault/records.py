@@ -110,6 +110,7 @@ def put_many(
         events = []
         first = tx.next_seq()
         record_tag = record_tagger(ctx.keys.row_auth)
+        details: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
         for i, (cid, _kind, _fields) in enumerate(items):
             ck = keys[cid]
             dv = ck.current.version
@@ -121,7 +122,7 @@ def put_many(
                     subject=ck.subject_tag.hex(),
                     record=rids[i],
                     purpose=purpose,
-                    detail={"kind": kinds_of[i], "fields": field_names[i]},
+                    detail=_detail(details, kinds_of[i], field_names[i]),
                 )
             )
         ctx.data.insert_many(tx.conn, records, rows)
@@ -389,6 +390,7 @@ def _read_records(
     keys = ctx.keys.customer_keys(list(dict.fromkeys(c for c, _ in pairs)))
     result: list[Record] = []
     events: list[Event] = []
+    details: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
     for (cid, rid), row in zip(pairs, rows, strict=True):
         kind = str(row["kind"])
         fields = role.visible(kind, _decrypt(ctx, actor, keys, cid, rid, row, purpose, action))
@@ -409,8 +411,20 @@ def _read_records(
                 subject=keys[cid].subject_tag.hex(),
                 record=rid,
                 purpose=purpose,
-                detail={"kind": kind, "fields": sorted(fields)},
+                detail=_detail(details, kind, sorted(fields)),
             )
         )
     tx.log(*events)
     return result
+
+
+def _detail(
+    shared: dict[tuple[str, tuple[str, ...]], dict[str, Any]], kind: str, names: list[str]
+) -> dict[str, Any]:
+    """The log detail ``{"kind", "fields"}`` of one record in a batch, one mapping per
+    distinct value, so the log encodes each once (log.append)."""
+    key = (kind, tuple(names))
+    detail = shared.get(key)
+    if detail is None:
+        detail = shared[key] = {"kind": kind, "fields": names}
+    return detail

@@ -234,17 +234,25 @@ def encode_fields(
     """
     if not isinstance(fields, Mapping):
         raise SchemaError("record fields must be a mapping of field name to value")
-    undeclared = [k for k in fields if k not in spec.fields and k not in kept]
-    if undeclared:
-        shown = ", ".join(sorted(f"{str(k)[:64]}{suggest(k, spec.fields)}" for k in undeclared))
-        raise SchemaError(f"field(s) {shown} not declared for kind {spec.name!r}")
-    frozen = sorted(k for k in fields if k in spec.deprecated and k not in kept)
+    declared = spec.fields
+    if not declared.issuperset(fields):
+        undeclared = [k for k in fields if k not in declared and k not in kept]
+        if undeclared:
+            shown = ", ".join(sorted(f"{str(k)[:64]}{suggest(k, declared)}" for k in undeclared))
+            raise SchemaError(f"field(s) {shown} not declared for kind {spec.name!r}")
+    frozen = (
+        sorted(k for k in fields if k in spec.deprecated and k not in kept)
+        if spec.deprecated
+        else None
+    )
     if frozen:
         raise SchemaError(
             f"field(s) {', '.join(frozen)} of kind {spec.name!r} are deprecated: they are "
             "read, and removed by an update setting them to None, but not written"
         )
     for name, value in fields.items():
+        if type(value) is str and len(value) <= MAX_FIELD_BYTES // 6:
+            continue  # the common case: nothing to check (see below)
         _check_value(spec.name, name, value)
         # JSON escaping can take 6 bytes per character (\u0001), so measure any string
         # that could reach the limit once escaped.

@@ -14,6 +14,7 @@ and import) goes through these functions; nothing else calls ``record_aad_suffix
 from __future__ import annotations
 
 import json
+import json.scanner
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,6 +45,11 @@ NOTE_LABEL = "~request-note"
 
 #: (record id, kind, record version, plaintext) of one record to seal
 SealItem = tuple[str, str, int, bytes]
+
+# json.loads of bytes detects the encoding, decodes, and matches whitespace around the
+# value in Python; a record plaintext is canonical JSON (UTF-8, no whitespace, an
+# object), so the C scanner alone parses it. Anything else takes json.loads as before.
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 
 def record_version(row: Mapping[Any, Any]) -> int | None:
@@ -87,7 +93,23 @@ def open_fields(
     blob: bytes,
 ) -> dict[str, Any]:
     """:func:`open_record`, decoded: the record's fields."""
-    fields: dict[str, Any] = json.loads(open_record(env, keys, record_id, kind, version, blob))
+    return parse_fields(open_record(env, keys, record_id, kind, version, blob))
+
+
+def parse_fields(plaintext: bytes) -> dict[str, Any]:
+    """``json.loads(plaintext)``, by the C scanner alone when the plaintext is one
+    JSON object with nothing around it (every canonical plaintext): the same value,
+    several µs less per record."""
+    if plaintext[:1] == b"{":
+        try:
+            text = plaintext.decode("utf-8", "surrogatepass")
+            value, end = _scan(text, 0)
+        except (StopIteration, ValueError):
+            pass
+        else:
+            if end == len(text) and type(value) is dict:
+                return value
+    fields: dict[str, Any] = json.loads(plaintext)
     return fields
 
 
