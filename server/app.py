@@ -163,7 +163,7 @@ def create_app(
     def route_of(endpoint: Endpoint) -> Route:
         async def handle(request: Request) -> Response:
             return reply(
-                *await serve(request, endpoint.path, endpoint.handler, endpoint.body is not None)
+                *await serve(request, endpoint.path, endpoint.checked, endpoint.body is not None)
             )
 
         return Route(endpoint.path, handle, methods=[endpoint.method], name=endpoint.name)

@@ -185,6 +185,30 @@ def test_invalid_input_is_422_schema_error(live: Live) -> None:
     assert (response.status_code, response.json()["error"]) == (422, "SchemaError")
 
 
+def test_an_unknown_body_field_is_422_and_creates_nothing(live: Live) -> None:
+    # a misspelt retain_until must not create a customer that is kept forever
+    before = live.call(live.staff.admin, "GET", "/v1/customers").json()["customers"]
+    body = {"ref": "typo-1", "retain-until": "2030-01-01"}
+    response = live.call(live.staff.admin, "POST", "/v1/customers", json=body)
+    assert (response.status_code, response.json()["error"]) == (422, "SchemaError")
+    assert "retain-until" in response.json()["message"]
+    assert "retain_until" in response.json()["message"]  # the suggestion
+    after = live.call(live.staff.admin, "GET", "/v1/customers").json()["customers"]
+    assert after == before
+
+
+def test_an_unknown_query_parameter_is_422(live: Live) -> None:
+    response = live.call(live.staff.admin, "GET", "/v1/customers", params={"limt": "1"})
+    assert (response.status_code, response.json()["error"]) == (422, "SchemaError")
+
+
+@pytest.mark.parametrize("limit", ["\u00b2", "\u0661", "-1", "0", "1" * 12])
+def test_a_limit_that_is_not_ascii_digits_is_422_not_500(live: Live, limit: str) -> None:
+    # "²".isdigit() is true but int("²") raises: it used to answer 500
+    response = live.call(live.staff.admin, "GET", "/v1/customers", params={"limit": limit})
+    assert (response.status_code, response.json()["error"]) == (422, "SchemaError")
+
+
 # -- tokens and bodies -------------------------------------------------------------------
 
 
