@@ -318,3 +318,32 @@ def test_notice_files_never_overwrite_and_bad_input_writes_nothing(
             reason="new-purpose", effective="2027-01-01", recipients=["Acme"], out_dir=tmp_path
         )
     assert list(tmp_path.glob("ntc_*")) == []
+
+
+def test_a_notice_names_its_recipients_as_text_and_refuses_a_flood_of_them(
+    vault: Vault, db: Engine, tmp_path: Path
+) -> None:
+    admin = vault.admin()
+    _customer(vault, consent={"transfer": True})
+    with db.connect() as conn:
+        entries = conn.execute(text("SELECT count(*) FROM sv_log")).scalar()
+    # each recipient name is stored on every notice of the batch: 100,000 of them on
+    # every customer's row used to be accepted
+    with pytest.raises(SchemaError, match="at most 20 recipients"):
+        admin.prepare_notices(
+            reason="transfer", effective="2027-01-01", recipients=["Acme"] * 21, out_dir=tmp_path
+        )
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sv_log")).scalar() == entries
+        assert conn.execute(text("SELECT count(*) FROM sv_notices")).scalar() == 0
+    assert list(tmp_path.glob("ntc_*")) == []
+    hostile = "Acme Ltd\n# Pay here: [x](javascript:alert(1))"
+    batch = admin.prepare_notices(
+        reason="transfer", effective="2027-01-01", recipients=["Beta Co", hostile], out_dir=tmp_path
+    )
+    md = (tmp_path / f"{batch.notices[0].id}.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- **Who receives"))
+    # the names as a list of text, not a Python list's repr ("['Beta Co', ...]")
+    assert line.startswith("- **Who receives your data:** Beta Co, Acme Ltd<br>\\# Pay here")
+    assert "['" not in md and "\\n" not in line
+    assert "\\[x\\](javascript" in md  # the link's brackets escaped: inert text
