@@ -13,6 +13,7 @@ from ..vault.inputs import check_days
 from .context import open_session, store_options, token_option, unlock_options
 from .output import echo, json_option, note, print_json, print_pairs, print_table
 from .params import KEY_VALUE, NewFile, consent_flags, refuse_existing
+from .shred import check_receipt_file, save_receipts
 
 __all__ = ["consent_group", "request_group"]
 
@@ -159,16 +160,15 @@ def close_command(
     """Close a request. Fulfilling an erasure shreds the customer (the receipt's hash
     stays on the request); an access produces the subject report; a consent withdrawal
     withdraws every consent the customer gave."""
-    refuse_existing(receipt_out, "--receipt-out")
+    if receipt_out is not None:
+        check_receipt_file(receipt_out, "--receipt-out")
     refuse_existing(report_out, "--report-out")
     with open_session(ctx) as session:
         done = session.close_request(request_id, outcome=outcome, reason=reason)
-    if done.receipt is not None:
-        if receipt_out is None:
-            note("the erasure receipt was not kept: pass --receipt-out to keep it")
-        else:
-            done.receipt.write(receipt_out)
-            note(f"receipt written to {receipt_out}")
+    receipt = done.receipt
+    if receipt is not None and receipt_out is not None:
+        save_receipts([receipt], [receipt_out])  # on failure: printed on stdout, exit 1
+        note(f"receipt written to {receipt_out}")
     if done.report is not None and report_out is not None:
         text = (
             render_markdown(done.report)
@@ -178,7 +178,17 @@ def close_command(
         write_file(report_out, text.encode("utf-8"))
         note(f"report written to {report_out} (owner-only: it holds personal data)")
     if as_json:
-        print_json(done.to_json())
+        shown = done.to_json()
+        if receipt is not None:  # a receipt cannot be issued again: never dropped
+            shown["receipt"] = receipt.to_json()
+            shown["receipt_file"] = None if receipt_out is None else str(receipt_out)
+        print_json(shown)
+    elif receipt is not None and receipt_out is None:
+        print_json(receipt.to_json())  # stdout holds only the receipt; the rest on stderr
+        note(
+            f"request {done.request.id} closed ({done.request.outcome}); the erasure receipt "
+            "was printed on stdout: save it, it cannot be issued again"
+        )
     else:
         _show(done.request)
 

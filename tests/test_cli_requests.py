@@ -4,6 +4,7 @@ rest (consent, notices and the handover's notice window, errors as JSON) in-proc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -131,3 +132,31 @@ def test_every_new_command_has_help(run: Run) -> None:
         ("notice", "objected"),
     ):
         assert run(*args, "--help").exit_code == 0, args
+
+
+def test_an_erasure_receipt_is_never_dropped_and_a_bad_path_is_refused_first(
+    run: Run, tmp_path: Path
+) -> None:
+    sh = _shell(tmp_path)
+    cid = run("customer", "add").stdout.strip()
+    opened = _json(sh("request", "open", cid, "--type", "erasure", "--channel", "email",
+                      "--json"))  # fmt: skip
+    rid = opened["id"]  # type: ignore[index]
+    # a directory that does not exist: refused (exit 2) before the shred, not after it
+    missing = tmp_path / "no-such-dir" / "receipt.json"
+    refused = sh("request", "close", rid, "--outcome", "fulfilled", "--receipt-out", str(missing))
+    assert refused.returncode == 2 and "--receipt-out" in refused.stderr
+    assert _json(run("customer", "show", cid, "--json"))["state"] == "active"  # type: ignore[index]
+    # no --receipt-out: the receipt used to be dropped ("was not kept"); it is printed
+    closed = sh("request", "close", rid, "--outcome", "fulfilled")
+    assert closed.returncode == 0, closed.stderr
+    receipt = tmp_path / "printed.json"
+    receipt.write_text(closed.stdout)
+    pubkey = tmp_path / "vault.pub"
+    pubkey.write_text(run("audit", "pubkey").stdout)
+    verified = sh("receipt", "verify", str(receipt), "--pubkey", str(pubkey), "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    (listed,) = _json(run("request", "list", "--json"))  # type: ignore[misc]
+    digest = hashlib.sha256(receipt.read_bytes()).hexdigest()
+    assert listed["receipt"]["sha256"] == digest  # the printed receipt is the one recorded
+    assert run("audit", "verify").exit_code == 0
