@@ -256,6 +256,25 @@ def test_a_role_that_may_not_read_or_a_foreign_purpose_is_denied(
     assert log_bodies(vault, backend)[-1]["detail"]["reason_code"] == "purpose_not_declared"
 
 
+def test_a_role_that_may_not_read_the_kind_is_denied_before_learning_its_fields(
+    vault: Vault, backend: str | None
+) -> None:
+    # the kinds restriction decides first: a NotSearchableError used to tell a role
+    # without access to the kind which of its fields are searchable
+    vault.declare_kind("ticket", fields=["text"], purposes=[SERVICE])
+    add(vault, phone=PHONE)
+    admin = vault.admin()
+    admin.add_role(Role.build("tickets", actions=["read"], kinds=["ticket"]))
+    desk = vault.login(admin.add_principal("t", role="tickets"))
+    for field in ("phone", "name"):
+        with pytest.raises(AccessDeniedError) as caught:
+            desk.find("contact", field, PHONE, purpose=SERVICE)
+        assert "phone, " not in str(caught.value) and "email" not in str(caught.value)
+        last = log_bodies(vault, backend)[-1]
+        assert (last["action"], last["outcome"]) == ("record.find", "denied")
+    assert (admin.find("contact", "phone", PHONE, purpose=SERVICE)[0].fields["phone"]) == PHONE
+
+
 # -- what the untrusted data store can do ------------------------------------------------
 
 
