@@ -347,3 +347,39 @@ def test_a_notice_names_its_recipients_as_text_and_refuses_a_flood_of_them(
     assert line.startswith("- **Who receives your data:** Beta Co, Acme Ltd<br>\\# Pay here")
     assert "['" not in md and "\\n" not in line
     assert "\\[x\\](javascript" in md  # the link's brackets escaped: inert text
+
+
+def test_hostile_desk_arguments_are_typed_errors_and_change_nothing(
+    vault: Vault, db: Engine
+) -> None:
+    admin = vault.admin()
+    cid = _customer(vault, consent={"transfer": True})
+    rid = admin.open_request(cid, type="complaint", channel="web").id
+    with db.connect() as conn:
+        before = conn.execute(text("SELECT count(*) FROM sv_log")).scalar()
+    hostile: list[Any] = [
+        lambda: admin.set_consent(cid, {}, channel="web"),  # used to log a change of nothing
+        lambda: admin.set_consent(cid, {"Transfer ": False}, channel="web"),
+        lambda: admin.set_consent(cid, {"transfer": "no"}, channel="web"),
+        lambda: admin.open_request(cid, type="erasure", channel="fax"),
+        lambda: admin.open_request(cid, type="deletion", channel="web"),
+        lambda: admin.open_request(cid, type="access", channel="web", note="x" * 4001),
+        lambda: admin.open_request(cid, type="access", channel="web", note="\udc80"),
+        lambda: admin.open_request(cid, type="access", channel="web", note=" \n"),
+        lambda: admin.close_request(rid, outcome="done"),
+        lambda: admin.close_request(rid, outcome="refused", reason="r" * 201),
+        lambda: admin.close_request(rid, outcome="refused", reason="nul\x00"),
+        lambda: admin.list_requests(due_within_days=float("inf")),
+        lambda: admin.set_request_policy("access", 0),
+    ]
+    for call in hostile:
+        with pytest.raises(SchemaError) as caught:
+            call()
+        assert "x" * 50 not in str(caught.value)
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sv_log")).scalar() == before
+    assert admin.customer(cid).consent == {"transfer": True}
+    history = admin.customer_report(cid)["consent_history"]
+    assert [h["channel"] for h in history] == ["at-creation"]
+    (request,) = admin.list_requests(state="open")
+    assert request.id == rid

@@ -328,6 +328,8 @@ def change_consent(
     check_channel(channel)
     if not callable(change):
         change = _checked_flags(change)
+        if not change:  # a history entry that changes nothing would still be logged
+            raise SchemaError("name at least one consent flag to change")
 
     def work(tx: Tx) -> dict[str, bool]:
         actor.gate(tx.conn, "write", "customer.consent")
