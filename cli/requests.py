@@ -12,7 +12,7 @@ from ..vault import CHANNELS, OUTCOMES, REQUEST_TYPES, Request, Session, render_
 from ..vault.inputs import check_days
 from .context import open_session, store_options, token_option, unlock_options
 from .output import echo, json_option, note, print_json, print_pairs, print_table
-from .params import KEY_VALUE, NewFile, consent_flags, refuse_existing
+from .params import KEY_VALUE, NewFile, consent_flags, read_text_input, refuse_existing
 from .shred import check_receipt_file, save_receipts
 
 __all__ = ["consent_group", "request_group"]
@@ -64,7 +64,12 @@ def request_group() -> None:
 @click.option("--ref", metavar="R", help="Find the customer by its reference instead.")
 @click.option("--type", "kind", type=click.Choice(REQUEST_TYPES), required=True)
 @click.option("--channel", type=click.Choice(CHANNELS), required=True)
-@click.option("--note", metavar="TEXT", help="A note, sealed under the customer's key.")
+@click.option(
+    "--note",
+    metavar="TEXT|-",
+    help="A note, sealed under the customer's key; - reads it from stdin (keeps it out of "
+    "shell history and the process list).",
+)
 @json_option
 @store_options
 @unlock_options
@@ -80,6 +85,8 @@ def open_command(
     as_json: bool,
 ) -> None:
     """Record a customer's request; it is due by the vault's policy for its type."""
+    if note == "-":
+        note = read_text_input(None, "the note", "--note")
     with open_session(ctx) as session:
         cid = _customer(session, customer_id, ref)
         request = session.open_request(cid, type=kind, channel=channel, note=note)

@@ -160,3 +160,32 @@ def test_an_erasure_receipt_is_never_dropped_and_a_bad_path_is_refused_first(
     digest = hashlib.sha256(receipt.read_bytes()).hexdigest()
     assert listed["receipt"]["sha256"] == digest  # the printed receipt is the one recorded
     assert run("audit", "verify").exit_code == 0
+
+
+def test_a_note_can_come_from_stdin_so_it_stays_out_of_the_process_list(
+    run: Run, tmp_path: Path
+) -> None:
+    cid = run("customer", "add").stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHREDVAULT_")}
+    env.update(
+        SHREDVAULT_KEYFILE=str(tmp_path / "vault.key"), SHREDVAULT_VAULT=str(tmp_path / "vault")
+    )
+
+    def open_with(note: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*_command(), "request", "open", cid, "--type", "access", "--channel", "phone",
+             "--note", "-", "--json"],
+            input=note, capture_output=True, env=env, timeout=120, check=False,
+        )  # fmt: skip
+
+    done = open_with(b"called from +44 20 7946 0000\n")
+    assert done.returncode == 0, done.stderr
+    assert b"7946" not in done.stdout + done.stderr
+    too_long = open_with(b"x" * 5000)
+    assert too_long.returncode == 1 and b"xxxx" not in too_long.stderr
+    not_text = open_with(b"\xff\xfe")
+    assert not_text.returncode == 2 and b"UTF-8" in not_text.stderr
+    listed = _json(run("request", "list", "--json"))
+    assert isinstance(listed, list) and len(listed) == 1
+    everything = run("request", "list").stdout + run("audit", "query", "--json").stdout
+    assert "7946" not in everything
