@@ -16,6 +16,8 @@ from sqlalchemy import Engine, create_engine, text
 
 from shredvault.keys import FLOOR
 from shredvault.vault import (
+    AccessDeniedError,
+    LegalHoldError,
     NoticeWindowError,
     RequestClosedError,
     SchemaError,
@@ -383,3 +385,27 @@ def test_hostile_desk_arguments_are_typed_errors_and_change_nothing(
     assert [h["channel"] for h in history] == ["at-creation"]
     (request,) = admin.list_requests(state="open")
     assert request.id == rid
+
+
+def test_an_erasure_for_a_held_customer_or_by_an_operator_stays_open_and_shreds_nothing(
+    vault: Vault,
+) -> None:
+    admin = vault.admin()
+    cid = _customer(vault)
+    rid = admin.open_request(cid, type="erasure", channel="email", note=NOTE).id
+    admin.hold(cid)
+    with pytest.raises(LegalHoldError):
+        admin.close_request(rid, outcome="fulfilled")
+    admin.release(cid)
+    operator = vault.login(admin.add_principal("olga", role="operator"))
+    with pytest.raises(AccessDeniedError):
+        operator.close_request(rid, outcome="fulfilled")
+    (request,) = admin.list_requests()
+    assert (request.id, request.state, request.customer) == (rid, "open", cid)
+    (record,) = admin.list_records(cid, purpose="service")
+    assert record.fields == {"name": "Ada Example"}
+    assert vault.verify_log().ok
+    closed = admin.close_request(rid, outcome="fulfilled")
+    assert closed.receipt is not None and closed.request.customer is None
+    with pytest.raises(RequestClosedError):
+        admin.close_request(rid, outcome="refused")
