@@ -41,9 +41,9 @@ def _check_url(url: str) -> str:
         port_ok = parts.port is None or parts.port > 0
     except ValueError:
         parts, port_ok = None, False
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise ValueError("the server URL must be http://HOST[:PORT] or https://HOST[:PORT]")
-    if parts.username is not None or parts.password is not None or not port_ok:
+    if parts.username is not None or parts.password is not None:
         raise ValueError("the server URL may not hold a user name or password: give a token")
     return url
 
