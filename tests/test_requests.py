@@ -409,3 +409,26 @@ def test_an_erasure_for_a_held_customer_or_by_an_operator_stays_open_and_shreds_
     assert closed.receipt is not None and closed.request.customer is None
     with pytest.raises(RequestClosedError):
         admin.close_request(rid, outcome="refused")
+
+
+def test_a_close_that_fails_after_the_shred_keeps_the_receipt(
+    vault: Vault, db: Engine, backend: str | None
+) -> None:
+    if backend is not None:
+        pytest.skip("an SQLite trigger plays the hostile data store")
+    admin = vault.admin()
+    cid = _customer(vault)
+    rid = admin.open_request(cid, type="erasure", channel="email").id
+    # the data store edits the request row as the shred commits: the close's last
+    # transaction refuses it, after the customer's keys are gone
+    _sql(
+        db,
+        "CREATE TRIGGER sneaky AFTER UPDATE OF state ON sv_customers "
+        "WHEN NEW.state = 'shredded' BEGIN "
+        f"UPDATE sv_requests SET due = '2000-01-01T00:00:00.000000Z' WHERE id = '{rid}'; END",
+    )
+    with pytest.raises(TamperError):
+        admin.close_request(rid, outcome="fulfilled")
+    assert admin.customer(cid).state == "shredded"
+    (kept,) = vault.kept_receipts()  # used to be lost: it cannot be issued again
+    assert kept.customer == cid
