@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -31,6 +31,23 @@ class ServerError(Exception):
         return f"ServerError({self.status}, {self.error!r})"
 
 
+def _check_url(url: str) -> str:
+    """``url`` if it is an ``http://`` or ``https://`` URL with a host and no user name
+    or password in it (the token is the credential; a password in the URL would be
+    echoed by every error that names the server); a ValueError otherwise, which never
+    repeats the URL."""
+    try:
+        parts = urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        parts, port_ok = None, False
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ValueError("the server URL must be http://HOST[:PORT] or https://HOST[:PORT]")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the server URL may not hold a user name or password: give a token")
+    return url
+
+
 def _segment(value: str) -> str:
     return quote(value, safe="")
 
@@ -48,6 +65,7 @@ class Client:
         verify: bool | str = True,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
+        _check_url(url)
         self._http = httpx.Client(
             base_url=url.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},

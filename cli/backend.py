@@ -215,7 +215,11 @@ def _remote(url: str, token: str) -> Iterator[Backend]:
         raise click.UsageError(
             "--server needs the client extra: pip install 'shredvault[client]'"
         ) from None
-    with Client(url, token) as client:
+    try:
+        client = Client(url, token)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="'--server'") from None
+    with client:
         try:
             yield RemoteSession(client)
         except ServerError as error:

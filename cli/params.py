@@ -7,6 +7,7 @@ Error messages name the option, never the value given: a value may be personal d
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "field_values",
     "file_or_stdout",
     "page_options",
+    "read_text_input",
     "refuse_existing",
 ]
 
@@ -215,3 +217,31 @@ def page_options(command: Callable[..., None]) -> Callable[..., None]:
         metavar="N",
         help=f"At most N items (1-{MAX_PAGE}); prints a cursor for the next page.",
     )(command)
+
+
+#: bytes of text read from stdin or a file for one value (a search value, a note)
+MAX_TEXT_INPUT = 4 * 1024 * 1024
+
+
+def read_text_input(path: Path | None, what: str, hint: str) -> str:
+    """Text kept out of shell history and the process list: the file ``path``'s, or
+    stdin's when ``path`` is None; UTF-8, at most :data:`MAX_TEXT_INPUT` bytes, one
+    trailing line break dropped. A usage error (exit 2) otherwise, naming ``what``
+    (never the text)."""
+    if path is not None:
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_TEXT_INPUT + 1)
+        except OSError as error:
+            raise click.BadParameter(
+                f"cannot read it ({error.strerror})", param_hint=f"'{hint}'"
+            ) from None
+    else:
+        data = sys.stdin.buffer.read(MAX_TEXT_INPUT + 1)
+    if len(data) > MAX_TEXT_INPUT:
+        raise click.UsageError(f"{what} is too large")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise click.UsageError(f"{what} is not UTF-8 text") from None
+    return text.removesuffix("\n").removesuffix("\r")

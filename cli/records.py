@@ -14,7 +14,7 @@ from ..vault.inputs import parse_json
 from .backend import open_backend
 from .context import store_options, token_option, unlock_options
 from .output import echo, json_option, note, print_json, print_pairs
-from .params import KEY_VALUE, field_values, page_options
+from .params import KEY_VALUE, field_values, page_options, read_text_input
 
 __all__ = ["record_group"]
 
@@ -237,23 +237,7 @@ def _search_value(value: str | None, value_file: Path | None) -> str:
         raise click.UsageError("give the VALUE, - (read it from stdin) or --value-file PATH")
     if value is not None and value != "-":
         return value
-    if value_file is not None:
-        try:
-            with value_file.open("rb") as handle:
-                data = handle.read(_MAX_STDIN + 1)
-        except OSError as error:
-            raise click.BadParameter(
-                f"cannot read it ({error.strerror})", param_hint="'--value-file'"
-            ) from None
-    else:
-        data = sys.stdin.buffer.read(_MAX_STDIN + 1)
-    if len(data) > _MAX_STDIN:
-        raise click.UsageError("the search value is too large")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise click.UsageError("the search value is not UTF-8 text") from None
-    return text.removesuffix("\n").removesuffix("\r")
+    return read_text_input(value_file, "the search value", "--value-file")
 
 
 @record_group.command("find")

@@ -12,7 +12,8 @@ from ..vault import CHANNELS, OUTCOMES, REQUEST_TYPES, Request, Session, render_
 from ..vault.inputs import check_days
 from .context import open_session, store_options, token_option, unlock_options
 from .output import echo, json_option, note, print_json, print_pairs, print_table
-from .params import KEY_VALUE, NewFile, consent_flags, refuse_existing
+from .params import KEY_VALUE, NewFile, consent_flags, read_text_input, refuse_existing
+from .shred import check_receipt_file, save_receipts
 
 __all__ = ["consent_group", "request_group"]
 
@@ -63,7 +64,12 @@ def request_group() -> None:
 @click.option("--ref", metavar="R", help="Find the customer by its reference instead.")
 @click.option("--type", "kind", type=click.Choice(REQUEST_TYPES), required=True)
 @click.option("--channel", type=click.Choice(CHANNELS), required=True)
-@click.option("--note", metavar="TEXT", help="A note, sealed under the customer's key.")
+@click.option(
+    "--note",
+    metavar="TEXT|-",
+    help="A note, sealed under the customer's key; - reads it from stdin (keeps it out of "
+    "shell history and the process list).",
+)
 @json_option
 @store_options
 @unlock_options
@@ -79,6 +85,8 @@ def open_command(
     as_json: bool,
 ) -> None:
     """Record a customer's request; it is due by the vault's policy for its type."""
+    if note == "-":
+        note = read_text_input(None, "the note", "--note")
     with open_session(ctx) as session:
         cid = _customer(session, customer_id, ref)
         request = session.open_request(cid, type=kind, channel=channel, note=note)
@@ -159,16 +167,15 @@ def close_command(
     """Close a request. Fulfilling an erasure shreds the customer (the receipt's hash
     stays on the request); an access produces the subject report; a consent withdrawal
     withdraws every consent the customer gave."""
-    refuse_existing(receipt_out, "--receipt-out")
+    if receipt_out is not None:
+        check_receipt_file(receipt_out, "--receipt-out")
     refuse_existing(report_out, "--report-out")
     with open_session(ctx) as session:
         done = session.close_request(request_id, outcome=outcome, reason=reason)
-    if done.receipt is not None:
-        if receipt_out is None:
-            note("the erasure receipt was not kept: pass --receipt-out to keep it")
-        else:
-            done.receipt.write(receipt_out)
-            note(f"receipt written to {receipt_out}")
+    receipt = done.receipt
+    if receipt is not None and receipt_out is not None:
+        save_receipts([receipt], [receipt_out])  # on failure: printed on stdout, exit 1
+        note(f"receipt written to {receipt_out}")
     if done.report is not None and report_out is not None:
         text = (
             render_markdown(done.report)
@@ -178,7 +185,17 @@ def close_command(
         write_file(report_out, text.encode("utf-8"))
         note(f"report written to {report_out} (owner-only: it holds personal data)")
     if as_json:
-        print_json(done.to_json())
+        shown = done.to_json()
+        if receipt is not None:  # a receipt cannot be issued again: never dropped
+            shown["receipt"] = receipt.to_json()
+            shown["receipt_file"] = None if receipt_out is None else str(receipt_out)
+        print_json(shown)
+    elif receipt is not None and receipt_out is None:
+        print_json(receipt.to_json())  # stdout holds only the receipt; the rest on stderr
+        note(
+            f"request {done.request.id} closed ({done.request.outcome}); the erasure receipt "
+            "was printed on stdout: save it, it cannot be issued again"
+        )
     else:
         _show(done.request)
 

@@ -24,7 +24,7 @@ from .meter import Meter
 from .output import echo, json_option, note, print_json, print_pairs, printable
 from .params import OUTPUT_FILE, file_or_stdout, refuse_existing
 
-__all__ = ["compact_command", "shred_command"]
+__all__ = ["check_receipt_file", "compact_command", "save_receipts", "shred_command"]
 
 DEFAULT_EXPIRED_REASON = "retention period ended"
 
@@ -41,11 +41,11 @@ def _summary(receipt: Receipt) -> dict[str, Any]:
     }
 
 
-def _check_new_file(path: Path) -> None:
+def check_receipt_file(path: Path, hint: str = "--receipt") -> None:
     """Refuse, before anything is shredded, a receipt path that cannot take the receipt."""
-    refuse_existing(path, "--receipt")
+    refuse_existing(path, hint)
     if not path.parent.is_dir() or not os.access(path.parent, os.W_OK):
-        raise click.BadParameter(f"cannot write into {path.parent}", param_hint="'--receipt'")
+        raise click.BadParameter(f"cannot write into {path.parent}", param_hint=f"'{hint}'")
 
 
 def _prepare_dir(path: Path) -> None:
@@ -57,7 +57,7 @@ def _prepare_dir(path: Path) -> None:
         raise click.BadParameter(f"cannot write into {path}", param_hint="'--receipt-dir'")
 
 
-def _save(receipts: list[Receipt], paths: list[Path]) -> None:
+def save_receipts(receipts: list[Receipt], paths: list[Path]) -> None:
     """Write each receipt to its path; on failure print the unwritten ones on stdout
     (they cannot be issued again) and fail with exit 1."""
     for i, (receipt, path) in enumerate(zip(receipts, paths, strict=True)):
@@ -150,7 +150,7 @@ def shred_command(
         raise click.UsageError("say why with --reason (it is logged; no personal data)")
     receipt_file = file_or_stdout(receipt_file)
     if receipt_file is not None:
-        _check_new_file(receipt_file)
+        check_receipt_file(receipt_file)
     confirm_or_stop(
         f"Shred customer {customer_id}? Its keys are destroyed and its records can never "
         "be read again.",
@@ -159,7 +159,7 @@ def shred_command(
     with open_backend(ctx) as session:
         receipt = session.shred(customer_id, reason=reason)
     if receipt_file is not None:
-        _save([receipt], [receipt_file])
+        save_receipts([receipt], [receipt_file])
     summary = _summary(receipt)
     if as_json:
         print_json(
@@ -228,7 +228,7 @@ def _shred_expired(
     receipts = result.receipts
     paths = [receipt_dir / f"{r.customer}.json" for r in receipts] if receipt_dir else []
     if receipt_dir is not None:
-        _save(receipts, paths)
+        save_receipts(receipts, paths)
     if as_json:
         print_json(
             {

@@ -164,7 +164,7 @@ def create_app(
     def route_of(endpoint: Endpoint) -> Route:
         async def handle(request: Request) -> Response:
             return reply(
-                *await serve(request, endpoint.path, endpoint.handler, endpoint.body is not None)
+                *await serve(request, endpoint.path, endpoint.checked, endpoint.body is not None)
             )
 
         return Route(endpoint.path, handle, methods=[endpoint.method], name=endpoint.name)
@@ -177,7 +177,8 @@ def create_app(
         since_text = request.query_params.get("since", "1")
 
         def checkpoint_then_export(session: Any, call: Call) -> tuple[int, Any]:
-            if not since_text.isdigit() or not 0 < int(since_text) < 1 << 62:
+            digits = since_text.isascii() and since_text.isdigit() and len(since_text) < 20
+            if not digits or not 0 < int(since_text) < 1 << 62:
                 raise HttpProblem(422, "SchemaError", "since is a positive log sequence number")
             session.checkpoint()
             return 200, export_log(int(since_text))

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..vault import Role, SchemaError, Session
 from ..vault.audit_reports import normalize_time
-from ..vault.inputs import parse_moment
+from ..vault.inputs import check_known, parse_moment
 
 __all__ = ["ENDPOINTS", "Call", "Endpoint", "Reply"]
 
@@ -75,7 +75,7 @@ class Call:
         value = self.query.get("limit")
         if value is None:
             return None
-        if not value.isdigit() or len(value) > 9:
+        if not (value.isascii() and value.isdigit()) or len(value) > 9:
             raise SchemaError("limit is a positive whole number")
         return int(value)
 
@@ -92,6 +92,15 @@ class Endpoint:
     query: tuple[str, ...] = ()
     body: Mapping[str, Any] | None = None  # JSON Schema of the request body
     status: int = 200
+
+    def checked(self, session: Session, call: Call) -> Reply:
+        """The handler, once no query parameter or body field is one the endpoint does
+        not take (the schema says ``additionalProperties: false``): a misspelt
+        ``retain_until`` must not create a customer kept forever."""
+        check_known("query parameters", call.query, self.query)
+        fields = () if self.body is None else self.body.get("properties", {})
+        check_known("body fields", call.body, fields)
+        return self.handler(session, call)
 
 
 # -- customers ----------------------------------------------------------------------------

@@ -43,7 +43,8 @@ def parse_listen(text: str) -> Listen:
     """``HOST:PORT`` (``[::1]:8470`` for IPv6); :class:`SchemaError` otherwise."""
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    digits = port.isascii() and port.isdigit() and len(port) <= 5
+    if not sep or not host or not digits or not 0 < int(port) < 65536:
         raise SchemaError("listen on HOST:PORT, e.g. 127.0.0.1:8470")
     return Listen(host, int(port))
 

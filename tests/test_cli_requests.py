@@ -4,6 +4,7 @@ rest (consent, notices and the handover's notice window, errors as JSON) in-proc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -131,3 +132,60 @@ def test_every_new_command_has_help(run: Run) -> None:
         ("notice", "objected"),
     ):
         assert run(*args, "--help").exit_code == 0, args
+
+
+def test_an_erasure_receipt_is_never_dropped_and_a_bad_path_is_refused_first(
+    run: Run, tmp_path: Path
+) -> None:
+    sh = _shell(tmp_path)
+    cid = run("customer", "add").stdout.strip()
+    opened = _json(sh("request", "open", cid, "--type", "erasure", "--channel", "email",
+                      "--json"))  # fmt: skip
+    rid = opened["id"]  # type: ignore[index]
+    # a directory that does not exist: refused (exit 2) before the shred, not after it
+    missing = tmp_path / "no-such-dir" / "receipt.json"
+    refused = sh("request", "close", rid, "--outcome", "fulfilled", "--receipt-out", str(missing))
+    assert refused.returncode == 2 and "--receipt-out" in refused.stderr
+    assert _json(run("customer", "show", cid, "--json"))["state"] == "active"  # type: ignore[index]
+    # no --receipt-out: the receipt used to be dropped ("was not kept"); it is printed
+    closed = sh("request", "close", rid, "--outcome", "fulfilled")
+    assert closed.returncode == 0, closed.stderr
+    receipt = tmp_path / "printed.json"
+    receipt.write_text(closed.stdout)
+    pubkey = tmp_path / "vault.pub"
+    pubkey.write_text(run("audit", "pubkey").stdout)
+    verified = sh("receipt", "verify", str(receipt), "--pubkey", str(pubkey), "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    (listed,) = _json(run("request", "list", "--json"))  # type: ignore[misc]
+    digest = hashlib.sha256(receipt.read_bytes()).hexdigest()
+    assert listed["receipt"]["sha256"] == digest  # the printed receipt is the one recorded
+    assert run("audit", "verify").exit_code == 0
+
+
+def test_a_note_can_come_from_stdin_so_it_stays_out_of_the_process_list(
+    run: Run, tmp_path: Path
+) -> None:
+    cid = run("customer", "add").stdout.strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHREDVAULT_")}
+    env.update(
+        SHREDVAULT_KEYFILE=str(tmp_path / "vault.key"), SHREDVAULT_VAULT=str(tmp_path / "vault")
+    )
+
+    def open_with(note: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*_command(), "request", "open", cid, "--type", "access", "--channel", "phone",
+             "--note", "-", "--json"],
+            input=note, capture_output=True, env=env, timeout=120, check=False,
+        )  # fmt: skip
+
+    done = open_with(b"called from +44 20 7946 0000\n")
+    assert done.returncode == 0, done.stderr
+    assert b"7946" not in done.stdout + done.stderr
+    too_long = open_with(b"x" * 5000)
+    assert too_long.returncode == 1 and b"xxxx" not in too_long.stderr
+    not_text = open_with(b"\xff\xfe")
+    assert not_text.returncode == 2 and b"UTF-8" in not_text.stderr
+    listed = _json(run("request", "list", "--json"))
+    assert isinstance(listed, list) and len(listed) == 1
+    everything = run("request", "list").stdout + run("audit", "query", "--json").stdout
+    assert "7946" not in everything

@@ -16,6 +16,8 @@ from sqlalchemy import Engine, create_engine, text
 
 from shredvault.keys import FLOOR
 from shredvault.vault import (
+    AccessDeniedError,
+    LegalHoldError,
     NoticeWindowError,
     RequestClosedError,
     SchemaError,
@@ -318,3 +320,115 @@ def test_notice_files_never_overwrite_and_bad_input_writes_nothing(
             reason="new-purpose", effective="2027-01-01", recipients=["Acme"], out_dir=tmp_path
         )
     assert list(tmp_path.glob("ntc_*")) == []
+
+
+def test_a_notice_names_its_recipients_as_text_and_refuses_a_flood_of_them(
+    vault: Vault, db: Engine, tmp_path: Path
+) -> None:
+    admin = vault.admin()
+    _customer(vault, consent={"transfer": True})
+    with db.connect() as conn:
+        entries = conn.execute(text("SELECT count(*) FROM sv_log")).scalar()
+    # each recipient name is stored on every notice of the batch: 100,000 of them on
+    # every customer's row used to be accepted
+    with pytest.raises(SchemaError, match="at most 20 recipients"):
+        admin.prepare_notices(
+            reason="transfer", effective="2027-01-01", recipients=["Acme"] * 21, out_dir=tmp_path
+        )
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sv_log")).scalar() == entries
+        assert conn.execute(text("SELECT count(*) FROM sv_notices")).scalar() == 0
+    assert list(tmp_path.glob("ntc_*")) == []
+    hostile = "Acme Ltd\n# Pay here: [x](javascript:alert(1))"
+    batch = admin.prepare_notices(
+        reason="transfer", effective="2027-01-01", recipients=["Beta Co", hostile], out_dir=tmp_path
+    )
+    md = (tmp_path / f"{batch.notices[0].id}.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- **Who receives"))
+    # the names as a list of text, not a Python list's repr ("['Beta Co', ...]")
+    assert line.startswith("- **Who receives your data:** Beta Co, Acme Ltd<br>\\# Pay here")
+    assert "['" not in md and "\\n" not in line
+    assert "\\[x\\](javascript" in md  # the link's brackets escaped: inert text
+
+
+def test_hostile_desk_arguments_are_typed_errors_and_change_nothing(
+    vault: Vault, db: Engine
+) -> None:
+    admin = vault.admin()
+    cid = _customer(vault, consent={"transfer": True})
+    rid = admin.open_request(cid, type="complaint", channel="web").id
+    with db.connect() as conn:
+        before = conn.execute(text("SELECT count(*) FROM sv_log")).scalar()
+    hostile: list[Any] = [
+        lambda: admin.set_consent(cid, {}, channel="web"),  # used to log a change of nothing
+        lambda: admin.set_consent(cid, {"Transfer ": False}, channel="web"),
+        lambda: admin.set_consent(cid, {"transfer": "no"}, channel="web"),
+        lambda: admin.open_request(cid, type="erasure", channel="fax"),
+        lambda: admin.open_request(cid, type="deletion", channel="web"),
+        lambda: admin.open_request(cid, type="access", channel="web", note="x" * 4001),
+        lambda: admin.open_request(cid, type="access", channel="web", note="\udc80"),
+        lambda: admin.open_request(cid, type="access", channel="web", note=" \n"),
+        lambda: admin.close_request(rid, outcome="done"),
+        lambda: admin.close_request(rid, outcome="refused", reason="r" * 201),
+        lambda: admin.close_request(rid, outcome="refused", reason="nul\x00"),
+        lambda: admin.list_requests(due_within_days=float("inf")),
+        lambda: admin.set_request_policy("access", 0),
+    ]
+    for call in hostile:
+        with pytest.raises(SchemaError) as caught:
+            call()
+        assert "x" * 50 not in str(caught.value)
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sv_log")).scalar() == before
+    assert admin.customer(cid).consent == {"transfer": True}
+    history = admin.customer_report(cid)["consent_history"]
+    assert [h["channel"] for h in history] == ["at-creation"]
+    (request,) = admin.list_requests(state="open")
+    assert request.id == rid
+
+
+def test_an_erasure_for_a_held_customer_or_by_an_operator_stays_open_and_shreds_nothing(
+    vault: Vault,
+) -> None:
+    admin = vault.admin()
+    cid = _customer(vault)
+    rid = admin.open_request(cid, type="erasure", channel="email", note=NOTE).id
+    admin.hold(cid)
+    with pytest.raises(LegalHoldError):
+        admin.close_request(rid, outcome="fulfilled")
+    admin.release(cid)
+    operator = vault.login(admin.add_principal("olga", role="operator"))
+    with pytest.raises(AccessDeniedError):
+        operator.close_request(rid, outcome="fulfilled")
+    (request,) = admin.list_requests()
+    assert (request.id, request.state, request.customer) == (rid, "open", cid)
+    (record,) = admin.list_records(cid, purpose="service")
+    assert record.fields == {"name": "Ada Example"}
+    assert vault.verify_log().ok
+    closed = admin.close_request(rid, outcome="fulfilled")
+    assert closed.receipt is not None and closed.request.customer is None
+    with pytest.raises(RequestClosedError):
+        admin.close_request(rid, outcome="refused")
+
+
+def test_a_close_that_fails_after_the_shred_keeps_the_receipt(
+    vault: Vault, db: Engine, backend: str | None
+) -> None:
+    if backend is not None:
+        pytest.skip("an SQLite trigger plays the hostile data store")
+    admin = vault.admin()
+    cid = _customer(vault)
+    rid = admin.open_request(cid, type="erasure", channel="email").id
+    # the data store edits the request row as the shred commits: the close's last
+    # transaction refuses it, after the customer's keys are gone
+    _sql(
+        db,
+        "CREATE TRIGGER sneaky AFTER UPDATE OF state ON sv_customers "
+        "WHEN NEW.state = 'shredded' BEGIN "
+        f"UPDATE sv_requests SET due = '2000-01-01T00:00:00.000000Z' WHERE id = '{rid}'; END",
+    )
+    with pytest.raises(TamperError):
+        admin.close_request(rid, outcome="fulfilled")
+    assert admin.customer(cid).state == "shredded"
+    (kept,) = vault.kept_receipts()  # used to be lost: it cannot be issued again
+    assert kept.customer == cid

@@ -244,6 +244,35 @@ def test_find_takes_the_value_only_in_the_body(live: Live) -> None:
     assert (response.status_code, response.json()["error"]) == (422, "SchemaError")
 
 
+def test_an_unknown_body_field_is_422_and_creates_nothing(live: Live) -> None:
+    # a misspelt retain_until must not create a customer that is kept forever
+    before = live.call(live.staff.admin, "GET", "/v1/customers").json()["customers"]
+    body = {"ref": "typo-1", "retain-until": "2030-01-01"}
+    response = live.call(live.staff.admin, "POST", "/v1/customers", json=body)
+    assert (response.status_code, response.json()["error"]) == (422, "SchemaError")
+    assert "retain-until" in response.json()["message"]
+    assert "retain_until" in response.json()["message"]  # the suggestion
+    after = live.call(live.staff.admin, "GET", "/v1/customers").json()["customers"]
+    assert after == before
+
+
+def test_an_unknown_query_parameter_is_422(live: Live) -> None:
+    response = live.call(live.staff.admin, "GET", "/v1/customers", params={"limt": "1"})
+    assert (response.status_code, response.json()["error"]) == (422, "SchemaError")
+
+
+@pytest.mark.parametrize("number", ["\u00b2", "\u0661", "-1", "0", "1" * 5000])
+def test_a_number_that_is_not_ascii_digits_is_422_not_500(live: Live, number: str) -> None:
+    # "²".isdigit() is true but int("²") raises, as does int() of 5,000 digits: both
+    # used to answer 500
+    for token, path, name in (
+        (live.staff.admin, "/v1/customers", "limit"),
+        (live.staff.auditor, "/v1/audit/export", "since"),
+    ):
+        response = live.call(token, "GET", path, params={name: number})
+        assert (response.status_code, response.json()["error"]) == (422, "SchemaError")
+
+
 # -- tokens and bodies -------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ shutdown that signs a checkpoint."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -203,3 +204,26 @@ def test_a_non_loopback_address_without_tls_is_refused(tmp_path: Path, keyfile: 
     )
     assert result.returncode == 1
     assert "not a loopback address" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://ann:s3cretPw@127.0.0.1:9", "ftp://127.0.0.1:9", "127.0.0.1:9", "http://:9"],
+    ids=["password", "ftp", "no-scheme", "no-host"],
+)
+def test_a_server_url_that_is_not_plain_http_is_a_usage_error_never_echoed(url: str) -> None:
+    # a password in the URL used to be printed back in "cannot reach http://ann:s3cretPw@..."
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHREDVAULT_")}
+    env |= {"SHREDVAULT_SERVER": url, "SHREDVAULT_TOKEN": "svp_abcdefghijkl_secretpart"}
+    result = subprocess.run(
+        [sys.executable, "-m", "shredvault", "customer", "list", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "--server" in result.stderr
+    assert "s3cretPw" not in result.stdout + result.stderr
+    assert "secretpart" not in result.stdout + result.stderr

@@ -88,7 +88,10 @@ def test_listen_addresses_parse_and_only_loopback_may_go_without_tls(
         check_transport(listen, tls=False, insecure_no_tls=True)
 
 
-@pytest.mark.parametrize("text", ["8470", "host:", ":80", "h:99999", "h:-1"])
+# "²" passes str.isdigit() but int("²") raised ValueError ("a bug in shredvault")
+@pytest.mark.parametrize(
+    "text", ["8470", "host:", ":80", "h:99999", "h:-1", "h:\u00b2", "h:\u0661", "h:" + "1" * 5000]
+)
 def test_a_malformed_listen_address_is_a_schema_error(text: str) -> None:
     with pytest.raises(shredvault.SchemaError):
         parse_listen(text)

@@ -358,7 +358,7 @@ def render_notice(notice: dict[str, Any]) -> str:
         f"Notice {md_code(notice['notice'])}, prepared {md_text(notice['prepared'])}.",
         "",
         f"- **Why:** {md_text(notice['why'])}",
-        f"- **Who receives your data:** {md_text(notice['recipients'])}",
+        f"- **Who receives your data:** {md_text(', '.join(notice['recipients']))}",
         f"- **What:** {md_text(what)}",
         f"- **From:** {md_text(notice['effective'])}",
         f"- **How to object:** {md_text(notice['how_to_object'])}",

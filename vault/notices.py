@@ -33,6 +33,8 @@ __all__ = ["NOTICE_TYPE", "NoticeBatch", "mark_notice", "prepare_notices"]
 
 NOTICE_TYPE = "shredvault-change-notice"
 DEFAULT_CONTACT = "tell us by phone, email, our web form or in person, quoting the notice id"
+#: recipients one notice names (each is stored on every notice of the batch)
+MAX_RECIPIENTS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,8 @@ def prepare_notices(
     when = moment_text(effective, what="the effective date")
     if isinstance(recipients, str) or not recipients:
         raise SchemaError("name at least one recipient (a list of names)")
+    if len(recipients) > MAX_RECIPIENTS:
+        raise SchemaError(f"a notice names at most {MAX_RECIPIENTS} recipients")
     names = [check_text(r, "a recipient", max_chars=200) for r in recipients]
     if reason == "new-purpose":
         if purpose is None:

@@ -22,6 +22,7 @@ from .clock import format_ts
 from .context import Refusal, Tx, VaultContext
 from .errors import NotFoundError, RequestClosedError, SchemaError, TamperError
 from .inputs import check_customer_id, check_days, check_text
+from .keptreceipts import keep
 from .receipt import Receipt
 from .routine import (
     OUTCOMES,
@@ -268,7 +269,13 @@ def close_request(
         tx.log(actor.event("request.close", subject=subject, detail=detail))
         return done
 
-    return RequestClosure(ctx.transact(finish), receipt, report)
+    try:
+        done = ctx.transact(finish)
+    except BaseException:
+        if receipt is not None:  # the shred committed: its receipt cannot be issued again
+            keep(ctx.keys.store, [receipt])
+        raise
+    return RequestClosure(done, receipt, report)
 
 
 def request_policy(ctx: VaultContext, actor: Actor) -> dict[str, int]:
@@ -328,6 +335,8 @@ def change_consent(
     check_channel(channel)
     if not callable(change):
         change = _checked_flags(change)
+        if not change:  # a history entry that changes nothing would still be logged
+            raise SchemaError("name at least one consent flag to change")
 
     def work(tx: Tx) -> dict[str, bool]:
         actor.gate(tx.conn, "write", "customer.consent")

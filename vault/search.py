@@ -75,12 +75,13 @@ def find(
     check_name("field", field)
     check_name("purpose", purpose)
     spec = ctx.kind(kind)
-    normalizer, wanted = _query(spec, field, value)
-    tag = query_tag(ctx.keys.blind_index, kind, field, wanted)
 
     def work(tx: Tx) -> list[Record]:
         role = actor.gate(tx.conn, "read", ACTION, kind=kind, purpose=purpose)
         actor.deny_fields(role, kind, [field], ACTION, purpose, verb="search")
+        # after the gate: a role that may not read the kind is not told its fields
+        normalizer, wanted = _query(spec, field, value)
+        tag = query_tag(ctx.keys.blind_index, kind, field, wanted)
         rows = _candidate_rows(ctx, actor, tx.conn, candidates(tx.conn, kind, field, tag), purpose)
         active = _active_customers(actor, tx.conn, rows, purpose)
         keys = ctx.keys.customer_keys(sorted(active))
