@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -27,6 +28,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from ..keys import KeysError
+from ..vault import VaultError
 from .app import ServerConfig
 from .run import Listen
 
@@ -77,13 +80,22 @@ def _ignore(signum: int, _frame: FrameType | None) -> None:
 def _child(spec: WorkerSpec, sock: socket.socket) -> None:
     """One worker process: unlock, serve on the shared socket until SIGTERM, close
     (signing a checkpoint)."""
-    from ..vault import Vault
-    from .run import serve
 
     logging.basicConfig(
         level=spec.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
     )
+    try:
+        _open_and_serve(spec, sock)
+    except (VaultError, KeysError) as error:  # messages hold no secret (docs/errors)
+        LOGGER.error("worker process %d stopped: %s: %s", os.getpid(), type(error).__name__, error)
+        sys.exit(1)
+
+
+def _open_and_serve(spec: WorkerSpec, sock: socket.socket) -> None:
+    from ..vault import Vault
+    from .run import serve
+
     with Vault.open(spec.root, data_url=spec.data_url, **spec.unlock) as vault:
         # uvicorn stops gracefully on SIGTERM/SIGINT, then raises the signal again under
         # the handler it found: make that one a no-op, so the vault is closed (and its

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from shredvault import Auditor, Vault
+from shredvault.keys import generate_keyfile
 
 from serverrun import REPO, free_port, prepare_vault, start_server
 
@@ -122,3 +124,45 @@ def test_several_workers_on_sqlite_is_a_usage_error(tmp_path: Path, keyfile: Pat
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert b"PostgreSQL" in result.stderr and b"sqlite" in result.stderr
+
+
+def test_a_dead_worker_is_reported_and_the_others_keep_serving(
+    tmp_path: Path, keyfile: Path, pg_url: str
+) -> None:
+    root = tmp_path / "vault"
+    prepare_vault(root, keyfile, pg_url)
+    server = start_server(root, keyfile, pg_url, "--workers", "2", "--threads", "1")
+    try:
+        victim = int(httpx.get(server.url + "/healthz").headers["x-shredvault-worker"])
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while f"worker process {victim} exited" not in server.server_log():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for _ in range(5):  # the other worker answers every new connection
+            response = httpx.get(server.url + "/readyz", headers={"Connection": "close"})
+            assert response.status_code == 200
+            assert int(response.headers["x-shredvault-worker"]) != victim
+    finally:
+        code = server.stop()
+    assert code == 1  # one worker had died
+    assert f"worker process {victim} exited with code -9" in server.server_log()
+
+
+def test_when_no_worker_can_unlock_the_parent_exits_non_zero(
+    tmp_path: Path, keyfile: Path, pg_url: str
+) -> None:
+    root = tmp_path / "vault"
+    prepare_vault(root, keyfile, pg_url)
+    wrong = tmp_path / "wrong.key"
+    generate_keyfile(wrong)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHREDVAULT_")}
+    env["SHREDVAULT_KEYFILE"] = str(wrong)
+    env["SHREDVAULT_DATA_URL"] = pg_url
+    args = [sys.executable, "-m", "shredvault", "serve", "--vault", str(root)]
+    args += ["--listen", f"127.0.0.1:{free_port()}", "--workers", "2"]
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, timeout=120)
+    assert result.returncode == 1
+    assert b"every worker process has exited" in result.stderr
+    assert result.stderr.count(b"stopped: UnlockError") == 2 and b"Traceback" not in result.stderr
+    assert wrong.read_bytes() not in result.stderr
