@@ -5,10 +5,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from .context import open_vault, settings_of, store_options, unlock_options
+from ..vault import Auditor
+from .context import (
+    open_vault,
+    resolve_credential,
+    settings_of,
+    store_options,
+    unlock_options,
+)
+
+if TYPE_CHECKING:
+    from ..server import ServerConfig
+    from ..server.run import Listen
 
 __all__ = ["serve_command"]
 
@@ -70,6 +82,15 @@ __all__ = ["serve_command"]
     "[default: 1 on SQLite (one writer), 8 on PostgreSQL].",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Server processes sharing the listening socket, each unlocking the vault "
+    "itself (N > 1 on PostgreSQL only).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -89,6 +110,7 @@ def serve_command(
     login_burst: int,
     login_per_minute: float,
     threads: int | None,
+    workers: int,
     log_level: str,
 ) -> None:
     """Serve the vault as a JSON HTTP API until stopped (SIGINT/SIGTERM).
@@ -112,6 +134,12 @@ def serve_command(
     )
     config = ServerConfig(max_body=max_body, login_limit=RateLimit(login_burst, login_per_minute))
     settings = settings_of(ctx)
+    if workers > 1:
+        ctx.exit(
+            serve_processes(
+                ctx, workers, where, tls_cert, tls_key, insecure_no_tls, config, threads, log_level
+            )
+        )
     with open_vault(ctx, serving=True) as vault:
         serve(
             vault,
@@ -124,3 +152,46 @@ def serve_command(
             config=config,
             threads=threads,
         )
+
+
+def serve_processes(
+    ctx: click.Context,
+    workers: int,
+    where: Listen,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure_no_tls: bool,
+    config: ServerConfig,
+    threads: int | None,
+    log_level: str,
+) -> int:
+    """``--workers N``: check the data store is PostgreSQL without unlocking, read the
+    credential once, and let :func:`run_workers` start the processes (each unlocks)."""
+    from ..server.processes import WorkerSpec, run_workers
+
+    settings = settings_of(ctx)
+    root = settings.require_vault()
+    with Auditor.open(root, data_url=settings.data_url) as auditor:
+        backend = auditor.backend
+    if backend != "postgresql":
+        raise click.UsageError(
+            f"--workers {workers} needs a PostgreSQL data store; this vault's is {backend}, "
+            "which has one writer: serve it with one process (--threads, docs/server.md)"
+        )
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("give both --tls-cert and --tls-key")
+    settings.acting_token()
+    credential = resolve_credential(settings)
+    spec = WorkerSpec(
+        root=Path(root),
+        data_url=settings.data_url,
+        unlock=credential.kwargs(),
+        listen=where,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        insecure_no_tls=insecure_no_tls,
+        config=config,
+        threads=threads,
+        log_level=log_level,
+    )
+    return run_workers(spec, workers)

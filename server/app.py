@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -22,9 +23,11 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..keys import KeysError
 from ..vault import AccessDeniedError, VaultError
@@ -99,6 +102,28 @@ async def _read_body(request: Request, config: ServerConfig) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _malformed("the request body must be a JSON object")
     return value
+
+
+class WorkerHeader:
+    """Names the server process (its pid, no secret) in an ``X-Shredvault-Worker``
+    header on every answer: with ``serve --workers N`` it tells which process served."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        pid = str(os.getpid()).encode("ascii")
+
+        async def send_named(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-shredvault-worker", pid)]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_named)
 
 
 def create_app(
@@ -189,7 +214,7 @@ def create_app(
         return Response(payload, media_type="application/x-ndjson")
 
     async def healthz(request: Request) -> Response:
-        return JSONResponse({"ok": True})
+        return JSONResponse({"ok": True, "worker": os.getpid()})
 
     async def readyz(request: Request) -> Response:
         try:
@@ -232,4 +257,5 @@ def create_app(
         ],
         exception_handlers=handlers,
         lifespan=lifespan,
+        middleware=[Middleware(WorkerHeader)],
     )

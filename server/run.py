@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,10 +70,12 @@ def serve(
     insecure_no_tls: bool = False,
     config: ServerConfig | None = None,
     threads: int | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve ``vault`` until SIGINT/SIGTERM, running vault calls on ``threads``
     threads (default: 1 on SQLite, 8 on PostgreSQL); at shutdown, sign a checkpoint.
-    The caller still owns (and closes) the vault."""
+    The caller still owns (and closes) the vault. ``sock``: an already listening
+    socket to serve on (several processes share one; :mod:`.processes`)."""
     check_transport(listen, tls=tls_cert is not None, insecure_no_tls=insecure_no_tls)
     if (tls_cert is None) != (tls_key is None):
         raise SchemaError("give both a TLS certificate and its key")
@@ -102,6 +105,6 @@ def serve(
         )
     )
     try:
-        server.run()
+        server.run(sockets=None if sock is None else [sock])
     finally:
         worker.close()

@@ -328,7 +328,8 @@ def test_the_served_openapi_document_is_the_committed_one(live: Live) -> None:
 
 
 def test_health_and_readiness_answer_without_a_token(live: Live) -> None:
-    assert live.call(None, "GET", "/healthz").json() == {"ok": True}
+    health = live.call(None, "GET", "/healthz")
+    assert health.json() == {"ok": True, "worker": int(health.headers["x-shredvault-worker"])}
     assert live.call(None, "GET", "/readyz").json()["ready"] is True
 
 

@@ -153,6 +153,12 @@ class Auditor:
             public_key = bytes.fromhex(values["public_key"])
         return cls(data, vault_id, public_key, anchor)
 
+    @property
+    def backend(self) -> str:
+        """The data store's database: ``"sqlite"`` or ``"postgresql"`` (as
+        :attr:`Vault.backend`, without unlocking)."""
+        return str(self._data.engine.dialect.name)
+
     def close(self) -> None:
         self._data.dispose()
 
