@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, RowMapping, bindparam, select
 
 from ..keys import CustomerKeys
 from ..keys.rowauth import RowAuth
@@ -288,6 +288,20 @@ class Actor:
             if found[cid][0] != "active":
                 raise self.inactive_refusal(cid, found[cid][0], action, purpose=purpose)
         return {cid: v for cid, (_s, v) in found.items()}
+
+    def checked_principals_and_roles(
+        self, conn: Connection, action: str
+    ) -> tuple[list[RowMapping], list[RowMapping]]:
+        """Every principal and role row, by name, after their checks: a forged or stale
+        one refuses ``action`` (logged, :class:`TamperError`) and nothing is shown."""
+        listed = [r._mapping for r in conn.execute(select(principals).order_by(principals.c.name))]
+        role_rows = [r._mapping for r in conn.execute(select(roles).order_by(roles.c.name))]
+        try:
+            require(conn, self.ctx.keys.row_auth, "sv_principals", listed)
+            require(conn, self.ctx.keys.row_auth, "sv_roles", role_rows)
+        except TamperError as error:
+            raise self.tamper_refusal(error, action) from None
+        return listed, role_rows
 
     def check_customers(
         self,

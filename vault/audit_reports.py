@@ -36,7 +36,7 @@ from .inputs import (
 from .log import GENESIS, LOG_ACTIONS
 from .rotate import KeyPolicy, key_status
 from .routine import request_counts
-from .rowauth import authentic, require, sign
+from .rowauth import authentic, sign
 from .store import checkpoints, customers, log, meta, principals, roles
 from .verify import Row
 
@@ -239,13 +239,7 @@ def audit_report(
             )
         # Every principal, role and listed customer row passes its checks first, else
         # a logged TamperError and no report: a forged row is never shown as authentic.
-        listed = [r._mapping for r in conn.execute(select(principals).order_by(principals.c.name))]
-        role_rows = [r._mapping for r in conn.execute(select(roles).order_by(roles.c.name))]
-        try:
-            require(conn, ctx.keys.row_auth, "sv_principals", listed)
-            require(conn, ctx.keys.row_auth, "sv_roles", role_rows)
-        except TamperError as error:
-            raise actor.tamper_refusal(error, "audit.report") from None
+        listed, role_rows = actor.checked_principals_and_roles(conn, "audit.report")
         people = []
         for p in listed:
             expires = p["expires"]

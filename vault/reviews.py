@@ -18,10 +18,8 @@ from .access import BUILTIN_ROLES
 from .actor import Actor
 from .cadence import record_last, routine_status
 from .context import Tx, VaultContext
-from .errors import TamperError
 from .inputs import check_text
-from .rowauth import require
-from .store import log, principals, roles
+from .store import log
 
 __all__ = ["MAX_NOTE", "review_done", "role_review"]
 
@@ -102,13 +100,7 @@ def review_done(ctx: VaultContext, actor: Actor, *, note: str | None = None) -> 
 def _listing(
     ctx: VaultContext, actor: Actor, conn: Connection, since: tuple[int, str] | None, now: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    listed = [r._mapping for r in conn.execute(select(principals).order_by(principals.c.name))]
-    role_rows = [r._mapping for r in conn.execute(select(roles).order_by(roles.c.name))]
-    try:
-        require(conn, ctx.keys.row_auth, "sv_principals", listed)
-        require(conn, ctx.keys.row_auth, "sv_roles", role_rows)
-    except TamperError as error:
-        raise actor.tamper_refusal(error, "role.review-list") from None
+    listed, role_rows = actor.checked_principals_and_roles(conn, "role.review-list")
     specs = {str(r["name"]): json.loads(r["spec"]) for r in role_rows}
     for name, builtin in BUILTIN_ROLES.items():
         specs.setdefault(name, builtin.to_json())
